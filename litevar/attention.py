@@ -1,0 +1,102 @@
+"""The one attention interface of the VAR transformer.
+
+Every attention call of the model, teacher-forced or autoregressive, is the same call: the
+queries of one scale attend to the keys and values of every scale up to and including it
+(block-causal across scales, bidirectional inside a scale; at inference that is the whole
+KV cache, with no mask). A backend receives
+
+    q_BHlc  (B, H, l, c)  queries of scale `si` (l = patch_nums[si] ** 2)
+    k_BHLc  (B, H, L, c)  keys of scales 0..si (L = sum of their squares)
+    v_BHLc  (B, H, L, c)
+    ctx     AttnCall: layer index, scale index, token layout, softmax scale, CFG batch size
+
+and returns o_BHlc (B, H, l, c). Per-head windows, CFG sharing and quantized QK plug in as
+backends (`set_attention_backend`) without touching the model code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class ScaleLayout:
+    """Token layout of a patch_nums schedule: scale si owns tokens [begin[si], end[si])."""
+
+    patch_nums: tuple[int, ...]
+
+    @property
+    def begin(self) -> tuple[int, ...]:
+        return tuple(self.end[i] - pn * pn for i, pn in enumerate(self.patch_nums))
+
+    @property
+    def end(self) -> tuple[int, ...]:
+        ends, total = [], 0
+        for pn in self.patch_nums:
+            total += pn * pn
+            ends.append(total)
+        return tuple(ends)
+
+    @property
+    def L(self) -> int:
+        return self.end[-1]
+
+
+@dataclass(frozen=True)
+class AttnCall:
+    """What a backend knows about one call, besides the tensors."""
+
+    layer: int  # block index
+    scale: int  # scale index si (0-based)
+    layout: ScaleLayout
+    softmax_scale: float
+    cfg_batch: int = 0  # B of the conditional half when the batch is CFG-doubled, else 0
+
+
+class AttentionBackend(Protocol):
+    def __call__(self, q_BHlc: torch.Tensor, k_BHLc: torch.Tensor, v_BHLc: torch.Tensor,
+                 ctx: AttnCall) -> torch.Tensor: ...
+
+
+class DenseAttention:
+    """Reference backend: dense scaled-dot-product attention over every visible key."""
+
+    def __call__(self, q_BHlc, k_BHLc, v_BHLc, ctx: AttnCall) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q_BHlc, k_BHLc, v_BHLc, scale=ctx.softmax_scale)
+
+
+class KVCache:
+    """Per-layer K/V for one generation: preallocated to the full L, filled scale by scale."""
+
+    def __init__(self, L: int):
+        self.L = L
+        self.k_BHLc: torch.Tensor | None = None
+        self.v_BHLc: torch.Tensor | None = None
+        self.len = 0
+
+    def append(self, k_BHlc: torch.Tensor, v_BHlc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, H, l, c = k_BHlc.shape
+        if self.k_BHLc is None or self.k_BHLc.shape[0] != B or self.k_BHLc.dtype != k_BHlc.dtype:
+            self.k_BHLc = k_BHlc.new_empty(B, H, self.L, c)
+            self.v_BHLc = v_BHlc.new_empty(B, H, self.L, c)
+            self.len = 0
+        if self.len + l > self.L:
+            raise RuntimeError(f"KV cache overflow: {self.len} + {l} tokens > L = {self.L}")
+        self.k_BHLc[:, :, self.len:self.len + l] = k_BHlc
+        self.v_BHLc[:, :, self.len:self.len + l] = v_BHlc
+        self.len += l
+        return self.k_BHLc[:, :, :self.len], self.v_BHLc[:, :, :self.len]
+
+    def reset(self) -> None:
+        self.k_BHLc = self.v_BHLc = None
+        self.len = 0
+
+
+def set_attention_backend(var: torch.nn.Module, backend: AttentionBackend, layers=None) -> None:
+    """Route the attention of `layers` (block indices; default all) through `backend`."""
+    for i, block in enumerate(var.blocks):
+        if layers is None or i in layers:
+            block.attn.backend = backend

@@ -1,0 +1,54 @@
+"""The `litevar` command line. Each subcommand lives in its own module, which provides
+`add_arguments(parser)` and `run(args) -> int`; this file only wires them up."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from litevar.errors import UserError
+
+# subcommand -> (module, one-line help). Modules are imported only when their command runs.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("litevar.generate", "generate a PNG grid of class-conditional samples"),
+    "train": ("litevar.train", "train the small default VQVAE + VAR (and classifier) from scratch"),
+    "eval": ("litevar.evaluate", "quality metrics of a model on N generated images"),
+    "bench-kernels": ("kernels.bench", "time every kernel against its dense reference at VAR shapes"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="litevar", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(_module=module)
+        _import(module).add_arguments(p)
+    return parser
+
+
+def _import(module: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:  # a command whose optional dependency is missing
+        raise SystemExit(f"litevar: cannot load {module}: {e}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(_import(args._module).run(args) or 0)
+    except UserError as e:
+        print(f"litevar {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

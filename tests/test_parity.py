@@ -1,0 +1,170 @@
+"""Checkpoint compatibility and numerical parity with the formulas of the official VAR."""
+import math
+
+import pytest
+import torch
+
+import litevar
+from litevar.build import infer_var_config, load_vae_var, official_state_dict
+from tests import var_formulas as ref
+
+PATCH_NUMS = (1, 2, 3, 4, 6)  # a small schedule; the latent is 6x6, images 12x12 (ch_mult (1, 2))
+SMALL_VAE = dict(V=64, Cvae=8, ch=32, ch_mult=(1, 2))
+
+
+def randomize_(module: torch.nn.Module, gen: torch.Generator) -> None:
+    """Non-trivial random weights (not the near-identity init): every float tensor ~ N(0, 1/fan_in)."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            fan_in = p.shape[-1] if p.dim() >= 2 else 4
+            p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
+            if name.endswith("scale_mul_1H11"):
+                p.add_(math.log(4.0))
+
+
+def make_small(tmp_path, depth=3, shared_aln=False, attn_l2_norm=True, seed=None):
+    gen = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
+    vae, var = litevar.build_vae_var("cpu", patch_nums=PATCH_NUMS, depth=depth, shared_aln=shared_aln,
+                                     attn_l2_norm=attn_l2_norm, num_classes=10, **SMALL_VAE)
+    randomize_(vae, gen), randomize_(var, gen)
+    var_path, vae_path = tmp_path / "var.pth", tmp_path / "vae.pth"
+    torch.save(official_state_dict(var), var_path)
+    torch.save(vae.state_dict(), vae_path)
+    return var_path, vae_path
+
+
+def official_keys(depth, shared_aln=False, attn_l2_norm=True):
+    keys = {"word_embed.weight", "word_embed.bias", "class_emb.weight", "pos_start", "pos_1LC", "lvl_embed.weight",
+            "lvl_1L", "attn_bias_for_masking", "head_nm.ada_lin.1.weight", "head_nm.ada_lin.1.bias",
+            "head.weight", "head.bias"}
+    if shared_aln:
+        keys |= {"shared_ada_lin.1.weight", "shared_ada_lin.1.bias"}
+    for i in range(depth):
+        p = f"blocks.{i}."
+        keys |= {p + "attn.scale_mul_1H11"} if attn_l2_norm else set()
+        keys |= {p + k for k in ("attn.q_bias", "attn.v_bias", "attn.zero_k_bias",
+                                 "attn.mat_qkv.weight", "attn.proj.weight", "attn.proj.bias", "ffn.fc1.weight",
+                                 "ffn.fc1.bias", "ffn.fc2.weight", "ffn.fc2.bias")}
+        keys |= {p + "ada_gss"} if shared_aln else {p + "ada_lin.1.weight", p + "ada_lin.1.bias"}
+    return keys
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("shared_aln,attn_l2_norm", [(False, True), (True, True), (False, False)])
+def test_logits_match_formulas(tmp_path, shared_aln, attn_l2_norm):
+    depth = 3
+    var_path, vae_path = make_small(tmp_path, depth, shared_aln, attn_l2_norm)
+    sd = torch.load(var_path)
+    assert set(sd) == official_keys(depth, shared_aln, attn_l2_norm)
+    vae, var = load_vae_var(var_path, vae_path)  # strict
+    C = 64 * depth
+    assert sd["blocks.0.attn.mat_qkv.weight"].shape == (3 * C, C)
+    assert sd["blocks.0.ffn.fc2.weight"].shape == (C, 4 * C)
+    assert sd["attn_bias_for_masking"].shape == (1, 1, 66, 66)
+    B = 3
+    label_B = torch.randint(0, 10, (B,))
+    x_BLCv = torch.randn(B, 66 - 1, SMALL_VAE["Cvae"])
+    ours = var(label_B, x_BLCv)
+    theirs = ref.var_logits(sd, label_B, x_BLCv, PATCH_NUMS, depth, attn_l2_norm, shared_aln)
+    assert ours.shape == (B, 66, SMALL_VAE["V"])
+    assert rel_err(ours, theirs) <= 1e-5
+
+
+def test_greedy_sampling_matches_formulas(tmp_path):
+    depth, B, cfg = 2, 2, 3.0
+    var_path, vae_path = make_small(tmp_path, depth)
+    sd, vsd = torch.load(var_path), torch.load(vae_path)
+    vae, var = load_vae_var(var_path, vae_path)
+    labels = torch.randint(0, 10, (B,))
+    img, tokens = var.autoregressive_infer_cfg(B, labels, g_seed=0, cfg=cfg, top_k=1, return_tokens=True)
+    # reference: recompute every prefix densely (no KV cache), CFG-combine, argmax
+    both = torch.cat([labels, torch.full_like(labels, 10)])
+    ref_tokens, SN = [], len(PATCH_NUMS)
+    full_sd = {**sd, **vsd}
+    for si, pn in enumerate(PATCH_NUMS):
+        padded = ref_tokens + [torch.zeros(B, p * p, dtype=torch.long) for p in PATCH_NUMS[si:]]
+        x = ref.var_input(full_sd, padded, PATCH_NUMS).repeat(2, 1, 1)
+        logits = ref.var_logits(sd, both, x, PATCH_NUMS, depth)
+        b, e = sum(p * p for p in PATCH_NUMS[:si]), sum(p * p for p in PATCH_NUMS[:si + 1])
+        t = cfg * si / (SN - 1)
+        ref_tokens.append(((1 + t) * logits[:B, b:e] - t * logits[B:, b:e]).argmax(-1))
+    for ours, theirs in zip(tokens, ref_tokens):
+        assert torch.equal(ours, theirs)
+    # the image is the decoder applied to f_hat rebuilt from the tokens
+    expect = vae.idxBl_to_img(ref_tokens, same_shape=True, last_one=True).add(1).mul(0.5)
+    assert img.shape == (B, 3, 12, 12)
+    assert rel_err(img, expect) <= 1e-5
+
+
+def test_same_seed_same_image(tmp_path):
+    var_path, vae_path = make_small(tmp_path, 2)
+    vae, var = load_vae_var(var_path, vae_path)
+    a = var.autoregressive_infer_cfg(2, torch.tensor([1, 2]), g_seed=7, cfg=2.0, top_k=20, top_p=0.9)
+    b = var.autoregressive_infer_cfg(2, torch.tensor([1, 2]), g_seed=7, cfg=2.0, top_k=20, top_p=0.9)
+    c = var.autoregressive_infer_cfg(2, torch.tensor([1, 2]), g_seed=8, cfg=2.0, top_k=20, top_p=0.9)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_quantizer_matches_formulas(tmp_path):
+    var_path, vae_path = make_small(tmp_path, 2)
+    vsd = torch.load(vae_path)
+    vae, _ = load_vae_var(var_path, vae_path)
+    f = torch.randn(2, SMALL_VAE["Cvae"], 6, 6)
+    ours = vae.quantize.f_to_idxBl_or_fhat(f, to_fhat=False)
+    theirs = ref.quantize_f(vsd, f, PATCH_NUMS)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    assert rel_err(vae.quantize.idxBl_to_var_input(ours), ref.var_input(vsd, theirs, PATCH_NUMS)) <= 1e-5
+    img = torch.rand(2, 3, 12, 12) * 2 - 1
+    idx = vae.img_to_idxBl(img)
+    assert [i.shape[1] for i in idx] == [p * p for p in PATCH_NUMS]
+
+
+def test_phi_schedule_for_ten_scales():
+    _, var = litevar.build_vae_var("meta")
+    vae = var.vae_proxy[0]
+    picks = [list(vae.quantize.quant_resi.qresi_ls).index(vae.quantize.phi(si)) for si in range(10)]
+    assert picks == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3] == [ref.phi_index(si, 10) for si in range(10)]
+
+
+@pytest.mark.parametrize("depth,shared_aln,resolution,millions", [
+    (16, False, 256, 310.3), (20, False, 256, 600.9), (24, False, 256, 1033.4), (30, False, 256, 2010.0),
+    (36, True, 512, 2353.9)])
+def test_official_parameter_counts(depth, shared_aln, resolution, millions):
+    vae, var = litevar.build_vae_var("meta", patch_nums=litevar.SCHEDULES[resolution], depth=depth, shared_aln=shared_aln)
+    n = sum(p.numel() for p in var.parameters())
+    assert round(n / 1e6, 1) == millions
+    C = 64 * depth
+    block = sum(p.numel() for p in var.blocks[0].parameters())
+    assert block == (18 * C * C + 14 * C + depth if not shared_aln else 12 * C * C + 14 * C + depth)
+    assert set(var.state_dict()) | {"attn_bias_for_masking"} == official_keys(depth, shared_aln)
+
+
+def test_official_vae_shape():
+    vae, _ = litevar.build_vae_var("meta")
+    count = lambda m: round(sum(t.numel() for t in m.state_dict().values()) / 1e6, 1)  # params + the EMA buffer
+    assert (count(vae), count(vae.encoder), count(vae.decoder)) == (109.0, 44.1, 64.7)
+    sd = vae.state_dict()
+    assert sd["quantize.embedding.weight"].shape == (4096, 32)
+    assert sd["encoder.down.4.attn.1.qkv.weight"].shape == (1920, 640, 1, 1)
+    assert sd["decoder.up.4.attn.2.proj_out.weight"].shape == (640, 640, 1, 1)
+    assert sd["encoder.down.3.downsample.conv.weight"].shape == (320, 320, 3, 3)
+    assert sd["decoder.up.1.upsample.conv.weight"].shape == (160, 160, 3, 3)
+    assert sd["quantize.quant_resi.qresi_ls.3.weight"].shape == (32, 32, 3, 3)
+    assert sd["quantize.ema_vocab_hit_SV"].shape == (10, 4096)
+
+
+def test_infer_config_from_checkpoint(tmp_path):
+    var_path, _ = make_small(tmp_path, 3, shared_aln=True)
+    cfg = infer_var_config(torch.load(var_path))
+    assert (cfg["depth"], cfg["shared_aln"], cfg["attn_l2_norm"], cfg["num_classes"]) == (3, True, True, 10)
+
+
+def test_random_init_big_model_is_built_in_place():
+    """Building on meta then materialising keeps one copy: parameters are not meta, buffers are right."""
+    vae, var = litevar.build_vae_var("cpu", depth=2, patch_nums=(1, 2, 4), V=64, Cvae=8, ch=32, ch_mult=(1, 2))
+    assert all(p.device.type == "cpu" for p in var.parameters())
+    assert var.lvl_1L.tolist() == [[0, 1, 1, 1, 1] + [2] * 16]
+    assert torch.count_nonzero(var.blocks[0].attn.zero_k_bias) == 0
