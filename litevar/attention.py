@@ -61,11 +61,49 @@ class AttentionBackend(Protocol):
                  ctx: AttnCall) -> torch.Tensor: ...
 
 
+def attend_scales(backend: AttentionBackend, q_BHlc, k_BHLc, v_BHLc, ctx: AttnCall, scales: range) -> torch.Tensor:
+    """Queries of several consecutive scales (teacher forcing): the backend's own multi-scale
+    path when it has one, else one call per scale. q starts at the first token of scales[0]."""
+    if len(scales) > 1 and hasattr(backend, "attend_scales"):
+        return backend.attend_scales(q_BHlc, k_BHLc, v_BHLc, ctx, scales)
+    offset, outs = ctx.layout.begin[scales[0]], []
+    for si in scales:
+        b, e = ctx.layout.begin[si] - offset, ctx.layout.end[si] - offset
+        call = AttnCall(ctx.layer, si, ctx.layout, ctx.softmax_scale, ctx.cfg_batch)
+        end = ctx.layout.end[si]
+        outs.append(backend(q_BHlc[:, :, b:e], k_BHLc[:, :, :end], v_BHLc[:, :, :end], call))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
 class DenseAttention:
     """Reference backend: dense scaled-dot-product attention over every visible key."""
 
+    max_masked_L = 4096  # teacher forcing with one masked call up to this many tokens
+
     def __call__(self, q_BHlc, k_BHLc, v_BHLc, ctx: AttnCall) -> torch.Tensor:
         return F.scaled_dot_product_attention(q_BHlc, k_BHLc, v_BHLc, scale=ctx.softmax_scale)
+
+    def attend_scales(self, q_BHlc, k_BHLc, v_BHLc, ctx: AttnCall, scales: range) -> torch.Tensor:
+        """All scales from 0 at once with a block-causal boolean mask when L is small (training)."""
+        if scales[0] != 0 or ctx.layout.end[scales[-1]] > self.max_masked_L:
+            return attend_scales(_PerScale(self), q_BHlc, k_BHLc, v_BHLc, ctx, scales)
+        L = ctx.layout.end[scales[-1]]
+        lvl = torch.repeat_interleave(torch.arange(len(scales), device=q_BHlc.device),
+                                      torch.tensor([pn * pn for pn in ctx.layout.patch_nums[:len(scales)]],
+                                                   device=q_BHlc.device))
+        mask_LL = lvl[:, None] >= lvl[None, :]
+        return F.scaled_dot_product_attention(q_BHlc, k_BHLc[:, :, :L], v_BHLc[:, :, :L], attn_mask=mask_LL,
+                                              scale=ctx.softmax_scale)
+
+
+class _PerScale:
+    """Hide a backend's multi-scale path (forces one call per scale)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def __call__(self, *args):
+        return self.backend(*args)
 
 
 class KVCache:

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from litevar.attention import AttnCall, DenseAttention, KVCache, ScaleLayout
+from litevar.attention import AttnCall, DenseAttention, KVCache, ScaleLayout, attend_scales
 from litevar.sampling import gumbel_softmax_with_rng, sample_with_top_k_top_p_
 from litevar.vqvae import VQVAE
 
@@ -101,13 +101,8 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x_BlC)
         if self.kv_cache is not None:
             k, v = self.kv_cache.append(k, v)
-        offset = layout.begin[scales[0]]  # token index of q[:, :, 0]
-        outs = []
-        for si in scales:
-            b, e = layout.begin[si] - offset, layout.end[si] - offset
-            ctx = AttnCall(self.layer, si, layout, self.softmax_scale, cfg_batch)
-            outs.append(self.backend(q[:, :, b:e], k[:, :, :layout.end[si]], v[:, :, :layout.end[si]], ctx))
-        o_BHlc = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+        ctx = AttnCall(self.layer, scales[0], layout, self.softmax_scale, cfg_batch)
+        o_BHlc = attend_scales(self.backend, q, k, v, ctx, scales)
         return self.proj(o_BHlc.transpose(1, 2).reshape(B, l, C))
 
 
@@ -209,8 +204,11 @@ class VAR(nn.Module):
             x_BLC = block(x_BLC, cond_BD_or_gss, self.layout, scales, cfg_batch)
         return x_BLC
 
-    def forward(self, label_B: torch.LongTensor, x_BLCv_wo_first_l: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits (B, L, V) for all scales (class dropout in training mode)."""
+    def forward(self, label_B: torch.LongTensor, x_BLCv_wo_first_l: torch.Tensor, cfg_batch: int = 0) -> torch.Tensor:
+        """Teacher-forced logits (B, L, V) for all scales (class dropout in training mode).
+
+        `cfg_batch`: B of the conditional half when the batch is CFG-doubled (for backends that
+        share attention across the CFG halves)."""
         B = x_BLCv_wo_first_l.shape[0]
         if self.training and self.cfg.cond_drop_rate > 0:
             drop = torch.rand(B, device=label_B.device) < self.cfg.cond_drop_rate
@@ -220,7 +218,7 @@ class VAR(nn.Module):
             sos = cond_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, self.first_l, -1)
             x_BLC = torch.cat((sos, self.word_embed(x_BLCv_wo_first_l.float())), dim=1)
             x_BLC = x_BLC + self.lvl_embed(self.lvl_1L.expand(B, -1)) + self.pos_1LC
-        x_BLC = self._run_blocks(x_BLC, cond_BD, range(len(self.patch_nums)))
+        x_BLC = self._run_blocks(x_BLC, cond_BD, range(len(self.patch_nums)), cfg_batch)
         return self.get_logits(x_BLC, cond_BD)
 
     # -- inference -----------------------------------------------------------------------

@@ -1,0 +1,50 @@
+"""`litevar bench-kernels`: every kernel against its dense reference at VAR's real shapes.
+
+GEMMs (kernels/bench_gemm.py) and attention (kernels/bench_attention.py) are timed in the same
+run as their references (median of repeats, warm-up excluded) and printed as one table each;
+`--json` writes every row with the device fingerprint."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+
+import torch
+
+from litevar.errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--json", help="write all rows and the device fingerprint here")
+    p.add_argument("--only", choices=["gemm", "attention"], help="run one family only")
+    p.add_argument("--full", action="store_true", help="every shape (default: a quick subset on CPU)")
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def run(args) -> int:
+    from litevar.generate import resolve_device
+    dev = str(resolve_device(args.device))
+    quick = not args.full
+    report = {"device": device_name(dev), "torch": torch.__version__, "quick": quick}
+    if args.only in (None, "gemm"):
+        from kernels.bench_gemm import bench_gemm, print_table
+        report["gemm"] = bench_gemm(dev, quick)
+        print_table(report["gemm"])
+    if args.only in (None, "attention"):
+        from kernels.bench_attention import bench_attention, print_table
+        report["attention"] = bench_attention(dev, quick)
+        print_table(report["attention"])
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=1, default=str)
+        os.replace(tmp, args.json)
+        print(f"wrote {args.json}")
+    return 0

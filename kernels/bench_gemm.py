@@ -1,0 +1,172 @@
+"""Benchmark of the quantized GEMMs against a bf16 matmul measured in the same run, at VAR's
+linear shapes. `bench_gemm(device, quick)` returns one dict per (shape, kernel); the CLI
+(`litevar bench-kernels`) prints them with `print_table`.
+
+Two timings per row: `ms` is the GEMM alone (activations already quantized), `ms_layer` is
+what a QuantLinear runs (dynamic per-token activation quantization + GEMM). Triton is not
+timed on CPU: interpreter timings mean nothing, those rows are marked skipped.
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from kernels import gemm
+from kernels.formats import capability
+from kernels.qlinear import QuantLinear
+from kernels.quant import sqnr
+from kernels.select import KernelChoice, triton_available
+
+log = logging.getLogger(__name__)
+
+# dense peaks, TOPS (int8) and TFLOP/s (bf16); anchors.md, NVIDIA datasheets. Key: name substring
+PEAKS = {"H100 PCIe": {"int8": 1513.0, "bf16": 756.0},
+         "H100": {"int8": 1979.0, "bf16": 989.0},  # SXM
+         "H200": {"int8": 1979.0, "bf16": 989.0}}
+DEPTHS = (16, 20, 24, 30)  # VAR d16..d30, width C = 64 * depth
+LAYERS = {"mat_qkv": (3, 1, False), "proj": (1, 1, True), "fc1": (4, 1, True),
+          "fc2": (1, 4, True)}  # name: (N / C, K / C, has bias)
+TOKENS = {256: 256, 1024: 4096, 2048: 16384}  # tokens of the last scale per image, by px
+CFG_BATCH = 2  # conditional + unconditional rows
+EMULATED_FORMAT = "W6A6"  # one fake-quant row per shape stands for every emulated format
+
+
+def var_shapes(quick: bool, device: str) -> list[tuple[str, int, int, int, int]]:
+    """(layer, depth, M, N, K) at VAR's real linear shapes; a small subset when quick."""
+    depths, pxs, layers = DEPTHS, tuple(TOKENS), tuple(LAYERS)
+    if quick:
+        depths, layers = (16,), ("proj", "fc1")
+        pxs = (256,) if device == "cpu" else (256, 1024)
+    return [(layer, d, CFG_BATCH * TOKENS[px], LAYERS[layer][0] * 64 * d, LAYERS[layer][1] * 64 * d)
+            for d in depths for px in pxs for layer in layers]
+
+
+def _time_ms(fn: Callable, device: str, warmup: int, repeats: int) -> float:
+    """Median milliseconds of fn() over `repeats` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def device_peaks(device: str) -> dict | None:
+    """{'int8': TOPS, 'bf16': TFLOP/s} of a known GPU, else None (CPU, unknown GPUs)."""
+    if device != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    return next((p for key, p in PEAKS.items() if key in name), None)
+
+
+def _cases(x_MK: torch.Tensor, linear: nn.Linear, triton_ok: bool):
+    """(kernel, format, impl, gemm_fn, layer_fn) for every path of one shape; None = skipped."""
+    cases = [("dense", "bf16", "torch", lambda: linear(x_MK), None)]
+    for fmt, kernel in (("W8A8", "w8a8"), ("W4A8", "w4a8"), ("W4A16", "w4a16")):
+        for impl in ("torch", "triton"):
+            if impl == "triton" and not triton_ok:
+                cases.append((kernel, fmt, impl, None, None))
+                continue
+            choice = KernelChoice.TRITON if impl == "triton" else KernelChoice.TORCH
+            q = QuantLinear.from_float(linear, fmt, kernel=choice)
+            layer_fn = lambda q=q: q(x_MK)  # noqa: E731
+            cases.append((kernel, fmt, impl, _gemm_only(q, x_MK, impl) or layer_fn, layer_fn))
+    fake = QuantLinear.from_float(linear, EMULATED_FORMAT, kernel=KernelChoice.EMULATED)
+    cases.append(("emulated", EMULATED_FORMAT, "torch", lambda: fake(x_MK), None))
+    return cases
+
+
+def _gemm_only(q: QuantLinear, x_MK: torch.Tensor, impl: str) -> Callable | None:
+    """The GEMM of a QuantLinear with activations quantized beforehand (None: no act quant)."""
+    if q.path == "w4a16":
+        return None
+    q_a, s_a, z_a = gemm.quantize_activation(x_MK, q.fmt.a_bits, q.fmt.a_symmetric)
+    fn = gemm.INT8_ACT_GEMMS[q.path, KernelChoice(impl)]
+    return lambda: fn(q_a, q.weight_q, s_a, q.weight_scale[:, 0], z_a, q.weight_sum, q.bias,
+                      x_MK.dtype)
+
+
+@torch.no_grad()
+def _bench_shape(layer, depth, M, N, K, device, quick, triton_ok, peaks) -> list[dict]:
+    """Rows of every path at one shape; Triton rows carry max_err vs their torch reference."""
+    warmup, repeats = (1, 5) if device == "cpu" else (3, 10 if quick else 25)
+    linear = nn.Linear(K, N, bias=LAYERS[layer][2], device=device)
+    x_MK = torch.randn(M, K, device=device)
+    y_float = linear(x_MK)  # fp32 reference for quality (sqnr_db)
+    x_MK, linear = x_MK.bfloat16(), linear.bfloat16()
+    rows, outs, dense_ms = [], {}, None
+    flops = 2 * M * N * K
+    for kernel, fmt, impl, gemm_fn, layer_fn in _cases(x_MK, linear, triton_ok):
+        row = dict(kernel=kernel, format=fmt, impl=impl, layer=layer, depth=depth, M=M, N=N, K=K,
+                   native=capability(fmt if fmt != "bf16" else "fp", device).native,
+                   ms=None, ms_layer=None, tops=None, peak_frac=None, speedup=None,
+                   speedup_layer=None, max_err=None, sqnr_db=None, status="ok")
+        rows.append(row)
+        if gemm_fn is None:
+            row["status"] = ("skipped: Triton is not timed on CPU (interpreter)" if device == "cpu"
+                             else "skipped: triton not installed")
+            continue
+        out = (layer_fn or gemm_fn)()
+        row["ms"] = _time_ms(gemm_fn, device, warmup, repeats)
+        row["ms_layer"] = row["ms"] if layer_fn in (None, gemm_fn) else _time_ms(
+            layer_fn, device, warmup, repeats)
+        dense_ms = dense_ms or row["ms"]
+        peak = None if peaks is None else peaks["int8" if kernel in ("w8a8", "w4a8") else "bf16"]
+        row.update(tops=flops / row["ms"] / 1e9, sqnr_db=sqnr(y_float, out),
+                   speedup=dense_ms / row["ms"], speedup_layer=dense_ms / row["ms_layer"])
+        row["peak_frac"] = None if peak is None else row["tops"] / peak
+        if impl == "triton":
+            row["max_err"] = (out.float() - outs[kernel].float()).abs().max().item()
+        outs.setdefault(kernel, out)
+    return rows
+
+
+def bench_gemm(device: str = "cuda", quick: bool = False) -> list[dict]:
+    """Time every GEMM path against a bf16 matmul at VAR linear shapes on `device`."""
+    device = torch.device(device).type
+    triton_ok = device == "cuda" and triton_available()
+    peaks = device_peaks(device)
+    rows = []
+    for layer, depth, M, N, K in var_shapes(quick, device):
+        log.info("bench_gemm: d%d %s M=%d N=%d K=%d", depth, layer, M, N, K)
+        rows += _bench_shape(layer, depth, M, N, K, device, quick, triton_ok, peaks)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+COLUMNS = [("layer", "{}"), ("depth", "d{}"), ("M", "{}"), ("N", "{}"), ("K", "{}"),
+           ("kernel", "{}"), ("impl", "{}"), ("format", "{}"), ("native", "{}"),
+           ("ms", "{:.3f}"), ("ms_layer", "{:.3f}"), ("tops", "{:.2f}"), ("peak_frac", "{:.0%}"),
+           ("speedup", "{:.2f}x"), ("speedup_layer", "{:.2f}x"), ("max_err", "{:.2g}"),
+           ("sqnr_db", "{:.1f}"), ("status", "{}")]
+
+
+def format_table(rows: list[dict]) -> str:
+    """Fixed-width text table of bench_gemm rows (None shown as '-')."""
+    cells = [[name for name, _ in COLUMNS]]
+    cells += [["-" if r[name] is None else fmt.format(r[name]) for name, fmt in COLUMNS]
+              for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def print_table(rows: list[dict], file=None) -> None:
+    """Print format_table(rows) to `file` (stdout by default)."""
+    print(format_table(rows), file=file or sys.stdout)

@@ -1,0 +1,124 @@
+"""Quantization formats: a frozen dataclass, a name-keyed registry, and a capability table.
+
+A format says what is quantized and how; `capability` says which kernel runs it and whether
+that kernel is a real integer / weight-only path (native) or fake quant (emulated). Whether a
+native kernel is actually faster than bf16 on a device is measured by the profiler, not here.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from kernels.quant import Granularity, PerChannel, PerGroup, PerToken
+from litevar.errors import UserError
+
+FLOAT_BITS = 16  # w_bits / a_bits of 16 mean "kept in floating point"
+
+
+@dataclass(frozen=True)
+class QuantFormat:
+    """Weights: min-max, offline, at `w_granularity`. Activations: dynamic per-token min-max."""
+
+    name: str
+    w_bits: int = FLOAT_BITS
+    a_bits: int = FLOAT_BITS
+    w_granularity: Granularity = field(default_factory=PerChannel)
+    symmetric: bool = True  # weights: z = 0
+    a_symmetric: bool = False  # activations: paper's z = (max + min) / 2
+    version: int = 1
+
+    def __post_init__(self):
+        for what, bits in (("w_bits", self.w_bits), ("a_bits", self.a_bits)):
+            if bits != FLOAT_BITS and not 2 <= bits <= 8:
+                raise UserError(f"format {self.name!r}: {what}={bits} is not supported; use 2..8 "
+                                f"for integer codes or {FLOAT_BITS} to keep it in float")
+        if self.w_bits == FLOAT_BITS and self.a_bits != FLOAT_BITS:
+            raise UserError(f"format {self.name!r}: activation-only quantization (a_bits="
+                            f"{self.a_bits}, float weights) has no kernel; quantize the weights "
+                            f"too or set a_bits={FLOAT_BITS}")
+        if isinstance(self.w_granularity, PerToken):
+            raise UserError(f"format {self.name!r}: PerToken() is for activations; weights take "
+                            "PerChannel() or PerGroup(n)")
+        if not isinstance(self.w_granularity, (PerChannel, PerGroup)):
+            raise UserError(f"format {self.name!r}: w_granularity={self.w_granularity!r}; use "
+                            "PerChannel() or PerGroup(128)")
+
+    @property
+    def is_float(self) -> bool:
+        return self.w_bits == FLOAT_BITS
+
+    @property
+    def weight_only(self) -> bool:
+        return self.a_bits == FLOAT_BITS and not self.is_float
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        g = self.w_granularity
+        d["w_granularity"] = {"type": type(g).__name__, **asdict(g)}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> QuantFormat:
+        g = dict(d["w_granularity"])
+        kinds = {"PerChannel": PerChannel, "PerGroup": PerGroup}
+        if g.get("type") not in kinds:
+            raise UserError(f"format {d.get('name')!r}: unknown w_granularity {g!r}; use "
+                            "{'type': 'PerChannel'} or {'type': 'PerGroup', 'group_size': 128}")
+        return cls(**{**d, "w_granularity": kinds[g.pop("type")](**g)})
+
+
+FORMATS: dict[str, QuantFormat] = {}
+
+
+def register_format(fmt: QuantFormat) -> QuantFormat:
+    """Add `fmt` to the registry under fmt.name (a name can be registered once)."""
+    if fmt.name in FORMATS and FORMATS[fmt.name] != fmt:
+        raise UserError(f"format {fmt.name!r} is already registered differently; pick a new name")
+    FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def get_format(fmt: QuantFormat | str) -> QuantFormat:
+    """A registered format by name (or the format itself)."""
+    if isinstance(fmt, QuantFormat):
+        return fmt
+    if fmt not in FORMATS:
+        raise UserError(f"unknown quantization format {fmt!r}; known: {', '.join(FORMATS)}")
+    return FORMATS[fmt]
+
+
+FP = register_format(QuantFormat("fp"))
+W8A8 = register_format(QuantFormat("W8A8", 8, 8))
+W6A6 = register_format(QuantFormat("W6A6", 6, 6))
+W4A8 = register_format(QuantFormat("W4A8", 4, 8))
+W4A16 = register_format(QuantFormat("W4A16", 4, FLOAT_BITS, PerGroup(128), symmetric=False))
+W4A6 = register_format(QuantFormat("W4A6", 4, 6))
+W4A4 = register_format(QuantFormat("W4A4", 4, 4))
+
+
+@dataclass(frozen=True)
+class Capability:
+    native: bool  # a real integer or weight-only kernel exists; False = fake quant only
+    kernel: str  # "dense" | "w8a8" | "w4a8" | "w4a16" | "emulated"
+    note: str
+
+
+def capability(fmt: QuantFormat | str, device: torch.device | str) -> Capability:
+    """Which kernel runs `fmt` on `device`. Native: a real kernel exists (not: it is fast)."""
+    fmt, dev = get_format(fmt), torch.device(device).type
+    where = f"{'Triton' if dev == 'cuda' else 'torch'} on {dev}"
+    int_ok = isinstance(fmt.w_granularity, PerChannel) and fmt.symmetric
+    bits = (fmt.w_bits, fmt.a_bits)
+    if fmt.is_float:
+        return Capability(True, "dense", "float matmul, no quantization")
+    if bits == (8, 8) and int_ok:
+        return Capability(True, "w8a8", f"int8 x int8 -> int32, fused dequant ({where})")
+    if bits == (4, 8) and int_ok:
+        return Capability(True, "w4a8", f"INT4 unpacked to int8, int32 accumulate ({where})")
+    if fmt.w_bits == 4 and fmt.weight_only:
+        return Capability(True, "w4a16", f"INT4 weights dequantized in the GEMM ({where})")
+    why = ("group-wise or asymmetric weights break the int32 accumulation"
+           if bits in ((8, 8), (4, 8)) else f"no tensor-core path for W{fmt.w_bits}A{fmt.a_bits}")
+    return Capability(False, "emulated", f"emulated ({why}): fake quant, quantize-dequantize "
+                                         "+ float matmul; never credited with speed")

@@ -1,0 +1,245 @@
+"""Quantized GEMMs: for each format a torch reference beside its Triton launcher.
+
+Every GEMM computes y[M, N] = x[M, K] @ w[N, K]^T (+ bias) from quantized operands:
+- W8A8:  int8 a_MK x int8 w_NK -> int32, dequant (per-token x per-channel) + bias fused.
+- W4A8:  as W8A8 with w packed INT4 [N, K // 2] (unpacked to int8 inside the kernel).
+- W4A16: float x_MK x packed INT4 w (group-wise s, z), dequantized to x's dtype in the kernel.
+- emulated: fake quant (quantize-dequantize) then a float matmul; any format, never "fast".
+The `*_linear` functions add the dynamic per-token activation quantization in front.
+Triton is imported only when a Triton launcher runs, so this module imports without it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kernels.quant import PerGroup, PerToken, dequantize, fake_quantize, quantize, unpack_int4
+from kernels.select import KernelChoice, interpret_mode, resolve
+
+
+def _triton():
+    from kernels import gemm_triton  # lazy: needs triton, reads TRITON_INTERPRET once
+
+    return gemm_triton
+
+
+def _check(name: str, t: torch.Tensor, dtypes: tuple[torch.dtype, ...], shape: tuple) -> None:
+    """Raise naming `name` when t's dtype or shape (None = any size) is wrong."""
+    if t.dtype not in dtypes:
+        raise TypeError(f"{name}: dtype {t.dtype}, expected one of {dtypes}")
+    if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
+        raise ValueError(f"{name}: shape {tuple(t.shape)}, expected {shape} (None = any)")
+
+
+def _check_int_operands(a_MK, w, s_a_M, s_w_N, z_a_M, wsum_N, bias_N, packed: bool):
+    M, K = a_MK.shape
+    N = w.shape[0]
+    _check("a_MK", a_MK, (torch.int8,), (None, None))
+    _check("w_NK2" if packed else "w_NK", w, (torch.uint8,) if packed else (torch.int8,),
+           (None, K // 2) if packed else (None, K))
+    if packed and K % 2:
+        raise ValueError(f"a_MK: K={K} is odd; packed INT4 weights need an even K")
+    _check("s_a_M", s_a_M, (torch.float32,), (M,))
+    _check("s_w_N", s_w_N, (torch.float32,), (N,))
+    if (z_a_M is None) != (wsum_N is None):
+        raise ValueError("z_a_M and wsum_N go together (asymmetric activations need both)")
+    if z_a_M is not None:
+        _check("z_a_M", z_a_M, (torch.float32,), (M,))
+        _check("wsum_N", wsum_N, (torch.float32,), (N,))
+    if bias_N is not None:
+        _check("bias_N", bias_N, (torch.float32,), (N,))
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _config(M: int, block_k: int) -> dict:
+    """Tile sizes (GPU heuristics, untuned; small tiles under the interpreter)."""
+    if interpret_mode():
+        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4)
+    block_m = 128 if M > 64 else 64 if M > 32 else 32
+    return dict(BLOCK_M=block_m, BLOCK_N=128, BLOCK_K=block_k, GROUP_M=8,
+                num_warps=8 if block_m == 128 else 4, num_stages=3)
+
+
+# ---- integer matmul + epilogue (references) ---------------------------------------------
+
+def int_mm(a_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
+    """int8 [M, K] x int8 [N, K]^T -> int32 [M, N], exact.
+
+    torch._int_mm where it applies (M > 16, K and N multiples of 8); otherwise an int32
+    matmul on CPU, and zero padding to an _int_mm shape on CUDA (no int32 matmul there).
+    """
+    M, K = a_MK.shape
+    N = w_NK.shape[0]
+    if M > 16 and K % 8 == 0 and N % 8 == 0:
+        return torch._int_mm(a_MK, w_NK.t())
+    if a_MK.device.type == "cpu":
+        return a_MK.to(torch.int32) @ w_NK.to(torch.int32).t()
+    pad_M, pad_K, pad_N = max(17 - M, 0), -K % 8, -N % 8
+    a = F.pad(a_MK, (0, pad_K, 0, pad_M))
+    w = F.pad(w_NK, (0, pad_K, 0, pad_N))
+    return torch._int_mm(a, w.t())[:M, :N]
+
+
+def dequant_epilogue(acc_MN, s_a_M, s_w_N, z_a_M=None, wsum_N=None, bias_N=None,
+                     out_dtype=torch.float32) -> torch.Tensor:
+    """acc * s_a * s_w (+ z_a * wsum) (+ bias) in float32, cast to out_dtype."""
+    y_MN = acc_MN.float() * s_a_M[:, None] * s_w_N[None, :]
+    if z_a_M is not None:
+        y_MN += z_a_M[:, None] * wsum_N[None, :]
+    if bias_N is not None:
+        y_MN += bias_N[None, :]
+    return y_MN.to(out_dtype)
+
+
+# ---- W8A8 --------------------------------------------------------------------------------
+
+def w8a8_gemm_ref(a_MK, w_NK, s_a_M, s_w_N, z_a_M=None, wsum_N=None, bias_N=None,
+                  out_dtype=torch.float32) -> torch.Tensor:
+    """Torch reference of w8a8_gemm_triton."""
+    _check_int_operands(a_MK, w_NK, s_a_M, s_w_N, z_a_M, wsum_N, bias_N, packed=False)
+    return dequant_epilogue(int_mm(a_MK, w_NK), s_a_M, s_w_N, z_a_M, wsum_N, bias_N, out_dtype)
+
+
+def _launch_int(kernel, a_MK, w, s_a_M, s_w_N, z_a_M, wsum_N, bias_N, out_dtype):
+    M, K = a_MK.shape
+    N = w.shape[0]
+    c_MN = torch.empty(M, N, device=a_MK.device, dtype=out_dtype)
+    cfg = _config(M, block_k=128)
+    grid = (_cdiv(M, cfg["BLOCK_M"]) * _cdiv(N, cfg["BLOCK_N"]),)
+    s_a_M, s_w_N = s_a_M.contiguous(), s_w_N.contiguous()  # vectors are read with stride 1
+    vec = lambda v: s_w_N if v is None else v.contiguous()  # noqa: E731 (unread if HAS_* False)
+    kernel[grid](a_MK, w, c_MN, s_a_M, vec(z_a_M), s_w_N, vec(wsum_N), vec(bias_N),
+                 M, N, K, a_MK.stride(0), a_MK.stride(1), w.stride(0), w.stride(1),
+                 c_MN.stride(0), c_MN.stride(1),
+                 HAS_ZA=z_a_M is not None, HAS_BIAS=bias_N is not None, **cfg)
+    return c_MN
+
+
+def w8a8_gemm_triton(a_MK, w_NK, s_a_M, s_w_N, z_a_M=None, wsum_N=None, bias_N=None,
+                     out_dtype=torch.float32) -> torch.Tensor:
+    """int8 x int8 -> int32 Triton GEMM with fused per-token x per-channel dequant and bias."""
+    _check_int_operands(a_MK, w_NK, s_a_M, s_w_N, z_a_M, wsum_N, bias_N, packed=False)
+    return _launch_int(_triton().w8a8_kernel, a_MK, w_NK, s_a_M, s_w_N, z_a_M, wsum_N, bias_N,
+                       out_dtype)
+
+
+# ---- W4A8 --------------------------------------------------------------------------------
+
+def w4a8_gemm_ref(a_MK, w_NK2, s_a_M, s_w_N, z_a_M=None, wsum_N=None, bias_N=None,
+                  out_dtype=torch.float32) -> torch.Tensor:
+    """Torch reference of w4a8_gemm_triton: unpack INT4 to int8, then as W8A8."""
+    _check_int_operands(a_MK, w_NK2, s_a_M, s_w_N, z_a_M, wsum_N, bias_N, packed=True)
+    acc_MN = int_mm(a_MK, unpack_int4(w_NK2))
+    return dequant_epilogue(acc_MN, s_a_M, s_w_N, z_a_M, wsum_N, bias_N, out_dtype)
+
+
+def w4a8_gemm_triton(a_MK, w_NK2, s_a_M, s_w_N, z_a_M=None, wsum_N=None, bias_N=None,
+                     out_dtype=torch.float32) -> torch.Tensor:
+    """int8 activations x packed INT4 weights (unpacked to int8 in registers), int32 accumulate."""
+    _check_int_operands(a_MK, w_NK2, s_a_M, s_w_N, z_a_M, wsum_N, bias_N, packed=True)
+    return _launch_int(_triton().w4a8_kernel, a_MK, w_NK2, s_a_M, s_w_N, z_a_M, wsum_N, bias_N,
+                       out_dtype)
+
+
+# ---- W4A16 -------------------------------------------------------------------------------
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _check_w4a16(x_MK, w_NK2, s_w_NG, z_w_NG, bias_N):
+    M, K = x_MK.shape
+    N = w_NK2.shape[0]
+    _check("x_MK", x_MK, FLOAT_DTYPES, (None, None))
+    _check("w_NK2", w_NK2, (torch.uint8,), (None, K // 2))
+    if K % 2:
+        raise ValueError(f"x_MK: K={K} is odd; packed INT4 weights need an even K")
+    _check("s_w_NG", s_w_NG, (torch.float32,), (N, None))
+    if K % s_w_NG.shape[1]:
+        raise ValueError(f"s_w_NG: {s_w_NG.shape[1]} groups do not divide K={K}")
+    if z_w_NG is not None:
+        _check("z_w_NG", z_w_NG, (torch.float32,), tuple(s_w_NG.shape))
+    if bias_N is not None:
+        _check("bias_N", bias_N, (torch.float32,), (N,))
+
+
+def w4a16_gemm_ref(x_MK, w_NK2, s_w_NG, z_w_NG=None, bias_N=None) -> torch.Tensor:
+    """Torch reference of w4a16_gemm_triton: dequantize w to x's dtype, then x @ w^T."""
+    _check_w4a16(x_MK, w_NK2, s_w_NG, z_w_NG, bias_N)
+    K = x_MK.shape[1]
+    w_NK = dequantize(unpack_int4(w_NK2), s_w_NG, z_w_NG, PerGroup(K // s_w_NG.shape[1]),
+                      x_MK.dtype)
+    y_MN = (x_MK @ w_NK.t()).float()
+    if bias_N is not None:
+        y_MN += bias_N
+    return y_MN.to(x_MK.dtype)
+
+
+def w4a16_gemm_triton(x_MK, w_NK2, s_w_NG, z_w_NG=None, bias_N=None) -> torch.Tensor:
+    """Weight-only INT4 Triton GEMM: group-wise dequant to x's dtype inside the K loop.
+
+    fp16/bf16 x use tensor cores directly; fp32 x runs the dot in TF32 on GPU.
+    """
+    _check_w4a16(x_MK, w_NK2, s_w_NG, z_w_NG, bias_N)
+    M, K = x_MK.shape
+    N, G = s_w_NG.shape
+    c_MN = torch.empty(M, N, device=x_MK.device, dtype=x_MK.dtype)
+    cfg = _config(M, block_k=64)
+    # per-channel (G == 1): stride 0 makes every k read group 0, whatever GROUP_SIZE says
+    group_size, stride_sg = (K // G, s_w_NG.stride(1)) if G > 1 else (cfg["BLOCK_K"], 0)
+    grid = (_cdiv(M, cfg["BLOCK_M"]) * _cdiv(N, cfg["BLOCK_N"]),)
+    _triton().w4a16_kernel[grid](
+        x_MK, w_NK2, c_MN, s_w_NG, s_w_NG if z_w_NG is None else z_w_NG,
+        s_w_NG if bias_N is None else bias_N.contiguous(), M, N, K,
+        x_MK.stride(0), x_MK.stride(1), w_NK2.stride(0), w_NK2.stride(1),
+        c_MN.stride(0), c_MN.stride(1), s_w_NG.stride(0), stride_sg, GROUP_SIZE=group_size,
+        HAS_ZW=z_w_NG is not None, HAS_BIAS=bias_N is not None, **cfg)
+    return c_MN
+
+
+# ---- emulated (fake quant) ---------------------------------------------------------------
+
+def emulated_linear(x_MK, w_deq_NK, bias_N=None, a_bits: int = 16,
+                    a_symmetric: bool = False) -> torch.Tensor:
+    """EMULATED path: fake-quantize x per token (a_bits < 16), then a float matmul in x's dtype.
+
+    w_deq_NK holds already quantize-dequantized weights. Runs any format; never fast.
+    """
+    if a_bits < 16:
+        x_MK = fake_quantize(x_MK, a_bits, PerToken(), a_symmetric)
+    bias = None if bias_N is None else bias_N.to(x_MK.dtype)
+    return F.linear(x_MK, w_deq_NK.to(x_MK.dtype), bias)
+
+
+# ---- linear level: dynamic activation quant + GEMM ----------------------------------------
+
+def quantize_activation(x_MK, a_bits: int = 8, a_symmetric: bool = False):
+    """Dynamic per-token min-max: (q int8 [M, K], s_a [M], z_a [M] or None)."""
+    q_MK, s_M1, z_M1 = quantize(x_MK, a_bits, PerToken(), a_symmetric)
+    return q_MK, s_M1[:, 0], None if z_M1 is None else z_M1[:, 0]
+
+
+INT8_ACT_GEMMS = {("w8a8", KernelChoice.TORCH): w8a8_gemm_ref,
+                  ("w8a8", KernelChoice.TRITON): w8a8_gemm_triton,
+                  ("w4a8", KernelChoice.TORCH): w4a8_gemm_ref,
+                  ("w4a8", KernelChoice.TRITON): w4a8_gemm_triton}
+
+
+def int8_act_linear(x_MK, kind: str, w, s_w_N, wsum_N=None, bias_N=None, a_bits: int = 8,
+                    a_symmetric: bool = False,
+                    kernel: KernelChoice = KernelChoice.TORCH) -> torch.Tensor:
+    """kind "w8a8" (w int8 [N, K]) or "w4a8" (w packed uint8 [N, K // 2]) linear on float x_MK."""
+    q_MK, s_a_M, z_a_M = quantize_activation(x_MK, a_bits, a_symmetric)
+    fn = INT8_ACT_GEMMS[kind, resolve(kernel, x_MK.device)]
+    return fn(q_MK, w, s_a_M, s_w_N, z_a_M, None if z_a_M is None else wsum_N, bias_N,
+              x_MK.dtype)
+
+
+def w4a16_linear(x_MK, w_NK2, s_w_NG, z_w_NG=None, bias_N=None,
+                 kernel: KernelChoice = KernelChoice.TORCH) -> torch.Tensor:
+    """Weight-only INT4 linear on float x_MK."""
+    use_triton = resolve(kernel, x_MK.device) is KernelChoice.TRITON
+    fn = w4a16_gemm_triton if use_triton else w4a16_gemm_ref
+    return fn(x_MK, w_NK2, s_w_NG, z_w_NG, bias_N)

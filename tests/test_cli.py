@@ -1,0 +1,93 @@
+"""The `litevar` command line: every bad input is one line on stderr and exit code 2."""
+import pytest
+import torch
+
+from litevar.cli import main
+from tests.test_parity import make_small
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    return make_small(tmp_path_factory.mktemp("ckpt"), depth=2)
+
+
+def run_cli(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc, err, *needles):
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_generate_writes_png_and_same_seed_same_image(ckpts, tmp_path, capsys):
+    var_path, vae_path = ckpts
+    outs = []
+    for name in ("a.png", "b.png"):
+        rc, out, _ = run_cli(capsys, "generate", "--ckpt", str(var_path), "--vae", str(vae_path), "--classes", "1,2,3",
+                             "--seed", "5", "--top-k", "10", "--out", str(tmp_path / name))
+        assert rc == 0 and "wrote" in out
+        outs.append((tmp_path / name).read_bytes())
+    assert outs[0] == outs[1] and outs[0][:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_missing_checkpoint(ckpts, tmp_path, capsys):
+    rc, _, err = run_cli(capsys, "generate", "--ckpt", str(tmp_path / "nope.pth"), "--vae", str(ckpts[1]))
+    assert_one_line_error(rc, err, "not found", "nope.pth")
+
+
+def test_not_a_checkpoint(ckpts, tmp_path, capsys):
+    junk = tmp_path / "junk.pth"
+    junk.write_text("hello")
+    rc, _, err = run_cli(capsys, "generate", "--ckpt", str(junk), "--vae", str(ckpts[1]))
+    assert_one_line_error(rc, err, "not a PyTorch or safetensors checkpoint")
+
+
+def test_swapped_checkpoints(ckpts, capsys):
+    var_path, vae_path = ckpts
+    rc, _, err = run_cli(capsys, "generate", "--ckpt", str(vae_path), "--vae", str(var_path))
+    assert_one_line_error(rc, err, "not a VAR checkpoint")
+
+
+def test_key_mismatch_names_keys_and_implied_config(ckpts, tmp_path, capsys):
+    var_path, vae_path = ckpts
+    sd = torch.load(var_path)
+    sd.pop("blocks.1.ffn.fc2.bias")
+    sd["blocks.1.extra"] = torch.zeros(1)
+    bad = tmp_path / "bad.pth"
+    torch.save(sd, bad)
+    rc, _, err = run_cli(capsys, "generate", "--ckpt", str(bad), "--vae", str(vae_path))
+    assert_one_line_error(rc, err, "blocks.1.ffn.fc2.bias", "blocks.1.extra", "depth=2", "shared_aln=False",
+                          "attn_l2_norm=True")
+
+
+def test_depth_mismatch(ckpts, capsys):
+    rc, _, err = run_cli(capsys, "generate", "--ckpt", str(ckpts[0]), "--vae", str(ckpts[1]), "--depth", "16")
+    assert_one_line_error(rc, err, "--depth 16", "depth=2")
+
+
+def test_class_out_of_range(ckpts, capsys):
+    rc, _, err = run_cli(capsys, "generate", "--ckpt", str(ckpts[0]), "--vae", str(ckpts[1]), "--classes", "3,10")
+    assert_one_line_error(rc, err, "out of range", "0..9")
+
+
+@pytest.mark.parametrize("pns", ["1,2,x", "3,2,1", "4"])
+def test_invalid_patch_nums(ckpts, capsys, pns):
+    rc, _, err = run_cli(capsys, "generate", "--ckpt", str(ckpts[0]), "--vae", str(ckpts[1]), "--patch-nums", pns)
+    assert_one_line_error(rc, err, "patch_nums")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_requested_without_gpu(ckpts, capsys):
+    rc, _, err = run_cli(capsys, "generate", "--ckpt", str(ckpts[0]), "--vae", str(ckpts[1]), "--device", "cuda")
+    assert_one_line_error(rc, err, "no CUDA device")
+
+
+def test_random_init_needs_depth(capsys):
+    rc, _, err = run_cli(capsys, "generate", "--random-init")
+    assert_one_line_error(rc, err, "--depth")
