@@ -1,0 +1,216 @@
+"""MDWA attention backends (LiteVAR sections 2-4) behind litevar.attention's interface.
+
+    MaskedReference  dense SDPA with windows.dense_mask (masked scores are -inf): the reference
+    FlexMDWA         FlexAttention with a block mask built arithmetically from the windows
+    TritonMDWA       kernels/mdwa_triton.py (band family; imported on first use)
+    CFGShared        ASC wrapper: attention of the conditional half, reused for both halves
+    make_mdwa_backend(windows, choice, device, options): pick one by KernelChoice
+
+Per-layer options (LayerOptions): qk_int8 (QKV8: int8 per-token Q and K, K smoothed by its
+per-channel mean over the keys) and share_cfg (ASC). Dense SDPA, the baseline, is
+litevar.attention.DenseAttention.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Collection, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from kernels.quant import PerToken, quantize
+from kernels.select import KernelChoice, resolve, triton_available
+from kernels.windows import WindowConfig, WindowFamily, block_structure, dense_mask, mask_mod_fn
+from litevar.attention import AttentionBackend, AttnCall, ScaleLayout
+from litevar.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LayerOptions:
+    """Per-layer attention options of a plan."""
+
+    qk_int8: bool = False  # QKV8: int8 per-token Q and K (K smoothed) in the QK product
+    share_cfg: bool = False  # ASC: the unconditional half reuses the conditional half's output
+
+
+def quantize_qk_int8(q_BHlc: torch.Tensor, k_BHLc: torch.Tensor):
+    """(q_i8, q_scale [B,H,l], k_i8, k_scale [B,H,L]): symmetric per-token int8 of q and of
+    k minus its per-channel mean over the keys (softmax is invariant to that shift)."""
+    k_BHLc = k_BHLc.float() - k_BHLc.float().mean(dim=2, keepdim=True)
+    q_i8, qs, _ = quantize(q_BHlc, 8, PerToken())
+    k_i8, ks, _ = quantize(k_BHLc, 8, PerToken())
+    return q_i8, qs[..., 0].contiguous(), k_i8, ks[..., 0].contiguous()
+
+
+def fake_quant_qk(q_BHlc: torch.Tensor, k_BHLc: torch.Tensor):
+    """Dequantized (q, k) of quantize_qk_int8, in float32 or wider: the emulated QKV8."""
+    dtype = torch.promote_types(q_BHlc.dtype, torch.float32)
+    q_i8, qs, k_i8, ks = quantize_qk_int8(q_BHlc, k_BHLc)
+    return q_i8.to(dtype) * qs[..., None].to(dtype), k_i8.to(dtype) * ks[..., None].to(dtype)
+
+
+def _sdpa(q_BHlc, k_BHLc, v_BHLc, scale: float, mask=None, qk_int8: bool = False):
+    """SDPA with an optional bool mask [H, l, L]; QKV8 emulated in float32 when qk_int8."""
+    if not qk_int8:
+        return F.scaled_dot_product_attention(q_BHlc, k_BHLc, v_BHLc, attn_mask=mask, scale=scale)
+    q, k = fake_quant_qk(q_BHlc, k_BHLc)
+    o = F.scaled_dot_product_attention(q, k, v_BHLc.to(q.dtype), attn_mask=mask, scale=scale)
+    return o.to(q_BHlc.dtype)
+
+
+class _WindowedBackend:
+    """Shared part of the MDWA backends: windows, per-layer options, layout check."""
+
+    def __init__(self, windows: WindowConfig, options: Mapping[int, LayerOptions] | None = None):
+        self.windows = windows
+        self.options = dict(options or {})
+
+    def _widths(self, ctx: AttnCall, device) -> torch.Tensor | None:
+        if ctx.layout.patch_nums != self.windows.patch_nums:
+            raise UserError(f"window config is for patch_nums {self.windows.patch_nums}, the model "
+                            f"runs {ctx.layout.patch_nums}: profile windows for this schedule")
+        w_Hp = self.windows.scale_widths(ctx.layer, ctx.scale)
+        return None if w_Hp is None else w_Hp.to(device)
+
+    def _int8(self, ctx: AttnCall) -> bool:
+        return self.options.get(ctx.layer, LayerOptions()).qk_int8
+
+
+class MaskedReference(_WindowedBackend):
+    """Dense SDPA with the window's bool mask (dense_mask): masked scores are -inf."""
+
+    def __call__(self, q_BHlc, k_BHLc, v_BHLc, ctx: AttnCall) -> torch.Tensor:
+        w_Hp = self._widths(ctx, q_BHlc.device)
+        mask = None if w_Hp is None else dense_mask(ctx.layout, ctx.scale, w_Hp, self.windows.family)
+        return _sdpa(q_BHlc, k_BHLc, v_BHLc, ctx.softmax_scale, mask, self._int8(ctx))
+
+
+@functools.cache
+def _compiled_flex():
+    """torch.compile(flex_attention), static shapes (it recompiles per new sequence length)."""
+    from torch.nn.attention.flex_attention import flex_attention
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_block_mask(layout: ScaleLayout, scale: int, widths_Hp: torch.Tensor,
+                    family: WindowFamily, block_size: int = 128):
+    """FlexAttention BlockMask of one (layer, scale), from windows.block_structure (no L x L)."""
+    from torch.nn.attention.flex_attention import BlockMask
+    partial, full = block_structure(layout, scale, widths_Hp.cpu(), family, block_size, block_size)
+    dev = widths_Hp.device
+
+    def to_kv(sel_HQK):  # -> (num [1, H, nQ], indices [1, H, nQ, nKV]): selected blocks first
+        num = sel_HQK.sum(-1, dtype=torch.int32)
+        idx = torch.argsort((~sel_HQK).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+        return num[None].to(dev).contiguous(), idx[None].to(dev).contiguous()
+
+    n_q, L = layout.patch_nums[scale] ** 2, layout.end[scale]
+    return BlockMask.from_kv_blocks(*to_kv(partial), *to_kv(full), BLOCK_SIZE=block_size,
+                                    mask_mod=mask_mod_fn(layout, scale, widths_Hp, family, block_size),
+                                    seq_lengths=(n_q, L))
+
+
+def _mask_from_mask_mod(ctx: AttnCall, w_Hp: torch.Tensor, family: WindowFamily) -> torch.Tensor:
+    """bool [H, l, L] from the division-free mask_mod (cheaper than dense_mask)."""
+    n, L, dev = ctx.layout.patch_nums[ctx.scale] ** 2, ctx.layout.end[ctx.scale], w_Hp.device
+    mask_mod = mask_mod_fn(ctx.layout, ctx.scale, w_Hp, family, pad_to=1)
+    h, q, kv = (torch.arange(m, device=dev) for m in (w_Hp.shape[0], n, L))
+    return mask_mod(None, h[:, None, None], q[None, :, None], kv[None, None, :])
+
+
+class FlexMDWA(_WindowedBackend):
+    """FlexAttention MDWA. Block masks are cached per (layer, scale, device); the compiled
+    kernel per shape (a compile costs ~10-20 s on CPU, cached on disk by inductor). Calls with
+    fewer than `dense_below` keys take masked SDPA instead (no compile; on CPU slower than flex
+    per call). QKV8 is emulated here (fake-quantized Q and K)."""
+
+    def __init__(self, windows: WindowConfig, options: Mapping[int, LayerOptions] | None = None,
+                 block_size: int = 128, dense_below: int = 0):
+        super().__init__(windows, options)
+        self.block_size, self.dense_below = block_size, dense_below
+        self._masks = {}
+
+    def block_mask(self, ctx: AttnCall, w_Hp: torch.Tensor):
+        key = (ctx.layer, ctx.scale, w_Hp.device)
+        if key not in self._masks:
+            self._masks[key] = flex_block_mask(ctx.layout, ctx.scale, w_Hp, self.windows.family,
+                                               self.block_size)
+        return self._masks[key]
+
+    def __call__(self, q_BHlc, k_BHLc, v_BHLc, ctx: AttnCall) -> torch.Tensor:
+        w_Hp, int8 = self._widths(ctx, q_BHlc.device), self._int8(ctx)
+        if w_Hp is None or ctx.layout.end[ctx.scale] < self.dense_below:
+            mask = None if w_Hp is None else _mask_from_mask_mod(ctx, w_Hp, self.windows.family)
+            return _sdpa(q_BHlc, k_BHLc, v_BHLc, ctx.softmax_scale, mask, int8)
+        bm = self.block_mask(ctx, w_Hp)
+        q, k, v = q_BHlc, k_BHLc, v_BHLc
+        if int8:
+            q, k = fake_quant_qk(q_BHlc, k_BHLc)
+            q, k = q.to(q_BHlc.dtype), k.to(q_BHlc.dtype)
+        with torch._dynamo.config.patch(recompile_limit=256):  # one compile per scale shape
+            return _compiled_flex()(q, k, v, block_mask=bm, scale=ctx.softmax_scale)
+
+
+class TritonMDWA(_WindowedBackend):
+    """The Triton kernel (band family); dense calls go to SDPA."""
+
+    def __init__(self, windows: WindowConfig, options: Mapping[int, LayerOptions] | None = None,
+                 block_m: int = 64, block_n: int = 64):
+        super().__init__(windows, options)
+        if windows.family is not WindowFamily.BAND:
+            raise UserError(f"the Triton MDWA kernel runs the band family, the windows are "
+                            f"{windows.family.value}: use FlexMDWA or MaskedReference")
+        self.block_m, self.block_n = block_m, block_n
+
+    def __call__(self, q_BHlc, k_BHLc, v_BHLc, ctx: AttnCall) -> torch.Tensor:
+        from kernels.mdwa_triton import mdwa_attention
+        w_Hp = self._widths(ctx, "cpu")  # the launcher caches its device tables
+        if w_Hp is None:
+            return _sdpa(q_BHlc, k_BHLc, v_BHLc, ctx.softmax_scale, None, self._int8(ctx))
+        return mdwa_attention(q_BHlc, k_BHLc, v_BHLc, ctx.layout, ctx.scale, w_Hp,
+                              ctx.softmax_scale, self._int8(ctx), self.block_m, self.block_n)
+
+
+class CFGShared:
+    """ASC: with a CFG-doubled batch, attend with the conditional half only and reuse its
+    output for the unconditional half, in `layers` (None: every layer)."""
+
+    def __init__(self, inner: AttentionBackend, layers: Collection[int] | None = None):
+        self.inner, self.layers = inner, None if layers is None else frozenset(layers)
+
+    def __call__(self, q_BHlc, k_BHLc, v_BHLc, ctx: AttnCall) -> torch.Tensor:
+        B = ctx.cfg_batch
+        if B <= 0 or (self.layers is not None and ctx.layer not in self.layers):
+            return self.inner(q_BHlc, k_BHLc, v_BHLc, ctx)
+        if q_BHlc.shape[0] != 2 * B:
+            raise ValueError(f"CFGShared: cfg_batch {B} but the batch has {q_BHlc.shape[0]} rows "
+                             f"(expected {2 * B}: conditional rows first, then unconditional)")
+        o_BHlc = self.inner(q_BHlc[:B], k_BHLc[:B], v_BHLc[:B], dataclasses.replace(ctx, cfg_batch=0))
+        return torch.cat((o_BHlc, o_BHlc), 0)
+
+
+def make_mdwa_backend(windows: WindowConfig, choice: KernelChoice | str = KernelChoice.AUTO,
+                      device: torch.device | str = "cpu",
+                      options: Mapping[int, LayerOptions] | None = None) -> AttentionBackend:
+    """Backend for `windows` (a config without layers: dense everywhere) chosen by KernelChoice,
+    wrapped in CFGShared for the layers with share_cfg. AUTO: Triton on CUDA (band family, triton installed), else
+    FlexAttention; TRITON: the Triton kernel; TORCH / EMULATED: MaskedReference."""
+    choice, device = KernelChoice(choice), torch.device(device)
+    options = dict(options or {})
+    if choice is KernelChoice.AUTO:
+        use_triton = (device.type == "cuda" and triton_available()
+                      and windows.family is WindowFamily.BAND)
+        backend: AttentionBackend = (TritonMDWA if use_triton else FlexMDWA)(windows, options)
+    elif choice is KernelChoice.TRITON:
+        resolve(choice, device)
+        backend = TritonMDWA(windows, options)
+    else:
+        backend = MaskedReference(windows, options)
+    shared = [layer for layer, opt in options.items() if opt.share_cfg]
+    log.debug("MDWA backend %s, CFG sharing in layers %s", type(backend).__name__, shared)
+    return CFGShared(backend, shared) if shared else backend

@@ -1,0 +1,156 @@
+"""Triton MDWA kernel: FlashAttention-style forward over the band window's key ranges only.
+
+One program per (query tile, batch x head). For each part j the tile's allowed keys form one
+contiguous range (windows.band_tile_ranges), computed in the kernel from the per-head
+half-width table; the kernel loops over key blocks inside those ranges only, masks elements of
+partial blocks with -inf and keeps an online softmax. No mask is materialised.
+
+Optional INT8 QK (QKV8): q and k arrive as int8 per-token codes with float scales, the QK
+product runs as an int8 dot with int32 accumulation. The kernel function is wrapped by
+triton.jit on first use, so TRITON_INTERPRET is read at launch time, not at import.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.mdwa import quantize_qk_int8
+from kernels.select import interpret_mode
+from litevar.attention import ScaleLayout
+
+LOG2E = 1.4426950408889634
+
+
+def _mdwa_fwd(Q, K, V, O, QS, KS, W, PB, PN,
+              stride_qb, stride_qh, stride_qm, stride_qd,
+              stride_kb, stride_kh, stride_kn, stride_kd,
+              stride_vb, stride_vh, stride_vn, stride_vd,
+              stride_ob, stride_oh, stride_om, stride_od,
+              n_q, L, H, num_parts, qk_scale,
+              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, QK_INT8: tl.constexpr, IEEE: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    q_ok = offs_m < n_q
+    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
+    q = tl.load(q_ptrs + offs_d[None, :] * stride_qd, mask=q_ok[:, None] & d_ok[None, :], other=0)
+    if QK_INT8:
+        q_scale = tl.load(QS + pid_bh * n_q + offs_m, mask=q_ok, other=0.0) * qk_scale
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    q_first = pid_m * BLOCK_M
+    q_last = tl.minimum(q_first + BLOCK_M, n_q) - 1
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    for j in range(0, num_parts):
+        r = tl.load(W + h * num_parts + j)  # FULL already replaced by n_j
+        begin = tl.load(PB + j)
+        n_j = tl.load(PN + j)
+        # tile key range [lo, hi) of part j (windows.band_tile_ranges), absolute indices
+        lo = begin + tl.maximum((2 * q_first + 1) * n_j // (2 * n_q) - r, 0)
+        hi = begin + tl.minimum((2 * q_last + 1) * n_j // (2 * n_q) + r + 1, n_j)
+        centre_m = (2 * offs_m + 1) * n_j // (2 * n_q)
+        for start in range(lo, hi, BLOCK_N):
+            offs_n = start + tl.arange(0, BLOCK_N)
+            kv_ok = offs_n < hi
+            k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                        mask=kv_ok[:, None] & d_ok[None, :], other=0)
+            v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                        mask=kv_ok[:, None] & d_ok[None, :], other=0)
+            if QK_INT8:
+                k_scale = tl.load(KS + pid_bh * L + offs_n, mask=kv_ok, other=0.0)
+                s = tl.dot(q, tl.trans(k), out_dtype=tl.int32).to(tl.float32)
+                s = s * q_scale[:, None] * k_scale[None, :]
+            elif IEEE:
+                s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+            else:
+                s = tl.dot(q, tl.trans(k)) * qk_scale
+            dist = tl.abs((offs_n - begin)[None, :] - centre_m[:, None])
+            s = tl.where(kv_ok[None, :] & (dist <= r), s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_i - m_safe)
+            p = tl.exp2(s - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            if IEEE:
+                pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+            else:
+                pv = tl.dot(p.to(v.dtype), v)
+            acc = acc * alpha[:, None] + pv
+            m_i = m_new
+    acc = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om
+    tl.store(o_ptrs + offs_d[None, :] * stride_od, acc.to(O.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :])
+
+
+@functools.cache
+def _kernel(interpret: bool):
+    """triton.jit(_mdwa_fwd), built once per interpret mode (the mode is read at decoration)."""
+    return triton.jit(_mdwa_fwd)
+
+
+def _check(q_BHlc, k_BHLc, v_BHLc, layout: ScaleLayout, scale: int, widths_Hp) -> None:
+    B, H, l, c = q_BHlc.shape
+    L = layout.end[scale]
+    if k_BHLc.shape != (B, H, L, c) or v_BHLc.shape != k_BHLc.shape:
+        raise ValueError(f"mdwa_attention: q {tuple(q_BHlc.shape)} needs k and v of shape "
+                         f"{(B, H, L, c)} (scale {scale} of {layout.patch_nums}); got "
+                         f"{tuple(k_BHLc.shape)} and {tuple(v_BHLc.shape)}")
+    if l != layout.patch_nums[scale] ** 2:
+        raise ValueError(f"mdwa_attention: {l} queries, scale {scale} has "
+                         f"{layout.patch_nums[scale] ** 2}")
+    if tuple(widths_Hp.shape) != (H, scale + 1):
+        raise ValueError(f"mdwa_attention: widths {tuple(widths_Hp.shape)}, expected {(H, scale + 1)}")
+    if q_BHlc.dtype not in (torch.float32, torch.bfloat16, torch.float16) or \
+            k_BHLc.dtype != q_BHlc.dtype or v_BHLc.dtype != q_BHlc.dtype:
+        raise ValueError(f"mdwa_attention: q, k, v must share one of float32/bfloat16/float16, "
+                         f"got {q_BHlc.dtype}, {k_BHLc.dtype}, {v_BHLc.dtype}")
+    if c > 256:
+        raise ValueError(f"mdwa_attention: head dim {c} > 256 is not supported")
+    if 4 * l * max(layout.patch_nums[:scale + 1]) ** 2 >= 2 ** 31:
+        raise ValueError(f"mdwa_attention: {l} queries overflow the kernel's int32 index math")
+
+
+@functools.lru_cache(maxsize=4096)
+def _part_tables(patch_nums: tuple[int, ...], scale: int, widths: tuple[tuple[int, ...], ...],
+                 device: str) -> tuple[torch.Tensor, ...]:
+    """int32 (widths with FULL -> n_j, part begins, part sizes) for the kernel, cached."""
+    layout = ScaleLayout(patch_nums)
+    n_p = torch.tensor([s * s for s in patch_nums[:scale + 1]], dtype=torch.int32)
+    w = torch.tensor(widths, dtype=torch.int32)
+    w = torch.where(w < 0, n_p[None, :], w.clamp(max=int(n_p.max())))
+    begin = torch.tensor(layout.begin[:scale + 1], dtype=torch.int32)
+    return tuple(t.contiguous().to(device) for t in (w, begin, n_p))
+
+
+def mdwa_attention(q_BHlc: torch.Tensor, k_BHLc: torch.Tensor, v_BHLc: torch.Tensor,
+                   layout: ScaleLayout, scale: int, widths_Hp: torch.Tensor, softmax_scale: float,
+                   qk_int8: bool = False, block_m: int = 64, block_n: int = 64) -> torch.Tensor:
+    """o_BHlc of band-windowed attention of the queries of `scale` (see module docstring)."""
+    _check(q_BHlc, k_BHLc, v_BHLc, layout, scale, widths_Hp)
+    B, H, l, c = q_BHlc.shape
+    L = layout.end[scale]
+    o_BHlc = torch.empty_like(q_BHlc)
+    w, begin, n_p = _part_tables(layout.patch_nums, scale, tuple(map(tuple, widths_Hp.tolist())),
+                                 str(q_BHlc.device))
+    if qk_int8:
+        q_in, qs_BHl, k_in, ks_BHL = quantize_qk_int8(q_BHlc, k_BHLc)
+    else:
+        q_in, k_in, qs_BHl, ks_BHL = q_BHlc, k_BHLc, q_BHlc, k_BHLc  # scale pointers unused
+    grid = (triton.cdiv(l, block_m), B * H)
+    _kernel(interpret_mode())[grid](
+        q_in, k_in, v_BHLc, o_BHlc, qs_BHl, ks_BHL, w, begin, n_p,
+        *q_in.stride(), *k_in.stride(), *v_BHLc.stride(), *o_BHlc.stride(),
+        l, L, H, scale + 1, softmax_scale * LOG2E,
+        HEAD_DIM=c, BLOCK_D=max(16, triton.next_power_of_2(c)), BLOCK_M=block_m,
+        BLOCK_N=block_n, QK_INT8=qk_int8, IEEE=q_BHlc.dtype == torch.float32)
+    return o_BHlc

@@ -1,0 +1,46 @@
+"""The small model trained by `litevar train` and shipped in litevar/assets (the default)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from litevar.errors import UserError
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def default_paths(root: str | Path = ASSETS) -> dict[str, Path]:
+    root = Path(root)
+    return {"var": root / "var.safetensors", "vae": root / "vae.safetensors", "card": root / "train.json"}
+
+
+def load_default(device="cpu", root: str | Path = ASSETS):
+    """(vae, var) of the shipped model, in eval mode on `device`."""
+    from safetensors.torch import load_file
+    from litevar.train import TrainConfig, VAEConfig, GPTConfig, build_small_vae, build_small_var
+    paths = default_paths(root)
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise UserError(f"the default model is missing ({', '.join(missing)}); run `litevar train` to rebuild it, "
+                        f"or pass official checkpoints with --ckpt/--vae")
+    recipe = json.loads(paths["card"].read_text())["recipe"]
+    cfg = TrainConfig(seed=recipe["seed"], image_size=recipe["image_size"], patch_nums=tuple(recipe["patch_nums"]),
+                      vae=VAEConfig(**{**recipe["vae"], "ch_mult": tuple(recipe["vae"]["ch_mult"])}),
+                      var=GPTConfig(**recipe["var"]))
+    with torch.device("meta"):
+        vae = build_small_vae(cfg)
+        var = build_small_var_meta(cfg, vae)
+    vae.load_state_dict(load_file(str(paths["vae"])), strict=True, assign=True)
+    var.load_state_dict(load_file(str(paths["var"])), strict=True, assign=True)
+    vae.to(device).eval().requires_grad_(False)
+    var.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
+    return vae, var
+
+
+def build_small_var_meta(cfg, vae):
+    from litevar.data import NUM_CLASSES
+    from litevar.var import VAR, VARConfig
+    return VAR(vae, VARConfig(depth=cfg.var.depth, patch_nums=cfg.patch_nums, num_classes=NUM_CLASSES,
+                              V=cfg.vae.V, Cvae=cfg.vae.Cvae, cond_drop_rate=cfg.var.cond_drop_rate))

@@ -1,0 +1,164 @@
+"""`litevar eval`: quality of a model on N generated images.
+
+- class accuracy of the generated images by the shipped classifier (chance = 1 / classes);
+- Frechet distance in that classifier's feature space against held-out real images, next to
+  the real-vs-real figure (two disjoint real sets of the same size) as the floor;
+- fidelity to the full-precision model with the same seeds (when the evaluated model differs:
+  a lower --dtype, later a plan): token agreement per scale, PSNR of the images, and the KL of
+  the CFG logits with both models teacher-forced on the reference tokens;
+- real FID / IS through an established library when its Inception weights are already cached.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+
+import torch
+
+from litevar.errors import UserError
+from litevar.generate import add_model_arguments, autocast, load_model
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    p.add_argument("--n", type=int, default=200, help="images to generate (balanced over classes; default 200)")
+    p.add_argument("--batch", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cfg", type=float, default=4.0)
+    p.add_argument("--top-k", type=int, default=900)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--json", help="write every figure here")
+
+
+def balanced_labels(n: int, num_classes: int) -> list[int]:
+    return [i % num_classes for i in range(n)]
+
+
+@torch.no_grad()
+def sample(var, labels: list[int], seed: int, cfg: float, top_k: int, top_p: float, batch: int,
+           dtype_name: str = "fp32", desc: str = "generate"):
+    """Images (N, 3, H, W) in [0, 1] and per-scale tokens; batch i uses seed + i."""
+    from tqdm import tqdm
+    dev = var.lvl_1L.device
+    imgs, toks = [], []
+    for i, b in enumerate(tqdm(range(0, len(labels), batch), desc=desc, unit="batch")):
+        label_B = torch.tensor(labels[b:b + batch], device=dev)
+        with autocast(dev, dtype_name):
+            img, tokens = var.autoregressive_infer_cfg(len(label_B), label_B, g_seed=seed + i, cfg=cfg, top_k=top_k,
+                                                       top_p=top_p, return_tokens=True)
+        imgs.append(img.float().cpu())
+        toks.append([t.cpu() for t in tokens])
+    return torch.cat(imgs), [torch.cat(ts) for ts in zip(*toks)]
+
+
+@torch.no_grad()
+def cfg_logits(var, vae, labels_B: torch.Tensor, tokens: list[torch.Tensor], cfg: float,
+               dtype_name: str = "fp32") -> torch.Tensor:
+    """Teacher-forced CFG-combined logits (B, L, V) on given tokens, as sampling would see them."""
+    dev = var.lvl_1L.device
+    x = vae.quantize.idxBl_to_var_input([t.to(dev) for t in tokens])
+    B = labels_B.shape[0]
+    both = torch.cat([labels_B.to(dev), torch.full_like(labels_B.to(dev), var.num_classes)])
+    with autocast(dev, dtype_name):
+        logits = var(both, x.repeat(2, 1, 1), cfg_batch=B).float()
+    t_L = torch.cat([torch.full((pn * pn,), cfg * si / (len(var.patch_nums) - 1), device=dev)
+                     for si, pn in enumerate(var.patch_nums)]).view(1, -1, 1)
+    return (1 + t_L) * logits[:B] - t_L * logits[B:]
+
+
+def fidelity(ref, test, vae, labels: list[int], seed: int, cfg: float, top_k: int, top_p: float, batch: int,
+             test_dtype: str = "fp32", ref_out=None) -> dict:
+    """How close `test` stays to `ref` with the same seeds (both VARs share the VQVAE)."""
+    from litevar import metrics
+    ref_img, ref_tok = ref_out or sample(ref, labels, seed, cfg, top_k, top_p, batch, desc="reference")
+    img, tok = sample(test, labels, seed, cfg, top_k, top_p, batch, test_dtype, desc="evaluated")
+    kls = []
+    for b in range(0, len(labels), batch):
+        lab = torch.tensor(labels[b:b + batch])
+        toks_b = [t[b:b + batch] for t in ref_tok]
+        p = cfg_logits(ref, vae, lab, toks_b, cfg)
+        q = cfg_logits(test, vae, lab, toks_b, cfg, test_dtype)
+        kls.append(per_scale_kl(p, q, ref.patch_nums))
+    kl_scales = torch.tensor(kls).mean(0).tolist()
+    return {"token_agreement_per_scale": metrics.token_agreement_per_scale(tok, ref_tok),
+            "psnr_db": float(metrics.psnr(img, ref_img)), "cfg_kl_per_scale": kl_scales,
+            "cfg_kl_sum": float(sum(kl_scales))}
+
+
+def per_scale_kl(p_BLV: torch.Tensor, q_BLV: torch.Tensor, patch_nums) -> list[float]:
+    """Mean over tokens of KL(softmax p || softmax q), per scale (nats)."""
+    from litevar import metrics
+    out, b = [], 0
+    for pn in patch_nums:
+        e = b + pn * pn
+        out.append(float(metrics.cfg_logits_kl(p_BLV[:, b:e], q_BLV[:, b:e])))
+        b = e
+    return out
+
+
+def quality(images: torch.Tensor, labels: list[int], n_real: int) -> dict:
+    """Class accuracy and classifier-feature Frechet distance (with the real-vs-real floor)."""
+    from litevar import metrics
+    from litevar.classifier import load_classifier
+    from litevar.data import make_split
+    clf = load_classifier()
+    x = images * 2 - 1
+    real_a, _ = make_split("test", n_real)
+    real_b, _ = make_split("val", n_real)
+    to_x = lambda u8: torch.from_numpy(u8).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    fa, fb, fg = (feats(clf, to_x(real_a)), feats(clf, to_x(real_b)), feats(clf, x))
+    return {"class_accuracy": float(metrics.class_accuracy(clf, x, torch.tensor(labels))),
+            "chance": 1 / clf.num_classes if hasattr(clf, "num_classes") else None,
+            "frechet_feature": float(metrics.frechet_distance(fg.numpy(), fa.numpy())),
+            "frechet_feature_real_vs_real": float(metrics.frechet_distance(fb.numpy(), fa.numpy())),
+            "n_real": n_real}
+
+
+@torch.no_grad()
+def feats(clf, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    return torch.cat([clf.features(x[i:i + batch]).float() for i in range(0, len(x), batch)])
+
+
+def run(args) -> int:
+    from litevar import metrics
+    if args.n < 2:
+        raise UserError(f"--n must be >= 2 (got {args.n})")
+    t0 = time.perf_counter()
+    vae, var = load_model(args)
+    labels = balanced_labels(args.n, var.num_classes)
+    imgs, toks = sample(var, labels, args.seed, args.cfg, args.top_k, args.top_p, args.batch, args.dtype)
+    report = {"n": args.n, "cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+              "dtype": args.dtype, **quality(imgs, labels, n_real=max(args.n, 500))}
+    if args.dtype != "fp32":  # fidelity of the lower-precision run to the fp32 one, same seeds
+        ref_out = sample(var, labels, args.seed, args.cfg, args.top_k, args.top_p, args.batch, "fp32", "fp32 reference")
+        report["fidelity_vs_fp32"] = fidelity(var, var, vae, labels, args.seed, args.cfg, args.top_k, args.top_p,
+                                              args.batch, args.dtype, ref_out=ref_out)
+    fid = metrics.inception_metrics(imgs, None)
+    report["inception"] = fid
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    print_report(report)
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=1)
+        os.replace(tmp, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def print_report(r: dict) -> None:
+    print(f"images: {r['n']} (cfg {r['cfg']}, top-k {r['top_k']}, top-p {r['top_p']}, {r['dtype']})")
+    print(f"class accuracy: {100 * r['class_accuracy']:.1f}%" + (f" (chance {100 * r['chance']:.0f}%)" if r.get("chance") else ""))
+    print(f"Frechet distance (classifier features): {r['frechet_feature']:.3f} "
+          f"(real vs real, {r['n_real']} images each: {r['frechet_feature_real_vs_real']:.3f})")
+    if "fidelity_vs_fp32" in r:
+        f = r["fidelity_vs_fp32"]
+        print(f"fidelity vs fp32: PSNR {f['psnr_db']:.2f} dB, CFG-logit KL {f['cfg_kl_sum']:.4f} nats (sum over scales), "
+              f"token agreement per scale {[round(a, 3) for a in f['token_agreement_per_scale']]}")
+    inc = r.get("inception")
+    print(f"Inception FID/IS: {inc}" if isinstance(inc, dict) else f"Inception FID/IS: skipped ({inc})")

@@ -1,0 +1,306 @@
+"""`litevar train`: train the shipped default model (classifier, VQVAE, VAR) from scratch.
+
+Seeded and resumable: every stage checkpoints to --work-dir every --ckpt-every steps and an
+interrupted run continues where it stopped. With the same seed and the same number of CPU
+threads the weights are bit-identical (CPU kernels are deterministic for a fixed thread count).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from litevar.errors import UserError
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+@dataclass
+class VAEConfig:
+    V: int = 512
+    Cvae: int = 16
+    ch: int = 32
+    ch_mult: tuple[int, ...] = (1, 2, 2)  # 64 px images -> 16x16 latent
+    num_res_blocks: int = 1
+    share_quant_resi: int = 4
+    steps: int = 1500
+    batch: int = 32
+    lr: float = 2e-3
+    restart_every: int = 250  # re-seed unused codes from current residuals
+
+
+@dataclass
+class GPTConfig:
+    depth: int = 4
+    steps: int = 3000
+    batch: int = 24
+    lr: float = 1.5e-3
+    weight_decay: float = 0.05
+    cond_drop_rate: float = 0.1
+    warmup: int = 150
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    image_size: int = 64
+    patch_nums: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+    n_images: int = 40000
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    var: GPTConfig = field(default_factory=GPTConfig)
+    classifier_steps: int = 1500
+
+    def __post_init__(self):
+        if self.image_size // 2 ** (len(self.vae.ch_mult) - 1) != self.patch_nums[-1]:
+            raise UserError(f"image_size {self.image_size} with ch_mult {self.vae.ch_mult} does not give a "
+                            f"{self.patch_nums[-1]}x{self.patch_nums[-1]} latent; change one of them")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(ASSETS), help="where the trained weights go (default: the shipped assets)")
+    p.add_argument("--work-dir", default="runs/train", help="resumable checkpoints (default runs/train)")
+    p.add_argument("--ckpt-every", type=int, default=250, help="checkpoint every N steps")
+    p.add_argument("--stages", default="classifier,vae,var", help="comma-separated subset of classifier,vae,var")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps (e.g. 0.01 for a smoke run)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--device", default="cpu")
+
+
+# -- shared helpers -----------------------------------------------------------------------------
+
+def _autocast(device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _resume(path: Path, model, opt, gen: torch.Generator) -> int:
+    """Restore model, optimizer and both RNG streams; return the step to continue from."""
+    if not path.exists():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    torch.set_rng_state(state["rng"])
+    gen.set_state(state["data_rng"])
+    log.info("resumed %s at step %d", path, state["step"])
+    return state["step"]
+
+
+def _checkpoint(path: Path, model, opt, gen: torch.Generator, step: int) -> None:
+    _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state(),
+                  "data_rng": gen.get_state(), "step": step}, path)
+
+
+def _images(cfg: TrainConfig, n: int, split: str = "train") -> torch.Tensor:
+    from litevar.data import make_split
+    imgs, labels = make_split(split, n, size=cfg.image_size)
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
+    return x, torch.from_numpy(labels).long()
+
+
+def _batch_indices(gen: torch.Generator, n: int, batch: int) -> torch.Tensor:
+    return torch.randint(0, n, (batch,), generator=gen)
+
+
+# -- VQVAE ----------------------------------------------------------------------------------------
+
+def build_small_vae(cfg: TrainConfig):
+    from litevar.vqvae import VQVAE
+    v = cfg.vae
+    return VQVAE(vocab_size=v.V, z_channels=v.Cvae, ch=v.ch, ch_mult=v.ch_mult, share_quant_resi=v.share_quant_resi,
+                 v_patch_nums=cfg.patch_nums, num_res_blocks=v.num_res_blocks)
+
+
+@torch.no_grad()
+def _restart_dead_codes(vae, x_B3HW: torch.Tensor, gen: torch.Generator) -> int:
+    """Codes no scale used on this batch are re-seeded from random latent vectors of the batch."""
+    q = vae.quantize
+    f = vae.quant_conv(vae.encoder(x_B3HW)).float()
+    used = torch.zeros(q.V, dtype=torch.bool)
+    for idx in q.f_to_idxBl_or_fhat(f, to_fhat=False):
+        used[idx.flatten()] = True
+    dead = (~used).nonzero().flatten()
+    if len(dead):
+        pool = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+        pick = torch.randint(0, len(pool), (len(dead),), generator=gen)
+        q.embedding.weight[dead] = pool[pick] + 0.01 * torch.randn(len(dead), f.shape[1], generator=gen)
+    return len(dead)
+
+
+def train_vae(cfg: TrainConfig, work: Path, device: torch.device, ckpt_every: int, progress=True):
+    from tqdm import tqdm
+    torch.manual_seed(cfg.seed)
+    vae = build_small_vae(cfg).to(device).train()
+    x_all, _ = _images(cfg, cfg.n_images // 2)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae.lr, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
+    path, gen = work / "vae.pt", torch.Generator().manual_seed(cfg.seed + 1)
+    start = _resume(path, vae, opt, gen)
+    bar = tqdm(range(start, cfg.vae.steps), desc="vqvae", disable=not progress, initial=start, total=cfg.vae.steps)
+    for step in bar:
+        x = x_all[_batch_indices(gen, len(x_all), cfg.vae.batch)].to(device)
+        for g in opt.param_groups:
+            g["lr"] = _cosine_lr(step, cfg.vae.steps, cfg.vae.lr, 100)
+        with _autocast(device):
+            rec, vq_loss = vae(x)
+        rec_loss = F.mse_loss(rec.float(), x) + 0.2 * F.l1_loss(rec.float(), x)
+        loss = rec_loss + vq_loss.float()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 2.0)
+        opt.step()
+        if (step + 1) % cfg.vae.restart_every == 0 and step + 1 < cfg.vae.steps * 0.8:
+            dead = _restart_dead_codes(vae, x_all[_batch_indices(gen, len(x_all), 256)].to(device), gen)
+            bar.set_postfix(rec=f"{rec_loss.item():.4f}", dead=dead)
+        if (step + 1) % ckpt_every == 0:
+            _checkpoint(path, vae, opt, gen, step + 1)
+    _checkpoint(path, vae, opt, gen, cfg.vae.steps)
+    return vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def tokenize(vae, x_all: torch.Tensor, batch: int = 256, progress=True) -> torch.Tensor:
+    """Token ids of every image, concatenated over scales: (N, L) int16."""
+    from tqdm import tqdm
+    out = []
+    for i in tqdm(range(0, len(x_all), batch), desc="tokenize", disable=not progress):
+        out.append(torch.cat(vae.img_to_idxBl(x_all[i:i + batch]), dim=1).to(torch.int16))
+    return torch.cat(out)
+
+
+# -- VAR --------------------------------------------------------------------------------------------
+
+def build_small_var(cfg: TrainConfig, vae):
+    from litevar.var import VAR, VARConfig
+    from litevar.data import NUM_CLASSES
+    vcfg = VARConfig(depth=cfg.var.depth, patch_nums=cfg.patch_nums, num_classes=NUM_CLASSES, V=cfg.vae.V,
+                     Cvae=cfg.vae.Cvae, cond_drop_rate=cfg.var.cond_drop_rate)
+    var = VAR(vae, vcfg)
+    var.init_weights()
+    return var
+
+
+def _split_scales(tokens_NL: torch.Tensor, patch_nums) -> list[torch.Tensor]:
+    out, b = [], 0
+    for pn in patch_nums:
+        out.append(tokens_NL[:, b:b + pn * pn].long())
+        b += pn * pn
+    return out
+
+
+def train_var(cfg: TrainConfig, vae, tokens_NL, labels_N, work: Path, device, ckpt_every: int, progress=True):
+    from tqdm import tqdm
+    torch.manual_seed(cfg.seed + 2)
+    var = build_small_var(cfg, vae).to(device).train()
+    decay = [p for n, p in var.named_parameters() if p.dim() >= 2 and "pos_" not in n]
+    no_decay = [p for n, p in var.named_parameters() if not (p.dim() >= 2 and "pos_" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.var.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.var.lr, betas=(0.9, 0.95),
+                            fused=True)
+    path, gen = work / "var.pt", torch.Generator().manual_seed(cfg.seed + 3)
+    start = _resume(path, var, opt, gen)
+    bar = tqdm(range(start, cfg.var.steps), desc="var", disable=not progress, initial=start, total=cfg.var.steps)
+    for step in bar:
+        idx = _batch_indices(gen, len(tokens_NL), cfg.var.batch)
+        gt = _split_scales(tokens_NL[idx], cfg.patch_nums)
+        x_in = vae.quantize.idxBl_to_var_input([g.to(device) for g in gt])
+        for g in opt.param_groups:
+            g["lr"] = _cosine_lr(step, cfg.var.steps, cfg.var.lr, cfg.var.warmup)
+        with _autocast(device):
+            logits = var(labels_N[idx].to(device), x_in)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), torch.cat(gt, 1).flatten().to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(var.parameters(), 2.0)
+        opt.step()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if (step + 1) % ckpt_every == 0:
+            _checkpoint(path, var, opt, gen, step + 1)
+    _checkpoint(path, var, opt, gen, cfg.var.steps)
+    return var.eval().requires_grad_(False)
+
+
+# -- the command --------------------------------------------------------------------------------------
+
+def _scaled(cfg: TrainConfig, s: float) -> TrainConfig:
+    if s != 1.0:
+        cfg.vae.steps = max(2, int(cfg.vae.steps * s))
+        cfg.var.steps = max(2, int(cfg.var.steps * s))
+        cfg.var.warmup = max(1, int(cfg.var.warmup * s))
+        cfg.classifier_steps = max(2, int(cfg.classifier_steps * s))
+        cfg.n_images = max(64, int(cfg.n_images * s))
+    return cfg
+
+
+def run(args) -> int:
+    from safetensors.torch import load_file, save_file
+    stages = {s.strip() for s in args.stages.split(",") if s.strip()}
+    if not stages <= {"classifier", "vae", "var"}:
+        raise UserError(f"--stages {args.stages!r}: choose from classifier,vae,var")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cfg = _scaled(TrainConfig(seed=args.seed), args.scale)
+    out, work = Path(args.out), Path(args.work_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    times = {}
+    if "classifier" in stages:
+        from litevar.classifier import train_classifier
+        t = time.perf_counter()
+        train_classifier(seed=cfg.seed, steps=cfg.classifier_steps, out_path=str(out / "classifier.safetensors"))
+        times["classifier_s"] = round(time.perf_counter() - t, 1)
+    if "vae" in stages:
+        t = time.perf_counter()
+        vae = train_vae(cfg, work, device, args.ckpt_every)
+        save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(out / "vae.safetensors.tmp"))
+        os.replace(out / "vae.safetensors.tmp", out / "vae.safetensors")
+        times["vae_s"] = round(time.perf_counter() - t, 1)
+    if "var" in stages:
+        t = time.perf_counter()
+        vae = build_small_vae(cfg)
+        vae.load_state_dict(load_file(str(out / "vae.safetensors")))
+        vae.eval().requires_grad_(False)
+        x_all, labels = _images(cfg, cfg.n_images)
+        tokens = tokenize(vae, x_all)
+        del x_all
+        var = train_var(cfg, vae, tokens, labels, work, device, args.ckpt_every)
+        sd = {k: v.contiguous() for k, v in var.state_dict().items()}
+        save_file(sd, str(out / "var.safetensors.tmp"))
+        os.replace(out / "var.safetensors.tmp", out / "var.safetensors")
+        times["var_s"] = round(time.perf_counter() - t, 1)
+    card = {"recipe": asdict(cfg), "seconds": times, "threads": torch.get_num_threads(),
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "torch": torch.__version__}
+    card_path = out / "train.json"
+    if card_path.exists():  # keep the times of stages not re-run now
+        old = json.loads(card_path.read_text())
+        card["seconds"] = {**old.get("seconds", {}), **times}
+    tmp = card_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(card, indent=1))
+    os.replace(tmp, card_path)
+    print(f"trained {sorted(stages)} into {out}: {card['seconds']}")
+    return 0
