@@ -34,21 +34,21 @@ class VAEConfig:
     ch_mult: tuple[int, ...] = (1, 2, 2)  # 64 px images -> 16x16 latent
     num_res_blocks: int = 1
     share_quant_resi: int = 4
-    steps: int = 1500
-    batch: int = 32
+    steps: int = 1200
+    batch: int = 16
     lr: float = 2e-3
-    restart_every: int = 250  # re-seed unused codes from current residuals
+    restart_every: int = 50  # re-seed unused codes from current residuals (first 60% of steps)
 
 
 @dataclass
 class GPTConfig:
     depth: int = 4
-    steps: int = 3000
-    batch: int = 24
-    lr: float = 1.5e-3
+    steps: int = 2000
+    batch: int = 16
+    lr: float = 2e-3
     weight_decay: float = 0.05
     cond_drop_rate: float = 0.1
-    warmup: int = 150
+    warmup: int = 100
 
 
 @dataclass
@@ -59,7 +59,7 @@ class TrainConfig:
     n_images: int = 40000
     vae: VAEConfig = field(default_factory=VAEConfig)
     var: GPTConfig = field(default_factory=GPTConfig)
-    classifier_steps: int = 1500
+    classifier_steps: int = 800
 
     def __post_init__(self):
         if self.image_size // 2 ** (len(self.vae.ch_mult) - 1) != self.patch_nums[-1]:
@@ -136,17 +136,18 @@ def build_small_vae(cfg: TrainConfig):
 
 @torch.no_grad()
 def _restart_dead_codes(vae, x_B3HW: torch.Tensor, gen: torch.Generator) -> int:
-    """Codes no scale used on this batch are re-seeded from random latent vectors of the batch."""
+    """Codes no scale used on this batch are re-seeded from the residual vectors the scales quantize."""
     q = vae.quantize
     f = vae.quant_conv(vae.encoder(x_B3HW)).float()
-    used = torch.zeros(q.V, dtype=torch.bool)
-    for idx in q.f_to_idxBl_or_fhat(f, to_fhat=False):
-        used[idx.flatten()] = True
+    used, pool = torch.zeros(q.V, dtype=torch.bool), []
+    for _, z_NC, idx_N, _ in q.residual_steps(f):
+        used[idx_N] = True
+        pool.append(z_NC)
     dead = (~used).nonzero().flatten()
     if len(dead):
-        pool = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+        pool = torch.cat(pool)
         pick = torch.randint(0, len(pool), (len(dead),), generator=gen)
-        q.embedding.weight[dead] = pool[pick] + 0.01 * torch.randn(len(dead), f.shape[1], generator=gen)
+        q.embedding.weight[dead] = pool[pick] + 1e-3 * torch.randn(len(dead), pool.shape[1], generator=gen)
     return len(dead)
 
 
@@ -158,6 +159,8 @@ def train_vae(cfg: TrainConfig, work: Path, device: torch.device, ckpt_every: in
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae.lr, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
     path, gen = work / "vae.pt", torch.Generator().manual_seed(cfg.seed + 1)
     start = _resume(path, vae, opt, gen)
+    if start == 0:  # a codebook seeded from data, not the tiny uniform init
+        _restart_dead_codes(vae, x_all[_batch_indices(gen, len(x_all), 256)].to(device), gen)
     bar = tqdm(range(start, cfg.vae.steps), desc="vqvae", disable=not progress, initial=start, total=cfg.vae.steps)
     for step in bar:
         x = x_all[_batch_indices(gen, len(x_all), cfg.vae.batch)].to(device)
@@ -171,7 +174,7 @@ def train_vae(cfg: TrainConfig, work: Path, device: torch.device, ckpt_every: in
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 2.0)
         opt.step()
-        if (step + 1) % cfg.vae.restart_every == 0 and step + 1 < cfg.vae.steps * 0.8:
+        if (step + 1) % cfg.vae.restart_every == 0 and step + 1 < cfg.vae.steps * 0.6:
             dead = _restart_dead_codes(vae, x_all[_batch_indices(gen, len(x_all), 256)].to(device), gen)
             bar.set_postfix(rec=f"{rec_loss.item():.4f}", dead=dead)
         if (step + 1) % ckpt_every == 0:

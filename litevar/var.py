@@ -124,10 +124,10 @@ class AdaLNSelfAttn(nn.Module):
             g1, g2, s1, s2, sh1, sh2 = (self.ada_gss + cond_BD_or_gss).unbind(2)  # each B 1 C
         else:
             g1, g2, s1, s2, sh1, sh2 = self.ada_lin(cond_BD_or_gss).view(-1, 1, 6, self.C).unbind(2)
-        h = self.ln_wo_grad(x_BlC).mul(s1.add(1)).add_(sh1)
-        x_BlC = x_BlC + self.attn(h, layout, scales, cfg_batch).mul_(g1)
-        h = self.ln_wo_grad(x_BlC).mul(s2.add(1)).add_(sh2)
-        return x_BlC + self.ffn(h).mul(g2)
+        h = self.ln_wo_grad(x_BlC) * (s1 + 1) + sh1
+        x_BlC = x_BlC + self.attn(h, layout, scales, cfg_batch) * g1
+        h = self.ln_wo_grad(x_BlC) * (s2 + 1) + sh2
+        return x_BlC + self.ffn(h) * g2
 
 
 class AdaLNBeforeHead(nn.Module):
@@ -139,7 +139,7 @@ class AdaLNBeforeHead(nn.Module):
 
     def forward(self, x_BLC, cond_BD):
         scale, shift = self.ada_lin(cond_BD).view(-1, 1, 2, self.C).unbind(2)
-        return self.ln_wo_grad(x_BLC).mul(scale.add(1)).add_(shift)
+        return self.ln_wo_grad(x_BLC) * (scale + 1) + shift
 
 
 class SharedAdaLin(nn.Linear):

@@ -218,24 +218,30 @@ class MultiScaleQuantizer(nn.Module):
         d_NV.addmm_(z_NC, w_VC.T, alpha=-2, beta=1)
         return d_NV.argmin(dim=1)
 
-    def f_to_idxBl_or_fhat(self, f_BChw: torch.Tensor, to_fhat: bool) -> list[torch.Tensor]:
-        """Residual-quantize f scale by scale; return per-scale token ids (B, pn*pn) or f_hat's."""
+    def residual_steps(self, f_BChw: torch.Tensor):
+        """Yield (si, z_NC, idx_N, f_hat) scale by scale: z_NC are the residual vectors that scale
+        quantizes, idx_N their nearest codes, f_hat the reconstruction so far."""
         B, C, H, W = f_BChw.shape
         if self.patch_nums[-1] != H or H != W:
             raise ValueError(f"latent is {H}x{W} but patch_nums ends at {self.patch_nums[-1]}")
-        f_rest, f_hat, out, SN = f_BChw.detach().clone(), torch.zeros_like(f_BChw), [], len(self.patch_nums)
+        f_rest, f_hat, SN = f_BChw.detach().clone(), torch.zeros_like(f_BChw), len(self.patch_nums)
         for si, pn in enumerate(self.patch_nums):
             last = si == SN - 1
             z = f_rest if last else F.interpolate(f_rest, size=(pn, pn), mode="area")
-            idx_N = self.nearest_code(z.permute(0, 2, 3, 1).reshape(-1, C))
+            z_NC = z.permute(0, 2, 3, 1).reshape(-1, C)
+            idx_N = self.nearest_code(z_NC)
             h_BChw = self.embedding(idx_N.view(B, pn, pn)).permute(0, 3, 1, 2).contiguous()
             if not last:
                 h_BChw = F.interpolate(h_BChw, size=(H, W), mode="bicubic").contiguous()
             h_BChw = self.phi(si)(h_BChw)
             f_hat.add_(h_BChw)
             f_rest.sub_(h_BChw)
-            out.append(f_hat.clone() if to_fhat else idx_N.reshape(B, pn * pn))
-        return out
+            yield si, z_NC, idx_N, f_hat
+
+    def f_to_idxBl_or_fhat(self, f_BChw: torch.Tensor, to_fhat: bool) -> list[torch.Tensor]:
+        """Residual-quantize f scale by scale; return per-scale token ids (B, pn*pn) or f_hat's."""
+        B = f_BChw.shape[0]
+        return [f_hat.clone() if to_fhat else idx_N.reshape(B, -1) for _, _, idx_N, f_hat in self.residual_steps(f_BChw)]
 
     def forward(self, f_BChw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training forward: f_hat with a straight-through gradient, and the VQ loss."""
