@@ -19,7 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="litevar", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="litevar", description="Hardware-aware compression planner and runtime "
+                                     "for visual autoregressive (VAR) image models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_) in COMMANDS.items():

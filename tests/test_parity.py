@@ -168,3 +168,17 @@ def test_random_init_big_model_is_built_in_place():
     assert all(p.device.type == "cpu" for p in var.parameters())
     assert var.lvl_1L.tolist() == [[0, 1, 1, 1, 1] + [2] * 16]
     assert torch.count_nonzero(var.blocks[0].attn.zero_k_bias) == 0
+
+
+def test_masked_and_per_scale_attention_paths_agree(tmp_path):
+    """Teacher forcing runs dense attention as one block-causal masked call (small L) or one call
+    per scale (large L, and every windowed backend): both give the same logits."""
+    from litevar.attention import DenseAttention, set_attention_backend
+    var_path, vae_path = make_small(tmp_path, 2)
+    _, var = load_vae_var(var_path, vae_path)
+    label_B, x = torch.randint(0, 10, (2,)), torch.randn(2, 65, SMALL_VAE["Cvae"])
+    masked = var(label_B, x)
+    per_scale = DenseAttention()
+    per_scale.max_masked_L = 0
+    set_attention_backend(var, per_scale)
+    assert rel_err(var(label_B, x), masked) <= 1e-5
