@@ -12,7 +12,6 @@ import platform
 
 import torch
 
-from litevar.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

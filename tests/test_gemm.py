@@ -11,9 +11,6 @@ Known interpreter limit (triton 3.9): tl.dot on bf16 multiplies the raw uint16 b
 so bf16 Triton runs are tested on CUDA only.
 """
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -26,6 +23,7 @@ from kernels.quant import (PerChannel, PerGroup, dequantize, pack_int4, quantize
                            unpack_int4)
 from kernels.select import KernelChoice, interpret_mode, triton_available
 from litevar.errors import UserError
+from tests.triton_child import run_triton_tests_in_child
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -160,16 +158,8 @@ def test_triton_quantlinear_forward():
 
 
 def test_triton_kernels_under_interpreter():
-    """Run this module's Triton tests in a child process with TRITON_INTERPRET=1."""
-    if CUDA or interpret_mode() or not triton_available():
-        pytest.skip("Triton tests run in this process (CUDA or interpreter) or triton is missing")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, "-m", "pytest", os.path.abspath(__file__), "-q", "-k", "triton",
-           "-p", "no:cacheprovider"]
-    r = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=170)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert " passed" in r.stdout and " failed" not in r.stdout
+    """This module's Triton tests, in a child process with TRITON_INTERPRET=1."""
+    run_triton_tests_in_child(__file__)
 
 
 @gpu

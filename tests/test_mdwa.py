@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -22,10 +20,11 @@ import torch
 from kernels.mdwa import (CFGShared, FlexMDWA, LayerOptions, MaskedReference, TritonMDWA,
                           fake_quant_qk, flex_block_mask, make_mdwa_backend, quantize_qk_int8)
 from kernels.quant import sqnr
-from kernels.select import KernelChoice, interpret_mode, triton_available, triton_runs_on
+from kernels.select import KernelChoice, triton_runs_on
 from kernels.windows import FULL, WindowConfig, WindowFamily, dense_mask, mask_mod_fn, max_width
 from litevar.attention import AttnCall, DenseAttention, ScaleLayout
 from litevar.errors import UserError
+from tests.triton_child import run_triton_tests_in_child
 
 SEED = int.from_bytes(os.urandom(4), "little")
 SCHEDULES = [(1, 2, 3, 4, 5, 6), (1, 2, 3, 5, 7)]
@@ -304,18 +303,8 @@ def test_triton_backend_and_launcher_checks():
 
 
 def test_triton_kernels_under_interpreter():
-    """Run this module's Triton tests in a child process with TRITON_INTERPRET=1: triton 3.9
-    decorates triton.language's own helpers (tl.zeros, ...) when triton is first imported, so
-    the variable must be set before any import of triton (torch.compile imports it too)."""
-    if CUDA or interpret_mode() or not triton_available():
-        pytest.skip("Triton tests run in this process (CUDA or interpreter) or triton is missing")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, "-m", "pytest", os.path.abspath(__file__), "-q", "-k", "triton",
-           "-p", "no:cacheprovider"]
-    r = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=170)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert " passed" in r.stdout and " failed" not in r.stdout
+    """This module's Triton tests, in a child process with TRITON_INTERPRET=1."""
+    run_triton_tests_in_child(__file__)
 
 
 @pytest.mark.gpu
