@@ -19,7 +19,7 @@ def default_paths(root: str | Path = ASSETS) -> dict[str, Path]:
 def load_default(device="cpu", root: str | Path = ASSETS):
     """(vae, var) of the shipped model, in eval mode on `device`."""
     from safetensors.torch import load_file
-    from litevar.train import TrainConfig, VAEConfig, GPTConfig, build_small_vae
+    from litevar.train import GPTConfig, TrainConfig, VAEConfig, build_small_vae, build_small_var
     paths = default_paths(root)
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
@@ -31,16 +31,10 @@ def load_default(device="cpu", root: str | Path = ASSETS):
                       var=GPTConfig(**recipe["var"]))
     with torch.device("meta"):
         vae = build_small_vae(cfg)
-        var = build_small_var_meta(cfg, vae)
+        var = build_small_var(cfg, vae, init=False)
     vae.load_state_dict(load_file(str(paths["vae"])), strict=True, assign=True)
     var.load_state_dict(load_file(str(paths["var"])), strict=True, assign=True)
     vae.to(device).eval().requires_grad_(False)
     var.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
     return vae, var
 
-
-def build_small_var_meta(cfg, vae):
-    from litevar.data import NUM_CLASSES
-    from litevar.var import VAR, VARConfig
-    return VAR(vae, VARConfig(depth=cfg.var.depth, patch_nums=cfg.patch_nums, num_classes=NUM_CLASSES,
-                              V=cfg.vae.V, Cvae=cfg.vae.Cvae, cond_drop_rate=cfg.var.cond_drop_rate))
