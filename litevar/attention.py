@@ -66,6 +66,11 @@ def attend_scales(backend: AttentionBackend, q_BHlc, k_BHLc, v_BHLc, ctx: AttnCa
     path when it has one, else one call per scale. q starts at the first token of scales[0]."""
     if len(scales) > 1 and hasattr(backend, "attend_scales"):
         return backend.attend_scales(q_BHlc, k_BHLc, v_BHLc, ctx, scales)
+    return attend_per_scale(backend, q_BHlc, k_BHLc, v_BHLc, ctx, scales)
+
+
+def attend_per_scale(backend: AttentionBackend, q_BHlc, k_BHLc, v_BHLc, ctx: AttnCall, scales: range) -> torch.Tensor:
+    """One backend call per scale: its queries against the keys of every scale up to it."""
     offset, outs = ctx.layout.begin[scales[0]], []
     for si in scales:
         b, e = ctx.layout.begin[si] - offset, ctx.layout.end[si] - offset
@@ -86,7 +91,7 @@ class DenseAttention:
     def attend_scales(self, q_BHlc, k_BHLc, v_BHLc, ctx: AttnCall, scales: range) -> torch.Tensor:
         """All scales from 0 at once with a block-causal boolean mask when L is small (training)."""
         if scales[0] != 0 or ctx.layout.end[scales[-1]] > self.max_masked_L:
-            return attend_scales(_PerScale(self), q_BHlc, k_BHLc, v_BHLc, ctx, scales)
+            return attend_per_scale(self, q_BHlc, k_BHLc, v_BHLc, ctx, scales)
         L = ctx.layout.end[scales[-1]]
         lvl = torch.repeat_interleave(torch.arange(len(scales), device=q_BHlc.device),
                                       torch.tensor([pn * pn for pn in ctx.layout.patch_nums[:len(scales)]],
@@ -94,16 +99,6 @@ class DenseAttention:
         mask_LL = lvl[:, None] >= lvl[None, :]
         return F.scaled_dot_product_attention(q_BHlc, k_BHLc[:, :, :L], v_BHLc[:, :, :L], attn_mask=mask_LL,
                                               scale=ctx.softmax_scale)
-
-
-class _PerScale:
-    """Hide a backend's multi-scale path (forces one call per scale)."""
-
-    def __init__(self, backend):
-        self.backend = backend
-
-    def __call__(self, *args):
-        return self.backend(*args)
 
 
 class KVCache:

@@ -93,12 +93,8 @@ def fidelity(ref, test, vae, labels: list[int], seed: int, cfg: float, top_k: in
 def per_scale_kl(p_BLV: torch.Tensor, q_BLV: torch.Tensor, patch_nums) -> list[float]:
     """Mean over tokens of KL(softmax p || softmax q), per scale (nats)."""
     from litevar import metrics
-    out, b = [], 0
-    for pn in patch_nums:
-        e = b + pn * pn
-        out.append(float(metrics.cfg_logits_kl(p_BLV[:, b:e], q_BLV[:, b:e])))
-        b = e
-    return out
+    sizes = [pn * pn for pn in patch_nums]
+    return metrics.cfg_logits_kl(p_BLV.split(sizes, dim=1), q_BLV.split(sizes, dim=1)).per_scale
 
 
 def quality(images: torch.Tensor, labels: list[int], n_real: int) -> dict:
@@ -107,15 +103,14 @@ def quality(images: torch.Tensor, labels: list[int], n_real: int) -> dict:
     from litevar.classifier import load_classifier
     from litevar.data import make_split
     clf = load_classifier()
-    x = images * 2 - 1
+    x = images * 2 - 1  # the classifier's input range
     real_a, _ = make_split("test", n_real)
     real_b, _ = make_split("val", n_real)
-    to_x = lambda u8: torch.from_numpy(u8).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-    fa, fb, fg = (feats(clf, to_x(real_a)), feats(clf, to_x(real_b)), feats(clf, x))
+    fa, fb, fg = (metrics.classifier_features(clf, imgs) for imgs in (real_a, real_b, x))
     return {"class_accuracy": float(metrics.class_accuracy(clf, x, torch.tensor(labels))),
-            "chance": 1 / clf.num_classes if hasattr(clf, "num_classes") else None,
-            "frechet_feature": float(metrics.frechet_distance(fg.numpy(), fa.numpy())),
-            "frechet_feature_real_vs_real": float(metrics.frechet_distance(fb.numpy(), fa.numpy())),
+            "chance": 1 / clf.num_classes,
+            "frechet_feature": float(metrics.frechet_distance(fg, fa)),
+            "frechet_feature_real_vs_real": float(metrics.frechet_distance(fb, fa)),
             "n_real": n_real, "inception": inception(images, real_a)}
 
 
@@ -124,11 +119,6 @@ def inception(images: torch.Tensor, real_u8) -> dict:
     from litevar import metrics
     fid, message = metrics.inception_metrics(images, real_u8)
     return fid if fid is not None else {"skipped": message}
-
-
-@torch.no_grad()
-def feats(clf, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    return torch.cat([clf.features(x[i:i + batch]).float() for i in range(0, len(x), batch)])
 
 
 def run(args) -> int:

@@ -114,11 +114,11 @@ def _checkpoint(path: Path, model, opt, gen: torch.Generator, step: int) -> None
                   "data_rng": gen.get_state(), "step": step}, path)
 
 
-def _images(cfg: TrainConfig, n: int, split: str = "train") -> torch.Tensor:
-    from litevar.data import make_split
+def _images(cfg: TrainConfig, n: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """n images of a split in [-1, 1] (n, 3, H, W) and their labels."""
+    from litevar.data import make_split, to_float
     imgs, labels = make_split(split, n, size=cfg.image_size)
-    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
-    return x, torch.from_numpy(labels).long()
+    return to_float(imgs), torch.from_numpy(labels).long()
 
 
 def _batch_indices(gen: torch.Generator, n: int, batch: int) -> torch.Tensor:
@@ -207,11 +207,7 @@ def build_small_var(cfg: TrainConfig, vae, init: bool = True):
 
 
 def _split_scales(tokens_NL: torch.Tensor, patch_nums) -> list[torch.Tensor]:
-    out, b = [], 0
-    for pn in patch_nums:
-        out.append(tokens_NL[:, b:b + pn * pn].long())
-        b += pn * pn
-    return out
+    return list(tokens_NL.long().split([pn * pn for pn in patch_nums], dim=1))
 
 
 def train_var(cfg: TrainConfig, vae, tokens_NL, labels_N, work: Path, device, ckpt_every: int, progress=True):
