@@ -10,4 +10,12 @@ from litevar.var import VAR, VARConfig
 from litevar.vqvae import VQVAE
 
 __all__ = ["AttnCall", "DenseAttention", "KVCache", "ScaleLayout", "set_attention_backend", "build_vae_var",
-           "load_checkpoint", "load_vae_var", "official_state_dict", "SCHEDULES", "VAR", "VARConfig", "VQVAE"]
+           "load_checkpoint", "load_vae_var", "official_state_dict", "SCHEDULES", "VAR", "VARConfig", "VQVAE",
+           "apply_plan"]
+
+
+def __getattr__(name: str):
+    if name == "apply_plan":  # lazy: the runtime pulls in kernels, planner and profiler
+        from litevar.runtime import apply_plan
+        return apply_plan
+    raise AttributeError(f"module 'litevar' has no attribute {name!r}")

@@ -14,6 +14,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("litevar.generate", "generate a PNG grid of class-conditional samples"),
     "train": ("litevar.train", "train the small default VQVAE + VAR (and classifier) from scratch"),
     "eval": ("litevar.evaluate", "quality metrics of a model on N generated images"),
+    "bench": ("litevar.bench", "time the dense model and a plan end to end, against the plan's predictions"),
+    "profile": ("profiler.cli", "measure sensitivity, window coverage, CFG redundancy and cost on this device"),
     "bench-kernels": ("kernels.bench", "time every kernel against its dense reference at VAR shapes"),
 }
 

@@ -43,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus filtering, 0 = off (default 0.95)")
     p.add_argument("--more-smooth", action="store_true", help="gumbel-softmax smoothing (official option)")
     p.add_argument("--out", default="samples.png", help="output PNG (default samples.png)")
+    p.add_argument("--plan", help="compression plan JSON (`litevar plan`) to apply to the model")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,7 +123,14 @@ def generate(var, labels: list[int], seed: int, cfg: float, top_k: int, top_p: f
 def run(args) -> int:
     from litevar.imageio import save_grid
     t0 = time.perf_counter()
+    plan = None
+    if args.plan:  # read it first: a bad plan fails before the model loads
+        from planner.plan import Plan
+        plan = Plan.load(args.plan)
     vae, var = load_model(args)
+    if plan is not None:
+        from litevar.runtime import apply_plan
+        apply_plan(vae, var, plan)
     t1 = time.perf_counter()
     labels = parse_classes(args.classes, var.num_classes, args.per_class)
     img = generate(var, labels, args.seed, args.cfg, args.top_k, args.top_p, args.more_smooth, args.dtype)

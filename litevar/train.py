@@ -30,11 +30,13 @@ ASSETS = Path(__file__).parent / "assets"
 class VAEConfig:
     V: int = 512
     Cvae: int = 16
-    ch: int = 32
+    ch: int = 64
     ch_mult: tuple[int, ...] = (1, 2, 2)  # 64 px images -> 16x16 latent
     num_res_blocks: int = 1
     share_quant_resi: int = 4
-    steps: int = 1200
+    backbone: str = "compact"  # plain convs around the official quantizer (see vqvae.CompactEncoder)
+    norm_groups: int = 32  # "var" backbone only (at ch=32, 32 groups is instance norm: it erases colour)
+    steps: int = 3000
     batch: int = 16
     lr: float = 2e-3
     restart_every: int = 50  # re-seed unused codes from current residuals (first 60% of steps)
@@ -131,7 +133,8 @@ def build_small_vae(cfg: TrainConfig):
     from litevar.vqvae import VQVAE
     v = cfg.vae
     return VQVAE(vocab_size=v.V, z_channels=v.Cvae, ch=v.ch, ch_mult=v.ch_mult, share_quant_resi=v.share_quant_resi,
-                 v_patch_nums=cfg.patch_nums, num_res_blocks=v.num_res_blocks)
+                 v_patch_nums=cfg.patch_nums, num_res_blocks=v.num_res_blocks, norm_groups=v.norm_groups,
+                 backbone=v.backbone)
 
 
 @torch.no_grad()

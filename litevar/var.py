@@ -88,7 +88,11 @@ class SelfAttention(nn.Module):
     def qkv(self, x_BlC: torch.Tensor):
         B, l, C = x_BlC.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv = F.linear(x_BlC, self.mat_qkv.weight, bias).view(B, l, 3, self.num_heads, self.head_dim)
+        if isinstance(self.mat_qkv, nn.Linear):  # fused bias add
+            qkv = F.linear(x_BlC, self.mat_qkv.weight, bias)
+        else:  # a swapped-in (e.g. quantized) module: bias-free like the official mat_qkv
+            qkv = self.mat_qkv(x_BlC) + bias.to(x_BlC.dtype)
+        qkv = qkv.view(B, l, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each B H l c
         if self.attn_l2_norm:
             scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()

@@ -12,15 +12,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def _norm(ch: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, num_channels=ch, eps=1e-6, affine=True)
+def _norm(ch: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=groups, num_channels=ch, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, groups: int):
         super().__init__()
-        self.norm1, self.conv1 = _norm(c_in), nn.Conv2d(c_in, c_out, 3, 1, 1)
-        self.norm2, self.conv2 = _norm(c_out), nn.Conv2d(c_out, c_out, 3, 1, 1)
+        self.norm1, self.conv1 = _norm(c_in, groups), nn.Conv2d(c_in, c_out, 3, 1, 1)
+        self.norm2, self.conv2 = _norm(c_out, groups), nn.Conv2d(c_out, c_out, 3, 1, 1)
         self.nin_shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x):
@@ -32,9 +32,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over the pixels of a feature map."""
 
-    def __init__(self, ch: int):
+    def __init__(self, ch: int, groups: int):
         super().__init__()
-        self.norm = _norm(ch)
+        self.norm = _norm(ch, groups)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj_out = nn.Conv2d(ch, ch, 1)
 
@@ -70,29 +70,30 @@ def _level(blocks: list[nn.Module], attns: list[nn.Module]) -> nn.Module:
     return level
 
 
-def _mid(ch: int) -> nn.Module:
+def _mid(ch: int, groups: int) -> nn.Module:
     mid = nn.Module()
-    mid.block_1, mid.attn_1, mid.block_2 = ResnetBlock(ch, ch), AttnBlock(ch), ResnetBlock(ch, ch)
+    mid.block_1, mid.attn_1, mid.block_2 = ResnetBlock(ch, ch, groups), AttnBlock(ch, groups), ResnetBlock(ch, ch, groups)
     return mid
 
 
 class Encoder(nn.Module):
-    def __init__(self, ch: int, ch_mult: tuple[int, ...], z_channels: int, num_res_blocks: int = 2):
+    def __init__(self, ch: int, ch_mult: tuple[int, ...], z_channels: int, num_res_blocks: int = 2,
+                 norm_groups: int = 32):
         super().__init__()
         self.conv_in = nn.Conv2d(3, ch, 3, 1, 1)
         self.down = nn.ModuleList()
         c_in, last = ch, len(ch_mult) - 1
         for i, mult in enumerate(ch_mult):
             c_out = ch * mult
-            blocks = [ResnetBlock(c_in if b == 0 else c_out, c_out) for b in range(num_res_blocks)]
-            attns = [AttnBlock(c_out) for _ in range(num_res_blocks)] if i == last else []
+            blocks = [ResnetBlock(c_in if b == 0 else c_out, c_out, norm_groups) for b in range(num_res_blocks)]
+            attns = [AttnBlock(c_out, norm_groups) for _ in range(num_res_blocks)] if i == last else []
             level = _level(blocks, attns)
             if i != last:
                 level.downsample = Downsample2x(c_out)
             self.down.append(level)
             c_in = c_out
-        self.mid = _mid(c_in)
-        self.norm_out = _norm(c_in)
+        self.mid = _mid(c_in, norm_groups)
+        self.norm_out = _norm(c_in, norm_groups)
         self.conv_out = nn.Conv2d(c_in, z_channels, 3, 1, 1)
 
     def forward(self, x):
@@ -109,25 +110,26 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, ch: int, ch_mult: tuple[int, ...], z_channels: int, num_res_blocks: int = 2):
+    def __init__(self, ch: int, ch_mult: tuple[int, ...], z_channels: int, num_res_blocks: int = 2,
+                 norm_groups: int = 32):
         super().__init__()
         last = len(ch_mult) - 1
         c_in = ch * ch_mult[last]
         self.conv_in = nn.Conv2d(z_channels, c_in, 3, 1, 1)
-        self.mid = _mid(c_in)
+        self.mid = _mid(c_in, norm_groups)
         levels = []
         for i in reversed(range(len(ch_mult))):
             c_out = ch * ch_mult[i]
             n = num_res_blocks + 1
-            blocks = [ResnetBlock(c_in if b == 0 else c_out, c_out) for b in range(n)]
-            attns = [AttnBlock(c_out) for _ in range(n)] if i == last else []
+            blocks = [ResnetBlock(c_in if b == 0 else c_out, c_out, norm_groups) for b in range(n)]
+            attns = [AttnBlock(c_out, norm_groups) for _ in range(n)] if i == last else []
             level = _level(blocks, attns)
             if i != 0:
                 level.upsample = Upsample2x(c_out)
             levels.insert(0, level)
             c_in = c_out
         self.up = nn.ModuleList(levels)
-        self.norm_out = _norm(c_in)
+        self.norm_out = _norm(c_in, norm_groups)
         self.conv_out = nn.Conv2d(c_in, 3, 3, 1, 1)
 
     def forward(self, z):
@@ -140,6 +142,35 @@ class Decoder(nn.Module):
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class CompactEncoder(nn.Sequential):
+    """A plain conv encoder (no normalisation, no attention) for the small shipped model: the
+    GroupNorm + attention backbone above needs far more steps than a CPU budget allows at 32 channels."""
+
+    def __init__(self, ch: int, ch_mult: tuple[int, ...], z_channels: int):
+        layers, c_in = [nn.Conv2d(3, ch, 3, 1, 1), nn.SiLU()], ch
+        for mult in ch_mult[1:]:
+            layers += [nn.Conv2d(c_in, ch * mult, 4, 2, 1), nn.SiLU()]
+            c_in = ch * mult
+        layers += [nn.Conv2d(c_in, c_in, 3, 1, 1), nn.SiLU(), nn.Conv2d(c_in, z_channels, 3, 1, 1)]
+        super().__init__(*layers)
+
+
+class CompactDecoder(nn.Sequential):
+    """Mirror of CompactEncoder: nearest-neighbour 2x upsampling followed by 3x3 convolutions."""
+
+    def __init__(self, ch: int, ch_mult: tuple[int, ...], z_channels: int):
+        c_in = ch * ch_mult[-1]
+        layers = [nn.Conv2d(z_channels, c_in, 3, 1, 1), nn.SiLU(), nn.Conv2d(c_in, c_in, 3, 1, 1), nn.SiLU()]
+        for mult in reversed(ch_mult[:-1]):
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, ch * mult, 3, 1, 1), nn.SiLU()]
+            c_in = ch * mult
+        layers += [nn.Conv2d(c_in, 3, 3, 1, 1)]
+        super().__init__(*layers)
+
+
+BACKBONES = ("var", "compact")
 
 
 class Phi(nn.Conv2d):
@@ -310,12 +341,20 @@ class VQVAE(nn.Module):
     def __init__(self, vocab_size: int = 4096, z_channels: int = 32, ch: int = 160,
                  ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4), quant_resi: float = 0.5,
                  share_quant_resi: int = 4, v_patch_nums: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
-                 num_res_blocks: int = 2, beta: float = 0.25):
+                 num_res_blocks: int = 2, beta: float = 0.25, norm_groups: int = 32, backbone: str = "var"):
         super().__init__()
         self.V, self.Cvae, self.ch, self.ch_mult = vocab_size, z_channels, ch, tuple(ch_mult)
         self.downsample = 2 ** (len(ch_mult) - 1)
-        self.encoder = Encoder(ch, self.ch_mult, z_channels, num_res_blocks)
-        self.decoder = Decoder(ch, self.ch_mult, z_channels, num_res_blocks)
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone={backbone!r}: choose one of {BACKBONES}")
+        if ch % norm_groups:
+            raise ValueError(f"ch={ch} is not divisible by norm_groups={norm_groups}; pick a divisor of ch")
+        if backbone == "var":  # the official architecture (loads official checkpoints)
+            self.encoder = Encoder(ch, self.ch_mult, z_channels, num_res_blocks, norm_groups)
+            self.decoder = Decoder(ch, self.ch_mult, z_channels, num_res_blocks, norm_groups)
+        else:
+            self.encoder = CompactEncoder(ch, self.ch_mult, z_channels)
+            self.decoder = CompactDecoder(ch, self.ch_mult, z_channels)
         self.quantize = MultiScaleQuantizer(vocab_size, z_channels, v_patch_nums, quant_resi, share_quant_resi, beta)
         self.quant_conv = nn.Conv2d(z_channels, z_channels, 3, 1, 1)
         self.post_quant_conv = nn.Conv2d(z_channels, z_channels, 3, 1, 1)

@@ -1,0 +1,105 @@
+"""Run a VAR under a plan: `apply_plan(vae, var, plan)` quantizes and rewires it once, at load.
+
+- refuses a plan made for another model (architecture, weights) or schedule, naming the mismatch;
+- warns when the plan was made on another device (its latency figures may not hold here);
+- swaps the planned linear layers for QuantLinear (int8 / packed INT4 weights, quantized once);
+- routes the attention of the planned blocks through make_mdwa_backend (windows, QK INT8, CFG
+  sharing); blocks the plan does not touch keep DenseAttention.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from kernels.mdwa import LayerOptions, make_mdwa_backend
+from kernels.qlinear import QuantLinear, swap_linears
+from kernels.select import KernelChoice
+from kernels.windows import WindowConfig
+from litevar.attention import set_attention_backend
+from litevar.errors import UserError
+from planner.plan import Plan, arch_of, weights_sha256
+from profiler.device import fingerprint
+
+log = logging.getLogger(__name__)
+
+
+def device_mismatch(plan_device: dict, here: dict) -> str | None:
+    """How the plan's device differs from `here` (profiler.device.fingerprint), compared by
+    type and name, in one line; None when they match."""
+    keys = [k for k in ("type", "name") if plan_device.get(k) is not None]
+    diff = [k for k in keys if plan_device[k] != here.get(k)]
+    if not diff:
+        return None
+    return ", ".join(f"{k}: plan {plan_device[k]!r}, here {here.get(k)!r}" for k in diff)
+
+
+def layer_options(plan: Plan) -> dict[int, LayerOptions]:
+    """Per-block attention options of a plan (blocks with neither option are left out)."""
+    blocks = set(plan.qk_int8) | set(plan.cfg_shared)
+    return {b: LayerOptions(qk_int8=b in plan.qk_int8, share_cfg=b in plan.cfg_shared)
+            for b in sorted(blocks)}
+
+
+def attention_layers(plan: Plan) -> list[int]:
+    """Blocks whose attention the plan changes (windows, QK INT8 or CFG sharing)."""
+    windowed = set() if plan.windows is None else set(plan.windows.widths)
+    return sorted(windowed | set(plan.qk_int8) | set(plan.cfg_shared))
+
+
+def _check_device(plan: Plan, device: torch.device, strict: bool) -> None:
+    if not plan.device:
+        return
+    diff = device_mismatch(plan.device, fingerprint(device))
+    if diff is None:
+        return
+    msg = f"plan {plan.name!r} was made for another device ({diff}): its latency and memory figures may not hold here"
+    if strict:
+        raise UserError(f"{msg}; re-run `litevar profile` and `litevar plan` on this device, "
+                        "or drop the strict device check")
+    log.warning("%s; re-profile and re-plan on this device for accurate figures", msg)
+
+
+def _check_unplanned(var) -> None:
+    if any(isinstance(m, QuantLinear) for m in var.modules()):
+        raise UserError("this VAR already has quantized layers (a plan was applied); load the "
+                        "full-precision model again before applying a plan")
+
+
+def apply_plan(vae, var, plan: Plan | str | os.PathLike, device: torch.device | str | None = None,
+               kernel: KernelChoice | str = KernelChoice.AUTO, strict_device: bool = False,
+               check_weights: bool = True):
+    """Apply `plan` (a Plan or a plan file) to a full-precision `var` in place and return it.
+
+    `device`: move vae and var there first (default: where var is). `kernel`: the linear and
+    attention kernels (AUTO: the fastest available; TORCH / EMULATED: reference paths).
+    `strict_device`: refuse, rather than warn, when the plan was made on another device.
+    `check_weights`: compare the weights' sha256 with the plan's (skipped when False).
+    """
+    plan = plan if isinstance(plan, Plan) else Plan.load(plan)
+    kernel = KernelChoice(kernel)
+    if device is not None:
+        device = torch.device(device)
+        var.to(device)
+        if vae is not None:
+            vae.to(device)
+    device = var.lvl_1L.device
+    _check_unplanned(var)
+    plan.check_model(arch_of(var), weights_sha256(var) if check_weights else None, var.patch_nums)
+    _check_device(plan, device, strict_device)
+    swap_linears(var, plan.formats, kernel)
+    _set_attention(var, plan, kernel, device)
+    quantized = sum(f != "fp" for f in plan.formats.values())
+    log.info("applied plan %r: %d quantized linear layers, attention changed in blocks %s",
+             plan.name, quantized, attention_layers(plan))
+    return var
+
+
+def _set_attention(var, plan: Plan, kernel: KernelChoice, device: torch.device) -> None:
+    layers = attention_layers(plan)
+    if not layers:
+        return
+    windows = plan.windows or WindowConfig(plan.patch_nums)  # no windows: dense in every layer
+    backend = make_mdwa_backend(windows, kernel, device, layer_options(plan))
+    set_attention_backend(var, backend, layers=set(layers))

@@ -1,0 +1,318 @@
+"""The plan file (docs/plan-schema.md): one dataclass, validated on every way in.
+
+`Plan.load(path)` and `Plan.from_dict(d)` check everything a runtime relies on and raise
+UserError with one line naming the bad field and the fix; `Plan.from_dict(p.to_dict()) == p`.
+`arch_of(var)` and `weights_sha256(var)` fingerprint a live model; `Plan.check_model` compares.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from kernels.formats import FORMATS, get_format
+from kernels.windows import WindowConfig
+from litevar.errors import UserError
+from litevar.schedules import SCHEDULES
+
+FORMAT = "litevar-plan"
+VERSION = 1
+ARCH_KEYS = ("depth", "embed_dim", "num_heads", "mlp_ratio", "V", "Cvae", "num_classes")
+BLOCK_LINEARS = ("attn.mat_qkv", "attn.proj", "ffn.fc1", "ffn.fc2", "ada_lin.1")
+MODEL_LINEARS = ("word_embed", "head", "head_nm.ada_lin.1", "shared_ada_lin.1")
+_BLOCK_FQN = re.compile(r"blocks\.(\d+)\.(.+)")
+REPLAN = "re-run `litevar plan` for this model"
+
+
+# ---------------------------------------------------------------------------------------------
+# Model fingerprints
+
+
+def arch_of(var) -> dict:
+    """The architecture a plan is bound to, read from a live VAR."""
+    cfg = var.cfg
+    return {"depth": int(cfg.depth), "embed_dim": int(var.C), "num_heads": int(cfg.num_heads),
+            "mlp_ratio": float(cfg.mlp_ratio), "V": int(var.V), "Cvae": int(var.Cvae),
+            "num_classes": int(var.num_classes)}
+
+
+def weights_sha256(var) -> str:
+    """sha256 over the state dict (sorted names, dtype, shape, raw bytes): same weights, same hash."""
+    h = hashlib.sha256()
+    for name, t in sorted(var.state_dict().items()):
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def resolution_of(patch_nums) -> int | None:
+    """The resolution whose schedule is `patch_nums` (None for a custom schedule)."""
+    pns = tuple(int(p) for p in patch_nums)
+    return next((r for r, s in SCHEDULES.items() if s == pns), None)
+
+
+def describe_schedule(patch_nums) -> str:
+    res = resolution_of(patch_nums)
+    pns = ",".join(str(p) for p in patch_nums)
+    return f"{res} px (patch_nums {pns})" if res else f"custom patch_nums {pns}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass(eq=False)
+class Plan:
+    """One compression plan for one model, schedule, batch and device. See docs/plan-schema.md."""
+
+    model: dict  # {"name", "weights_sha256" (str or None), "arch": {ARCH_KEYS}}
+    resolution: int
+    patch_nums: tuple[int, ...]
+    formats: dict[str, str]  # fully-qualified linear name -> format name ("fp": full precision)
+    name: str = ""
+    batch: int = 1
+    device: dict = field(default_factory=dict)  # {"type": "cpu", "name": "..."}
+    profile_sha256: str | None = None
+    budgets: dict = field(default_factory=dict)
+    solver: dict = field(default_factory=dict)
+    predicted: dict = field(default_factory=dict)
+    qk_int8: list[int] = field(default_factory=list)
+    windows: WindowConfig | None = None
+    cfg_shared: list[int] = field(default_factory=list)
+    version: int = VERSION
+
+    def __post_init__(self):
+        for what in ("model", "device", "budgets", "solver", "predicted"):  # plain JSON data, copied
+            setattr(self, what, _json_data(what, getattr(self, what)))
+        self.patch_nums = tuple(_int_list("patch_nums", self.patch_nums, "[1, 2, 3, 4, 5, 6, 8, 10, 13, 16]"))
+        if not isinstance(self.formats, dict):
+            raise UserError(f"plan formats must map layer names to format names, got "
+                            f"{type(self.formats).__name__}; {REPLAN}")
+        self.formats = {str(k): getattr(v, "name", v) for k, v in self.formats.items()}
+        self.qk_int8 = sorted(set(_int_list("qk_int8", self.qk_int8, "[0, 3]")))
+        self.cfg_shared = sorted(set(_int_list("cfg_shared", self.cfg_shared, "[2, 3]")))
+        if isinstance(self.windows, dict):
+            self.windows = _windows_from_dict(self.windows)
+        self.validate()
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Plan) and self.to_dict() == other.to_dict()
+
+    # -- validation ---------------------------------------------------------------------------
+    @property
+    def arch(self) -> dict:
+        return self.model["arch"]
+
+    def validate(self) -> None:
+        """Raise UserError naming the first inconsistent field and how to fix it."""
+        if self.version != VERSION:
+            raise UserError(f"plan version {self.version}: this litevar reads version {VERSION}; {REPLAN}")
+        _check_model_entry(self.model)
+        _check_schedule(self.resolution, self.patch_nums)
+        if not isinstance(self.batch, int) or self.batch < 1:
+            raise UserError(f"plan batch {self.batch!r}: use a positive number of images")
+        depth = self.arch["depth"]
+        for fqn, fmt in self.formats.items():
+            _check_fqn(fqn, depth)
+            try:
+                get_format(fmt)
+            except UserError:
+                raise UserError(f"plan formats[{fqn!r}] = {fmt!r}: unknown format; use one of "
+                                f"{', '.join(FORMATS)}") from None
+        for what in ("qk_int8", "cfg_shared"):
+            bad = [i for i in getattr(self, what) if not 0 <= i < depth]
+            if bad:
+                raise UserError(f"plan {what} names block(s) {bad}, but the model has blocks "
+                                f"0..{depth - 1}; {REPLAN}")
+        if self.windows is not None:
+            self._check_windows()
+
+    def _check_windows(self) -> None:
+        w, depth = self.windows, self.arch["depth"]
+        if w.patch_nums != self.patch_nums:
+            raise UserError(f"plan windows are for patch_nums {list(w.patch_nums)}, the plan for "
+                            f"{list(self.patch_nums)}; {REPLAN}")
+        bad = [layer for layer in w.widths if not 0 <= layer < depth]
+        if bad:
+            raise UserError(f"plan windows name layer(s) {bad}, but the model has blocks "
+                            f"0..{depth - 1}; {REPLAN}")
+        if w.num_heads is not None and w.num_heads != self.arch["num_heads"]:
+            raise UserError(f"plan windows have {w.num_heads} heads per layer, the model "
+                            f"{self.arch['num_heads']}; give every layer an [H, S, S] table "
+                            f"with H = {self.arch['num_heads']}")
+
+    # -- model match --------------------------------------------------------------------------
+    def mismatches(self, arch: dict, weights_sha256: str | None, patch_nums) -> list[str]:
+        """What differs between this plan and a model (empty: the plan fits)."""
+        out = []
+        diff = [k for k in ARCH_KEYS if self.arch.get(k) != arch.get(k)]
+        if diff:
+            out.append("architecture differs (" + ", ".join(
+                f"{k}: plan {self.arch.get(k)}, model {arch.get(k)}" for k in diff) + ")")
+        mine = self.model.get("weights_sha256")
+        if not diff and mine and weights_sha256 and mine != weights_sha256:
+            out.append(f"weights differ (plan sha256 {mine[:12]}..., model {weights_sha256[:12]}...)")
+        pns = tuple(int(p) for p in patch_nums)
+        if pns != self.patch_nums:
+            out.append(f"schedule differs (plan {describe_schedule(self.patch_nums)}, model "
+                       f"{describe_schedule(pns)})")
+        return out
+
+    def check_model(self, arch: dict, weights_sha256: str | None, patch_nums) -> None:
+        """UserError naming every mismatch between this plan and the model it is applied to."""
+        problems = self.mismatches(arch, weights_sha256, patch_nums)
+        if problems:
+            label = f"plan {self.name!r}" if self.name else "the plan"
+            raise UserError(f"{label} was made for another model: {'; '.join(problems)}; "
+                            f"{REPLAN} (or load the model it was made for)")
+
+    # -- (de)serialisation --------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": self.version, "name": self.name,
+                "model": self.model, "resolution": self.resolution,
+                "patch_nums": list(self.patch_nums), "batch": self.batch, "device": self.device,
+                "profile_sha256": self.profile_sha256, "budgets": self.budgets,
+                "solver": self.solver, "predicted": self.predicted, "formats": self.formats,
+                "qk_int8": self.qk_int8,
+                "windows": None if self.windows is None else self.windows.to_dict(),
+                "cfg_shared": self.cfg_shared}
+
+    @classmethod
+    def from_dict(cls, d) -> Plan:
+        if not isinstance(d, dict):
+            raise UserError(f"a plan is a JSON object, got {type(d).__name__}; {REPLAN}")
+        if d.get("format") != FORMAT:
+            raise UserError(f"not a litevar plan (format {d.get('format')!r}, expected {FORMAT!r}); "
+                            "pass a file written by `litevar plan`")
+        if d.get("version") != VERSION:
+            raise UserError(f"plan version {d.get('version')!r}: this litevar reads version "
+                            f"{VERSION}; {REPLAN}")
+        missing = [k for k in ("model", "resolution", "patch_nums", "formats") if k not in d]
+        if missing:
+            raise UserError(f"plan is missing field(s) {', '.join(missing)}; {REPLAN}")
+        known = {f for f in cls.__dataclass_fields__} | {"format"}
+        extra = sorted(set(d) - known)
+        if extra:
+            raise UserError(f"plan has unknown field(s) {', '.join(extra)}; remove them or {REPLAN}")
+        kw = {k: v for k, v in d.items() if k != "format"}
+        try:
+            return cls(**kw)
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise UserError(f"invalid plan: {_one_line(e)}; {REPLAN}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1) + "\n"
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the plan as JSON atomically (temp file in the same folder, then os.replace)."""
+        path = Path(path)
+        text = self.to_json()
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Plan:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"plan file {path} not found; pass the JSON written by `litevar plan --out`")
+        try:
+            d = json.loads(path.read_text())
+        except UnicodeDecodeError:
+            raise UserError(f"plan file {path} is not text; pass the JSON written by `litevar plan`") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"plan file {path} is not valid JSON (line {e.lineno}, column {e.colno}: "
+                            f"{e.msg}): the file is truncated or corrupt; {REPLAN}") from None
+        try:
+            return cls.from_dict(d)
+        except UserError as e:
+            raise UserError(f"plan file {path}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Field checks
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _json_data(what: str, value):
+    """`value` as JSON would read it back (tuples -> lists, numpy scalars -> numbers): a copy."""
+    def plain(o):
+        if hasattr(o, "tolist"):  # numpy / torch scalars and arrays
+            return o.tolist()
+        raise TypeError(f"{type(o).__name__} is not JSON data")
+    try:
+        return json.loads(json.dumps(value, default=plain))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"plan {what} must be JSON data (numbers, strings, lists, dicts): {e}") from None
+
+
+def _int_list(what: str, value, example: str) -> list[int]:
+    ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                  for v in value)
+    if not ok:
+        raise UserError(f"plan {what} {value!r:.80} must be a list of integers, e.g. {example}")
+    return [int(v) for v in value]
+
+
+def _windows_from_dict(d) -> WindowConfig:
+    if not isinstance(d, dict):
+        raise UserError(f"plan windows must be an object (WindowConfig.to_dict()) or null, got "
+                        f"{type(d).__name__}; {REPLAN}")
+    try:
+        return WindowConfig.from_dict(d)
+    except UserError as e:
+        raise UserError(f"plan windows: {e}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        why = f"missing key {e}" if isinstance(e, KeyError) else _one_line(e)
+        raise UserError(f"plan windows are malformed ({why}): expected {{'version': 1, "
+                        f"'patch_nums': [...], 'family': 'band'|'spatial', 'widths': {{layer: "
+                        f"[H][S][S]}}}}; {REPLAN}") from None
+
+
+def _check_model_entry(model) -> None:
+    if not isinstance(model, dict) or not isinstance(model.get("arch"), dict):
+        raise UserError(f"plan model must be {{'name', 'weights_sha256', 'arch': {{...}}}}, got "
+                        f"{model!r:.80}; {REPLAN}")
+    missing = [k for k in ARCH_KEYS if k not in model["arch"]]
+    if missing:
+        raise UserError(f"plan model.arch is missing {', '.join(missing)}; {REPLAN}")
+    sha = model.get("weights_sha256")
+    if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        raise UserError(f"plan model.weights_sha256 {sha!r:.80} is not a sha256 hex digest; "
+                        f"use planner.plan.weights_sha256(var) or null")
+
+
+def _check_schedule(resolution, patch_nums: tuple[int, ...]) -> None:
+    if resolution not in SCHEDULES:
+        raise UserError(f"plan resolution {resolution!r}: no token schedule for it; use one of "
+                        f"{sorted(SCHEDULES)}")
+    if patch_nums != SCHEDULES[resolution]:
+        raise UserError(f"plan patch_nums {list(patch_nums)} are not the {resolution} px schedule "
+                        f"{list(SCHEDULES[resolution])}; fix resolution or patch_nums, or {REPLAN}")
+
+
+def _check_fqn(fqn: str, depth: int) -> None:
+    m = _BLOCK_FQN.fullmatch(fqn)
+    if m and m.group(2) in BLOCK_LINEARS:
+        if int(m.group(1)) < depth:
+            return
+        raise UserError(f"plan formats name layer {fqn!r}, but the model has blocks 0..{depth - 1}; "
+                        f"{REPLAN}")
+    if fqn not in MODEL_LINEARS:
+        raise UserError(f"plan formats name unknown layer {fqn!r}; quantizable layers are "
+                        f"{', '.join(MODEL_LINEARS)} and blocks.<i>.{{{','.join(BLOCK_LINEARS)}}}")

@@ -1,0 +1,180 @@
+"""`litevar profile`: measure what the planner needs on the target device (docs/profile-schema.md).
+
+Stages: sensitivity, coverage (also CFG similarity), cfg (sharing losses), cost. Each stage's
+result is cached next to the output (PROFILE.stages/STAGE.json, keyed by model and settings), so
+an interrupted run resumes where it stopped and `--stages X` re-runs X alone.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from litevar.errors import UserError
+
+log = logging.getLogger(__name__)
+
+STAGES = ("sensitivity", "coverage", "cfg", "cost")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from litevar.generate import add_model_arguments
+    add_model_arguments(p)
+    p.add_argument("--out", required=True, help="profile file to write (JSON), e.g. profiles/default-cpu.json")
+    p.add_argument("--stages", default=None, help=f"comma-separated subset of {','.join(STAGES)} to (re-)run; "
+                   "default: every stage, reusing cached results (random-init models: cost only)")
+    p.add_argument("--calib", type=int, default=80, help="calibration (class, seed) pairs for attention statistics "
+                   "(default 80, as in the paper)")
+    p.add_argument("--calib-loss", type=int, default=16, help="of those, how many each loss measurement runs "
+                   "(default 16; one teacher-forced pass per configuration)")
+    p.add_argument("--cfg", type=float, default=4.0, help="guidance scale of the calibration samples (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resolutions", default=None, help="schedules to time for the cost model, e.g. 256,512 "
+                   "(default: the model's own schedule and its neighbours)")
+    p.add_argument("--batches", default="1,2", help="batch sizes to time (default 1,2)")
+
+
+def _stage_list(args, random_init: bool) -> tuple[list[str], set[str]]:
+    """(stages in the final profile, stages to recompute even if cached)."""
+    want = list(STAGES[-1:]) if random_init else list(STAGES)
+    if args.stages is None:
+        return want, set()
+    forced = {s.strip() for s in args.stages.split(",") if s.strip()}
+    bad = forced - set(STAGES)
+    if bad:
+        raise UserError(f"--stages: unknown stage(s) {sorted(bad)}; choose from {','.join(STAGES)}")
+    if random_init and forced - {"cost"}:
+        raise UserError("a --random-init model has no meaningful sensitivity/coverage/cfg; use --stages cost")
+    return want, forced
+
+
+def _cache_path(out: Path, stage: str) -> Path:
+    return out.with_name(out.name + ".stages") / f"{stage}.json"
+
+
+def _cached(out: Path, stage: str, key: str) -> dict | None:
+    path = _cache_path(out, stage)
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return d if d.get("key") == key else None
+
+
+def _store(out: Path, stage: str, key: str, tables: dict[str, pd.DataFrame], meta: dict) -> None:
+    from profiler.profile import _to_jsonable
+    path = _cache_path(out, stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"key": key, "meta": meta, "tables": {k: _to_jsonable(v) for k, v in tables.items()}}))
+    os.replace(tmp, path)
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _quality_stages(stage: str, vae, var, args, calib_fn) -> tuple[dict, dict]:
+    from profiler import quality as Q
+    t = time.perf_counter()
+    calib, calib_loss = calib_fn()
+    if stage == "sensitivity":
+        sens = Q.sensitivity(vae, var, calib_loss)
+        joint, rho = Q.joint_check(vae, var, calib_loss, sens, seed=args.seed)
+        tables, meta = {"sensitivity": sens, "joint": joint}, {"joint_spearman": rho}
+    elif stage == "coverage":
+        rec = Q.record_attention(vae, var, calib)
+        cov, sinks = Q.coverage_tables(rec, var)
+        wf, fit = Q.window_fit(vae, var, calib_loss, cov, sinks)
+        sim = pd.DataFrame([(l, s, tot / n) for (l, s), (n, tot) in sorted(rec.cos.items())],
+                           columns=["layer", "scale", "similarity"])
+        tables, meta = {"coverage": cov, "sinks": sinks, "window_fit": wf, "cfg": sim}, {"window_fit": fit}
+    else:  # cfg sharing losses
+        tables, meta = {"cfg_share": Q.cfg_share_losses(vae, var, calib_loss)}, {}
+    meta["seconds"] = round(time.perf_counter() - t, 1)
+    return tables, meta
+
+
+def _cost_stage(vae, var, arch, args, device) -> tuple[dict, dict]:
+    from profiler.cost import run_cost_stage
+    from litevar.schedules import SCHEDULES, parse_patch_nums
+    t = time.perf_counter()
+    resolutions = None
+    if args.resolutions:
+        try:
+            resolutions = [SCHEDULES[int(r)] if r.strip().isdigit() and int(r) in SCHEDULES else parse_patch_nums(r)
+                           for r in args.resolutions.split(",")]
+        except (ValueError, KeyError):
+            raise UserError(f"--resolutions {args.resolutions!r}: give resolutions from {sorted(SCHEDULES)}") from None
+    batches = [int(b) for b in args.batches.split(",")]
+    tables, cm, validation = run_cost_stage(vae, var, arch, device, resolutions, batches)
+    return tables, {"cost_model": cm, "validation": validation, "seconds": round(time.perf_counter() - t, 1)}
+
+
+def run(args) -> int:
+    from litevar.generate import load_model
+    from planner.plan import arch_of, weights_sha256
+    from profiler.device import environment, fingerprint
+    from profiler.profile import Profile
+    from profiler import quality as Q
+    torch.manual_seed(args.seed)
+    if args.calib < 1 or not 1 <= args.calib_loss <= args.calib:
+        raise UserError(f"--calib {args.calib} / --calib-loss {args.calib_loss}: need 1 <= calib-loss <= calib")
+    out = Path(args.out)
+    vae, var = load_model(args)
+    device = var.lvl_1L.device
+    stages, forced = _stage_list(args, args.random_init)
+    arch = {**arch_of(var), "patch_nums": list(var.patch_nums)}
+    sha = None if args.random_init else weights_sha256(var)
+    model = {"name": "random-init" if args.random_init else (Path(args.ckpt).stem if args.ckpt else "default"),
+             "random_init": bool(args.random_init), "weights_sha256": sha, "arch": arch}
+    key = _key(model, args.calib, args.calib_loss, args.cfg, args.seed, str(device))
+    cached_calib = {}
+
+    def calib_fn():
+        if not cached_calib:
+            c = Q.calibrate(vae, var, args.calib, args.cfg, args.seed)
+            cached_calib["all"] = c
+            n = args.calib_loss
+            cached_calib["loss"] = Q.Calibration(c.labels[:n], [t[:n] for t in c.tokens], c.ref_logits[:n], c.cfg,
+                                                 min(c.batch, n))
+        return cached_calib["all"], cached_calib["loss"]
+
+    tables, meta = {}, {"stages": {}}
+    for stage in stages:
+        skey = key if stage != "cost" else _key(model, args.resolutions, args.batches, str(device))
+        hit = None if stage in forced else _cached(out, stage, skey)
+        if hit is None:
+            print(f"profile: stage {stage}")
+            t_s, m_s = (_cost_stage(vae, var, arch, args, device) if stage == "cost"
+                        else _quality_stages(stage, vae, var, args, calib_fn))
+            _store(out, stage, skey, t_s, m_s)
+            hit = _cached(out, stage, skey)
+        else:
+            print(f"profile: stage {stage} (cached)")
+        tables.update({k: pd.DataFrame(v["rows"], columns=v["columns"]) for k, v in hit["tables"].items()})
+        stage_meta = dict(hit["meta"])
+        meta["stages"][stage] = {"seconds": stage_meta.pop("seconds", None)}
+        meta.update(stage_meta)
+    meta.update({"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                 "model": model, "device": fingerprint(device), "env": environment(),
+                 "calib": {"n": args.calib, "n_loss": args.calib_loss, "cfg": args.cfg, "seed": args.seed},
+                 "loss_unit": Q.LOSS_UNIT})
+    prof = Profile(meta=meta, tables=tables)
+    prof.save(out)
+    print(f"wrote {out} (stages {', '.join(stages)}; sha256 {prof.sha256[:12]})")
+    if "sensitivity" in tables:
+        print(Q.summarize_sensitivity(tables["sensitivity"]).to_string(float_format=lambda v: f"{v:.4f}"))
+    for v in meta.get("validation", []):
+        print(v)
+    return 0

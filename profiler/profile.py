@@ -1,0 +1,92 @@
+"""The profile file: JSON metadata plus named tables (docs/profile-schema.md)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from litevar.errors import UserError
+
+FORMAT, VERSION = "litevar-profile", 1
+
+# Columns every table must have (extra columns are allowed and kept).
+TABLE_COLUMNS = {
+    "sensitivity": ["layer", "kind", "format", "loss", "kl", "top1_agree"],
+    "joint": ["trial", "n_quantized", "predicted", "measured"],
+    "coverage": ["layer", "head", "scale", "part", "family", "width", "coverage", "kept"],
+    "sinks": ["layer", "head", "scale", "part", "mass", "sink"],
+    "window_fit": ["trial", "lost_mass", "measured"],
+    "cfg": ["layer", "scale", "similarity"],
+    "cfg_share": ["layer", "loss"],
+}
+
+
+def _to_jsonable(df: pd.DataFrame) -> dict:
+    rows = [[v.item() if hasattr(v, "item") else v for v in row] for row in df.itertuples(index=False, name=None)]
+    return {"columns": [str(c) for c in df.columns], "rows": rows}
+
+
+@dataclass
+class Profile:
+    meta: dict = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def table(self, name: str) -> pd.DataFrame:
+        if name not in self.tables:
+            raise UserError(f"the profile has no {name!r} table (it has {sorted(self.tables)}); "
+                            f"re-run `litevar profile` with the stage that makes it")
+        return self.tables[name]
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "meta": self.meta,
+                "tables": {k: _to_jsonable(v) for k, v in sorted(self.tables.items())}}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "profile") -> "Profile":
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise UserError(f"{where} is not a litevar profile (no \"format\": \"{FORMAT}\"); "
+                            f"make one with `litevar profile`")
+        if d.get("version") != VERSION:
+            raise UserError(f"{where} is profile version {d.get('version')}; this litevar reads version {VERSION}: "
+                            f"re-run `litevar profile`")
+        tables = {}
+        for name, t in d.get("tables", {}).items():
+            try:
+                df = pd.DataFrame(t["rows"], columns=t["columns"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise UserError(f"{where}: table {name!r} is malformed ({e}); re-run `litevar profile`") from None
+            missing = [c for c in TABLE_COLUMNS.get(name, []) if c not in df.columns]
+            if missing:
+                raise UserError(f"{where}: table {name!r} lacks columns {missing}; re-run `litevar profile`")
+            tables[name] = df
+        return cls(meta=dict(d.get("meta", {})), tables=tables)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=None, separators=(",", ":"), sort_keys=False)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json())
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Profile":
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"no profile at {path}; make one with `litevar profile --out {path}`")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); re-run `litevar profile`") from None
+        return cls.from_dict(d, where=str(path))

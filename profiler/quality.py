@@ -1,0 +1,314 @@
+"""Quality stages of the profiler: quantization sensitivity, attention-window coverage and CFG
+redundancy, all measured on the model itself, all in one loss unit.
+
+Loss unit: sum over scales of the mean KL(full precision || test) of the CFG-guided next-token
+distribution, teacher-forced on the full-precision model's own samples (the calibration set:
+`n` (class, seed) pairs sampled once). Teacher forcing makes every configuration see the same
+inputs, so the losses of different layers and formats are directly comparable.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from kernels.formats import FORMATS
+from kernels.qlinear import QuantLinear
+from kernels.select import KernelChoice
+from kernels.windows import FULL, WindowConfig, WindowFamily, max_width, min_width_for_ratio, window_mass
+from litevar.attention import DenseAttention, set_attention_backend
+from litevar.errors import UserError
+from litevar.evaluate import balanced_labels, cfg_logits, sample
+
+log = logging.getLogger(__name__)
+
+LOSS_UNIT = ("nats: sum over scales of the mean KL(full precision || test) of the CFG-guided next-token "
+             "distribution, teacher-forced on the full-precision model's own samples")
+QUANT_FORMATS = ("W8A8", "W6A6", "W4A8", "W4A16", "W4A6", "W4A4")
+CANDIDATE_WIDTHS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192)  # half-widths; FULL added per part
+SINK_FACTOR = 4.0  # a part is a sink when its attention mass is >= 4x its share of the keys
+WINDOW_RATIOS = (0.99, 0.97, 0.95, 0.9, 0.8, 0.7)  # MDWA thresholds of the window-fit configurations
+
+
+def linear_kind(fqn: str) -> str:
+    """blocks.3.ffn.fc2 -> fc2, blocks.0.ada_lin.1 -> ada_lin, head -> head."""
+    return "ada_lin" if fqn.endswith("ada_lin.1") else fqn.split(".")[-1]
+
+
+def quantizable_linears(var) -> list[str]:
+    """Every linear layer the planner may quantize, by fully-qualified name, in model order."""
+    names = [n for n, m in var.named_modules() if isinstance(m, torch.nn.Linear)]
+    return [n for n in names if n == "word_embed" or n == "head" or n.startswith("blocks.")]
+
+
+@dataclass
+class Calibration:
+    """The (class, seed) pairs, the full-precision model's tokens and its CFG-guided logits."""
+
+    labels: torch.Tensor  # (N,)
+    tokens: list[torch.Tensor]  # per scale (N, pn*pn)
+    ref_logits: torch.Tensor  # (N, L, V) float32
+    cfg: float
+    batch: int
+
+    def chunks(self):
+        for b in range(0, len(self.labels), self.batch):
+            yield slice(b, b + self.batch)
+
+
+@torch.no_grad()
+def calibrate(vae, var, n: int, cfg: float, seed: int, batch: int = 40) -> Calibration:
+    labels = balanced_labels(n, var.num_classes)
+    _, tokens = sample(var, labels, seed, cfg, top_k=900, top_p=0.95, batch=batch, desc="calibration samples")
+    labels = torch.tensor(labels)
+    ref = torch.cat([cfg_logits(var, vae, labels[s], [t[s] for t in tokens], cfg)
+                     for s in (slice(b, b + batch) for b in range(0, n, batch))])
+    return Calibration(labels, tokens, ref, cfg, batch)
+
+
+@torch.no_grad()
+def loss_of(vae, var, calib: Calibration) -> tuple[float, float]:
+    """(loss in the profile's unit, share of tokens whose argmax is unchanged) of `var` as it is now."""
+    sizes = [pn * pn for pn in var.patch_nums]
+    kl_sum = torch.zeros(len(sizes), dtype=torch.float64)
+    agree = 0
+    for s in calib.chunks():
+        q = cfg_logits(var, vae, calib.labels[s], [t[s] for t in calib.tokens], calib.cfg)
+        p = calib.ref_logits[s]
+        kl_BL = (p.log_softmax(-1).exp() * (p.log_softmax(-1) - q.log_softmax(-1))).sum(-1).double()
+        kl_sum += torch.stack([k.sum() for k in kl_BL.split(sizes, dim=1)])
+        agree += (p.argmax(-1) == q.argmax(-1)).sum().item()
+    n = len(calib.labels)
+    per_scale = kl_sum / (n * torch.tensor(sizes, dtype=torch.float64))
+    return float(per_scale.clamp_min(0).sum()), agree / (n * sum(sizes))
+
+
+@contextlib.contextmanager
+def quantized(var, fqn_to_format: dict[str, str]):
+    """Temporarily replace linear layers by QuantLinear modules (restored on exit)."""
+    saved = {}
+    try:
+        for fqn, fmt in fqn_to_format.items():
+            parent, _, child = fqn.rpartition(".")
+            owner = var.get_submodule(parent) if parent else var
+            saved[fqn] = (owner, child, getattr(owner, child))
+            setattr(owner, child, QuantLinear.from_float(saved[fqn][2], fmt, KernelChoice.AUTO))
+        yield var
+    finally:
+        for owner, child, mod in saved.values():
+            setattr(owner, child, mod)
+
+
+@contextlib.contextmanager
+def attention_backend(var, backend, layers=None):
+    """Temporarily route attention of `layers` through `backend`."""
+    old = [b.attn.backend for b in var.blocks]
+    set_attention_backend(var, backend, layers)
+    try:
+        yield var
+    finally:
+        for b, o in zip(var.blocks, old):
+            b.attn.backend = o
+
+
+# -- 1. quantization sensitivity --------------------------------------------------------------------
+
+def sensitivity(vae, var, calib: Calibration, formats=QUANT_FORMATS, qk8: bool = True, progress=True) -> pd.DataFrame:
+    from tqdm import tqdm
+    from kernels.mdwa import LayerOptions, MaskedReference
+    jobs = [(fqn, fmt) for fqn in quantizable_linears(var) for fmt in formats]
+    jobs += [(f"blocks.{i}.attn.qk", "QK8") for i in range(len(var.blocks))] if qk8 else []
+    rows = []
+    for fqn, fmt in tqdm(jobs, desc="sensitivity", disable=not progress):
+        if fmt == "QK8":
+            layer = int(fqn.split(".")[1])
+            backend = MaskedReference(WindowConfig(var.patch_nums), {layer: LayerOptions(qk_int8=True)})
+            ctx = attention_backend(var, backend, [layer])
+        else:
+            ctx = quantized(var, {fqn: fmt})
+        try:
+            with ctx:
+                loss, agree = loss_of(vae, var, calib)
+        except UserError as e:  # e.g. a group size that does not divide the layer's width
+            log.info("sensitivity: %s cannot take %s (%s); the planner will not offer it", fqn, fmt, e)
+            continue
+        rows.append((fqn, "attn_qk" if fmt == "QK8" else linear_kind(fqn), fmt, loss, loss, agree))
+    return pd.DataFrame(rows, columns=["layer", "kind", "format", "loss", "kl", "top1_agree"])
+
+
+def joint_check(vae, var, calib: Calibration, sens: pd.DataFrame, trials: int = 8, seed: int = 0,
+                progress=True) -> tuple[pd.DataFrame, float]:
+    """Random joint configurations: is the sum of single-layer losses a good predictor?"""
+    from scipy.stats import spearmanr
+    from tqdm import tqdm
+    rng = random.Random(seed)
+    single = {(r.layer, r.format): r.loss for r in sens.itertuples() if r.format in FORMATS}
+    options: dict[str, list[str]] = {}
+    for l, f in sorted(single):
+        options.setdefault(l, []).append(f)
+    layers = sorted(options)
+    rows = []
+    for t in tqdm(range(trials), desc="joint check", disable=not progress):
+        chosen = rng.sample(layers, rng.randint(2, max(2, len(layers) // 2)))
+        cfg = {l: rng.choice(options[l]) for l in chosen}
+        with quantized(var, cfg):
+            measured, _ = loss_of(vae, var, calib)
+        rows.append((t, len(cfg), sum(single[(l, f)] for l, f in cfg.items()), measured))
+    df = pd.DataFrame(rows, columns=["trial", "n_quantized", "predicted", "measured"])
+    rho = float(spearmanr(df.predicted, df.measured).statistic) if trials > 2 else float("nan")
+    return df, rho
+
+
+# -- 2. attention-window coverage ---------------------------------------------------------------------
+
+class _Recorder:
+    """Dense attention that also accumulates, per (layer, scale): the window mass histograms of
+    both families, each part's total mass, and the cosine similarity of the CFG halves' outputs."""
+
+    def __init__(self, widths, families):
+        self.widths, self.families = list(widths), list(families)
+        self.inside, self.total, self.cos = {}, {}, {}
+
+    def __call__(self, q_BHlc, k_BHLc, v_BHLc, ctx):
+        P_BHlL = (q_BHlc.float() @ k_BHLc.float().transpose(-1, -2)).mul_(ctx.softmax_scale).softmax(-1)
+        o_BHlc = (P_BHlL @ v_BHLc.float()).to(q_BHlc.dtype)
+        key = (ctx.layer, ctx.scale)
+        for fam in self.families:
+            inside, total = window_mass(P_BHlL, ctx.layout, ctx.scale, self.widths, fam)
+            k = key + (fam,)
+            self.inside[k] = self.inside.get(k, 0) + inside
+            self.total[k] = self.total.get(k, 0) + total
+        if ctx.cfg_batch:
+            B = ctx.cfg_batch
+            c, u = o_BHlc[:B].transpose(1, 2).flatten(2).float(), o_BHlc[B:].transpose(1, 2).flatten(2).float()
+            s = F.cosine_similarity(c, u, dim=-1)
+            n, tot = self.cos.get(key, (0, 0.0))
+            self.cos[key] = (n + s.numel(), tot + s.sum().item())
+        return o_BHlc
+
+
+def _kept_share(layout, scale: int, part: int, width: int, family: WindowFamily) -> float:
+    """Share of the part's keys a window of half-width `width` keeps, averaged over the queries."""
+    n_q = layout.patch_nums[scale] ** 2
+    P = torch.full((1, 1, n_q, layout.end[scale]), 1.0)
+    inside, total = window_mass(P, layout, scale, [width], family)
+    return float(inside[0, part, 0] / total[0, part])
+
+
+@torch.no_grad()
+def record_attention(vae, var, calib: Calibration, widths=CANDIDATE_WIDTHS,
+                     families=(WindowFamily.BAND, WindowFamily.SPATIAL), progress=True) -> _Recorder:
+    from tqdm import tqdm
+    rec = _Recorder(list(widths) + [FULL], families)
+    with attention_backend(var, rec):
+        for s in tqdm(list(calib.chunks()), desc="attention maps", disable=not progress):
+            cfg_logits(var, vae, calib.labels[s], [t[s] for t in calib.tokens], calib.cfg)
+    return rec
+
+
+def coverage_tables(rec: _Recorder, var) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from litevar.attention import ScaleLayout
+    layout = ScaleLayout(var.patch_nums)
+    kept_cache, cov_rows, sink_rows = {}, [], []
+    for (layer, scale, fam), inside in sorted(rec.inside.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2].value)):
+        total = rec.total[(layer, scale, fam)]
+        R_HpW = torch.where(total[..., None] > 0, inside / total[..., None].clamp_min(1e-300), 1.0)
+        H, parts = total.shape
+        for j in range(parts):
+            side = layout.patch_nums[j]
+            top = max_width(side, fam)
+            for wi, w in enumerate(rec.widths):
+                if w != FULL and w >= top:
+                    continue
+                kk = (scale, j, w, fam)
+                if kk not in kept_cache:
+                    kept_cache[kk] = 1.0 if w == FULL else _kept_share(layout, scale, j, w, fam)
+                for h in range(H):
+                    cov_rows.append((layer, h, scale, j, fam.value, int(w), float(R_HpW[h, j, wi]), kept_cache[kk]))
+        if fam is rec.families[0]:
+            share = torch.tensor([layout.patch_nums[j] ** 2 for j in range(parts)], dtype=torch.float64)
+            share /= share.sum()
+            mass_Hp = total / total.sum(1, keepdim=True)
+            for h in range(H):
+                for j in range(parts):
+                    m = float(mass_Hp[h, j])
+                    sink_rows.append((layer, h, scale, j, m, bool(m >= SINK_FACTOR * float(share[j]))))
+    cov = pd.DataFrame(cov_rows, columns=["layer", "head", "scale", "part", "family", "width", "coverage", "kept"])
+    sinks = pd.DataFrame(sink_rows, columns=["layer", "head", "scale", "part", "mass", "sink"])
+    return cov, sinks
+
+
+def ratio_windows(cov: pd.DataFrame, var, r0: float, family: WindowFamily = WindowFamily.BAND,
+                  sinks: pd.DataFrame | None = None) -> WindowConfig:
+    """The MDWA configuration of threshold r0: per (layer, head, scale, part) the narrowest
+    candidate width whose coverage >= r0 (sink parts stay FULL)."""
+    S, H = len(var.patch_nums), var.blocks[0].attn.num_heads
+    sub = cov[cov.family == family.value]
+    sink_set = set() if sinks is None else {tuple(r) for r in sinks[sinks.sink][["layer", "head", "scale", "part"]].values}
+    widths = {}
+    for layer, g in sub.groupby("layer"):
+        w = torch.full((H, S, S), FULL, dtype=torch.int32)
+        for (h, k, j), gg in g.groupby(["head", "scale", "part"]):
+            if (layer, h, k, j) in sink_set:
+                continue
+            gg = gg.sort_values("width", key=lambda c: c.where(c != FULL, 1 << 30))
+            R = torch.tensor(gg.coverage.values)[None, None]
+            w[h, k, j] = int(min_width_for_ratio(R, gg.width.tolist(), r0)[0, 0])
+        widths[int(layer)] = w
+    return WindowConfig(var.patch_nums, family, widths)
+
+
+def lost_mass(cov: pd.DataFrame, windows: WindowConfig) -> float:
+    """Sum over the windowed (layer, head, scale, part) of 1 - coverage of the chosen width."""
+    idx = cov[cov.family == windows.family.value].set_index(["layer", "head", "scale", "part", "width"]).coverage
+    lost = 0.0
+    for layer, w in windows.widths.items():
+        for h, k, j in (w != FULL).nonzero().tolist():
+            if j <= k:
+                lost += 1.0 - float(idx[(layer, h, k, j, int(w[h, k, j]))])
+    return lost
+
+
+def window_fit(vae, var, calib: Calibration, cov: pd.DataFrame, sinks: pd.DataFrame, ratios=WINDOW_RATIOS,
+               progress=True) -> tuple[pd.DataFrame, dict]:
+    """Measured loss of MDWA configurations vs their lost attention mass; fit loss = coef * lost."""
+    from tqdm import tqdm
+    from kernels.mdwa import MaskedReference
+    rows = []
+    for t, r0 in enumerate(tqdm(ratios, desc="window fit", disable=not progress)):
+        wc = ratio_windows(cov, var, r0, sinks=sinks)
+        with attention_backend(var, MaskedReference(wc)):
+            measured, _ = loss_of(vae, var, calib)
+        rows.append((t, lost_mass(cov, wc), measured, r0, wc.kept_fraction()))
+    df = pd.DataFrame(rows, columns=["trial", "lost_mass", "measured", "ratio", "attn_kept"])
+    x, y = df.lost_mass.to_numpy(), df.measured.to_numpy()
+    coef = float((x @ y) / (x @ x)) if (x @ x) > 0 else 0.0
+    ss_res, ss_tot = float(((y - coef * x) ** 2).sum()), float(((y - y.mean()) ** 2).sum())
+    return df, {"coef": coef, "r2": 1 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
+                "model": "loss = coef * sum over windowed (layer, head, scale, part) of (1 - coverage)"}
+
+
+# -- 3. CFG redundancy ------------------------------------------------------------------------------------
+
+def cfg_share_losses(vae, var, calib: Calibration, progress=True) -> pd.DataFrame:
+    """Loss of ASC in each layer alone: the unconditional half reuses the conditional output."""
+    from tqdm import tqdm
+    from kernels.mdwa import CFGShared
+    rows = []
+    for layer in tqdm(range(len(var.blocks)), desc="cfg sharing", disable=not progress):
+        with attention_backend(var, CFGShared(DenseAttention(), [layer]), [layer]):
+            loss, _ = loss_of(vae, var, calib)
+        rows.append((layer, loss))
+    return pd.DataFrame(rows, columns=["layer", "loss"])
+
+
+def summarize_sensitivity(sens: pd.DataFrame) -> pd.DataFrame:
+    """Mean loss per layer kind x format (the paper's view: which layer types are most sensitive)."""
+    return sens.pivot_table(index="kind", columns="format", values="loss", aggfunc="mean").sort_values(
+        "W4A8" if "W4A8" in set(sens.format) else sens.format.iloc[0], ascending=False)
+
