@@ -6,8 +6,9 @@ batch = the plan's batch, CFG 4, top-k 900, top-p 0.95, seed 0) of both with
 profiler.cost.measure_e2e, the very measurement the profiler fits the planner's cost model on.
 The two models alternate, one timed run each per round, so that drift of a shared machine hits
 both alike; latency is the median over --repeats rounds after --warmup untimed runs each, peak
-memory the largest of the rounds, as profiler.cost.measure_e2e defines it (CPU: tensor bytes of
-VAR + VQVAE plus the rise of the peak RSS during a run). MB = 2**20 bytes.
+memory the largest of the rounds, as profiler.cost.measure_e2e defines it (parameters and buffers
+of VAR + VQVAE plus the allocator peak of one generation: torch.profiler allocation events on CPU,
+max_memory_allocated on CUDA). MB = 2**20 bytes.
 
 JSON (--json): format, version, plan, plan_name, device, batch, resolution, repeats, warmup,
 kernel, dtype, dense and planned {latency_ms, latency_ms_runs, peak_mb, model_mb}, predicted

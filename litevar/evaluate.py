@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg", type=float, default=4.0)
     p.add_argument("--top-k", type=int, default=900)
     p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--plan", help="compression plan JSON (`litevar plan`): evaluate the planned model, and its "
+                   "fidelity to the dense full-precision one with the same seeds")
     p.add_argument("--json", help="write every figure here")
 
 
@@ -125,12 +127,24 @@ def run(args) -> int:
     if args.n < 2:
         raise UserError(f"--n must be >= 2 (got {args.n})")
     t0 = time.perf_counter()
-    vae, var = load_model(args)
+    plan = None
+    if args.plan:  # read it first: a bad plan fails before the model loads
+        from planner.plan import Plan
+        plan = Plan.load(args.plan)
+    vae, dense = load_model(args)
+    var = dense
+    if plan is not None:
+        import copy
+        from litevar.runtime import apply_plan
+        var = apply_plan(vae, copy.deepcopy(dense, memo={id(vae): vae}), plan)
     labels = balanced_labels(args.n, var.num_classes)
     imgs, toks = sample(var, labels, args.seed, args.cfg, args.top_k, args.top_p, args.batch, args.dtype)
     report = {"n": args.n, "cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
-              "dtype": args.dtype, **quality(imgs, labels, n_real=max(args.n, 500))}
-    if args.dtype != "fp32":  # fidelity of the lower-precision run to the fp32 one, same seeds
+              "dtype": args.dtype, "plan": args.plan, **quality(imgs, labels, n_real=max(args.n, 500))}
+    if plan is not None:  # fidelity of the planned model to the dense fp32 one, same seeds
+        report["fidelity_vs_dense"] = fidelity(dense, var, vae, labels, args.seed, args.cfg, args.top_k, args.top_p,
+                                               args.batch, args.dtype)
+    elif args.dtype != "fp32":  # fidelity of the lower-precision run to the fp32 one, same seeds
         ref_out = sample(var, labels, args.seed, args.cfg, args.top_k, args.top_p, args.batch, "fp32", "fp32 reference")
         report["fidelity_vs_fp32"] = fidelity(var, var, vae, labels, args.seed, args.cfg, args.top_k, args.top_p,
                                               args.batch, args.dtype, ref_out=ref_out)
@@ -150,9 +164,11 @@ def print_report(r: dict) -> None:
     print(f"class accuracy: {100 * r['class_accuracy']:.1f}%" + (f" (chance {100 * r['chance']:.0f}%)" if r.get("chance") else ""))
     print(f"Frechet distance (classifier features): {r['frechet_feature']:.3f} "
           f"(real vs real, {r['n_real']} images each: {r['frechet_feature_real_vs_real']:.3f})")
-    if "fidelity_vs_fp32" in r:
-        f = r["fidelity_vs_fp32"]
-        print(f"fidelity vs fp32: PSNR {f['psnr_db']:.2f} dB, CFG-logit KL {f['cfg_kl_sum']:.4f} nats (sum over scales), "
+    for key in ("fidelity_vs_fp32", "fidelity_vs_dense"):
+        if key not in r:
+            continue
+        f = r[key]
+        print(f"{key.replace('_', ' ')}: PSNR {f['psnr_db']:.2f} dB, CFG-logit KL {f['cfg_kl_sum']:.4f} nats (sum over scales), "
               f"token agreement per scale {[round(a, 3) for a in f['token_agreement_per_scale']]}")
     inc = r["inception"]
     print(f"Inception FID/IS: skipped: {inc['skipped']}" if "skipped" in inc else f"Inception FID/IS: {inc}")

@@ -30,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--out", required=True, help="profile file to write (JSON), e.g. profiles/default-cpu.json")
     p.add_argument("--stages", default=None, help=f"comma-separated subset of {','.join(STAGES)} to (re-)run; "
-                   "default: every stage, reusing cached results (random-init models: cost only)")
+                   "other stages come from the cache when there (default: every stage, reusing cached results; "
+                   "random-init models: cost only)")
     p.add_argument("--calib", type=int, default=80, help="calibration (class, seed) pairs for attention statistics "
                    "(default 80, as in the paper)")
     p.add_argument("--calib-loss", type=int, default=16, help="of those, how many each loss measurement runs "
@@ -106,7 +107,7 @@ def _quality_stages(stage: str, vae, var, args, calib_fn) -> tuple[dict, dict]:
 
 
 def _cost_stage(vae, var, arch, args, device) -> tuple[dict, dict]:
-    from profiler.cost import run_cost_stage
+    from profiler.cost import CostSettings, run_cost_stage
     from litevar.schedules import SCHEDULES, parse_patch_nums
     t = time.perf_counter()
     resolutions = None
@@ -117,7 +118,8 @@ def _cost_stage(vae, var, arch, args, device) -> tuple[dict, dict]:
         except (ValueError, KeyError):
             raise UserError(f"--resolutions {args.resolutions!r}: give resolutions from {sorted(SCHEDULES)}") from None
     batches = [int(b) for b in args.batches.split(",")]
-    tables, cm, validation = run_cost_stage(vae, var, arch, device, resolutions, batches)
+    tables, cm, validation = run_cost_stage(vae, var, arch, device, resolutions, batches,
+                                            settings=CostSettings(dtype=args.dtype))
     return tables, {"cost_model": cm, "validation": validation, "seconds": round(time.perf_counter() - t, 1)}
 
 
@@ -154,6 +156,8 @@ def run(args) -> int:
     for stage in stages:
         skey = key if stage != "cost" else _key(model, args.resolutions, args.batches, str(device))
         hit = None if stage in forced else _cached(out, stage, skey)
+        if hit is None and forced and stage not in forced:
+            continue  # not asked for and not cached: leave it out
         if hit is None:
             print(f"profile: stage {stage}")
             t_s, m_s = (_cost_stage(vae, var, arch, args, device) if stage == "cost"

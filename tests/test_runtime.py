@@ -217,3 +217,14 @@ def test_bench_writes_every_figure(reference, tmp_path, capsys):
     err = r["prediction_error"]
     assert err["latency"] == pytest.approx((55.0 - r["planned"]["latency_ms"]) / r["planned"]["latency_ms"])
     assert set(err) == {"latency", "memory", "dense_latency", "dense_memory"}
+
+
+def test_eval_with_plan_reports_fidelity_to_dense(reference, tmp_path, capsys):
+    path = plan_for(reference[3], formats=W8A8_LAYERS).save(tmp_path / "plan.json")
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--plan", str(path), "--n", "4", "--batch", "4", "--json", str(out)]) == 0
+    assert "fidelity vs dense" in capsys.readouterr().out
+    r = json.loads(out.read_text())
+    f = r["fidelity_vs_dense"]
+    assert r["plan"] == str(path) and len(f["token_agreement_per_scale"]) == len(SCHEDULES[256])
+    assert 0 <= f["cfg_kl_sum"] < 0.05  # W8A8 on four layers barely moves the distribution

@@ -1,0 +1,449 @@
+"""Cost stage of the profiler: time the real kernels and whole generations on this device,
+fit profiler.costmodel on them, and validate it on held-out generations.
+
+Timings are medians of `repeats` runs after `warmup` runs (kernels.bench_gemm._time_ms: CUDA
+events on GPU, perf_counter on CPU). Linears run through the real QuantLinear backends (AUTO
+kernel choice: Triton on CUDA, torch on CPU) under the runtime's autocast dtype, attention
+through DenseAttention and kernels.mdwa.make_mdwa_backend (FlexAttention on CPU, Triton on
+CUDA), generations through litevar.generate.generate.
+
+Peak memory of a generation: the bytes of the model (parameters and buffers of VAR and VAE,
+counted) plus the peak of what the call allocates, taken on a separate, untimed run:
+  CUDA  torch.cuda.max_memory_allocated (after reset_peak_memory_stats) minus
+        memory_allocated before the call.
+  CPU   the same quantity from the CPU allocator: torch.profiler (profile_memory) records
+        every allocation with the allocator's running total, whose maximum is the peak
+        (allocated_peak_mb; tensors, compiled-kernel buffers and aten scratch alike).
+        Deterministic and additive, so the memory model can fit it; the allocator's own
+        overhead is not included. For information, cost_e2e.rss_mb also records the model
+        bytes plus the growth of the process's peak RSS during one more call (gc +
+        malloc_trim(0), VmRSS before, "5" to /proc/self/clear_refs, VmHWM after): glibc
+        fragmentation makes that one vary by several MB between configurations, beyond what
+        a cost model can predict.
+Linear layers also record the memory one call adds (workspace_mb, output included) at their
+two largest row counts, from which the model learns each format's temporary buffers.
+
+Schedules other than the model's own run on a random-initialised VAR of the same width and
+depth (latency and memory do not depend on weight values) with a VAE that shares every
+weight of the model's VAE, only its quantizer's schedule differs.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import ctypes
+import dataclasses
+import gc
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import nn
+from torch._C._profiler import _EventType
+
+from kernels.bench_attention import windows_for_kept
+from kernels.bench_gemm import _time_ms
+from kernels.formats import FORMATS, capability
+from kernels.qlinear import QuantLinear, swap_linears
+from kernels.windows import WindowConfig, kept_fraction
+from litevar.attention import AttnCall, DenseAttention, ScaleLayout
+from litevar.generate import DTYPES, autocast
+from profiler import costmodel as cmod
+
+log = logging.getLogger(__name__)
+
+MB = 2 ** 20
+EMULATED_FORMAT = "W6A6"  # one fake-quant format stands for every emulated one
+LINEAR_COLUMNS = ["K", "N", "M", "format", "backend", "ms", "workspace_mb"]
+ATTN_COLUMNS = ["B", "H", "D", "q_len", "kv_len", "kept", "backend", "ms"]
+E2E_COLUMNS = ["resolution", "batch", "config", "ms", "peak_mb", "patch_nums", "held_out", "rss_mb"]
+
+
+@dataclass(frozen=True)
+class CostSettings:
+    """How much to measure. Defaults: 1-2 minutes for the default model on one CPU core
+    (three FlexAttention compiles included when the inductor cache is cold)."""
+
+    dtype: str = "fp32"  # runtime compute dtype (litevar generate --dtype)
+    warmup: int = 2  # kernel calls before timing
+    repeats: int = 7  # timed kernel calls (median)
+    e2e_repeats: int = 3  # timed generations (median) after one warm-up generation
+    formats: tuple[str, ...] | None = None  # None: every native format on the device + EMULATED_FORMAT
+    mdwa: bool = True  # time the windowed backends (FlexAttention compiles ~20 s per shape on CPU)
+    mdwa_shapes: int = 3  # largest attention shapes timed with windows
+    kept_targets: tuple[float, ...] = (0.2, 0.5)  # window sizes timed, as kept fractions
+    fit_configs: tuple[str, ...] = ("W8A8:fc1,fc2",)  # quantized generations fitted on (second-largest schedule)
+    validate_configs: tuple[str, ...] = ("W4A8:fc1,fc2,proj",)  # held-out quantized generations (model's schedule)
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"CostSettings.dtype={self.dtype!r}: use one of {sorted(DTYPES)}")
+        if self.warmup < 0 or self.repeats < 1 or self.e2e_repeats < 1:
+            raise ValueError(f"CostSettings: warmup={self.warmup} must be >= 0, repeats={self.repeats} and "
+                             f"e2e_repeats={self.e2e_repeats} >= 1")
+        bad = [f for f in self.formats or () if f not in FORMATS]
+        if bad:
+            raise ValueError(f"CostSettings.formats: unknown {bad}; known: {', '.join(FORMATS)}")
+        from profiler.costmodel import config_spec
+        for c in self.fit_configs + self.validate_configs:
+            config_spec(c, {"depth": 1, "embed_dim": 64, "V": 2, "Cvae": 2})  # raises on a bad name
+        if any(not 0 < k < 1 for k in self.kept_targets):
+            raise ValueError(f"CostSettings.kept_targets={self.kept_targets}: give fractions in (0, 1)")
+
+
+def timed_formats(device, settings: CostSettings) -> list[str]:
+    """Formats to time: the given ones, else fp, every native quantized format and one emulated."""
+    if settings.formats:
+        return list(dict.fromkeys(("fp",) + tuple(settings.formats)))
+    native = [f for f in FORMATS if capability(f, device).native]
+    return native + [EMULATED_FORMAT]
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+
+
+@torch.no_grad()
+def measure_linear(K: int, N: int, Ms, fmt: str, device, dtype: str = "fp32", warmup: int = 2,
+                   repeats: int = 7, memory_Ms=()) -> tuple[list[float], dict[int, float]]:
+    """Median ms of one linear (K in, N out, bias) in `fmt` at each row count of `Ms`, under
+    the autocast of `dtype` with float32 inputs, as the runtime calls it; and the transient
+    memory (MB, output included) of one call at each row count of `memory_Ms`."""
+    dev = torch.device(device)
+    linear = nn.Linear(K, N, device=dev).requires_grad_(False)  # no grad: no autocast weight cache
+    layer = linear if fmt == "fp" else QuantLinear.from_float(linear, fmt)
+    times, memory = [], {}
+    for M in Ms:
+        x_MK = torch.randn(M, K, device=dev)
+        with autocast(dev, dtype):
+            times.append(_time_ms(lambda x_MK=x_MK: layer(x_MK), dev.type, warmup, repeats))
+    for M in memory_Ms:
+        x_MK = torch.randn(M, K, device=dev)
+        with autocast(dev, dtype):
+            memory[M] = peak_memory_mb(lambda x_MK=x_MK: layer(x_MK), dev)
+    return times, memory
+
+
+def linear_backend(fmt: str, device, dtype: str) -> str:
+    """cost_linear.backend: '<kernel>-<dtype>' (kernel from kernels.formats.capability)."""
+    return f"{capability(fmt, device).kernel}-{dtype}"
+
+
+def attention_backend(name: str, patch_nums, H: int, kept_target: float | None, device):
+    """(backend, windows) for a cost_attn backend name ('dense', 'mdwa', '*_qk8')."""
+    from kernels.mdwa import LayerOptions, make_mdwa_backend
+    options = {0: LayerOptions(qk_int8=True)} if name.endswith("_qk8") else {}
+    if name == "dense":
+        return DenseAttention(), None
+    windows = (windows_for_kept(patch_nums, H, kept_target) if name.startswith("mdwa")
+               else WindowConfig(tuple(patch_nums)))
+    return make_mdwa_backend(windows, device=device, options=options), windows
+
+
+@torch.no_grad()
+def measure_attention(patch_nums, scale: int, B: int, H: int, D: int, backend: str, device,
+                      dtype: str = "fp32", kept_target: float | None = None, warmup: int = 2,
+                      repeats: int = 7) -> tuple[float, float]:
+    """(median ms, kept fraction) of one attention call: the queries of `scale` against the
+    keys of scales 0..scale, B rows (CFG doubling included), layer 0 of `backend`; windowed
+    backends keep about `kept_target` of the (query, key) pairs (band windows)."""
+    pns = tuple(patch_nums[:scale + 1])  # the same call, as the last scale of a shorter schedule
+    dev, layout = torch.device(device), ScaleLayout(tuple(patch_nums))
+    fn, windows = attention_backend(backend, pns, H, kept_target, dev)
+    n, L = patch_nums[scale] ** 2, layout.end[scale]
+    g = torch.Generator(device=dev).manual_seed(scale)
+    q, k, v = (torch.randn(B, H, m, D, generator=g, device=dev, dtype=DTYPES[dtype]) for m in (n, layout.L, layout.L))
+    k, v = k[:, :, :L], v[:, :, :L]  # views of a full-length cache, as KVCache returns them
+    ctx = AttnCall(layer=0, scale=scale, layout=ScaleLayout(pns), softmax_scale=D ** -0.5)
+    kept = 1.0
+    if windows is not None and (w_Hp := windows.scale_widths(0, scale)) is not None:
+        kept = kept_fraction(ScaleLayout(pns), scale, w_Hp, windows.family)
+    return _time_ms(lambda: fn(q, k, v, ctx), dev.type, warmup, repeats), kept
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end
+
+
+@contextlib.contextmanager
+def _silent_fd2():
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def allocated_peak_mb(fn) -> float:
+    """Peak growth (MB) of the bytes held by the CPU allocator while fn() runs: the CPU
+    analogue of torch.cuda.max_memory_allocated. The profiler's allocation events carry the
+    allocator's running total since profiling started (tensors, compiled-kernel buffers and
+    aten scratch alike)."""
+    from torch.profiler import ProfilerActivity, profile
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _silent_fd2():  # some torch builds log a line to fd 2 at profiler start and stop
+        prof.start()
+    try:
+        fn()
+    finally:
+        with _silent_fd2():
+            prof.stop()
+    peak, todo = 0, list(prof.profiler.kineto_results.experimental_event_tree())
+    while todo:
+        node = todo.pop()
+        if node.tag == _EventType.Allocation:
+            peak = max(peak, node.extra_fields.total_allocated)
+        todo += node.children
+    return peak / MB
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the baseline may include freed heap pages
+        log.debug("malloc_trim unavailable; the RSS peak may be underestimated")
+
+
+def rss_peak_mb(fn) -> float:
+    """Growth of the process's peak RSS (MB) while fn() runs (Linux; see module docstring)."""
+    gc.collect()
+    _malloc_trim()
+    before = _status_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    fn()
+    return max(_status_kb("VmHWM") - before, 0) / 1024
+
+
+def module_bytes(*modules: nn.Module) -> int:
+    """Bytes of the parameters and buffers of `modules` (shared tensors counted once)."""
+    seen, total = set(), 0
+    for m in modules:
+        for t in list(m.parameters()) + list(m.buffers()):
+            if t.data_ptr() not in seen and t.device.type != "meta":
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+    return total
+
+
+def peak_memory_mb(fn, device) -> float:
+    """Peak memory (MB) fn() allocates on top of what is allocated before it: CUDA
+    max_memory_allocated - memory_allocated before, CPU allocated_peak_mb."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        before = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        fn()
+        torch.cuda.synchronize(dev)
+        return (torch.cuda.max_memory_allocated(dev) - before) / MB
+    return allocated_peak_mb(fn)
+
+
+def measure_e2e(vae, var, patch_nums, batch: int, device, repeats: int = 3, dtype: str = "fp32",
+                warmup: int = 1, rss: dict | None = None) -> tuple[float, float]:
+    """(median ms, peak MB) of generating `batch` images (CFG 4, top-k 900, top-p 0.95).
+    Peak MB = bytes of VAR and VAE + peak_memory_mb of one more generation. With `rss` (a
+    dict, CPU only) rss["mb"] also gets the model bytes + the RSS growth of another one."""
+    from litevar.generate import generate
+    if tuple(var.patch_nums) != tuple(patch_nums):
+        raise ValueError(f"measure_e2e: the VAR runs patch_nums {tuple(var.patch_nums)}, not {tuple(patch_nums)}; "
+                         "build one for this schedule with model_for_schedule")
+    labels = [i % var.num_classes for i in range(batch)]
+    dev = torch.device(device)
+
+    def run():
+        generate(var, labels, seed=0, cfg=4.0, top_k=900, top_p=0.95, dtype_name=dtype, progress=False)
+
+    ms = _time_ms(run, dev.type, warmup, repeats)
+    resident = module_bytes(var, vae) / MB
+    if rss is not None and dev.type == "cpu" and os.path.exists("/proc/self/clear_refs"):
+        rss["mb"] = resident + rss_peak_mb(run)
+    return ms, resident + peak_memory_mb(run, dev)
+
+
+def model_for_schedule(vae, var, patch_nums):
+    """(vae, var) running `patch_nums`: the model itself for its own schedule, else a
+    random-initialised VAR of the same config and a VAE sharing the model's weights."""
+    from litevar.var import VAR
+    pns = tuple(int(p) for p in patch_nums)
+    if pns == tuple(var.patch_nums):
+        return vae, var
+    dev = var.lvl_1L.device
+    vae_s = copy.copy(vae)  # shares every submodule ...
+    vae_s._modules = dict(vae._modules)
+    vae_s._modules["quantize"] = copy.copy(vae.quantize)
+    vae_s.quantize.patch_nums = pns  # ... only the quantizer's schedule differs
+    with torch.device("meta"):
+        var_s = VAR(vae_s, dataclasses.replace(var.cfg, patch_nums=pns))
+    var_s.to_empty(device=dev)
+    var_s.init_buffers()
+    var_s.init_weights()
+    return vae_s, var_s.eval().requires_grad_(False)
+
+
+def arch_of(var) -> dict:
+    """meta.model.arch of a VAR."""
+    c = var.cfg
+    return {"depth": c.depth, "embed_dim": c.C, "num_heads": c.num_heads, "mlp_ratio": c.mlp_ratio, "V": c.V,
+            "Cvae": c.Cvae, "num_classes": c.num_classes, "shared_aln": c.shared_aln,
+            "patch_nums": list(c.patch_nums)}
+
+
+def default_resolutions(patch_nums) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
+    """(schedules to fit on, held-out larger schedule) for a model's own schedule: three
+    shorter prefixes and the schedule itself; held out, one more scale of ~1.25x."""
+    pns = tuple(patch_nums)
+    fit = [p for p in (pns[:-3], pns[:-2], pns[:-1]) if len(p) >= 2] + [pns]
+    return fit, pns + (round(pns[-1] * 1.25),)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def _bar(iterable, desc: str, progress: bool, total: int | None = None):
+    from tqdm import tqdm
+    return tqdm(iterable, desc=desc, total=total, disable=not progress, leave=False)
+
+
+def linear_points(arch: dict, resolutions, batches) -> dict[tuple[int, int], list[int]]:
+    """(K, N) -> sorted distinct row counts of every linear call of the given generations."""
+    points: dict[tuple[int, int], set[int]] = {}
+    for pns in resolutions:
+        for b in batches:
+            for _, K, N, M, _ in cmod.linear_calls(arch, pns, b):
+                points.setdefault((K, N), set()).add(M)
+    return {kn: sorted(ms) for kn, ms in sorted(points.items())}
+
+
+def measure_linears(arch, resolutions, batches, device, settings: CostSettings, progress=True) -> pd.DataFrame:
+    """cost_linear: every distinct (K, N, M) x format at the runtime dtype, fp also at the
+    other dtype (fp32 vs bf16: on CPU bf16 autocast can be much faster)."""
+    points, rows = linear_points(arch, resolutions, batches), []
+    fp32_only = {(K, N) for fqn, K, N, _ in cmod.linear_layers(arch) if fqn in cmod.FP32_ALWAYS}
+    jobs = []
+    for fmt in timed_formats(device, settings):
+        dtypes = {settings.dtype} | ({"fp32", "bf16"} if fmt == "fp" else set())
+        jobs += [(K, N, fmt, dt) for (K, N) in points for dt in sorted(dtypes) if cmod.format_applies(K, fmt)]
+    jobs += [(K, N, fmt, "fp32") for K, N, fmt, dt in list(jobs) if (K, N) in fp32_only and dt != "fp32"
+             and (K, N, fmt, "fp32") not in jobs]  # head runs in fp32 whatever the runtime dtype
+    for K, N, fmt, dt in _bar(jobs, "cost: linears", progress):
+        Ms = points[K, N]
+        mem_Ms = Ms[-1:] + Ms[-2:-1] if dt == settings.dtype else ()  # the two largest
+        ms, mem = measure_linear(K, N, Ms, fmt, device, dt, settings.warmup, settings.repeats, mem_Ms)
+        rows += [(K, N, M, fmt, linear_backend(fmt, device, dt), t, mem.get(M, float("nan")))
+                 for M, t in zip(Ms, ms)]
+    return pd.DataFrame(rows, columns=LINEAR_COLUMNS)
+
+
+def attention_points(resolutions, batches) -> list[tuple[tuple[int, ...], int, int]]:
+    """(patch_nums, scale, B rows) of every distinct attention call (with and without ASC)."""
+    seen, out = set(), []
+    for pns in resolutions:
+        ends = ScaleLayout(tuple(pns)).end
+        for si, pn in enumerate(pns):
+            for rows in sorted({r for b in batches for r in (b, 2 * b)}):
+                if (pn * pn, ends[si], rows) not in seen:
+                    seen.add((pn * pn, ends[si], rows))
+                    out.append((tuple(pns), si, rows))
+    return out
+
+
+def measure_attentions(arch, resolutions, batches, device, settings: CostSettings, progress=True) -> pd.DataFrame:
+    """cost_attn: dense (and emulated-or-native QK8) at every call shape; windowed backends at
+    the `mdwa_shapes` largest shapes of the CFG-doubled smallest batch, per kept target."""
+    d = cmod.arch_dims(arch)
+    points = attention_points(resolutions, batches)
+    jobs = [(p, "dense", None) for p in points] + [(p, "dense_qk8", None) for p in points]
+    if settings.mdwa:
+        rows0 = 2 * min(batches)
+        work = lambda p: p[0][p[1]] ** 2 * ScaleLayout(p[0]).end[p[1]]  # q_len * kv_len
+        big = sorted((p for p in points if p[2] == rows0 and p[1] >= 5), key=work, reverse=True)  # scales
+        big = big[:settings.mdwa_shapes]  # 0..4 are kept full (paper_parts_full): windows start at 5
+        jobs += [(p, b, k) for p in big for b in ("mdwa", "mdwa_qk8") for k in settings.kept_targets]
+    rows = []
+    for (pns, si, B), backend, target in _bar(jobs, "cost: attention", progress):
+        ms, kept = measure_attention(pns, si, B, d["H"], d["D"], backend, device, settings.dtype, target,
+                                     settings.warmup, settings.repeats)
+        rows.append((B, d["H"], d["D"], pns[si] ** 2, ScaleLayout(pns).end[si], kept, backend, ms))
+    return pd.DataFrame(rows, columns=ATTN_COLUMNS)
+
+
+def e2e_plan(resolutions, batches, own_pns, holdout_resolution, holdout_batch, settings: CostSettings):
+    """(patch_nums, batch, config, held_out) of every timed generation."""
+    plan = [(tuple(p), b, "dense", False) for p in resolutions for b in batches]
+    fit_pns = sorted(resolutions, key=len)[-2] if len(resolutions) > 1 else tuple(resolutions[0])
+    plan += [(tuple(fit_pns), batches[0], c, False) for c in settings.fit_configs]
+    if holdout_resolution is not None:
+        plan.append((tuple(holdout_resolution), batches[0], "dense", True))
+    if holdout_batch is not None:
+        plan.append((tuple(own_pns), holdout_batch, "dense", True))
+    plan += [(tuple(own_pns), batches[0], c, True) for c in settings.validate_configs]
+    return plan
+
+
+def measure_generations(vae, var, arch, plan, device, settings: CostSettings, progress=True) -> pd.DataFrame:
+    """cost_e2e: median ms and peak MB of each planned generation."""
+    rows = []
+    for pns, batch, config, held_out in _bar(plan, "cost: generations", progress):
+        vae_s, var_s = model_for_schedule(vae, var, pns)
+        formats = cmod.config_spec(config, arch)["formats"]
+        if formats:
+            var_s = swap_linears(copy.deepcopy(var_s), formats)
+        rss: dict = {}
+        ms, peak = measure_e2e(vae_s, var_s, pns, batch, device, settings.e2e_repeats, settings.dtype, rss=rss)
+        rows.append((pns[-1] * getattr(vae, "downsample", 1), batch, config, ms, peak, ",".join(map(str, pns)),
+                     held_out, rss.get("mb", float("nan"))))
+        del var_s
+    return pd.DataFrame(rows, columns=E2E_COLUMNS)
+
+
+def run_cost_stage(vae, var, arch: dict, device, resolutions=None, batches=(1, 2), progress: bool = True,
+                   settings: CostSettings | None = None, holdout_resolution=None, holdout_batch: int | None = None
+                   ) -> tuple[dict[str, pd.DataFrame], dict, list[dict]]:
+    """Measure, fit and validate the cost model. Returns (tables cost_linear / cost_attn /
+    cost_e2e, cost model, validation rows).
+
+    resolutions: schedules (patch_nums) to fit on (default: default_resolutions of the model);
+    held out from fitting, never timed kernel by kernel: `holdout_resolution` (default: the
+    model's schedule plus one larger scale), `holdout_batch` (default 2 x the largest batch)
+    at the model's schedule, and settings.validate_configs (quantized linears)."""
+    settings = settings or CostSettings()
+    dev = torch.device(device)
+    batches = sorted({int(b) for b in batches})
+    if not batches or batches[0] < 1:
+        raise ValueError(f"run_cost_stage: batches={batches}; give batch sizes >= 1, e.g. (1, 2)")
+    fit_res, larger = default_resolutions(var.patch_nums)
+    resolutions = [tuple(p) for p in (resolutions or fit_res)]
+    holdout_resolution = holdout_resolution or larger
+    holdout_batch = holdout_batch or 2 * batches[-1]
+    t0 = time.perf_counter()
+    tables = {"cost_linear": measure_linears(arch, resolutions, batches, dev, settings, progress),
+              "cost_attn": measure_attentions(arch, resolutions, batches, dev, settings, progress)}
+    t1 = time.perf_counter()
+    plan = e2e_plan(resolutions, batches, var.patch_nums, holdout_resolution, holdout_batch, settings)
+    tables["cost_e2e"] = measure_generations(vae, var, arch, plan, dev, settings, progress)
+    t2 = time.perf_counter()
+    e2e = tables["cost_e2e"]
+    fit_rows = [i for i, h in enumerate(e2e["held_out"]) if not h]
+    cm = cmod.fit(tables, arch, dev.type, settings.dtype, module_bytes(vae) / MB, fit_rows)
+    validation = cmod.validate(cm, arch, e2e)
+    cm["timing_s"] = {"kernels": t1 - t0, "e2e": t2 - t1}
+    log.info("cost stage: kernels %.0f s, generations %.0f s; held-out errors %s", t1 - t0, t2 - t1,
+             [(v["resolution"], v["batch"], v["config"], round(v["latency_err"], 3), round(v["memory_err"], 3))
+              for v in validation if v["held_out"]])
+    return tables, cm, validation

@@ -1,0 +1,119 @@
+"""Device fingerprint and software environment of a profile (meta.device, meta.env).
+
+A profile's timings hold for the device and software they were taken on; the planner and the
+runtime compare these dicts to warn when a profile is used elsewhere.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+
+import torch
+
+log = logging.getLogger(__name__)
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def fingerprint(device: torch.device | str) -> dict:
+    """What the timings depend on: GPU name, memory, driver, clocks, compute capability (CUDA)
+    or CPU model, cores and ISA flags (CPU)."""
+    dev = torch.device(device)
+    return _cuda_fingerprint(dev) if dev.type == "cuda" else _cpu_fingerprint()
+
+
+def _cpu_info() -> dict[str, str]:
+    """First processor block of /proc/cpuinfo (empty off Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            block = f.read().split("\n\n", 1)[0]
+    except OSError:
+        return {}
+    pairs = (line.split(":", 1) for line in block.splitlines() if ":" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def _cpu_fingerprint() -> dict:
+    info = _cpu_info()
+    flags = set(info.get("flags", "").split())
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"type": "cpu", "name": info.get("model name", platform.processor() or platform.machine()),
+            "cores": os.cpu_count(), "usable_cores": usable, "torch_threads": torch.get_num_threads(),
+            "machine": platform.machine(), "flags": {f: f in flags for f in CPU_FLAGS},
+            "memory_mb": _meminfo_mb()}
+
+
+def _meminfo_mb() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            line = next(l for l in f if l.startswith("MemTotal:"))
+    except (OSError, StopIteration):
+        return None
+    return round(int(line.split()[1]) / 1024, 1)
+
+
+def _cuda_fingerprint(dev: torch.device) -> dict:
+    idx = dev.index if dev.index is not None else torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(idx)
+    out = {"type": "cuda", "index": idx, "name": props.name, "memory_mb": round(props.total_memory / 2 ** 20, 1),
+           "compute_capability": f"{props.major}.{props.minor}", "sm_count": props.multi_processor_count,
+           "cuda": torch.version.cuda}
+    out.update(_nvml(idx))
+    return out
+
+
+def _nvml(idx: int) -> dict:
+    """Driver and clocks via nvidia-ml-py; {} with a logged reason when NVML is unavailable."""
+    try:
+        import pynvml
+    except ImportError:
+        log.warning("nvidia-ml-py is not installed (pip install nvidia-ml-py): no driver/clock info "
+                    "in the device fingerprint")
+        return {}
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as e:
+        log.warning("NVML does not start (%s): no driver/clock info in the device fingerprint", e)
+        return {}
+    try:
+        h = pynvml.nvmlDeviceGetHandleByIndex(idx)
+        clk = pynvml.nvmlDeviceGetMaxClockInfo
+        return {"driver": _text(pynvml.nvmlSystemGetDriverVersion()),
+                "nvml_name": _text(pynvml.nvmlDeviceGetName(h)),
+                "sm_clock_max_mhz": clk(h, pynvml.NVML_CLOCK_SM),
+                "mem_clock_max_mhz": clk(h, pynvml.NVML_CLOCK_MEM),
+                "sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
+                "power_limit_w": pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000}
+    except pynvml.NVMLError as e:
+        log.warning("NVML query failed (%s): partial device fingerprint", e)
+        return {}
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def environment() -> dict:
+    """Python, torch, triton (None if absent) versions, and a sha256 over them."""
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    env = {"python": platform.python_version(), "torch": torch.__version__, "triton": triton_version,
+           "cuda": torch.version.cuda, "numpy": _version("numpy"), "scipy": _version("scipy")}
+    env["sha256"] = hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()
+    return env
+
+
+def _version(module: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(module)
+    except PackageNotFoundError:
+        return None

@@ -1,0 +1,129 @@
+"""profiler.cost and profiler.device on tiny real models: the measurements run the real
+backends and return positive medians, the memory tracker is exact on known allocations,
+linear_calls matches what the VAR really calls, and the whole stage runs end to end.
+
+FlexAttention (the CPU windowed backend) compiles ~20 s per shape, so the stage test here
+times dense attention only (CostSettings.mdwa=False)."""
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+from torch import nn
+
+from litevar.build import build_vae_var
+from profiler import costmodel as cmod
+from profiler.cost import (CostSettings, allocated_peak_mb, arch_of, measure_attention, measure_e2e, measure_linear,
+                           model_for_schedule, module_bytes, run_cost_stage)
+from profiler.device import environment, fingerprint
+
+PNS = (1, 2, 3, 4)
+CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_vae_var("cpu", patch_nums=PNS, V=32, Cvae=8, ch=32, share_quant_resi=4, num_classes=4,
+                         depth=1, ch_mult=(1, 2), num_res_blocks=1)
+
+
+def test_cpu_fingerprint_and_environment():
+    fp = fingerprint("cpu")
+    assert fp["type"] == "cpu" and fp["name"] and fp["cores"] >= 1
+    assert "avx512_bf16" in fp["flags"] and "amx_tile" in fp["flags"]
+    env = environment()
+    assert env["torch"] == torch.__version__ and len(env["sha256"]) == 64
+
+
+def test_measure_linear_real_backends():
+    for fmt in ("fp", "W8A8", "W4A16"):
+        ms, mem = measure_linear(128, 64, [4, 32], fmt, "cpu", "fp32", warmup=1, repeats=3, memory_Ms=[32])
+        assert len(ms) == 2 and all(t > 0 for t in ms), fmt
+        assert mem[32] >= 32 * 64 * 4 / 2 ** 20  # at least the fp32 output
+    ms, _ = measure_linear(128, 64, [16], "fp", "cpu", "bf16", warmup=1, repeats=3)
+    assert ms[0] > 0
+
+
+def test_measure_attention_dense_and_qk8():
+    for backend in ("dense", "dense_qk8"):
+        ms, kept = measure_attention((1, 2, 3, 4, 5, 6), 5, 2, 2, 64, backend, "cpu", warmup=1, repeats=3)
+        assert ms > 0 and kept == 1.0
+
+
+def test_allocated_peak_is_exact():
+    def fn():
+        a = torch.empty(2 ** 18)  # 1 MB
+        b = a * 2  # 1 MB more, peak 2 MB
+        del a, b
+        c = torch.empty(2 ** 17)  # 0.5 MB after the frees
+        del c
+
+    assert allocated_peak_mb(fn) == pytest.approx(2.0, abs=1e-3)
+
+
+def test_measure_e2e(tiny):
+    vae, var = tiny
+    ms, peak = measure_e2e(vae, var, PNS, 2, "cpu", repeats=2)
+    assert ms > 0 and peak > module_bytes(var, vae) / 2 ** 20
+    with pytest.raises(ValueError, match="model_for_schedule"):
+        measure_e2e(vae, var, (1, 2, 3), 1, "cpu")
+
+
+def test_model_for_schedule_shares_the_vae(tiny):
+    vae, var = tiny
+    vae_s, var_s = model_for_schedule(vae, var, (1, 2, 3, 4, 5))
+    assert var_s.patch_nums == (1, 2, 3, 4, 5) and vae_s.quantize.patch_nums == (1, 2, 3, 4, 5)
+    assert vae.quantize.patch_nums == PNS and vae_s.decoder is vae.decoder
+    img = var_s.autoregressive_infer_cfg(1, g_seed=0)
+    assert img.shape[-1] == 5 * vae.downsample
+
+
+def test_linear_calls_match_the_model(tiny):
+    """Rows of every nn.Linear call during generation (mat_qkv is called through F.linear
+    with its weight, not as a module, so it is checked by its shape rule only)."""
+    var = tiny[1]
+    seen = collections.Counter()
+    names = {m: n for n, m in var.named_modules() if isinstance(m, nn.Linear)}
+    def count(m, inp, out):
+        seen.update([(names[m], inp[0].reshape(-1, m.in_features).shape[0])])
+
+    hooks = [m.register_forward_hook(count) for m in names]
+    try:
+        var.autoregressive_infer_cfg(3, g_seed=0)
+    finally:
+        for h in hooks:
+            h.remove()
+    expected = collections.Counter((fqn, M) for fqn, _, _, M, _ in cmod.linear_calls(arch_of(var), PNS, 3)
+                                   if not fqn.endswith("mat_qkv"))
+    assert seen == expected
+
+
+def test_run_cost_stage_tiny(tiny):
+    vae, var = tiny
+    settings = CostSettings(warmup=1, repeats=2, e2e_repeats=1, mdwa=False, formats=("W8A8", "W6A6"),
+                            fit_configs=("W8A8:fc1,fc2",), validate_configs=("W8A8:fc1,fc2,proj",))
+    tables, cm, validation = run_cost_stage(vae, var, arch_of(var), "cpu", batches=(1, 2), progress=False,
+                                            settings=settings)
+    assert list(tables["cost_linear"].columns)[:6] == ["K", "N", "M", "format", "backend", "ms"]
+    assert list(tables["cost_attn"].columns) == ["B", "H", "D", "q_len", "kv_len", "kept", "backend", "ms"]
+    assert set(tables["cost_linear"]["backend"]) >= {"dense-fp32", "dense-bf16", "w8a8-fp32", "emulated-fp32"}
+    assert (tables["cost_linear"]["ms"] > 0).all() and (tables["cost_attn"]["ms"] > 0).all()
+    held = [v for v in validation if v["held_out"]]
+    assert {(v["batch"], v["config"]) for v in held} == {(1, "dense"), (4, "dense"), (1, "W8A8:fc1,fc2,proj")}
+    assert any(v["resolution"] > PNS[-1] * vae.downsample for v in held)  # an unmeasured resolution
+    for v in validation:
+        assert v["measured_ms"] > 0 and v["predicted_ms"] > 0 and abs(v["memory_err"]) < 0.5
+    import json
+    json.dumps(cm)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_cuda_fingerprint_and_kernels():
+    fp = fingerprint("cuda")
+    assert fp["type"] == "cuda" and fp["name"] and fp["memory_mb"] > 0 and fp["compute_capability"]
+    ms, mem = measure_linear(256, 256, [64], "W8A8", "cuda", "bf16", warmup=2, repeats=3, memory_Ms=[64])
+    assert ms[0] > 0 and mem[64] > 0
+    ms, kept = measure_attention((1, 2, 3, 4, 5, 6), 5, 2, 2, 64, "mdwa", "cuda", "bf16", kept_target=0.5)
+    assert ms > 0 and 0 < kept < 1

@@ -1,0 +1,186 @@
+"""profiler.costmodel on synthetic data: known coefficients are recovered, predictions
+extrapolate, bytes per format are exact, and predict() keeps its invariants.
+
+Tolerances: synthetic timings carry 1% multiplicative noise; the fitted coefficients must be
+within 10% of the generating ones (absolute 0.02 for the M*(K+N) term, below 1% of every point),
+predictions at an unseen M, batch or schedule within 3% (memory 1%)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from profiler import costmodel as cm_
+
+ARCH = {"depth": 2, "embed_dim": 128, "num_heads": 2, "mlp_ratio": 4.0, "V": 64, "Cvae": 8,
+        "num_classes": 10, "patch_nums": [1, 2, 3, 4]}
+PNS = (1, 2, 3, 4)
+TRUE_LINEAR = {"fp": [0.01, 20.0, 0.05, 0.002], "W8A8": [0.03, 8.0, 0.01, 0.004],
+               "W6A6": [0.005, 5.0, 0.01, 0.001]}  # emulated, made *cheaper* than fp on purpose
+TRUE_ATTN = {"dense": [0.02, 0.0, 30.0, 0.01], "mdwa": [0.05, 20.0, 5.0, 0.01]}
+
+
+def _noise(rng, n):
+    return 1 + 0.01 * rng.standard_normal(n)
+
+
+def linear_table(seed=0, formats=TRUE_LINEAR) -> pd.DataFrame:
+    rng, rows = np.random.default_rng(seed), []
+    for fmt, coef in formats.items():
+        kernel = {"fp": "dense", "W8A8": "w8a8", "W6A6": "emulated"}[fmt]
+        for K in (64, 256, 1024):
+            for N in (128, 512, 2048):
+                for M in (1, 8, 64, 512):
+                    t = float(cm_.linear_features(K, N, M) @ np.array(coef))
+                    rows.append((K, N, M, fmt, f"{kernel}-fp32", t * _noise(rng, 1)[0], float("nan")))
+    return pd.DataFrame(rows, columns=["K", "N", "M", "format", "backend", "ms", "workspace_mb"])
+
+
+def attn_table(seed=1) -> pd.DataFrame:
+    rng, rows = np.random.default_rng(seed), []
+    for backend, coef in TRUE_ATTN.items():
+        for B in (1, 2, 4):
+            for q, kv in ((1, 1), (16, 30), (64, 155), (256, 680)):
+                for kept in ((1.0,) if backend == "dense" else (0.2, 0.5, 0.9)):
+                    t = float(cm_.attn_features(B, 2, 64, q, kv, kept) @ np.array(coef))
+                    rows.append((B, 2, 64, q, kv, kept, backend, t * _noise(rng, 1)[0]))
+    return pd.DataFrame(rows, columns=["B", "H", "D", "q_len", "kv_len", "kept", "backend", "ms"])
+
+
+def e2e_table(cm_partial: dict) -> pd.DataFrame:
+    """Generations whose latency is 1.2 x kernels + known overhead and memory known terms."""
+    rows = []
+    for pns in ((1, 2, 3), (1, 2, 3, 4), (1, 2, 3, 4, 5)):
+        for B in (1, 2, 3):
+            k = cm_.kernel_ms(cm_partial, ARCH, pns, B, {}, {}, set(), set())
+            ms = 1.2 * (k["linear_ms"] + k["attn_ms"]) + cm_.e2e_features(ARCH, pns, B) @ np.array([1.0, 0.1, 2.0, 0.5])
+            counted = cm_.counted_memory_mb(cm_partial, ARCH, pns, B, {}, 1.0)
+            act = cm_.memory_features(ARCH, pns, B, 4)["activations_mb"]
+            rows.append((pns[-1], B, "dense", ms, sum(counted.values()) + 0.5 + 3.0 * act, ",".join(map(str, pns))))
+    return pd.DataFrame(rows, columns=["resolution", "batch", "config", "ms", "peak_mb", "patch_nums"])
+
+
+@pytest.fixture(scope="module")
+def cm():
+    partial = {"dtype": "fp32", "format_kernel": cm_.format_kernels("cpu"),
+               "linear": cm_.fit_linear(linear_table()), "attn": cm_.fit_attention(attn_table()),
+               "linear_workspace": {}}
+    tables = {"cost_linear": linear_table(), "cost_attn": attn_table(), "cost_e2e": e2e_table(partial)}
+    return cm_.fit(tables, ARCH, "cpu", "fp32", vae_mb=1.0)
+
+
+def test_linear_fit_recovers_coefficients(cm):
+    for fmt, true in TRUE_LINEAR.items():
+        got = cm["linear"][f"{fmt}|fp32"]["coef"]
+        np.testing.assert_allclose(got[:3], true[:3], rtol=0.10, err_msg=fmt)
+        # the M*(K+N) term is < 1% of every synthetic time: only its size is identifiable
+        assert abs(got[3] - true[3]) < 0.02, fmt
+
+
+def test_linear_extrapolates_to_unseen_M(cm):
+    for fmt in ("fp", "W8A8"):
+        for K, N in ((256, 512), (1024, 128)):
+            M = 4096  # 8x the largest measured M
+            true = float(cm_.linear_features(K, N, M) @ np.array(TRUE_LINEAR[fmt]))
+            assert cm_.linear_ms(cm, K, N, M, fmt) == pytest.approx(true, rel=0.03)
+
+
+def test_attention_fit_and_kept(cm):
+    for backend in ("dense", "mdwa"):
+        true = float(cm_.attn_features(8, 2, 64, 1024, 2000, 0.3) @ np.array(TRUE_ATTN[backend]))
+        kept = 0.3 if backend == "mdwa" else 1.0
+        assert cm_.attn_ms(cm, 8, 2, 64, 1024, 2000, kept, backend) == pytest.approx(true, rel=0.03)
+    assert cm_.attn_ms(cm, 2, 2, 64, 256, 680, 0.2, "mdwa") < cm_.attn_ms(cm, 2, 2, 64, 256, 680, 0.8, "mdwa")
+    # an untimed QK8 backend falls back to its base
+    assert cm_.attn_ms(cm, 2, 2, 64, 256, 680, 1.0, "dense_qk8") == cm_.attn_ms(cm, 2, 2, 64, 256, 680, 1.0, "dense")
+
+
+def test_e2e_fit_recovers_alpha_and_extrapolates(cm):
+    assert cm["e2e"]["coef"][0] == pytest.approx(1.2, rel=0.05)
+    pns, B = (1, 2, 3, 4, 5, 6), 4  # unseen schedule and batch
+    partial = dict(cm)
+    k = cm_.kernel_ms(partial, ARCH, pns, B, {}, {}, set(), set())
+    true = 1.2 * (k["linear_ms"] + k["attn_ms"]) + cm_.e2e_features(ARCH, pns, B) @ np.array([1.0, 0.1, 2.0, 0.5])
+    assert cm_.predict(cm, ARCH, pns, B)["latency_ms"] == pytest.approx(true, rel=0.03)
+
+
+def test_memory_fit_extrapolates(cm):
+    pns, B = (1, 2, 3, 4, 5, 6), 4
+    counted = cm_.counted_memory_mb(cm, ARCH, pns, B, {}, 1.0)
+    true = sum(counted.values()) + 0.5 + 3.0 * cm_.memory_features(ARCH, pns, B, 4)["activations_mb"]
+    assert cm_.predict(cm, ARCH, pns, B)["memory_mb"] == pytest.approx(true, rel=0.01)
+
+
+def test_weight_bytes_per_format():
+    K, N = 256, 512
+    assert cm_.weight_bytes(K, N, "fp") == K * N * 4
+    assert cm_.weight_bytes(K, N, "fp", fp_bytes=2) == K * N * 2
+    assert cm_.weight_bytes(K, N, "W8A8") == K * N + N * 4 + N * 4  # int8 + scale + weight sum
+    assert cm_.weight_bytes(K, N, "W6A6") == K * N + N * 4 + N * 4  # 6-bit codes in int8
+    assert cm_.weight_bytes(K, N, "W4A8") == K * N // 2 + N * 4 + N * 4
+    assert cm_.weight_bytes(K, N, "W4A16") == K * N // 2 + N * (K // 128) * 8 + N * 4  # group scales + zeros
+
+
+def test_format_applies():
+    assert cm_.format_applies(16, "W8A8") and cm_.format_applies(16, "fp")
+    assert not cm_.format_applies(16, "W4A16")  # group size 128
+    assert cm_.format_applies(256, "W4A16")
+
+
+def test_predict_invariants(cm):
+    all_w8 = {fqn: "W8A8" for fqn, *_ in cm_.linear_layers(ARCH)}
+    all_emu = {fqn: "W6A6" for fqn, *_ in cm_.linear_layers(ARCH)}
+    fp, w8, emu = (cm_.predict(cm, ARCH, PNS, 2, f) for f in ({}, all_w8, all_emu))
+    assert w8["breakdown"]["memory_mb"]["weights_mb"] < fp["breakdown"]["memory_mb"]["weights_mb"]
+    assert w8["memory_mb"] < fp["memory_mb"]
+    # W6A6 is emulated on CPU: never predicted faster than fp, although its timings are lower
+    assert cm_.linear_ms(cm, 256, 512, 64, "W6A6") >= cm_.linear_ms(cm, 256, 512, 64, "fp")
+    assert cm_.linear_ms(cm, 256, 512, 64, "W4A4") >= cm_.linear_ms(cm, 256, 512, 64, "fp")  # untimed emulated
+    assert emu["latency_ms"] >= fp["latency_ms"]
+    # monotonic in batch and resolution; ASC halves attention work
+    assert cm_.predict(cm, ARCH, PNS, 4)["latency_ms"] > fp["latency_ms"]
+    assert cm_.predict(cm, ARCH, PNS + (5,), 2)["memory_mb"] > fp["memory_mb"]
+    shared = cm_.predict(cm, ARCH, PNS, 2, cfg_shared={0, 1})
+    assert shared["breakdown"]["attn_ms"] < fp["breakdown"]["attn_ms"]
+    json.dumps(fp)  # plain data
+
+
+def test_untimed_native_format_raises(cm):
+    with pytest.raises(KeyError, match="W4A8"):
+        cm_.linear_ms(cm, 256, 512, 64, "W4A8")
+
+
+def test_linear_layers_and_rows():
+    layers = cm_.linear_layers(ARCH)
+    names = [n for n, *_ in layers]
+    assert names[0] == "word_embed" and names[-1] == "head" and "blocks.1.ada_lin.1" in names
+    assert len(layers) == 1 + 5 * ARCH["depth"] + 2
+    assert {k for *_, k in layers} == set(cm_.LINEAR_KINDS)
+    assert cm_.rows_at_scale("fc1", PNS, 3, 2) == 2 * 2 * 16
+    assert cm_.rows_at_scale("ada_lin", PNS, 3, 2) == 4
+    assert cm_.rows_at_scale("word_embed", PNS, 2, 2) == 2 * 16  # next scale's tokens, B rows
+    assert cm_.rows_at_scale("word_embed", PNS, 3, 2) == 0
+
+
+def test_config_spec():
+    spec = cm_.config_spec("W8A8:fc1,fc2;W4A16:head", ARCH)["formats"]
+    assert spec["blocks.0.ffn.fc1"] == "W8A8" and spec["head"] == "W4A16" and "blocks.0.attn.proj" not in spec
+    assert cm_.config_spec("dense", ARCH)["formats"] == {}
+    with pytest.raises(ValueError, match="kinds"):
+        cm_.config_spec("W8A8:fc9", ARCH)
+
+
+def test_validate_and_json(cm):
+    rows = [{"patch_nums": "1,2,3,4,5,6", "batch": 4, "config": "dense", "ms": 100.0, "peak_mb": 50.0}]
+    v = cm_.validate(cm, ARCH, rows)[0]
+    assert v["latency_err"] == pytest.approx(v["predicted_ms"] / 100.0 - 1)
+    assert v["memory_err"] == pytest.approx(v["predicted_mb"] / 50.0 - 1)
+    back = json.loads(json.dumps(cm))
+    assert cm_.predict(back, ARCH, PNS, 2)["latency_ms"] == pytest.approx(cm_.predict(cm, ARCH, PNS, 2)["latency_ms"])
+
+
+def test_arch_errors_say_what_to_pass():
+    with pytest.raises(ValueError, match="meta.model.arch"):
+        cm_.linear_layers({"depth": 2})

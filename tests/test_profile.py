@@ -1,0 +1,78 @@
+"""The profile file and the quality stages of the profiler, on the shipped default model."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from litevar.cli import main
+from litevar.default_model import load_default
+from litevar.errors import UserError
+from profiler import quality as Q
+from profiler.profile import Profile
+
+
+def test_profile_round_trip_and_errors(tmp_path):
+    df = pd.DataFrame({"layer": ["head"], "kind": ["head"], "format": ["W8A8"], "loss": [0.5], "kl": [0.5],
+                       "top1_agree": [0.9]})
+    p = Profile(meta={"model": {"name": "x"}}, tables={"sensitivity": df})
+    path = p.save(tmp_path / "p.json")
+    q = Profile.load(path)
+    assert q.meta == p.meta and q.table("sensitivity").equals(df) and q.sha256 == p.sha256
+    with pytest.raises(UserError, match="no 'coverage' table"):
+        q.table("coverage")
+    path.write_text(path.read_text()[:40])
+    with pytest.raises(UserError, match="not valid JSON"):
+        Profile.load(path)
+    d = p.to_dict() | {"version": 9}
+    path.write_text(json.dumps(d))
+    with pytest.raises(UserError, match="version 9"):
+        Profile.load(path)
+
+
+@pytest.fixture(scope="module")
+def model_and_calib():
+    vae, var = load_default()
+    return vae, var, Q.calibrate(vae, var, n=4, cfg=4.0, seed=0, batch=4)
+
+
+def test_loss_is_zero_for_the_model_itself_and_grows_with_fewer_bits(model_and_calib):
+    vae, var, calib = model_and_calib
+    assert Q.loss_of(vae, var, calib) == (0.0, 1.0)
+    losses = {}
+    for fmt in ("W8A8", "W4A4"):
+        with Q.quantized(var, {"blocks.1.ffn.fc2": fmt}):
+            losses[fmt] = Q.loss_of(vae, var, calib)[0]
+    assert 0 < losses["W8A8"] < losses["W4A4"]
+    assert type(var.blocks[1].ffn.fc2) is torch.nn.Linear  # restored
+
+
+def test_coverage_curves_are_monotone_and_full_is_one(model_and_calib):
+    vae, var, calib = model_and_calib
+    rec = Q.record_attention(vae, var, calib, progress=False)
+    cov, sinks = Q.coverage_tables(rec, var)
+    assert cov.coverage.between(0, 1 + 1e-9).all() and cov.kept.between(0, 1 + 1e-9).all()
+    assert (cov[cov.width == -1].coverage > 1 - 1e-9).all()
+    for _, g in cov[cov.width >= 0].groupby(["layer", "head", "scale", "part", "family"]):
+        assert (g.sort_values("width").coverage.diff().dropna() >= -1e-9).all()
+    # every query's mass sums to one over its parts
+    assert sinks.groupby(["layer", "head", "scale"]).mass.sum().sub(1).abs().max() < 1e-6
+    sim = [tot / n for n, tot in rec.cos.values()]
+    assert all(-1 <= s <= 1 for s in sim)
+    wf, fit = Q.window_fit(vae, var, calib, cov, sinks, ratios=(0.99, 0.8), progress=False)
+    assert wf.lost_mass.iloc[0] < wf.lost_mass.iloc[1] and fit["coef"] >= 0
+
+
+def test_profile_command_caches_stages(tmp_path, capsys):
+    out = tmp_path / "p.json"
+    args = ["profile", "--out", str(out), "--calib", "2", "--calib-loss", "2", "--stages", "cfg"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "stage cfg" in first and "(cached)" not in first
+    assert main(["profile", "--out", str(out), "--calib", "2", "--calib-loss", "2", "--stages", "coverage"]) == 0
+    second = capsys.readouterr().out
+    assert "stage cfg (cached)" in second
+    prof = Profile.load(out)
+    assert set(prof.tables) == {"cfg_share", "coverage", "sinks", "window_fit", "cfg"}
+    assert prof.meta["model"]["weights_sha256"] and prof.meta["loss_unit"] == Q.LOSS_UNIT
+    assert main(["profile", "--out", str(out), "--stages", "bogus"]) == 2
