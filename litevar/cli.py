@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("litevar.bench", "time the dense model and a plan end to end, against the plan's predictions"),
     "profile": ("profiler.cli", "measure sensitivity, window coverage, CFG redundancy and cost on this device"),
     "bench-kernels": ("kernels.bench", "time every kernel against its dense reference at VAR shapes"),
+    "plan": ("litevar.plan_cli", "solve for the least-loss compression plan within latency / memory budgets"),
+    "explain": ("litevar.plan_cli", "what each choice of a plan saves, costs in loss, and the alternative it beat"),
 }
 
 

@@ -1,0 +1,135 @@
+"""`litevar plan` (a plan within budgets, or a Pareto frontier with --sweep) and `litevar explain`
+(why a plan chose what it chose). Both commands live here; `args.command` tells them apart."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from litevar.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    (add_explain_arguments if p.prog.split()[-1] == "explain" else add_plan_arguments)(p)
+
+
+def run(args) -> int:
+    return run_explain(args) if args.command == "explain" else run_plan(args)
+
+
+# ---------------------------------------------------------------------------------------------
+# plan
+
+
+def add_plan_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", required=True, help="profile file written by `litevar profile`")
+    p.add_argument("--resolution", type=int, required=True, help="output resolution: 256, 512, 1024 or 2048")
+    p.add_argument("--batch", type=int, default=1, help="images per generation (default 1)")
+    b = p.add_argument_group("budgets (any combination; at least one unless --sweep)")
+    b.add_argument("--max-latency-ms", type=float, help="predicted latency of one generation, ms")
+    b.add_argument("--max-memory-gb", type=float, help="predicted peak memory, GB")
+    b.add_argument("--min-speedup", type=float, help="vs the dense full-precision prediction, e.g. 1.5")
+    b.add_argument("--max-attn-flops", type=float, help="share of the dense attention FLOPs, in (0, 1]")
+    b.add_argument("--max-avg-bits", type=float, help="average weight bits over the linear layers, e.g. 8")
+    p.add_argument("--formats", help="formats the planner may use, e.g. W8A8,W4A8,QK8 (default: every profiled one)")
+    p.add_argument("--family", choices=("band", "spatial"), help="window family (default band)")
+    p.add_argument("--time-limit", type=float, default=10.0, help="CBC time limit per solve, s (default 10)")
+    p.add_argument("--gap", type=float, default=0.005, help="relative optimality gap (default 0.005)")
+    p.add_argument("--sweep", choices=("latency", "memory"), help="write the Pareto frontier of loss over this "
+                   "budget (CSV at --out, PNG next to it) instead of one plan")
+    p.add_argument("--points", type=int, default=8, help="budgets in the sweep (default 8)")
+    p.add_argument("--name", help="plan name (default: the --out file name)")
+    p.add_argument("--out", required=True, help="plan JSON (e.g. plans/NAME.json), or the CSV with --sweep")
+
+
+def _budgets(args):
+    from planner.problem import Budgets
+    return Budgets(args.max_latency_ms, args.max_memory_gb, args.min_speedup, args.max_attn_flops,
+                   args.max_avg_bits)
+
+
+def run_plan(args) -> int:
+    from planner import frontier
+    from planner.build import build_problem, parse_formats, to_plan
+    from planner.solve import SolverSettings, solve
+    from profiler.profile import Profile
+    budgets, settings = _budgets(args), SolverSettings(args.time_limit, args.gap)
+    if not budgets.any() and not args.sweep:
+        raise UserError("give at least one budget (--max-latency-ms, --max-memory-gb, --min-speedup, "
+                        "--max-attn-flops, --max-avg-bits) or --sweep latency|memory")
+    profile = Profile.load(args.profile)
+    formats = parse_formats(args.formats, set(profile.table("sensitivity")["format"]))
+    problem = build_problem(profile, args.resolution, args.batch, formats, args.family)
+    out = Path(args.out)
+    if args.sweep:
+        df = frontier.sweep(problem, args.sweep, args.points, settings, budgets)
+        csv, png = frontier.write(df, out, args.sweep, f"{Path(args.profile).stem} at {args.resolution} px, "
+                                                       f"batch {args.batch}")
+        print(df.drop(columns=["budget"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(f"wrote {csv} and {png}")
+        return 0
+    sol = solve(problem, budgets, settings)
+    plan = to_plan(problem, sol, profile, args.profile, budgets, args.name or out.stem)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plan.save(out)
+    pr, s = plan.predicted, plan.solver
+    print(f"wrote {out}: {pr['latency_ms']:.1f} ms ({pr['speedup']:.2f}x vs dense {pr['dense_latency_ms']:.1f} ms), "
+          f"{pr['memory_mb']:.0f} MB (dense {pr['dense_memory_mb']:.0f}), loss {pr['loss']:.4g}, "
+          f"attention kept {pr['attn_kept']:.1%}, CFG-shared layers {len(plan.cfg_shared)}, QK8 layers "
+          f"{len(plan.qk_int8)}")
+    print(f"solver {s['name']}: {s['status']}, gap {_pct(s['gap'])} (vs a bound on every window configuration: "
+          f"{_pct(s.get('gap_full'))}), CBC {s['seconds']:.2f} s, {s['variables']} variables, "
+          f"{s['constraints']} constraints; windows: {s['windows']}")
+    return 0
+
+
+def _pct(v) -> str:
+    return "unknown" if v is None else f"{100 * v:.2f}%"
+
+
+# ---------------------------------------------------------------------------------------------
+# explain
+
+
+def add_explain_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("plan", help="plan file written by `litevar plan`")
+    p.add_argument("--profile", help="the profile the plan was made from (needed for savings and losses)")
+
+
+def run_explain(args) -> int:
+    from planner.plan import Plan
+    plan = Plan.load(args.plan)
+    pr = plan.predicted
+    print(f"plan {plan.name!r}: {plan.resolution} px, batch {plan.batch}, device {plan.device.get('name')}; "
+          f"budgets {', '.join(f'{k} {v:g}' for k, v in plan.budgets.items() if v is not None) or 'none'}")
+    if pr:
+        print(f"predicted: {pr.get('latency_ms', 0):.1f} ms ({pr.get('speedup', 1):.2f}x), "
+              f"{pr.get('memory_mb', 0):.0f} MB, loss {pr.get('loss', 0):.4g}")
+    if not args.profile:
+        quantized = {f for f in plan.formats.values() if f != "fp"}
+        n_q = sum(f != "fp" for f in plan.formats.values())
+        print(f"{n_q} of {len(plan.formats)} linear layers quantized ({', '.join(sorted(quantized)) or 'none'}); "
+              f"CFG-shared blocks {plan.cfg_shared}; QK8 blocks {plan.qk_int8}; windowed blocks "
+              f"{sorted(plan.windows.widths) if plan.windows else []}")
+        print("pass --profile PROFILE for what each choice saves, costs and beat")
+        return 0
+    from planner.build import build_problem, profile_sha256, selection_of
+    from planner.explain import explain, format_table
+    from profiler.profile import Profile
+    if plan.profile_sha256 and profile_sha256(args.profile) != plan.profile_sha256:
+        print(f"note: {args.profile} is not the profile this plan was made from (sha256 differs); "
+              "numbers below are from the given profile")
+    profile = Profile.load(args.profile)
+    family = plan.windows.family.value if plan.windows else None
+    problem = build_problem(profile, plan.resolution, plan.batch, None, family, coverage_targets=None)
+    sel = selection_of(plan)
+    bad = [k for k in sel.widths if k + (sel.widths[k],) not in problem.window_index]
+    if bad:
+        raise UserError(f"plan window {bad[0]} is not a width the profile measured; explain it with the "
+                        "profile it was made from")
+    print(format_table(explain(problem, sel)))
+    print("saves_*: vs the uncompressed choice; alt_saves_ms / alt_loss: what the alternative would have "
+          "saved in ms / added in loss relative to the choice (negative: it is slower / better)")
+    return 0

@@ -1,0 +1,118 @@
+"""Why a plan chose what it chose: per decision, what it saves, what it costs in predicted loss,
+and the alternative it beat (plain data in, a DataFrame out; the CLI prints it).
+
+    format   per linear layer: saves vs fp; alternative: the option that would have been faster
+             at the least extra loss (or, when none is faster, the least-loss one)
+    cfg/qk8  per layer: saves vs not sharing / not QK8; alternative: the other setting
+    window   per (layer, head) with a window: pairs kept, ms saved (the call's saving shared by
+             the heads in proportion to the pairs they remove), loss; alternative: every part
+             one candidate narrower (what the budget did not need)
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from planner.problem import FULL, Problem, Selection, evaluate, slot_kept
+
+COLUMNS = ["layer", "head", "decision", "chosen", "saves_ms", "saves_mb", "loss", "alternative",
+           "alt_saves_ms", "alt_loss"]
+
+
+def explain(problem: Problem, sel: Selection) -> pd.DataFrame:
+    rows = _format_rows(problem, sel) + _layer_rows(problem, sel) + _window_rows(problem, sel)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def summary(problem: Problem, sel: Selection) -> dict:
+    m = evaluate(problem, sel)
+    return {"latency_ms": m.latency_ms, "dense_latency_ms": problem.dense_latency_ms,
+            "speedup": problem.dense_latency_ms / m.latency_ms, "memory_mb": m.memory_mb,
+            "dense_memory_mb": problem.dense_memory_mb, "loss": m.loss, "attn_kept": m.attn_kept}
+
+
+def _format_rows(problem: Problem, sel: Selection) -> list:
+    rows = []
+    for g in problem.formats:
+        if len(g.options) == 1:
+            continue
+        fp, o = g.options[0], g.option(sel.formats.get(g.layer, "fp"))
+        others = [a for a in g.options if a is not o]
+        faster = [a for a in others if a.latency_ms < o.latency_ms]
+        alt = min(faster or others, key=lambda a: (a.loss, a.latency_ms))
+        rows.append((g.layer, "", "format", o.format, fp.latency_ms - o.latency_ms, fp.weight_mb - o.weight_mb,
+                     o.loss, alt.format, o.latency_ms - alt.latency_ms, alt.loss - o.loss))
+    return rows
+
+
+def _slot_ms(problem: Problem, layer: int, kept: dict, qk8: bool, shared: bool) -> float:
+    return sum(s.ms(kept.get(k, 1.0), k in kept, qk8, shared) for k, s in problem.slots.items() if s.layer == layer)
+
+
+def _layer_rows(problem: Problem, sel: Selection) -> list:
+    kept, rows = slot_kept(problem, sel), []
+    for layer in sorted(set(problem.cfg_loss) | set(problem.qk_loss)):
+        q, c = layer in sel.qk_int8, layer in sel.cfg_shared
+        now = _slot_ms(problem, layer, kept, q, c)
+        for what, on, loss, flip in (("cfg_share", c, problem.cfg_loss.get(layer), (q, not c)),
+                                     ("qk8", q, problem.qk_loss.get(layer), (not q, c))):
+            if loss is None:
+                continue
+            other = _slot_ms(problem, layer, kept, *flip)
+            saves = other - now if on else 0.0
+            rows.append((f"blocks.{layer}", "", what, "on" if on else "off", saves, 0.0, loss if on else 0.0,
+                         "off" if on else "on", now - other, (-loss if on else loss)))
+    return rows
+
+
+def _window_rows(problem: Problem, sel: Selection) -> list:
+    w = problem.windows
+    if not sel.widths or w.empty:
+        return []
+    kept, index = slot_kept(problem, sel), problem.window_index
+    saved = {k: s.ms(1.0, False, s.layer in sel.qk_int8, s.layer in sel.cfg_shared)
+             - s.ms(kept[k], True, s.layer in sel.qk_int8, s.layer in sel.cfg_shared)
+             for k, s in problem.slots.items() if k in kept}
+    slope = {k: (s.ms(kept[k], True, s.layer in sel.qk_int8, s.layer in sel.cfg_shared)
+                 - s.ms(max(kept[k] - 1e-3, 0), True, s.layer in sel.qk_int8, s.layer in sel.cfg_shared))
+             / (1e-3 * s.pairs)
+             for k, s in problem.slots.items() if k in kept}  # ms saved per removed pair
+    removed_slot = {k: (1 - kept[k]) * problem.slots[k].pairs for k in kept}
+    heads = sorted({(l, h) for (l, h, s, p) in sel.widths})
+    cands = w[w.set_index(["layer", "head"]).index.isin(heads)].sort_values("removed")
+    narrower: dict[tuple[int, int], list] = {}
+    for (l, h, s, p), g in cands.groupby(["layer", "head", "scale", "part"]):
+        narrower.setdefault((l, h), []).append(((s, p), list(zip(g["width"], g["loss"], g["removed"]))))
+    rows = []
+    for l, h in heads:
+        mine = [(s, p, wd) for (ll, hh, s, p), wd in sel.widths.items() if (ll, hh) == (l, h) and wd != FULL]
+        pairs = sum(problem.slots[l, s].pairs for (ll, s) in problem.slots if ll == l) / max(1, _heads(problem))
+        removed = sum(index[l, h, s, p, wd][1] for s, p, wd in mine)
+        loss = sum(index[l, h, s, p, wd][0] for s, p, wd in mine)
+        ms = sum(saved[l, s] * index[l, h, s, p, wd][1] / removed_slot[l, s] for s, p, wd in mine)
+        d_ms = d_loss = 0.0
+        for (s, p), opts in narrower.get((l, h), []):
+            cur = sel.widths.get((l, h, s, p), FULL)
+            l0, r0 = (0.0, 0.0) if cur == FULL else index[l, h, s, p, cur]
+            nxt = [o for o in opts if o[2] > r0]
+            if nxt:
+                d_loss += nxt[0][1] - l0
+                d_ms += (nxt[0][2] - r0) * slope.get((l, s), 0.0)
+        rows.append((f"blocks.{l}", h, "window", f"{len(mine)} parts, keeps {1 - removed / pairs:.1%} of pairs",
+                     ms, 0.0, loss, "one width narrower", d_ms, d_loss))
+    return rows
+
+
+def _heads(problem: Problem) -> int:
+    arch = problem.meta.get("arch", {})
+    return int(arch.get("num_heads", arch.get("depth", 1)))
+
+
+def format_table(df: pd.DataFrame) -> str:
+    """Fixed-width text of an explain frame (ms and MB with 3 decimals, losses with 3 significant)."""
+    out = df.copy()
+    for c in ("saves_ms", "saves_mb", "alt_saves_ms"):
+        out[c] = out[c].map(lambda v: f"{v:.3f}")
+    for c in ("loss", "alt_loss"):
+        out[c] = out[c].map(lambda v: f"{v:.3g}")
+    return out.to_string(index=False)
+

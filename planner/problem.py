@@ -1,0 +1,224 @@
+"""The planning problem as plain data, and the one function that scores a choice of it.
+
+A `Problem` is what the solver sees: no model, no profile, no cost-model calls. It holds
+
+    formats   one FormatGroup per quantizable linear: its options (format, loss, ms, MB, bits)
+    windows   one row per windowed option of a (layer, head, scale, part): width, loss, removed
+              (query, key) pairs; the FULL width (-1) of every part is implicit (loss 0, 0 removed)
+    slots     one AttnSlot per attention call (layer, scale): its kernel cost per mode, dense
+              (no window active) or MDWA (as a function of the kept fraction), with or without
+              QK8 and CFG sharing, and its FLOPs
+    cfg_loss, qk_loss   per-layer losses of sharing attention across CFG (ASC) and of QK8
+
+`evaluate(problem, selection)` is the definition of every predicted number; the integer program
+(planner/solve.py) encodes exactly it, and the tests compare the two by brute force.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from litevar.errors import UserError
+
+FULL = -1  # kernels.windows.FULL: the whole part (no window)
+FLOAT_BITS = 16
+WINDOW_COLUMNS = ["layer", "head", "scale", "part", "width", "loss", "removed"]
+
+
+@dataclass(frozen=True)
+class FormatOption:
+    """One format of one linear layer and everything it changes."""
+
+    format: str
+    loss: float  # predicted quality loss (profile loss unit); fp = 0
+    latency_ms: float  # summed over every call of the layer in one generation
+    weight_mb: float  # stored weight bytes / 2**20
+    workspace_mb: float = 0.0  # extra transient MB of one call beyond fp (peak = the largest one)
+    bits: int = FLOAT_BITS  # nominal weight bits (16 = kept in float)
+
+
+@dataclass(frozen=True)
+class FormatGroup:
+    layer: str  # fully-qualified name, e.g. blocks.3.ffn.fc2
+    params: int  # K * N weights
+    options: tuple[FormatOption, ...]  # options[0] is fp
+
+    def option(self, fmt: str) -> FormatOption:
+        for o in self.options:
+            if o.format == fmt:
+                return o
+        raise UserError(f"layer {self.layer}: format {fmt!r} is not an option here; "
+                        f"options: {', '.join(o.format for o in self.options)}")
+
+
+@dataclass(frozen=True)
+class AttnSlot:
+    """One attention call (layer, scale): every head shares one kernel.
+
+    Costs are indexed [qk8][shared] (0/1 each). mdwa_ms[q][c] is the MDWA kernel's ms at the
+    kept fractions `kept_grid` (piecewise linear in between); dense_ms[q][c] the dense kernel's.
+    The dense kernel runs when no window of the call is active."""
+
+    layer: int
+    scale: int
+    pairs: int  # (head, query, key) pairs of the call: H * q_len * kv_len
+    dense_ms: tuple[tuple[float, float], tuple[float, float]]
+    kept_grid: tuple[float, ...]
+    mdwa_ms: tuple[tuple[tuple[float, ...], tuple[float, ...]], tuple[tuple[float, ...], tuple[float, ...]]]
+    flops: tuple[float, float]  # attention FLOPs of the call when dense, [shared]
+
+    def ms(self, kept: float, windowed: bool, qk8: bool, shared: bool) -> float:
+        if not windowed:
+            return self.dense_ms[qk8][shared]
+        return float(np.interp(kept, self.kept_grid, self.mdwa_ms[qk8][shared]))
+
+    def points_ms(self, kept: np.ndarray, qk8: bool, shared: bool) -> np.ndarray:
+        """ms of frontier points: point 0 (no window) on the dense kernel, the rest on MDWA."""
+        out = np.interp(kept, self.kept_grid, self.mdwa_ms[qk8][shared])
+        out[0] = self.dense_ms[qk8][shared]
+        return out
+
+
+@dataclass
+class Problem:
+    formats: list[FormatGroup]
+    windows: pd.DataFrame  # WINDOW_COLUMNS, one row per windowed option
+    slots: dict[tuple[int, int], AttnSlot]
+    cfg_loss: dict[int, float]  # layers that may share attention across CFG -> loss
+    qk_loss: dict[int, float]  # layers that may run QK8 -> loss
+    base_latency_ms: float  # everything that no decision changes
+    base_memory_mb: float
+    dense_latency_ms: float  # the dense full-precision model (speedup reference)
+    dense_memory_mb: float
+    meta: dict = field(default_factory=dict)  # arch, patch_nums, batch, family, device, ...
+
+    def __post_init__(self):
+        missing = [c for c in WINDOW_COLUMNS if c not in self.windows.columns]
+        if missing:
+            raise ValueError(f"Problem.windows lacks columns {missing}; give {WINDOW_COLUMNS}")
+        self.windows = self.windows.reset_index(drop=True)
+        self._window_index = None
+
+    @property
+    def dense_flops(self) -> float:
+        return sum(s.flops[0] for s in self.slots.values())
+
+    @property
+    def total_params(self) -> int:
+        return sum(g.params for g in self.formats)
+
+    @property
+    def window_index(self) -> dict[tuple[int, int, int, int, int], tuple[float, float]]:
+        """(layer, head, scale, part, width) -> (loss, removed pairs)."""
+        if self._window_index is None:
+            w = self.windows
+            keys = zip(*(w[c].astype(int).tolist() for c in WINDOW_COLUMNS[:5]))
+            self._window_index = dict(zip(keys, zip(w["loss"].tolist(), w["removed"].tolist())))
+        return self._window_index
+
+    def size(self) -> dict[str, int]:
+        return {"format_groups": len(self.formats), "format_options": sum(len(g.options) for g in self.formats),
+                "window_groups": int(self.windows.groupby(["layer", "head", "scale", "part"]).ngroups),
+                "window_options": len(self.windows), "slots": len(self.slots),
+                "cfg_layers": len(self.cfg_loss), "qk_layers": len(self.qk_loss)}
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Any combination of budgets; None = no limit."""
+
+    max_latency_ms: float | None = None
+    max_memory_gb: float | None = None
+    min_speedup: float | None = None  # vs the dense full-precision prediction
+    max_attn_flops: float | None = None  # share of the dense attention FLOPs, in (0, 1]
+    max_avg_bits: float | None = None  # average nominal weight bits over the linear weights
+
+    def __post_init__(self):
+        for name in ("max_latency_ms", "max_memory_gb", "min_speedup", "max_avg_bits"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise UserError(f"--{name.replace('_', '-')} {v}: give a positive number (or leave it out)")
+        f = self.max_attn_flops
+        if f is not None and not 0 < f <= 1:
+            raise UserError(f"--max-attn-flops {f}: give the share of the dense attention FLOPs to keep, "
+                            "in (0, 1], e.g. 0.3")
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("max_latency_ms", "max_memory_gb", "min_speedup",
+                                              "max_attn_flops", "max_avg_bits")}
+
+    def latency_limit(self, dense_latency_ms: float) -> float | None:
+        """The tighter of max_latency_ms and dense / min_speedup."""
+        lims = [v for v in (self.max_latency_ms,
+                            dense_latency_ms / self.min_speedup if self.min_speedup else None) if v is not None]
+        return min(lims) if lims else None
+
+    def any(self) -> bool:
+        return any(v is not None for v in self.to_dict().values())
+
+
+@dataclass
+class Selection:
+    """One choice for every decision. Missing entries are the uncompressed option."""
+
+    formats: dict[str, str] = field(default_factory=dict)  # layer -> format (missing: fp)
+    widths: dict[tuple[int, int, int, int], int] = field(default_factory=dict)  # (l, h, s, p) -> width
+    cfg_shared: frozenset[int] = frozenset()
+    qk_int8: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class Metrics:
+    loss: float
+    latency_ms: float
+    memory_mb: float
+    attn_flops: float  # share of the dense attention FLOPs
+    avg_bits: float
+    attn_kept: float  # share of the (head, query, key) pairs kept
+    kept: dict  # (layer, scale) -> kept fraction, for every windowed call
+
+    def within(self, budgets: Budgets, problem: Problem, rtol: float = 1e-6) -> bool:
+        lat = budgets.latency_limit(problem.dense_latency_ms)
+        checks = [(self.latency_ms, lat), (self.memory_mb, budgets.max_memory_gb and budgets.max_memory_gb * 1024),
+                  (self.attn_flops, budgets.max_attn_flops), (self.avg_bits, budgets.max_avg_bits)]
+        return all(limit is None or value <= limit * (1 + rtol) + 1e-9 for value, limit in checks)
+
+
+def slot_kept(problem: Problem, selection: Selection) -> dict[tuple[int, int], float]:
+    """(layer, scale) -> kept fraction of the calls with an active window."""
+    removed: dict[tuple[int, int], float] = {}
+    index = problem.window_index
+    for (l, h, s, p), w in selection.widths.items():
+        if w == FULL:
+            continue
+        if (l, h, s, p, w) not in index:
+            raise UserError(f"window width {w} of (layer {l}, head {h}, scale {s}, part {p}) is not an option")
+        removed[l, s] = removed.get((l, s), 0.0) + index[l, h, s, p, w][1]
+    return {k: 1.0 - r / problem.slots[k].pairs for k, r in removed.items() if r > 0}
+
+
+def evaluate(problem: Problem, selection: Selection) -> Metrics:
+    """Predicted loss, latency, memory, attention FLOPs share and average bits of a selection."""
+    loss, latency, memory, workspace, bits = 0.0, problem.base_latency_ms, problem.base_memory_mb, 0.0, 0.0
+    for g in problem.formats:
+        o = g.option(selection.formats.get(g.layer, "fp"))
+        loss, latency, memory = loss + o.loss, latency + o.latency_ms, memory + o.weight_mb
+        workspace, bits = max(workspace, o.workspace_mb), bits + o.bits * g.params
+    index = problem.window_index
+    loss += sum(index[l, h, s, p, w][0] for (l, h, s, p), w in selection.widths.items() if w != FULL)
+    loss += sum(problem.cfg_loss[l] for l in selection.cfg_shared)
+    loss += sum(problem.qk_loss[l] for l in selection.qk_int8)
+    kept = slot_kept(problem, selection)
+    flops = kept_pairs = 0.0
+    for key, slot in problem.slots.items():
+        k, q, c = kept.get(key, 1.0), slot.layer in selection.qk_int8, slot.layer in selection.cfg_shared
+        latency += slot.ms(k, key in kept, q, c)
+        flops += slot.flops[c] * k
+        kept_pairs += slot.pairs * k
+    total_pairs = sum(s.pairs for s in problem.slots.values())
+    return Metrics(loss=loss, latency_ms=latency, memory_mb=memory + workspace,
+                   attn_flops=flops / problem.dense_flops if problem.dense_flops else 1.0,
+                   avg_bits=bits / problem.total_params if problem.total_params else FLOAT_BITS,
+                   attn_kept=kept_pairs / total_pairs if total_pairs else 1.0, kept=kept)
