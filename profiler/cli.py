@@ -11,7 +11,6 @@ import datetime
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -61,24 +60,22 @@ def _cache_path(out: Path, stage: str) -> Path:
     return out.with_name(out.name + ".stages") / f"{stage}.json"
 
 
-def _cached(out: Path, stage: str, key: str) -> dict | None:
+def _cached(out: Path, stage: str, key: str):
+    """The stage's cached result (a Profile holding its tables and meta), if made with `key`."""
+    from profiler.profile import Profile
     path = _cache_path(out, stage)
     if not path.is_file():
         return None
     try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError:
+        hit = Profile.load(path)
+    except UserError:  # a torn or foreign cache file: recompute the stage
         return None
-    return d if d.get("key") == key else None
+    return hit if hit.meta.get("cache_key") == key else None
 
 
 def _store(out: Path, stage: str, key: str, tables: dict[str, pd.DataFrame], meta: dict) -> None:
-    from profiler.profile import _to_jsonable
-    path = _cache_path(out, stage)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"key": key, "meta": meta, "tables": {k: _to_jsonable(v) for k, v in tables.items()}}))
-    os.replace(tmp, path)
+    from profiler.profile import Profile
+    Profile(meta={**meta, "cache_key": key}, tables=tables).save(_cache_path(out, stage))
 
 
 def _key(*parts) -> str:
@@ -97,9 +94,8 @@ def _quality_stages(stage: str, vae, var, args, calib_fn) -> tuple[dict, dict]:
         rec = Q.record_attention(vae, var, calib)
         cov, sinks = Q.coverage_tables(rec, var)
         wf, fit = Q.window_fit(vae, var, calib_loss, cov, sinks)
-        sim = pd.DataFrame([(l, s, tot / n) for (l, s), (n, tot) in sorted(rec.cos.items())],
-                           columns=["layer", "scale", "similarity"])
-        tables, meta = {"coverage": cov, "sinks": sinks, "window_fit": wf, "cfg": sim}, {"window_fit": fit}
+        tables = {"coverage": cov, "sinks": sinks, "window_fit": wf, "cfg": Q.cfg_similarity(rec)}
+        meta = {"window_fit": fit}
     else:  # cfg sharing losses
         tables, meta = {"cfg_share": Q.cfg_share_losses(vae, var, calib_loss)}, {}
     meta["seconds"] = round(time.perf_counter() - t, 1)
@@ -166,8 +162,9 @@ def run(args) -> int:
             hit = _cached(out, stage, skey)
         else:
             print(f"profile: stage {stage} (cached)")
-        tables.update({k: pd.DataFrame(v["rows"], columns=v["columns"]) for k, v in hit["tables"].items()})
-        stage_meta = dict(hit["meta"])
+        tables.update(hit.tables)
+        stage_meta = dict(hit.meta)
+        stage_meta.pop("cache_key")
         meta["stages"][stage] = {"seconds": stage_meta.pop("seconds", None)}
         meta.update(stage_meta)
     meta.update({"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

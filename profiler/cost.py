@@ -296,11 +296,9 @@ def model_for_schedule(vae, var, patch_nums):
 
 
 def arch_of(var) -> dict:
-    """meta.model.arch of a VAR."""
-    c = var.cfg
-    return {"depth": c.depth, "embed_dim": c.C, "num_heads": c.num_heads, "mlp_ratio": c.mlp_ratio, "V": c.V,
-            "Cvae": c.Cvae, "num_classes": c.num_classes, "shared_aln": c.shared_aln,
-            "patch_nums": list(c.patch_nums)}
+    """meta.model.arch of a VAR: the plan's architecture fingerprint plus what cost depends on."""
+    from planner.plan import arch_of as plan_arch
+    return {**plan_arch(var), "shared_aln": var.cfg.shared_aln, "patch_nums": list(var.cfg.patch_nums)}
 
 
 def default_resolutions(patch_nums) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:

@@ -295,6 +295,12 @@ def window_fit(vae, var, calib: Calibration, cov: pd.DataFrame, sinks: pd.DataFr
 
 # -- 3. CFG redundancy ------------------------------------------------------------------------------------
 
+def cfg_similarity(rec: _Recorder) -> pd.DataFrame:
+    """Mean cosine similarity of the conditional and unconditional attention outputs per (layer, scale)."""
+    return pd.DataFrame([(l, s, tot / n) for (l, s), (n, tot) in sorted(rec.cos.items())],
+                        columns=["layer", "scale", "similarity"])
+
+
 def cfg_share_losses(vae, var, calib: Calibration, progress=True) -> pd.DataFrame:
     """Loss of ASC in each layer alone: the unconditional half reuses the conditional output."""
     from tqdm import tqdm

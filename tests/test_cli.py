@@ -2,27 +2,13 @@
 import pytest
 import torch
 
-from litevar.cli import main
+from tests.cli_util import assert_one_line_error, run_cli
 from tests.test_parity import make_small
 
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     return make_small(tmp_path_factory.mktemp("ckpt"), depth=2)
-
-
-def run_cli(capsys, *argv):
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc, err, *needles):
-    assert rc == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def test_generate_writes_png_and_same_seed_same_image(ckpts, tmp_path, capsys):

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from litevar.cli import main
+from tests.cli_util import assert_one_line_error, run_cli
 from planner.plan import Plan
 from tests.test_planner import synthetic_profile
 
@@ -17,20 +17,6 @@ def profile_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("profile") / "d4.json"
     synthetic_profile(4, 256, device="cpu").save(path)
     return path
-
-
-def run_cli(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc, err, *needles):
-    assert rc == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def test_plan_writes_a_plan_that_loads_and_round_trips(profile_path, tmp_path, capsys):

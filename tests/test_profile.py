@@ -57,8 +57,7 @@ def test_coverage_curves_are_monotone_and_full_is_one(model_and_calib):
         assert (g.sort_values("width").coverage.diff().dropna() >= -1e-9).all()
     # every query's mass sums to one over its parts
     assert sinks.groupby(["layer", "head", "scale"]).mass.sum().sub(1).abs().max() < 1e-6
-    sim = [tot / n for n, tot in rec.cos.values()]
-    assert all(-1 <= s <= 1 for s in sim)
+    assert Q.cfg_similarity(rec).similarity.between(-1, 1).all()
     wf, fit = Q.window_fit(vae, var, calib, cov, sinks, ratios=(0.99, 0.8), progress=False)
     assert wf.lost_mass.iloc[0] < wf.lost_mass.iloc[1] and fit["coef"] >= 0
 

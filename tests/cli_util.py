@@ -1,0 +1,17 @@
+"""Helpers shared by the command-line tests."""
+from litevar.cli import main
+
+
+def run_cli(capsys, *argv):
+    """(exit code, stdout, stderr) of `litevar ARGV` (arguments may be paths or numbers)."""
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc, err, *needles):
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
