@@ -1,20 +1,23 @@
-"""`litevar bench --plan PLAN`: measured against promised, in one run.
+"""`litevar bench --plan PLAN [--plan PLAN ...]`: measured against promised, in one run.
 
-Loads the model, keeps it as the dense full-precision baseline, applies the plan to a copy
+Loads the model, keeps it as the dense full-precision baseline, applies each plan to a copy
 (sharing the VQVAE), and times end-to-end generation (`autoregressive_infer_cfg` + VQVAE decode,
-batch = the plan's batch, CFG 4, top-k 900, top-p 0.95, seed 0) of both with
+batch = the plans' batch, CFG 4, top-k 900, top-p 0.95, seed 0) of all of them with
 profiler.cost.measure_e2e, the very measurement the profiler fits the planner's cost model on.
-The two models alternate, one timed run each per round, so that drift of a shared machine hits
-both alike; latency is the median over --repeats rounds after --warmup untimed runs each, peak
-memory the largest of the rounds, as profiler.cost.measure_e2e defines it (parameters and buffers
-of VAR + VQVAE plus the allocator peak of one generation: torch.profiler allocation events on CPU,
-max_memory_allocated on CUDA). MB = 2**20 bytes.
+The models alternate, one timed run each per round, so that drift of a shared machine hits all
+alike; latency is the median over --repeats rounds after --warmup untimed runs each, peak memory
+the largest of the rounds, as profiler.cost.measure_e2e defines it (parameters and buffers of
+VAR + VQVAE plus the allocator peak of one generation: torch.profiler allocation events on CPU,
+max_memory_allocated on CUDA). MB = 2**20 bytes. With --quality N each model's quality loss is
+measured too, in the profile's unit (profiler.quality.loss_of on N calibration samples of the
+dense model, CFG 4, seed --seed): the figure the planner predicts as `loss`.
 
-JSON (--json): format, version, plan, plan_name, device, batch, resolution, repeats, warmup,
-kernel, dtype, dense and planned {latency_ms, latency_ms_runs, peak_mb, model_mb}, predicted
-(the plan's latency_ms, memory_mb, dense_latency_ms, dense_memory_mb, speedup), speedup
-{measured, promised} and prediction_error {latency, memory, dense_latency, dense_memory} =
-(predicted - measured) / measured; missing predictions are null.
+JSON (--json), version 2: format, version, device, batch, resolution, repeats, warmup, kernel,
+dtype, quality ({n, cfg, seed} or null), dense {latency_ms, latency_ms_runs, peak_mb, model_mb,
+loss, top1}, plans [{plan, plan_name, plan_sha256, measured {as dense}, predicted (the plan's
+latency_ms, memory_mb, loss, dense_latency_ms, dense_memory_mb, speedup), speedup {measured,
+promised}, prediction_error {latency, memory, loss, dense_latency, dense_memory} =
+(predicted - measured) / measured}]; missing figures are null.
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from kernels.select import KernelChoice
 from litevar.errors import UserError
 from litevar.generate import add_model_arguments, load_model
@@ -38,12 +43,16 @@ MB = 2 ** 20
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
-    p.add_argument("--plan", required=True, help="plan JSON written by `litevar plan`")
+    p.add_argument("--plan", action="append", required=True,
+                   help="plan JSON written by `litevar plan`; repeat to bench several side by side")
     p.add_argument("--json", help="write every figure here")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per model; the median is reported (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first, per model (default 1)")
+    p.add_argument("--quality", type=int, default=0, metavar="N",
+                   help="also measure each model's quality loss on N calibration samples (default 0: skip)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --quality calibration samples (default 0)")
     p.add_argument("--kernel", default="auto", choices=[k.value for k in KernelChoice],
-                   help="kernels of the planned model (default auto: the fastest available)")
+                   help="kernels of the planned models (default auto: the fastest available)")
     p.add_argument("--strict-device", action="store_true", help="refuse a plan made on another device")
 
 
@@ -57,6 +66,8 @@ class E2E:
     latency_ms_runs: list[float]
     peak_mb: float  # largest over the rounds (see the module docstring)
     model_mb: float  # parameters and buffers of VAR + VQVAE
+    loss: float | None = None  # profile loss unit, with --quality
+    top1: float | None = None  # share of calibration tokens whose argmax is unchanged
 
 
 def measure_interleaved(models: dict, batch: int, device, repeats: int, warmup: int, dtype: str) -> dict[str, E2E]:
@@ -64,7 +75,7 @@ def measure_interleaved(models: dict, batch: int, device, repeats: int, warmup: 
     from profiler.cost import measure_e2e, module_bytes
     runs = {name: [] for name in models}
     peaks = {name: [] for name in models}
-    for r in range(repeats):
+    for r in tqdm(range(repeats), desc=f"bench {len(models)} models", disable=repeats * len(models) < 4):
         for name, (vae, var) in models.items():
             ms, peak = measure_e2e(vae, var, var.patch_nums, batch, device, repeats=1, dtype=dtype,
                                    warmup=warmup if r == 0 else 0)
@@ -72,6 +83,15 @@ def measure_interleaved(models: dict, batch: int, device, repeats: int, warmup: 
             peaks[name].append(peak)
     return {name: E2E(statistics.median(runs[name]), runs[name], max(peaks[name]),
                       module_bytes(*models[name]) / MB) for name in models}
+
+
+def measure_quality(models: dict, n: int, seed: int, cfg: float = 4.0) -> dict[str, tuple[float, float]]:
+    """{name: (loss, top1)}: profiler.quality.loss_of against the first model's calibration set."""
+    from profiler.quality import calibrate, loss_of
+    vae, ref = next(iter(models.values()))
+    calib = calibrate(vae, ref, n, cfg, seed)
+    return {name: loss_of(vae, var, calib) for name, (vae, var) in
+            tqdm(models.items(), desc="quality loss", total=len(models))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,25 +104,35 @@ def rel_err(predicted, measured) -> float | None:
     return (predicted - measured) / measured
 
 
-def report(plan, plan_path: str, dense: E2E, planned: E2E, args, device) -> dict:
-    from profiler.device import fingerprint
+def plan_entry(plan, path: str, dense: E2E, m: E2E) -> dict:
+    from planner.build import profile_sha256 as file_sha256
     pred = plan.predicted
     promised = pred.get("speedup")
     if promised is None and pred.get("dense_latency_ms") and pred.get("latency_ms"):
         promised = pred["dense_latency_ms"] / pred["latency_ms"]
     return {
-        "format": "litevar-bench", "version": 1, "plan": str(plan_path), "plan_name": plan.name,
-        "device": fingerprint(device), "batch": plan.batch, "resolution": plan.resolution,
-        "repeats": args.repeats, "warmup": args.warmup, "kernel": args.kernel, "dtype": args.dtype,
-        "dense": asdict(dense), "planned": asdict(planned),
-        "predicted": {k: pred.get(k) for k in ("latency_ms", "memory_mb", "dense_latency_ms",
+        "plan": str(path), "plan_name": plan.name, "plan_sha256": file_sha256(path), "measured": asdict(m),
+        "predicted": {k: pred.get(k) for k in ("latency_ms", "memory_mb", "loss", "dense_latency_ms",
                                                "dense_memory_mb", "speedup")},
-        "speedup": {"measured": dense.latency_ms / planned.latency_ms, "promised": promised},
+        "speedup": {"measured": dense.latency_ms / m.latency_ms, "promised": promised},
         "prediction_error": {
-            "latency": rel_err(pred.get("latency_ms"), planned.latency_ms),
-            "memory": rel_err(pred.get("memory_mb"), planned.peak_mb),
+            "latency": rel_err(pred.get("latency_ms"), m.latency_ms),
+            "memory": rel_err(pred.get("memory_mb"), m.peak_mb),
+            "loss": rel_err(pred.get("loss"), m.loss),
             "dense_latency": rel_err(pred.get("dense_latency_ms"), dense.latency_ms),
             "dense_memory": rel_err(pred.get("dense_memory_mb"), dense.peak_mb)},
+    }
+
+
+def report(plans: list, paths: list[str], dense: E2E, measured: list[E2E], args, device) -> dict:
+    from profiler.device import fingerprint
+    first = plans[0]
+    return {
+        "format": "litevar-bench", "version": 2, "device": fingerprint(device), "batch": first.batch,
+        "resolution": first.resolution, "repeats": args.repeats, "warmup": args.warmup, "kernel": args.kernel,
+        "dtype": args.dtype, "quality": {"n": args.quality, "cfg": 4.0, "seed": args.seed} if args.quality else None,
+        "dense": asdict(dense),
+        "plans": [plan_entry(p, path, dense, m) for p, path, m in zip(plans, paths, measured)],
     }
 
 
@@ -111,22 +141,28 @@ def _num(x, fmt: str) -> str:
 
 
 def format_table(r: dict) -> str:
-    d = r["device"]
-    pred, err = r["predicted"], r["prediction_error"]
-    title = (f"plan {r['plan_name'] or r['plan']!r} on {d['type']} ({d['name']}), batch {r['batch']}, "
-             f"{r['resolution']} px, median of {r['repeats']} runs after {r['warmup']} warm-up")
-    lines = [title,
-             f"{'':8} {'latency ms':>30}   {'peak memory MB':>30}",
-             f"{'':8} {'measured':>10}{'predicted':>10}{'error':>10}   {'measured':>10}{'predicted':>10}{'error':>10}"]
-    for name, key in (("dense", "dense_"), ("planned", "")):
-        m = r[name]
-        lines.append(f"{name:8} {_num(m['latency_ms'], '10.1f')}{_num(pred[key + 'latency_ms'], '10.1f')}"
-                     f"{_num(err[key + 'latency'], '10.1%')}   "
-                     f"{_num(m['peak_mb'], '10.1f')}{_num(pred[key + 'memory_mb'], '10.1f')}"
-                     f"{_num(err[key + 'memory'], '10.1%')}")
-    s = r["speedup"]
-    lines.append(f"speedup: measured {_num(s['measured'], '.2f')}x, promised {_num(s['promised'], '.2f')}x")
-    return "\n".join(lines)
+    d, q = r["device"], r["quality"]
+    title = (f"{d['type']} ({d['name']}), batch {r['batch']}, {r['resolution']} px, median of {r['repeats']} "
+             f"interleaved runs after {r['warmup']} warm-up")
+    if q:
+        title += f"; loss: profile unit (nats) on {q['n']} calibration samples, seed {q['seed']}"
+    head = (f"{'model':24}{'latency ms':>10}{'pred':>8}{'err':>8}{'peak MB':>9}{'pred':>8}{'err':>8}"
+            f"{'speedup':>9}{'promised':>9}{'loss':>9}{'pred':>9}{'top1':>8}")
+    dense = r["dense"]
+    pred0 = r["plans"][0]["predicted"]
+    rows = [_row("dense", dense, pred0.get("dense_latency_ms"), pred0.get("dense_memory_mb"), 1.0, 1.0, 0.0)]
+    for e in r["plans"]:
+        p = e["predicted"]
+        rows.append(_row(e["plan_name"] or Path(e["plan"]).stem, e["measured"], p["latency_ms"], p["memory_mb"],
+                         e["speedup"]["measured"], e["speedup"]["promised"], p["loss"]))
+    return "\n".join([title, head, *rows])
+
+
+def _row(name, m, pred_ms, pred_mb, speedup, promised, pred_loss) -> str:
+    return (f"{name[:23]:24}{_num(m['latency_ms'], '10.1f')}{_num(pred_ms, '8.1f')}"
+            f"{_num(rel_err(pred_ms, m['latency_ms']), '8.1%')}{_num(m['peak_mb'], '9.1f')}{_num(pred_mb, '8.1f')}"
+            f"{_num(rel_err(pred_mb, m['peak_mb']), '8.1%')}{_num(speedup, '8.2f')}x{_num(promised, '8.2f')}x"
+            f"{_num(m.get('loss'), '9.4f')}{_num(pred_loss, '9.4f')}{_num(m.get('top1'), '8.1%')}")
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:
@@ -152,23 +188,41 @@ def _check_args(args) -> None:
         raise UserError(f"--repeats must be >= 1, got {args.repeats}")
     if args.warmup < 0:
         raise UserError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.quality < 0:
+        raise UserError(f"--quality must be >= 0 calibration samples, got {args.quality}")
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise UserError(f"--json {args.json}: folder {Path(args.json).resolve().parent} does not exist; create it first")
+
+
+def _check_same_shape(plans: list, paths: list[str]) -> None:
+    first = plans[0]
+    for p, path in zip(plans[1:], paths[1:]):
+        if (p.batch, p.patch_nums) != (first.batch, first.patch_nums):
+            raise UserError(f"--plan {path} is for batch {p.batch} at {p.resolution} px, {paths[0]} for batch "
+                            f"{first.batch} at {first.resolution} px; bench plans of one batch and resolution together")
 
 
 def run(args) -> int:
     from litevar.runtime import apply_plan
     from planner.plan import Plan, arch_of, weights_sha256
     _check_args(args)
-    plan = Plan.load(args.plan)
+    plans = [Plan.load(p) for p in args.plan]
+    _check_same_shape(plans, args.plan)
     vae, var = load_model(args)
-    plan.check_model(arch_of(var), weights_sha256(var), var.patch_nums)  # fail before copying
+    sha = weights_sha256(var)
+    for p in plans:
+        p.check_model(arch_of(var), sha, var.patch_nums)  # fail before copying
     device = var.lvl_1L.device
-    planned_var = copy.deepcopy(var, memo={id(vae): vae})  # the copy shares the VQVAE
-    apply_plan(vae, planned_var, plan, kernel=args.kernel, strict_device=args.strict_device, check_weights=False)
-    m = measure_interleaved({"dense": (vae, var), "planned": (vae, planned_var)}, plan.batch, device,
-                            args.repeats, args.warmup, args.dtype)
-    r = report(plan, args.plan, m["dense"], m["planned"], args, device)
+    models = {"dense": (vae, var)}
+    for i, p in enumerate(plans):
+        planned = copy.deepcopy(var, memo={id(vae): vae})  # the copy shares the VQVAE
+        apply_plan(vae, planned, p, kernel=args.kernel, strict_device=args.strict_device, check_weights=False)
+        models[i] = (vae, planned)
+    m = measure_interleaved(models, plans[0].batch, device, args.repeats, args.warmup, args.dtype)
+    if args.quality:
+        for name, (loss, top1) in measure_quality(models, args.quality, args.seed).items():
+            m[name].loss, m[name].top1 = loss, top1
+    r = report(plans, args.plan, m["dense"], [m[i] for i in range(len(plans))], args, device)
     print(format_table(r))
     if args.json:
         write_json(args.json, r)

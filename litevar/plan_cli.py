@@ -33,6 +33,8 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--min-speedup", type=float, help="vs the dense full-precision prediction, e.g. 1.5")
     b.add_argument("--max-attn-flops", type=float, help="share of the dense attention FLOPs, in (0, 1]")
     b.add_argument("--max-avg-bits", type=float, help="average weight bits over the linear layers, e.g. 8")
+    p.add_argument("--recipe", help="write the plan of a uniform recipe instead of solving, e.g. paper, "
+                   "w8a8+qk8, w4a8+mp+mdwa0.9+asc (see planner/recipes.py)")
     p.add_argument("--formats", help="formats the planner may use, e.g. W8A8,W4A8,QK8 (default: every profiled one)")
     p.add_argument("--family", choices=("band", "spatial"), help="window family (default band)")
     p.add_argument("--time-limit", type=float, default=10.0, help="CBC time limit per solve, s (default 10)")
@@ -56,6 +58,8 @@ def run_plan(args) -> int:
     from planner.solve import SolverSettings, solve
     from profiler.profile import Profile
     budgets, settings = _budgets(args), SolverSettings(args.time_limit, args.gap)
+    if args.recipe:
+        return run_recipe(args, budgets)
     if not budgets.any() and not args.sweep:
         raise UserError("give at least one budget (--max-latency-ms, --max-memory-gb, --min-speedup, "
                         "--max-attn-flops, --max-avg-bits) or --sweep latency|memory")
@@ -82,6 +86,29 @@ def run_plan(args) -> int:
     print(f"solver {s['name']}: {s['status']}, gap {_pct(s['gap'])} (vs a bound on every window configuration: "
           f"{_pct(s.get('gap_full'))}), CBC {s['seconds']:.2f} s, {s['variables']} variables, "
           f"{s['constraints']} constraints; windows: {s['windows']}")
+    return 0
+
+
+def run_recipe(args, budgets) -> int:
+    """`litevar plan --recipe SPEC`: the recipe's plan, predicted on the profile's cost model."""
+    from planner.build import COVERAGE_TARGETS, build_problem, to_plan
+    from planner.recipes import parse_recipe, recipe_solution, targets_for
+    from profiler.profile import Profile
+    if args.sweep or budgets.any():
+        raise UserError("--recipe writes a fixed recipe: drop the budgets and --sweep, or drop --recipe to plan")
+    recipe = parse_recipe(args.recipe)
+    profile = Profile.load(args.profile)
+    problem = build_problem(profile, args.resolution, args.batch, None, args.family,
+                            coverage_targets=targets_for(recipe, COVERAGE_TARGETS))
+    out = Path(args.out)
+    plan = to_plan(problem, recipe_solution(problem, recipe), profile, args.profile, budgets,
+                   args.name or out.stem)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plan.save(out)
+    pr = plan.predicted
+    print(f"wrote {out}: recipe {recipe.spec or 'dense'} ({recipe.describe()}): {pr['latency_ms']:.1f} ms "
+          f"({pr['speedup']:.2f}x vs dense {pr['dense_latency_ms']:.1f} ms), {pr['memory_mb']:.0f} MB, "
+          f"loss {pr['loss']:.4g}, attention kept {pr['attn_kept']:.1%}")
     return 0
 
 

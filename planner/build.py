@@ -185,6 +185,7 @@ def window_options(profile, arch, pns, family, targets, slots) -> tuple[str, pd.
                         "scale": cov["scale"].astype(int).to_numpy(), "part": cov["part"].astype(int).to_numpy(),
                         "width": cov["width"].astype(int).to_numpy(),
                         "loss": coef * (1.0 - cov["coverage"].to_numpy(float)),
+                        "coverage": cov["coverage"].to_numpy(float),
                         "removed": (1.0 - cov["kept"].to_numpy(float)) * side[cov["scale"].to_numpy()]
                         * side[cov["part"].to_numpy()]})
     return fam, out

@@ -5,6 +5,7 @@ model's own samples. W8A8 on four linears: SQNR >= 35 dB and mean KL <= 5e-3 nat
 ~46 dB, 4e-4). Windows + CFG sharing + QK INT8 + W8A8 together: SQNR >= 12 dB, KL <= 0.5 nats
 (measured ~19 dB, 0.16): the plan's changes are real, and the model still works.
 """
+import hashlib
 import json
 import logging
 
@@ -23,6 +24,7 @@ from litevar.runtime import apply_plan
 from litevar.schedules import SCHEDULES
 from planner.plan import Plan, arch_of, weights_sha256
 from profiler.device import fingerprint
+from tests.cli_util import assert_one_line_error, run_cli
 from tests.test_plan import ARCH, make_plan
 
 W8A8_LAYERS = {"blocks.0.ffn.fc1": "W8A8", "blocks.1.attn.proj": "W8A8", "blocks.2.ada_lin.1": "W8A8",
@@ -192,8 +194,9 @@ def test_generate_refuses_plan_for_another_resolution(reference, tmp_path, capsy
     assert len(err.splitlines()) == 1 and "plan 512 px" in err, err
 
 
-BENCH_KEYS = {"format", "version", "plan", "plan_name", "device", "batch", "resolution", "repeats", "warmup",
-              "kernel", "dtype", "dense", "planned", "predicted", "speedup", "prediction_error"}
+BENCH_KEYS = {"format", "version", "device", "batch", "resolution", "repeats", "warmup", "kernel", "dtype",
+              "quality", "dense", "plans"}
+E2E_KEYS = {"latency_ms", "latency_ms_runs", "peak_mb", "model_mb", "loss", "top1"}
 
 
 def test_bench_writes_every_figure(reference, tmp_path, capsys):
@@ -204,19 +207,46 @@ def test_bench_writes_every_figure(reference, tmp_path, capsys):
     rc = main(["bench", "--plan", str(path), "--repeats", "2", "--warmup", "1", "--kernel", "torch",
                "--json", str(out)])
     text = capsys.readouterr().out
-    assert rc == 0 and "speedup: measured" in text and "planned" in text, text
+    assert rc == 0 and "dense" in text and "plan" in text, text
     r = json.loads(out.read_text())
-    assert set(r) == BENCH_KEYS
-    for name in ("dense", "planned"):
-        m = r[name]
-        assert set(m) == {"latency_ms", "latency_ms_runs", "peak_mb", "model_mb"}
+    assert set(r) == BENCH_KEYS and r["version"] == 2 and r["quality"] is None
+    (e,) = r["plans"]
+    for m in (r["dense"], e["measured"]):
+        assert set(m) == E2E_KEYS and m["loss"] is None
         assert len(m["latency_ms_runs"]) == 2 and m["latency_ms"] > 0 and m["peak_mb"] >= m["model_mb"] > 0
-    assert r["planned"]["model_mb"] < r["dense"]["model_mb"]  # int8 weights
-    assert r["predicted"]["latency_ms"] == 55.0 and r["speedup"]["promised"] == pytest.approx(80 / 55)
-    assert r["speedup"]["measured"] == pytest.approx(r["dense"]["latency_ms"] / r["planned"]["latency_ms"])
-    err = r["prediction_error"]
-    assert err["latency"] == pytest.approx((55.0 - r["planned"]["latency_ms"]) / r["planned"]["latency_ms"])
-    assert set(err) == {"latency", "memory", "dense_latency", "dense_memory"}
+    assert e["measured"]["model_mb"] < r["dense"]["model_mb"]  # int8 weights
+    assert e["predicted"]["latency_ms"] == 55.0 and e["speedup"]["promised"] == pytest.approx(80 / 55)
+    assert e["speedup"]["measured"] == pytest.approx(r["dense"]["latency_ms"] / e["measured"]["latency_ms"])
+    err = e["prediction_error"]
+    assert err["latency"] == pytest.approx((55.0 - e["measured"]["latency_ms"]) / e["measured"]["latency_ms"])
+    assert set(err) == {"latency", "memory", "loss", "dense_latency", "dense_memory"}
+    assert e["plan_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_bench_several_plans_with_quality(reference, tmp_path):
+    """Plans side by side in one run; --quality measures the loss the planner predicts: zero for
+    the dense model, small for W8A8, larger when two blocks share attention across CFG too."""
+    w8 = plan_for(reference[3], formats=W8A8_LAYERS).save(tmp_path / "w8.json")
+    shared = plan_for(reference[3], formats=W8A8_LAYERS, cfg_shared=[0, 1, 2, 3]).save(tmp_path / "asc.json")
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--plan", str(w8), "--plan", str(shared), "--repeats", "1", "--warmup", "0",
+                 "--quality", "4", "--kernel", "torch", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["quality"] == {"n": 4, "cfg": 4.0, "seed": 0}
+    assert [e["plan"] for e in r["plans"]] == [str(w8), str(shared)]
+    assert r["dense"]["loss"] == pytest.approx(0.0, abs=1e-6) and r["dense"]["top1"] == 1.0
+    loss_w8, loss_asc = (e["measured"]["loss"] for e in r["plans"])
+    assert 0 < loss_w8 < loss_asc
+    assert all(0.5 < e["measured"]["top1"] < 1.0 for e in r["plans"])
+
+
+def test_bench_refuses_plans_of_different_batches(reference, tmp_path, capsys):
+    a = plan_for(reference[3], formats=W8A8_LAYERS).save(tmp_path / "a.json")
+    b = plan_for(reference[3], formats=W8A8_LAYERS)
+    b.batch = 2
+    b = b.save(tmp_path / "b.json")
+    rc, _, err = run_cli(capsys, "bench", "--plan", a, "--plan", b)
+    assert_one_line_error(rc, err, "bench plans of one batch")
 
 
 def test_eval_with_plan_reports_fidelity_to_dense(reference, tmp_path, capsys):
