@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench-kernels": ("kernels.bench", "time every kernel against its dense reference at VAR shapes"),
     "plan": ("litevar.plan_cli", "solve for the least-loss compression plan within latency / memory budgets"),
     "explain": ("litevar.plan_cli", "what each choice of a plan saves, costs in loss, and the alternative it beat"),
+    "ablate": ("litevar.ablate", "re-run the LiteVAR paper's Tables 1-3 (MDWA thresholds, bit-widths, MDWA+ASC+quant) on a model"),
+    "compare": ("litevar.compare", "set plans side by side across devices, resolutions and budgets; --html writes a self-contained report"),
 }
 
 

@@ -99,21 +99,53 @@ def per_scale_kl(p_BLV: torch.Tensor, q_BLV: torch.Tensor, patch_nums) -> list[f
     return metrics.cfg_logits_kl(p_BLV.split(sizes, dim=1), q_BLV.split(sizes, dim=1)).per_scale
 
 
-def quality(images: torch.Tensor, labels: list[int], n_real: int) -> dict:
-    """Class accuracy and classifier-feature Frechet distance (with the real-vs-real floor)."""
-    from litevar import metrics
-    from litevar.classifier import load_classifier
-    from litevar.data import make_split
-    clf = load_classifier()
-    x = images * 2 - 1  # the classifier's input range
-    real_a, _ = make_split("test", n_real)
-    real_b, _ = make_split("val", n_real)
-    fa, fb, fg = (metrics.classifier_features(clf, imgs) for imgs in (real_a, real_b, x))
-    return {"class_accuracy": float(metrics.class_accuracy(clf, x, torch.tensor(labels))),
-            "chance": 1 / clf.num_classes,
-            "frechet_feature": float(metrics.frechet_distance(fg, fa)),
-            "frechet_feature_real_vs_real": float(metrics.frechet_distance(fb, fa)),
-            "n_real": n_real, "inception": inception(images, real_a)}
+class Scorer:
+    """Class accuracy and classifier-feature Frechet distance of images against `n_real` held-out
+    real ones (the real features, and the real-vs-real floor, computed once)."""
+
+    def __init__(self, n_real: int):
+        from litevar import metrics
+        from litevar.classifier import load_classifier
+        from litevar.data import make_split
+        self.clf, self.n_real = load_classifier(), n_real
+        self.real, self.real_labels = make_split("test", n_real)
+        real_b, _ = make_split("val", n_real)
+        self.feats = metrics.classifier_features(self.clf, self.real)
+        self.real_vs_real = float(metrics.frechet_distance(metrics.classifier_features(self.clf, real_b), self.feats))
+
+    def __call__(self, images: torch.Tensor, labels: list[int]) -> dict:
+        """images (N, 3, H, W) in [0, 1]."""
+        from litevar import metrics
+        x = images * 2 - 1  # the classifier's input range
+        return {"class_accuracy": float(metrics.class_accuracy(self.clf, x, torch.tensor(labels))),
+                "chance": 1 / self.clf.num_classes,
+                "frechet_feature": float(metrics.frechet_distance(metrics.classifier_features(self.clf, x), self.feats)),
+                "frechet_feature_real_vs_real": self.real_vs_real, "n_real": self.n_real}
+
+    @torch.no_grad()
+    def reconstruction(self, vae, batch: int = 100) -> dict:
+        """The ceiling any VAR on this VQVAE can reach: the real images encoded to tokens and
+        decoded back, scored like generated ones (plus their PSNR to the originals)."""
+        from litevar import metrics
+        from litevar.data import to_float
+        dev = next(vae.parameters()).device
+        x = to_float(self.real)
+        rec = torch.cat([vae.idxBl_to_img(vae.img_to_idxBl(x[b:b + batch].to(dev)), same_shape=True,
+                                          last_one=True).float().cpu() for b in range(0, len(x), batch)])
+        r = self((rec + 1) / 2, self.real_labels.tolist())
+        return {"psnr_db": float(metrics.psnr((rec + 1) / 2, (x + 1) / 2)), "class_accuracy": r["class_accuracy"],
+                "frechet_feature": r["frechet_feature"], "n": len(x)}
+
+
+def quality(images: torch.Tensor, labels: list[int], n_real: int, vae=None) -> dict:
+    """Class accuracy and classifier-feature Frechet distance (with the real-vs-real floor);
+    with `vae`, also the VQVAE's reconstruction ceiling on the same real images."""
+    scorer = Scorer(n_real)
+    out = scorer(images, labels)
+    if vae is not None:
+        out["reconstruction"] = scorer.reconstruction(vae)
+    out["inception"] = inception(images, scorer.real)
+    return out
 
 
 def inception(images: torch.Tensor, real_u8) -> dict:
@@ -135,12 +167,13 @@ def run(args) -> int:
     var = dense
     if plan is not None:
         import copy
+
         from litevar.runtime import apply_plan
         var = apply_plan(vae, copy.deepcopy(dense, memo={id(vae): vae}), plan)
     labels = balanced_labels(args.n, var.num_classes)
-    imgs, toks = sample(var, labels, args.seed, args.cfg, args.top_k, args.top_p, args.batch, args.dtype)
+    imgs, _ = sample(var, labels, args.seed, args.cfg, args.top_k, args.top_p, args.batch, args.dtype)
     report = {"n": args.n, "cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
-              "dtype": args.dtype, "plan": args.plan, **quality(imgs, labels, n_real=max(args.n, 500))}
+              "dtype": args.dtype, "plan": args.plan, **quality(imgs, labels, n_real=max(args.n, 500), vae=vae)}
     if plan is not None:  # fidelity of the planned model to the dense fp32 one, same seeds
         report["fidelity_vs_dense"] = fidelity(dense, var, vae, labels, args.seed, args.cfg, args.top_k, args.top_p,
                                                args.batch, args.dtype)
@@ -164,6 +197,10 @@ def print_report(r: dict) -> None:
     print(f"class accuracy: {100 * r['class_accuracy']:.1f}%" + (f" (chance {100 * r['chance']:.0f}%)" if r.get("chance") else ""))
     print(f"Frechet distance (classifier features): {r['frechet_feature']:.3f} "
           f"(real vs real, {r['n_real']} images each: {r['frechet_feature_real_vs_real']:.3f})")
+    if "reconstruction" in r:
+        c = r["reconstruction"]
+        print(f"VQVAE reconstruction ceiling ({c['n']} real images encoded and decoded): PSNR {c['psnr_db']:.1f} dB, "
+              f"class accuracy {100 * c['class_accuracy']:.1f}%, Frechet distance {c['frechet_feature']:.3f}")
     for key in ("fidelity_vs_fp32", "fidelity_vs_dense"):
         if key not in r:
             continue

@@ -91,18 +91,14 @@ def run_plan(args) -> int:
 
 def run_recipe(args, budgets) -> int:
     """`litevar plan --recipe SPEC`: the recipe's plan, predicted on the profile's cost model."""
-    from planner.build import COVERAGE_TARGETS, build_problem, to_plan
-    from planner.recipes import parse_recipe, recipe_solution, targets_for
+    from planner.recipes import parse_recipe, recipe_plan
     from profiler.profile import Profile
     if args.sweep or budgets.any():
         raise UserError("--recipe writes a fixed recipe: drop the budgets and --sweep, or drop --recipe to plan")
     recipe = parse_recipe(args.recipe)
-    profile = Profile.load(args.profile)
-    problem = build_problem(profile, args.resolution, args.batch, None, args.family,
-                            coverage_targets=targets_for(recipe, COVERAGE_TARGETS))
     out = Path(args.out)
-    plan = to_plan(problem, recipe_solution(problem, recipe), profile, args.profile, budgets,
-                   args.name or out.stem)
+    plan = recipe_plan(Profile.load(args.profile), args.profile, recipe, args.resolution, args.batch,
+                       args.name or out.stem, args.family)
     out.parent.mkdir(parents=True, exist_ok=True)
     plan.save(out)
     pr = plan.predicted

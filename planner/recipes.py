@@ -6,7 +6,8 @@ A recipe is a '+'-joined spec of parts, each optional:
 - `mp`: mixed precision as in the paper, the ffn.fc2 layers stay full precision;
 - `qk8`: the attention QK product in INT8 in every block (the paper's "QKV 8");
 - `mdwa0.95`: multi-diagonal windows of threshold R0 = 0.95 in every (layer, head, scale, part)
-  (per part the narrowest profiled width keeping >= R0 of the attention mass; sinks stay full);
+  (per part the narrowest profiled width keeping >= R0 of the attention mass; as in the paper the
+  keys of the first three scales stay whole, and so do the parts the profile flags as sinks);
 - `asc`: attention shared across the CFG branches in every block.
 Names of the paper's settings: see ALIASES (e.g. `paper` = W4A8 + QK8 + fc2 full precision +
 MDWA 0.95 + ASC). Predicted loss, latency and memory come from the same profile and cost model
@@ -25,6 +26,7 @@ from planner.problem import Problem, Selection, evaluate
 log = logging.getLogger(__name__)
 
 MIXED_PRECISION_KINDS = ("ffn.fc2",)  # the paper keeps these at FP16 ("mp")
+SINK_PARTS = 3  # MDWA keeps the keys of the first three scales whole (the paper's first part)
 ALIASES = {
     "dense": "",
     "paper": "w4a8+qk8+mp+mdwa0.95+asc",  # LiteVAR's full recipe (Table 3, last row)
@@ -116,7 +118,7 @@ def _ratio_widths(problem: Problem, r0: float) -> dict[tuple[int, int, int, int]
         return {}
     if "coverage" not in w.columns:
         raise UserError("the problem's window table has no coverage column; build it with planner.build.build_problem")
-    ok = w[w["coverage"] >= r0 - 1e-12].sort_values("width")
+    ok = w[(w["coverage"] >= r0 - 1e-12) & (w["part"] >= SINK_PARTS)].sort_values("width")
     first = ok.groupby(["layer", "head", "scale", "part"], sort=False).head(1)
     return {(int(r.layer), int(r.head), int(r.scale), int(r.part)): int(r.width) for r in first.itertuples()}
 
@@ -129,3 +131,15 @@ def recipe_solution(problem: Problem, recipe: Recipe):
     return Solution(rs.selection, metrics, {"name": "recipe", "recipe": recipe.spec,
                                             "description": recipe.describe(), "status": "fixed",
                                             "skipped_layers": rs.skipped})
+
+
+def recipe_plan(profile, profile_path, recipe: Recipe | str, resolution: int, batch: int = 1,
+                name: str = "", family: str | None = None):
+    """The planner.plan.Plan of `recipe` on `profile` (predicted on its cost model)."""
+    from planner.build import COVERAGE_TARGETS, build_problem, to_plan
+    from planner.problem import Budgets
+    recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
+    problem = build_problem(profile, resolution, batch, None, family,
+                            coverage_targets=targets_for(recipe, COVERAGE_TARGETS))
+    return to_plan(problem, recipe_solution(problem, recipe), profile, profile_path, Budgets(),
+                   name or recipe.spec or "dense")

@@ -48,6 +48,7 @@ def test_selection_follows_the_recipe(profile):
     assert sel.qk_int8 == sel.cfg_shared == frozenset(range(4))
     w = problem.windows
     assert sel.widths, "the synthetic profile has windows reaching 0.9"
+    assert min(part for _, _, _, part in sel.widths) >= 3  # keys of the first three scales stay whole
     for key, width in sel.widths.items():  # the narrowest width reaching the threshold
         part = w[(w["layer"] == key[0]) & (w["head"] == key[1]) & (w["scale"] == key[2]) & (w["part"] == key[3])]
         assert width == part[part.coverage >= 0.9 - 1e-12].width.min()

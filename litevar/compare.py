@@ -1,0 +1,515 @@
+"""`litevar compare PLAN...`: plans side by side across devices, resolutions and budgets.
+
+One row per plan: its predicted figures, and the measured ones of `litevar bench --json` files
+(--bench, format version 2) whose entry has the sha256 of the plan file's bytes. Rows are sorted
+by device, resolution, then predicted latency. --json writes the rows; --html writes one
+self-contained page (no network: every figure is a base64 PNG drawn with matplotlib's Agg
+backend) with the table, loss against latency and memory per (device, resolution) with the
+--frontier curves of `litevar plan --sweep`, a layer x format map and per-plan window maps.
+MB = 2**20 bytes; loss in the profile's unit (nats, see README).
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from litevar.errors import UserError
+
+if TYPE_CHECKING:
+    from planner.plan import Plan
+
+log = logging.getLogger(__name__)
+
+BENCH_FORMAT, BENCH_VERSION = "litevar-bench", 2
+FRONTIER_COLUMNS = ("latency_ms", "memory_mb", "loss")
+RERUN_BENCH = "re-run `litevar bench --plan PLAN --json FILE` with this litevar"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("plans", nargs="+", metavar="PLAN", help="plan files written by `litevar plan`")
+    p.add_argument("--bench", action="append", default=[], metavar="BENCH.json",
+                   help="measured figures written by `litevar bench --json` (repeatable)")
+    p.add_argument("--frontier", action="append", default=[], metavar="CSV",
+                   help="Pareto frontier written by `litevar plan --sweep` (repeatable; drawn in every panel)")
+    p.add_argument("--html", help="write a self-contained HTML report here")
+    p.add_argument("--json", help="write the table rows here as JSON")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass
+class Entry:
+    path: str
+    plan: Plan
+    sha256: str
+    bench: dict | None = None  # the matching entry of a bench file's "plans" list
+
+
+def load_plans(paths: list[str]) -> list[Entry]:
+    from planner.build import profile_sha256  # sha256 of a file's bytes
+    from planner.plan import Plan
+    return [Entry(str(p), Plan.load(p), profile_sha256(p)) for p in paths]
+
+
+def _read_json(path: str, what: str, fix: str):
+    if not Path(path).is_file():
+        raise UserError(f"{what} {path} not found; {fix}")
+    try:
+        return json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError, OSError) as e:
+        raise UserError(f"{what} {path} is not valid JSON ({type(e).__name__}); {fix}") from None
+
+
+def load_bench(path: str) -> list[dict]:
+    """The "plans" entries of a bench file (format litevar-bench, version 2)."""
+    d = _read_json(path, "--bench", "pass the JSON written by `litevar bench --json`")
+    if not isinstance(d, dict) or d.get("format") != BENCH_FORMAT:
+        fmt = d.get("format") if isinstance(d, dict) else type(d).__name__
+        raise UserError(f"--bench {path}: not a litevar bench file (format {fmt!r}); "
+                        "pass the JSON written by `litevar bench --json`")
+    if d.get("version") != BENCH_VERSION:
+        raise UserError(f"--bench {path}: bench file version {d.get('version')!r}, this litevar reads "
+                        f"version {BENCH_VERSION}; {RERUN_BENCH}")
+    entries = d.get("plans")
+    ok = isinstance(entries, list) and all(isinstance(e, dict) and isinstance(e.get("plan_sha256"), str)
+                                           and isinstance(e.get("measured"), dict) for e in entries)
+    if not ok:
+        raise UserError(f"--bench {path}: 'plans' must be a list of entries with plan_sha256 and "
+                        f"measured; {RERUN_BENCH}")
+    return entries
+
+
+def attach_bench(entries: list[Entry], bench_paths: list[str]) -> None:
+    """Give each plan the bench entry with its file's sha256 (the last one given wins)."""
+    for path in bench_paths:
+        for b in load_bench(path):
+            mine = [e for e in entries if e.sha256 == b["plan_sha256"]]
+            if not mine:
+                log.warning("%s: bench of %s matches no plan given (sha256 %s...)", path,
+                            b.get("plan_name") or b.get("plan"), b["plan_sha256"][:12])
+            for e in mine:
+                if e.bench is not None:
+                    log.warning("several bench entries for plan %s; using the one in %s", e.path, path)
+                e.bench = b
+
+
+def load_frontier(path: str) -> pd.DataFrame:
+    fix = "pass a CSV written by `litevar plan --sweep`"
+    if not Path(path).is_file():
+        raise UserError(f"--frontier {path} not found; {fix}")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
+        raise UserError(f"--frontier {path} is not a readable CSV ({type(e).__name__}); {fix}") from None
+    missing = [c for c in FRONTIER_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"--frontier {path} has no column(s) {', '.join(missing)}; {fix}")
+    for c in FRONTIER_COLUMNS:
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    return df
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows
+
+
+def budgets_text(budgets: dict) -> str:
+    """{'max_latency_ms': 137, 'max_memory_gb': 0.03} -> 'lat<=137ms mem<=30.72MB'."""
+    short = {"max_latency_ms": lambda v: f"lat<={v:g}ms", "max_memory_gb": lambda v: f"mem<={v * 1024:.4g}MB",
+             "min_speedup": lambda v: f"speedup>={v:g}x", "max_attn_flops": lambda v: f"flops<={v:g}",
+             "max_avg_bits": lambda v: f"bits<={v:g}"}
+    parts = []
+    for k, v in budgets.items():
+        if v is None:
+            continue
+        try:
+            parts.append(short[k](v) if k in short else f"{k}={v}")
+        except (TypeError, ValueError):
+            parts.append(f"{k}={v}")
+    return " ".join(parts) or "none"
+
+
+def formats_text(formats: dict) -> str:
+    """{'a': 'W8A8', 'b': 'fp', 'c': 'W8A8'} -> '2 W8A8, 1 fp' (most used first)."""
+    counts = sorted(Counter(formats.values()).items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{n} {f}" for f, n in counts) or "-"
+
+
+def device_name(plan) -> str:
+    return str(plan.device.get("name") or plan.device.get("type") or "-")
+
+
+def row(e: Entry) -> dict:
+    """One table row: plain JSON data, None where a figure is unknown."""
+    p, pred = e.plan, e.plan.predicted
+    meas = (e.bench or {}).get("measured", {})
+    speed = (e.bench or {}).get("speedup") or {}
+    return {"plan": p.name or Path(e.path).stem, "path": e.path, "device": device_name(p),
+            "resolution": p.resolution, "batch": p.batch, "budgets": budgets_text(p.budgets),
+            "pred_latency_ms": pred.get("latency_ms"), "pred_memory_mb": pred.get("memory_mb"),
+            "pred_loss": pred.get("loss"), "meas_latency_ms": meas.get("latency_ms"),
+            "meas_peak_mb": meas.get("peak_mb"), "meas_loss": meas.get("loss"),
+            "speedup_pred": pred.get("speedup"), "speedup_meas": speed.get("measured"),
+            "formats": formats_text(p.formats), "qk8_blocks": len(p.qk_int8),
+            "cfg_shared_blocks": len(p.cfg_shared), "attn_kept": pred.get("attn_kept")}
+
+
+def _order(r: dict) -> tuple:
+    lat = r["pred_latency_ms"]
+    return r["device"], r["resolution"], lat if isinstance(lat, (int, float)) else math.inf, r["plan"]
+
+
+def sort_entries(entries: list[Entry]) -> list[Entry]:
+    return sorted(entries, key=lambda e: _order(row(e)))
+
+
+COLUMNS = (  # row key, header, cell format (None: text, left-aligned; else right-aligned)
+    ("plan", "plan", None), ("device", "device", None), ("resolution", "px", "{:d}"),
+    ("batch", "batch", "{:d}"), ("budgets", "budgets", None),
+    ("pred_latency_ms", "pred ms", "{:.1f}"), ("pred_memory_mb", "pred MB", "{:.1f}"),
+    ("pred_loss", "pred loss", "{:.4g}"), ("meas_latency_ms", "meas ms", "{:.1f}"),
+    ("meas_peak_mb", "meas MB", "{:.1f}"), ("meas_loss", "meas loss", "{:.4g}"),
+    ("speedup_pred", "speedup pred", "{:.2f}x"), ("speedup_meas", "speedup meas", "{:.2f}x"),
+    ("formats", "formats", None), ("qk8_blocks", "QK8", "{:d}"), ("cfg_shared_blocks", "CFG-shared", "{:d}"),
+    ("attn_kept", "attn kept", "{:.1%}"),
+)
+
+
+def cell(value, spec: str | None) -> str:
+    if value is None:
+        return "-"
+    if spec is None:
+        return str(value)
+    try:
+        return spec.format(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def cells(r: dict) -> list[str]:
+    return [cell(r[k], spec) for k, _, spec in COLUMNS]
+
+
+def format_table(rows: list[dict]) -> str:
+    """Plain-text table: text columns left-aligned, numbers right-aligned."""
+    body = [cells(r) for r in rows]
+    heads = [h for _, h, _ in COLUMNS]
+    widths = [max(len(s) for s in col) for col in zip(heads, *body)]
+    def line(vals):
+        return "  ".join(v.ljust(w) if spec is None else v.rjust(w)
+                         for v, w, (_, _, spec) in zip(vals, widths, COLUMNS)).rstrip()
+    return "\n".join([line(heads), *(line(b) for b in body)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures (matplotlib, Agg, returned as base64 PNG)
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    _plt().close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _label(text: str) -> str:
+    """Plan text for matplotlib: '$' would start mathtext."""
+    return str(text).replace("$", r"\$")
+
+
+def _num(v) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
+def frontier_figure(group: list[Entry], frontiers: dict[str, pd.DataFrame], title: str) -> str:
+    """Predicted loss vs latency and vs memory: plans (o), their bench (^), the --frontier curves."""
+    from planner.frontier import _pareto
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    pts = pd.DataFrame([{"latency_ms": _num(e.plan.predicted.get("latency_ms")),
+                         "memory_mb": _num(e.plan.predicted.get("memory_mb")),
+                         "loss": _num(e.plan.predicted.get("loss"))} for e in group])
+    colours = plt.get_cmap("tab10").colors
+    for ax, x, meas_key, xlabel in ((axes[0], "latency_ms", "latency_ms", "latency (ms)"),
+                                    (axes[1], "memory_mb", "peak_mb", "peak memory (MB)")):
+        for name, df in frontiers.items():
+            ok = df[df["loss"].notna() & df[x].notna()].reset_index(drop=True)
+            front = ok[_pareto(ok, x)].sort_values(x)
+            ax.plot(front[x], front["loss"], "--", lw=1.2, alpha=0.8, label=f"frontier {_label(Path(name).name)}")
+        xy = pts[[x, "loss"]].dropna()
+        front = xy[_pareto(xy, x)].sort_values(x)
+        if len(front) > 1:
+            ax.plot(front[x], front["loss"], "-", color="0.6", lw=1, zorder=1, label="Pareto front of these plans")
+        labels = {"o": "predicted", "^": "measured (--bench)"}
+        for i, e in enumerate(group):
+            c, px, py = colours[i % len(colours)], pts[x][i], pts["loss"][i]
+            if math.isnan(px) or math.isnan(py):
+                continue
+            ax.plot(px, py, "o", color=c, ms=7, zorder=3, label=labels.pop("o", None))
+            ax.annotate(_label(row(e)["plan"]), (px, py), xytext=(5, 5 + 9 * (i % 3)),
+                        textcoords="offset points", fontsize=8, color=c)
+            m = (e.bench or {}).get("measured", {})
+            mx, my = _num(m.get(meas_key)), _num(m.get("loss"))
+            my = py if math.isnan(my) else my
+            if not math.isnan(mx):
+                ax.plot([px, mx], [py, my], ":", color=c, lw=1)
+                ax.plot(mx, my, "^", color=c, ms=8, mfc="none", mew=1.5, zorder=3, label=labels.pop("^", None))
+        ax.set_xlabel(xlabel)
+        _log_if_wide(ax)
+        ax.set_ylabel("loss (nats)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="best")
+    fig.suptitle(_label(title))
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _log_if_wide(ax) -> None:
+    """Log loss axis when every loss drawn is positive and they span more than 20x."""
+    y = np.concatenate([np.asarray(line.get_ydata(), float) for line in ax.lines] or [np.ones(1)])
+    y = y[~np.isnan(y)]
+    if len(y) and (y > 0).all() and y.max() > 20 * y.min():
+        ax.set_yscale("log")
+
+
+def _linear_order(fqn: str) -> tuple:
+    """Model order: word_embed, shared_ada_lin.1, blocks.i.{qkv, proj, fc1, fc2, ada_lin.1}, head_nm, head."""
+    from planner.plan import BLOCK_LINEARS
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", fqn)
+    if m:
+        sub = m.group(2)
+        return 1, int(m.group(1)), BLOCK_LINEARS.index(sub) if sub in BLOCK_LINEARS else 99, sub
+    top = {"word_embed": (0, 0), "shared_ada_lin.1": (0, 1), "head_nm.ada_lin.1": (2, 0), "head": (2, 1)}
+    return (*top.get(fqn, (3, 0)), 0, fqn)
+
+
+def format_figure(entries: list[Entry]) -> str:
+    """Linear layers (rows, model order) x plans (columns), coloured by format."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    from kernels.formats import FORMATS
+    plt = _plt()
+    layers = sorted({f for e in entries for f in e.plan.formats}, key=_linear_order)
+    used = {e.plan.formats.get(f) for e in entries for f in layers} - {None}
+    names = [n for n in FORMATS if n in used] + sorted(used - set(FORMATS))
+    palette = iter(plt.get_cmap("tab10").colors)
+    colours = ["white"] + ["0.82" if n == "fp" else next(palette) for n in names]  # 0: layer absent
+    code = {n: i + 1 for i, n in enumerate(names)}
+    grid = np.array([[code.get(e.plan.formats.get(f), 0) for e in entries] for f in layers])
+    fig, ax = plt.subplots(figsize=(3 + 1.3 * len(entries), 1 + 0.24 * len(layers)))
+    ax.imshow(grid, cmap=ListedColormap(colours), vmin=0, vmax=len(colours) - 1, aspect="auto",
+              interpolation="nearest")
+    for (i, j), v in np.ndenumerate(grid):
+        if v:
+            ax.text(j, i, names[v - 1], ha="center", va="center", fontsize=7)
+    ax.set_yticks(range(len(layers)), layers, fontsize=7)
+    ax.xaxis.tick_top()
+    ax.set_xticks(range(len(entries)), [_label(row(e)["plan"]) for e in entries], rotation=30,
+                  ha="left", fontsize=8)
+    handles = [Patch(color=colours[code[n]], label=n + (" (full precision)" if n == "fp" else "")) for n in names]
+    if (grid == 0).any():
+        handles.append(Patch(facecolor="white", edgecolor="0.5", label="not in the plan"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, title="format")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def head_kept(windows, depth: int, heads: int) -> np.ndarray:
+    """float [S, depth, H]: share of each head's (query, key) pairs kept per scale (1: dense)."""
+    from kernels.windows import kept_pairs
+    layout, pns = windows.layout, windows.patch_nums
+    out = np.ones((len(pns), depth, heads))
+    for layer in windows.widths:
+        for k, s in enumerate(pns):
+            w_Hp = windows.scale_widths(layer, k)  # None: this call runs dense
+            if w_Hp is not None:
+                out[k, layer] = kept_pairs(layout, k, w_Hp, windows.family).numpy() / (s * s * layout.end[k])
+    return out
+
+
+def has_windows(plan) -> bool:
+    return plan.windows is not None and bool(plan.windows.widths)
+
+
+def window_figure(plan) -> str:
+    """One layer x head panel per scale, coloured by the kept share of that head's attention."""
+    plt = _plt()
+    depth, heads = plan.arch["depth"], plan.arch["num_heads"]
+    kept = head_kept(plan.windows, depth, heads)
+    S, cols = len(kept), min(len(kept), 5)
+    rows = -(-S // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols + 1, 0.4 + (0.3 * depth + 1.1) * rows), squeeze=False,
+                             layout="constrained")
+    for k, ax in enumerate(axes.flat):
+        if k >= S:
+            ax.axis("off")
+            continue
+        im = ax.imshow(kept[k], vmin=0, vmax=1, cmap="viridis", aspect="auto", interpolation="nearest")
+        s = plan.windows.patch_nums[k]
+        ax.set_title(f"scale {k} ({s}x{s})", fontsize=8)
+        ax.set_xticks(range(heads), [str(h) for h in range(heads)], fontsize=6)
+        ax.set_yticks(range(depth), [str(i) for i in range(depth)], fontsize=6)
+        if depth * heads <= 64:
+            for (i, h), v in np.ndenumerate(kept[k]):
+                ax.text(h, i, f"{v:.0%}", ha="center", va="center", fontsize=6, color="white" if v < 0.6 else "black")
+        if k % cols == 0:
+            ax.set_ylabel("block", fontsize=7)
+        if k // cols == rows - 1:
+            ax.set_xlabel("head", fontsize=7)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="kept share of attention pairs")
+    return _png(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+
+CSS = """body{font-family:sans-serif;margin:24px;color:#222;max-width:1400px}
+table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:3px 6px}
+th{background:#eee}td.n{text-align:right;font-variant-numeric:tabular-nums}tr:nth-child(even){background:#f7f7f7}
+figure{margin:16px 0}img{max-width:100%;border:1px solid #ddd}figcaption,p.cap{font-size:13px;color:#555;max-width:1100px}"""
+
+
+def _img(b64: str, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _figure(b64: str, alt: str, caption: str) -> str:
+    return f"<figure>{_img(b64, alt)}<figcaption>{caption}</figcaption></figure>"
+
+
+def html_table(rows: list[dict]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in COLUMNS)
+    body = "".join("<tr>" + "".join(f'<td{"" if spec is None else " class=n"}>{html.escape(c)}</td>'
+                                    for c, (_, _, spec) in zip(cells(r), COLUMNS)) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def groups(entries: list[Entry]) -> dict[tuple[str, int], list[Entry]]:
+    out: dict[tuple[str, int], list[Entry]] = {}
+    for e in entries:
+        out.setdefault((device_name(e.plan), e.plan.resolution), []).append(e)
+    return out
+
+
+TABLE_CAPTION = (
+    "One row per plan, sorted by device, resolution and predicted latency. pred: the planner's prediction "
+    "(from the plan file); meas: <code>litevar bench</code> (matched by the plan file's sha256; - when not "
+    "benched). ms: latency of one generation; MB: peak memory (2<sup>20</sup> bytes); loss: nats (sum over "
+    "scales of the mean KL of the CFG-guided next-token distribution); speedup: vs the dense full-precision "
+    "model; formats: linear layers per format (fp: full precision); QK8 / CFG-shared: blocks with the QK "
+    "product in INT8 / attention shared across the CFG branches; attn kept: predicted share of attention "
+    "pairs kept by the windows.")
+FRONTIER_CAPTION = (
+    ": predicted loss (nats; log scale when the losses span more than 20x) against predicted latency (ms, "
+    "left) and peak memory (MB, right). Circles: "
+    "plans, labelled; open triangles joined by a dotted line: the same plan measured by <code>litevar "
+    "bench</code> (its measured loss when the bench has one, else the predicted loss); grey line: Pareto "
+    "front of these plans; dashed: <code>--frontier</code> curves (a CSV names no device or resolution, so "
+    "each is drawn in every panel).")
+FORMAT_CAPTION = (
+    "Every quantizable linear layer (rows, in model order) in every plan (columns), coloured by its format "
+    "(W<i>w</i>A<i>a</i>: <i>w</i>-bit weights, <i>a</i>-bit activations); grey: fp, full precision.")
+WINDOW_CAPTION = (
+    "Per plan, one panel per scale: blocks (rows) x heads (columns), coloured by the share of that head's "
+    "(query, key) pairs the multi-diagonal window keeps at that scale (100%: dense).")
+
+
+def render_html(entries: list[Entry], frontiers: dict[str, pd.DataFrame], bench_paths: list[str]) -> str:
+    esc, rows = html.escape, [row(e) for e in entries]
+    title = f"litevar compare: {len(entries)} plan{'s' * (len(entries) != 1)}"
+    sources = (f"Plans: {', '.join(r['path'] for r in rows)}. Bench files: {', '.join(bench_paths) or 'none'}. "
+               f"Frontier files: {', '.join(frontiers) or 'none'}.")
+    parts = [f"<h1>{esc(title)}</h1>", f"<p class=cap>{esc(sources)}</p>", "<h2>Plans</h2>", html_table(rows),
+             f"<p class=cap>{TABLE_CAPTION}</p>", "<h2>Loss against latency and memory</h2>"]
+    for (dev, res), group in groups(entries).items():
+        name = f"{dev}, {res} px"
+        unplotted = [row(e)["plan"] for e in group if any(math.isnan(_num(e.plan.predicted.get(k)))
+                                                          for k in ("latency_ms", "memory_mb", "loss"))]
+        note = f" Not drawn (no predicted latency, memory or loss): {', '.join(unplotted)}." if unplotted else ""
+        parts.append(_figure(frontier_figure(group, frontiers, name), f"frontier {name}",
+                             esc(name) + FRONTIER_CAPTION + esc(note)))
+    parts += ["<h2>Formats per layer</h2>",
+              _figure(format_figure(entries), "formats per layer", FORMAT_CAPTION),
+              "<h2>Attention windows</h2>", f"<p class=cap>{WINDOW_CAPTION}</p>"]
+    for e, r in zip(entries, rows):
+        parts.append(f"<h3>{esc(r['plan'])}</h3>")
+        if not has_windows(e.plan):
+            parts.append("<p>no windows (every block runs dense attention)</p>")
+            continue
+        w = e.plan.windows
+        caption = (f"{r['plan']}: kept share per block, head and scale ({w.family.value} windows; blocks "
+                   f"{', '.join(map(str, sorted(w.widths)))} windowed, the others dense).")
+        parts.append(_figure(window_figure(e.plan), f"windows of {r['plan']}", esc(caption)))
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """A temp file in the same folder, then os.replace."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_out(flag: str, path: str | None) -> None:
+    if path is None:
+        return
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise UserError(f"--{flag} {path}: folder {folder} does not exist; create it first")
+    if Path(path).is_dir():
+        raise UserError(f"--{flag} {path} is a folder; give a file name, e.g. {Path(path) / ('report.' + flag)}")
+
+
+def run(args) -> int:
+    _check_out("html", args.html)
+    _check_out("json", args.json)
+    entries = load_plans(args.plans)
+    attach_bench(entries, args.bench)
+    frontiers = {p: load_frontier(p) for p in args.frontier}
+    entries = sort_entries(entries)
+    rows = [row(e) for e in entries]
+    print(format_table(rows))
+    if args.json:
+        write_atomic(args.json, json.dumps({"format": "litevar-compare", "version": 1, "rows": rows}, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    if args.html:
+        write_atomic(args.html, render_html(entries, frontiers, args.bench))
+        print(f"wrote {args.html}")
+    return 0
