@@ -96,13 +96,14 @@ def format_groups(cm, arch, pns, batch, alpha, losses, formats) -> list[FormatGr
     for fqn, K, N, kind in C.linear_layers(arch):
         dt = "fp32" if fqn in C.FP32_ALWAYS else None
         m_ws = max(C.rows_at_scale(kind, pns, si, batch) for si in (max(last - 1, 0), last))
-        fp_ms = alpha * sum(C.linear_ms(cm, K, N, M, "fp", dt) for M in calls.get(fqn, []))
+        fp_ms = alpha * sum(C.linear_ms(cm, K, N, M, "fp", dt) for M in calls.get(fqn, []))  # alpha: dense
         opts = [FormatOption("fp", 0.0, fp_ms, C.weight_bytes(K, N, "fp") / C.MB, 0.0, 16)]
         for fmt in formats:
             if (fqn, fmt) not in losses or not C.format_applies(K, fmt):
                 continue
             try:
-                ms = alpha * sum(C.linear_ms(cm, K, N, M, fmt, dt) for M in calls.get(fqn, []))
+                ms = C.alpha_of(cm, C.kernel_of(cm, fmt)) * sum(C.linear_ms(cm, K, N, M, fmt, dt)
+                                                                 for M in calls.get(fqn, []))
             except KeyError as e:
                 log.warning("%s: %s skipped (%s)", fqn, fmt, e)
                 continue

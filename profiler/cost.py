@@ -76,8 +76,12 @@ class CostSettings:
     mdwa: bool = True  # time the windowed backends (FlexAttention compiles ~20 s per shape on CPU)
     mdwa_shapes: int = 3  # largest attention shapes timed with windows
     kept_targets: tuple[float, ...] = (0.2, 0.5)  # window sizes timed, as kept fractions
-    fit_configs: tuple[str, ...] = ("W8A8:fc1,fc2",)  # quantized generations fitted on (second-largest schedule)
-    validate_configs: tuple[str, ...] = ("W4A8:fc1,fc2,proj",)  # held-out quantized generations (model's schedule)
+    # quantized generations fitted on (second-largest schedule): each native kernel family in a
+    # few layer kinds, which sets its in-model factor (alpha)
+    fit_configs: tuple[str, ...] = ("W8A8:fc1,fc2", "W8A8:mat_qkv,proj,ada_lin,head,word_embed",
+                                    "W4A8:fc1,fc2", "W4A16:fc1,fc2")
+    # held-out quantized generations (model's schedule): formats mixed over other layer kinds
+    validate_configs: tuple[str, ...] = ("W4A8:mat_qkv,proj;W8A8:fc1,fc2,head",)
 
     def __post_init__(self):
         if self.dtype not in DTYPES:

@@ -8,13 +8,15 @@ Latency of one generation (CFG doubles the batch: 2B rows through the transforme
 
     linear  t = a + b * M*K*N + c * K*N + d * M*(K+N)            per (format, dtype), ms
     attn    t = a + b * W*kept + c * W + d * B*H*D*(q+kv)         per backend, W = B*H*D*q*kv
-    e2e     alpha * (sum of linears + attentions)
+    e2e     sum over kernel families k of alpha_k * (their linears; attention counts as dense)
             + e0 + e1 * S*(depth+1) + e2 * B*L*(C*depth + V) + e3 * B*n_last
 
 (S scales, L tokens, n_last tokens of the last scale). The e2e overhead (Python dispatch per
 scale and block; norms, GELU and other element-wise ops, CFG mixing and top-k/top-p sampling
-per token; VAE decode per latent pixel) and alpha (in-model vs isolated kernel timings,
-within ALPHA_BOUNDS) are fitted on the end-to-end runs. All fits are non-negative least
+per token; VAE decode per latent pixel) and the alphas (in-model vs isolated kernel timings,
+within ALPHA_BOUNDS; one for dense kernels, one per quantized kernel family that a fitted
+generation ran, since in-model and isolated speeds differ by kernel) are fitted on the
+end-to-end runs. All fits are non-negative least
 squares on relative residuals (scipy.optimize.lsq_linear), so predictions grow with every
 size and extrapolate to unmeasured batches and resolutions.
 
@@ -292,17 +294,23 @@ def fit(tables: dict, arch: dict, device: str = "cpu", dtype: str = "fp32", vae_
 
 
 def fit_e2e(cm: dict, arch: dict, e2e) -> dict:
-    """alpha (kernel sum factor, within ALPHA_BOUNDS) and the overhead coefficients."""
-    A, y = [], []
-    for _, row in e2e.iterrows():
-        pns, batch = _row_patch_nums(row), int(row["batch"])
-        k = kernel_ms(cm, arch, pns, batch, **config_spec(row["config"], arch))
-        A.append(np.concatenate([[k["linear_ms"] + k["attn_ms"]], e2e_features(arch, pns, batch)]))
-        y.append(float(row["ms"]))
-    n = len(E2E_FEATURES)
-    lower, upper = np.r_[ALPHA_BOUNDS[0], np.zeros(n - 1)], np.r_[ALPHA_BOUNDS[1], np.full(n - 1, np.inf)]
+    """Per kernel family an alpha (kernel time factor, within ALPHA_BOUNDS) and the overhead
+    coefficients. A quantized family gets its own alpha when a generation ran it (its
+    in-model speed differs from the isolated one differently from dense kernels'); coef[0] is
+    the dense alpha."""
+    ks = [kernel_ms(cm, arch, _row_patch_nums(row), int(row["batch"]), **config_spec(row["config"], arch))
+          for _, row in e2e.iterrows()]
+    quant = sorted({k for kr in ks for k, v in kr["by_kernel"].items() if k != "dense" and v > 0})
+    A = [np.concatenate([[kr["by_kernel"]["dense"]], [kr["by_kernel"].get(q, 0.0) for q in quant],
+                         e2e_features(arch, _row_patch_nums(row), int(row["batch"]))])
+         for kr, (_, row) in zip(ks, e2e.iterrows())]
+    y = [float(row["ms"]) for _, row in e2e.iterrows()]
+    n_alpha, n = 1 + len(quant), len(E2E_FEATURES) - 1
+    lower = np.r_[np.full(n_alpha, ALPHA_BOUNDS[0]), np.zeros(n)]
+    upper = np.r_[np.full(n_alpha, ALPHA_BOUNDS[1]), np.full(n, np.inf)]
     coef, err = nonneg_fit(np.array(A), np.array(y), lower=lower, upper=upper)
-    return {"coef": coef, "rmse_rel": err, "n": len(y)}
+    return {"coef": [coef[0], *coef[n_alpha:]], "alpha": dict(zip(["dense", *quant], coef[:n_alpha])),
+            "rmse_rel": err, "n": len(y)}
 
 
 def fit_memory(cm: dict, arch: dict, e2e, vae_mb: float = 0.0) -> dict:
@@ -387,12 +395,18 @@ def config_spec(config: str, arch: dict) -> dict:
 
 def kernel_ms(cm: dict, arch: dict, patch_nums, batch: int, formats: dict, kept: dict, cfg_shared,
               qk_int8, dtype: str | None = None) -> dict:
-    """Sum of predicted linear and attention ms of one generation, with per-layer totals."""
+    """Sum of predicted linear and attention ms of one generation, with per-layer totals and
+    per-kernel totals (by_kernel: 'dense' = fp linears + attention, else the quantized kernel)."""
     dtype, d = dtype or cm["dtype"], arch_dims(arch)
     per_layer: dict[str, float] = {}
+    by_kernel: dict[str, float] = {"dense": 0.0}
     for fqn, K, N, M, _ in linear_calls(arch, patch_nums, batch):
         dt = "fp32" if fqn in FP32_ALWAYS else dtype
-        per_layer[fqn] = per_layer.get(fqn, 0.0) + linear_ms(cm, K, N, M, formats.get(fqn, "fp"), dt)
+        fmt = formats.get(fqn, "fp")
+        ms = linear_ms(cm, K, N, M, fmt, dt)
+        per_layer[fqn] = per_layer.get(fqn, 0.0) + ms
+        kern = kernel_of(cm, fmt)
+        by_kernel[kern] = by_kernel.get(kern, 0.0) + ms
     attn = 0.0
     for layer, si, q, kv in attention_calls(arch, patch_nums, batch):
         k = float(kept.get((layer, si), 1.0))
@@ -401,8 +415,21 @@ def kernel_ms(cm: dict, arch: dict, patch_nums, batch: int, formats: dict, kept:
         ms = attn_ms(cm, rows, d["H"], d["D"], q, kv, k, backend)
         per_layer[f"blocks.{layer}.attn.qk"] = per_layer.get(f"blocks.{layer}.attn.qk", 0.0) + ms
         attn += ms
+    by_kernel["dense"] += attn
     return {"linear_ms": sum(v for k, v in per_layer.items() if not k.endswith(".qk")),
-            "attn_ms": attn, "per_layer": per_layer}
+            "attn_ms": attn, "per_layer": per_layer, "by_kernel": by_kernel}
+
+
+def kernel_of(cm: dict, fmt: str) -> str:
+    """The kernel family whose in-model factor (alpha) applies to a linear in `fmt`."""
+    return "dense" if fmt == "fp" else cm["format_kernel"].get(fmt, "emulated")
+
+
+def alpha_of(cm: dict, kernel: str) -> float:
+    """In-model vs isolated time factor of a kernel family: fitted on the generations that ran
+    it, else the dense one."""
+    e = cm["e2e"]
+    return float(e.get("alpha", {}).get(kernel, e["coef"][0]))
 
 
 def linear_workspace_mb(cm: dict, K: int, N: int, M: int, fmt: str) -> float:
@@ -449,17 +476,18 @@ def predict(cm: dict, arch: dict, patch_nums, batch: int, formats: dict[str, str
     k = kernel_ms(cm, arch, pns, batch, formats, kept, cfg_shared, qk_int8, dtype)
     e = np.array(cm["e2e"]["coef"])
     overhead = float(e2e_features(arch, pns, batch) @ e[1:])
-    latency = e[0] * (k["linear_ms"] + k["attn_ms"]) + overhead
+    latency = sum(alpha_of(cm, kern) * ms for kern, ms in k["by_kernel"].items()) + overhead
     mem = counted_memory_mb(cm, arch, pns, batch, formats, cm["memory"]["vae_mb"], dtype)
     act_mb = memory_features(arch, pns, batch, DTYPE_BYTES[dtype or cm["dtype"]])["activations_mb"]
     m0, m1, m2 = cm["memory"]["coef"]
     mem.update(fixed_mb=m0, activations_mb=m1 * act_mb, linear_workspace_mb=m2 * mem["linear_workspace_mb"])
     alpha = float(e[0])
+    per_layer = {n: v * (alpha if n.endswith(".qk") else alpha_of(cm, kernel_of(cm, formats.get(n, "fp"))))
+                 for n, v in k["per_layer"].items()}
     return {"latency_ms": float(latency), "memory_mb": float(sum(mem.values())),
-            "breakdown": {"linear_ms": alpha * k["linear_ms"], "attn_ms": alpha * k["attn_ms"],
-                          "overhead_ms": overhead, "alpha": alpha,
-                          "per_layer_ms": {n: alpha * v for n, v in k["per_layer"].items()},
-                          "memory_mb": mem}}
+            "breakdown": {"linear_ms": sum(v for n, v in per_layer.items() if not n.endswith(".qk")),
+                          "attn_ms": alpha * k["attn_ms"], "overhead_ms": overhead, "alpha": alpha,
+                          "per_layer_ms": per_layer, "memory_mb": mem}}
 
 
 def validate(cm: dict, arch: dict, rows) -> list[dict]:

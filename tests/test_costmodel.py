@@ -49,16 +49,28 @@ def attn_table(seed=1) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["B", "H", "D", "q_len", "kv_len", "kept", "backend", "ms"])
 
 
+TRUE_ALPHA = {"dense": 1.2, "w8a8": 0.8}  # the int8 kernel runs relatively faster in the model
+E2E_CONFIGS = {(1, 2, 3, 4): ("W8A8:fc1,fc2", "W8A8:mat_qkv,proj")}
+
+
+def true_e2e_ms(cm_partial: dict, pns, B: int, config: str) -> float:
+    k = cm_.kernel_ms(cm_partial, ARCH, pns, B, **cm_.config_spec(config, ARCH))
+    kernels = sum(TRUE_ALPHA[kern] * ms for kern, ms in k["by_kernel"].items())
+    return kernels + cm_.e2e_features(ARCH, pns, B) @ np.array([1.0, 0.1, 2.0, 0.5])
+
+
 def e2e_table(cm_partial: dict) -> pd.DataFrame:
-    """Generations whose latency is 1.2 x kernels + known overhead and memory known terms."""
+    """Generations whose latency is alpha x kernels (per kernel family) + known overhead and
+    memory known terms."""
     rows = []
     for pns in ((1, 2, 3), (1, 2, 3, 4), (1, 2, 3, 4, 5)):
         for B in (1, 2, 3):
-            k = cm_.kernel_ms(cm_partial, ARCH, pns, B, {}, {}, set(), set())
-            ms = 1.2 * (k["linear_ms"] + k["attn_ms"]) + cm_.e2e_features(ARCH, pns, B) @ np.array([1.0, 0.1, 2.0, 0.5])
-            counted = cm_.counted_memory_mb(cm_partial, ARCH, pns, B, {}, 1.0)
-            act = cm_.memory_features(ARCH, pns, B, 4)["activations_mb"]
-            rows.append((pns[-1], B, "dense", ms, sum(counted.values()) + 0.5 + 3.0 * act, ",".join(map(str, pns))))
+            for config in ("dense", *(E2E_CONFIGS.get(pns, ()) if B == 1 else ())):
+                formats = cm_.config_spec(config, ARCH)["formats"]
+                counted = cm_.counted_memory_mb(cm_partial, ARCH, pns, B, formats, 1.0)
+                act = cm_.memory_features(ARCH, pns, B, 4)["activations_mb"]
+                rows.append((pns[-1], B, config, true_e2e_ms(cm_partial, pns, B, config),
+                             sum(counted.values()) + 0.5 + 3.0 * act, ",".join(map(str, pns))))
     return pd.DataFrame(rows, columns=["resolution", "batch", "config", "ms", "peak_mb", "patch_nums"])
 
 
@@ -100,10 +112,18 @@ def test_attention_fit_and_kept(cm):
 def test_e2e_fit_recovers_alpha_and_extrapolates(cm):
     assert cm["e2e"]["coef"][0] == pytest.approx(1.2, rel=0.05)
     pns, B = (1, 2, 3, 4, 5, 6), 4  # unseen schedule and batch
-    partial = dict(cm)
-    k = cm_.kernel_ms(partial, ARCH, pns, B, {}, {}, set(), set())
-    true = 1.2 * (k["linear_ms"] + k["attn_ms"]) + cm_.e2e_features(ARCH, pns, B) @ np.array([1.0, 0.1, 2.0, 0.5])
-    assert cm_.predict(cm, ARCH, pns, B)["latency_ms"] == pytest.approx(true, rel=0.03)
+    assert cm_.predict(cm, ARCH, pns, B)["latency_ms"] == pytest.approx(true_e2e_ms(cm, pns, B, "dense"), rel=0.03)
+
+
+def test_e2e_fit_recovers_a_kernel_familys_own_alpha(cm):
+    """W8A8 generations set the int8 family's factor; a mixed config never fitted on, at an
+    unseen schedule, is then predicted from both factors. Families never run keep the dense one."""
+    assert cm["e2e"]["alpha"]["w8a8"] == pytest.approx(0.8, rel=0.05)
+    assert cm_.alpha_of(cm, "w4a8") == cm["e2e"]["coef"][0]
+    pns, config = (1, 2, 3, 4, 5, 6), "W8A8:fc1,proj,head"
+    p = cm_.predict(cm, ARCH, pns, 2, **cm_.config_spec(config, ARCH))
+    assert p["latency_ms"] == pytest.approx(true_e2e_ms(cm, pns, 2, config), rel=0.03)
+    assert sum(p["breakdown"]["per_layer_ms"].values()) + p["breakdown"]["overhead_ms"] == pytest.approx(p["latency_ms"])
 
 
 def test_memory_fit_extrapolates(cm):

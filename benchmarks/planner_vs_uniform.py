@@ -1,0 +1,95 @@
+"""The planner against the uniform recipes, measured side by side in one run.
+
+For each recipe (default: W8A8 everywhere, W8A8 + QK8, ASC everywhere, and the paper's W4A8 +
+QK8 + fc2 full precision + MDWA 0.95 + ASC), write the recipe's plan and a planner plan whose
+latency budget is the recipe's predicted latency; then time all of them and the dense model in
+one interleaved `litevar bench` run with measured quality loss (`--quality N`), and print, per
+budget, the recipe against the plan: measured latency, measured loss, and whether the plan is
+at least as fast and strictly better.
+
+    python benchmarks/planner_vs_uniform.py --profile profiles/default-cpu.json \
+        --plans-dir plans --prefix default-cpu-256 --json docs/bench/planner-vs-uniform-cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from litevar.cli import main as litevar_main
+
+DEFAULT_RECIPES = ("w8a8", "w8a8+qk8", "asc", "paper")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--profile", required=True)
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES))
+    p.add_argument("--plans-dir", default="plans", help="where the recipe and planner plans are written")
+    p.add_argument("--prefix", default="plan", help="plan file names: PREFIX-recipe-R.json, PREFIX-vs-R.json")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--quality", type=int, default=80, help="calibration samples of the measured loss")
+    p.add_argument("--json", required=True, help="the bench JSON of the run")
+    p.add_argument("--markdown", help="also write the comparison table here")
+    return p.parse_args(argv)
+
+
+def slug(spec: str) -> str:
+    return spec.replace("+", "-").replace(".", "")
+
+
+def make_plans(args) -> list[tuple[str, Path, Path]]:
+    """[(recipe, recipe plan path, planner plan path)], written with `litevar plan`."""
+    from planner.plan import Plan
+    out, rows = Path(args.plans_dir), []
+    for spec in args.recipes.split(","):
+        rec = out / f"{args.prefix}-recipe-{slug(spec)}.json"
+        vs = out / f"{args.prefix}-vs-{slug(spec)}.json"
+        _cli("plan", "--profile", args.profile, "--resolution", args.resolution, "--recipe", spec, "--out", rec)
+        budget = Plan.load(rec).predicted["latency_ms"]
+        _cli("plan", "--profile", args.profile, "--resolution", args.resolution, "--max-latency-ms",
+             f"{budget:.4f}", "--out", vs)
+        rows.append((spec, rec, vs))
+    return rows
+
+
+def _cli(*argv) -> None:
+    rc = litevar_main([str(a) for a in argv])
+    if rc:
+        sys.exit(f"litevar {' '.join(map(str, argv))} failed with exit code {rc}")
+
+
+def table(rows, bench: dict) -> str:
+    by_path = {e["plan"]: e for e in bench["plans"]}
+    d = bench["dense"]
+    lines = [f"dense: {d['latency_ms']:.1f} ms measured; loss on {bench['quality']['n']} calibration samples "
+             f"(nats, the planner's unit); device {bench['device']['name']}, median of {bench['repeats']} "
+             "interleaved runs", "",
+             "| budget = predicted latency of | budget ms | recipe ms | plan ms | recipe loss | plan loss "
+             "| plan no slower | plan lower loss |", "|---|---:|---:|---:|---:|---:|:-:|:-:|"]
+    for spec, rec, vs in rows:
+        r, p = by_path[str(rec)], by_path[str(vs)]
+        rm, pm = r["measured"], p["measured"]
+        lines.append(f"| {spec} | {r['predicted']['latency_ms']:.1f} | {rm['latency_ms']:.1f} | {pm['latency_ms']:.1f} "
+                     f"| {rm['loss']:.4f} | {pm['loss']:.4f} | {'yes' if pm['latency_ms'] <= rm['latency_ms'] else 'NO'} "
+                     f"| {'yes' if pm['loss'] < rm['loss'] else 'NO'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    rows = make_plans(args)
+    plans = [str(p) for _, rec, vs in rows for p in (rec, vs)]
+    _cli("bench", *(a for p in plans for a in ("--plan", p)), "--repeats", args.repeats,
+         "--quality", args.quality, "--json", args.json)
+    text = table(rows, json.loads(Path(args.json).read_text()))
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
