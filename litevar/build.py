@@ -27,15 +27,16 @@ def build_vae_var(device, patch_nums=SCHEDULES[256], V=4096, Cvae=32, ch=160, sh
                   num_classes=1000, depth=16, shared_aln=False, attn_l2_norm=True,
                   flash_if_available=True, fused_if_available=True, init_adaln=0.5,
                   init_adaln_gamma=1e-5, init_head=0.02, init_std=-1.0, *,
-                  ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, seed: int = 0, dtype=None):
+                  ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, seed: int = 0, dtype=None, backbone: str = "var"):
     """The official entry point: returns (vae, var), randomly initialised on `device`.
 
     `device="meta"` returns unmaterialised modules (for `load_state_dict(..., assign=True)`).
     flash_if_available / fused_if_available are accepted for compatibility; attention kernels
-    are chosen by the attention backend instead."""
+    are chosen by the attention backend instead. `backbone`: the VQVAE's encoder/decoder,
+    "var" (official) or "compact" (the small shipped model's, litevar.vqvae.CompactEncoder)."""
     with torch.device("meta"):
         vae = VQVAE(vocab_size=V, z_channels=Cvae, ch=ch, ch_mult=tuple(ch_mult), share_quant_resi=share_quant_resi,
-                    v_patch_nums=tuple(patch_nums), num_res_blocks=num_res_blocks)
+                    v_patch_nums=tuple(patch_nums), num_res_blocks=num_res_blocks, backbone=backbone)
         cfg = VARConfig(depth=depth, patch_nums=tuple(patch_nums), num_classes=num_classes, V=V, Cvae=Cvae,
                         shared_aln=shared_aln, attn_l2_norm=attn_l2_norm)
         var = VAR(vae, cfg)
@@ -113,6 +114,8 @@ def infer_var_config(sd: dict[str, torch.Tensor]) -> dict:
 
 
 def infer_vae_config(sd: dict[str, torch.Tensor]) -> dict:
+    if "quantize.embedding.weight" in sd and "encoder.0.weight" in sd:
+        return _infer_compact_vae_config(sd)
     if "quantize.embedding.weight" not in sd or "encoder.conv_in.weight" not in sd:
         raise UserError("not a VQVAE checkpoint: keys quantize.embedding.weight / encoder.conv_in.weight are missing "
                         "(is this the VAR file? pass it with --ckpt)")
@@ -121,9 +124,24 @@ def infer_vae_config(sd: dict[str, torch.Tensor]) -> dict:
     levels = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"encoder\.down\.(\d+)\.", k)))
     ch_mult = tuple(sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in range(levels))
     blocks = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", k)))
+    return dict(V=V, Cvae=Cvae, ch=ch, ch_mult=ch_mult, num_res_blocks=blocks, share_quant_resi=_share_quant_resi(sd),
+                backbone="var")
+
+
+def _share_quant_resi(sd) -> int:
     shared = {m.group(1) for k in sd if (m := re.match(r"quantize\.quant_resi\.qresi_ls\.(\d+)\.", k))}
-    share = len(shared) if shared else (1 if "quantize.quant_resi.qresi.weight" in sd else 0)
-    return dict(V=V, Cvae=Cvae, ch=ch, ch_mult=ch_mult, num_res_blocks=blocks, share_quant_resi=share)
+    return len(shared) if shared else (1 if "quantize.quant_resi.qresi.weight" in sd else 0)
+
+
+def _infer_compact_vae_config(sd) -> dict:
+    """The compact backbone (litevar.vqvae.CompactEncoder): conv_in, then one 4x4 stride-2 conv
+    per extra level (its output width gives ch_mult)."""
+    V, Cvae = sd["quantize.embedding.weight"].shape
+    ch = sd["encoder.0.weight"].shape[0]
+    convs = sorted((int(m.group(1)), sd[k]) for k in sd if (m := re.fullmatch(r"encoder\.(\d+)\.weight", k)))
+    ch_mult = (1, *(w.shape[0] // ch for _, w in convs[1:] if w.shape[-1] == 4))
+    return dict(V=V, Cvae=Cvae, ch=ch, ch_mult=ch_mult, num_res_blocks=1, share_quant_resi=_share_quant_resi(sd),
+                backbone="compact")
 
 
 def infer_patch_nums(num_scales: int, L: int, lvl_1L: torch.Tensor | None = None) -> tuple[int, ...]:
@@ -176,9 +194,10 @@ def load_vae_var(var_ckpt, vae_ckpt, device="cpu", patch_nums=None, depth: int |
     vae, var = build_vae_var("meta", patch_nums=pns, V=vc["V"], Cvae=vc["Cvae"], ch=ac["ch"],
                              share_quant_resi=ac["share_quant_resi"], num_classes=vc["num_classes"],
                              depth=vc["depth"], shared_aln=vc["shared_aln"], attn_l2_norm=vc["attn_l2_norm"],
-                             ch_mult=ac["ch_mult"], num_res_blocks=ac["num_res_blocks"])
+                             ch_mult=ac["ch_mult"], num_res_blocks=ac["num_res_blocks"], backbone=ac["backbone"])
     _strict_load(vae, vae_sd, "VQVAE", ac)
     _strict_load(var, var_sd, "VAR", implied)
+    dtype = dtype or torch.float32  # half-stored weights (e.g. the shipped VAR) run in fp32 + autocast
     vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
     var.to(device=device, dtype=dtype).eval().requires_grad_(False)
     log.info("loaded VAR depth %d (%s) and VQVAE ch %d", vc["depth"], var_ckpt, ac["ch"])

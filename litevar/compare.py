@@ -162,7 +162,8 @@ def row(e: Entry) -> dict:
     meas = (e.bench or {}).get("measured", {})
     speed = (e.bench or {}).get("speedup") or {}
     return {"plan": p.name or Path(e.path).stem, "path": e.path, "device": device_name(p),
-            "resolution": p.resolution, "batch": p.batch, "budgets": budgets_text(p.budgets),
+            "resolution": p.resolution, "batch": p.batch, "budgets": (f"recipe {p.solver['recipe'] or 'dense'}" if "recipe" in p.solver
+                                                  else budgets_text(p.budgets)),
             "pred_latency_ms": pred.get("latency_ms"), "pred_memory_mb": pred.get("memory_mb"),
             "pred_loss": pred.get("loss"), "meas_latency_ms": meas.get("latency_ms"),
             "meas_peak_mb": meas.get("peak_mb"), "meas_loss": meas.get("loss"),
