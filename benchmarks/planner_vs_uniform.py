@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from litevar.atomic import write_text
 from litevar.cli import main as litevar_main
 
 DEFAULT_RECIPES = ("w8a8", "w8a8+qk8", "asc", "paper")
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
     text = table(rows, json.loads(Path(args.json).read_text()))
     print(text)
     if args.markdown:
-        Path(args.markdown).write_text(text + "\n")
+        write_text(args.markdown, text + "\n")
     return 0
 
 

@@ -6,7 +6,6 @@ run as their references (median of repeats, warm-up excluded) and printed as one
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 
@@ -41,9 +40,7 @@ def run(args) -> int:
         report["attention"] = bench_attention(dev, quick)
         print_table(report["attention"])
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=1, default=str)
-        os.replace(tmp, args.json)
+        from litevar.atomic import write_json
+        write_json(args.json, report, default=str)
         print(f"wrote {args.json}")
     return 0

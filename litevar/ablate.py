@@ -14,11 +14,11 @@ beside ours for shape, not for value: different model, data and metric.
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import time
 from pathlib import Path
 
+from litevar.atomic import write_json, write_text
 from litevar.errors import UserError
 from litevar.generate import add_model_arguments, load_model
 
@@ -79,9 +79,9 @@ def _tables(text: str) -> list[int]:
 def measure_row(vae, dense, plan, calib, scorer, args) -> dict:
     """Quality figures of `plan` applied (reference kernels) to a copy of `dense`."""
     from litevar.evaluate import balanced_labels, sample
-    from litevar.runtime import apply_plan
+    from litevar.runtime import planned_copy
     from profiler.quality import loss_of
-    var = apply_plan(vae, copy.deepcopy(dense, memo={id(vae): vae}), plan, kernel="torch")
+    var = planned_copy(vae, dense, plan, kernel="torch")
     loss, top1 = loss_of(vae, var, calib)
     labels = balanced_labels(args.n, var.num_classes)
     imgs, _ = sample(var, labels, args.seed, 4.0, 900, 0.95, args.batch, desc=plan.name)
@@ -124,10 +124,9 @@ def run(args) -> int:
     text = markdown(result)
     print(text)
     if args.out:
-        _atomic_write(args.out, text)
+        write_text(args.out, text)
         print(f"wrote {args.out}")
     if args.json:
-        from litevar.bench import write_json
         write_json(args.json, result)
         print(f"wrote {args.json}")
     return 0
@@ -156,10 +155,3 @@ def markdown(r: dict) -> str:
                          f"| {p['is']:.2f} |" + (f" {p['flops_saved']:.2f}% |" if int(t) == 1 else ""))
         lines.append("")
     return "\n".join(lines)
-
-
-def _atomic_write(path: str, text: str) -> None:
-    import os
-    tmp = Path(path).with_suffix(Path(path).suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -22,18 +22,15 @@ promised}, prediction_error {latency, memory, loss, dense_latency, dense_memory}
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import logging
-import os
 import statistics
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from kernels.select import KernelChoice
+from litevar.atomic import write_json
 from litevar.errors import UserError
 from litevar.generate import add_model_arguments, load_model
 
@@ -165,20 +162,6 @@ def _row(name, m, pred_ms, pred_mb, speedup, promised, pred_loss) -> str:
             f"{_num(m.get('loss'), '9.4f')}{_num(pred_loss, '9.4f')}{_num(m.get('top1'), '8.1%')}")
 
 
-def write_json(path: str | os.PathLike, data: dict) -> None:
-    """Atomic: a temp file in the same folder, then os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ---------------------------------------------------------------------------------------------
 # Command
 
@@ -203,7 +186,7 @@ def _check_same_shape(plans: list, paths: list[str]) -> None:
 
 
 def run(args) -> int:
-    from litevar.runtime import apply_plan
+    from litevar.runtime import planned_copy
     from planner.plan import Plan, arch_of, weights_sha256
     _check_args(args)
     plans = [Plan.load(p) for p in args.plan]
@@ -215,9 +198,8 @@ def run(args) -> int:
     device = var.lvl_1L.device
     models = {"dense": (vae, var)}
     for i, p in enumerate(plans):
-        planned = copy.deepcopy(var, memo={id(vae): vae})  # the copy shares the VQVAE
-        apply_plan(vae, planned, p, kernel=args.kernel, strict_device=args.strict_device, check_weights=False)
-        models[i] = (vae, planned)
+        models[i] = (vae, planned_copy(vae, var, p, kernel=args.kernel, strict_device=args.strict_device,
+                                       check_weights=False))
     m = measure_interleaved(models, plans[0].batch, device, args.repeats, args.warmup, args.dtype)
     if args.quality:
         for name, (loss, top1) in measure_quality(models, args.quality, args.seed).items():

@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import platform
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from litevar import data
+from litevar.atomic import atomic_path, write_text
 
 log = logging.getLogger(__name__)
 
@@ -117,26 +117,14 @@ def load_classifier(path: str | os.PathLike = DEFAULT_PATH) -> Classifier:
     return model.eval()
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def save_classifier(model: Classifier, path: str | os.PathLike, info: dict) -> None:
     """Weights as safetensors (contiguous fp32) and `info` as JSON beside them."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(path, lambda tmp: save_file(state, tmp))
-    text = json.dumps(info, indent=2) + "\n"
-    _atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))
+    with atomic_path(path) as tmp:
+        save_file(state, tmp)
+    write_text(path.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------- training

@@ -17,9 +17,7 @@ import io
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from litevar.atomic import write_json, write_text
 from litevar.errors import UserError
 
 if TYPE_CHECKING:
@@ -156,14 +155,21 @@ def device_name(plan) -> str:
     return str(plan.device.get("name") or plan.device.get("type") or "-")
 
 
+def plan_name(e: Entry) -> str:
+    return e.plan.name or Path(e.path).stem
+
+
+def budgets_of(plan) -> str:
+    return f"recipe {plan.solver['recipe'] or 'dense'}" if "recipe" in plan.solver else budgets_text(plan.budgets)
+
+
 def row(e: Entry) -> dict:
     """One table row: plain JSON data, None where a figure is unknown."""
     p, pred = e.plan, e.plan.predicted
     meas = (e.bench or {}).get("measured", {})
     speed = (e.bench or {}).get("speedup") or {}
-    return {"plan": p.name or Path(e.path).stem, "path": e.path, "device": device_name(p),
-            "resolution": p.resolution, "batch": p.batch, "budgets": (f"recipe {p.solver['recipe'] or 'dense'}" if "recipe" in p.solver
-                                                  else budgets_text(p.budgets)),
+    return {"plan": plan_name(e), "path": e.path, "device": device_name(p),
+            "resolution": p.resolution, "batch": p.batch, "budgets": budgets_of(p),
             "pred_latency_ms": pred.get("latency_ms"), "pred_memory_mb": pred.get("memory_mb"),
             "pred_loss": pred.get("loss"), "meas_latency_ms": meas.get("latency_ms"),
             "meas_peak_mb": meas.get("peak_mb"), "meas_loss": meas.get("loss"),
@@ -248,7 +254,7 @@ def _num(v) -> float:
 
 def frontier_figure(group: list[Entry], frontiers: dict[str, pd.DataFrame], title: str) -> str:
     """Predicted loss vs latency and vs memory: plans (o), their bench (^), the --frontier curves."""
-    from planner.frontier import _pareto
+    from planner.frontier import pareto_mask
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     pts = pd.DataFrame([{"latency_ms": _num(e.plan.predicted.get("latency_ms")),
@@ -259,10 +265,10 @@ def frontier_figure(group: list[Entry], frontiers: dict[str, pd.DataFrame], titl
                                     (axes[1], "memory_mb", "peak_mb", "peak memory (MB)")):
         for name, df in frontiers.items():
             ok = df[df["loss"].notna() & df[x].notna()].reset_index(drop=True)
-            front = ok[_pareto(ok, x)].sort_values(x)
+            front = ok[pareto_mask(ok, x)].sort_values(x)
             ax.plot(front[x], front["loss"], "--", lw=1.2, alpha=0.8, label=f"frontier {_label(Path(name).name)}")
         xy = pts[[x, "loss"]].dropna()
-        front = xy[_pareto(xy, x)].sort_values(x)
+        front = xy[pareto_mask(xy, x)].sort_values(x)
         if len(front) > 1:
             ax.plot(front[x], front["loss"], "-", color="0.6", lw=1, zorder=1, label="Pareto front of these plans")
         labels = {"o": "predicted", "^": "measured (--bench)"}
@@ -271,7 +277,7 @@ def frontier_figure(group: list[Entry], frontiers: dict[str, pd.DataFrame], titl
             if math.isnan(px) or math.isnan(py):
                 continue
             ax.plot(px, py, "o", color=c, ms=7, zorder=3, label=labels.pop("o", None))
-            ax.annotate(_label(row(e)["plan"]), (px, py), xytext=(5, 5 + 9 * (i % 3)),
+            ax.annotate(_label(plan_name(e)), (px, py), xytext=(5, 5 + 9 * (i % 3)),
                         textcoords="offset points", fontsize=8, color=c)
             m = (e.bench or {}).get("measured", {})
             mx, my = _num(m.get(meas_key)), _num(m.get("loss"))
@@ -331,7 +337,7 @@ def format_figure(entries: list[Entry]) -> str:
             ax.text(j, i, names[v - 1], ha="center", va="center", fontsize=7)
     ax.set_yticks(range(len(layers)), layers, fontsize=7)
     ax.xaxis.tick_top()
-    ax.set_xticks(range(len(entries)), [_label(row(e)["plan"]) for e in entries], rotation=30,
+    ax.set_xticks(range(len(entries)), [_label(plan_name(e)) for e in entries], rotation=30,
                   ha="left", fontsize=8)
     handles = [Patch(color=colours[code[n]], label=n + (" (full precision)" if n == "fp" else "")) for n in names]
     if (grid == 0).any():
@@ -441,8 +447,9 @@ WINDOW_CAPTION = (
     "(query, key) pairs the multi-diagonal window keeps at that scale (100%: dense).")
 
 
-def render_html(entries: list[Entry], frontiers: dict[str, pd.DataFrame], bench_paths: list[str]) -> str:
-    esc, rows = html.escape, [row(e) for e in entries]
+def render_html(entries: list[Entry], rows: list[dict], frontiers: dict[str, pd.DataFrame],
+                bench_paths: list[str]) -> str:
+    esc = html.escape
     title = f"litevar compare: {len(entries)} plan{'s' * (len(entries) != 1)}"
     sources = (f"Plans: {', '.join(r['path'] for r in rows)}. Bench files: {', '.join(bench_paths) or 'none'}. "
                f"Frontier files: {', '.join(frontiers) or 'none'}.")
@@ -450,7 +457,7 @@ def render_html(entries: list[Entry], frontiers: dict[str, pd.DataFrame], bench_
              f"<p class=cap>{TABLE_CAPTION}</p>", "<h2>Loss against latency and memory</h2>"]
     for (dev, res), group in groups(entries).items():
         name = f"{dev}, {res} px"
-        unplotted = [row(e)["plan"] for e in group if any(math.isnan(_num(e.plan.predicted.get(k)))
+        unplotted = [plan_name(e) for e in group if any(math.isnan(_num(e.plan.predicted.get(k)))
                                                           for k in ("latency_ms", "memory_mb", "loss"))]
         note = f" Not drawn (no predicted latency, memory or loss): {', '.join(unplotted)}." if unplotted else ""
         parts.append(_figure(frontier_figure(group, frontiers, name), f"frontier {name}",
@@ -475,19 +482,6 @@ def render_html(entries: list[Entry], frontiers: dict[str, pd.DataFrame], bench_
 # Command
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """A temp file in the same folder, then os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _check_out(flag: str, path: str | None) -> None:
     if path is None:
         return
@@ -508,9 +502,9 @@ def run(args) -> int:
     rows = [row(e) for e in entries]
     print(format_table(rows))
     if args.json:
-        write_atomic(args.json, json.dumps({"format": "litevar-compare", "version": 1, "rows": rows}, indent=1) + "\n")
+        write_json(args.json, {"format": "litevar-compare", "version": 1, "rows": rows})
         print(f"wrote {args.json}")
     if args.html:
-        write_atomic(args.html, render_html(entries, frontiers, args.bench))
+        write_text(args.html, render_html(entries, rows, frontiers, args.bench))
         print(f"wrote {args.html}")
     return 0

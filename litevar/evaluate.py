@@ -11,13 +11,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import time
 
 import torch
 
+from litevar.atomic import write_json
 from litevar.errors import UserError
 from litevar.generate import add_model_arguments, autocast, load_model
 
@@ -166,10 +165,8 @@ def run(args) -> int:
     vae, dense = load_model(args)
     var = dense
     if plan is not None:
-        import copy
-
-        from litevar.runtime import apply_plan
-        var = apply_plan(vae, copy.deepcopy(dense, memo={id(vae): vae}), plan)
+        from litevar.runtime import planned_copy
+        var = planned_copy(vae, dense, plan)
     labels = balanced_labels(args.n, var.num_classes)
     imgs, _ = sample(var, labels, args.seed, args.cfg, args.top_k, args.top_p, args.batch, args.dtype)
     report = {"n": args.n, "cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
@@ -184,10 +181,7 @@ def run(args) -> int:
     report["seconds"] = round(time.perf_counter() - t0, 1)
     print_report(report)
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=1)
-        os.replace(tmp, args.json)
+        write_json(args.json, report)
         print(f"wrote {args.json}")
     return 0
 

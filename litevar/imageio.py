@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from litevar.atomic import atomic_path
 
 
 def as_uint8_nhwc(images: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -50,15 +51,8 @@ def save_png(image_HW3: np.ndarray, path: str | os.PathLike) -> Path:
     """Write one uint8 (H, W, 3) image as PNG atomically; creates the parent directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(image_HW3).save(f, format="PNG")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        Image.fromarray(image_HW3).save(tmp, format="PNG")
     return path
 
 

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 
@@ -94,6 +95,11 @@ def apply_plan(vae, var, plan: Plan | str | os.PathLike, device: torch.device | 
     log.info("applied plan %r: %d quantized linear layers, attention changed in blocks %s",
              plan.name, quantized, attention_layers(plan))
     return var
+
+
+def planned_copy(vae, var, plan: Plan | str | os.PathLike, **kw):
+    """apply_plan on a copy of `var` that shares `vae` (the dense model stays usable beside it)."""
+    return apply_plan(vae, copy.deepcopy(var, memo={id(vae): vae}), plan, **kw)
 
 
 def _set_attention(var, plan: Plan, kernel: KernelChoice, device: torch.device) -> None:

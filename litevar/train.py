@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from litevar.atomic import atomic_path, write_text
 from litevar.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -93,9 +94,8 @@ def _cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
 
 
 def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _resume(path: Path, model, opt, gen: torch.Generator) -> int:
@@ -285,8 +285,8 @@ def run(args) -> int:
     if "vae" in stages:
         t = time.perf_counter()
         vae = train_vae(cfg, work, device, args.ckpt_every)
-        save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(out / "vae.safetensors.tmp"))
-        os.replace(out / "vae.safetensors.tmp", out / "vae.safetensors")
+        with atomic_path(out / "vae.safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, tmp)
         times["vae_s"] = round(time.perf_counter() - t, 1)
     if "var" in stages:
         t = time.perf_counter()
@@ -297,8 +297,8 @@ def run(args) -> int:
         tokens = tokenize(vae, x_all)
         del x_all
         var = train_var(cfg, vae, tokens, labels, work, device, args.ckpt_every)
-        save_file(shipped_var_state(var), str(out / "var.safetensors.tmp"))
-        os.replace(out / "var.safetensors.tmp", out / "var.safetensors")
+        with atomic_path(out / "var.safetensors") as tmp:
+            save_file(shipped_var_state(var), tmp)
         times["var_s"] = round(time.perf_counter() - t, 1)
     card = {"recipe": asdict(cfg), "seconds": times, "threads": torch.get_num_threads(),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -307,8 +307,6 @@ def run(args) -> int:
     if card_path.exists():  # keep the times of stages not re-run now
         old = json.loads(card_path.read_text())
         card["seconds"] = {**old.get("seconds", {}), **times}
-    tmp = card_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(card, indent=1))
-    os.replace(tmp, card_path)
+    write_text(card_path, json.dumps(card, indent=1))
     print(f"trained {sorted(stages)} into {out}: {card['seconds']}")
     return 0

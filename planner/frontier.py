@@ -8,12 +8,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from litevar.atomic import atomic_path
 from litevar.errors import UserError
 from planner.problem import Budgets, Problem
 from planner.slots import slot_hulls
@@ -50,11 +50,11 @@ def sweep(problem: Problem, kind: str, points: int = 8, settings: SolverSettings
                      m.attn_flops, m.avg_bits, len(sol.selection.cfg_shared), s["status"], s["gap"], s["gap_full"],
                      s["seconds"], False])
     df = pd.DataFrame(rows, columns=COLUMNS)
-    df["pareto"] = _pareto(df, "latency_ms" if kind == "latency" else "memory_mb")
+    df["pareto"] = pareto_mask(df, "latency_ms" if kind == "latency" else "memory_mb")
     return df
 
 
-def _pareto(df: pd.DataFrame, x: str) -> np.ndarray:
+def pareto_mask(df: pd.DataFrame, x: str) -> np.ndarray:
     """True where no other solved point has <= x and <= loss, one of them strictly."""
     ok = df["loss"].notna().to_numpy()
     X, Y = df[x].to_numpy(float), df["loss"].to_numpy(float)
@@ -70,8 +70,10 @@ def write(df: pd.DataFrame, out: str | os.PathLike, kind: str, title: str = "") 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     png = out.with_suffix(".png")
-    _atomic(out, lambda p: df.to_csv(p, index=False))
-    _atomic(png, lambda p: _plot(df, kind, title, p))
+    with atomic_path(out) as tmp:
+        df.to_csv(tmp, index=False)
+    with atomic_path(png) as tmp:
+        _plot(df, kind, title, tmp)
     return out, png
 
 
@@ -93,14 +95,3 @@ def _plot(df: pd.DataFrame, kind: str, title: str, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
-
-
-def _atomic(path: Path, write_fn) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 
 from kernels.formats import FORMATS, get_format
 from kernels.windows import WindowConfig
+from litevar.atomic import write_text
 from litevar.errors import UserError
 from litevar.schedules import SCHEDULES
 
@@ -211,17 +211,7 @@ class Plan:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the plan as JSON atomically (temp file in the same folder, then os.replace)."""
-        path = Path(path)
-        text = self.to_json()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Plan:

@@ -298,13 +298,12 @@ def fit_e2e(cm: dict, arch: dict, e2e) -> dict:
     coefficients. A quantized family gets its own alpha when a generation ran it (its
     in-model speed differs from the isolated one differently from dense kernels'); coef[0] is
     the dense alpha."""
-    ks = [kernel_ms(cm, arch, _row_patch_nums(row), int(row["batch"]), **config_spec(row["config"], arch))
-          for _, row in e2e.iterrows()]
-    quant = sorted({k for kr in ks for k, v in kr["by_kernel"].items() if k != "dense" and v > 0})
-    A = [np.concatenate([[kr["by_kernel"]["dense"]], [kr["by_kernel"].get(q, 0.0) for q in quant],
-                         e2e_features(arch, _row_patch_nums(row), int(row["batch"]))])
-         for kr, (_, row) in zip(ks, e2e.iterrows())]
-    y = [float(row["ms"]) for _, row in e2e.iterrows()]
+    runs = [(_row_patch_nums(row), int(row["batch"]), row["config"], float(row["ms"])) for _, row in e2e.iterrows()]
+    ks = [kernel_ms(cm, arch, pns, b, **config_spec(c, arch))["by_kernel"] for pns, b, c, _ in runs]
+    quant = sorted({k for by in ks for k, v in by.items() if k != "dense" and v > 0})
+    A = [np.concatenate([[by["dense"]], [by.get(q, 0.0) for q in quant], e2e_features(arch, pns, b)])
+         for by, (pns, b, _, _) in zip(ks, runs)]
+    y = [ms for *_, ms in runs]
     n_alpha, n = 1 + len(quant), len(E2E_FEATURES) - 1
     lower = np.r_[np.full(n_alpha, ALPHA_BOUNDS[0]), np.zeros(n)]
     upper = np.r_[np.full(n_alpha, ALPHA_BOUNDS[1]), np.full(n, np.inf)]

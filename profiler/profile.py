@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from litevar.atomic import write_text
 from litevar.errors import UserError
 
 FORMAT, VERSION = "litevar-profile", 1
@@ -75,10 +76,7 @@ class Profile:
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json())
-        os.replace(tmp, path)
-        return path
+        return write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Profile":
