@@ -36,6 +36,7 @@ import dataclasses
 import gc
 import logging
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ class CostSettings:
     dtype: str = "fp32"  # runtime compute dtype (litevar generate --dtype)
     warmup: int = 2  # kernel calls before timing
     repeats: int = 7  # timed kernel calls (median)
-    e2e_repeats: int = 3  # timed generations (median) after one warm-up generation
+    e2e_repeats: int = 7  # timed generations (median), interleaved over all of them, after a warm-up each
     formats: tuple[str, ...] | None = None  # None: every native format on the device + EMULATED_FORMAT
     mdwa: bool = True  # time the windowed backends (FlexAttention compiles ~20 s per shape on CPU)
     mdwa_shapes: int = 3  # largest attention shapes timed with windows
@@ -79,7 +80,8 @@ class CostSettings:
     # quantized generations fitted on (second-largest schedule): each native kernel family in a
     # few layer kinds, which sets its in-model factor (alpha)
     fit_configs: tuple[str, ...] = ("W8A8:fc1,fc2", "W8A8:mat_qkv,proj,ada_lin,head,word_embed",
-                                    "W4A8:fc1,fc2", "W4A16:fc1,fc2")
+                                    "W4A8:fc1,fc2", "W4A8:mat_qkv,proj,ada_lin,head,word_embed",
+                                    "W4A16:fc1,fc2", "W4A16:mat_qkv,proj,ada_lin,head,word_embed")
     # held-out quantized generations (model's schedule): formats mixed over other layer kinds
     validate_configs: tuple[str, ...] = ("W4A8:mat_qkv,proj;W8A8:fc1,fc2,head",)
 
@@ -257,26 +259,49 @@ def peak_memory_mb(fn, device) -> float:
     return allocated_peak_mb(fn)
 
 
-def measure_e2e(vae, var, patch_nums, batch: int, device, repeats: int = 3, dtype: str = "fp32",
-                warmup: int = 1, rss: dict | None = None) -> tuple[float, float]:
-    """(median ms, peak MB) of generating `batch` images (CFG 4, top-k 900, top-p 0.95).
-    Peak MB = bytes of VAR and VAE + peak_memory_mb of one more generation. With `rss` (a
-    dict, CPU only) rss["mb"] also gets the model bytes + the RSS growth of another one."""
+def _generation(var, batch: int, dtype: str):
+    """One timed unit of work: generating `batch` images (CFG 4, top-k 900, top-p 0.95)."""
     from litevar.generate import generate
+    labels = [i % var.num_classes for i in range(batch)]
+    return lambda: generate(var, labels, seed=0, cfg=4.0, top_k=900, top_p=0.95, dtype_name=dtype, progress=False)
+
+
+def _check_schedule(var, patch_nums) -> None:
     if tuple(var.patch_nums) != tuple(patch_nums):
         raise ValueError(f"measure_e2e: the VAR runs patch_nums {tuple(var.patch_nums)}, not {tuple(patch_nums)}; "
                          "build one for this schedule with model_for_schedule")
-    labels = [i % var.num_classes for i in range(batch)]
+
+
+def generation_peak_mb(vae, var, run, device, rss: dict | None = None) -> float:
+    """Peak MB of one generation `run`: bytes of VAR and VAE + peak_memory_mb of the run. With
+    `rss` (a dict, CPU only) rss["mb"] also gets the model bytes + the RSS growth of another run."""
     dev = torch.device(device)
-
-    def run():
-        generate(var, labels, seed=0, cfg=4.0, top_k=900, top_p=0.95, dtype_name=dtype, progress=False)
-
-    ms = _time_ms(run, dev.type, warmup, repeats)
     resident = module_bytes(var, vae) / MB
     if rss is not None and dev.type == "cpu" and os.path.exists("/proc/self/clear_refs"):
         rss["mb"] = resident + rss_peak_mb(run)
-    return ms, resident + peak_memory_mb(run, dev)
+    return resident + peak_memory_mb(run, dev)
+
+
+def measure_e2e(vae, var, patch_nums, batch: int, device, repeats: int = 3, dtype: str = "fp32",
+                warmup: int = 1, rss: dict | None = None) -> tuple[float, float]:
+    """(median ms, peak MB) of generating `batch` images (see generation_peak_mb)."""
+    _check_schedule(var, patch_nums)
+    run = _generation(var, batch, dtype)
+    ms = _time_ms(run, torch.device(device).type, warmup, repeats)
+    return ms, generation_peak_mb(vae, var, run, device, rss)
+
+
+def interleaved_ms(runs: list, device, repeats: int) -> list[float]:
+    """Median ms of each run, timed round-robin (one warm-up each first) so that a drifting
+    machine slows every run alike instead of the ones timed in a slow minute."""
+    dev = torch.device(device)
+    for run in runs:
+        run()
+    times = [[] for _ in runs]
+    for _ in range(repeats):
+        for i, run in enumerate(runs):
+            times[i].append(_time_ms(run, dev.type, 0, 1))
+    return [statistics.median(t) for t in times]
 
 
 def model_for_schedule(vae, var, patch_nums):
@@ -399,18 +424,25 @@ def e2e_plan(resolutions, batches, own_pns, holdout_resolution, holdout_batch, s
 
 
 def measure_generations(vae, var, arch, plan, device, settings: CostSettings, progress=True) -> pd.DataFrame:
-    """cost_e2e: median ms and peak MB of each planned generation."""
-    rows = []
-    for pns, batch, config, held_out in _bar(plan, "cost: generations", progress):
+    """cost_e2e: median ms (repeats interleaved over every planned generation) and peak MB of
+    each planned generation."""
+    models, runs, rows = [], [], []
+    for pns, batch, config, held_out in _bar(plan, "cost: generations (memory)", progress):
         vae_s, var_s = model_for_schedule(vae, var, pns)
         formats = cmod.config_spec(config, arch)["formats"]
         if formats:
             var_s = swap_linears(copy.deepcopy(var_s), formats)
+        _check_schedule(var_s, pns)
+        run = _generation(var_s, batch, settings.dtype)
         rss: dict = {}
-        ms, peak = measure_e2e(vae_s, var_s, pns, batch, device, settings.e2e_repeats, settings.dtype, rss=rss)
-        rows.append((pns[-1] * getattr(vae, "downsample", 1), batch, config, ms, peak, ",".join(map(str, pns)),
-                     held_out, rss.get("mb", float("nan"))))
-        del var_s
+        peak = generation_peak_mb(vae_s, var_s, run, device, rss)
+        models.append(var_s)
+        runs.append(run)
+        rows.append([pns[-1] * getattr(vae, "downsample", 1), batch, config, float("nan"), peak,
+                     ",".join(map(str, pns)), held_out, rss.get("mb", float("nan"))])
+    for row, ms in zip(rows, interleaved_ms(_bar(runs, "cost: generations (warm-up)", progress),
+                                            device, settings.e2e_repeats)):
+        row[3] = ms
     return pd.DataFrame(rows, columns=E2E_COLUMNS)
 
 

@@ -378,8 +378,8 @@ def attn_ms(cm: dict, B: int, H: int, D: int, q_len: int, kv_len: int, kept: flo
 
 def config_spec(config: str, arch: dict) -> dict:
     """The predict() arguments of an e2e config name: 'dense' (everything fp, dense attention)
-    or '<FORMAT>:<kind>,<kind>[;<FORMAT>:<kind>...]' (those linear kinds in FORMAT, e.g.
-    'W8A8:fc1,fc2;W4A16:head')."""
+    or '<FORMAT>:<kind>,<kind>[;<FORMAT>:<kind>...]' (those linear kinds in FORMAT where the
+    format applies to their input width, e.g. 'W8A8:fc1,fc2;W4A16:head')."""
     formats = {}
     for group in ([] if config == "dense" else config.split(";")):
         fmt, _, kinds = group.partition(":")
@@ -388,7 +388,8 @@ def config_spec(config: str, arch: dict) -> dict:
         if not fmt or not wanted or bad:
             raise ValueError(f"e2e config {config!r}: use 'dense' or '<FORMAT>:<kind>,...[;...]', e.g. "
                              f"'W8A8:fc1,fc2', with kinds from {', '.join(LINEAR_KINDS)}")
-        formats.update({fqn: fmt for fqn, _, _, kind in linear_layers(arch) if kind in wanted})
+        formats.update({fqn: fmt for fqn, K, _, kind in linear_layers(arch)  # kinds whose K suits fmt
+                        if kind in wanted and format_applies(K, fmt)})
     return {"formats": formats, "kept": {}, "cfg_shared": set(), "qk_int8": set()}
 
 
