@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import statistics
-import time
 from dataclasses import replace
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from kernels.bench_gemm import interleaved_ms
 from kernels.mdwa import CFGShared, FlexMDWA, LayerOptions, MaskedReference, TritonMDWA
 from kernels.select import triton_available
 from kernels.windows import WindowConfig, dense_mask, kept_pairs
@@ -57,25 +56,6 @@ def windows_for_kept(patch_nums, heads: int, target: float = TARGET_KEPT) -> Win
         mid = (lo + hi) // 2
         lo, hi = (mid + 1, hi) if kept(mid) < target else (lo, mid)
     return WindowConfig.uniform(patch_nums, [0], heads, lo)
-
-
-def _interleaved_ms(fns: dict[str, Callable[[], object]], reps: int, device: torch.device
-                    ) -> dict[str, float]:
-    """Median wall time (ms) of each fn; one warm-up call each (compiles, caches), then the
-    reps interleaved so that a shared machine's load hits every backend alike."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _reference_rows(q, k, v, windows: WindowConfig, ctx: AttnCall, rows):
@@ -145,7 +125,7 @@ def _bench_case(dev, dtype, res: int, H: int, B: int, note: str, reps: int) -> l
     backends = _backends(dev, windows, small)
     ctxs = {name: ctx if "ASC" in name else replace(ctx, cfg_batch=0) for name in backends}
     log.info("bench %d px (H=%d, B=%d): %s", res, H, B, ", ".join(backends))
-    ms = _interleaved_ms({name: functools.partial(b, q, kk, v, ctxs[name])
+    ms = interleaved_ms({name: functools.partial(b, q, kk, v, ctxs[name])
                           for name, b in backends.items()}, reps, dev)
     out = []
     for name, backend in backends.items():

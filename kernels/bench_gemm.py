@@ -12,7 +12,7 @@ import logging
 import statistics
 import sys
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -65,6 +65,26 @@ def _time_ms(fn: Callable, device: str, warmup: int, repeats: int) -> float:
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def interleaved_ms(fns: dict[str, Callable[[], object]], reps: int, device: torch.device,
+                   rounds: Callable[[range], Iterable] = iter) -> dict[str, float]:
+    """Median wall time (ms) of each fn; one warm-up call each (compiles, caches), then the
+    reps interleaved so that a shared machine's load hits every fn alike. `rounds` wraps the
+    range of rounds (e.g. a progress bar)."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in rounds(range(reps)):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def device_peaks(device: str) -> dict | None:

@@ -36,7 +36,6 @@ import dataclasses
 import gc
 import logging
 import os
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ from torch import nn
 from torch._C._profiler import _EventType
 
 from kernels.bench_attention import windows_for_kept
-from kernels.bench_gemm import _time_ms
+from kernels.bench_gemm import _time_ms, interleaved_ms
 from kernels.formats import FORMATS, capability
 from kernels.qlinear import QuantLinear, swap_linears
 from kernels.windows import WindowConfig, kept_fraction
@@ -291,19 +290,6 @@ def measure_e2e(vae, var, patch_nums, batch: int, device, repeats: int = 3, dtyp
     return ms, generation_peak_mb(vae, var, run, device, rss)
 
 
-def interleaved_ms(runs: list, device, repeats: int) -> list[float]:
-    """Median ms of each run, timed round-robin (one warm-up each first) so that a drifting
-    machine slows every run alike instead of the ones timed in a slow minute."""
-    dev = torch.device(device)
-    for run in runs:
-        run()
-    times = [[] for _ in runs]
-    for _ in range(repeats):
-        for i, run in enumerate(runs):
-            times[i].append(_time_ms(run, dev.type, 0, 1))
-    return [statistics.median(t) for t in times]
-
-
 def model_for_schedule(vae, var, patch_nums):
     """(vae, var) running `patch_nums`: the model itself for its own schedule, else a
     random-initialised VAR of the same config and a VAE sharing the model's weights."""
@@ -426,7 +412,7 @@ def e2e_plan(resolutions, batches, own_pns, holdout_resolution, holdout_batch, s
 def measure_generations(vae, var, arch, plan, device, settings: CostSettings, progress=True) -> pd.DataFrame:
     """cost_e2e: median ms (repeats interleaved over every planned generation) and peak MB of
     each planned generation."""
-    models, runs, rows = [], [], []
+    runs, rows = [], []
     for pns, batch, config, held_out in _bar(plan, "cost: generations (memory)", progress):
         vae_s, var_s = model_for_schedule(vae, var, pns)
         formats = cmod.config_spec(config, arch)["formats"]
@@ -436,13 +422,13 @@ def measure_generations(vae, var, arch, plan, device, settings: CostSettings, pr
         run = _generation(var_s, batch, settings.dtype)
         rss: dict = {}
         peak = generation_peak_mb(vae_s, var_s, run, device, rss)
-        models.append(var_s)
         runs.append(run)
         rows.append([pns[-1] * getattr(vae, "downsample", 1), batch, config, float("nan"), peak,
                      ",".join(map(str, pns)), held_out, rss.get("mb", float("nan"))])
-    for row, ms in zip(rows, interleaved_ms(_bar(runs, "cost: generations (warm-up)", progress),
-                                            device, settings.e2e_repeats)):
-        row[3] = ms
+    ms = interleaved_ms(dict(enumerate(runs)), settings.e2e_repeats, torch.device(device),
+                        rounds=lambda r: _bar(r, "cost: generations (rounds)", progress))
+    for i, row in enumerate(rows):
+        row[3] = ms[i]
     return pd.DataFrame(rows, columns=E2E_COLUMNS)
 
 
