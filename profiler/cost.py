@@ -423,13 +423,12 @@ def measure_generations(vae, var, arch, plan, device, settings: CostSettings, pr
         rss: dict = {}
         peak = generation_peak_mb(vae_s, var_s, run, device, rss)
         runs.append(run)
-        rows.append([pns[-1] * getattr(vae, "downsample", 1), batch, config, float("nan"), peak,
-                     ",".join(map(str, pns)), held_out, rss.get("mb", float("nan"))])
+        rows.append({"resolution": pns[-1] * getattr(vae, "downsample", 1), "batch": batch, "config": config,
+                     "peak_mb": peak, "patch_nums": ",".join(map(str, pns)), "held_out": held_out,
+                     "rss_mb": rss.get("mb", float("nan"))})
     ms = interleaved_ms(dict(enumerate(runs)), settings.e2e_repeats, torch.device(device),
                         rounds=lambda r: _bar(r, "cost: generations (rounds)", progress))
-    for i, row in enumerate(rows):
-        row[3] = ms[i]
-    return pd.DataFrame(rows, columns=E2E_COLUMNS)
+    return pd.DataFrame([{**row, "ms": ms[i]} for i, row in enumerate(rows)], columns=E2E_COLUMNS)
 
 
 def run_cost_stage(vae, var, arch: dict, device, resolutions=None, batches=(1, 2), progress: bool = True,
