@@ -47,7 +47,7 @@ def var_shapes(quick: bool, device: str) -> list[tuple[str, int, int, int, int]]
             for d in depths for px in pxs for layer in layers]
 
 
-def _time_ms(fn: Callable, device: str, warmup: int, repeats: int) -> float:
+def time_ms(fn: Callable, device: str, warmup: int, repeats: int) -> float:
     """Median milliseconds of fn() over `repeats` runs after `warmup` runs."""
     for _ in range(warmup):
         fn()
@@ -143,8 +143,8 @@ def _bench_shape(layer, depth, M, N, K, device, quick, triton_ok, peaks) -> list
                              else "skipped: triton not installed")
             continue
         out = (layer_fn or gemm_fn)()
-        row["ms"] = _time_ms(gemm_fn, device, warmup, repeats)
-        row["ms_layer"] = row["ms"] if layer_fn in (None, gemm_fn) else _time_ms(
+        row["ms"] = time_ms(gemm_fn, device, warmup, repeats)
+        row["ms_layer"] = row["ms"] if layer_fn in (None, gemm_fn) else time_ms(
             layer_fn, device, warmup, repeats)
         dense_ms = dense_ms or row["ms"]
         peak = None if peaks is None else peaks["int8" if kernel in ("w8a8", "w4a8") else "bf16"]

@@ -89,16 +89,24 @@ class DenseAttention:
         return F.scaled_dot_product_attention(q_BHlc, k_BHLc, v_BHLc, scale=ctx.softmax_scale)
 
     def attend_scales(self, q_BHlc, k_BHLc, v_BHLc, ctx: AttnCall, scales: range) -> torch.Tensor:
-        """All scales from 0 at once with a block-causal boolean mask when L is small (training)."""
+        """All scales from 0 at once (training): the last scale sees every key, so it runs
+        unmasked; the scales before it run as one call with a block-causal boolean mask when
+        their L is small."""
         if scales[0] != 0 or ctx.layout.end[scales[-1]] > self.max_masked_L:
             return attend_per_scale(self, q_BHlc, k_BHLc, v_BHLc, ctx, scales)
-        L = ctx.layout.end[scales[-1]]
-        lvl = torch.repeat_interleave(torch.arange(len(scales), device=q_BHlc.device),
-                                      torch.tensor([pn * pn for pn in ctx.layout.patch_nums[:len(scales)]],
+        head, last = scales[:-1], scales[-1]
+        L, Lh = ctx.layout.end[last], ctx.layout.begin[last]  # all tokens; those before the last scale
+        o_last = F.scaled_dot_product_attention(q_BHlc[:, :, Lh:L], k_BHLc[:, :, :L], v_BHLc[:, :, :L],
+                                                scale=ctx.softmax_scale)
+        if not head:
+            return o_last
+        lvl = torch.repeat_interleave(torch.arange(len(head), device=q_BHlc.device),
+                                      torch.tensor([pn * pn for pn in ctx.layout.patch_nums[:len(head)]],
                                                    device=q_BHlc.device))
         mask_LL = lvl[:, None] >= lvl[None, :]
-        return F.scaled_dot_product_attention(q_BHlc, k_BHLc[:, :, :L], v_BHLc[:, :, :L], attn_mask=mask_LL,
-                                              scale=ctx.softmax_scale)
+        o_head = F.scaled_dot_product_attention(q_BHlc[:, :, :Lh], k_BHLc[:, :, :Lh], v_BHLc[:, :, :Lh],
+                                                attn_mask=mask_LL, scale=ctx.softmax_scale)
+        return torch.cat([o_head, o_last], dim=2)
 
 
 class KVCache:

@@ -17,7 +17,13 @@ dtype, quality ({n, cfg, seed} or null), dense {latency_ms, latency_ms_runs, pea
 loss, top1}, plans [{plan, plan_name, plan_sha256, measured {as dense}, predicted (the plan's
 latency_ms, memory_mb, loss, dense_latency_ms, dense_memory_mb, speedup), speedup {measured,
 promised}, prediction_error {latency, memory, loss, dense_latency, dense_memory} =
-(predicted - measured) / measured}]; missing figures are null.
+(predicted - measured) / measured, latency_drift_corrected}]; missing figures are null.
+
+latency_drift_corrected (table: "adj") is the latency error with the prediction scaled by this
+run's measured / predicted dense latency, i.e. the error of the predicted latency relative to
+dense. A machine whose speed drifts between profiling and benching (a shared VM: +-25% within
+minutes here) moves every raw error alike; the dense model, timed in the same rounds, is the
+reference that cancels it.
 """
 from __future__ import annotations
 
@@ -101,6 +107,13 @@ def rel_err(predicted, measured) -> float | None:
     return (predicted - measured) / measured
 
 
+def drift_corrected_err(pred_ms, measured_ms, pred_dense_ms, measured_dense_ms) -> float | None:
+    """Error of the predicted latency relative to dense: (pred / pred_dense) vs (measured / measured_dense)."""
+    if None in (pred_ms, pred_dense_ms) or not measured_dense_ms:
+        return None
+    return rel_err(pred_ms / pred_dense_ms * measured_dense_ms, measured_ms)
+
+
 def plan_entry(plan, path: str, dense: E2E, m: E2E) -> dict:
     from planner.build import profile_sha256 as file_sha256
     pred = plan.predicted
@@ -117,7 +130,9 @@ def plan_entry(plan, path: str, dense: E2E, m: E2E) -> dict:
             "memory": rel_err(pred.get("memory_mb"), m.peak_mb),
             "loss": rel_err(pred.get("loss"), m.loss),
             "dense_latency": rel_err(pred.get("dense_latency_ms"), dense.latency_ms),
-            "dense_memory": rel_err(pred.get("dense_memory_mb"), dense.peak_mb)},
+            "dense_memory": rel_err(pred.get("dense_memory_mb"), dense.peak_mb),
+            "latency_drift_corrected": drift_corrected_err(pred.get("latency_ms"), m.latency_ms,
+                                                           pred.get("dense_latency_ms"), dense.latency_ms)},
     }
 
 
@@ -143,21 +158,24 @@ def format_table(r: dict) -> str:
              f"interleaved runs after {r['warmup']} warm-up")
     if q:
         title += f"; loss: profile unit (nats) on {q['n']} calibration samples, seed {q['seed']}"
-    head = (f"{'model':24}{'latency ms':>10}{'pred':>8}{'err':>8}{'peak MB':>9}{'pred':>8}{'err':>8}"
+    head = (f"{'model':24}{'latency ms':>10}{'pred':>8}{'err':>8}{'adj':>8}{'peak MB':>9}{'pred':>8}{'err':>8}"
             f"{'speedup':>9}{'promised':>9}{'loss':>9}{'pred':>9}{'top1':>8}")
     dense = r["dense"]
     pred0 = r["plans"][0]["predicted"]
-    rows = [_row("dense", dense, pred0.get("dense_latency_ms"), pred0.get("dense_memory_mb"), 1.0, 1.0, 0.0)]
+    rows = [_row("dense", dense, pred0.get("dense_latency_ms"), pred0.get("dense_memory_mb"), 1.0, 1.0, 0.0, 0.0)]
     for e in r["plans"]:
         p = e["predicted"]
         rows.append(_row(e["plan_name"] or Path(e["plan"]).stem, e["measured"], p["latency_ms"], p["memory_mb"],
-                         e["speedup"]["measured"], e["speedup"]["promised"], p["loss"]))
-    return "\n".join([title, head, *rows])
+                         e["speedup"]["measured"], e["speedup"]["promised"], p["loss"],
+                         e["prediction_error"]["latency_drift_corrected"]))
+    return "\n".join([title, head, *rows, "adj: latency error relative to dense (drift between profile and bench "
+                                          "cancels)"])
 
 
-def _row(name, m, pred_ms, pred_mb, speedup, promised, pred_loss) -> str:
+def _row(name, m, pred_ms, pred_mb, speedup, promised, pred_loss, adj) -> str:
     return (f"{name[:23]:24}{_num(m['latency_ms'], '10.1f')}{_num(pred_ms, '8.1f')}"
-            f"{_num(rel_err(pred_ms, m['latency_ms']), '8.1%')}{_num(m['peak_mb'], '9.1f')}{_num(pred_mb, '8.1f')}"
+            f"{_num(rel_err(pred_ms, m['latency_ms']), '8.1%')}{_num(adj, '8.1%')}"
+            f"{_num(m['peak_mb'], '9.1f')}{_num(pred_mb, '8.1f')}"
             f"{_num(rel_err(pred_mb, m['peak_mb']), '8.1%')}{_num(speedup, '8.2f')}x{_num(promised, '8.2f')}x"
             f"{_num(m.get('loss'), '9.4f')}{_num(pred_loss, '9.4f')}{_num(m.get('top1'), '8.1%')}")
 

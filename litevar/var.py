@@ -208,11 +208,21 @@ class VAR(nn.Module):
             x_BLC = block(x_BLC, cond_BD_or_gss, self.layout, scales, cfg_batch)
         return x_BLC
 
-    def forward(self, label_B: torch.LongTensor, x_BLCv_wo_first_l: torch.Tensor, cfg_batch: int = 0) -> torch.Tensor:
+    def forward(self, label_B: torch.LongTensor, x_BLCv_wo_first_l: torch.Tensor, cfg_batch: int = 0,
+                n_scales: int | None = None) -> torch.Tensor:
         """Teacher-forced logits (B, L, V) for all scales (class dropout in training mode).
 
         `cfg_batch`: B of the conditional half when the batch is CFG-doubled (for backends that
-        share attention across the CFG halves)."""
+        share attention across the CFG halves). `n_scales`: run only the first n scales (x holds
+        their tokens, logits are (B, end of scale n, V)); attention is block-causal, so these
+        logits equal the first ones of a full call (cheap training of the coarse scales)."""
+        n = len(self.patch_nums) if n_scales is None else n_scales
+        if not 1 <= n <= len(self.patch_nums):
+            raise ValueError(f"n_scales={n_scales}: use 1..{len(self.patch_nums)} (or None for all scales)")
+        L = self.layout.end[n - 1]
+        if x_BLCv_wo_first_l.shape[1] != L - self.first_l:
+            raise ValueError(f"x has {x_BLCv_wo_first_l.shape[1]} tokens; the first {n} scales need "
+                             f"{L - self.first_l} (their tokens after the first scale)")
         B = x_BLCv_wo_first_l.shape[0]
         if self.training and self.cfg.cond_drop_rate > 0:
             drop = torch.rand(B, device=label_B.device) < self.cfg.cond_drop_rate
@@ -221,8 +231,8 @@ class VAR(nn.Module):
             cond_BD = self.class_emb(label_B)
             sos = cond_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, self.first_l, -1)
             x_BLC = torch.cat((sos, self.word_embed(x_BLCv_wo_first_l.float())), dim=1)
-            x_BLC = x_BLC + self.lvl_embed(self.lvl_1L.expand(B, -1)) + self.pos_1LC
-        x_BLC = self._run_blocks(x_BLC, cond_BD, range(len(self.patch_nums)), cfg_batch)
+            x_BLC = x_BLC + self.lvl_embed(self.lvl_1L[:, :L].expand(B, -1)) + self.pos_1LC[:, :L]
+        x_BLC = self._run_blocks(x_BLC, cond_BD, range(n), cfg_batch)
         return self.get_logits(x_BLC, cond_BD)
 
     # -- inference -----------------------------------------------------------------------

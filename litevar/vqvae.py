@@ -314,11 +314,13 @@ class MultiScaleQuantizer(nn.Module):
         return out[-1] if last_one else out
 
     def idxBl_to_var_input(self, gt_ms_idx_Bl: list[torch.Tensor]) -> torch.Tensor | None:
-        """Teacher-forcing input: cumulative f_hat area-downsampled to each next scale, (B, L-pn0^2, Cvae)."""
-        B, C, H, SN = gt_ms_idx_Bl[0].shape[0], self.Cvae, self.patch_nums[-1], len(self.patch_nums)
+        """Teacher-forcing input: cumulative f_hat area-downsampled to each next scale, (B, L-pn0^2, Cvae).
+
+        Given the tokens of only the first n scales, the input of scales 1..n-1 (a VAR prefix)."""
+        B, C, H = gt_ms_idx_Bl[0].shape[0], self.Cvae, self.patch_nums[-1]
         f_hat = gt_ms_idx_Bl[0].new_zeros(B, C, H, H, dtype=torch.float32)
         nxt = []
-        for si in range(SN - 1):
+        for si in range(len(gt_ms_idx_Bl) - 1):
             pn = self.patch_nums[si]
             h = self.embedding(gt_ms_idx_Bl[si]).transpose(1, 2).reshape(B, C, pn, pn)
             f_hat.add_(self.phi(si)(F.interpolate(h, size=(H, H), mode="bicubic")))

@@ -1,7 +1,7 @@
 """Cost stage of the profiler: time the real kernels and whole generations on this device,
 fit profiler.costmodel on them, and validate it on held-out generations.
 
-Timings are medians of `repeats` runs after `warmup` runs (kernels.bench_gemm._time_ms: CUDA
+Timings are medians of `repeats` runs after `warmup` runs (kernels.bench_gemm.time_ms: CUDA
 events on GPU, perf_counter on CPU). Linears run through the real QuantLinear backends (AUTO
 kernel choice: Triton on CUDA, torch on CPU) under the runtime's autocast dtype, attention
 through DenseAttention and kernels.mdwa.make_mdwa_backend (FlexAttention on CPU, Triton on
@@ -46,7 +46,7 @@ from torch import nn
 from torch._C._profiler import _EventType
 
 from kernels.bench_attention import windows_for_kept
-from kernels.bench_gemm import _time_ms, interleaved_ms
+from kernels.bench_gemm import interleaved_ms, time_ms
 from kernels.formats import FORMATS, capability
 from kernels.qlinear import QuantLinear, swap_linears
 from kernels.windows import WindowConfig, kept_fraction
@@ -125,7 +125,7 @@ def measure_linear(K: int, N: int, Ms, fmt: str, device, dtype: str = "fp32", wa
     for M in Ms:
         x_MK = torch.randn(M, K, device=dev)
         with autocast(dev, dtype):
-            times.append(_time_ms(lambda x_MK=x_MK: layer(x_MK), dev.type, warmup, repeats))
+            times.append(time_ms(lambda x_MK=x_MK: layer(x_MK), dev.type, warmup, repeats))
     for M in memory_Ms:
         x_MK = torch.randn(M, K, device=dev)
         with autocast(dev, dtype):
@@ -167,7 +167,7 @@ def measure_attention(patch_nums, scale: int, B: int, H: int, D: int, backend: s
     kept = 1.0
     if windows is not None and (w_Hp := windows.scale_widths(0, scale)) is not None:
         kept = kept_fraction(ScaleLayout(pns), scale, w_Hp, windows.family)
-    return _time_ms(lambda: fn(q, k, v, ctx), dev.type, warmup, repeats), kept
+    return time_ms(lambda: fn(q, k, v, ctx), dev.type, warmup, repeats), kept
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +286,7 @@ def measure_e2e(vae, var, patch_nums, batch: int, device, repeats: int = 3, dtyp
     """(median ms, peak MB) of generating `batch` images (see generation_peak_mb)."""
     _check_schedule(var, patch_nums)
     run = _generation(var, batch, dtype)
-    ms = _time_ms(run, torch.device(device).type, warmup, repeats)
+    ms = time_ms(run, torch.device(device).type, warmup, repeats)
     return ms, generation_peak_mb(vae, var, run, device, rss)
 
 

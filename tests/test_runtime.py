@@ -219,7 +219,9 @@ def test_bench_writes_every_figure(reference, tmp_path, capsys):
     assert e["speedup"]["measured"] == pytest.approx(r["dense"]["latency_ms"] / e["measured"]["latency_ms"])
     err = e["prediction_error"]
     assert err["latency"] == pytest.approx((55.0 - e["measured"]["latency_ms"]) / e["measured"]["latency_ms"])
-    assert set(err) == {"latency", "memory", "loss", "dense_latency", "dense_memory"}
+    assert set(err) == {"latency", "memory", "loss", "dense_latency", "dense_memory", "latency_drift_corrected"}
+    pred_dense, dense_ms = e["predicted"]["dense_latency_ms"], r["dense"]["latency_ms"]  # the plan predicts 80 ms
+    assert err["latency_drift_corrected"] == pytest.approx(55.0 / pred_dense * dense_ms / e["measured"]["latency_ms"] - 1)
     assert e["plan_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -258,3 +260,12 @@ def test_eval_with_plan_reports_fidelity_to_dense(reference, tmp_path, capsys):
     f = r["fidelity_vs_dense"]
     assert r["plan"] == str(path) and len(f["token_agreement_per_scale"]) == len(SCHEDULES[256])
     assert 0 <= f["cfg_kl_sum"] < 0.05  # W8A8 on four layers barely moves the distribution
+
+
+def test_drift_corrected_error_cancels_a_uniform_slowdown():
+    from litevar.bench import drift_corrected_err
+    # profiled: dense 100 ms, plan 50 ms; benched on a machine 20% slower that day: 120 and 60 ms
+    assert drift_corrected_err(50.0, 60.0, 100.0, 120.0) == pytest.approx(0.0)
+    # the plan really is 10% slower than its predicted share of dense
+    assert drift_corrected_err(50.0, 66.0, 100.0, 120.0) == pytest.approx(60 / 66 - 1)
+    assert drift_corrected_err(50.0, 60.0, None, 120.0) is None

@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from litevar import train
+from litevar.errors import UserError
 
 
 def run_train(out, work, stages="vae,var"):
@@ -47,3 +48,82 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     resumed = train.train_vae(cfg, tmp_path / "b", cpu, ckpt_every=1, progress=False)
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_sincos_position_init_is_the_same_function_of_image_position_on_every_scale():
+    patch_nums = (1, 2, 3, 5, 16)
+    pos_LC = train.sincos_pos_init(patch_nums, C=64, amp=0.1)[0]
+    begin = [sum(p * p for p in patch_nums[:i]) for i in range(len(patch_nums))]
+    centre_3, centre_5 = begin[2] + 4, begin[3] + 12  # the middle token of the 3x3 and 5x5 scales
+    assert pos_LC.shape == (sum(p * p for p in patch_nums), 64)
+    torch.testing.assert_close(pos_LC[centre_3], pos_LC[0])  # all at image position (0.5, 0.5)
+    torch.testing.assert_close(pos_LC[centre_5], pos_LC[0])
+    assert pos_LC.abs().max() <= 0.1 + 1e-6
+    fine = pos_LC[begin[4]:]  # distinct positions of the finest scale get distinct embeddings
+    assert torch.cdist(fine, fine).add(torch.eye(256)).min() > 1e-3
+    with pytest.raises(Exception, match="divisible by 4"):
+        train.sincos_pos_init(patch_nums, C=66, amp=0.1)
+
+
+@pytest.mark.parametrize("scheme", ["uniform", "inv_side"])
+def test_token_loss_weights_mean_one_and_per_scale_share(scheme):
+    pns = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+    w = train.token_loss_weights(pns, scheme)
+    assert w.shape == (sum(p * p for p in pns),) and torch.isclose(w.mean(), torch.tensor(1.0))
+    per_scale = torch.stack([s.sum() for s in w.split([p * p for p in pns])])
+    expected = torch.tensor([float(p * p if scheme == "uniform" else p) for p in pns])
+    torch.testing.assert_close(per_scale / per_scale.sum(), expected / expected.sum())
+
+
+def test_unknown_scale_loss_is_refused_with_the_choices():
+    with pytest.raises(Exception, match="uniform"):
+        train.GPTConfig(scale_loss="per_pixel")
+
+
+def _tiny_vae_var():
+    from litevar.build import build_vae_var
+    vae, var = build_vae_var("cpu", patch_nums=(1, 2, 3, 4), V=32, Cvae=8, ch=32, share_quant_resi=4,
+                             num_classes=4, depth=2, ch_mult=(1, 2), num_res_blocks=1)
+    var.init_weights()
+    return vae.eval(), var.eval()
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_prefix_forward_equals_the_first_logits_of_a_full_call(n):
+    """The coarse-scale batches train on the first n scales alone: attention is block-causal, so
+    their logits must equal the first tokens' logits of the teacher-forced call over all scales."""
+    vae, var = _tiny_vae_var()
+    pns, B = vae.quantize.patch_nums, 3
+    gt = [torch.randint(0, 32, (B, pn * pn)) for pn in pns]
+    label = torch.randint(0, 4, (B,))
+    with torch.no_grad():
+        full = var(label, vae.quantize.idxBl_to_var_input(gt))
+        x_prefix = vae.quantize.idxBl_to_var_input(gt[:n])
+        part = var(label, x_prefix if x_prefix is not None else full.new_zeros(B, 0, 8), n_scales=n)
+    L = sum(pn * pn for pn in pns[:n])
+    assert part.shape == (B, L, 32)
+    torch.testing.assert_close(part, full[:, :L], rtol=1e-5, atol=1e-5)
+
+
+def test_prefix_forward_refuses_a_wrong_scale_count_or_length():
+    vae, var = _tiny_vae_var()
+    gt = [torch.randint(0, 32, (2, pn * pn)) for pn in vae.quantize.patch_nums]
+    x = vae.quantize.idxBl_to_var_input(gt)
+    with pytest.raises(ValueError, match="n_scales=5"):
+        var(torch.zeros(2, dtype=torch.long), x, n_scales=5)
+    with pytest.raises(ValueError, match="the first 2 scales need 4"):
+        var(torch.zeros(2, dtype=torch.long), x, n_scales=2)
+
+
+def test_prefix_side_must_be_a_scale():
+    with pytest.raises(UserError, match="prefix_side 7"):
+        train.TrainConfig(var=train.GPTConfig(prefix_side=7))
+
+
+def test_shipped_weights_come_from_the_default_recipe():
+    """The card next to the shipped weights records the recipe that trained them: it must be the
+    one `litevar train` runs by default, or the shipped model is not what the command produces."""
+    import json
+    from dataclasses import asdict
+    card = json.loads((train.ASSETS / "train.json").read_text())
+    assert card["recipe"] == json.loads(json.dumps(asdict(train.TrainConfig())))
