@@ -67,6 +67,7 @@ def _cli(*argv) -> None:
 
 
 def table(rows, bench: dict) -> str:
+    from planner.plan import Plan
     by_path = {e["plan"]: e for e in bench["plans"]}
     d = bench["dense"]
     lines = [f"dense: {d['latency_ms']:.1f} ms measured; loss on {bench['quality']['n']} calibration samples "
@@ -77,7 +78,7 @@ def table(rows, bench: dict) -> str:
     for spec, rec, vs in rows:
         r, p = by_path[str(rec)], by_path[str(vs)]
         rm, pm = r["measured"], p["measured"]
-        budget = json.loads(Path(vs).read_text())["budgets"]["max_latency_ms"]
+        budget = Plan.load(vs).budgets["max_latency_ms"]
         lines.append(f"| {spec} | {r['predicted']['latency_ms']:.1f} | {budget:.1f} "
                      f"| {rm['latency_ms']:.1f} | {pm['latency_ms']:.1f} "
                      f"| {rm['loss']:.4f} | {pm['loss']:.4f} | {'yes' if pm['latency_ms'] <= rm['latency_ms'] else 'NO'} "

@@ -56,7 +56,7 @@ class GPTConfig:
     pos_init_amp: float = 0.1  # peak of each sine/cosine channel (the token embeddings start at ~0.1 RMS)
     scale_loss: str = "inv_side"  # per-token loss weight: "uniform" (official) or "inv_side" (1 / side of its scale)
     prefix_batch: int = 32  # extra samples per step trained on the coarse scales only (0: off)
-    prefix_side: int = 8  # ... the scales up to this side (8: 155 of 680 tokens, ~1/5 of the cost)
+    prefix_side: int = 8  # ... the scales up to this side (8: 155 of 680 tokens per sample)
 
     def __post_init__(self):
         if self.pos_init not in ("sincos", "normal"):
