@@ -50,7 +50,8 @@ class SolverSettings:
     max_points: int = 24  # frontier points per attention call once they are cut (planner/slots.py)
     cut_above: int = 20000  # cut the frontiers only when all calls together have more points
     exact_cap: int = 512  # largest exact frontier before the convex-hull walk takes over
-    threads: int = 1
+    threads: int = 1  # 1: CBC's serial code. "threads 1" would start its thread pool anyway, which
+    # stalls ~10 s on a tiny problem about once in 700 solves on a busy 2-core machine (CPU 0.02 s)
 
     def __post_init__(self):
         if not self.time_limit_s > 0:
@@ -59,6 +60,8 @@ class SolverSettings:
             raise UserError(f"--gap {self.gap}: give a relative optimality gap in [0, 1), e.g. 0.005")
         if self.max_points < 2:
             raise UserError(f"max_points {self.max_points}: keep at least 2 window points per attention call")
+        if self.threads < 1:
+            raise UserError(f"threads {self.threads}: give CBC at least 1 thread")
 
 
 @dataclass
@@ -340,7 +343,8 @@ def run_cbc(m: _Model, settings: SolverSettings, warm: bool = False) -> dict:
     """Solve with CBC (single thread, time limit, relative gap); status, gap, seconds."""
     fd, log_path = tempfile.mkstemp(prefix="litevar-cbc-", suffix=".log")
     os.close(fd)
-    solver = _cbc(msg=False, timeLimit=settings.time_limit_s, gapRel=settings.gap, threads=settings.threads,
+    threads = settings.threads if settings.threads > 1 else None  # None: no thread pool (see SolverSettings)
+    solver = _cbc(msg=False, timeLimit=settings.time_limit_s, gapRel=settings.gap, threads=threads,
                   logPath=log_path, warmStart=warm)
     t = time.perf_counter()
     try:

@@ -315,3 +315,21 @@ def test_cut_and_hull_frontiers_report_valid_bounds(d4):
         assert s["objective"] >= best * (1 - 1e-6)
         assert s["bound_full"] <= best * (1 + 1e-6)
         assert s["gap_full"] == pytest.approx((s["objective"] - s["bound_full"]) / s["objective"])
+
+
+@pytest.mark.parametrize("threads,passed", [(1, None), (2, 2)])
+def test_cbc_serial_without_thread_pool(d4, monkeypatch, threads, passed):
+    """One thread runs CBC's serial code: "threads 1" starts its thread pool, which stalled for
+    ~10 s (CPU 0.02 s) about once in 700 solves of a tiny problem on a busy 2-core machine."""
+    import planner.solve as ps
+    seen = {}
+
+    def spy(**kw):
+        seen.update(kw)
+        return real(**kw)
+    real = ps._cbc
+    monkeypatch.setattr(ps, "_cbc", spy)
+    sol = solve(d4, Budgets(max_avg_bits=12), SolverSettings(threads=threads))
+    assert seen["threads"] == passed and sol.solver["status"] == "Optimal"
+    with pytest.raises(UserError, match="threads 0"):
+        SolverSettings(threads=0)
