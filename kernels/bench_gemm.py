@@ -68,10 +68,10 @@ def time_ms(fn: Callable, device: str, warmup: int, repeats: int) -> float:
 
 
 def interleaved_ms(fns: dict[str, Callable[[], object]], reps: int, device: torch.device,
-                   rounds: Callable[[range], Iterable] = iter) -> dict[str, float]:
+                   rounds: Callable[[range], Iterable] = iter, samples: dict | None = None) -> dict[str, float]:
     """Median wall time (ms) of each fn; one warm-up call each (compiles, caches), then the
     reps interleaved so that a shared machine's load hits every fn alike. `rounds` wraps the
-    range of rounds (e.g. a progress bar)."""
+    range of rounds (e.g. a progress bar); `samples`, when given, receives every fn's times."""
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
@@ -84,6 +84,8 @@ def interleaved_ms(fns: dict[str, Callable[[], object]], reps: int, device: torc
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times[name].append((time.perf_counter() - t0) * 1e3)
+    if samples is not None:
+        samples.update(times)
     return {name: statistics.median(t) for name, t in times.items()}
 
 

@@ -5,8 +5,8 @@ Loads the model, keeps it as the dense full-precision baseline, applies each pla
 batch = the plans' batch, CFG 4, top-k 900, top-p 0.95, seed 0) of all of them with
 profiler.cost.measure_e2e, the very measurement the profiler fits the planner's cost model on.
 The models alternate, one timed run each per round, so that drift of a shared machine hits all
-alike; latency is the median over --repeats rounds after --warmup untimed runs each, peak memory
-the largest of the rounds, as profiler.cost.measure_e2e defines it (parameters and buffers of
+alike; latency is the median over --repeats rounds after --warmup untimed runs each (at least 1),
+peak memory that of the generation after them, as profiler.cost.measure_e2e defines it (parameters and buffers of
 VAR + VQVAE plus the allocator peak of one generation: torch.profiler allocation events on CPU,
 max_memory_allocated on CUDA). MB = 2**20 bytes. With --quality N each model's quality loss is
 measured too, in the profile's unit (profiler.quality.loss_of on N calibration samples of the
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="plan JSON written by `litevar plan`; repeat to bench several side by side")
     p.add_argument("--json", help="write every figure here")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per model; the median is reported (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs first, per model (default 1)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first, per model (default 1, at least 1)")
     p.add_argument("--quality", type=int, default=0, metavar="N",
                    help="also measure each model's quality loss on N calibration samples (default 0: skip)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --quality calibration samples (default 0)")
@@ -67,24 +66,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 class E2E:
     latency_ms: float  # median of the timed runs
     latency_ms_runs: list[float]
-    peak_mb: float  # largest over the rounds (see the module docstring)
+    peak_mb: float  # of one generation (see the module docstring)
     model_mb: float  # parameters and buffers of VAR + VQVAE
     loss: float | None = None  # profile loss unit, with --quality
     top1: float | None = None  # share of calibration tokens whose argmax is unchanged
 
 
 def measure_interleaved(models: dict, batch: int, device, repeats: int, warmup: int, dtype: str) -> dict[str, E2E]:
-    """{name: E2E} of models {name: (vae, var)}, one profiler.cost.measure_e2e run each per round."""
-    from profiler.cost import measure_e2e, module_bytes
-    runs = {name: [] for name in models}
-    peaks = {name: [] for name in models}
-    for r in tqdm(range(repeats), desc=f"bench {len(models)} models", disable=repeats * len(models) < 4):
-        for name, (vae, var) in models.items():
-            ms, peak = measure_e2e(vae, var, var.patch_nums, batch, device, repeats=1, dtype=dtype,
-                                   warmup=warmup if r == 0 else 0)
-            runs[name].append(ms)
-            peaks[name].append(peak)
-    return {name: E2E(statistics.median(runs[name]), runs[name], max(peaks[name]),
+    """{name: E2E} of models {name: (vae, var)}: `warmup` untimed generations each (at least
+    one: the first call allocates caches the later ones reuse), the peak memory of the next, then
+    kernels.bench_gemm.interleaved_ms (one more warm-up, then one timed generation each per round)."""
+    import torch
+
+    from kernels.bench_gemm import interleaved_ms
+    from profiler.cost import _generation, generation_peak_mb, module_bytes
+    dev = torch.device(device)
+    runs, peaks, samples = {}, {}, {}
+    for name, (vae, var) in models.items():
+        runs[name] = _generation(var, batch, dtype)
+        for _ in range(max(1, warmup)):
+            runs[name]()
+        peaks[name] = generation_peak_mb(vae, var, runs[name], dev)
+    med = interleaved_ms(runs, repeats, dev, samples=samples,
+                         rounds=lambda r: tqdm(r, desc=f"bench {len(models)} models", disable=repeats * len(models) < 4))
+    return {name: E2E(med[name], samples[name], peaks[name],
                       module_bytes(*models[name]) / MB) for name in models}
 
 
@@ -141,7 +146,7 @@ def report(plans: list, paths: list[str], dense: E2E, measured: list[E2E], args,
     first = plans[0]
     return {
         "format": "litevar-bench", "version": 2, "device": fingerprint(device), "batch": first.batch,
-        "resolution": first.resolution, "repeats": args.repeats, "warmup": args.warmup, "kernel": args.kernel,
+        "resolution": first.resolution, "repeats": args.repeats, "warmup": max(1, args.warmup), "kernel": args.kernel,
         "dtype": args.dtype, "quality": {"n": args.quality, "cfg": 4.0, "seed": args.seed} if args.quality else None,
         "dense": asdict(dense),
         "plans": [plan_entry(p, path, dense, m) for p, path, m in zip(plans, paths, measured)],

@@ -57,6 +57,12 @@ class GPTConfig:
     scale_loss: str = "inv_side"  # per-token loss weight: "uniform" (official) or "inv_side" (1 / side of its scale)
     prefix_batch: int = 32  # extra samples per step trained on the coarse scales only (0: off)
     prefix_side: int = 8  # ... the scales up to this side (8: 155 of 680 tokens per sample)
+    # then a coarse phase: steps on the scales up to prefix_side only (4.4x fewer tokens per sample),
+    # its own warm-up and cosine schedule, from the main phase's weights and optimizer state
+    coarse_steps: int = 500
+    coarse_batch: int = 64
+    coarse_lr: float = 5e-4
+    coarse_warmup: int = 20
 
     def __post_init__(self):
         if self.pos_init not in ("sincos", "normal"):
@@ -65,6 +71,9 @@ class GPTConfig:
             raise UserError(f"var.scale_loss {self.scale_loss!r}: use 'uniform' or 'inv_side'")
         if self.prefix_batch < 0:
             raise UserError(f"var.prefix_batch {self.prefix_batch}: use 0 (off) or a positive batch")
+        if self.coarse_steps < 0 or (self.coarse_steps and self.coarse_batch < 1):
+            raise UserError(f"var.coarse_steps {self.coarse_steps} / coarse_batch {self.coarse_batch}: use "
+                            "coarse_steps 0 (no coarse phase), or coarse_steps > 0 with coarse_batch >= 1")
 
 
 @dataclass
@@ -78,7 +87,7 @@ class TrainConfig:
     classifier_steps: int = 800
 
     def __post_init__(self):
-        if self.var.prefix_batch and self.var.prefix_side not in self.patch_nums:
+        if (self.var.prefix_batch or self.var.coarse_steps) and self.var.prefix_side not in self.patch_nums:
             raise UserError(f"var.prefix_side {self.var.prefix_side} is not a side of patch_nums {self.patch_nums}; "
                             "pick one of them")
         if self.image_size // 2 ** (len(self.vae.ch_mult) - 1) != self.patch_nums[-1]:
@@ -125,6 +134,11 @@ def _resume(path: Path, model, opt, gen: torch.Generator) -> int:
     gen.set_state(state["data_rng"])
     log.info("resumed %s at step %d", path, state["step"])
     return state["step"]
+
+
+def _checkpoint_step(path: Path) -> int:
+    """The step a stage's checkpoint would resume from (0: none)."""
+    return int(torch.load(path, map_location="cpu", weights_only=False)["step"]) if path.exists() else 0
 
 
 def _checkpoint(path: Path, model, opt, gen: torch.Generator, step: int) -> None:
@@ -283,27 +297,34 @@ def train_var(cfg: TrainConfig, vae, tokens_NL, labels_N, work: Path, device, ck
     path, gen = work / "var.pt", torch.Generator().manual_seed(cfg.seed + 3)
     start = _resume(path, var, opt, gen)
     weight_L = token_loss_weights(cfg.patch_nums, cfg.var.scale_loss).to(device)
-    n_prefix = cfg.patch_nums.index(cfg.var.prefix_side) + 1 if cfg.var.prefix_batch else 0
-    bar = tqdm(range(start, cfg.var.steps), desc="var", disable=not progress, initial=start, total=cfg.var.steps)
+    n_prefix = cfg.patch_nums.index(cfg.var.prefix_side) + 1 if cfg.var.prefix_side in cfg.patch_nums else 0
+    main, total = cfg.var.steps, cfg.var.steps + cfg.var.coarse_steps
+    bar = tqdm(range(start, total), desc="var", disable=not progress, initial=start, total=total)
     for step in bar:
+        coarse = step >= main  # the coarse phase: the scales up to prefix_side only
+        lr = (_cosine_lr(step - main, cfg.var.coarse_steps, cfg.var.coarse_lr, cfg.var.coarse_warmup) if coarse
+              else _cosine_lr(step, main, cfg.var.lr, cfg.var.warmup))
         for g in opt.param_groups:
-            g["lr"] = _cosine_lr(step, cfg.var.steps, cfg.var.lr, cfg.var.warmup)
-        idx = _batch_indices(gen, len(tokens_NL), cfg.var.batch)
-        loss = _weighted_ce(var, vae, tokens_NL[idx], labels_N[idx], cfg.patch_nums, weight_L, device)
-        if n_prefix:  # more samples for the coarse scales, where the layout (the class) is decided
-            idx = _batch_indices(gen, len(tokens_NL), cfg.var.prefix_batch)
+            g["lr"] = lr
+        loss = 0.0
+        if not coarse:
+            idx = _batch_indices(gen, len(tokens_NL), cfg.var.batch)
+            loss = _weighted_ce(var, vae, tokens_NL[idx], labels_N[idx], cfg.patch_nums, weight_L, device)
+        extra = cfg.var.coarse_batch if coarse else cfg.var.prefix_batch
+        if extra:  # more samples for the coarse scales, where the layout (the class) is decided
+            idx = _batch_indices(gen, len(tokens_NL), extra)
             loss = loss + _weighted_ce(var, vae, tokens_NL[idx], labels_N[idx], cfg.patch_nums[:n_prefix],
                                        weight_L, device)
-        loss = loss / (cfg.var.batch * len(weight_L))  # every token of every sample weighs the same
+        loss = loss / (cfg.var.batch * len(weight_L))  # every token weighs the same in both phases
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(var.parameters(), 2.0)
         opt.step()
         if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        if (step + 1) % ckpt_every == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", phase="coarse" if coarse else "all")
+        if (step + 1) % ckpt_every == 0 or step + 1 == main:
             _checkpoint(path, var, opt, gen, step + 1)
-    _checkpoint(path, var, opt, gen, cfg.var.steps)
+    _checkpoint(path, var, opt, gen, total)
     return var.eval().requires_grad_(False)
 
 
@@ -314,6 +335,8 @@ def _scaled(cfg: TrainConfig, s: float) -> TrainConfig:
         cfg.vae.steps = max(2, int(cfg.vae.steps * s))
         cfg.var.steps = max(2, int(cfg.var.steps * s))
         cfg.var.warmup = max(1, int(cfg.var.warmup * s))
+        cfg.var.coarse_steps = max(1, int(cfg.var.coarse_steps * s)) if cfg.var.coarse_steps else 0
+        cfg.var.coarse_warmup = max(1, int(cfg.var.coarse_warmup * s))
         cfg.classifier_steps = max(2, int(cfg.classifier_steps * s))
         cfg.n_images = max(64, int(cfg.n_images * s))
     return cfg
@@ -337,7 +360,7 @@ def run(args) -> int:
     out, work = Path(args.out), Path(args.work_dir)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    times = {}
+    times, resumed = {}, {}
     if "classifier" in stages:
         from litevar.classifier import train_classifier
         t = time.perf_counter()
@@ -345,6 +368,7 @@ def run(args) -> int:
         times["classifier_s"] = round(time.perf_counter() - t, 1)
     if "vae" in stages:
         t = time.perf_counter()
+        resumed["vae"] = _checkpoint_step(work / "vae.pt")
         vae = train_vae(cfg, work, device, args.ckpt_every)
         with atomic_path(out / "vae.safetensors") as tmp:
             save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, tmp)
@@ -357,17 +381,21 @@ def run(args) -> int:
         x_all, labels = _images(cfg, cfg.n_images)
         tokens = tokenize(vae, x_all)
         del x_all
+        resumed["var"] = _checkpoint_step(work / "var.pt")
         var = train_var(cfg, vae, tokens, labels, work, device, args.ckpt_every)
         with atomic_path(out / "var.safetensors") as tmp:
             save_file(shipped_var_state(var), tmp)
         times["var_s"] = round(time.perf_counter() - t, 1)
     card = {"recipe": asdict(cfg), "seconds": times, "threads": torch.get_num_threads(),
+            "resumed_at_step": {k: v for k, v in resumed.items() if v},  # seconds then cover the rest only
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "torch": torch.__version__}
     card_path = out / "train.json"
     if card_path.exists():  # keep the times of stages not re-run now
         old = json.loads(card_path.read_text())
         card["seconds"] = {**old.get("seconds", {}), **times}
+        kept = {k: v for k, v in old.get("resumed_at_step", {}).items() if f"{k}_s" not in times}
+        card["resumed_at_step"] = {**kept, **card["resumed_at_step"]}
     write_text(card_path, json.dumps(card, indent=1))
     print(f"trained {sorted(stages)} into {out}: {card['seconds']}")
     return 0

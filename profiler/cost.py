@@ -418,7 +418,6 @@ def measure_generations(vae, var, arch, plan, device, settings: CostSettings, pr
         formats = cmod.config_spec(config, arch)["formats"]
         if formats:
             var_s = swap_linears(copy.deepcopy(var_s), formats)
-        _check_schedule(var_s, pns)
         run = _generation(var_s, batch, settings.dtype)
         rss: dict = {}
         peak = generation_peak_mb(vae_s, var_s, run, device, rss)
@@ -429,6 +428,15 @@ def measure_generations(vae, var, arch, plan, device, settings: CostSettings, pr
     ms = interleaved_ms(dict(enumerate(runs)), settings.e2e_repeats, torch.device(device),
                         rounds=lambda r: _bar(r, "cost: generations (rounds)", progress))
     return pd.DataFrame([{**row, "ms": ms[i]} for i, row in enumerate(rows)], columns=E2E_COLUMNS)
+
+
+def fit_cost_model(tables: dict, arch: dict, device, dtype: str, vae) -> tuple[dict, list[dict]]:
+    """(cost model, validation rows) from the measured tables: fitted on the generations not
+    held out, validated on all of them."""
+    e2e = tables["cost_e2e"]
+    fit_rows = [i for i, h in enumerate(e2e["held_out"]) if not h]
+    cm = cmod.fit(tables, arch, torch.device(device).type, dtype, module_bytes(vae) / MB, fit_rows)
+    return cm, cmod.validate(cm, arch, e2e)
 
 
 def run_cost_stage(vae, var, arch: dict, device, resolutions=None, batches=(1, 2), progress: bool = True,
@@ -457,10 +465,7 @@ def run_cost_stage(vae, var, arch: dict, device, resolutions=None, batches=(1, 2
     plan = e2e_plan(resolutions, batches, var.patch_nums, holdout_resolution, holdout_batch, settings)
     tables["cost_e2e"] = measure_generations(vae, var, arch, plan, dev, settings, progress)
     t2 = time.perf_counter()
-    e2e = tables["cost_e2e"]
-    fit_rows = [i for i, h in enumerate(e2e["held_out"]) if not h]
-    cm = cmod.fit(tables, arch, dev.type, settings.dtype, module_bytes(vae) / MB, fit_rows)
-    validation = cmod.validate(cm, arch, e2e)
+    cm, validation = fit_cost_model(tables, arch, dev, settings.dtype, vae)
     cm["timing_s"] = {"kernels": t1 - t0, "e2e": t2 - t1}
     log.info("cost stage: kernels %.0f s, generations %.0f s; held-out errors %s", t1 - t0, t2 - t1,
              [(v["resolution"], v["batch"], v["config"], round(v["latency_err"], 3), round(v["memory_err"], 3))

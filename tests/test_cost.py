@@ -99,7 +99,7 @@ def test_linear_calls_match_the_model(tiny):
     assert seen == expected
 
 
-def test_run_cost_stage_tiny(tiny):
+def test_run_cost_stage_tiny(tiny, tmp_path):
     vae, var = tiny
     settings = CostSettings(warmup=1, repeats=2, e2e_repeats=1, mdwa=False, formats=("W8A8", "W6A6"),
                             fit_configs=("W8A8:fc1,fc2",), validate_configs=("W8A8:fc1,fc2,proj",))
@@ -116,6 +116,15 @@ def test_run_cost_stage_tiny(tiny):
         assert v["measured_ms"] > 0 and v["predicted_ms"] > 0 and abs(v["memory_err"]) < 0.5
     import json
     json.dumps(cm)
+    # `litevar profile --refit`: the same model again from the tables as a profile stores them
+    from profiler.cli import _refit
+    from profiler.profile import Profile
+    path = tmp_path / "cost.json"
+    Profile(meta={"cost_model": cm}, tables=tables).save(path)
+    again = _refit(Profile.load(path), arch_of(var), "cpu", vae)
+    assert again["cost_model"]["e2e"]["alpha"] == pytest.approx(cm["e2e"]["alpha"])
+    assert again["cost_model"]["e2e"]["coef"] == pytest.approx(cm["e2e"]["coef"], rel=1e-6, abs=1e-9)
+    assert [v["predicted_ms"] for v in again["validation"]] == pytest.approx([v["predicted_ms"] for v in validation])
 
 
 @pytest.mark.gpu

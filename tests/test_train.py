@@ -50,6 +50,68 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
         assert torch.equal(a, b), k
 
 
+
+def _tiny_var_cfg():
+    cfg = train.TrainConfig()
+    cfg.var.steps, cfg.var.warmup, cfg.var.batch, cfg.var.prefix_batch = 3, 1, 2, 2
+    cfg.var.coarse_steps, cfg.var.coarse_warmup, cfg.var.coarse_batch = 2, 1, 3
+    return cfg
+
+
+def test_var_resumes_across_the_coarse_phase_to_the_same_weights(tmp_path, monkeypatch):
+    """Interrupted at the coarse phase's first step, the run resumes to the weights of an
+    uninterrupted one (the shipped VAR resumed from its main-phase checkpoint)."""
+    cfg, cpu = _tiny_var_cfg(), torch.device("cpu")
+    vae = train.build_small_vae(cfg).eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    tokens = torch.randint(0, cfg.vae.V, (8, sum(p * p for p in cfg.patch_nums)), generator=g)
+    labels = torch.randint(0, 10, (8,), generator=g)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    full = train.train_var(cfg, vae, tokens, labels, tmp_path / "a", cpu, ckpt_every=100, progress=False)
+    real_lr = train._cosine_lr
+
+    def interrupt_coarse(step, total, *a):
+        if total == cfg.var.coarse_steps:
+            raise KeyboardInterrupt
+        return real_lr(step, total, *a)
+
+    monkeypatch.setattr(train, "_cosine_lr", interrupt_coarse)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_var(cfg, vae, tokens, labels, tmp_path / "b", cpu, ckpt_every=100, progress=False)
+    assert torch.load(tmp_path / "b" / "var.pt", weights_only=False)["step"] == cfg.var.steps
+    monkeypatch.setattr(train, "_cosine_lr", real_lr)
+    resumed = train.train_var(cfg, vae, tokens, labels, tmp_path / "b", cpu, ckpt_every=100, progress=False)
+    assert torch.load(tmp_path / "b" / "var.pt", weights_only=False)["step"] == 5
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_coarse_phase_trains_only_the_coarse_scales(tmp_path, monkeypatch):
+    """The coarse phase's loss covers the scales up to prefix_side, nothing finer."""
+    cfg = _tiny_var_cfg()
+    cfg.var.steps = 0
+    seen = []
+    real = train._weighted_ce
+
+    def spy(var, vae, tokens_NL, labels_N, patch_nums, *a):
+        seen.append((len(tokens_NL), tuple(patch_nums)))
+        return real(var, vae, tokens_NL, labels_N, patch_nums, *a)
+
+    monkeypatch.setattr(train, "_weighted_ce", spy)
+    vae = train.build_small_vae(cfg).eval().requires_grad_(False)
+    tokens = torch.randint(0, cfg.vae.V, (4, sum(p * p for p in cfg.patch_nums)))
+    train.train_var(cfg, vae, tokens, torch.randint(0, 10, (4,)), tmp_path, torch.device("cpu"), 100, False)
+    side = cfg.patch_nums[:cfg.patch_nums.index(cfg.var.prefix_side) + 1]
+    assert seen == [(cfg.var.coarse_batch, side)] * cfg.var.coarse_steps
+
+
+def test_coarse_phase_settings_are_checked():
+    with pytest.raises(UserError, match="coarse_steps -1"):
+        train.GPTConfig(coarse_steps=-1)
+    with pytest.raises(UserError, match="coarse_batch 0"):
+        train.GPTConfig(coarse_steps=5, coarse_batch=0)
+
+
 def test_sincos_position_init_is_the_same_function_of_image_position_on_every_scale():
     patch_nums = (1, 2, 3, 5, 16)
     pos_LC = train.sincos_pos_init(patch_nums, C=64, amp=0.1)[0]
