@@ -2,11 +2,12 @@
 
 Loads the model, keeps it as the dense full-precision baseline, applies each plan to a copy
 (sharing the VQVAE), and times end-to-end generation (`autoregressive_infer_cfg` + VQVAE decode,
-batch = the plans' batch, CFG 4, top-k 900, top-p 0.95, seed 0) of all of them with
-profiler.cost.measure_e2e, the very measurement the profiler fits the planner's cost model on.
+batch = the plans' batch, CFG 4, top-k 900, top-p 0.95, seed 0) of all of them as the
+profiler's e2e stage times the generations it fits the planner's cost model on
+(profiler.cost.generation, generation_peak_mb; kernels.bench_gemm.interleaved_ms).
 The models alternate, one timed run each per round, so that drift of a shared machine hits all
 alike; latency is the median over --repeats rounds after --warmup untimed runs each (at least 1),
-peak memory that of the generation after them, as profiler.cost.measure_e2e defines it (parameters and buffers of
+peak memory that of the generation after them (parameters and buffers of
 VAR + VQVAE plus the allocator peak of one generation: torch.profiler allocation events on CPU,
 max_memory_allocated on CUDA). MB = 2**20 bytes. With --quality N each model's quality loss is
 measured too, in the profile's unit (profiler.quality.loss_of on N calibration samples of the
@@ -79,11 +80,11 @@ def measure_interleaved(models: dict, batch: int, device, repeats: int, warmup: 
     import torch
 
     from kernels.bench_gemm import interleaved_ms
-    from profiler.cost import _generation, generation_peak_mb, module_bytes
+    from profiler.cost import generation, generation_peak_mb, module_bytes
     dev = torch.device(device)
     runs, peaks, samples = {}, {}, {}
     for name, (vae, var) in models.items():
-        runs[name] = _generation(var, batch, dtype)
+        runs[name] = generation(var, batch, dtype)
         for _ in range(max(1, warmup)):
             runs[name]()
         peaks[name] = generation_peak_mb(vae, var, runs[name], dev)

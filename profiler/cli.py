@@ -176,11 +176,11 @@ def run(args) -> int:
         else:
             print(f"profile: stage {stage} (cached)")
         stage_meta = dict(hit.meta)
+        stage_meta.pop("cache_key")
         if stage == "cost" and args.refit and stage not in forced:
             stage_meta.update(_refit(hit, arch, device, vae))
-            _store(out, stage, skey, hit.tables, {k: v for k, v in stage_meta.items() if k != "cache_key"})
+            _store(out, stage, skey, hit.tables, stage_meta)
         tables.update(hit.tables)
-        stage_meta.pop("cache_key")
         meta["stages"][stage] = {"seconds": stage_meta.pop("seconds", None)}
         meta.update(stage_meta)
     meta.update({"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

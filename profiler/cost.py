@@ -258,7 +258,7 @@ def peak_memory_mb(fn, device) -> float:
     return allocated_peak_mb(fn)
 
 
-def _generation(var, batch: int, dtype: str):
+def generation(var, batch: int, dtype: str):
     """One timed unit of work: generating `batch` images (CFG 4, top-k 900, top-p 0.95)."""
     from litevar.generate import generate
     labels = [i % var.num_classes for i in range(batch)]
@@ -285,7 +285,7 @@ def measure_e2e(vae, var, patch_nums, batch: int, device, repeats: int = 3, dtyp
                 warmup: int = 1, rss: dict | None = None) -> tuple[float, float]:
     """(median ms, peak MB) of generating `batch` images (see generation_peak_mb)."""
     _check_schedule(var, patch_nums)
-    run = _generation(var, batch, dtype)
+    run = generation(var, batch, dtype)
     ms = time_ms(run, torch.device(device).type, warmup, repeats)
     return ms, generation_peak_mb(vae, var, run, device, rss)
 
@@ -418,7 +418,7 @@ def measure_generations(vae, var, arch, plan, device, settings: CostSettings, pr
         formats = cmod.config_spec(config, arch)["formats"]
         if formats:
             var_s = swap_linears(copy.deepcopy(var_s), formats)
-        run = _generation(var_s, batch, settings.dtype)
+        run = generation(var_s, batch, settings.dtype)
         rss: dict = {}
         peak = generation_peak_mb(vae_s, var_s, run, device, rss)
         runs.append(run)
