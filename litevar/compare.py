@@ -417,10 +417,15 @@ def html_table(rows: list[dict]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def groups(entries: list[Entry]) -> dict[tuple[str, int], list[Entry]]:
-    out: dict[tuple[str, int], list[Entry]] = {}
+def model_label(plan) -> str:
+    return f"{plan.model.get('name') or 'model'} d{plan.arch['depth']}"
+
+
+def groups(entries: list[Entry]) -> dict[tuple[str, str, int], list[Entry]]:
+    """Plans that share a frontier panel: same device, model and resolution."""
+    out: dict[tuple[str, str, int], list[Entry]] = {}
     for e in entries:
-        out.setdefault((device_name(e.plan), e.plan.resolution), []).append(e)
+        out.setdefault((device_name(e.plan), model_label(e.plan), e.plan.resolution), []).append(e)
     return out
 
 
@@ -455,8 +460,8 @@ def render_html(entries: list[Entry], rows: list[dict], frontiers: dict[str, pd.
                f"Frontier files: {', '.join(frontiers) or 'none'}.")
     parts = [f"<h1>{esc(title)}</h1>", f"<p class=cap>{esc(sources)}</p>", "<h2>Plans</h2>", html_table(rows),
              f"<p class=cap>{TABLE_CAPTION}</p>", "<h2>Loss against latency and memory</h2>"]
-    for (dev, res), group in groups(entries).items():
-        name = f"{dev}, {res} px"
+    for (dev, model, res), group in groups(entries).items():
+        name = f"{dev}, {model}, {res} px"
         unplotted = [plan_name(e) for e in group if any(math.isnan(_num(e.plan.predicted.get(k)))
                                                           for k in ("latency_ms", "memory_mb", "loss"))]
         note = f" Not drawn (no predicted latency, memory or loss): {', '.join(unplotted)}." if unplotted else ""

@@ -33,6 +33,13 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--min-speedup", type=float, help="vs the dense full-precision prediction, e.g. 1.5")
     b.add_argument("--max-attn-flops", type=float, help="share of the dense attention FLOPs, in (0, 1]")
     b.add_argument("--max-avg-bits", type=float, help="average weight bits over the linear layers, e.g. 8")
+    b.add_argument("--guard", default="auto", help="safety margin on the latency and memory budgets: the plan is "
+                   "solved for budget / (1 + guard). 'auto' (default): the profile's worst measured under-prediction "
+                   "(latency relative to dense, peak memory; see `litevar profile`); a fraction such as 0.05 for "
+                   "both; 0 to plan on the bare predictions (a --sweep is of the bare predictions)")
+    p.add_argument("--losses-from", help="for a profile with no measured losses (a --random-init one, cost only): "
+                   "the profile of a trained model whose per-layer losses are borrowed by layer role and relative "
+                   "depth (planner/transfer.py), e.g. profiles/default-cpu.json")
     p.add_argument("--recipe", help="write the plan of a uniform recipe instead of solving, e.g. paper, "
                    "w8a8+qk8, w4a8+mp+mdwa0.9+asc (see planner/recipes.py)")
     p.add_argument("--formats", help="formats the planner may use, e.g. W8A8,W4A8,QK8 (default: every profiled one)")
@@ -52,18 +59,55 @@ def _budgets(args):
                    args.max_avg_bits)
 
 
+def _guard(text: str, profile) -> dict:
+    """--guard: {'latency', 'memory', 'source'} (fractions)."""
+    from planner.build import guard_band
+    if text == "auto":
+        validation = profile.meta.get("validation") or []
+        if not validation:
+            log.warning("the profile has no cost-model validation rows: no guard on the budgets")
+        return guard_band(validation)
+    try:
+        g = float(text)
+    except ValueError:
+        g = -1.0
+    if not 0 <= g < 1:
+        raise UserError(f"--guard {text}: give 'auto' or a fraction in [0, 1), e.g. 0.05 (0: no guard)")
+    return {"latency": g, "memory": g, "source": "--guard"}
+
+
+def load_profile(args):
+    """The --profile, with the losses of --losses-from when given; a profile with no losses and
+    no --losses-from is refused with the fix."""
+    from planner.build import profile_sha256
+    from planner.transfer import transfer_losses
+    from profiler.profile import Profile
+    profile = Profile.load(args.profile)
+    if args.losses_from:
+        return transfer_losses(profile, Profile.load(args.losses_from), profile_sha256(args.losses_from))
+    if "sensitivity" not in profile.tables:
+        raise UserError(f"{args.profile} has no measured losses (a --random-init profile measures cost only); "
+                        "add --losses-from PROFILE of a trained model, e.g. profiles/default-cpu.json, to borrow "
+                        "its per-layer losses")
+    return profile
+
+
+def _record_losses_from(solver: dict, profile, args) -> None:
+    if "losses_from" in profile.meta:
+        solver["losses_from"] = {**profile.meta["losses_from"], "profile": str(args.losses_from)}
+
+
 def run_plan(args) -> int:
     from planner import frontier
     from planner.build import build_problem, parse_formats, to_plan
     from planner.solve import SolverSettings, solve
-    from profiler.profile import Profile
     budgets, settings = _budgets(args), SolverSettings(args.time_limit, args.gap)
     if args.recipe:
         return run_recipe(args, budgets)
     if not budgets.any() and not args.sweep:
         raise UserError("give at least one budget (--max-latency-ms, --max-memory-gb, --min-speedup, "
                         "--max-attn-flops, --max-avg-bits) or --sweep latency|memory")
-    profile = Profile.load(args.profile)
+    profile = load_profile(args)
     formats = parse_formats(args.formats, set(profile.table("sensitivity")["format"]))
     problem = build_problem(profile, args.resolution, args.batch, formats, args.family)
     out = Path(args.out)
@@ -74,7 +118,16 @@ def run_plan(args) -> int:
         print(df.drop(columns=["budget"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         print(f"wrote {csv} and {png}")
         return 0
-    sol = solve(problem, budgets, settings)
+    guard = _guard(args.guard, profile)
+    try:
+        sol = solve(problem, budgets.guarded(guard["latency"], guard["memory"]), settings)
+    except UserError as e:
+        if not guard["latency"] and not guard["memory"]:
+            raise
+        raise UserError(f"{e} (the solver's budgets were tightened by the guard: {_pct(guard['latency'])} latency, "
+                        f"{_pct(guard['memory'])} memory; --guard 0 plans on the bare predictions)") from None
+    sol.solver["guard"] = guard
+    _record_losses_from(sol.solver, profile, args)
     plan = to_plan(problem, sol, profile, args.profile, budgets, args.name or out.stem)
     out.parent.mkdir(parents=True, exist_ok=True)
     plan.save(out)
@@ -83,6 +136,8 @@ def run_plan(args) -> int:
           f"{pr['memory_mb']:.0f} MB (dense {pr['dense_memory_mb']:.0f}), loss {pr['loss']:.4g}, "
           f"attention kept {pr['attn_kept']:.1%}, CFG-shared layers {len(plan.cfg_shared)}, QK8 layers "
           f"{len(plan.qk_int8)}")
+    print(f"guard: budgets tightened by {_pct(guard['latency'])} (latency) and {_pct(guard['memory'])} (memory) "
+          f"({guard['source']})")
     print(f"solver {s['name']}: {s['status']}, gap {_pct(s['gap'])} (vs a bound on every window configuration: "
           f"{_pct(s.get('gap_full'))}), CBC {s['seconds']:.2f} s, {s['variables']} variables, "
           f"{s['constraints']} constraints; windows: {s['windows']}")
@@ -92,13 +147,13 @@ def run_plan(args) -> int:
 def run_recipe(args, budgets) -> int:
     """`litevar plan --recipe SPEC`: the recipe's plan, predicted on the profile's cost model."""
     from planner.recipes import parse_recipe, recipe_plan
-    from profiler.profile import Profile
     if args.sweep or budgets.any():
         raise UserError("--recipe writes a fixed recipe: drop the budgets and --sweep, or drop --recipe to plan")
     recipe = parse_recipe(args.recipe)
     out = Path(args.out)
-    plan = recipe_plan(Profile.load(args.profile), args.profile, recipe, args.resolution, args.batch,
-                       args.name or out.stem, args.family)
+    profile = load_profile(args)
+    plan = recipe_plan(profile, args.profile, recipe, args.resolution, args.batch, args.name or out.stem, args.family)
+    _record_losses_from(plan.solver, profile, args)
     out.parent.mkdir(parents=True, exist_ok=True)
     plan.save(out)
     pr = plan.predicted
@@ -130,6 +185,10 @@ def run_explain(args) -> int:
     if pr:
         print(f"predicted: {pr.get('latency_ms', 0):.1f} ms ({pr.get('speedup', 1):.2f}x), "
               f"{pr.get('memory_mb', 0):.0f} MB, loss {pr.get('loss', 0):.4g}")
+    guard = plan.solver.get("guard")
+    if guard:
+        print(f"solved with a guard of {_pct(guard.get('latency'))} on latency and {_pct(guard.get('memory'))} "
+              f"on memory ({guard.get('source')})")
     if not args.profile:
         quantized = {f for f in plan.formats.values() if f != "fp"}
         n_q = sum(f != "fp" for f in plan.formats.values())

@@ -35,6 +35,23 @@ def profile_sha256(path) -> str:
     return h.hexdigest()
 
 
+def guard_band(validation: list[dict]) -> dict:
+    """Safety margins on the budgets from the cost model's validation rows (profile
+    meta.validation: measured and predicted figures of every timed generation).
+
+    latency: the worst under-prediction of a quantized generation's latency relative to the
+    dense one timed at the same schedule and batch in the same rounds (ratios cancel a machine
+    that drifts between profile and use, which slows dense and plan alike); memory: the worst
+    under-prediction of a generation's peak memory. Both 0 when the model never under-predicts."""
+    dense = {(v["patch_nums"], v["batch"]): v for v in validation if v["config"] == "dense"}
+    lat = [(v["measured_ms"] / d["measured_ms"]) / (v["predicted_ms"] / d["predicted_ms"]) - 1
+           for v in validation if v["config"] != "dense" and (d := dense.get((v["patch_nums"], v["batch"])))]
+    mem = [v["measured_mb"] / v["predicted_mb"] - 1 for v in validation if v.get("predicted_mb")]
+    return {"latency": max([0.0, *lat]), "memory": max([0.0, *mem]),
+            "source": f"cost-model validation: worst under-prediction of {len(lat)} quantized generations' "
+                      f"latency relative to dense and of {len(mem)} generations' peak memory"}
+
+
 def parse_formats(text: str | None, profiled: set[str]) -> list[str]:
     """--formats 'W8A8,W4A8,QK8' -> names (default: every format the profile measured)."""
     if text is None:

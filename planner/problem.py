@@ -158,6 +158,17 @@ class Budgets:
     def any(self) -> bool:
         return any(v is not None for v in self.to_dict().values())
 
+    def guarded(self, latency: float = 0.0, memory: float = 0.0) -> "Budgets":
+        """The budgets the solver must meet so that the measured figures meet these ones when
+        the cost model under-predicts latency (relative to dense) by up to `latency` and memory
+        by up to `memory` (fractions >= 0; see planner.build.guard_band)."""
+        if latency < 0 or memory < 0:
+            raise UserError(f"--guard {latency}/{memory}: give fractions >= 0, e.g. 0.04 (or 'auto')")
+        div = lambda v, g: None if v is None else v / (1 + g)  # noqa: E731
+        return Budgets(div(self.max_latency_ms, latency), div(self.max_memory_gb, memory),
+                       None if self.min_speedup is None else self.min_speedup * (1 + latency),
+                       self.max_attn_flops, self.max_avg_bits)
+
 
 @dataclass
 class Selection:

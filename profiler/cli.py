@@ -40,6 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolutions", default=None, help="schedules to time for the cost model, e.g. 256,512 "
                    "(default: the model's own schedule and its neighbours)")
     p.add_argument("--batches", default="1,2", help="batch sizes to time (default 1,2)")
+    p.add_argument("--e2e-repeats", type=int, default=7, help="timed rounds of the cost stage's generations "
+                   "(default 7; fewer for large models on slow devices)")
+    p.add_argument("--no-mdwa-timing", action="store_true", help="skip timing the windowed attention kernels "
+                   "(windows are planned from a trained model's coverage; a --random-init profile has none)")
     p.add_argument("--refit", action="store_true", help="refit the cost model on the cached cost stage's "
                    "measurements (after a change to profiler/costmodel.py) instead of measuring again")
 
@@ -84,6 +88,14 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _cost_options(args) -> list[dict]:
+    """The cost stage's settings that differ from the defaults (part of its cache key; empty for
+    the defaults, so caches written before these options existed still match)."""
+    opts = {"dtype": args.dtype, "e2e_repeats": args.e2e_repeats, "mdwa": not args.no_mdwa_timing}
+    diff = {k: v for k, v in opts.items() if v != {"dtype": "fp32", "e2e_repeats": 7, "mdwa": True}[k]}
+    return [diff] if diff else []
+
+
 def _quality_stages(stage: str, vae, var, args, calib_fn) -> tuple[dict, dict]:
     from profiler import quality as Q
     t = time.perf_counter()
@@ -116,8 +128,11 @@ def _cost_stage(vae, var, arch, args, device) -> tuple[dict, dict]:
         except (ValueError, KeyError):
             raise UserError(f"--resolutions {args.resolutions!r}: give resolutions from {sorted(SCHEDULES)}") from None
     batches = [int(b) for b in args.batches.split(",")]
-    tables, cm, validation = run_cost_stage(vae, var, arch, device, resolutions, batches,
-                                            settings=CostSettings(dtype=args.dtype))
+    try:
+        settings = CostSettings(dtype=args.dtype, e2e_repeats=args.e2e_repeats, mdwa=not args.no_mdwa_timing)
+    except ValueError as e:
+        raise UserError(f"--e2e-repeats {args.e2e_repeats}: {e}") from None
+    tables, cm, validation = run_cost_stage(vae, var, arch, device, resolutions, batches, settings=settings)
     return tables, {"cost_model": cm, "validation": validation, "seconds": round(time.perf_counter() - t, 1)}
 
 
@@ -163,7 +178,8 @@ def run(args) -> int:
 
     tables, meta = {}, {"stages": {}}
     for stage in stages:
-        skey = key if stage != "cost" else _key(model, args.resolutions, args.batches, str(device))
+        skey = key if stage != "cost" else _key(model, args.resolutions, args.batches, str(device),
+                                                 *_cost_options(args))
         hit = None if stage in forced else _cached(out, stage, skey)
         if hit is None and forced and stage not in forced:
             continue  # not asked for and not cached: leave it out

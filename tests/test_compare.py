@@ -175,7 +175,9 @@ def test_html_is_self_contained_and_names_every_plan(case):
     for p in case["plans"]:
         assert html.escape(Plan.load(p).name) in text, p
     assert "win$ &lt;b&gt;&amp;&quot;q&quot;" in text and "<b>&" not in text  # escaped
-    groups = 3  # (AMD EPYC, 256), (H100, 512), (test cpu, 256)
+    loaded = [Plan.load(p) for p in case["plans"]]  # one frontier panel per (device, model, resolution)
+    groups = len({(q.device.get("name"), q.model.get("name"), q.arch["depth"], q.resolution) for q in loaded})
+    assert groups >= 3  # (AMD EPYC, default, 256), (H100, 512), (test cpu, 256) at least
     windowed = sum(bool(Plan.load(p).windows and Plan.load(p).windows.widths) for p in case["plans"])
     assert text.count('src="data:image/png;base64,') == groups + 1 + windowed
     assert text.count("no windows") == len(case["plans"]) - windowed

@@ -87,3 +87,106 @@ def test_explain(profile_path, tmp_path, capsys):
     assert rc == 0 and "pass --profile" in stdout
     rc, _, err = run_cli(capsys, "explain", tmp_path / "none.json")
     assert_one_line_error(rc, err, "none.json", "not found")
+
+
+def _validation_row(pns, batch, config, measured_ms, predicted_ms, measured_mb=10.0, predicted_mb=10.0):
+    return {"patch_nums": pns, "batch": batch, "config": config, "held_out": config != "dense",
+            "measured_ms": measured_ms, "predicted_ms": predicted_ms, "measured_mb": measured_mb,
+            "predicted_mb": predicted_mb}
+
+
+def test_guard_band_is_the_worst_under_prediction_relative_to_dense():
+    from planner.build import guard_band
+    rows = [_validation_row("1,2", 1, "dense", 100.0, 90.0),  # dense itself 10% under-predicted: cancels
+            _validation_row("1,2", 1, "W8A8:fc1", 80.0, 69.0, 9.0, 8.5),  # 0.8 vs 0.7667: 4.3% under
+            _validation_row("1,2", 1, "W4A8:fc1", 70.0, 65.0),  # 0.7 vs 0.7222: over-predicted
+            _validation_row("1,2,3", 1, "W4A8:fc1", 70.0, 10.0)]  # no dense at this schedule: not counted
+    g = guard_band(rows)
+    assert g["latency"] == pytest.approx((80 / 100) / (69 / 90) - 1)
+    assert g["memory"] == pytest.approx(9.0 / 8.5 - 1)
+    assert "of 2 quantized generations" in g["source"] and "of 4 generations" in g["source"]
+    over = guard_band([_validation_row("1,2", 1, "dense", 90.0, 100.0, 9.0, 10.0)])  # over-predicted: no guard
+    assert over["latency"] == 0.0 and over["memory"] == 0.0
+
+
+def test_budgets_guarded():
+    from planner.problem import Budgets
+    b = Budgets(max_latency_ms=110.0, max_memory_gb=2.1, min_speedup=1.2, max_attn_flops=0.5, max_avg_bits=8)
+    g = b.guarded(0.1, 0.05)
+    assert g.max_latency_ms == pytest.approx(100.0) and g.max_memory_gb == pytest.approx(2.0)
+    assert g.min_speedup == pytest.approx(1.32) and g.max_attn_flops == 0.5 and g.max_avg_bits == 8
+    assert b.guarded() == b and Budgets().guarded(0.1, 0.1) == Budgets()
+
+
+def test_plan_meets_its_budget_with_the_profiles_guard(tmp_path, capsys):
+    from planner.build import guard_band
+    from tests.test_planner import synthetic_profile
+    profile = synthetic_profile(4, 256, device="cpu")
+    profile.meta["validation"] = [_validation_row("1,2,3", 1, "dense", 50.0, 50.0, 20.0, 20.0),
+                                  _validation_row("1,2,3", 1, "W8A8:fc1", 42.0, 40.0, 18.0, 17.0)]
+    path = tmp_path / "p.json"
+    profile.save(path)
+    want = guard_band(profile.meta["validation"])
+    out = tmp_path / "g.json"
+    rc, stdout, err = run_cli(capsys, "plan", "--profile", path, "--resolution", 256, "--min-speedup", 1.05,
+                              "--max-memory-gb", 0.2, "--out", out)
+    assert rc == 0, err
+    assert "guard: budgets tightened by 5.00% (latency) and 5.88% (memory)" in stdout
+    plan = Plan.load(out)
+    assert plan.solver["guard"] == want and plan.budgets["min_speedup"] == 1.05  # the user's budget is kept
+    assert plan.predicted["speedup"] >= 1.05 * 1.05 * (1 - 1e-6)
+    assert plan.predicted["memory_mb"] <= 0.2 * 1024 / (18 / 17) * (1 + 1e-6)
+    rc, stdout, err = run_cli(capsys, "explain", out)
+    assert rc == 0 and "guard of 5.00% on latency and 5.88% on memory" in stdout
+    bare = tmp_path / "bare.json"
+    assert run_cli(capsys, "plan", "--profile", path, "--resolution", 256, "--min-speedup", 1.05, "--guard", 0,
+                   "--out", bare)[0] == 0
+    assert Plan.load(bare).solver["guard"]["latency"] == 0
+    assert Plan.load(bare).predicted["loss"] <= plan.predicted["loss"]
+    rc, _, err = run_cli(capsys, "plan", "--profile", path, "--resolution", 256, "--min-speedup", 1.05,
+                         "--guard", "lots", "--out", tmp_path / "x.json")
+    assert_one_line_error(rc, err, "--guard lots", "auto")
+    rc, _, err = run_cli(capsys, "plan", "--profile", path, "--resolution", 256, "--max-latency-ms", 0.5,
+                         "--out", tmp_path / "x.json")
+    assert_one_line_error(rc, err, "no plan meets the budgets", "tightened by the guard", "--guard 0")
+
+
+def test_cost_only_profile_plans_with_borrowed_losses(tmp_path, capsys):
+    """A random-init (cost-only) d8 profile is refused alone and plans with the losses of a d4
+    profile mapped by role and relative depth."""
+    from tests.test_planner import synthetic_profile
+    source = synthetic_profile(4, 256, seed=1, device="cpu")
+    target = synthetic_profile(8, 256, seed=2, device="cpu")
+    target.meta["model"]["random_init"] = True
+    target.tables = {}  # cost only, as `litevar profile --random-init` writes it
+    src, tgt = tmp_path / "d4.json", tmp_path / "d8.json"
+    source.save(src)
+    target.save(tgt)
+    rc, _, err = run_cli(capsys, "plan", "--profile", tgt, "--resolution", 256, "--min-speedup", 1.05,
+                         "--out", tmp_path / "x.json")
+    assert_one_line_error(rc, err, "no measured losses", "--losses-from")
+    out = tmp_path / "d8.json.plan"
+    rc, stdout, err = run_cli(capsys, "plan", "--profile", tgt, "--losses-from", src, "--resolution", 256,
+                              "--min-speedup", 1.05, "--out", out)
+    assert rc == 0, err
+    plan = Plan.load(out)
+    lf = plan.solver["losses_from"]
+    assert lf["model"] == "synthetic-d4" and lf["depth"] == 4 and lf["profile"] == str(src) and not lf["missing"]
+    assert plan.predicted["speedup"] >= 1.05 * (1 - 1e-6) and not plan.windows.widths
+    from planner.build import build_problem
+    from planner.transfer import transfer_losses
+    from profiler.profile import Profile
+    merged = transfer_losses(Profile.load(tgt), source)
+    sens = merged.table("sensitivity").set_index(["layer", "format"])["loss"]
+    ref = source.table("sensitivity").set_index(["layer", "format"])["loss"]
+    for i, j in [(0, 0), (2, 1), (3, 1), (4, 2), (7, 3)]:  # round(i * 3 / 7)
+        for part in ("ffn.fc2", "attn.qk"):
+            assert (sens.xs(f"blocks.{i}.{part}", level=0) == ref.xs(f"blocks.{j}.{part}", level=0)).all()
+    assert (sens.xs("head", level=0) == ref.xs("head", level=0)).all()
+    cfg = merged.table("cfg_share").set_index("layer")["loss"]
+    assert cfg[7] == source.table("cfg_share").set_index("layer")["loss"][3]
+    problem = build_problem(merged, 256)
+    assert problem.windows.empty and len(problem.cfg_loss) == 8
+    rc, _, err = run_cli(capsys, "plan", "--profile", src, "--losses-from", src, "--resolution", 256,
+                         "--min-speedup", 1.05, "--out", tmp_path / "y.json")
+    assert_one_line_error(rc, err, "measured its own losses", "drop --losses-from")

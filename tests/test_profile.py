@@ -75,3 +75,19 @@ def test_profile_command_caches_stages(tmp_path, capsys):
     assert set(prof.tables) == {"cfg_share", "coverage", "sinks", "window_fit", "cfg"}
     assert prof.meta["model"]["weights_sha256"] and prof.meta["loss_unit"] == Q.LOSS_UNIT
     assert main(["profile", "--out", str(out), "--stages", "bogus"]) == 2
+
+
+def test_cost_stage_cache_key_names_non_default_settings(tmp_path, capsys):
+    """dtype, e2e repeats and MDWA timing change the cost stage's cache key only when they differ
+    from the defaults (caches written before the options existed keep matching)."""
+    import argparse
+    from profiler.cli import _cost_options, add_arguments
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert _cost_options(p.parse_args(["--out", "x.json"])) == []
+    args = p.parse_args(["--out", "x.json", "--dtype", "bf16", "--e2e-repeats", "2", "--no-mdwa-timing"])
+    assert _cost_options(args) == [{"dtype": "bf16", "e2e_repeats": 2, "mdwa": False}]
+    rc = main(["profile", "--random-init", "--depth", "1", "--resolution", "256", "--e2e-repeats", "0",
+               "--out", str(tmp_path / "p.json")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--e2e-repeats 0" in err and len(err.splitlines()) == 1

@@ -1,0 +1,72 @@
+"""Per-layer losses for a profile that measured none: a random-init model's cost-only profile.
+
+A random-init model has no meaningful quantization sensitivity or CFG redundancy, so its profile
+holds the cost tables only. To plan it (the official architectures before their checkpoints are
+at hand), the losses of a trained model's profile are borrowed layer by layer: a layer of the
+same role (`blocks.i.ffn.fc2`, `head`, ...) at the same relative depth (block i of a D-block
+model takes block round(i (D' - 1) / (D - 1)) of the D'-block source). Roles carry most of the
+ranking the planner needs (fc2 and low activation bits are expensive everywhere, ada_lin and QK8
+cheap; deeper blocks lose more to CFG sharing), but the magnitudes are the source model's and
+attention windows are not transferred (coverage is per head and per scale of a trained model).
+Plans made this way record the source profile (`solver.losses_from`); a real checkpoint should
+be profiled itself.
+"""
+from __future__ import annotations
+
+import logging
+import re
+
+import pandas as pd
+
+from litevar.errors import UserError
+from profiler import costmodel as C
+
+log = logging.getLogger(__name__)
+
+BLOCK = re.compile(r"blocks\.(\d+)\.(.+)")
+RULE = "same role at the same relative depth: block i of D takes block round(i (D' - 1) / (D - 1)) of D'"
+
+
+def source_block(i: int, depth: int, source_depth: int) -> int:
+    """The source block of target block `i` (nearest relative depth)."""
+    return 0 if depth == 1 else round(i * (source_depth - 1) / (depth - 1))
+
+
+def source_name(fqn: str, depth: int, source_depth: int) -> str:
+    m = BLOCK.fullmatch(fqn)
+    return fqn if m is None else f"blocks.{source_block(int(m[1]), depth, source_depth)}.{m[2]}"
+
+
+def transfer_losses(target, source, source_sha256: str | None = None):
+    """`target` (profiler.profile.Profile, cost only) with the sensitivity and cfg_share tables of
+    `source` mapped onto its layers; meta.losses_from names the source."""
+    if "sensitivity" in target.tables:
+        raise UserError("--losses-from: the profile measured its own losses (it has a sensitivity table); "
+                        "drop --losses-from")
+    if "sensitivity" not in source.tables:
+        raise UserError("--losses-from: that profile has no sensitivity table either; give the profile of a "
+                        "trained model, e.g. profiles/default-cpu.json")
+    arch, src_arch = target.meta["model"]["arch"], source.meta["model"]["arch"]
+    depth, src_depth = C.arch_dims(arch)["depth"], C.arch_dims(src_arch)["depth"]
+    sens = source.table("sensitivity")
+    by_name = {name: rows for name, rows in sens.groupby("layer")}
+    names = [fqn for fqn, *_ in C.linear_layers(arch)] + [f"blocks.{i}.attn.qk" for i in range(depth)]
+    src_names = set(by_name) | {fqn for fqn, *_ in C.linear_layers(src_arch)}
+    rows, missing = [], []
+    for fqn in names:
+        name = source_name(fqn, depth, src_depth)
+        if name in by_name:
+            rows.append(by_name[name].assign(layer=fqn))
+        elif name not in src_names:  # no such layer in the source (e.g. shared AdaLN vs per-block AdaLN)
+            missing.append(fqn)  # (a source layer it did not profile stays full precision, as there)
+    if missing:
+        log.warning("no source loss for %d layers (kept full precision): %s", len(missing), missing[:4])
+    tables = {**target.tables, "sensitivity": pd.concat(rows, ignore_index=True)}
+    if "cfg_share" in source.tables:
+        cfg = source.table("cfg_share").set_index("layer")["loss"]
+        tables["cfg_share"] = pd.DataFrame({"layer": range(depth), "loss": [
+            float(cfg[source_block(i, depth, src_depth)]) for i in range(depth)]})
+    meta = {**target.meta, "loss_unit": source.meta.get("loss_unit"),
+            "losses_from": {"model": source.meta["model"].get("name"), "depth": src_depth,
+                            "profile_sha256": source_sha256, "rule": RULE, "missing": missing}}
+    return type(target)(meta=meta, tables=tables)
