@@ -79,12 +79,11 @@ def _guard(text: str, profile) -> dict:
 def load_profile(args):
     """The --profile, with the losses of --losses-from when given; a profile with no losses and
     no --losses-from is refused with the fix."""
-    from planner.build import profile_sha256
     from planner.transfer import transfer_losses
     from profiler.profile import Profile
     profile = Profile.load(args.profile)
     if args.losses_from:
-        return transfer_losses(profile, Profile.load(args.losses_from), profile_sha256(args.losses_from))
+        return transfer_losses(profile, Profile.load(args.losses_from), args.losses_from)
     if "sensitivity" not in profile.tables:
         raise UserError(f"{args.profile} has no measured losses (a --random-init profile measures cost only); "
                         "add --losses-from PROFILE of a trained model, e.g. profiles/default-cpu.json, to borrow "
@@ -92,9 +91,9 @@ def load_profile(args):
     return profile
 
 
-def _record_losses_from(solver: dict, profile, args) -> None:
+def _record_losses_from(solver: dict, profile) -> None:
     if "losses_from" in profile.meta:
-        solver["losses_from"] = {**profile.meta["losses_from"], "profile": str(args.losses_from)}
+        solver["losses_from"] = profile.meta["losses_from"]
 
 
 def run_plan(args) -> int:
@@ -127,7 +126,7 @@ def run_plan(args) -> int:
         raise UserError(f"{e} (the solver's budgets were tightened by the guard: {_pct(guard['latency'])} latency, "
                         f"{_pct(guard['memory'])} memory; --guard 0 plans on the bare predictions)") from None
     sol.solver["guard"] = guard
-    _record_losses_from(sol.solver, profile, args)
+    _record_losses_from(sol.solver, profile)
     plan = to_plan(problem, sol, profile, args.profile, budgets, args.name or out.stem)
     out.parent.mkdir(parents=True, exist_ok=True)
     plan.save(out)
@@ -153,7 +152,7 @@ def run_recipe(args, budgets) -> int:
     out = Path(args.out)
     profile = load_profile(args)
     plan = recipe_plan(profile, args.profile, recipe, args.resolution, args.batch, args.name or out.stem, args.family)
-    _record_losses_from(plan.solver, profile, args)
+    _record_losses_from(plan.solver, profile)
     out.parent.mkdir(parents=True, exist_ok=True)
     plan.save(out)
     pr = plan.predicted

@@ -19,6 +19,7 @@ import re
 import pandas as pd
 
 from litevar.errors import UserError
+from planner.build import profile_sha256
 from profiler import costmodel as C
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,10 @@ def source_name(fqn: str, depth: int, source_depth: int) -> str:
     return fqn if m is None else f"blocks.{source_block(int(m[1]), depth, source_depth)}.{m[2]}"
 
 
-def transfer_losses(target, source, source_sha256: str | None = None):
+def transfer_losses(target, source, source_path=None):
     """`target` (profiler.profile.Profile, cost only) with the sensitivity and cfg_share tables of
-    `source` mapped onto its layers; meta.losses_from names the source."""
+    `source` (read from `source_path`, when given) mapped onto its layers; meta.losses_from names
+    the source."""
     if "sensitivity" in target.tables:
         raise UserError("--losses-from: the profile measured its own losses (it has a sensitivity table); "
                         "drop --losses-from")
@@ -68,5 +70,7 @@ def transfer_losses(target, source, source_sha256: str | None = None):
             float(cfg[source_block(i, depth, src_depth)]) for i in range(depth)]})
     meta = {**target.meta, "loss_unit": source.meta.get("loss_unit"),
             "losses_from": {"model": source.meta["model"].get("name"), "depth": src_depth,
-                            "profile_sha256": source_sha256, "rule": RULE, "missing": missing}}
+                            "profile": None if source_path is None else str(source_path),
+                            "profile_sha256": None if source_path is None else profile_sha256(source_path),
+                            "rule": RULE, "missing": missing}}
     return type(target)(meta=meta, tables=tables)

@@ -88,11 +88,23 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _cost_options(args) -> list[dict]:
-    """The cost stage's settings that differ from the defaults (part of its cache key; empty for
-    the defaults, so caches written before these options existed still match)."""
-    opts = {"dtype": args.dtype, "e2e_repeats": args.e2e_repeats, "mdwa": not args.no_mdwa_timing}
-    diff = {k: v for k, v in opts.items() if v != {"dtype": "fp32", "e2e_repeats": 7, "mdwa": True}[k]}
+def _cost_settings(args):
+    """profiler.cost.CostSettings of the command line."""
+    from profiler.cost import CostSettings
+    try:
+        return CostSettings(dtype=args.dtype, e2e_repeats=args.e2e_repeats, mdwa=not args.no_mdwa_timing)
+    except ValueError as e:
+        raise UserError(f"--e2e-repeats {args.e2e_repeats}: {e}") from None
+
+
+def _cost_options(settings) -> list[dict]:
+    """The settings the command line sets that differ from CostSettings' defaults (part of the
+    cost stage's cache key; empty for the defaults, so caches written before these options
+    existed still match)."""
+    from profiler.cost import CostSettings
+    default = CostSettings()
+    diff = {k: getattr(settings, k) for k in ("dtype", "e2e_repeats", "mdwa")
+            if getattr(settings, k) != getattr(default, k)}
     return [diff] if diff else []
 
 
@@ -116,8 +128,8 @@ def _quality_stages(stage: str, vae, var, args, calib_fn) -> tuple[dict, dict]:
     return tables, meta
 
 
-def _cost_stage(vae, var, arch, args, device) -> tuple[dict, dict]:
-    from profiler.cost import CostSettings, run_cost_stage
+def _cost_stage(vae, var, arch, args, settings, device) -> tuple[dict, dict]:
+    from profiler.cost import run_cost_stage
     from litevar.schedules import SCHEDULES, parse_patch_nums
     t = time.perf_counter()
     resolutions = None
@@ -128,10 +140,6 @@ def _cost_stage(vae, var, arch, args, device) -> tuple[dict, dict]:
         except (ValueError, KeyError):
             raise UserError(f"--resolutions {args.resolutions!r}: give resolutions from {sorted(SCHEDULES)}") from None
     batches = [int(b) for b in args.batches.split(",")]
-    try:
-        settings = CostSettings(dtype=args.dtype, e2e_repeats=args.e2e_repeats, mdwa=not args.no_mdwa_timing)
-    except ValueError as e:
-        raise UserError(f"--e2e-repeats {args.e2e_repeats}: {e}") from None
     tables, cm, validation = run_cost_stage(vae, var, arch, device, resolutions, batches, settings=settings)
     return tables, {"cost_model": cm, "validation": validation, "seconds": round(time.perf_counter() - t, 1)}
 
@@ -157,6 +165,7 @@ def run(args) -> int:
     if args.calib < 1 or not 1 <= args.calib_loss <= args.calib:
         raise UserError(f"--calib {args.calib} / --calib-loss {args.calib_loss}: need 1 <= calib-loss <= calib")
     out = Path(args.out)
+    cost_settings = _cost_settings(args)
     vae, var = load_model(args)
     device = var.lvl_1L.device
     stages, forced = _stage_list(args, args.random_init)
@@ -179,13 +188,13 @@ def run(args) -> int:
     tables, meta = {}, {"stages": {}}
     for stage in stages:
         skey = key if stage != "cost" else _key(model, args.resolutions, args.batches, str(device),
-                                                 *_cost_options(args))
+                                                 *_cost_options(cost_settings))
         hit = None if stage in forced else _cached(out, stage, skey)
         if hit is None and forced and stage not in forced:
             continue  # not asked for and not cached: leave it out
         if hit is None:
             print(f"profile: stage {stage}")
-            t_s, m_s = (_cost_stage(vae, var, arch, args, device) if stage == "cost"
+            t_s, m_s = (_cost_stage(vae, var, arch, args, cost_settings, device) if stage == "cost"
                         else _quality_stages(stage, vae, var, args, calib_fn))
             _store(out, stage, skey, t_s, m_s)
             hit = _cached(out, stage, skey)

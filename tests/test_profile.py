@@ -81,12 +81,12 @@ def test_cost_stage_cache_key_names_non_default_settings(tmp_path, capsys):
     """dtype, e2e repeats and MDWA timing change the cost stage's cache key only when they differ
     from the defaults (caches written before the options existed keep matching)."""
     import argparse
-    from profiler.cli import _cost_options, add_arguments
+    from profiler.cli import _cost_options, _cost_settings, add_arguments
     p = argparse.ArgumentParser()
     add_arguments(p)
-    assert _cost_options(p.parse_args(["--out", "x.json"])) == []
+    assert _cost_options(_cost_settings(p.parse_args(["--out", "x.json"]))) == []
     args = p.parse_args(["--out", "x.json", "--dtype", "bf16", "--e2e-repeats", "2", "--no-mdwa-timing"])
-    assert _cost_options(args) == [{"dtype": "bf16", "e2e_repeats": 2, "mdwa": False}]
+    assert _cost_options(_cost_settings(args)) == [{"dtype": "bf16", "e2e_repeats": 2, "mdwa": False}]
     rc = main(["profile", "--random-init", "--depth", "1", "--resolution", "256", "--e2e-repeats", "0",
                "--out", str(tmp_path / "p.json")])
     err = capsys.readouterr().err.strip()
