@@ -15,7 +15,8 @@ from torch import nn
 from litevar.build import build_vae_var
 from profiler import costmodel as cmod
 from profiler.cost import (CostSettings, allocated_peak_mb, arch_of, measure_attention, measure_e2e, measure_linear,
-                           model_for_schedule, module_bytes, run_cost_stage)
+                           model_for_schedule, module_bytes, run_cost_stage, shared_copy)
+from kernels.qlinear import QuantLinear, swap_linears
 from profiler.device import environment, fingerprint
 
 PNS = (1, 2, 3, 4)
@@ -77,6 +78,19 @@ def test_model_for_schedule_shares_the_vae(tiny):
     assert vae.quantize.patch_nums == PNS and vae_s.decoder is vae.decoder
     img = var_s.autoregressive_infer_cfg(1, g_seed=0)
     assert img.shape[-1] == 5 * vae.downsample
+    own = {n: p.data_ptr() for n, p in var.named_parameters()}
+    fresh = sorted(n for n, p in var_s.named_parameters() if own.get(n) != p.data_ptr())
+    assert fresh == ["lvl_embed.weight", "pos_1LC"]  # the rest is the model's memory, not a copy
+    assert var_s.pos_1LC.shape[1] == 55 and var_s.pos_1LC.std() > 0
+
+
+def test_shared_copy_swaps_without_touching_the_model(tiny):
+    vae, var = tiny
+    before = var.blocks[0].ffn.fc1.weight.clone()
+    c = swap_linears(shared_copy(var), {"blocks.0.ffn.fc1": "W8A8"})
+    assert isinstance(c.blocks[0].ffn.fc1, QuantLinear) and isinstance(var.blocks[0].ffn.fc1, nn.Linear)
+    assert torch.equal(var.blocks[0].ffn.fc1.weight, before)
+    assert c.blocks[0].ffn.fc2.weight is var.blocks[0].ffn.fc2.weight and c.vae_proxy[0] is vae
 
 
 def test_linear_calls_match_the_model(tiny):
