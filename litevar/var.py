@@ -298,11 +298,16 @@ class VAR(nn.Module):
         return (img, tokens) if return_tokens else img
 
     # -- initialisation --------------------------------------------------------------------
+    @property
+    def default_init_std(self) -> float:
+        """Standard deviation of init_weights' truncated normals when no init_std is given."""
+        return (1 / self.C / 3) ** 0.5
+
     @torch.no_grad()
     def init_weights(self, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5, init_head: float = 0.02,
                      init_std: float = -1.0, generator: torch.Generator | None = None) -> None:
         """Random initialisation in the spirit of the official one (truncated normals)."""
-        std = init_std if init_std > 0 else (1 / self.C / 3) ** 0.5
+        std = init_std if init_std > 0 else self.default_init_std
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=std, generator=generator)

@@ -330,11 +330,10 @@ def model_for_schedule(vae, var, patch_nums):
             if b is not None and b.is_meta:
                 m._buffers[name] = torch.empty_like(b, device=dev)
     var_s.init_buffers()
-    std = (1 / var.C / 3) ** 0.5  # VAR.init_weights' default
     for name, p in var_s.named_parameters():
         if name not in shared:
             with torch.no_grad():
-                nn.init.trunc_normal_(p, std=std)
+                nn.init.trunc_normal_(p, std=var.default_init_std)
     return vae_s, var_s.eval().requires_grad_(False)
 
 
