@@ -6,7 +6,11 @@
 - fidelity to the full-precision model with the same seeds (when the evaluated model differs:
   a lower --dtype, later a plan): token agreement per scale, PSNR of the images, and the KL of
   the CFG logits with both models teacher-forced on the reference tokens;
-- real FID / IS through an established library when its Inception weights are already cached.
+- real FID / IS through an established library when its Inception weights are already cached;
+- with --by-scale N, where the class shows, scale by scale, on N held-out real images: the class
+  accuracy of each image decoded from its first k scales of tokens (what any VAR on this VQVAE
+  can show by then) and of images generated with those real tokens forced at the first k scales
+  and the rest sampled (where the sampled layout goes wrong).
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import argparse
 import logging
 import time
 
+import numpy as np
 import torch
 
 from litevar.atomic import write_json
@@ -33,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--plan", help="compression plan JSON (`litevar plan`): evaluate the planned model, and its "
                    "fidelity to the dense full-precision one with the same seeds")
+    p.add_argument("--by-scale", type=int, default=0, metavar="N",
+                   help="also: where the class shows, scale by scale, on N held-out real images (their first k "
+                   "scales decoded; generation with their real tokens forced at the first k scales); 0 = off")
     p.add_argument("--json", help="write every figure here")
 
 
@@ -42,8 +50,9 @@ def balanced_labels(n: int, num_classes: int) -> list[int]:
 
 @torch.no_grad()
 def sample(var, labels: list[int], seed: int, cfg: float, top_k: int, top_p: float, batch: int,
-           dtype_name: str = "fp32", desc: str = "generate"):
-    """Images (N, 3, H, W) in [0, 1] and per-scale tokens; batch i uses seed + i."""
+           dtype_name: str = "fp32", desc: str = "generate", prefix: list[torch.Tensor] | None = None):
+    """Images (N, 3, H, W) in [0, 1] and per-scale tokens; batch i uses seed + i. `prefix`:
+    token ids (N, pn * pn) forced at the first len(prefix) scales."""
     from tqdm import tqdm
     dev = var.lvl_1L.device
     imgs, toks = [], []
@@ -51,7 +60,8 @@ def sample(var, labels: list[int], seed: int, cfg: float, top_k: int, top_p: flo
         label_B = torch.tensor(labels[b:b + batch], device=dev)
         with autocast(dev, dtype_name):
             img, tokens = var.autoregressive_infer_cfg(len(label_B), label_B, g_seed=seed + i, cfg=cfg, top_k=top_k,
-                                                       top_p=top_p, return_tokens=True)
+                                                       top_p=top_p, return_tokens=True,
+                                                       prefix_tokens=[t[b:b + batch] for t in prefix or []])
         imgs.append(img.float().cpu())
         toks.append([t.cpu() for t in tokens])
     return torch.cat(imgs), [torch.cat(ts) for ts in zip(*toks)]
@@ -116,8 +126,10 @@ class Scorer:
         """images (N, 3, H, W) in [0, 1]."""
         from litevar import metrics
         x = images * 2 - 1  # the classifier's input range
-        return {"class_accuracy": float(metrics.class_accuracy(self.clf, x, torch.tensor(labels))),
-                "chance": 1 / self.clf.num_classes,
+        cm = metrics.confusion_matrix(labels, metrics.predict_classes(self.clf, x), self.clf.num_classes)
+        per_class = cm.diagonal() / np.maximum(cm.sum(1), 1)
+        return {"class_accuracy": float(cm.trace() / max(cm.sum(), 1)), "chance": 1 / self.clf.num_classes,
+                "per_class_accuracy": per_class.tolist(), "confusion": cm.tolist(),
                 "frechet_feature": float(metrics.frechet_distance(metrics.classifier_features(self.clf, x), self.feats)),
                 "frechet_feature_real_vs_real": self.real_vs_real, "n_real": self.n_real}
 
@@ -136,10 +148,36 @@ class Scorer:
                 "frechet_feature": r["frechet_feature"], "n": len(x)}
 
 
-def quality(images: torch.Tensor, labels: list[int], n_real: int, vae=None) -> dict:
+@torch.no_grad()
+def class_by_scale(var, vae, scorer: Scorer, n: int, seed: int, cfg: float, top_k: int, top_p: float, batch: int,
+                   dtype_name: str = "fp32") -> dict:
+    """Where the class shows, on the first n of the scorer's held-out real images: `decoded[k-1]`,
+    class accuracy of each image decoded from its own first k scales of tokens (k = 1..S);
+    `forced[k]`, class accuracy of images generated for their labels with their real tokens
+    forced at the first k scales and the rest sampled (k = 0..S-1; k = 0 is plain generation)."""
+    from litevar import metrics
+    from litevar.data import to_float
+    if not 1 <= n <= len(scorer.real):
+        raise UserError(f"--by-scale {n}: give 1..{len(scorer.real)} real images")
+    dev, S = var.lvl_1L.device, len(var.patch_nums)
+    x, labels = to_float(scorer.real[:n]), scorer.real_labels[:n]
+    per_batch = [vae.img_to_idxBl(x[b:b + batch].to(dev)) for b in range(0, n, batch)]
+    tokens = [torch.cat(t).cpu() for t in zip(*per_batch)]  # per scale: (n, pn * pn)
+    partial = [vae.idxBl_to_img(ts, same_shape=True, last_one=False) for ts in per_batch]  # per batch, per scale
+    decoded = [metrics.class_accuracy(scorer.clf, torch.cat([p[k].float().cpu() for p in partial]), labels)
+               for k in range(S)]
+    forced = []
+    for k in range(S):
+        imgs, _ = sample(var, labels.tolist(), seed, cfg, top_k, top_p, batch, dtype_name,
+                         desc=f"generate, {k} real scales", prefix=tokens[:k])
+        forced.append(metrics.class_accuracy(scorer.clf, imgs * 2 - 1, labels))
+    return {"n": n, "patch_nums": list(var.patch_nums), "decoded": decoded, "forced": forced}
+
+
+def quality(images: torch.Tensor, labels: list[int], n_real: int = 500, vae=None, scorer: Scorer | None = None) -> dict:
     """Class accuracy and classifier-feature Frechet distance (with the real-vs-real floor);
     with `vae`, also the VQVAE's reconstruction ceiling on the same real images."""
-    scorer = Scorer(n_real)
+    scorer = scorer or Scorer(n_real)
     out = scorer(images, labels)
     if vae is not None:
         out["reconstruction"] = scorer.reconstruction(vae)
@@ -169,8 +207,12 @@ def run(args) -> int:
         var = planned_copy(vae, dense, plan)
     labels = balanced_labels(args.n, var.num_classes)
     imgs, _ = sample(var, labels, args.seed, args.cfg, args.top_k, args.top_p, args.batch, args.dtype)
+    scorer = Scorer(max(args.n, args.by_scale, 500))
     report = {"n": args.n, "cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
-              "dtype": args.dtype, "plan": args.plan, **quality(imgs, labels, n_real=max(args.n, 500), vae=vae)}
+              "dtype": args.dtype, "plan": args.plan, **quality(imgs, labels, vae=vae, scorer=scorer)}
+    if args.by_scale:
+        report["class_by_scale"] = class_by_scale(var, vae, scorer, args.by_scale, args.seed, args.cfg, args.top_k,
+                                                  args.top_p, args.batch, args.dtype)
     if plan is not None:  # fidelity of the planned model to the dense fp32 one, same seeds
         report["fidelity_vs_dense"] = fidelity(dense, var, vae, labels, args.seed, args.cfg, args.top_k, args.top_p,
                                                args.batch, args.dtype)
@@ -191,6 +233,8 @@ def print_report(r: dict) -> None:
     print(f"class accuracy: {100 * r['class_accuracy']:.1f}%" + (f" (chance {100 * r['chance']:.0f}%)" if r.get("chance") else ""))
     print(f"Frechet distance (classifier features): {r['frechet_feature']:.3f} "
           f"(real vs real, {r['n_real']} images each: {r['frechet_feature_real_vs_real']:.3f})")
+    if "confusion" in r:
+        print_confusions(np.array(r["confusion"]))
     if "reconstruction" in r:
         c = r["reconstruction"]
         print(f"VQVAE reconstruction ceiling ({c['n']} real images encoded and decoded): PSNR {c['psnr_db']:.1f} dB, "
@@ -203,3 +247,32 @@ def print_report(r: dict) -> None:
               f"token agreement per scale {[round(a, 3) for a in f['token_agreement_per_scale']]}")
     inc = r["inception"]
     print(f"Inception FID/IS: skipped: {inc['skipped']}" if "skipped" in inc else f"Inception FID/IS: {inc}")
+    if "class_by_scale" in r:
+        print_class_by_scale(r["class_by_scale"])
+
+
+def class_names(num_classes: int) -> list[str]:
+    from litevar.data import CLASS_NAMES
+    return list(CLASS_NAMES) if len(CLASS_NAMES) == num_classes else [str(i) for i in range(num_classes)]
+
+
+def print_confusions(cm: np.ndarray, top: int = 5) -> None:
+    """Per-class accuracy and the most frequent confusions (intended -> predicted)."""
+    names = class_names(len(cm))
+    per_class = cm.diagonal() / np.maximum(cm.sum(1), 1)
+    print("per class: " + ", ".join(f"{n} {100 * a:.0f}%" for n, a in zip(names, per_class)))
+    off = [(int(cm[i, j]), i, j) for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i, j]]
+    worst = sorted(off, reverse=True)[:top]
+    if worst:
+        print("most frequent confusions: " + ", ".join(f"{names[i]} -> {names[j]} ({c})" for c, i, j in worst))
+
+
+def print_class_by_scale(c: dict) -> None:
+    pns = c["patch_nums"]
+    print(f"where the class shows ({c['n']} held-out real images; k = scales of their own tokens):")
+    print(f"{'k':>3} {'up to':>7} {'decoded from k scales':>22} {'generated, k forced':>20}")
+    for k in range(len(pns) + 1):
+        side = f"{pns[k - 1]}x{pns[k - 1]}" if k else "-"
+        dec = f"{100 * c['decoded'][k - 1]:.1f}%" if k else "-"
+        gen = f"{100 * c['forced'][k]:.1f}%" if k < len(pns) else "-"
+        print(f"{k:>3} {side:>7} {dec:>22} {gen:>20}")

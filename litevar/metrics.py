@@ -114,16 +114,34 @@ def classifier_features(classifier: torch.nn.Module, images: np.ndarray | torch.
 
 
 @torch.no_grad()
+def predict_classes(classifier: torch.nn.Module, images: np.ndarray | torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """The classifier's class (int64 (N,)) for each image."""
+    x = classifier_input(images)
+    classifier.eval()
+    if not len(x):
+        return torch.zeros(0, dtype=torch.int64)
+    return torch.cat([classifier(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+
+
 def class_accuracy(classifier: torch.nn.Module, images: np.ndarray | torch.Tensor,
                    labels: np.ndarray | torch.Tensor, batch: int = 500) -> float:
     """Fraction (in [0, 1]) of images the classifier assigns to their intended label."""
-    x = classifier_input(images)
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-    if len(labels) != len(x):
-        raise ValueError(f"{len(x)} images but {len(labels)} labels")
-    classifier.eval()
-    pred = torch.cat([classifier(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
-    return float((pred == labels).double().mean()) if len(x) else float("nan")
+    if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    pred = predict_classes(classifier, images, batch)
+    return float((pred == labels).double().mean()) if len(labels) else float("nan")
+
+
+def confusion_matrix(labels: np.ndarray | torch.Tensor, pred: np.ndarray | torch.Tensor,
+                     num_classes: int) -> np.ndarray:
+    """int64 (C, C): row = intended class, column = predicted class."""
+    labels, pred = np.asarray(labels, dtype=np.int64), np.asarray(pred, dtype=np.int64)
+    if labels.shape != pred.shape:
+        raise ValueError(f"{len(labels)} labels but {len(pred)} predictions")
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (labels, pred), 1)
+    return cm
 
 
 # ---------------------------------------------------------------- token / logit / pixel metrics

@@ -20,6 +20,7 @@ from kernels.select import KernelChoice
 from kernels.windows import WindowConfig
 from litevar.attention import set_attention_backend
 from litevar.errors import UserError
+from litevar.var import shared_copy
 from planner.plan import Plan, arch_of, weights_sha256
 from profiler.device import fingerprint
 
@@ -28,8 +29,9 @@ log = logging.getLogger(__name__)
 
 def device_mismatch(plan_device: dict, here: dict) -> str | None:
     """How the plan's device differs from `here` (profiler.device.fingerprint), compared by
-    type and name, in one line; None when they match."""
-    keys = [k for k in ("type", "name") if plan_device.get(k) is not None]
+    type, name and (CPU) family and model numbers where the plan has them, in one line; None
+    when they match."""
+    keys = [k for k in ("type", "name", "cpu_family", "cpu_model") if plan_device.get(k) is not None]
     diff = [k for k in keys if plan_device[k] != here.get(k)]
     if not diff:
         return None
@@ -98,8 +100,13 @@ def apply_plan(vae, var, plan: Plan | str | os.PathLike, device: torch.device | 
 
 
 def planned_copy(vae, var, plan: Plan | str | os.PathLike, **kw):
-    """apply_plan on a copy of `var` that shares `vae` (the dense model stays usable beside it)."""
-    return apply_plan(vae, copy.deepcopy(var, memo={id(vae): vae}), plan, **kw)
+    """apply_plan on a copy of `var` (the dense model stays usable beside it). The copy shares
+    `vae` and every tensor of `var` that the plan leaves as is, so it costs only its swapped
+    layers; one moved to another device (`device=`) is a full copy."""
+    device = kw.get("device")
+    moved = device is not None and torch.device(device) != var.lvl_1L.device
+    twin = copy.deepcopy(var, memo={id(vae): vae}) if moved else shared_copy(var)
+    return apply_plan(vae, twin, plan, **kw)
 
 
 def _set_attention(var, plan: Plan, kernel: KernelChoice, device: torch.device) -> None:

@@ -5,6 +5,8 @@ layers keep their official fully-qualified names (`blocks.3.ffn.fc2`) so plans c
 """
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -243,11 +245,13 @@ class VAR(nn.Module):
     @torch.no_grad()
     def autoregressive_infer_cfg(self, B: int, label_B=None, g_seed: int | None = None, cfg: float = 1.5,
                                  top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False,
-                                 return_tokens: bool = False, callback=None):
+                                 return_tokens: bool = False, callback=None, prefix_tokens=None):
         """Generate B images in [0, 1] (B, 3, H, W), scale by scale with CFG (batch doubled).
 
         `return_tokens` also returns the per-scale token ids; `callback(si, logits_BlV)` is
-        called once per scale (progress bars, profiling)."""
+        called once per scale (progress bars, profiling); `prefix_tokens`, token ids (B, pn * pn)
+        of the first k scales, are used there instead of sampled ones (the rest is sampled as
+        usual, with the same random draws as without them)."""
         vae = self.vae_proxy[0]
         if vae is None:
             raise RuntimeError("this VAR was built without a VQVAE; pass one to VAR(vae, cfg)")
@@ -262,6 +266,7 @@ class VAR(nn.Module):
         elif isinstance(label_B, int):
             label_B = torch.full((B,), self.num_classes if label_B < 0 else label_B, device=dev)
         label_B = label_B.to(dev)
+        prefix_tokens = self._check_prefix(prefix_tokens or [], B)
         cond_BD = sos = self.class_emb(torch.cat((label_B, torch.full_like(label_B, self.num_classes))))
         lvl_pos = self.lvl_embed(self.lvl_1L) + self.pos_1LC
         x_BlC = sos.unsqueeze(1).expand(2 * B, self.first_l, -1) + self.pos_start.expand(2 * B, self.first_l, -1) \
@@ -279,8 +284,10 @@ class VAR(nn.Module):
                 if callback is not None:
                     callback(si, logits_BlV)
                 idx_Bl = sample_with_top_k_top_p_(logits_BlV, rng=rng, top_k=top_k, top_p=top_p, num_samples=1)[:, :, 0]
+                if si < len(prefix_tokens):
+                    idx_Bl = prefix_tokens[si].to(dev)
                 tokens.append(idx_Bl)
-                if not more_smooth:
+                if not more_smooth or si < len(prefix_tokens):
                     h_BlC = quant.embedding(idx_Bl)
                 else:
                     tau = max(0.27 * (1 - ratio * 0.95), 0.005)
@@ -296,6 +303,15 @@ class VAR(nn.Module):
             self._set_kv_caching(False)
         img = vae.fhat_to_img(f_hat).add_(1).mul_(0.5)
         return (img, tokens) if return_tokens else img
+
+    def _check_prefix(self, prefix_tokens: list, B: int) -> list:
+        if len(prefix_tokens) > len(self.patch_nums):
+            raise ValueError(f"prefix_tokens has {len(prefix_tokens)} scales; this VAR has {len(self.patch_nums)}")
+        for si, t in enumerate(prefix_tokens):
+            if tuple(t.shape) != (B, self.patch_nums[si] ** 2):
+                raise ValueError(f"prefix_tokens[{si}] has shape {tuple(t.shape)}; scale {si} needs "
+                                 f"(B, pn * pn) = ({B}, {self.patch_nums[si] ** 2})")
+        return prefix_tokens
 
     # -- initialisation --------------------------------------------------------------------
     @property
@@ -334,3 +350,12 @@ class VAR(nn.Module):
             w = self.shared_ada_lin[-1].weight
             w[2 * self.C:].mul_(init_adaln)
             w[:2 * self.C].mul_(init_adaln_gamma)
+
+
+def shared_copy(var: VAR) -> VAR:
+    """A copy of a VAR's module tree sharing every parameter and buffer tensor (and the VAE) with
+    `var`: swapping a layer of the copy leaves `var` as it is and costs only the new layer. Moving
+    or converting the copy (`.to`) would move the shared tensors too: deep-copy for that."""
+    memo = {id(t): t for t in itertools.chain(var.parameters(), var.buffers())}
+    memo[id(var.vae_proxy)] = var.vae_proxy
+    return copy.deepcopy(var, memo)

@@ -34,7 +34,6 @@ import copy
 import ctypes
 import dataclasses
 import gc
-import itertools
 import logging
 import os
 import sys
@@ -53,6 +52,7 @@ from kernels.qlinear import QuantLinear, swap_linears
 from kernels.windows import WindowConfig, kept_fraction
 from litevar.attention import AttnCall, DenseAttention, ScaleLayout
 from litevar.generate import DTYPES, autocast
+from litevar.var import shared_copy
 from profiler import costmodel as cmod
 
 log = logging.getLogger(__name__)
@@ -294,14 +294,6 @@ def measure_e2e(vae, var, patch_nums, batch: int, device, repeats: int = 3, dtyp
     return ms, generation_peak_mb(vae, var, run, device, rss)
 
 
-def shared_copy(var):
-    """A copy of a VAR's module tree sharing every parameter and buffer tensor (and the VAE) with
-    `var`: swapping a layer of the copy leaves `var` as it is and costs only the new layer."""
-    memo = {id(t): t for t in itertools.chain(var.parameters(), var.buffers())}
-    memo[id(var.vae_proxy)] = var.vae_proxy
-    return copy.deepcopy(var, memo)
-
-
 def model_for_schedule(vae, var, patch_nums):
     """(vae, var) running `patch_nums`: the model itself for its own schedule, else a VAR of the
     same config that shares every parameter of the model whose shape does not depend on the
@@ -459,6 +451,20 @@ def measure_generations(vae, var, arch, plan, device, settings: CostSettings, pr
     return pd.DataFrame([{**row, "ms": ms[i]} for i, row in enumerate(rows)], columns=E2E_COLUMNS)
 
 
+def slower_than_dense(e2e: pd.DataFrame) -> list[str]:
+    """A message per quantized generation that was not faster than the dense one at the same
+    schedule and batch: the planner will find no speedup in those formats on this device."""
+    dense = {(r.patch_nums, r.batch): r.ms for r in e2e.itertuples() if r.config == "dense"}
+    out = []
+    for r in e2e.itertuples():
+        base = dense.get((r.patch_nums, r.batch))
+        if r.config != "dense" and base is not None and r.ms >= base:
+            out.append(f"{r.config} took {r.ms:.1f} ms, dense {base:.1f} ms ({r.resolution} px, batch {r.batch}): "
+                       "not faster in the model on this device, so plans cannot buy speed with it; if the "
+                       "machine was busy, re-run `litevar profile` when it is idle")
+    return out
+
+
 def fit_cost_model(tables: dict, arch: dict, device, dtype: str, vae) -> tuple[dict, list[dict]]:
     """(cost model, validation rows) from the measured tables: fitted on the generations not
     held out, validated on all of them."""
@@ -494,6 +500,8 @@ def run_cost_stage(vae, var, arch: dict, device, resolutions=None, batches=(1, 2
     plan = e2e_plan(resolutions, batches, var.patch_nums, holdout_resolution, holdout_batch, settings)
     tables["cost_e2e"] = measure_generations(vae, var, arch, plan, dev, settings, progress)
     t2 = time.perf_counter()
+    for msg in slower_than_dense(tables["cost_e2e"]):
+        log.warning(msg)
     cm, validation = fit_cost_model(tables, arch, dev, settings.dtype, vae)
     cm["timing_s"] = {"kernels": t1 - t0, "e2e": t2 - t1}
     log.info("cost stage: kernels %.0f s, generations %.0f s; held-out errors %s", t1 - t0, t2 - t1,

@@ -20,7 +20,8 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_t
 
 def fingerprint(device: torch.device | str) -> dict:
     """What the timings depend on: GPU name, memory, driver, clocks, compute capability (CUDA)
-    or CPU model, cores and ISA flags (CPU)."""
+    or CPU model name, family and model numbers (a VM's model name often hides the generation),
+    cores and ISA flags (CPU)."""
     dev = torch.device(device)
     return _cuda_fingerprint(dev) if dev.type == "cuda" else _cpu_fingerprint()
 
@@ -43,7 +44,7 @@ def _cpu_fingerprint() -> dict:
     return {"type": "cpu", "name": info.get("model name", platform.processor() or platform.machine()),
             "cores": os.cpu_count(), "usable_cores": usable, "torch_threads": torch.get_num_threads(),
             "machine": platform.machine(), "flags": {f: f in flags for f in CPU_FLAGS},
-            "memory_mb": _meminfo_mb()}
+            "memory_mb": _meminfo_mb(), "cpu_family": info.get("cpu family"), "cpu_model": info.get("model")}
 
 
 def _meminfo_mb() -> float | None:

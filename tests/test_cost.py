@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import collections
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 from litevar.build import build_vae_var
+from litevar.var import shared_copy
 from profiler import costmodel as cmod
 from profiler.cost import (CostSettings, allocated_peak_mb, arch_of, measure_attention, measure_e2e, measure_linear,
-                           model_for_schedule, module_bytes, run_cost_stage, shared_copy)
+                           model_for_schedule, module_bytes, run_cost_stage)
 from kernels.qlinear import QuantLinear, swap_linears
 from profiler.device import environment, fingerprint
 
@@ -150,3 +152,12 @@ def test_cuda_fingerprint_and_kernels():
     assert ms[0] > 0 and mem[64] > 0
     ms, kept = measure_attention((1, 2, 3, 4, 5, 6), 5, 2, 2, 64, "mdwa", "cuda", "bf16", kept_target=0.5)
     assert ms > 0 and 0 < kept < 1
+
+
+def test_slower_than_dense_names_quantized_generations_that_bought_nothing():
+    from profiler.cost import E2E_COLUMNS, slower_than_dense
+    rows = [(256, 1, "dense", 100.0, 50.0, "1,2", False, 60.0), (256, 1, "W8A8:fc1,fc2", 90.0, 45.0, "1,2", False, 55.0),
+            (256, 1, "W8A8:mat_qkv", 101.0, 45.0, "1,2", False, 55.0),
+            (128, 1, "W8A8:fc1,fc2", 200.0, 45.0, "1", False, 55.0)]  # no dense at its schedule: not compared
+    msgs = slower_than_dense(pd.DataFrame(rows, columns=E2E_COLUMNS))
+    assert len(msgs) == 1 and msgs[0].startswith("W8A8:mat_qkv took 101.0 ms, dense 100.0 ms (256 px, batch 1)")

@@ -106,6 +106,14 @@ def test_class_accuracy_and_input_conventions():
     assert torch.equal(metrics.classifier_input(x * 3), (x * 3).clamp(-1, 1))
 
 
+def test_confusion_matrix_hand_made():
+    cm = metrics.confusion_matrix([0, 0, 1, 2, 2, 2], torch.tensor([0, 1, 1, 2, 0, 2]), 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+    assert metrics.predict_classes(_AlwaysZero(), data.make_split("val", 5)[0]).tolist() == [0] * 5
+    with pytest.raises(ValueError, match="3 labels but 2 predictions"):
+        metrics.confusion_matrix([0, 1, 2], [0, 1], 3)
+
+
 def test_classifier_shapes():
     model = clf.Classifier().eval()
     x = torch.randn(2, 3, 64, 64)

@@ -182,3 +182,20 @@ def test_masked_and_per_scale_attention_paths_agree(tmp_path):
     per_scale.max_masked_L = 0
     set_attention_backend(var, per_scale)
     assert rel_err(var(label_B, x), masked) <= 1e-5
+
+
+def test_prefix_tokens_are_forced_and_the_rest_sampled_as_usual(tmp_path):
+    var_path, vae_path = make_small(tmp_path, 2)
+    vae, var = load_vae_var(var_path, vae_path)
+    labels, kw = torch.tensor([1, 2, 3]), dict(cfg=2.0, top_k=20, top_p=0.9, return_tokens=True)
+    img_a, tok_a = var.autoregressive_infer_cfg(3, labels, g_seed=7, **kw)
+    img_b, tok_b = var.autoregressive_infer_cfg(3, labels, g_seed=8, prefix_tokens=[], **kw)
+    assert torch.equal(img_b, var.autoregressive_infer_cfg(3, labels, g_seed=8, **kw)[0])
+    k = 2
+    _, tok_f = var.autoregressive_infer_cfg(3, labels, g_seed=8, prefix_tokens=tok_a[:k], **kw)
+    assert all(torch.equal(f, a) for f, a in zip(tok_f[:k], tok_a[:k]))
+    assert any(not torch.equal(f, b) for f, b in zip(tok_f[k:], tok_b[k:]))  # the sampled rest follows the prefix
+    img_all, tok_all = var.autoregressive_infer_cfg(3, labels, g_seed=8, prefix_tokens=tok_a, **kw)
+    assert all(torch.equal(f, a) for f, a in zip(tok_all, tok_a)) and torch.allclose(img_all, img_a, atol=1e-6)
+    with pytest.raises(ValueError, match=r"prefix_tokens\[1\] has shape \(3, 9\); scale 1 needs"):
+        var.autoregressive_infer_cfg(3, labels, g_seed=8, prefix_tokens=[tok_a[0], tok_a[2]], **kw)

@@ -269,3 +269,37 @@ def test_drift_corrected_error_cancels_a_uniform_slowdown():
     # the plan really is 10% slower than its predicted share of dense
     assert drift_corrected_err(50.0, 66.0, 100.0, 120.0) == pytest.approx(60 / 66 - 1)
     assert drift_corrected_err(50.0, 60.0, None, 120.0) is None
+
+
+def test_planned_copy_costs_only_its_swapped_layers(reference):
+    from litevar.runtime import planned_copy
+    vae, var = load_default()
+    logits = cfg_logits(var, vae, *reference[:2], CFG)
+    planned_var = planned_copy(vae, var, plan_for(reference[3], formats=W8A8_LAYERS), kernel="torch")
+    assert quantized_fqns(planned_var) == set(W8A8_LAYERS) and not quantized_fqns(var)
+    own = {n: p.data_ptr() for n, p in var.named_parameters()}
+    fresh = {n.rpartition(".")[0] for n, p in planned_var.named_parameters() if own.get(n) != p.data_ptr()}
+    assert fresh <= set(W8A8_LAYERS)  # every other tensor is the dense model's own
+    assert planned_var.vae_proxy[0] is vae
+    assert torch.equal(cfg_logits(var, vae, *reference[:2], CFG), logits)  # the dense model is untouched
+
+
+def test_eval_by_scale_reports_where_the_class_shows(tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--n", "4", "--batch", "4", "--by-scale", "4", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "where the class shows (4 held-out real images" in printed and "per class: disc" in printed
+    r = json.loads(out.read_text())
+    c, S = r["class_by_scale"], len(SCHEDULES[256])
+    assert c["n"] == 4 and len(c["decoded"]) == S and len(c["forced"]) == S
+    assert c["decoded"][-1] == 1.0  # every real test image decodes to its class (ceiling: 100% on 500)
+    assert sum(map(sum, r["confusion"])) == 4 and len(r["per_class_accuracy"]) == 10
+
+
+def test_device_mismatch_sees_a_cpu_generation_behind_one_model_name():
+    from litevar.runtime import device_mismatch
+    here = {"type": "cpu", "name": "AMD EPYC", "cpu_family": "26", "cpu_model": "2"}
+    assert device_mismatch(dict(here), here) is None
+    assert device_mismatch({"type": "cpu", "name": "AMD EPYC"}, here) is None  # older plans: not recorded
+    assert device_mismatch({**here, "cpu_family": "25", "cpu_model": "17"}, here) == \
+        "cpu_family: plan '25', here '26', cpu_model: plan '17', here '2'"
