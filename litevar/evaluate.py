@@ -151,16 +151,17 @@ class Scorer:
 @torch.no_grad()
 def class_by_scale(var, vae, scorer: Scorer, n: int, seed: int, cfg: float, top_k: int, top_p: float, batch: int,
                    dtype_name: str = "fp32") -> dict:
-    """Where the class shows, on the first n of the scorer's held-out real images: `decoded[k-1]`,
+    """Where the class shows, on the first n held-out real test images: `decoded[k-1]`,
     class accuracy of each image decoded from its own first k scales of tokens (k = 1..S);
     `forced[k]`, class accuracy of images generated for their labels with their real tokens
     forced at the first k scales and the rest sampled (k = 0..S-1; k = 0 is plain generation)."""
     from litevar import metrics
-    from litevar.data import to_float
-    if not 1 <= n <= len(scorer.real):
-        raise UserError(f"--by-scale {n}: give 1..{len(scorer.real)} real images")
+    from litevar.data import make_split, to_float
+    if n < 1:
+        raise UserError(f"--by-scale {n}: give the number of real images, e.g. 200")
     dev, S = var.lvl_1L.device, len(var.patch_nums)
-    x, labels = to_float(scorer.real[:n]), scorer.real_labels[:n]
+    real, labels = make_split("test", n)  # the scorer's real images are the first of the same split
+    x = to_float(real)
     per_batch = [vae.img_to_idxBl(x[b:b + batch].to(dev)) for b in range(0, n, batch)]
     tokens = [torch.cat(t).cpu() for t in zip(*per_batch)]  # per scale: (n, pn * pn)
     partial = [vae.idxBl_to_img(ts, same_shape=True, last_one=False) for ts in per_batch]  # per batch, per scale
@@ -207,7 +208,7 @@ def run(args) -> int:
         var = planned_copy(vae, dense, plan)
     labels = balanced_labels(args.n, var.num_classes)
     imgs, _ = sample(var, labels, args.seed, args.cfg, args.top_k, args.top_p, args.batch, args.dtype)
-    scorer = Scorer(max(args.n, args.by_scale, 500))
+    scorer = Scorer(max(args.n, 500))
     report = {"n": args.n, "cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
               "dtype": args.dtype, "plan": args.plan, **quality(imgs, labels, vae=vae, scorer=scorer)}
     if args.by_scale:
@@ -234,7 +235,7 @@ def print_report(r: dict) -> None:
     print(f"Frechet distance (classifier features): {r['frechet_feature']:.3f} "
           f"(real vs real, {r['n_real']} images each: {r['frechet_feature_real_vs_real']:.3f})")
     if "confusion" in r:
-        print_confusions(np.array(r["confusion"]))
+        print_confusions(np.array(r["confusion"]), r["per_class_accuracy"])
     if "reconstruction" in r:
         c = r["reconstruction"]
         print(f"VQVAE reconstruction ceiling ({c['n']} real images encoded and decoded): PSNR {c['psnr_db']:.1f} dB, "
@@ -256,10 +257,9 @@ def class_names(num_classes: int) -> list[str]:
     return list(CLASS_NAMES) if len(CLASS_NAMES) == num_classes else [str(i) for i in range(num_classes)]
 
 
-def print_confusions(cm: np.ndarray, top: int = 5) -> None:
+def print_confusions(cm: np.ndarray, per_class: list[float], top: int = 5) -> None:
     """Per-class accuracy and the most frequent confusions (intended -> predicted)."""
     names = class_names(len(cm))
-    per_class = cm.diagonal() / np.maximum(cm.sum(1), 1)
     print("per class: " + ", ".join(f"{n} {100 * a:.0f}%" for n, a in zip(names, per_class)))
     off = [(int(cm[i, j]), i, j) for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i, j]]
     worst = sorted(off, reverse=True)[:top]

@@ -43,9 +43,8 @@ def guard_band(validation: list[dict]) -> dict:
     dense one timed at the same schedule and batch in the same rounds (ratios cancel a machine
     that drifts between profile and use, which slows dense and plan alike); memory: the worst
     under-prediction of a generation's peak memory. Both 0 when the model never under-predicts."""
-    dense = {(v["patch_nums"], v["batch"]): v for v in validation if v["config"] == "dense"}
     lat = [(v["measured_ms"] / d["measured_ms"]) / (v["predicted_ms"] / d["predicted_ms"]) - 1
-           for v in validation if v["config"] != "dense" and (d := dense.get((v["patch_nums"], v["batch"])))]
+           for v, d in C.dense_pairs(validation)]
     mem = [v["measured_mb"] / v["predicted_mb"] - 1 for v in validation if v.get("predicted_mb")]
     return {"latency": max([0.0, *lat]), "memory": max([0.0, *mem]),
             "source": f"cost-model validation: worst under-prediction of {len(lat)} quantized generations' "

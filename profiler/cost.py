@@ -451,18 +451,13 @@ def measure_generations(vae, var, arch, plan, device, settings: CostSettings, pr
     return pd.DataFrame([{**row, "ms": ms[i]} for i, row in enumerate(rows)], columns=E2E_COLUMNS)
 
 
-def slower_than_dense(e2e: pd.DataFrame) -> list[str]:
-    """A message per quantized generation that was not faster than the dense one at the same
-    schedule and batch: the planner will find no speedup in those formats on this device."""
-    dense = {(r.patch_nums, r.batch): r.ms for r in e2e.itertuples() if r.config == "dense"}
-    out = []
-    for r in e2e.itertuples():
-        base = dense.get((r.patch_nums, r.batch))
-        if r.config != "dense" and base is not None and r.ms >= base:
-            out.append(f"{r.config} took {r.ms:.1f} ms, dense {base:.1f} ms ({r.resolution} px, batch {r.batch}): "
-                       "not faster in the model on this device, so plans cannot buy speed with it; if the "
-                       "machine was busy, re-run `litevar profile` when it is idle")
-    return out
+def slower_than_dense(validation: list[dict]) -> list[str]:
+    """A message per quantized generation (validation rows) that was not faster than the dense one
+    at the same schedule and batch: the planner will find no speedup in those formats here."""
+    return [f"{v['config']} took {v['measured_ms']:.1f} ms, dense {d['measured_ms']:.1f} ms ({v['resolution']} px, "
+            f"batch {v['batch']}): not faster in the model on this device, so plans cannot buy speed with it; if "
+            "the machine was busy, re-run `litevar profile` when it is idle"
+            for v, d in cmod.dense_pairs(validation) if v["measured_ms"] >= d["measured_ms"]]
 
 
 def fit_cost_model(tables: dict, arch: dict, device, dtype: str, vae) -> tuple[dict, list[dict]]:
@@ -500,9 +495,9 @@ def run_cost_stage(vae, var, arch: dict, device, resolutions=None, batches=(1, 2
     plan = e2e_plan(resolutions, batches, var.patch_nums, holdout_resolution, holdout_batch, settings)
     tables["cost_e2e"] = measure_generations(vae, var, arch, plan, dev, settings, progress)
     t2 = time.perf_counter()
-    for msg in slower_than_dense(tables["cost_e2e"]):
-        log.warning(msg)
     cm, validation = fit_cost_model(tables, arch, dev, settings.dtype, vae)
+    for msg in slower_than_dense(validation):
+        log.warning(msg)
     cm["timing_s"] = {"kernels": t1 - t0, "e2e": t2 - t1}
     log.info("cost stage: kernels %.0f s, generations %.0f s; held-out errors %s", t1 - t0, t2 - t1,
              [(v["resolution"], v["batch"], v["config"], round(v["latency_err"], 3), round(v["memory_err"], 3))

@@ -490,6 +490,14 @@ def predict(cm: dict, arch: dict, patch_nums, batch: int, formats: dict[str, str
                           "per_layer_ms": per_layer, "memory_mb": mem}}
 
 
+def dense_pairs(validation: list[dict]) -> list[tuple[dict, dict]]:
+    """(row, dense row) of validation rows: every quantized generation with the dense one timed
+    at the same schedule and batch (those without one are left out)."""
+    dense = {(v["patch_nums"], v["batch"]): v for v in validation if v["config"] == "dense"}
+    return [(v, dense[(v["patch_nums"], v["batch"])]) for v in validation
+            if v["config"] != "dense" and (v["patch_nums"], v["batch"]) in dense]
+
+
 def validate(cm: dict, arch: dict, rows) -> list[dict]:
     """Predicted vs measured latency and memory of e2e rows (dicts or a DataFrame with
     patch_nums, batch, config, ms, peak_mb; optional resolution, held_out)."""

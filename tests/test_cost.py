@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 
-import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -155,9 +154,12 @@ def test_cuda_fingerprint_and_kernels():
 
 
 def test_slower_than_dense_names_quantized_generations_that_bought_nothing():
-    from profiler.cost import E2E_COLUMNS, slower_than_dense
-    rows = [(256, 1, "dense", 100.0, 50.0, "1,2", False, 60.0), (256, 1, "W8A8:fc1,fc2", 90.0, 45.0, "1,2", False, 55.0),
-            (256, 1, "W8A8:mat_qkv", 101.0, 45.0, "1,2", False, 55.0),
-            (128, 1, "W8A8:fc1,fc2", 200.0, 45.0, "1", False, 55.0)]  # no dense at its schedule: not compared
-    msgs = slower_than_dense(pd.DataFrame(rows, columns=E2E_COLUMNS))
+    from profiler.cost import slower_than_dense
+
+    def row(res, pns, config, ms):
+        return {"resolution": res, "patch_nums": pns, "batch": 1, "config": config, "measured_ms": ms}
+    rows = [row(256, "1,2", "dense", 100.0), row(256, "1,2", "W8A8:fc1,fc2", 90.0),
+            row(256, "1,2", "W8A8:mat_qkv", 101.0),
+            row(128, "1", "W8A8:fc1,fc2", 200.0)]  # no dense at its schedule: not compared
+    msgs = slower_than_dense(rows)
     assert len(msgs) == 1 and msgs[0].startswith("W8A8:mat_qkv took 101.0 ms, dense 100.0 ms (256 px, batch 1)")
