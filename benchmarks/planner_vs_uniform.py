@@ -23,7 +23,7 @@ from pathlib import Path
 from litevar.atomic import write_text
 from litevar.cli import main as litevar_main
 
-DEFAULT_RECIPES = ("w8a8", "w8a8+qk8", "asc", "paper")
+DEFAULT_RECIPES = ("bf16", "w8a8", "w8a8+qk8", "asc", "paper")
 
 
 def parse_args(argv=None):

@@ -1,8 +1,9 @@
 """Quantization formats: a frozen dataclass, a name-keyed registry, and a capability table.
 
-A format says what is quantized and how; `capability` says which kernel runs it and whether
-that kernel is a real integer / weight-only path (native) or fake quant (emulated). Whether a
-native kernel is actually faster than bf16 on a device is measured by the profiler, not here.
+A format says what is quantized and how (or, for BF16, which float dtype one layer runs in);
+`capability` says which kernel runs it and whether that kernel is a real integer / weight-only /
+float path (native) or fake quant (emulated). Whether a native kernel is actually faster than
+the model's own dtype on a device is measured by the profiler, not here.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from kernels.quant import Granularity, PerChannel, PerGroup, PerToken
 from litevar.errors import UserError
 
 FLOAT_BITS = 16  # w_bits / a_bits of 16 mean "kept in floating point"
+CAST_DTYPES = {"bfloat16": "bf16"}  # float dtypes a layer can be cast to -> kernel name
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,9 @@ class QuantFormat:
     symmetric: bool = True  # weights: z = 0
     a_symmetric: bool = False  # activations: paper's z = (max + min) / 2
     version: int = 1
+    # float formats: "" keeps the model's own dtype (fp); a torch dtype name ("bfloat16") runs
+    # the layer in that dtype whatever the model's (weights stored in it, output cast back)
+    float_dtype: str = ""
 
     def __post_init__(self):
         for what, bits in (("w_bits", self.w_bits), ("a_bits", self.a_bits)):
@@ -40,6 +45,10 @@ class QuantFormat:
         if isinstance(self.w_granularity, PerToken):
             raise UserError(f"format {self.name!r}: PerToken() is for activations; weights take "
                             "PerChannel() or PerGroup(n)")
+        if self.float_dtype and (not self.is_float or self.float_dtype not in CAST_DTYPES):
+            raise UserError(f"format {self.name!r}: float_dtype={self.float_dtype!r} needs w_bits="
+                            f"a_bits={FLOAT_BITS} and one of {', '.join(CAST_DTYPES)}; or leave it "
+                            "empty to keep the model's dtype")
         if not isinstance(self.w_granularity, (PerChannel, PerGroup)):
             raise UserError(f"format {self.name!r}: w_granularity={self.w_granularity!r}; use "
                             "PerChannel() or PerGroup(128)")
@@ -47,6 +56,11 @@ class QuantFormat:
     @property
     def is_float(self) -> bool:
         return self.w_bits == FLOAT_BITS
+
+    @property
+    def casts(self) -> bool:
+        """A float format that runs the layer in another dtype than the model's (e.g. BF16)."""
+        return self.is_float and bool(self.float_dtype)
 
     @property
     def weight_only(self) -> bool:
@@ -89,6 +103,7 @@ def get_format(fmt: QuantFormat | str) -> QuantFormat:
 
 
 FP = register_format(QuantFormat("fp"))
+BF16 = register_format(QuantFormat("BF16", float_dtype="bfloat16"))  # one layer in bf16 in an fp32 model
 W8A8 = register_format(QuantFormat("W8A8", 8, 8))
 W6A6 = register_format(QuantFormat("W6A6", 6, 6))
 W4A8 = register_format(QuantFormat("W4A8", 4, 8))
@@ -110,6 +125,9 @@ def capability(fmt: QuantFormat | str, device: torch.device | str) -> Capability
     where = f"{'Triton' if dev == 'cuda' else 'torch'} on {dev}"
     int_ok = isinstance(fmt.w_granularity, PerChannel) and fmt.symmetric
     bits = (fmt.w_bits, fmt.a_bits)
+    if fmt.casts:
+        return Capability(True, CAST_DTYPES[fmt.float_dtype], f"{fmt.float_dtype} matmul, weights stored "
+                          "in it, input cast to it and the output back to the input's dtype")
     if fmt.is_float:
         return Capability(True, "dense", "float matmul, no quantization")
     if bits == (8, 8) and int_ok:

@@ -1,8 +1,10 @@
-"""QuantLinear: an nn.Linear with weights quantized once, and the swap by fully-qualified name."""
+"""QuantLinear: an nn.Linear with weights quantized once; CastLinear: one run in a narrower float
+dtype (BF16); and the swap by fully-qualified name."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from kernels import gemm
 from kernels.formats import QuantFormat, capability, get_format
@@ -44,7 +46,8 @@ class QuantLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.fmt, self.kernel = get_format(fmt), KernelChoice(kernel)
         if self.fmt.is_float:
-            raise UserError("QuantLinear: format 'fp' quantizes nothing; keep the nn.Linear")
+            raise UserError(f"QuantLinear: float format {self.fmt.name!r} quantizes nothing; keep the "
+                            "nn.Linear ('fp') or use CastLinear (linear_in_format)")
         cap = capability(self.fmt, device or "cpu")
         self.path = "emulated" if self.kernel is KernelChoice.EMULATED else cap.kernel
         packed = self.fmt.w_bits == 4
@@ -97,9 +100,57 @@ class QuantLinear(nn.Module):
                 f"bias={self.bias is not None}")
 
 
+class CastLinear(nn.Module):
+    """y = x @ W^T + b computed in the format's float dtype (W and b stored in it), returned in
+    x's dtype; under autocast it returns what F.linear does there, as the nn.Linear would."""
+
+    def __init__(self, in_features: int, out_features: int, fmt: QuantFormat | str,
+                 bias: bool = True, device=None):
+        super().__init__()
+        self.in_features, self.out_features, self.fmt = in_features, out_features, get_format(fmt)
+        if not self.fmt.casts:
+            raise UserError(f"CastLinear: format {self.fmt.name!r} names no float dtype to cast to; "
+                            "use QuantLinear for integer formats, the nn.Linear for 'fp'")
+        kw = dict(device=device, dtype=getattr(torch, self.fmt.float_dtype))
+        self.register_buffer("weight", torch.empty(out_features, in_features, **kw))
+        self.register_buffer("bias", torch.empty(out_features, **kw) if bias else None)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, fmt: QuantFormat | str) -> CastLinear:
+        m = cls(linear.in_features, linear.out_features, fmt, linear.bias is not None, linear.weight.device)
+        m.weight = linear.weight.detach().to(m.weight.dtype).clone()
+        if linear.bias is not None:
+            m.bias = linear.bias.detach().to(m.weight.dtype).clone()
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x.to(self.weight.dtype), self.weight, self.bias)
+        return y if torch.is_autocast_enabled(x.device.type) else y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"format={self.fmt.name}, bias={self.bias is not None}")
+
+
+def linear_in_format(linear: nn.Linear, fmt: QuantFormat | str,
+                     kernel: KernelChoice = KernelChoice.AUTO) -> nn.Module:
+    """The module that runs `linear` in `fmt`: itself for 'fp', a CastLinear for a float dtype
+    (BF16), else a QuantLinear (weights quantized once)."""
+    fmt = get_format(fmt)
+    if fmt.casts:
+        return CastLinear.from_float(linear, fmt)
+    return linear if fmt.is_float else QuantLinear.from_float(linear, fmt, kernel)
+
+
+def is_planned_layer(m: nn.Module) -> bool:
+    """A layer that a plan swapped in (quantized or cast)."""
+    return isinstance(m, (QuantLinear, CastLinear))
+
+
 def swap_linears(model: nn.Module, fqn_to_format: dict[str, str | QuantFormat],
                  kernel: KernelChoice = KernelChoice.AUTO) -> nn.Module:
-    """Replace each named nn.Linear by a QuantLinear of its format ("fp" leaves it). In place.
+    """Replace each named nn.Linear by the module of its format (linear_in_format: "fp" leaves
+    it). In place.
 
     Every name is checked before anything is swapped.
     """
@@ -113,12 +164,12 @@ def swap_linears(model: nn.Module, fqn_to_format: dict[str, str | QuantFormat],
             raise UserError(f"swap_linears: {what} named {fqn!r} in {type(model).__name__}; "
                             f"linear layers are e.g. {', '.join(linears[:4]) or '(none)'}")
     for fqn, fmt in plan.items():
-        if fmt.is_float:
+        if fmt.is_float and not fmt.casts:
             continue
         parent, _, child = fqn.rpartition(".")
         try:
-            qlinear = QuantLinear.from_float(modules[fqn], fmt, kernel)
+            layer = linear_in_format(modules[fqn], fmt, kernel)
         except UserError as e:
             raise UserError(f"swap_linears: layer {fqn!r}: {e}") from None
-        setattr(model.get_submodule(parent), child, qlinear)
+        setattr(model.get_submodule(parent), child, layer)
     return model

@@ -2,7 +2,8 @@
 
 - refuses a plan made for another model (architecture, weights) or schedule, naming the mismatch;
 - warns when the plan was made on another device (its latency figures may not hold here);
-- swaps the planned linear layers for QuantLinear (int8 / packed INT4 weights, quantized once);
+- swaps the planned linear layers for QuantLinear (int8 / packed INT4 weights, quantized once)
+  or CastLinear (BF16: weights stored in bf16);
 - routes the attention of the planned blocks through make_mdwa_backend (windows, QK INT8, CFG
   sharing); blocks the plan does not touch keep DenseAttention.
 """
@@ -15,7 +16,7 @@ import os
 import torch
 
 from kernels.mdwa import LayerOptions, make_mdwa_backend
-from kernels.qlinear import QuantLinear, swap_linears
+from kernels.qlinear import is_planned_layer, swap_linears
 from kernels.select import KernelChoice
 from kernels.windows import WindowConfig
 from litevar.attention import set_attention_backend
@@ -65,7 +66,7 @@ def _check_device(plan: Plan, device: torch.device, strict: bool) -> None:
 
 
 def _check_unplanned(var) -> None:
-    if any(isinstance(m, QuantLinear) for m in var.modules()):
+    if any(is_planned_layer(m) for m in var.modules()):
         raise UserError("this VAR already has quantized layers (a plan was applied); load the "
                         "full-precision model again before applying a plan")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from kernels.formats import FORMATS
 from litevar.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,8 @@ def run(args) -> int:
     for stage in stages:
         skey = key if stage != "cost" else _key(model, args.resolutions, args.batches, str(device),
                                                  *_cost_options(cost_settings))
+        if stage in ("sensitivity", "cost"):  # a new format (BF16) makes the old tables incomplete
+            skey = _key(skey, sorted(FORMATS))
         hit = None if stage in forced else _cached(out, stage, skey)
         if hit is None and forced and stage not in forced:
             continue  # not asked for and not cached: leave it out

@@ -47,8 +47,8 @@ from torch._C._profiler import _EventType
 
 from kernels.bench_attention import windows_for_kept
 from kernels.bench_gemm import interleaved_ms, time_ms
-from kernels.formats import FORMATS, capability
-from kernels.qlinear import QuantLinear, swap_linears
+from kernels.formats import CAST_DTYPES, FORMATS, capability
+from kernels.qlinear import linear_in_format, swap_linears
 from kernels.windows import WindowConfig, kept_fraction
 from litevar.attention import AttnCall, DenseAttention, ScaleLayout
 from litevar.generate import DTYPES, autocast
@@ -81,12 +81,14 @@ class CostSettings:
     # few layer kinds, which sets its in-model factor (alpha); the last one is the kind of mix
     # budget plans choose (the wide linears quantized, attention output and AdaLN kept fp), whose
     # latency the per-family fits alone under-predicted by 3-10% on the CPU
-    fit_configs: tuple[str, ...] = ("W8A8:fc1,fc2", "W8A8:mat_qkv,proj,ada_lin,head,word_embed",
+    fit_configs: tuple[str, ...] = ("BF16:fc1,fc2", "BF16:mat_qkv,proj,ada_lin,head,word_embed",
+                                    "W8A8:fc1,fc2", "W8A8:mat_qkv,proj,ada_lin,head,word_embed",
                                     "W4A8:fc1,fc2", "W4A8:mat_qkv,proj,ada_lin,head,word_embed",
                                     "W4A16:fc1,fc2", "W4A16:mat_qkv,proj,ada_lin,head,word_embed",
                                     "W8A8:mat_qkv,fc1,fc2,head")
     # held-out quantized generations (model's schedule): formats mixed over other layer kinds
-    validate_configs: tuple[str, ...] = ("W4A8:mat_qkv,proj;W8A8:fc1,fc2,head",)
+    validate_configs: tuple[str, ...] = ("W4A8:mat_qkv,proj;W8A8:fc1,fc2,head",
+                                         "BF16:word_embed,mat_qkv,proj,fc1,ada_lin,head")
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -105,10 +107,12 @@ class CostSettings:
 
 
 def timed_formats(device, settings: CostSettings) -> list[str]:
-    """Formats to time: the given ones, else fp, every native quantized format and one emulated."""
+    """Formats to time: the given ones, else fp, every native format and one emulated; a float
+    format that casts to the runtime dtype itself (BF16 under --dtype bf16) adds nothing."""
     if settings.formats:
         return list(dict.fromkeys(("fp",) + tuple(settings.formats)))
-    native = [f for f in FORMATS if capability(f, device).native]
+    native = [f for f in FORMATS if capability(f, device).native and not
+              (FORMATS[f].casts and CAST_DTYPES[FORMATS[f].float_dtype] == settings.dtype)]
     return native + [EMULATED_FORMAT]
 
 
@@ -124,7 +128,7 @@ def measure_linear(K: int, N: int, Ms, fmt: str, device, dtype: str = "fp32", wa
     memory (MB, output included) of one call at each row count of `memory_Ms`."""
     dev = torch.device(device)
     linear = nn.Linear(K, N, device=dev).requires_grad_(False)  # no grad: no autocast weight cache
-    layer = linear if fmt == "fp" else QuantLinear.from_float(linear, fmt)
+    layer = linear_in_format(linear, fmt)
     times, memory = [], {}
     for M in Ms:
         x_MK = torch.randn(M, K, device=dev)
@@ -415,16 +419,24 @@ def measure_attentions(arch, resolutions, batches, device, settings: CostSetting
     return pd.DataFrame(rows, columns=ATTN_COLUMNS)
 
 
-def e2e_plan(resolutions, batches, own_pns, holdout_resolution, holdout_batch, settings: CostSettings):
-    """(patch_nums, batch, config, held_out) of every timed generation."""
+def config_formats(config: str) -> set[str]:
+    """Format names of an e2e config: 'BF16:fc1;W8A8:head' -> {'BF16', 'W8A8'}."""
+    return set() if config == "dense" else {g.partition(":")[0] for g in config.split(";")}
+
+
+def e2e_plan(resolutions, batches, own_pns, holdout_resolution, holdout_batch, settings: CostSettings,
+             timed=None):
+    """(patch_nums, batch, config, held_out) of every timed generation; configs in a format whose
+    kernels were not timed (not in `timed`, when given) are left out, as the model cannot price them."""
+    ok = lambda c: timed is None or config_formats(c) <= set(timed)
     plan = [(tuple(p), b, "dense", False) for p in resolutions for b in batches]
     fit_pns = sorted(resolutions, key=len)[-2] if len(resolutions) > 1 else tuple(resolutions[0])
-    plan += [(tuple(fit_pns), batches[0], c, False) for c in settings.fit_configs]
+    plan += [(tuple(fit_pns), batches[0], c, False) for c in settings.fit_configs if ok(c)]
     if holdout_resolution is not None:
         plan.append((tuple(holdout_resolution), batches[0], "dense", True))
     if holdout_batch is not None:
         plan.append((tuple(own_pns), holdout_batch, "dense", True))
-    plan += [(tuple(own_pns), batches[0], c, True) for c in settings.validate_configs]
+    plan += [(tuple(own_pns), batches[0], c, True) for c in settings.validate_configs if ok(c)]
     return plan
 
 
@@ -492,7 +504,8 @@ def run_cost_stage(vae, var, arch: dict, device, resolutions=None, batches=(1, 2
     tables = {"cost_linear": measure_linears(arch, resolutions, batches, dev, settings, progress),
               "cost_attn": measure_attentions(arch, resolutions, batches, dev, settings, progress)}
     t1 = time.perf_counter()
-    plan = e2e_plan(resolutions, batches, var.patch_nums, holdout_resolution, holdout_batch, settings)
+    plan = e2e_plan(resolutions, batches, var.patch_nums, holdout_resolution, holdout_batch, settings,
+                    timed_formats(dev, settings))
     tables["cost_e2e"] = measure_generations(vae, var, arch, plan, dev, settings, progress)
     t2 = time.perf_counter()
     cm, validation = fit_cost_model(tables, arch, dev, settings.dtype, vae)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.formats import FORMATS
-from kernels.qlinear import QuantLinear
+from kernels.qlinear import linear_in_format
 from kernels.select import KernelChoice
 from kernels.windows import FULL, WindowConfig, WindowFamily, max_width, min_width_for_ratio, window_mass
 from litevar.attention import DenseAttention, set_attention_backend
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 LOSS_UNIT = ("nats: sum over scales of the mean KL(full precision || test) of the CFG-guided next-token "
              "distribution, teacher-forced on the full-precision model's own samples")
-QUANT_FORMATS = ("W8A8", "W6A6", "W4A8", "W4A16", "W4A6", "W4A4")
+QUANT_FORMATS = ("BF16", "W8A8", "W6A6", "W4A8", "W4A16", "W4A6", "W4A4")
 CANDIDATE_WIDTHS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192)  # half-widths; FULL added per part
 SINK_FACTOR = 4.0  # a part is a sink when its attention mass is >= 4x its share of the keys
 WINDOW_RATIOS = (0.99, 0.97, 0.95, 0.9, 0.8, 0.7)  # MDWA thresholds of the window-fit configurations
@@ -90,14 +90,14 @@ def loss_of(vae, var, calib: Calibration) -> tuple[float, float]:
 
 @contextlib.contextmanager
 def quantized(var, fqn_to_format: dict[str, str]):
-    """Temporarily replace linear layers by QuantLinear modules (restored on exit)."""
+    """Temporarily replace linear layers by their modules in a format (restored on exit)."""
     saved = {}
     try:
         for fqn, fmt in fqn_to_format.items():
             parent, _, child = fqn.rpartition(".")
             owner = var.get_submodule(parent) if parent else var
             saved[fqn] = (owner, child, getattr(owner, child))
-            setattr(owner, child, QuantLinear.from_float(saved[fqn][2], fmt, KernelChoice.AUTO))
+            setattr(owner, child, linear_in_format(saved[fqn][2], fmt, KernelChoice.AUTO))
         yield var
     finally:
         for owner, child, mod in saved.values():

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from kernels import gemm
 from kernels.formats import FORMATS
-from kernels.qlinear import QuantLinear, swap_linears
+from kernels.qlinear import CastLinear, QuantLinear, linear_in_format, swap_linears
 from kernels.quant import (PerChannel, PerGroup, dequantize, pack_int4, quantize, sqnr,
                            unpack_int4)
 from kernels.select import KernelChoice, interpret_mode, triton_available
@@ -226,10 +226,31 @@ class _Block(nn.Module):
         self.ffn.fc1, self.ffn.fc2 = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
 
 
+def test_castlinear_bf16():
+    """BF16: weights stored in bf16, the matmul in bf16, the output back in x's dtype (fp32); under
+    bf16 autocast it returns bf16 as the nn.Linear does. bf16 keeps 8 mantissa bits: > 40 dB."""
+    K, N = int(torch.randint(8, 300, ())), int(torch.randint(8, 300, ()))
+    lin, x = nn.Linear(K, N), _act(2, int(torch.randint(1, 40, ())), K, device="cpu")
+    m = linear_in_format(lin, "BF16")
+    assert isinstance(m, CastLinear) and m.weight.dtype == m.bias.dtype == torch.bfloat16
+    y = m(x)
+    assert y.dtype == torch.float32 and y.shape == (*x.shape[:-1], N)
+    assert sqnr(lin(x), y) > 40
+    torch.testing.assert_close(y, nn.functional.linear(x.bfloat16(), lin.weight.bfloat16(),
+                                                       lin.bias.bfloat16()).float())
+    with torch.autocast("cpu", torch.bfloat16):
+        assert m(x).dtype == lin(x).dtype == torch.bfloat16
+    assert linear_in_format(lin, "fp") is lin and isinstance(linear_in_format(lin, "W8A8"), QuantLinear)
+    with pytest.raises(UserError, match="CastLinear"):
+        QuantLinear.from_float(lin, "BF16")
+    with pytest.raises(UserError, match="names no float dtype"):
+        CastLinear(K, N, "W8A8")
+
+
 def test_swap_linears_by_fqn():
     model = nn.Module()
     model.blocks = nn.ModuleList([_Block(128) for _ in range(2)])
-    plan = {"blocks.0.attn.mat_qkv": "W8A8", "blocks.1.ffn.fc2": "fp",
+    plan = {"blocks.0.attn.mat_qkv": "W8A8", "blocks.1.ffn.fc2": "fp", "blocks.1.attn.mat_qkv": "BF16",
             "blocks.1.ffn.fc1": FORMATS["W4A8"], "blocks.0.ffn.fc2": "W6A6"}
     plan = json.loads(json.dumps({k: getattr(v, "name", v) for k, v in plan.items()}))
     fc2 = model.blocks[1].ffn.fc2
@@ -237,6 +258,7 @@ def test_swap_linears_by_fqn():
     assert isinstance(model.blocks[0].attn.mat_qkv, QuantLinear)
     assert model.blocks[1].ffn.fc1.path == "w4a8" and model.blocks[0].ffn.fc2.path == "emulated"
     assert model.blocks[1].ffn.fc2 is fc2  # "fp" leaves the layer untouched
+    assert isinstance(model.blocks[1].attn.mat_qkv, CastLinear)
     assert isinstance(model.blocks[0].attn.proj, nn.Linear)
     with pytest.raises(UserError, match=r"no module named 'blocks.7.ffn.fc2'.*blocks\.0\.attn"):
         swap_linears(model, {"blocks.1.attn.proj": "W8A8", "blocks.7.ffn.fc2": "W8A8"})

@@ -284,6 +284,30 @@ def test_emulated_formats_never_faster_and_sinks_stay_full(d4):
     assert keys and not keys & sink_keys
 
 
+def test_bf16_format_is_planned_where_measured_fast():
+    """A float format is one more choice per layer: where the profile timed BF16 faster than W8A8 with
+    less loss (as on CPUs with bf16 matmuls but slow int8 ones), the speed budget is met in BF16,
+    and its weights count 2 bytes each."""
+    from planner.build import build_problem
+    prof = synthetic_profile(4, 256, seed=1, device="cpu")
+    cm = prof.meta["cost_model"]
+    fp = cm["linear"]["fp|fp32"]
+    cm["linear"]["BF16|fp32"] = {**fp, "coef": [c * 0.4 for c in fp["coef"]], "kernel": "bf16"}
+    assert cm["format_kernel"]["BF16"] == "bf16"
+    sens = prof.table("sensitivity")
+    bf16 = sens[sens.format == "W8A8"].assign(format="BF16", loss=1e-7)
+    prof.tables["sensitivity"] = pd.concat([sens, bf16], ignore_index=True)
+    problem = build_problem(prof, 256)
+    with_bf16 = [{o.format: o for o in g.options} for g in problem.formats if len(g.options) > 1]
+    assert len(with_bf16) == len(problem.formats) - 1  # all but head_nm.ada_lin.1, never profiled
+    for opt in with_bf16:
+        assert opt["BF16"].weight_mb == pytest.approx(opt["fp"].weight_mb / 2)
+        assert opt["BF16"].latency_ms < opt["fp"].latency_ms
+    sol = solve(problem, Budgets(min_speedup=1.05))
+    chosen = set(sol.selection.formats.values()) - {"fp"}
+    assert chosen == {"BF16"} and sol.metrics.loss < 1e-5
+
+
 def test_d30_at_2048_solves_in_time():
     """Every layer, head, scale and part of a d30 at 2048 px: <= 10 s of CBC, gap <= 0.5%."""
     from planner.build import build_problem

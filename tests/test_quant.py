@@ -82,8 +82,13 @@ def test_int4_pack_roundtrip_and_order():
 def test_registry_and_validation():
     assert set(FORMATS) >= {"fp", "W8A8", "W6A6", "W4A8", "W4A16", "W4A6", "W4A4"}
     assert get_format("W4A8").w_bits == 4 and get_format(FORMATS["W8A8"]) is FORMATS["W8A8"]
-    with pytest.raises(UserError, match="known: fp, W8A8"):
+    with pytest.raises(UserError, match="known: fp, BF16, W8A8"):
         get_format("W3A3x")
+    with pytest.raises(UserError, match="float_dtype='float64'.*bfloat16"):
+        QuantFormat("bad", float_dtype="float64")
+    with pytest.raises(UserError, match="w_bits=a_bits=16"):
+        QuantFormat("bad", 8, 8, float_dtype="bfloat16")
+    assert get_format("BF16").casts and get_format("BF16").is_float and not get_format("fp").casts
     with pytest.raises(UserError, match="2..8"):
         QuantFormat("bad", w_bits=12)
     with pytest.raises(UserError, match="activation-only"):
@@ -99,7 +104,7 @@ def test_formats_round_trip_json():
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_capability_table(device):
-    native = {"fp": "dense", "W8A8": "w8a8", "W4A8": "w4a8", "W4A16": "w4a16"}
+    native = {"fp": "dense", "BF16": "bf16", "W8A8": "w8a8", "W4A8": "w4a8", "W4A16": "w4a16"}
     for name in FORMATS:
         cap = capability(name, device)
         assert isinstance(cap, Capability)
