@@ -155,7 +155,8 @@ def report(plans: list, paths: list[str], dense: E2E, measured: list[E2E], args,
 
 
 def _num(x, fmt: str) -> str:
-    return "-" if x is None else format(x, fmt)
+    """x in `fmt` ('8.1%'), or '-' right-aligned to the same width when missing."""
+    return format("-", ">" + fmt.split(".")[0]) if x is None else format(x, fmt)
 
 
 def format_table(r: dict) -> str:
@@ -164,22 +165,24 @@ def format_table(r: dict) -> str:
              f"interleaved runs after {r['warmup']} warm-up")
     if q:
         title += f"; loss: profile unit (nats) on {q['n']} calibration samples, seed {q['seed']}"
-    head = (f"{'model':24}{'latency ms':>10}{'pred':>8}{'err':>8}{'adj':>8}{'peak MB':>9}{'pred':>8}{'err':>8}"
+    names = [e["plan_name"] or Path(e["plan"]).stem for e in r["plans"]]
+    w = max(map(len, ["dense", *names])) + 1
+    head = (f"{'model':{w}}{'latency ms':>10}{'pred':>8}{'err':>8}{'adj':>8}{'peak MB':>9}{'pred':>8}{'err':>8}"
             f"{'speedup':>9}{'promised':>9}{'loss':>9}{'pred':>9}{'top1':>8}")
     dense = r["dense"]
     pred0 = r["plans"][0]["predicted"]
-    rows = [_row("dense", dense, pred0.get("dense_latency_ms"), pred0.get("dense_memory_mb"), 1.0, 1.0, 0.0, 0.0)]
-    for e in r["plans"]:
+    rows = [_row("dense", w, dense, pred0.get("dense_latency_ms"), pred0.get("dense_memory_mb"), 1.0, 1.0, 0.0, 0.0)]
+    for name, e in zip(names, r["plans"]):
         p = e["predicted"]
-        rows.append(_row(e["plan_name"] or Path(e["plan"]).stem, e["measured"], p["latency_ms"], p["memory_mb"],
+        rows.append(_row(name, w, e["measured"], p["latency_ms"], p["memory_mb"],
                          e["speedup"]["measured"], e["speedup"]["promised"], p["loss"],
                          e["prediction_error"]["latency_drift_corrected"]))
     return "\n".join([title, head, *rows, "adj: latency error relative to dense (drift between profile and bench "
                                           "cancels)"])
 
 
-def _row(name, m, pred_ms, pred_mb, speedup, promised, pred_loss, adj) -> str:
-    return (f"{name[:23]:24}{_num(m['latency_ms'], '10.1f')}{_num(pred_ms, '8.1f')}"
+def _row(name, width, m, pred_ms, pred_mb, speedup, promised, pred_loss, adj) -> str:
+    return (f"{name:{width}}{_num(m['latency_ms'], '10.1f')}{_num(pred_ms, '8.1f')}"
             f"{_num(rel_err(pred_ms, m['latency_ms']), '8.1%')}{_num(adj, '8.1%')}"
             f"{_num(m['peak_mb'], '9.1f')}{_num(pred_mb, '8.1f')}"
             f"{_num(rel_err(pred_mb, m['peak_mb']), '8.1%')}{_num(speedup, '8.2f')}x{_num(promised, '8.2f')}x"
