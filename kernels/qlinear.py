@@ -164,12 +164,11 @@ def swap_linears(model: nn.Module, fqn_to_format: dict[str, str | QuantFormat],
             raise UserError(f"swap_linears: {what} named {fqn!r} in {type(model).__name__}; "
                             f"linear layers are e.g. {', '.join(linears[:4]) or '(none)'}")
     for fqn, fmt in plan.items():
-        if fmt.is_float and not fmt.casts:
-            continue
-        parent, _, child = fqn.rpartition(".")
         try:
             layer = linear_in_format(modules[fqn], fmt, kernel)
         except UserError as e:
             raise UserError(f"swap_linears: layer {fqn!r}: {e}") from None
-        setattr(model.get_submodule(parent), child, layer)
+        if layer is not modules[fqn]:
+            parent, _, child = fqn.rpartition(".")
+            setattr(model.get_submodule(parent), child, layer)
     return model

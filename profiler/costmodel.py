@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 VERSION = 1
 MB = 2 ** 20
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-CAST_BYTES = {"bfloat16": 2}  # kernels.formats.CAST_DTYPES: bytes per stored weight
 
 # kinds of the quantizable linears, as in the sensitivity table
 LINEAR_KINDS = ("word_embed", "mat_qkv", "proj", "fc1", "fc2", "ada_lin", "head")
@@ -137,9 +136,10 @@ def weight_bytes(K: int, N: int, fmt: str, fp_bytes: int = 4) -> int:
     byte, float32 scales (and zeros when asymmetric) per output channel and group, and the
     float32 per-channel weight sum. Emulated formats store the same codes and dequantize per
     call (that transient copy is memory workspace, see predict). BF16: K*N*2 (CastLinear)."""
+    from kernels.formats import CAST_DTYPES
     f = _fmt(fmt)
     if f.casts:
-        return K * N * CAST_BYTES[f.float_dtype]
+        return K * N * DTYPE_BYTES[CAST_DTYPES[f.float_dtype]]
     if f.is_float:
         return K * N * fp_bytes
     codes = K * N // 2 if f.w_bits == 4 else K * N
