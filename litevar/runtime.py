@@ -23,7 +23,7 @@ from litevar.attention import set_attention_backend
 from litevar.errors import UserError
 from litevar.var import shared_copy
 from planner.plan import Plan, arch_of, weights_sha256
-from profiler.device import fingerprint
+from profiler.device import PLAN_KEYS, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def device_mismatch(plan_device: dict, here: dict) -> str | None:
     """How the plan's device differs from `here` (profiler.device.fingerprint), compared by
     type, name and (CPU) family and model numbers where the plan has them, in one line; None
     when they match."""
-    keys = [k for k in ("type", "name", "cpu_family", "cpu_model") if plan_device.get(k) is not None]
+    keys = [k for k in PLAN_KEYS if plan_device.get(k) is not None]
     diff = [k for k in keys if plan_device[k] != here.get(k)]
     if not diff:
         return None

@@ -18,6 +18,7 @@ from litevar.errors import UserError
 from litevar.schedules import schedule_for
 from planner.problem import FULL, WINDOW_COLUMNS, AttnSlot, FormatGroup, FormatOption, Problem, Selection
 from profiler import costmodel as C
+from profiler.device import PLAN_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ def to_plan(problem: Problem, solution, profile, profile_path, budgets, name: st
                        "arch": {k: arch[k] for k in ARCH_KEYS if k in arch}},
                 resolution=problem.meta["resolution"], patch_nums=tuple(pns), formats=sel.formats,
                 name=name, batch=problem.meta["batch"],
-                device={k: meta.get("device", {}).get(k) for k in ("type", "name")},
+                device={k: meta.get("device", {}).get(k) for k in PLAN_KEYS},
                 profile_sha256=profile_sha256(profile_path) if profile_path else None,
                 budgets=budgets.to_dict(), solver=_jsonable(solution.solver),
                 predicted={"latency_ms": pred["latency_ms"], "memory_mb": pred["memory_mb"], "loss": m.loss,

@@ -16,6 +16,8 @@ import torch
 log = logging.getLogger(__name__)
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+# what a plan records of the profiled device and apply_plan compares with the device it runs on
+PLAN_KEYS = ("type", "name", "cpu_family", "cpu_model")
 
 
 def fingerprint(device: torch.device | str) -> dict:

@@ -308,6 +308,22 @@ def test_bf16_format_is_planned_where_measured_fast():
     assert chosen == {"BF16"} and sol.metrics.loss < 1e-5
 
 
+def test_plan_records_the_device_keys_apply_plan_compares():
+    """A plan keeps the CPU family and model numbers of the profiled device, so a plan from another
+    CPU generation behind the same model name is told apart at apply time."""
+    from litevar.runtime import device_mismatch
+    from planner.build import build_problem, to_plan
+    prof = synthetic_profile(4, 256, device="cpu")
+    here = {"type": "cpu", "name": "AMD EPYC", "cpu_family": "26", "cpu_model": "2", "cores": 2}
+    prof.meta["device"] = dict(here)
+    problem = build_problem(prof, 256)
+    budgets = Budgets(min_speedup=1.02)
+    plan = to_plan(problem, solve(problem, budgets), prof, None, budgets, name="t")
+    assert plan.device == {"type": "cpu", "name": "AMD EPYC", "cpu_family": "26", "cpu_model": "2"}
+    assert device_mismatch(plan.device, here) is None
+    assert device_mismatch(plan.device, {**here, "cpu_family": "25"}) == "cpu_family: plan '26', here '25'"
+
+
 def test_d30_at_2048_solves_in_time():
     """Every layer, head, scale and part of a d30 at 2048 px: <= 10 s of CBC, gap <= 0.5%."""
     from planner.build import build_problem
