@@ -6,8 +6,8 @@ batch = the plans' batch, CFG 4, top-k 900, top-p 0.95, seed 0) of all of them a
 profiler's e2e stage times the generations it fits the planner's cost model on
 (profiler.cost.generation, generation_peak_mb; kernels.bench_gemm.interleaved_ms).
 The models alternate, one timed run each per round, so that drift of a shared machine hits all
-alike; latency is the median over --repeats rounds after --warmup untimed runs each (at least 1),
-peak memory that of the generation after them (parameters and buffers of
+alike (each round starts at another model); latency is the median over --repeats rounds after
+--warmup untimed runs each (at least 1), peak memory that of the generation after them (parameters and buffers of
 VAR + VQVAE plus the allocator peak of one generation: torch.profiler allocation events on CPU,
 max_memory_allocated on CUDA). MB = 2**20 bytes. With --quality N each model's quality loss is
 measured too, in the profile's unit (profiler.quality.loss_of on N calibration samples of the
@@ -17,19 +17,25 @@ JSON (--json), version 2: format, version, device, batch, resolution, repeats, w
 dtype, quality ({n, cfg, seed} or null), dense {latency_ms, latency_ms_runs, peak_mb, model_mb,
 loss, top1}, plans [{plan, plan_name, plan_sha256, measured {as dense}, predicted (the plan's
 latency_ms, memory_mb, loss, dense_latency_ms, dense_memory_mb, speedup), speedup {measured,
-promised}, prediction_error {latency, memory, loss, dense_latency, dense_memory} =
+promised, of_medians}, prediction_error {latency, memory, loss, dense_latency, dense_memory} =
 (predicted - measured) / measured, latency_drift_corrected}]; missing figures are null.
 
-latency_drift_corrected (table: "adj") is the latency error with the prediction scaled by this
-run's measured / predicted dense latency, i.e. the error of the predicted latency relative to
-dense. A machine whose speed drifts between profiling and benching (a shared VM: +-25% within
-minutes here) moves every raw error alike; the dense model, timed in the same rounds, is the
+The measured speedup is paired: the median over rounds of dense ms / plan ms of the same round.
+A shared VM's speed moves by +-25% within seconds to minutes, so whole rounds run slow; the
+ratio of the two medians (`of_medians`, kept for comparison) takes each median from its own mix
+of slow and fast rounds, the paired ratio cancels what a round's two runs share.
+
+latency_drift_corrected (table: "adj") is the error of the predicted latency relative to dense:
+promised / measured speedup - 1, i.e. the latency error with the prediction scaled by the
+measured dense latency, with the paired speedup. A machine whose speed drifts between profiling
+and benching moves every raw error alike; the dense model, timed in the same rounds, is the
 reference that cancels it.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -113,11 +119,18 @@ def rel_err(predicted, measured) -> float | None:
     return (predicted - measured) / measured
 
 
-def drift_corrected_err(pred_ms, measured_ms, pred_dense_ms, measured_dense_ms) -> float | None:
-    """Error of the predicted latency relative to dense: (pred / pred_dense) vs (measured / measured_dense)."""
-    if None in (pred_ms, pred_dense_ms) or not measured_dense_ms:
+def paired_speedup(dense_runs: list[float], runs: list[float]) -> float:
+    """Median over rounds of dense ms / model ms, the two timed in the same round."""
+    if len(dense_runs) != len(runs) or not runs:
+        raise ValueError(f"paired runs must be equally many and not empty, got {len(dense_runs)} and {len(runs)}")
+    return statistics.median(d / m for d, m in zip(dense_runs, runs))
+
+
+def drift_corrected_err(pred_ms, pred_dense_ms, measured_speedup) -> float | None:
+    """Error of the predicted latency relative to dense: (pred / pred_dense) vs 1 / measured speedup."""
+    if None in (pred_ms, pred_dense_ms) or not measured_speedup:
         return None
-    return rel_err(pred_ms / pred_dense_ms * measured_dense_ms, measured_ms)
+    return pred_ms / pred_dense_ms * measured_speedup - 1
 
 
 def plan_entry(plan, path: str, dense: E2E, m: E2E) -> dict:
@@ -126,19 +139,20 @@ def plan_entry(plan, path: str, dense: E2E, m: E2E) -> dict:
     promised = pred.get("speedup")
     if promised is None and pred.get("dense_latency_ms") and pred.get("latency_ms"):
         promised = pred["dense_latency_ms"] / pred["latency_ms"]
+    speedup = paired_speedup(dense.latency_ms_runs, m.latency_ms_runs)
     return {
         "plan": str(path), "plan_name": plan.name, "plan_sha256": file_sha256(path), "measured": asdict(m),
         "predicted": {k: pred.get(k) for k in ("latency_ms", "memory_mb", "loss", "dense_latency_ms",
                                                "dense_memory_mb", "speedup")},
-        "speedup": {"measured": dense.latency_ms / m.latency_ms, "promised": promised},
+        "speedup": {"measured": speedup, "promised": promised, "of_medians": dense.latency_ms / m.latency_ms},
         "prediction_error": {
             "latency": rel_err(pred.get("latency_ms"), m.latency_ms),
             "memory": rel_err(pred.get("memory_mb"), m.peak_mb),
             "loss": rel_err(pred.get("loss"), m.loss),
             "dense_latency": rel_err(pred.get("dense_latency_ms"), dense.latency_ms),
             "dense_memory": rel_err(pred.get("dense_memory_mb"), dense.peak_mb),
-            "latency_drift_corrected": drift_corrected_err(pred.get("latency_ms"), m.latency_ms,
-                                                           pred.get("dense_latency_ms"), dense.latency_ms)},
+            "latency_drift_corrected": drift_corrected_err(pred.get("latency_ms"), pred.get("dense_latency_ms"),
+                                                           speedup)},
     }
 
 
@@ -177,8 +191,8 @@ def format_table(r: dict) -> str:
         rows.append(_row(name, w, e["measured"], p["latency_ms"], p["memory_mb"],
                          e["speedup"]["measured"], e["speedup"]["promised"], p["loss"],
                          e["prediction_error"]["latency_drift_corrected"]))
-    return "\n".join([title, head, *rows, "adj: latency error relative to dense (drift between profile and bench "
-                                          "cancels)"])
+    return "\n".join([title, head, *rows, "speedup: median over rounds of dense / model ms of the same round; "
+                                          "adj: latency error relative to dense (promised / speedup - 1)"])
 
 
 def _row(name, width, m, pred_ms, pred_mb, speedup, promised, pred_loss, adj) -> str:

@@ -109,7 +109,7 @@ def format_groups(cm, arch, pns, batch, alpha, losses, formats) -> list[FormatGr
         calls.setdefault(fqn, []).append(M)
     last = len(pns) - 1
     ws_scale = _workspace_scale(cm)
-    groups = []
+    groups, skipped = [], {}  # skipped: format -> why the cost model cannot price it
     for fqn, K, N, kind in C.linear_layers(arch):
         dt = "fp32" if fqn in C.FP32_ALWAYS else None
         m_ws = max(C.rows_at_scale(kind, pns, si, batch) for si in (max(last - 1, 0), last))
@@ -122,13 +122,15 @@ def format_groups(cm, arch, pns, batch, alpha, losses, formats) -> list[FormatGr
                 ms = C.alpha_of(cm, C.kernel_of(cm, fmt)) * sum(C.linear_ms(cm, K, N, M, fmt, dt)
                                                                  for M in calls.get(fqn, []))
             except KeyError as e:
-                log.warning("%s: %s skipped (%s)", fqn, fmt, e)
+                skipped.setdefault(fmt, e.args[0] if e.args else str(e))
                 continue
             if not capability(fmt, cm.get("device", "cpu")).native:
                 ms = max(ms, fp_ms)  # an emulated format is never credited with speed
             opts.append(FormatOption(fmt, losses[fqn, fmt], ms, C.weight_bytes(K, N, fmt) / C.MB,
                                      ws_scale * C.linear_workspace_mb(cm, K, N, m_ws, fmt), get_format(fmt).w_bits))
         groups.append(FormatGroup(fqn, K * N, tuple(opts)))
+    for fmt, why in skipped.items():
+        log.warning("%s is not planned: %s", fmt, why)
     return groups
 
 

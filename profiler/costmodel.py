@@ -358,6 +358,9 @@ def linear_ms(cm: dict, K: int, N: int, M: int, fmt: str, dtype: str | None = No
     fp_ms = float(linear_features(K, N, M) @ np.array(fp["coef"]))
     if fmt == "fp":
         return fp_ms
+    if fmt not in cm["format_kernel"]:  # not emulated: unknown to the profile, which predates it
+        raise KeyError(f"format {fmt!r} is newer than this profile's cost stage, which neither timed it nor "
+                       f"recorded its kernel; re-run the cost stage (`litevar profile`) to plan with it")
     entry = _linear_entry(cm, fmt, dtype)
     if entry is None:
         if not is_emulated(cm, fmt):

@@ -279,3 +279,16 @@ def test_bench_rows_at_a_tiny_shape():
     assert all(r["ms"] > 0 and r["peak_frac"] is None for r in rows if r["status"] == "ok")
     assert by["w8a8", "torch"]["sqnr_db"] > 25
     assert "w4a16" in format_table(rows)
+
+
+def test_interleaved_ms_rotates_the_order_each_round():
+    """One call each per round, round r starting at the r-th fn: no fn always runs first or always
+    after the same one; samples come back in round order."""
+    from kernels.bench_gemm import interleaved_ms
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    samples = {}
+    med = interleaved_ms(fns, 4, torch.device("cpu"), samples=samples)
+    assert calls[:3] == list("abc")  # the warm-up
+    assert calls[3:] == list("abc" "bca" "cab" "abc")
+    assert set(med) == set("abc") and all(len(samples[n]) == 4 for n in "abc")

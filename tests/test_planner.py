@@ -308,6 +308,26 @@ def test_bf16_format_is_planned_where_measured_fast():
     assert chosen == {"BF16"} and sol.metrics.loss < 1e-5
 
 
+def test_format_newer_than_the_profile_is_not_planned(caplog):
+    """A profile made before a format existed has no kernel entry for it: the format is skipped
+    with a warning naming the fix, not planned as an emulated one (whose latency would be the fp
+    one, so a memory budget would pick it on a guess). Its borrowed losses do not bring it back."""
+    from planner.build import build_problem
+    prof = synthetic_profile(4, 256, seed=2, device="cpu")
+    cm = prof.meta["cost_model"]
+    del cm["format_kernel"]["BF16"]  # as in a profile from before BF16
+    sens = prof.table("sensitivity")
+    prof.tables["sensitivity"] = pd.concat([sens, sens[sens.format == "W8A8"].assign(format="BF16", loss=1e-7)],
+                                           ignore_index=True)
+    with caplog.at_level("WARNING"):
+        problem = build_problem(prof, 256)
+    assert all("BF16" not in {o.format for o in g.options} for g in problem.formats)
+    assert "'BF16' is newer than this profile's cost stage" in caplog.text and "litevar profile" in caplog.text
+    dense_mb = sum(g.options[0].weight_mb for g in problem.formats)
+    sol = solve(problem, Budgets(max_memory_gb=(problem.dense_memory_mb - 0.3 * dense_mb) / 1024))
+    assert "BF16" not in sol.selection.formats.values()
+
+
 def test_plan_records_the_device_keys_apply_plan_compares():
     """A plan keeps the CPU family and model numbers of the profiled device, so a plan from another
     CPU generation behind the same model name is told apart at apply time."""
