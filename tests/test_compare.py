@@ -42,7 +42,7 @@ def write_bench(path, plan_path, version=2) -> Path:
     entry = {"plan": str(plan_path), "plan_name": "x", "plan_sha256": sha256(plan_path),
              "measured": {"latency_ms": 123.4, "latency_ms_runs": [123.4], "peak_mb": 45.6, "model_mb": 20.0,
                           "loss": 0.0123, "top1": 0.9},
-             "predicted": {}, "speedup": {"measured": 1.23, "promised": 1.1},
+             "predicted": {}, "speedup": {"measured": 1.23, "promised": 1.1, "of_medians": 150 / 123.4},
              "prediction_error": {"latency": 0.1, "memory": 0.0}}
     stranger = dict(entry, plan="other.json", plan_sha256="0" * 64)
     d = {"format": "litevar-bench", "version": version, "device": {"type": "cpu", "name": "test cpu"},
@@ -117,6 +117,22 @@ def test_bench_fills_measured_columns_of_the_matching_plan_only(case, capsys, ca
     assert "123.4" in line and "45.6" in line and "1.23x" in line
     other = next(line for line in out.splitlines() if "gpu-512" in line)
     assert "123.4" not in other
+
+
+def test_bench_written_before_paired_speedups_is_read_as_paired(case, tmp_path):
+    """A bench file from before the paired speedup (no of_medians) held the ratio of medians in
+    speedup.measured: compare recomputes the paired one from the recorded runs."""
+    from litevar.compare import load_bench
+    d = json.loads(Path(case["bench"]).read_text())
+    d["dense"]["latency_ms_runs"] = [150.0, 300.0, 150.0]
+    for e in d["plans"]:
+        e["measured"]["latency_ms_runs"] = [120.0, 240.0, 250.0]
+        e["speedup"] = {"measured": 150 / 240, "promised": 1.1}
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(d))
+    (e, _) = load_bench(str(old))
+    assert e["speedup"] == {"measured": 1.25, "promised": 1.1, "of_medians": 150 / 240}
+    assert load_bench(str(case["bench"]))[0]["speedup"]["measured"] == 1.23  # new files are read as written
 
 
 def test_old_bench_version_is_one_line_error(case, capsys):
