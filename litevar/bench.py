@@ -7,8 +7,8 @@ profiler's e2e stage times the generations it fits the planner's cost model on
 (profiler.cost.generation, generation_peak_mb; kernels.bench_gemm.interleaved_ms).
 The models alternate, one timed run each per round, so that drift of a shared machine hits all
 alike (each round starts at another model); latency is the median over --repeats rounds after
---warmup untimed runs each (at least 1), peak memory that of the generation after them (parameters and buffers of
-VAR + VQVAE plus the allocator peak of one generation: torch.profiler allocation events on CPU,
+--warmup untimed runs each (at least 1), peak memory that of the generation after them
+(parameters and buffers of VAR + VQVAE plus the allocator peak of one generation: torch.profiler allocation events on CPU,
 max_memory_allocated on CUDA). MB = 2**20 bytes. With --quality N each model's quality loss is
 measured too, in the profile's unit (profiler.quality.loss_of on N calibration samples of the
 dense model, CFG 4, seed --seed): the figure the planner predicts as `loss`.

@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from kernels.formats import FORMATS, capability, get_format
+from kernels.formats import FORMATS, get_format
 from litevar.errors import UserError
 from litevar.schedules import schedule_for
 from planner.problem import FULL, WINDOW_COLUMNS, AttnSlot, FormatGroup, FormatOption, Problem, Selection
@@ -124,7 +124,7 @@ def format_groups(cm, arch, pns, batch, alpha, losses, formats) -> list[FormatGr
             except KeyError as e:
                 skipped.setdefault(fmt, e.args[0] if e.args else str(e))
                 continue
-            if not capability(fmt, cm.get("device", "cpu")).native:
+            if C.is_emulated(cm, fmt):  # as the profile recorded it, not as this litevar's registry says
                 ms = max(ms, fp_ms)  # an emulated format is never credited with speed
             opts.append(FormatOption(fmt, losses[fqn, fmt], ms, C.weight_bytes(K, N, fmt) / C.MB,
                                      ws_scale * C.linear_workspace_mb(cm, K, N, m_ws, fmt), get_format(fmt).w_bits))
