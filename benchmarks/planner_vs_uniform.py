@@ -9,7 +9,7 @@ noise); then time all of them and the dense model in
 one interleaved `litevar bench` run with measured quality loss (`--quality N`), and print, per
 budget, the recipe against the plan: measured latency, measured loss, and whether the plan is
 at least as fast (both by the medians and by the paired ratio: the median over rounds of recipe
-ms / plan ms of the same round, `litevar.bench.paired_speedup`) and strictly better.
+ms / plan ms of the same round, `litevar.commands.bench.paired_speedup`) and strictly better.
 
     python benchmarks/planner_vs_uniform.py --profile profiles/default-cpu.json \
         --plans-dir plans --prefix default-cpu-256 --json docs/bench/planner-vs-uniform-cpu.json
@@ -21,8 +21,8 @@ import json
 import sys
 from pathlib import Path
 
-from litevar.atomic import write_text
-from litevar.cli import main as litevar_main
+from litevar.model.atomic import write_text
+from litevar.commands.cli import main as litevar_main
 
 DEFAULT_RECIPES = ("bf16", "w8a8", "w8a8+qk8", "asc", "paper")
 
@@ -69,7 +69,7 @@ def _cli(*argv) -> None:
 
 
 def table(rows, bench: dict) -> str:
-    from litevar.bench import paired_speedup
+    from litevar.commands.bench import paired_speedup
     from planner.plan import Plan
     by_path = {e["plan"]: e for e in bench["plans"]}
     d = bench["dense"]

@@ -1,4 +1,4 @@
-"""MDWA attention backends (LiteVAR sections 2-4) behind litevar.attention's interface.
+"""MDWA attention backends (LiteVAR sections 2-4) behind litevar.model.attention's interface.
 
     MaskedReference  dense SDPA with windows.dense_mask (masked scores are -inf): the reference
     FlexMDWA         FlexAttention with a block mask built arithmetically from the windows
@@ -8,7 +8,7 @@
 
 Per-layer options (LayerOptions): qk_int8 (QKV8: int8 per-token Q and K, K smoothed by its
 per-channel mean over the keys) and share_cfg (ASC). Dense SDPA, the baseline, is
-litevar.attention.DenseAttention.
+litevar.model.attention.DenseAttention.
 """
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ from typing import Collection, Mapping
 import torch
 import torch.nn.functional as F
 
-from kernels.quant import PerToken, quantize
+from kernels.quant import fake_quant_qk
 from kernels.select import KernelChoice, resolve, triton_available
 from kernels.windows import WindowConfig, WindowFamily, block_structure, dense_mask, mask_mod_fn
-from litevar.attention import AttentionBackend, AttnCall, ScaleLayout
-from litevar.errors import UserError
+from litevar.model.attention import AttentionBackend, AttnCall, ScaleLayout
+from litevar.model.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -36,22 +36,6 @@ class LayerOptions:
 
     qk_int8: bool = False  # QKV8: int8 per-token Q and K (K smoothed) in the QK product
     share_cfg: bool = False  # ASC: the unconditional half reuses the conditional half's output
-
-
-def quantize_qk_int8(q_BHlc: torch.Tensor, k_BHLc: torch.Tensor):
-    """(q_i8, q_scale [B,H,l], k_i8, k_scale [B,H,L]): symmetric per-token int8 of q and of
-    k minus its per-channel mean over the keys (softmax is invariant to that shift)."""
-    k_BHLc = k_BHLc.float() - k_BHLc.float().mean(dim=2, keepdim=True)
-    q_i8, qs, _ = quantize(q_BHlc, 8, PerToken())
-    k_i8, ks, _ = quantize(k_BHLc, 8, PerToken())
-    return q_i8, qs[..., 0].contiguous(), k_i8, ks[..., 0].contiguous()
-
-
-def fake_quant_qk(q_BHlc: torch.Tensor, k_BHLc: torch.Tensor):
-    """Dequantized (q, k) of quantize_qk_int8, in float32 or wider: the emulated QKV8."""
-    dtype = torch.promote_types(q_BHlc.dtype, torch.float32)
-    q_i8, qs, k_i8, ks = quantize_qk_int8(q_BHlc, k_BHLc)
-    return q_i8.to(dtype) * qs[..., None].to(dtype), k_i8.to(dtype) * ks[..., None].to(dtype)
 
 
 def _sdpa(q_BHlc, k_BHLc, v_BHLc, scale: float, mask=None, qk_int8: bool = False):

@@ -17,9 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.mdwa import quantize_qk_int8
+from kernels.quant import quantize_qk_int8
 from kernels.select import interpret_mode
-from litevar.attention import ScaleLayout
+from litevar.model.attention import ScaleLayout
 
 LOG2E = 1.4426950408889634
 

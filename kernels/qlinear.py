@@ -10,7 +10,7 @@ from kernels import gemm
 from kernels.formats import QuantFormat, capability, get_format
 from kernels.quant import dequantize, pack_int4, quantize, unpack_int4
 from kernels.select import KernelChoice
-from litevar.errors import UserError
+from litevar.model.errors import UserError
 
 
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:

@@ -129,3 +129,20 @@ def sqnr(ref: torch.Tensor, out: torch.Tensor) -> float:
     ref, out = ref.double(), out.double()
     noise = torch.linalg.vector_norm(out - ref).item()
     return math.inf if noise == 0 else 20 * math.log10(torch.linalg.vector_norm(ref).item() / noise)
+
+
+# QKV8 (LiteVAR's INT8 QK product): per-token int8 Q and K, K smoothed by its per-channel mean.
+def quantize_qk_int8(q_BHlc: torch.Tensor, k_BHLc: torch.Tensor):
+    """(q_i8, q_scale [B,H,l], k_i8, k_scale [B,H,L]): symmetric per-token int8 of q and of
+    k minus its per-channel mean over the keys (softmax is invariant to that shift)."""
+    k_BHLc = k_BHLc.float() - k_BHLc.float().mean(dim=2, keepdim=True)
+    q_i8, qs, _ = quantize(q_BHlc, 8, PerToken())
+    k_i8, ks, _ = quantize(k_BHLc, 8, PerToken())
+    return q_i8, qs[..., 0].contiguous(), k_i8, ks[..., 0].contiguous()
+
+
+def fake_quant_qk(q_BHlc: torch.Tensor, k_BHLc: torch.Tensor):
+    """Dequantized (q, k) of quantize_qk_int8, in float32 or wider: the emulated QKV8."""
+    dtype = torch.promote_types(q_BHlc.dtype, torch.float32)
+    q_i8, qs, k_i8, ks = quantize_qk_int8(q_BHlc, k_BHLc)
+    return q_i8.to(dtype) * qs[..., None].to(dtype), k_i8.to(dtype) * ks[..., None].to(dtype)

@@ -27,8 +27,8 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from litevar.attention import ScaleLayout
-from litevar.errors import UserError
+from litevar.model.attention import ScaleLayout
+from litevar.model.errors import UserError
 
 FULL = -1  # half-width meaning "the whole part"
 

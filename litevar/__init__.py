@@ -1,21 +1,36 @@
-"""litevar: hardware-aware compression planner and runtime for VAR image models.
+"""litevar: hardware-aware compression planner and runtime for visual autoregressive (VAR) models.
 
-Public entry points keep the official VAR names: `build_vae_var`, `VAR.forward`,
-`VAR.autoregressive_infer_cfg`, `VQVAE.img_to_idxBl`, `VQVAE.idxBl_to_img`, `VQVAE.fhat_to_img`.
+The public API. The model keeps the official VAR names (`build_vae_var`, `VAR.forward`,
+`VAR.autoregressive_infer_cfg`, `VQVAE.img_to_idxBl`, `VQVAE.idxBl_to_img`); the runtime adds
+`apply_plan` / `planned_copy` and the plan file `Plan`; `load_default` loads the small model
+shipped in the package. The runtime names are imported on first use (they pull in the kernels,
+the planner's plan file and the profiler's device fingerprint).
 """
-from litevar.attention import AttnCall, DenseAttention, KVCache, ScaleLayout, set_attention_backend
-from litevar.build import build_vae_var, load_checkpoint, load_vae_var, official_state_dict
-from litevar.schedules import SCHEDULES
-from litevar.var import VAR, VARConfig
-from litevar.vqvae import VQVAE
+from importlib.metadata import PackageNotFoundError, version
 
-__all__ = ["AttnCall", "DenseAttention", "KVCache", "ScaleLayout", "set_attention_backend", "build_vae_var",
-           "load_checkpoint", "load_vae_var", "official_state_dict", "SCHEDULES", "VAR", "VARConfig", "VQVAE",
-           "apply_plan"]
+from litevar.model.attention import AttnCall, DenseAttention, KVCache, ScaleLayout, set_attention_backend
+from litevar.model.build import (arch_of, build_vae_var, load_checkpoint, load_vae_var, official_state_dict,
+                                 weights_sha256)
+from litevar.model.errors import UserError
+from litevar.model.schedules import SCHEDULES
+from litevar.model.var import VAR, VARConfig
+from litevar.model.vqvae import VQVAE
+
+try:
+    __version__ = version("litevar")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+_LAZY = {"apply_plan": "litevar.runtime", "planned_copy": "litevar.runtime", "Plan": "planner.plan",
+         "load_default": "litevar.default_model"}
+
+__all__ = ["AttnCall", "DenseAttention", "KVCache", "ScaleLayout", "set_attention_backend", "arch_of",
+           "build_vae_var", "load_checkpoint", "load_vae_var", "official_state_dict", "weights_sha256", "UserError",
+           "SCHEDULES", "VAR", "VARConfig", "VQVAE", *_LAZY]
 
 
 def __getattr__(name: str):
-    if name == "apply_plan":  # lazy: the runtime pulls in kernels, planner and profiler
-        from litevar.runtime import apply_plan
-        return apply_plan
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'litevar' has no attribute {name!r}")

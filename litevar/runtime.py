@@ -19,10 +19,11 @@ from kernels.mdwa import LayerOptions, make_mdwa_backend
 from kernels.qlinear import is_planned_layer, swap_linears
 from kernels.select import KernelChoice
 from kernels.windows import WindowConfig
-from litevar.attention import set_attention_backend
-from litevar.errors import UserError
-from litevar.var import shared_copy
-from planner.plan import Plan, arch_of, weights_sha256
+from litevar.model.attention import set_attention_backend
+from litevar.model.errors import UserError
+from litevar.model.var import shared_copy
+from litevar.model.build import arch_of, weights_sha256
+from planner.plan import Plan
 from profiler.device import PLAN_KEYS, fingerprint
 
 log = logging.getLogger(__name__)

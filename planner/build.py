@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from kernels.formats import FORMATS, get_format
-from litevar.errors import UserError
-from litevar.schedules import schedule_for
+from litevar.model.errors import UserError
+from litevar.model.schedules import schedule_for
 from planner.problem import FULL, WINDOW_COLUMNS, AttnSlot, FormatGroup, FormatOption, Problem, Selection
 from profiler import costmodel as C
 from profiler.device import PLAN_KEYS

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from litevar.atomic import atomic_path
-from litevar.errors import UserError
+from litevar.model.atomic import atomic_path
+from litevar.model.errors import UserError
 from planner.problem import Budgets, Problem
 from planner.slots import slot_hulls
 from planner.solve import SolverSettings, reachable_minima, solve

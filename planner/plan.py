@@ -2,24 +2,23 @@
 
 `Plan.load(path)` and `Plan.from_dict(d)` check everything a runtime relies on and raise
 UserError with one line naming the bad field and the fix; `Plan.from_dict(p.to_dict()) == p`.
-`arch_of(var)` and `weights_sha256(var)` fingerprint a live model; `Plan.check_model` compares.
+`Plan.check_model` compares a plan with a model's fingerprints (litevar.model.build.arch_of,
+weights_sha256).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
 from kernels.formats import FORMATS, get_format
 from kernels.windows import WindowConfig
-from litevar.atomic import write_text
-from litevar.errors import UserError
-from litevar.schedules import SCHEDULES
+from litevar.model.atomic import write_text
+from litevar.model.errors import UserError
+from litevar.model.schedules import SCHEDULES
 
 FORMAT = "litevar-plan"
 VERSION = 1
@@ -28,27 +27,6 @@ BLOCK_LINEARS = ("attn.mat_qkv", "attn.proj", "ffn.fc1", "ffn.fc2", "ada_lin.1")
 MODEL_LINEARS = ("word_embed", "head", "head_nm.ada_lin.1", "shared_ada_lin.1")
 _BLOCK_FQN = re.compile(r"blocks\.(\d+)\.(.+)")
 REPLAN = "re-run `litevar plan` for this model"
-
-
-# ---------------------------------------------------------------------------------------------
-# Model fingerprints
-
-
-def arch_of(var) -> dict:
-    """The architecture a plan is bound to, read from a live VAR."""
-    cfg = var.cfg
-    return {"depth": int(cfg.depth), "embed_dim": int(var.C), "num_heads": int(cfg.num_heads),
-            "mlp_ratio": float(cfg.mlp_ratio), "V": int(var.V), "Cvae": int(var.Cvae),
-            "num_classes": int(var.num_classes)}
-
-
-def weights_sha256(var) -> str:
-    """sha256 over the state dict (sorted names, dtype, shape, raw bytes): same weights, same hash."""
-    h = hashlib.sha256()
-    for name, t in sorted(var.state_dict().items()):
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def resolution_of(patch_nums) -> int | None:

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from kernels.formats import FORMATS
-from litevar.errors import UserError
+from litevar.model.errors import UserError
 from planner.problem import Problem, Selection, evaluate
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pulp
 
-from litevar.errors import UserError
+from litevar.model.errors import UserError
 from planner.bound import lagrangian_bound
 from planner.problem import Budgets, Metrics, Problem, Selection, evaluate
 from planner.slots import SlotFrontier, select, slot_hulls

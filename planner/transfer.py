@@ -18,7 +18,7 @@ import re
 
 import pandas as pd
 
-from litevar.errors import UserError
+from litevar.model.errors import UserError
 from planner.build import profile_sha256
 from profiler import costmodel as C
 

@@ -5,7 +5,7 @@ Timings are medians of `repeats` runs after `warmup` runs (kernels.bench_gemm.ti
 events on GPU, perf_counter on CPU). Linears run through the real QuantLinear backends (AUTO
 kernel choice: Triton on CUDA, torch on CPU) under the runtime's autocast dtype, attention
 through DenseAttention and kernels.mdwa.make_mdwa_backend (FlexAttention on CPU, Triton on
-CUDA), generations through litevar.generate.generate.
+CUDA), generations through litevar.commands.generate.generate.
 
 Peak memory of a generation: the bytes of the model (parameters and buffers of VAR and VAE,
 counted) plus the peak of what the call allocates, taken on a separate, untimed run:
@@ -50,9 +50,9 @@ from kernels.bench_gemm import interleaved_ms, time_ms
 from kernels.formats import CAST_DTYPES, FORMATS, capability
 from kernels.qlinear import linear_in_format, swap_linears
 from kernels.windows import WindowConfig, kept_fraction
-from litevar.attention import AttnCall, DenseAttention, ScaleLayout
-from litevar.generate import DTYPES, autocast
-from litevar.var import shared_copy
+from litevar.model.attention import AttnCall, DenseAttention, ScaleLayout
+from litevar.model.inference import DTYPES, autocast
+from litevar.model.var import shared_copy
 from profiler import costmodel as cmod
 
 log = logging.getLogger(__name__)
@@ -268,7 +268,7 @@ def peak_memory_mb(fn, device) -> float:
 
 def generation(var, batch: int, dtype: str):
     """One timed unit of work: generating `batch` images (CFG 4, top-k 900, top-p 0.95)."""
-    from litevar.generate import generate
+    from litevar.model.inference import generate
     labels = [i % var.num_classes for i in range(batch)]
     return lambda: generate(var, labels, seed=0, cfg=4.0, top_k=900, top_p=0.95, dtype_name=dtype, progress=False)
 
@@ -304,7 +304,7 @@ def model_for_schedule(vae, var, patch_nums):
     schedule (the position and level embeddings that do are random-initialised), and a VAE
     sharing the model's weights. It costs the memory of those embeddings only, so a profile of
     an 8 GB model at three resolutions holds one copy of the weights."""
-    from litevar.var import VAR
+    from litevar.model.var import VAR
     pns = tuple(int(p) for p in patch_nums)
     if pns == tuple(var.patch_nums):
         return vae, var
@@ -335,7 +335,7 @@ def model_for_schedule(vae, var, patch_nums):
 
 def arch_of(var) -> dict:
     """meta.model.arch of a VAR: the plan's architecture fingerprint plus what cost depends on."""
-    from planner.plan import arch_of as plan_arch
+    from litevar.model.build import arch_of as plan_arch
     return {**plan_arch(var), "shared_aln": var.cfg.shared_aln, "patch_nums": list(var.cfg.patch_nums)}
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from litevar.atomic import write_text
-from litevar.errors import UserError
+from litevar.model.atomic import write_text
+from litevar.model.errors import UserError
 
 FORMAT, VERSION = "litevar-profile", 1
 

@@ -21,9 +21,9 @@ from kernels.formats import FORMATS
 from kernels.qlinear import linear_in_format
 from kernels.select import KernelChoice
 from kernels.windows import FULL, WindowConfig, WindowFamily, max_width, min_width_for_ratio, window_mass
-from litevar.attention import DenseAttention, set_attention_backend
-from litevar.errors import UserError
-from litevar.evaluate import balanced_labels, cfg_logits, sample
+from litevar.model.attention import DenseAttention, set_attention_backend
+from litevar.model.errors import UserError
+from litevar.model.inference import balanced_labels, cfg_logits, sample
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def record_attention(vae, var, calib: Calibration, widths=CANDIDATE_WIDTHS,
 
 
 def coverage_tables(rec: _Recorder, var) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from litevar.attention import ScaleLayout
+    from litevar.model.attention import ScaleLayout
     layout = ScaleLayout(var.patch_nums)
     kept_cache, cov_rows, sink_rows = {}, [], []
     for (layer, scale, fam), inside in sorted(rec.inside.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2].value)):

@@ -1,5 +1,5 @@
 """Helpers shared by the command-line tests."""
-from litevar.cli import main
+from litevar.commands.cli import main
 
 
 def run_cli(capsys, *argv):

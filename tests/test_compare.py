@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from kernels.windows import FULL, WindowConfig, kept_fraction
-from litevar.cli import main
-from litevar.compare import head_kept
-from litevar.schedules import SCHEDULES
+from litevar.commands.cli import main
+from litevar.commands.compare import head_kept
+from litevar.model.schedules import SCHEDULES
 from planner.frontier import COLUMNS as FRONTIER_COLUMNS
 from planner.plan import Plan
 from tests.cli_util import assert_one_line_error, run_cli
@@ -122,7 +122,7 @@ def test_bench_fills_measured_columns_of_the_matching_plan_only(case, capsys, ca
 def test_bench_written_before_paired_speedups_is_read_as_paired(case, tmp_path):
     """A bench file from before the paired speedup (no of_medians) held the ratio of medians in
     speedup.measured: compare recomputes the paired one from the recorded runs."""
-    from litevar.compare import load_bench
+    from litevar.commands.compare import load_bench
     d = json.loads(Path(case["bench"]).read_text())
     d["dense"]["latency_ms_runs"] = [150.0, 300.0, 150.0]
     for e in d["plans"]:

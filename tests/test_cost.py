@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from litevar.build import build_vae_var
-from litevar.var import shared_copy
+from litevar.model.build import build_vae_var
+from litevar.model.var import shared_copy
 from profiler import costmodel as cmod
 from profiler.cost import (CostSettings, allocated_peak_mb, arch_of, measure_attention, measure_e2e, measure_linear,
                            model_for_schedule, module_bytes, run_cost_stage)
@@ -132,7 +132,7 @@ def test_run_cost_stage_tiny(tiny, tmp_path):
     import json
     json.dumps(cm)
     # `litevar profile --refit`: the same model again from the tables as a profile stores them
-    from profiler.cli import _refit
+    from litevar.commands.profile import _refit
     from profiler.profile import Profile
     path = tmp_path / "cost.json"
     Profile(meta={"cost_model": cm}, tables=tables).save(path)

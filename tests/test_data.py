@@ -3,7 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from litevar import data, imageio
+from litevar.default_model import data
+from litevar.model import imageio
 
 
 def test_same_seed_same_image_different_seeds_differ():

@@ -1,4 +1,4 @@
-"""The model shipped in litevar/assets loads and generates (what README's first command runs)."""
+"""The model shipped in litevar/default_model/assets loads and generates (what README's first command runs)."""
 import time
 
 import torch
@@ -26,7 +26,7 @@ def test_shipped_weights_fit_the_size_budget():
 def test_shipped_files_load_as_checkpoints_too():
     """`--ckpt/--vae` on the shipped files infers the architecture (the VQVAE backbone included)
     from the keys and gives the same model as load_default."""
-    from litevar.build import infer_vae_config, load_vae_var
+    from litevar.model.build import infer_vae_config, load_vae_var
     from safetensors.torch import load_file
     paths = default_paths()
     cfg = infer_vae_config(load_file(str(paths["vae"])))

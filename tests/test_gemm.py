@@ -22,7 +22,7 @@ from kernels.qlinear import CastLinear, QuantLinear, linear_in_format, swap_line
 from kernels.quant import (PerChannel, PerGroup, dequantize, pack_int4, quantize, sqnr,
                            unpack_int4)
 from kernels.select import KernelChoice, interpret_mode, triton_available
-from litevar.errors import UserError
+from litevar.model.errors import UserError
 from tests.triton_child import run_triton_tests_in_child
 
 CUDA = torch.cuda.is_available()

@@ -17,13 +17,13 @@ import random
 import pytest
 import torch
 
-from kernels.mdwa import (CFGShared, FlexMDWA, LayerOptions, MaskedReference, TritonMDWA,
-                          fake_quant_qk, flex_block_mask, make_mdwa_backend, quantize_qk_int8)
-from kernels.quant import sqnr
+from kernels.mdwa import (CFGShared, FlexMDWA, LayerOptions, MaskedReference, TritonMDWA, flex_block_mask,
+                          make_mdwa_backend)
+from kernels.quant import fake_quant_qk, quantize_qk_int8, sqnr
 from kernels.select import KernelChoice, triton_runs_on
 from kernels.windows import FULL, WindowConfig, WindowFamily, dense_mask, mask_mod_fn, max_width
-from litevar.attention import AttnCall, DenseAttention, ScaleLayout
-from litevar.errors import UserError
+from litevar.model.attention import AttnCall, DenseAttention, ScaleLayout
+from litevar.model.errors import UserError
 from tests.triton_child import run_triton_tests_in_child
 
 SEED = int.from_bytes(os.urandom(4), "little")
@@ -328,7 +328,7 @@ def test_triton_cuda_matches_reference(qk_int8):
 def test_bench_windows_keep_about_ten_percent():
     from kernels.bench_attention import format_table, windows_for_kept
     from kernels.windows import kept_fraction
-    from litevar.schedules import SCHEDULES
+    from litevar.model.schedules import SCHEDULES
     for res in (256, 1024, 2048):
         cfg = windows_for_kept(SCHEDULES[res], heads=2)
         k = len(SCHEDULES[res]) - 1

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import litevar
-from litevar.build import infer_var_config, load_vae_var, official_state_dict
+from litevar.model.build import infer_var_config, load_vae_var, official_state_dict
 from tests import var_formulas as ref
 
 PATCH_NUMS = (1, 2, 3, 4, 6)  # a small schedule; the latent is 6x6, images 12x12 (ch_mult (1, 2))
@@ -173,7 +173,7 @@ def test_random_init_big_model_is_built_in_place():
 def test_masked_and_per_scale_attention_paths_agree(tmp_path):
     """Teacher forcing runs dense attention as one block-causal masked call (small L) or one call
     per scale (large L, and every windowed backend): both give the same logits."""
-    from litevar.attention import DenseAttention, set_attention_backend
+    from litevar.model.attention import DenseAttention, set_attention_backend
     var_path, vae_path = make_small(tmp_path, 2)
     _, var = load_vae_var(var_path, vae_path)
     label_B, x = torch.randint(0, 10, (2,)), torch.randn(2, 65, SMALL_VAE["Cvae"])

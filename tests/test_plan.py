@@ -5,9 +5,9 @@ import os
 import pytest
 
 from kernels.windows import FULL, WindowConfig
-from litevar.cli import main
-from litevar.errors import UserError
-from litevar.schedules import SCHEDULES
+from litevar.commands.cli import main
+from litevar.model.errors import UserError
+from litevar.model.schedules import SCHEDULES
 from planner.plan import Plan
 
 ARCH = {"depth": 4, "embed_dim": 256, "num_heads": 4, "mlp_ratio": 4.0, "V": 512, "Cvae": 16, "num_classes": 10}

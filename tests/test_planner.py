@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from litevar.errors import UserError
+from litevar.model.errors import UserError
 from planner.problem import (FULL, WINDOW_COLUMNS, AttnSlot, Budgets, FormatGroup, FormatOption, Problem,
                              Selection, evaluate)
 from planner.slots import frontiers
@@ -178,7 +178,7 @@ def synthetic_cost_model(arch: dict, device: str = "cuda") -> dict:
 def synthetic_profile(depth: int, resolution: int, seed: int = 0, widths=(0, 2, 8, 32, 128, 512),
                       device: str = "cuda"):
     """A Profile with every table the planner reads, for a depth-`depth` VAR (H = depth heads)."""
-    from litevar.schedules import SCHEDULES
+    from litevar.model.schedules import SCHEDULES
     from profiler.costmodel import linear_layers
     from profiler.profile import Profile
     rng = np.random.default_rng(seed)

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from litevar.cli import main
+from litevar.commands.cli import main
 from litevar.default_model import load_default
-from litevar.errors import UserError
+from litevar.model.errors import UserError
 from profiler import quality as Q
 from profiler.profile import Profile
 
@@ -81,7 +81,7 @@ def test_cost_stage_cache_key_names_non_default_settings(tmp_path, capsys):
     """dtype, e2e repeats and MDWA timing change the cost stage's cache key only when they differ
     from the defaults (caches written before the options existed keep matching)."""
     import argparse
-    from profiler.cli import _cost_options, _cost_settings, add_arguments
+    from litevar.commands.profile import _cost_options, _cost_settings, add_arguments
     p = argparse.ArgumentParser()
     add_arguments(p)
     assert _cost_options(_cost_settings(p.parse_args(["--out", "x.json"]))) == []

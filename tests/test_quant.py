@@ -8,7 +8,7 @@ from kernels.formats import FORMATS, Capability, QuantFormat, capability, get_fo
 from kernels.quant import (PerChannel, PerGroup, PerToken, choose_qparams, dequantize,
                            fake_quantize, pack_int4, quant_range, quantize, sqnr, unpack_int4)
 from kernels.select import KernelChoice, interpret_mode, resolve, triton_available
-from litevar.errors import UserError
+from litevar.model.errors import UserError
 
 GRANULARITIES = [PerChannel(), PerToken(), PerGroup(32)]
 # fake-quant SQNR floor (dB) of a Gaussian tensor with outliers, per bit width (~6 dB per bit)

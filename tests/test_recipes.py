@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from litevar.errors import UserError
+from litevar.model.errors import UserError
 from planner.build import COVERAGE_TARGETS, build_problem
 from planner.plan import Plan
 from planner.problem import Budgets, evaluate

@@ -15,14 +15,15 @@ import torch
 from kernels.mdwa import CFGShared, MaskedReference
 from kernels.qlinear import QuantLinear
 from kernels.windows import WindowConfig
-from litevar.attention import DenseAttention
-from litevar.cli import main
+from litevar.model.attention import DenseAttention
+from litevar.commands.cli import main
 from litevar.default_model import load_default
-from litevar.errors import UserError
-from litevar.evaluate import cfg_logits
+from litevar.model.errors import UserError
+from litevar.model.inference import cfg_logits
 from litevar.runtime import apply_plan
-from litevar.schedules import SCHEDULES
-from planner.plan import Plan, arch_of, weights_sha256
+from litevar.model.schedules import SCHEDULES
+from litevar.model.build import arch_of, weights_sha256
+from planner.plan import Plan
 from profiler.device import fingerprint
 from tests.cli_util import assert_one_line_error, run_cli
 from tests.test_plan import ARCH, make_plan
@@ -265,7 +266,7 @@ def test_eval_with_plan_reports_fidelity_to_dense(reference, tmp_path, capsys):
 
 
 def test_drift_corrected_error_cancels_a_uniform_slowdown():
-    from litevar.bench import drift_corrected_err
+    from litevar.commands.bench import drift_corrected_err
     # profiled: dense 100 ms, plan 50 ms; benched on a machine 20% slower that day: 120 and 60 ms
     assert drift_corrected_err(50.0, 100.0, 120 / 60) == pytest.approx(0.0)
     # the plan really is 10% slower than its predicted share of dense
@@ -277,7 +278,7 @@ def test_paired_speedup_cancels_slow_rounds():
     """A VM runs whole rounds slow (1.6x here, 7 of 15 rounds at random) and a spell can begin
     between a round's two runs: the paired speedup still reads the true 1.25x, where the ratio of
     medians lands dense's median in the slow rounds and the plan's in the fast ones."""
-    from litevar.bench import paired_speedup
+    from litevar.commands.bench import paired_speedup
     g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
     order = torch.randperm(15, generator=g)
     slow_R = torch.ones(15)

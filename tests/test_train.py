@@ -5,16 +5,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from litevar import train
-from litevar.errors import UserError
+from litevar.commands import train as train_cmd
+from litevar.default_model import train
+from litevar.model.errors import UserError
 
 
 def run_train(out, work, stages="vae,var"):
     p = argparse.ArgumentParser()
-    train.add_arguments(p)
+    train_cmd.add_arguments(p)
     args = p.parse_args(["--out", str(out), "--work-dir", str(work), "--stages", stages, "--scale", "0.002",
                          "--ckpt-every", "2"])
-    assert train.run(args) == 0
+    assert train_cmd.run(args) == 0
 
 
 @pytest.mark.slow
@@ -28,7 +29,7 @@ def test_same_seed_same_weights(tmp_path):
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    cfg = train._scaled(train.TrainConfig(), 0.003)  # 4 VQVAE steps
+    cfg = train.scaled(train.TrainConfig(), 0.003)  # 4 VQVAE steps
     cfg.vae.restart_every = 2  # exercise the dead-code restart (which draws from the data RNG)
     cpu = torch.device("cpu")
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
@@ -143,7 +144,7 @@ def test_unknown_scale_loss_is_refused_with_the_choices():
 
 
 def _tiny_vae_var():
-    from litevar.build import build_vae_var
+    from litevar.model.build import build_vae_var
     vae, var = build_vae_var("cpu", patch_nums=(1, 2, 3, 4), V=32, Cvae=8, ch=32, share_quant_resi=4,
                              num_classes=4, depth=2, ch_mult=(1, 2), num_res_blocks=1)
     var.init_weights()

@@ -11,8 +11,8 @@ from kernels.windows import (FULL, WindowConfig, WindowFamily, band_key_range, b
                              block_structure, centre, coverage_curves, dense_mask, distance_fn,
                              kept_fraction, kept_pairs, mask_mod_fn, max_width,
                              min_width_for_ratio, paper_parts_full, window_mass)
-from litevar.attention import ScaleLayout
-from litevar.errors import UserError
+from litevar.model.attention import ScaleLayout
+from litevar.model.errors import UserError
 
 SEED = int.from_bytes(os.urandom(4), "little")
 SCHEDULES = [(1, 2, 3, 4, 5, 6), (1, 2, 3, 5, 7)]

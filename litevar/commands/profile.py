@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from kernels.formats import FORMATS
-from litevar.errors import UserError
+from litevar.model.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ STAGES = ("sensitivity", "coverage", "cfg", "cost")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from litevar.generate import add_model_arguments
+    from litevar.commands.common import add_model_arguments
     add_model_arguments(p)
     p.add_argument("--out", required=True, help="profile file to write (JSON), e.g. profiles/default-cpu.json")
     p.add_argument("--stages", default=None, help=f"comma-separated subset of {','.join(STAGES)} to (re-)run; "
@@ -131,7 +131,7 @@ def _quality_stages(stage: str, vae, var, args, calib_fn) -> tuple[dict, dict]:
 
 def _cost_stage(vae, var, arch, args, settings, device) -> tuple[dict, dict]:
     from profiler.cost import run_cost_stage
-    from litevar.schedules import SCHEDULES, parse_patch_nums
+    from litevar.model.schedules import SCHEDULES, parse_patch_nums
     t = time.perf_counter()
     resolutions = None
     if args.resolutions:
@@ -157,8 +157,8 @@ def _refit(hit, arch: dict, device, vae) -> dict:
 
 
 def run(args) -> int:
-    from litevar.generate import load_model
-    from planner.plan import arch_of, weights_sha256
+    from litevar.commands.common import load_model
+    from litevar.model.build import arch_of, weights_sha256
     from profiler.device import environment, fingerprint
     from profiler.profile import Profile
     from profiler import quality as Q

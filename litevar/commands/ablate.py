@@ -18,9 +18,9 @@ import logging
 import time
 from pathlib import Path
 
-from litevar.atomic import write_json, write_text
-from litevar.errors import UserError
-from litevar.generate import add_model_arguments, load_model
+from litevar.model.atomic import write_json, write_text
+from litevar.model.errors import UserError
+from litevar.commands.common import add_model_arguments, load_model
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def _tables(text: str) -> list[int]:
 
 def measure_row(vae, dense, plan, calib, scorer, args) -> dict:
     """Quality figures of `plan` applied (reference kernels) to a copy of `dense`."""
-    from litevar.evaluate import balanced_labels, sample
+    from litevar.model.inference import balanced_labels, sample
     from litevar.runtime import planned_copy
     from profiler.quality import loss_of
     var = planned_copy(vae, dense, plan, kernel="torch")
@@ -94,7 +94,7 @@ def measure_row(vae, dense, plan, calib, scorer, args) -> dict:
 
 
 def run(args) -> int:
-    from litevar.evaluate import Scorer
+    from litevar.default_model.evaluation import Scorer
     from planner.plan import resolution_of
     from planner.recipes import recipe_plan
     from profiler.profile import Profile

@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
 import sys
 
-from litevar.errors import UserError
+from litevar.model.errors import UserError
 
 # subcommand -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "generate": ("litevar.generate", "generate a PNG grid of class-conditional samples"),
-    "train": ("litevar.train", "train the small default VQVAE + VAR (and classifier) from scratch"),
-    "eval": ("litevar.evaluate", "quality metrics of a model on N generated images"),
-    "bench": ("litevar.bench", "time the dense model and a plan end to end, against the plan's predictions"),
-    "profile": ("profiler.cli", "measure sensitivity, window coverage, CFG redundancy and cost on this device"),
-    "bench-kernels": ("kernels.bench", "time every kernel against its dense reference at VAR shapes"),
-    "plan": ("litevar.plan_cli", "solve for the least-loss compression plan within latency / memory budgets"),
-    "explain": ("litevar.plan_cli", "what each choice of a plan saves, costs in loss, and the alternative it beat"),
-    "ablate": ("litevar.ablate", "re-run the LiteVAR paper's Tables 1-3 (MDWA thresholds, bit-widths, MDWA+ASC+quant) on a model"),
-    "compare": ("litevar.compare", "set plans side by side across devices, resolutions and budgets; --html writes a self-contained report"),
+    "generate": ("litevar.commands.generate", "generate a PNG grid of class-conditional samples"),
+    "train": ("litevar.commands.train", "train the small default VQVAE + VAR (and classifier) from scratch"),
+    "eval": ("litevar.commands.eval", "quality metrics of a model on N generated images"),
+    "profile": ("litevar.commands.profile", "measure sensitivity, window coverage, CFG redundancy and cost on this device"),
+    "plan": ("litevar.commands.plan", "solve for the least-loss compression plan within latency / memory budgets"),
+    "explain": ("litevar.commands.explain", "what each choice of a plan saves, costs in loss, and the alternative it beat"),
+    "bench": ("litevar.commands.bench", "time the dense model and plans end to end, against the plans' predictions"),
+    "compare": ("litevar.commands.compare", "set plans side by side across devices, resolutions and budgets; --html writes a self-contained report"),
+    "bench-kernels": ("litevar.commands.bench_kernels", "time every kernel against its dense reference at VAR shapes"),
+    "ablate": ("litevar.commands.ablate", "re-run the LiteVAR paper's Tables 1-3 (MDWA thresholds, bit-widths, MDWA+ASC+quant) on a model"),
 }
 
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="litevar", description="Hardware-aware compression planner and runtime "
                                      "for visual autoregressive (VAR) image models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument("--version", action="version", version=f"litevar {importlib.metadata.version('litevar')}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)

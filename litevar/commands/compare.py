@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from litevar.atomic import write_json, write_text
-from litevar.errors import UserError
+from litevar.model.atomic import write_json, write_text
+from litevar.model.errors import UserError
 
 if TYPE_CHECKING:
     from planner.plan import Plan
@@ -97,10 +97,10 @@ def load_bench(path: str) -> list[dict]:
 
 
 def _paired(entry: dict, dense_runs) -> dict:
-    """A bench entry whose measured speedup is the paired one (litevar.bench.paired_speedup).
+    """A bench entry whose measured speedup is the paired one (litevar.commands.bench.paired_speedup).
     Files written before it (no speedup.of_medians) held the ratio of medians there; it is
     recomputed from the recorded runs where they pair up."""
-    from litevar.bench import paired_speedup
+    from litevar.commands.bench import paired_speedup
     speed, runs = entry.get("speedup") or {}, entry["measured"].get("latency_ms_runs")
     if "of_medians" in speed or not dense_runs or not runs or len(runs) != len(dense_runs):
         return entry

@@ -6,6 +6,7 @@ Models are built on the meta device; a random-init build is materialised in plac
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from litevar.errors import UserError
-from litevar.schedules import SCHEDULES, num_tokens
-from litevar.var import VAR, VARConfig
-from litevar.vqvae import VQVAE
+from litevar.model.errors import UserError
+from litevar.model.schedules import SCHEDULES, num_tokens
+from litevar.model.var import VAR, VARConfig
+from litevar.model.vqvae import VQVAE
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def build_vae_var(device, patch_nums=SCHEDULES[256], V=4096, Cvae=32, ch=160, sh
     `device="meta"` returns unmaterialised modules (for `load_state_dict(..., assign=True)`).
     flash_if_available / fused_if_available are accepted for compatibility; attention kernels
     are chosen by the attention backend instead. `backbone`: the VQVAE's encoder/decoder,
-    "var" (official) or "compact" (the small shipped model's, litevar.vqvae.CompactEncoder)."""
+    "var" (official) or "compact" (the small shipped model's, litevar.model.vqvae.CompactEncoder)."""
     with torch.device("meta"):
         vae = VQVAE(vocab_size=V, z_channels=Cvae, ch=ch, ch_mult=tuple(ch_mult), share_quant_resi=share_quant_resi,
                     v_patch_nums=tuple(patch_nums), num_res_blocks=num_res_blocks, backbone=backbone)
@@ -134,7 +135,7 @@ def _share_quant_resi(sd) -> int:
 
 
 def _infer_compact_vae_config(sd) -> dict:
-    """The compact backbone (litevar.vqvae.CompactEncoder): conv_in, then one 4x4 stride-2 conv
+    """The compact backbone (litevar.model.vqvae.CompactEncoder): conv_in, then one 4x4 stride-2 conv
     per extra level (its output width gives ch_mult)."""
     V, Cvae = sd["quantize.embedding.weight"].shape
     ch = sd["encoder.0.weight"].shape[0]
@@ -209,3 +210,22 @@ def official_state_dict(var: VAR) -> dict[str, torch.Tensor]:
     sd = dict(var.state_dict())
     sd["attn_bias_for_masking"] = var.official_attn_bias()
     return sd
+
+
+# -- fingerprints (what a plan is bound to) ------------------------------------------------------
+
+def arch_of(var) -> dict:
+    """The architecture a plan is bound to, read from a live VAR."""
+    cfg = var.cfg
+    return {"depth": int(cfg.depth), "embed_dim": int(var.C), "num_heads": int(cfg.num_heads),
+            "mlp_ratio": float(cfg.mlp_ratio), "V": int(var.V), "Cvae": int(var.Cvae),
+            "num_classes": int(var.num_classes)}
+
+
+def weights_sha256(var) -> str:
+    """sha256 over the state dict (sorted names, dtype, shape, raw bytes): same weights, same hash."""
+    h = hashlib.sha256()
+    for name, t in sorted(var.state_dict().items()):
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -1,29 +1,19 @@
-"""`litevar plan` (a plan within budgets, or a Pareto frontier with --sweep) and `litevar explain`
-(why a plan chose what it chose). Both commands live here; `args.command` tells them apart."""
+"""`litevar plan`: the least-loss plan within budgets (or a Pareto frontier with --sweep, or a
+uniform recipe with --recipe), from a profile."""
 from __future__ import annotations
 
 import argparse
 import logging
 from pathlib import Path
 
-from litevar.errors import UserError
+from litevar.model.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    (add_explain_arguments if p.prog.split()[-1] == "explain" else add_plan_arguments)(p)
-
-
-def run(args) -> int:
-    return run_explain(args) if args.command == "explain" else run_plan(args)
-
-
-# ---------------------------------------------------------------------------------------------
-# plan
-
-
-def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", required=True, help="profile file written by `litevar profile`")
     p.add_argument("--resolution", type=int, required=True, help="output resolution: 256, 512, 1024 or 2048")
     p.add_argument("--batch", type=int, default=1, help="images per generation (default 1)")
@@ -96,7 +86,7 @@ def _record_losses_from(solver: dict, profile) -> None:
         solver["losses_from"] = profile.meta["losses_from"]
 
 
-def run_plan(args) -> int:
+def run(args) -> int:
     from planner import frontier
     from planner.build import build_problem, parse_formats, to_plan
     from planner.solve import SolverSettings, solve
@@ -123,8 +113,8 @@ def run_plan(args) -> int:
     except UserError as e:
         if not guard["latency"] and not guard["memory"]:
             raise
-        raise UserError(f"{e} (the solver's budgets were tightened by the guard: {_pct(guard['latency'])} latency, "
-                        f"{_pct(guard['memory'])} memory; --guard 0 plans on the bare predictions)") from None
+        raise UserError(f"{e} (the solver's budgets were tightened by the guard: {pct(guard['latency'])} latency, "
+                        f"{pct(guard['memory'])} memory; --guard 0 plans on the bare predictions)") from None
     sol.solver["guard"] = guard
     _record_losses_from(sol.solver, profile)
     plan = to_plan(problem, sol, profile, args.profile, budgets, args.name or out.stem)
@@ -135,10 +125,10 @@ def run_plan(args) -> int:
           f"{pr['memory_mb']:.0f} MB (dense {pr['dense_memory_mb']:.0f}), loss {pr['loss']:.4g}, "
           f"attention kept {pr['attn_kept']:.1%}, CFG-shared layers {len(plan.cfg_shared)}, QK8 layers "
           f"{len(plan.qk_int8)}")
-    print(f"guard: budgets tightened by {_pct(guard['latency'])} (latency) and {_pct(guard['memory'])} (memory) "
+    print(f"guard: budgets tightened by {pct(guard['latency'])} (latency) and {pct(guard['memory'])} (memory) "
           f"({guard['source']})")
-    print(f"solver {s['name']}: {s['status']}, gap {_pct(s['gap'])} (vs a bound on every window configuration: "
-          f"{_pct(s.get('gap_full'))}), CBC {s['seconds']:.2f} s, {s['variables']} variables, "
+    print(f"solver {s['name']}: {s['status']}, gap {pct(s['gap'])} (vs a bound on every window configuration: "
+          f"{pct(s.get('gap_full'))}), CBC {s['seconds']:.2f} s, {s['variables']} variables, "
           f"{s['constraints']} constraints; windows: {s['windows']}")
     return 0
 
@@ -162,55 +152,5 @@ def run_recipe(args, budgets) -> int:
     return 0
 
 
-def _pct(v) -> str:
+def pct(v) -> str:
     return "unknown" if v is None else f"{100 * v:.2f}%"
-
-
-# ---------------------------------------------------------------------------------------------
-# explain
-
-
-def add_explain_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("plan", help="plan file written by `litevar plan`")
-    p.add_argument("--profile", help="the profile the plan was made from (needed for savings and losses)")
-
-
-def run_explain(args) -> int:
-    from planner.plan import Plan
-    plan = Plan.load(args.plan)
-    pr = plan.predicted
-    print(f"plan {plan.name!r}: {plan.resolution} px, batch {plan.batch}, device {plan.device.get('name')}; "
-          f"budgets {', '.join(f'{k} {v:g}' for k, v in plan.budgets.items() if v is not None) or 'none'}")
-    if pr:
-        print(f"predicted: {pr.get('latency_ms', 0):.1f} ms ({pr.get('speedup', 1):.2f}x), "
-              f"{pr.get('memory_mb', 0):.0f} MB, loss {pr.get('loss', 0):.4g}")
-    guard = plan.solver.get("guard")
-    if guard:
-        print(f"solved with a guard of {_pct(guard.get('latency'))} on latency and {_pct(guard.get('memory'))} "
-              f"on memory ({guard.get('source')})")
-    if not args.profile:
-        quantized = {f for f in plan.formats.values() if f != "fp"}
-        n_q = sum(f != "fp" for f in plan.formats.values())
-        print(f"{n_q} of {len(plan.formats)} linear layers quantized ({', '.join(sorted(quantized)) or 'none'}); "
-              f"CFG-shared blocks {plan.cfg_shared}; QK8 blocks {plan.qk_int8}; windowed blocks "
-              f"{sorted(plan.windows.widths) if plan.windows else []}")
-        print("pass --profile PROFILE for what each choice saves, costs and beat")
-        return 0
-    from planner.build import build_problem, profile_sha256, selection_of
-    from planner.explain import explain, format_table
-    from profiler.profile import Profile
-    if plan.profile_sha256 and profile_sha256(args.profile) != plan.profile_sha256:
-        print(f"note: {args.profile} is not the profile this plan was made from (sha256 differs); "
-              "numbers below are from the given profile")
-    profile = Profile.load(args.profile)
-    family = plan.windows.family.value if plan.windows else None
-    problem = build_problem(profile, plan.resolution, plan.batch, None, family, coverage_targets=None)
-    sel = selection_of(plan)
-    bad = [k for k in sel.widths if k + (sel.widths[k],) not in problem.window_index]
-    if bad:
-        raise UserError(f"plan window {bad[0]} is not a width the profile measured; explain it with the "
-                        "profile it was made from")
-    print(format_table(explain(problem, sel)))
-    print("saves_*: vs the uncompressed choice; alt_saves_ms / alt_loss: what the alternative would have "
-          "saved in ms / added in loss relative to the choice (negative: it is slower / better)")
-    return 0

@@ -27,7 +27,7 @@ def device_name(device: str) -> str:
 
 
 def run(args) -> int:
-    from litevar.generate import resolve_device
+    from litevar.commands.common import resolve_device
     dev = str(resolve_device(args.device))
     quick = not args.full
     report = {"device": device_name(dev), "torch": torch.__version__, "quick": quick}
@@ -40,7 +40,7 @@ def run(args) -> int:
         report["attention"] = bench_attention(dev, quick)
         print_table(report["attention"])
     if args.json:
-        from litevar.atomic import write_json
+        from litevar.model.atomic import write_json
         write_json(args.json, report, default=str)
         print(f"wrote {args.json}")
     return 0

@@ -42,9 +42,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from kernels.select import KernelChoice
-from litevar.atomic import write_json
-from litevar.errors import UserError
-from litevar.generate import add_model_arguments, load_model
+from litevar.model.atomic import write_json
+from litevar.model.errors import UserError
+from litevar.commands.common import add_model_arguments, load_model
 
 log = logging.getLogger(__name__)
 MB = 2 ** 20
@@ -228,7 +228,8 @@ def _check_same_shape(plans: list, paths: list[str]) -> None:
 
 def run(args) -> int:
     from litevar.runtime import planned_copy
-    from planner.plan import Plan, arch_of, weights_sha256
+    from litevar.model.build import arch_of, weights_sha256
+    from planner.plan import Plan
     _check_args(args)
     plans = [Plan.load(p) for p in args.plan]
     _check_same_shape(plans, args.plan)

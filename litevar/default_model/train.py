@@ -1,4 +1,4 @@
-"""`litevar train`: train the shipped default model (classifier, VQVAE, VAR) from scratch.
+"""Training of the shipped default model (classifier, VQVAE, VAR) from scratch (`litevar train`).
 
 Seeded and resumable: every stage checkpoints to --work-dir every --ckpt-every steps and an
 interrupted run continues where it stopped. With the same seed and the same number of CPU
@@ -6,21 +6,16 @@ threads the weights are bit-identical (CPU kernels are deterministic for a fixed
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
-import os
-import platform
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from litevar.atomic import atomic_path, write_text
-from litevar.errors import UserError
+from litevar.model.atomic import atomic_path
+from litevar.model.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +90,6 @@ class TrainConfig:
                             f"{self.patch_nums[-1]}x{self.patch_nums[-1]} latent; change one of them")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(ASSETS), help="where the trained weights go (default: the shipped assets)")
-    p.add_argument("--work-dir", default="runs/train", help="resumable checkpoints (default runs/train)")
-    p.add_argument("--ckpt-every", type=int, default=250, help="checkpoint every N steps")
-    p.add_argument("--stages", default="classifier,vae,var", help="comma-separated subset of classifier,vae,var")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps (e.g. 0.01 for a smoke run)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    p.add_argument("--device", default="cpu")
-
-
 # -- shared helpers -----------------------------------------------------------------------------
 
 def _autocast(device: torch.device):
@@ -136,7 +120,7 @@ def _resume(path: Path, model, opt, gen: torch.Generator) -> int:
     return state["step"]
 
 
-def _checkpoint_step(path: Path) -> int:
+def checkpoint_step(path: Path) -> int:
     """The step a stage's checkpoint would resume from (0: none)."""
     return int(torch.load(path, map_location="cpu", weights_only=False)["step"]) if path.exists() else 0
 
@@ -146,9 +130,9 @@ def _checkpoint(path: Path, model, opt, gen: torch.Generator, step: int) -> None
                   "data_rng": gen.get_state(), "step": step}, path)
 
 
-def _images(cfg: TrainConfig, n: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+def dataset_images(cfg: TrainConfig, n: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """n images of a split in [-1, 1] (n, 3, H, W) and their labels."""
-    from litevar.data import make_split, to_float
+    from litevar.default_model.data import make_split, to_float
     imgs, labels = make_split(split, n, size=cfg.image_size)
     return to_float(imgs), torch.from_numpy(labels).long()
 
@@ -160,7 +144,7 @@ def _batch_indices(gen: torch.Generator, n: int, batch: int) -> torch.Tensor:
 # -- VQVAE ----------------------------------------------------------------------------------------
 
 def build_small_vae(cfg: TrainConfig):
-    from litevar.vqvae import VQVAE
+    from litevar.model.vqvae import VQVAE
     v = cfg.vae
     return VQVAE(vocab_size=v.V, z_channels=v.Cvae, ch=v.ch, ch_mult=v.ch_mult, share_quant_resi=v.share_quant_resi,
                  v_patch_nums=cfg.patch_nums, num_res_blocks=v.num_res_blocks, norm_groups=v.norm_groups,
@@ -188,7 +172,7 @@ def train_vae(cfg: TrainConfig, work: Path, device: torch.device, ckpt_every: in
     from tqdm import tqdm
     torch.manual_seed(cfg.seed)
     vae = build_small_vae(cfg).to(device).train()
-    x_all, _ = _images(cfg, cfg.n_images // 2)
+    x_all, _ = dataset_images(cfg, cfg.n_images // 2)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae.lr, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
     path, gen = work / "vae.pt", torch.Generator().manual_seed(cfg.seed + 1)
     start = _resume(path, vae, opt, gen)
@@ -229,8 +213,8 @@ def tokenize(vae, x_all: torch.Tensor, batch: int = 256, progress=True) -> torch
 # -- VAR --------------------------------------------------------------------------------------------
 
 def build_small_var(cfg: TrainConfig, vae, init: bool = True):
-    from litevar.var import VAR, VARConfig
-    from litevar.data import NUM_CLASSES
+    from litevar.model.var import VAR, VARConfig
+    from litevar.default_model.data import NUM_CLASSES
     vcfg = VARConfig(depth=cfg.var.depth, patch_nums=cfg.patch_nums, num_classes=NUM_CLASSES, V=cfg.vae.V,
                      Cvae=cfg.vae.Cvae, cond_drop_rate=cfg.var.cond_drop_rate)
     var = VAR(vae, vcfg)
@@ -328,9 +312,8 @@ def train_var(cfg: TrainConfig, vae, tokens_NL, labels_N, work: Path, device, ck
     return var.eval().requires_grad_(False)
 
 
-# -- the command --------------------------------------------------------------------------------------
 
-def _scaled(cfg: TrainConfig, s: float) -> TrainConfig:
+def scaled(cfg: TrainConfig, s: float) -> TrainConfig:
     if s != 1.0:
         cfg.vae.steps = max(2, int(cfg.vae.steps * s))
         cfg.var.steps = max(2, int(cfg.var.steps * s))
@@ -346,56 +329,3 @@ def shipped_var_state(var) -> dict[str, torch.Tensor]:
     """The VAR weights as shipped: float tensors stored in fp16 (half the size; loaded back to
     fp32, and fp16 keeps 3 more mantissa bits than bf16), integer buffers as they are."""
     return {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in var.state_dict().items()}
-
-
-def run(args) -> int:
-    from safetensors.torch import load_file, save_file
-    stages = {s.strip() for s in args.stages.split(",") if s.strip()}
-    if not stages <= {"classifier", "vae", "var"}:
-        raise UserError(f"--stages {args.stages!r}: choose from classifier,vae,var")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    cfg = _scaled(TrainConfig(seed=args.seed), args.scale)
-    out, work = Path(args.out), Path(args.work_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
-    times, resumed = {}, {}
-    if "classifier" in stages:
-        from litevar.classifier import train_classifier
-        t = time.perf_counter()
-        train_classifier(seed=cfg.seed, steps=cfg.classifier_steps, out_path=str(out / "classifier.safetensors"))
-        times["classifier_s"] = round(time.perf_counter() - t, 1)
-    if "vae" in stages:
-        t = time.perf_counter()
-        resumed["vae"] = _checkpoint_step(work / "vae.pt")
-        vae = train_vae(cfg, work, device, args.ckpt_every)
-        with atomic_path(out / "vae.safetensors") as tmp:
-            save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, tmp)
-        times["vae_s"] = round(time.perf_counter() - t, 1)
-    if "var" in stages:
-        t = time.perf_counter()
-        vae = build_small_vae(cfg)
-        vae.load_state_dict(load_file(str(out / "vae.safetensors")))
-        vae.eval().requires_grad_(False)
-        x_all, labels = _images(cfg, cfg.n_images)
-        tokens = tokenize(vae, x_all)
-        del x_all
-        resumed["var"] = _checkpoint_step(work / "var.pt")
-        var = train_var(cfg, vae, tokens, labels, work, device, args.ckpt_every)
-        with atomic_path(out / "var.safetensors") as tmp:
-            save_file(shipped_var_state(var), tmp)
-        times["var_s"] = round(time.perf_counter() - t, 1)
-    card = {"recipe": asdict(cfg), "seconds": times, "threads": torch.get_num_threads(),
-            "resumed_at_step": {k: v for k, v in resumed.items() if v},  # seconds then cover the rest only
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-            "torch": torch.__version__}
-    card_path = out / "train.json"
-    if card_path.exists():  # keep the times of stages not re-run now
-        old = json.loads(card_path.read_text())
-        card["seconds"] = {**old.get("seconds", {}), **times}
-        kept = {k: v for k, v in old.get("resumed_at_step", {}).items() if f"{k}_s" not in times}
-        card["resumed_at_step"] = {**kept, **card["resumed_at_step"]}
-    write_text(card_path, json.dumps(card, indent=1))
-    print(f"trained {sorted(stages)} into {out}: {card['seconds']}")
-    return 0

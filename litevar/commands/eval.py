@@ -1,0 +1,130 @@
+"""`litevar eval`: quality of a model on N generated images.
+
+- class accuracy of the generated images by the shipped classifier (chance = 1 / classes);
+- Frechet distance in that classifier's feature space against held-out real images, next to
+  the real-vs-real figure (two disjoint real sets of the same size) as the floor;
+- fidelity to the full-precision model with the same seeds (when the evaluated model differs:
+  a lower --dtype, later a plan): token agreement per scale, PSNR of the images, and the KL of
+  the CFG logits with both models teacher-forced on the reference tokens;
+- real FID / IS through an established library when its Inception weights are already cached;
+- with --by-scale N, where the class shows, scale by scale, on N held-out real images: the class
+  accuracy of each image decoded from its first k scales of tokens (what any VAR on this VQVAE
+  can show by then) and of images generated with those real tokens forced at the first k scales
+  and the rest sampled (where the sampled layout goes wrong).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+import numpy as np
+
+from litevar.model.atomic import write_json
+from litevar.model.errors import UserError
+from litevar.commands.common import add_model_arguments, load_model
+from litevar.default_model.evaluation import Scorer, class_by_scale, fidelity, quality
+from litevar.model.inference import balanced_labels, sample
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    p.add_argument("--n", type=int, default=200, help="images to generate (balanced over classes; default 200)")
+    p.add_argument("--batch", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cfg", type=float, default=4.0)
+    p.add_argument("--top-k", type=int, default=900)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--plan", help="compression plan JSON (`litevar plan`): evaluate the planned model, and its "
+                   "fidelity to the dense full-precision one with the same seeds")
+    p.add_argument("--by-scale", type=int, default=0, metavar="N",
+                   help="also: where the class shows, scale by scale, on N held-out real images (their first k "
+                   "scales decoded; generation with their real tokens forced at the first k scales); 0 = off")
+    p.add_argument("--json", help="write every figure here")
+
+
+def run(args) -> int:
+    if args.n < 2:
+        raise UserError(f"--n must be >= 2 (got {args.n})")
+    t0 = time.perf_counter()
+    plan = None
+    if args.plan:  # read it first: a bad plan fails before the model loads
+        from planner.plan import Plan
+        plan = Plan.load(args.plan)
+    vae, dense = load_model(args)
+    var = dense
+    if plan is not None:
+        from litevar.runtime import planned_copy
+        var = planned_copy(vae, dense, plan)
+    labels = balanced_labels(args.n, var.num_classes)
+    imgs, _ = sample(var, labels, args.seed, args.cfg, args.top_k, args.top_p, args.batch, args.dtype)
+    scorer = Scorer(max(args.n, 500))
+    report = {"n": args.n, "cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+              "dtype": args.dtype, "plan": args.plan, **quality(imgs, labels, vae=vae, scorer=scorer)}
+    if args.by_scale:
+        report["class_by_scale"] = class_by_scale(var, vae, scorer, args.by_scale, args.seed, args.cfg, args.top_k,
+                                                  args.top_p, args.batch, args.dtype)
+    if plan is not None:  # fidelity of the planned model to the dense fp32 one, same seeds
+        report["fidelity_vs_dense"] = fidelity(dense, var, vae, labels, args.seed, args.cfg, args.top_k, args.top_p,
+                                               args.batch, args.dtype)
+    elif args.dtype != "fp32":  # fidelity of the lower-precision run to the fp32 one, same seeds
+        ref_out = sample(var, labels, args.seed, args.cfg, args.top_k, args.top_p, args.batch, "fp32", "fp32 reference")
+        report["fidelity_vs_fp32"] = fidelity(var, var, vae, labels, args.seed, args.cfg, args.top_k, args.top_p,
+                                              args.batch, args.dtype, ref_out=ref_out)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    print_report(report)
+    if args.json:
+        write_json(args.json, report)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def print_report(r: dict) -> None:
+    print(f"images: {r['n']} (cfg {r['cfg']}, top-k {r['top_k']}, top-p {r['top_p']}, {r['dtype']})")
+    print(f"class accuracy: {100 * r['class_accuracy']:.1f}%" + (f" (chance {100 * r['chance']:.0f}%)" if r.get("chance") else ""))
+    print(f"Frechet distance (classifier features): {r['frechet_feature']:.3f} "
+          f"(real vs real, {r['n_real']} images each: {r['frechet_feature_real_vs_real']:.3f})")
+    if "confusion" in r:
+        print_confusions(np.array(r["confusion"]), r["per_class_accuracy"])
+    if "reconstruction" in r:
+        c = r["reconstruction"]
+        print(f"VQVAE reconstruction ceiling ({c['n']} real images encoded and decoded): PSNR {c['psnr_db']:.1f} dB, "
+              f"class accuracy {100 * c['class_accuracy']:.1f}%, Frechet distance {c['frechet_feature']:.3f}")
+    for key in ("fidelity_vs_fp32", "fidelity_vs_dense"):
+        if key not in r:
+            continue
+        f = r[key]
+        print(f"{key.replace('_', ' ')}: PSNR {f['psnr_db']:.2f} dB, CFG-logit KL {f['cfg_kl_sum']:.4f} nats (sum over scales), "
+              f"token agreement per scale {[round(a, 3) for a in f['token_agreement_per_scale']]}")
+    inc = r["inception"]
+    print(f"Inception FID/IS: skipped: {inc['skipped']}" if "skipped" in inc else f"Inception FID/IS: {inc}")
+    if "class_by_scale" in r:
+        print_class_by_scale(r["class_by_scale"])
+
+
+def class_names(num_classes: int) -> list[str]:
+    from litevar.default_model.data import CLASS_NAMES
+    return list(CLASS_NAMES) if len(CLASS_NAMES) == num_classes else [str(i) for i in range(num_classes)]
+
+
+def print_confusions(cm: np.ndarray, per_class: list[float], top: int = 5) -> None:
+    """Per-class accuracy and the most frequent confusions (intended -> predicted)."""
+    names = class_names(len(cm))
+    print("per class: " + ", ".join(f"{n} {100 * a:.0f}%" for n, a in zip(names, per_class)))
+    off = [(int(cm[i, j]), i, j) for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i, j]]
+    worst = sorted(off, reverse=True)[:top]
+    if worst:
+        print("most frequent confusions: " + ", ".join(f"{names[i]} -> {names[j]} ({c})" for c, i, j in worst))
+
+
+def print_class_by_scale(c: dict) -> None:
+    pns = c["patch_nums"]
+    print(f"where the class shows ({c['n']} held-out real images; k = scales of their own tokens):")
+    print(f"{'k':>3} {'up to':>7} {'decoded from k scales':>22} {'generated, k forced':>20}")
+    for k in range(len(pns) + 1):
+        side = f"{pns[k - 1]}x{pns[k - 1]}" if k else "-"
+        dec = f"{100 * c['decoded'][k - 1]:.1f}%" if k else "-"
+        gen = f"{100 * c['forced'][k]:.1f}%" if k < len(pns) else "-"
+        print(f"{k:>3} {side:>7} {dec:>22} {gen:>20}")

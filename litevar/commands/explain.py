@@ -1,0 +1,54 @@
+"""`litevar explain PLAN [--profile P]`: why a plan chose what it chose: per decision, what it saves,
+what it costs in predicted loss, and the alternative it beat (planner/explain.py)."""
+from __future__ import annotations
+
+import argparse
+
+from litevar.commands.plan import pct
+from litevar.model.errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("plan", help="plan file written by `litevar plan`")
+    p.add_argument("--profile", help="the profile the plan was made from (needed for savings and losses)")
+
+
+def run(args) -> int:
+    from planner.plan import Plan
+    plan = Plan.load(args.plan)
+    pr = plan.predicted
+    print(f"plan {plan.name!r}: {plan.resolution} px, batch {plan.batch}, device {plan.device.get('name')}; "
+          f"budgets {', '.join(f'{k} {v:g}' for k, v in plan.budgets.items() if v is not None) or 'none'}")
+    if pr:
+        print(f"predicted: {pr.get('latency_ms', 0):.1f} ms ({pr.get('speedup', 1):.2f}x), "
+              f"{pr.get('memory_mb', 0):.0f} MB, loss {pr.get('loss', 0):.4g}")
+    guard = plan.solver.get("guard")
+    if guard:
+        print(f"solved with a guard of {pct(guard.get('latency'))} on latency and {pct(guard.get('memory'))} "
+              f"on memory ({guard.get('source')})")
+    if not args.profile:
+        quantized = {f for f in plan.formats.values() if f != "fp"}
+        n_q = sum(f != "fp" for f in plan.formats.values())
+        print(f"{n_q} of {len(plan.formats)} linear layers quantized ({', '.join(sorted(quantized)) or 'none'}); "
+              f"CFG-shared blocks {plan.cfg_shared}; QK8 blocks {plan.qk_int8}; windowed blocks "
+              f"{sorted(plan.windows.widths) if plan.windows else []}")
+        print("pass --profile PROFILE for what each choice saves, costs and beat")
+        return 0
+    from planner.build import build_problem, profile_sha256, selection_of
+    from planner.explain import explain, format_table
+    from profiler.profile import Profile
+    if plan.profile_sha256 and profile_sha256(args.profile) != plan.profile_sha256:
+        print(f"note: {args.profile} is not the profile this plan was made from (sha256 differs); "
+              "numbers below are from the given profile")
+    profile = Profile.load(args.profile)
+    family = plan.windows.family.value if plan.windows else None
+    problem = build_problem(profile, plan.resolution, plan.batch, None, family, coverage_targets=None)
+    sel = selection_of(plan)
+    bad = [k for k in sel.widths if k + (sel.widths[k],) not in problem.window_index]
+    if bad:
+        raise UserError(f"plan window {bad[0]} is not a width the profile measured; explain it with the "
+                        "profile it was made from")
+    print(format_table(explain(problem, sel)))
+    print("saves_*: vs the uncompressed choice; alt_saves_ms / alt_loss: what the alternative would have "
+          "saved in ms / added in loss relative to the choice (negative: it is slower / better)")
+    return 0

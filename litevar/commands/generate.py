@@ -1,0 +1,69 @@
+"""`litevar generate`: a PNG grid of class-conditional samples.
+
+With no model flags it uses the small model shipped with the project; `--ckpt/--vae` load
+official checkpoints (architecture inferred from their keys, `--depth` checked against them);
+`--random-init --depth N` builds an untrained model of any depth (for timing only).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+
+from litevar.commands.common import add_model_arguments, load_model
+from litevar.model.errors import UserError
+from litevar.model.inference import generate
+
+log = logging.getLogger(__name__)
+
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    p.add_argument("--classes", default=None, help="comma-separated class ids (default: one per class, up to 8)")
+    p.add_argument("--per-class", type=int, default=1, help="samples per class id (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed: same seed, same image")
+    p.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (default 4)")
+    p.add_argument("--top-k", type=int, default=900, help="top-k filtering, 0 = off (default 900)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus filtering, 0 = off (default 0.95)")
+    p.add_argument("--more-smooth", action="store_true", help="gumbel-softmax smoothing (official option)")
+    p.add_argument("--out", default="samples.png", help="output PNG (default samples.png)")
+    p.add_argument("--plan", help="compression plan JSON (`litevar plan`) to apply to the model")
+
+
+def parse_classes(text: str | None, num_classes: int, per_class: int) -> list[int]:
+    if text is None:
+        ids = [round(i * num_classes / min(8, num_classes)) for i in range(min(8, num_classes))]
+    else:
+        try:
+            ids = [int(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise UserError(f"--classes {text!r}: give comma-separated integers") from None
+    bad = [c for c in ids if not 0 <= c < num_classes]
+    if bad or not ids:
+        raise UserError(f"--classes: class id(s) {bad or text} out of range; this model has classes 0..{num_classes - 1}")
+    if per_class < 1:
+        raise UserError(f"--per-class must be >= 1, got {per_class}")
+    return [c for c in ids for _ in range(per_class)]
+
+
+def run(args) -> int:
+    from litevar.model.imageio import save_grid
+    t0 = time.perf_counter()
+    plan = None
+    if args.plan:  # read it first: a bad plan fails before the model loads
+        from planner.plan import Plan
+        plan = Plan.load(args.plan)
+    vae, var = load_model(args)
+    if plan is not None:
+        from litevar.runtime import apply_plan
+        apply_plan(vae, var, plan)
+    t1 = time.perf_counter()
+    labels = parse_classes(args.classes, var.num_classes, args.per_class)
+    img = generate(var, labels, args.seed, args.cfg, args.top_k, args.top_p, args.more_smooth, args.dtype)
+    t2 = time.perf_counter()
+    save_grid(img, args.out, nrow=min(len(labels), 8))
+    print(f"wrote {args.out}: {len(labels)} samples of classes {sorted(set(labels))}, "
+          f"{img.shape[-1]}x{img.shape[-2]} px (load {t1 - t0:.1f} s, generate {t2 - t1:.1f} s on {args.device})")
+    return 0

@@ -1,0 +1,72 @@
+"""Inference helpers on the model: compute dtype, batched class-conditional sampling and the
+teacher-forced CFG logits every quality measurement compares (profiler, eval, bench)."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, dtype_name: str):
+    dtype = DTYPES[dtype_name]
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+
+def generate(var, labels: list[int], seed: int, cfg: float, top_k: int, top_p: float, more_smooth: bool = False,
+             dtype_name: str = "fp32", progress: bool = True) -> torch.Tensor:
+    """Images in [0, 1] (B, 3, H, W), with a progress bar over scales."""
+    from tqdm import tqdm
+    dev = var.lvl_1L.device
+    bar = tqdm(total=len(var.patch_nums), desc="scales", unit="scale", disable=not progress, leave=False)
+    label_B = torch.tensor(labels, device=dev)
+    with autocast(dev, dtype_name):
+        img = var.autoregressive_infer_cfg(len(labels), label_B, g_seed=seed, cfg=cfg, top_k=top_k, top_p=top_p,
+                                           more_smooth=more_smooth, callback=lambda si, _: bar.update(1))
+    bar.close()
+    return img.float()
+
+
+
+def balanced_labels(n: int, num_classes: int) -> list[int]:
+    return [i % num_classes for i in range(n)]
+
+
+
+@torch.no_grad()
+def sample(var, labels: list[int], seed: int, cfg: float, top_k: int, top_p: float, batch: int,
+           dtype_name: str = "fp32", desc: str = "generate", prefix: list[torch.Tensor] | None = None):
+    """Images (N, 3, H, W) in [0, 1] and per-scale tokens; batch i uses seed + i. `prefix`:
+    token ids (N, pn * pn) forced at the first len(prefix) scales."""
+    from tqdm import tqdm
+    dev = var.lvl_1L.device
+    imgs, toks = [], []
+    for i, b in enumerate(tqdm(range(0, len(labels), batch), desc=desc, unit="batch")):
+        label_B = torch.tensor(labels[b:b + batch], device=dev)
+        with autocast(dev, dtype_name):
+            img, tokens = var.autoregressive_infer_cfg(len(label_B), label_B, g_seed=seed + i, cfg=cfg, top_k=top_k,
+                                                       top_p=top_p, return_tokens=True,
+                                                       prefix_tokens=[t[b:b + batch] for t in prefix or []])
+        imgs.append(img.float().cpu())
+        toks.append([t.cpu() for t in tokens])
+    return torch.cat(imgs), [torch.cat(ts) for ts in zip(*toks)]
+
+
+
+@torch.no_grad()
+def cfg_logits(var, vae, labels_B: torch.Tensor, tokens: list[torch.Tensor], cfg: float,
+               dtype_name: str = "fp32") -> torch.Tensor:
+    """Teacher-forced CFG-combined logits (B, L, V) on given tokens, as sampling would see them."""
+    dev = var.lvl_1L.device
+    x = vae.quantize.idxBl_to_var_input([t.to(dev) for t in tokens])
+    B = labels_B.shape[0]
+    both = torch.cat([labels_B.to(dev), torch.full_like(labels_B.to(dev), var.num_classes)])
+    with autocast(dev, dtype_name):
+        logits = var(both, x.repeat(2, 1, 1), cfg_batch=B).float()
+    t_L = torch.cat([torch.full((pn * pn,), cfg * si / (len(var.patch_nums) - 1), device=dev)
+                     for si, pn in enumerate(var.patch_nums)]).view(1, -1, 1)
+    return (1 + t_L) * logits[:B] - t_L * logits[B:]
