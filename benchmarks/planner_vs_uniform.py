@@ -21,8 +21,8 @@ import json
 import sys
 from pathlib import Path
 
-from litevar.model.atomic import write_text
 from litevar.commands.cli import main as litevar_main
+from litevar.model.atomic import write_text
 
 DEFAULT_RECIPES = ("bf16", "w8a8", "w8a8+qk8", "asc", "paper")
 

@@ -12,7 +12,7 @@ import logging
 import statistics
 import sys
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn

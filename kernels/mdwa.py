@@ -15,8 +15,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Collection, Mapping
 
 import torch
 import torch.nn.functional as F

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -398,7 +398,7 @@ class WindowConfig:
                 "widths": {str(l): w.tolist() for l, w in sorted(self.widths.items())}}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "WindowConfig":
+    def from_dict(cls, d: dict) -> WindowConfig:
         return cls(patch_nums=tuple(d["patch_nums"]), family=WindowFamily(d["family"]),
                    widths={int(l): torch.tensor(w, dtype=torch.int32) for l, w in d["widths"].items()},
                    version=d.get("version", 1))
@@ -407,12 +407,12 @@ class WindowConfig:
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str) -> "WindowConfig":
+    def from_json(cls, text: str) -> WindowConfig:
         return cls.from_dict(json.loads(text))
 
     @classmethod
     def uniform(cls, patch_nums, layers: Iterable[int], heads: int, width: int,
-                family: WindowFamily = WindowFamily.BAND, full_parts: int = 3) -> "WindowConfig":
+                family: WindowFamily = WindowFamily.BAND, full_parts: int = 3) -> WindowConfig:
         """Every windowed part gets `width` (capped at its max); paper_parts_full parts stay FULL."""
         S = len(patch_nums)
         w = torch.full((heads, S, S), FULL, dtype=torch.int32)

@@ -9,8 +9,14 @@ the planner's plan file and the profiler's device fingerprint).
 from importlib.metadata import PackageNotFoundError, version
 
 from litevar.model.attention import AttnCall, DenseAttention, KVCache, ScaleLayout, set_attention_backend
-from litevar.model.build import (arch_of, build_vae_var, load_checkpoint, load_vae_var, official_state_dict,
-                                 weights_sha256)
+from litevar.model.build import (
+    arch_of,
+    build_vae_var,
+    load_checkpoint,
+    load_vae_var,
+    official_state_dict,
+    weights_sha256,
+)
 from litevar.model.errors import UserError
 from litevar.model.schedules import SCHEDULES
 from litevar.model.var import VAR, VARConfig

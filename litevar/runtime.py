@@ -20,9 +20,9 @@ from kernels.qlinear import is_planned_layer, swap_linears
 from kernels.select import KernelChoice
 from kernels.windows import WindowConfig
 from litevar.model.attention import set_attention_backend
+from litevar.model.build import arch_of, weights_sha256
 from litevar.model.errors import UserError
 from litevar.model.var import shared_copy
-from litevar.model.build import arch_of, weights_sha256
 from planner.plan import Plan
 from profiler.device import PLAN_KEYS, fingerprint
 

@@ -111,7 +111,7 @@ def lagrangian_bound(problem: Problem, budgets: Budgets, sweeps: int = 2, iters:
     for _ in range(sweeps if len(dual.active) > 1 else 1):
         for i in dual.active:
             scale = _scale(problem, i)
-            f = lambda t: dual(np.where(np.arange(4) == i, math.exp(t) * scale, mu))  # noqa: E731
+            f = lambda t, i=i, scale=scale: dual(np.where(np.arange(4) == i, math.exp(t) * scale, mu))  # noqa: E731
             t = _golden_max(f, math.log(1e-9), math.log(1e9), iters)
             val = f(t)
             if val > best:

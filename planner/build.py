@@ -148,7 +148,7 @@ def attention_slots(cm, arch, pns, batch, alpha) -> dict[tuple[int, int], AttnSl
     has_mdwa = "mdwa" in cm["attn"]
     slots = {}
     for layer, si, q, kv in C.attention_calls(arch, pns, batch):
-        def ms(backend, kept, shared):
+        def ms(backend, kept, shared, q=q, kv=kv):
             return alpha * C.attn_ms(cm, batch if shared else 2 * batch, H, D, q, kv, kept, backend)
         dense = tuple(tuple(ms("dense" + sfx, 1.0, c) for c in (0, 1)) for sfx in ("", "_qk8"))
         mdwa = tuple(tuple(tuple(ms("mdwa" + sfx, k, c) if has_mdwa else np.inf for k in KEPT_GRID)

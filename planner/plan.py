@@ -13,7 +13,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from kernels.formats import FORMATS, get_format
 from kernels.windows import WindowConfig
 from litevar.model.atomic import write_text

@@ -158,7 +158,7 @@ class Budgets:
     def any(self) -> bool:
         return any(v is not None for v in self.to_dict().values())
 
-    def guarded(self, latency: float = 0.0, memory: float = 0.0) -> "Budgets":
+    def guarded(self, latency: float = 0.0, memory: float = 0.0) -> Budgets:
         """The budgets the solver must meet so that the measured figures meet these ones when
         the cost model under-predicts latency (relative to dense) by up to `latency` and memory
         by up to `memory` (fractions >= 0; see planner.build.guard_band)."""

@@ -407,7 +407,8 @@ def measure_attentions(arch, resolutions, batches, device, settings: CostSetting
     jobs = [(p, "dense", None) for p in points] + [(p, "dense_qk8", None) for p in points]
     if settings.mdwa:
         rows0 = 2 * min(batches)
-        work = lambda p: p[0][p[1]] ** 2 * ScaleLayout(p[0]).end[p[1]]  # q_len * kv_len
+        def work(p):
+            return p[0][p[1]] ** 2 * ScaleLayout(p[0]).end[p[1]]  # q_len * kv_len
         big = sorted((p for p in points if p[2] == rows0 and p[1] >= 5), key=work, reverse=True)  # scales
         big = big[:settings.mdwa_shapes]  # 0..4 are kept full (paper_parts_full): windows start at 5
         jobs += [(p, b, k) for p in big for b in ("mdwa", "mdwa_qk8") for k in settings.kept_targets]
@@ -428,7 +429,8 @@ def e2e_plan(resolutions, batches, own_pns, holdout_resolution, holdout_batch, s
              timed=None):
     """(patch_nums, batch, config, held_out) of every timed generation; configs in a format whose
     kernels were not timed (not in `timed`, when given) are left out, as the model cannot price them."""
-    ok = lambda c: timed is None or config_formats(c) <= set(timed)
+    def ok(c):
+        return timed is None or config_formats(c) <= set(timed)
     plan = [(tuple(p), b, "dense", False) for p in resolutions for b in batches]
     fit_pns = sorted(resolutions, key=len)[-2] if len(resolutions) > 1 else tuple(resolutions[0])
     plan += [(tuple(fit_pns), batches[0], c, False) for c in settings.fit_configs if ok(c)]

@@ -47,7 +47,7 @@ class Profile:
                 "tables": {k: _to_jsonable(v) for k, v in sorted(self.tables.items())}}
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "profile") -> "Profile":
+    def from_dict(cls, d: dict, where: str = "profile") -> Profile:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise UserError(f"{where} is not a litevar profile (no \"format\": \"{FORMAT}\"); "
                             f"make one with `litevar profile`")
@@ -79,12 +79,13 @@ class Profile:
         return write_text(path, self.to_json())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Profile":
+    def load(cls, path: str | os.PathLike) -> Profile:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"no profile at {path}; make one with `litevar profile --out {path}`")
         try:
             d = json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); re-run `litevar profile`") from None
+            raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); "
+                            "re-run `litevar profile`") from None
         return cls.from_dict(d, where=str(path))

@@ -120,6 +120,7 @@ def attention_backend(var, backend, layers=None):
 
 def sensitivity(vae, var, calib: Calibration, formats=QUANT_FORMATS, qk8: bool = True, progress=True) -> pd.DataFrame:
     from tqdm import tqdm
+
     from kernels.mdwa import LayerOptions, MaskedReference
     jobs = [(fqn, fmt) for fqn in quantizable_linears(var) for fmt in formats]
     jobs += [(f"blocks.{i}.attn.qk", "QK8") for i in range(len(var.blocks))] if qk8 else []
@@ -249,7 +250,8 @@ def ratio_windows(cov: pd.DataFrame, var, r0: float, family: WindowFamily = Wind
     candidate width whose coverage >= r0 (sink parts stay FULL)."""
     S, H = len(var.patch_nums), var.blocks[0].attn.num_heads
     sub = cov[cov.family == family.value]
-    sink_set = set() if sinks is None else {tuple(r) for r in sinks[sinks.sink][["layer", "head", "scale", "part"]].values}
+    sink_set = set() if sinks is None else {
+        tuple(r) for r in sinks[sinks.sink][["layer", "head", "scale", "part"]].values}
     widths = {}
     for layer, g in sub.groupby("layer"):
         w = torch.full((H, S, S), FULL, dtype=torch.int32)
@@ -278,6 +280,7 @@ def window_fit(vae, var, calib: Calibration, cov: pd.DataFrame, sinks: pd.DataFr
                progress=True) -> tuple[pd.DataFrame, dict]:
     """Measured loss of MDWA configurations vs their lost attention mass; fit loss = coef * lost."""
     from tqdm import tqdm
+
     from kernels.mdwa import MaskedReference
     rows = []
     for t, r0 in enumerate(tqdm(ratios, desc="window fit", disable=not progress)):
@@ -304,6 +307,7 @@ def cfg_similarity(rec: _Recorder) -> pd.DataFrame:
 def cfg_share_losses(vae, var, calib: Calibration, progress=True) -> pd.DataFrame:
     """Loss of ASC in each layer alone: the unconditional half reuses the conditional output."""
     from tqdm import tqdm
+
     from kernels.mdwa import CFGShared
     rows = []
     for layer in tqdm(range(len(var.blocks)), desc="cfg sharing", disable=not progress):

@@ -12,12 +12,21 @@ import pytest
 import torch
 from torch import nn
 
+from kernels.qlinear import QuantLinear, swap_linears
 from litevar.model.build import build_vae_var
 from litevar.model.var import shared_copy
 from profiler import costmodel as cmod
-from profiler.cost import (CostSettings, allocated_peak_mb, arch_of, measure_attention, measure_e2e, measure_linear,
-                           model_for_schedule, module_bytes, run_cost_stage)
-from kernels.qlinear import QuantLinear, swap_linears
+from profiler.cost import (
+    CostSettings,
+    allocated_peak_mb,
+    arch_of,
+    measure_attention,
+    measure_e2e,
+    measure_linear,
+    model_for_schedule,
+    module_bytes,
+    run_cost_stage,
+)
 from profiler.device import environment, fingerprint
 
 PNS = (1, 2, 3, 4)

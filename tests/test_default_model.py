@@ -26,8 +26,9 @@ def test_shipped_weights_fit_the_size_budget():
 def test_shipped_files_load_as_checkpoints_too():
     """`--ckpt/--vae` on the shipped files infers the architecture (the VQVAE backbone included)
     from the keys and gives the same model as load_default."""
-    from litevar.model.build import infer_vae_config, load_vae_var
     from safetensors.torch import load_file
+
+    from litevar.model.build import infer_vae_config, load_vae_var
     paths = default_paths()
     cfg = infer_vae_config(load_file(str(paths["vae"])))
     vae, var = load_vae_var(paths["var"], paths["vae"])

@@ -19,8 +19,7 @@ import torch.nn as nn
 from kernels import gemm
 from kernels.formats import FORMATS
 from kernels.qlinear import CastLinear, QuantLinear, linear_in_format, swap_linears
-from kernels.quant import (PerChannel, PerGroup, dequantize, pack_int4, quantize, sqnr,
-                           unpack_int4)
+from kernels.quant import PerChannel, PerGroup, dequantize, pack_int4, quantize, sqnr, unpack_int4
 from kernels.select import KernelChoice, interpret_mode, triton_available
 from litevar.model.errors import UserError
 from tests.triton_child import run_triton_tests_in_child

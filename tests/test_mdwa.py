@@ -17,8 +17,15 @@ import random
 import pytest
 import torch
 
-from kernels.mdwa import (CFGShared, FlexMDWA, LayerOptions, MaskedReference, TritonMDWA, flex_block_mask,
-                          make_mdwa_backend)
+from kernels.mdwa import (
+    CFGShared,
+    FlexMDWA,
+    LayerOptions,
+    MaskedReference,
+    TritonMDWA,
+    flex_block_mask,
+    make_mdwa_backend,
+)
 from kernels.quant import fake_quant_qk, quantize_qk_int8, sqnr
 from kernels.select import KernelChoice, triton_runs_on
 from kernels.windows import FULL, WindowConfig, WindowFamily, dense_mask, mask_mod_fn, max_width

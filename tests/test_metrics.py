@@ -7,7 +7,6 @@ import torch
 from litevar.default_model import classifier as clf
 from litevar.default_model import data, metrics
 
-
 # ---------------------------------------------------------------- Frechet distance
 
 def _samples_with_stats(mu, cov, n=500, seed=0):

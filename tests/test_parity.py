@@ -84,7 +84,7 @@ def test_greedy_sampling_matches_formulas(tmp_path):
     both = torch.cat([labels, torch.full_like(labels, 10)])
     ref_tokens, SN = [], len(PATCH_NUMS)
     full_sd = {**sd, **vsd}
-    for si, pn in enumerate(PATCH_NUMS):
+    for si, _pn in enumerate(PATCH_NUMS):
         padded = ref_tokens + [torch.zeros(B, p * p, dtype=torch.long) for p in PATCH_NUMS[si:]]
         x = ref.var_input(full_sd, padded, PATCH_NUMS).repeat(2, 1, 1)
         logits = ref.var_logits(sd, both, x, PATCH_NUMS, depth)
@@ -133,7 +133,8 @@ def test_phi_schedule_for_ten_scales():
     (16, False, 256, 310.3), (20, False, 256, 600.9), (24, False, 256, 1033.4), (30, False, 256, 2010.0),
     (36, True, 512, 2353.9)])
 def test_official_parameter_counts(depth, shared_aln, resolution, millions):
-    vae, var = litevar.build_vae_var("meta", patch_nums=litevar.SCHEDULES[resolution], depth=depth, shared_aln=shared_aln)
+    vae, var = litevar.build_vae_var("meta", patch_nums=litevar.SCHEDULES[resolution], depth=depth,
+                                     shared_aln=shared_aln)
     n = sum(p.numel() for p in var.parameters())
     assert round(n / 1e6, 1) == millions
     C = 64 * depth
@@ -144,7 +145,8 @@ def test_official_parameter_counts(depth, shared_aln, resolution, millions):
 
 def test_official_vae_shape():
     vae, _ = litevar.build_vae_var("meta")
-    count = lambda m: round(sum(t.numel() for t in m.state_dict().values()) / 1e6, 1)  # params + the EMA buffer
+    def count(m):
+        return round(sum(t.numel() for t in m.state_dict().values()) / 1e6, 1)  # params + the EMA buffer
     assert (count(vae), count(vae.encoder), count(vae.decoder)) == (109.0, 44.1, 64.7)
     sd = vae.state_dict()
     assert sd["quantize.embedding.weight"].shape == (4096, 32)

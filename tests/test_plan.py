@@ -66,7 +66,8 @@ def test_plan_keys_follow_the_schema():
                        "profile_sha256", "budgets", "solver", "predicted", "formats", "qk_int8", "windows",
                        "cfg_shared"]
     assert d["format"] == "litevar-plan" and d["version"] == 1
-    assert d["windows"]["widths"]["1"][0][9][0] == FULL and d["windows"]["widths"]["1"][0][9][9] == 3 and d["windows"]["family"] == "band"
+    w = d["windows"]
+    assert w["widths"]["1"][0][9][0] == FULL and w["widths"]["1"][0][9][9] == 3 and w["family"] == "band"
 
 
 def test_plans_differ_when_a_field_differs():

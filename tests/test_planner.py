@@ -9,8 +9,17 @@ import pandas as pd
 import pytest
 
 from litevar.model.errors import UserError
-from planner.problem import (FULL, WINDOW_COLUMNS, AttnSlot, Budgets, FormatGroup, FormatOption, Problem,
-                             Selection, evaluate)
+from planner.problem import (
+    FULL,
+    WINDOW_COLUMNS,
+    AttnSlot,
+    Budgets,
+    FormatGroup,
+    FormatOption,
+    Problem,
+    Selection,
+    evaluate,
+)
 from planner.slots import frontiers
 from planner.solve import SolverSettings, brute_force, reachable_minima, solve
 

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from tests.cli_util import assert_one_line_error, run_cli
 from planner.plan import Plan
+from tests.cli_util import assert_one_line_error, run_cli
 from tests.test_planner import synthetic_profile
 
 

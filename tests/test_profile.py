@@ -81,6 +81,7 @@ def test_cost_stage_cache_key_names_non_default_settings(tmp_path, capsys):
     """dtype, e2e repeats and MDWA timing change the cost stage's cache key only when they differ
     from the defaults (caches written before the options existed keep matching)."""
     import argparse
+
     from litevar.commands.profile import _cost_options, _cost_settings, add_arguments
     p = argparse.ArgumentParser()
     add_arguments(p)

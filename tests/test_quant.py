@@ -5,8 +5,19 @@ import pytest
 import torch
 
 from kernels.formats import FORMATS, Capability, QuantFormat, capability, get_format
-from kernels.quant import (PerChannel, PerGroup, PerToken, choose_qparams, dequantize,
-                           fake_quantize, pack_int4, quant_range, quantize, sqnr, unpack_int4)
+from kernels.quant import (
+    PerChannel,
+    PerGroup,
+    PerToken,
+    choose_qparams,
+    dequantize,
+    fake_quantize,
+    pack_int4,
+    quant_range,
+    quantize,
+    sqnr,
+    unpack_int4,
+)
 from kernels.select import KernelChoice, interpret_mode, resolve, triton_available
 from litevar.model.errors import UserError
 

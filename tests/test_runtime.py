@@ -15,14 +15,14 @@ import torch
 from kernels.mdwa import CFGShared, MaskedReference
 from kernels.qlinear import QuantLinear
 from kernels.windows import WindowConfig
-from litevar.model.attention import DenseAttention
 from litevar.commands.cli import main
 from litevar.default_model import load_default
+from litevar.model.attention import DenseAttention
+from litevar.model.build import arch_of, weights_sha256
 from litevar.model.errors import UserError
 from litevar.model.inference import cfg_logits
-from litevar.runtime import apply_plan
 from litevar.model.schedules import SCHEDULES
-from litevar.model.build import arch_of, weights_sha256
+from litevar.runtime import apply_plan
 from planner.plan import Plan
 from profiler.device import fingerprint
 from tests.cli_util import assert_one_line_error, run_cli

@@ -7,10 +7,25 @@ import random
 import pytest
 import torch
 
-from kernels.windows import (FULL, WindowConfig, WindowFamily, band_key_range, band_tile_ranges,
-                             block_structure, centre, coverage_curves, dense_mask, distance_fn,
-                             kept_fraction, kept_pairs, mask_mod_fn, max_width,
-                             min_width_for_ratio, paper_parts_full, window_mass)
+from kernels.windows import (
+    FULL,
+    WindowConfig,
+    WindowFamily,
+    band_key_range,
+    band_tile_ranges,
+    block_structure,
+    centre,
+    coverage_curves,
+    dense_mask,
+    distance_fn,
+    kept_fraction,
+    kept_pairs,
+    mask_mod_fn,
+    max_width,
+    min_width_for_ratio,
+    paper_parts_full,
+    window_mass,
+)
 from litevar.model.attention import ScaleLayout
 from litevar.model.errors import UserError
 
@@ -142,7 +157,7 @@ def _brute_mass(P_BHlL, layout, k, widths, family):
 
 
 def test_coverage_curves_equal_brute_force_sums():
-    for rng, layout, k, H in _cases(4, n=4):
+    for _rng, layout, k, H in _cases(4, n=4):
         B, n, L = 2, layout.patch_nums[k] ** 2, layout.end[k]
         g = torch.Generator().manual_seed(SEED)
         P = (torch.randn(B, H, n, L, generator=g) * 3).softmax(-1)

@@ -52,7 +52,8 @@ def blocks_forward(sd, x, cond, depth, H, l2, bias, shared_aln):
 
 def head(sd, x, cond):
     C = x.shape[-1]
-    scale, shift = (F.silu(cond) @ sd["head_nm.ada_lin.1.weight"].T + sd["head_nm.ada_lin.1.bias"]).view(-1, 1, 2, C).unbind(2)
+    ada = F.silu(cond) @ sd["head_nm.ada_lin.1.weight"].T + sd["head_nm.ada_lin.1.bias"]
+    scale, shift = ada.view(-1, 1, 2, C).unbind(2)
     return (_ln(x) * (1 + scale) + shift) @ sd["head.weight"].T + sd["head.bias"]
 
 

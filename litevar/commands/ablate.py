@@ -18,9 +18,9 @@ import logging
 import time
 from pathlib import Path
 
+from litevar.commands.common import add_model_arguments, load_model
 from litevar.model.atomic import write_json, write_text
 from litevar.model.errors import UserError
-from litevar.commands.common import add_model_arguments, load_model
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,8 @@ def run(args) -> int:
     vae, dense = load_model(args)
     res = resolution_of(dense.patch_nums)
     if res is None:
-        raise UserError(f"the model runs a custom schedule {list(dense.patch_nums)}; ablate a model of a standard resolution")
+        raise UserError(f"the model runs a custom schedule {list(dense.patch_nums)}; ablate a model of a "
+                        "standard resolution")
     plans = {spec: recipe_plan(profile, args.profile, spec, res, 1, spec)
              for t in tables for spec, _ in TABLES[t][1]}
     calib = calibrate(vae, dense, args.calib, 4.0, args.seed)

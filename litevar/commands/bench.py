@@ -8,8 +8,8 @@ profiler's e2e stage times the generations it fits the planner's cost model on
 The models alternate, one timed run each per round, so that drift of a shared machine hits all
 alike (each round starts at another model); latency is the median over --repeats rounds after
 --warmup untimed runs each (at least 1), peak memory that of the generation after them
-(parameters and buffers of VAR + VQVAE plus the allocator peak of one generation: torch.profiler allocation events on CPU,
-max_memory_allocated on CUDA). MB = 2**20 bytes. With --quality N each model's quality loss is
+(parameters and buffers of VAR + VQVAE plus the allocator peak of one generation: torch.profiler
+allocation events on CPU, max_memory_allocated on CUDA). MB = 2**20 bytes. With --quality N each model's quality loss is
 measured too, in the profile's unit (profiler.quality.loss_of on N calibration samples of the
 dense model, CFG 4, seed --seed): the figure the planner predicts as `loss`.
 
@@ -42,9 +42,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from kernels.select import KernelChoice
+from litevar.commands.common import add_model_arguments, load_model
 from litevar.model.atomic import write_json
 from litevar.model.errors import UserError
-from litevar.commands.common import add_model_arguments, load_model
 
 log = logging.getLogger(__name__)
 MB = 2 ** 20
@@ -95,7 +95,8 @@ def measure_interleaved(models: dict, batch: int, device, repeats: int, warmup: 
             runs[name]()
         peaks[name] = generation_peak_mb(vae, var, runs[name], dev)
     med = interleaved_ms(runs, repeats, dev, samples=samples,
-                         rounds=lambda r: tqdm(r, desc=f"bench {len(models)} models", disable=repeats * len(models) < 4))
+                         rounds=lambda r: tqdm(r, desc=f"bench {len(models)} models",
+                                               disable=repeats * len(models) < 4))
     return {name: E2E(med[name], samples[name], peaks[name],
                       module_bytes(*models[name]) / MB) for name in models}
 
@@ -215,7 +216,8 @@ def _check_args(args) -> None:
     if args.quality < 0:
         raise UserError(f"--quality must be >= 0 calibration samples, got {args.quality}")
     if args.json and not Path(args.json).resolve().parent.is_dir():
-        raise UserError(f"--json {args.json}: folder {Path(args.json).resolve().parent} does not exist; create it first")
+        raise UserError(f"--json {args.json}: folder {Path(args.json).resolve().parent} does not exist; "
+                        "create it first")
 
 
 def _check_same_shape(plans: list, paths: list[str]) -> None:
@@ -227,8 +229,8 @@ def _check_same_shape(plans: list, paths: list[str]) -> None:
 
 
 def run(args) -> int:
-    from litevar.runtime import planned_copy
     from litevar.model.build import arch_of, weights_sha256
+    from litevar.runtime import planned_copy
     from planner.plan import Plan
     _check_args(args)
     plans = [Plan.load(p) for p in args.plan]

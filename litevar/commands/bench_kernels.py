@@ -12,7 +12,6 @@ import platform
 import torch
 
 
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--json", help="write all rows and the device fingerprint here")

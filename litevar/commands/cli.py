@@ -15,13 +15,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("litevar.commands.generate", "generate a PNG grid of class-conditional samples"),
     "train": ("litevar.commands.train", "train the small default VQVAE + VAR (and classifier) from scratch"),
     "eval": ("litevar.commands.eval", "quality metrics of a model on N generated images"),
-    "profile": ("litevar.commands.profile", "measure sensitivity, window coverage, CFG redundancy and cost on this device"),
+    "profile": ("litevar.commands.profile",
+                "measure sensitivity, window coverage, CFG redundancy and cost on this device"),
     "plan": ("litevar.commands.plan", "solve for the least-loss compression plan within latency / memory budgets"),
-    "explain": ("litevar.commands.explain", "what each choice of a plan saves, costs in loss, and the alternative it beat"),
+    "explain": ("litevar.commands.explain",
+                "what each choice of a plan saves, costs in loss, and the alternative it beat"),
     "bench": ("litevar.commands.bench", "time the dense model and plans end to end, against the plans' predictions"),
-    "compare": ("litevar.commands.compare", "set plans side by side across devices, resolutions and budgets; --html writes a self-contained report"),
+    "compare": ("litevar.commands.compare", "set plans side by side across devices, resolutions and budgets; "
+                "--html writes a self-contained report"),
     "bench-kernels": ("litevar.commands.bench_kernels", "time every kernel against its dense reference at VAR shapes"),
-    "ablate": ("litevar.commands.ablate", "re-run the LiteVAR paper's Tables 1-3 (MDWA thresholds, bit-widths, MDWA+ASC+quant) on a model"),
+    "ablate": ("litevar.commands.ablate", "re-run the LiteVAR paper's Tables 1-3 (MDWA thresholds, bit-widths, "
+               "MDWA+ASC+quant) on a model"),
 }
 
 

@@ -412,7 +412,8 @@ def window_figure(plan) -> str:
 CSS = """body{font-family:sans-serif;margin:24px;color:#222;max-width:1400px}
 table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:3px 6px}
 th{background:#eee}td.n{text-align:right;font-variant-numeric:tabular-nums}tr:nth-child(even){background:#f7f7f7}
-figure{margin:16px 0}img{max-width:100%;border:1px solid #ddd}figcaption,p.cap{font-size:13px;color:#555;max-width:1100px}"""
+figure{margin:16px 0}img{max-width:100%;border:1px solid #ddd}
+figcaption,p.cap{font-size:13px;color:#555;max-width:1100px}"""
 
 
 def _img(b64: str, alt: str) -> str:

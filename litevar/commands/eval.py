@@ -20,10 +20,10 @@ import time
 
 import numpy as np
 
-from litevar.model.atomic import write_json
-from litevar.model.errors import UserError
 from litevar.commands.common import add_model_arguments, load_model
 from litevar.default_model.evaluation import Scorer, class_by_scale, fidelity, quality
+from litevar.model.atomic import write_json
+from litevar.model.errors import UserError
 from litevar.model.inference import balanced_labels, sample
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,8 @@ def run(args) -> int:
 
 def print_report(r: dict) -> None:
     print(f"images: {r['n']} (cfg {r['cfg']}, top-k {r['top_k']}, top-p {r['top_p']}, {r['dtype']})")
-    print(f"class accuracy: {100 * r['class_accuracy']:.1f}%" + (f" (chance {100 * r['chance']:.0f}%)" if r.get("chance") else ""))
+    chance = f" (chance {100 * r['chance']:.0f}%)" if r.get("chance") else ""
+    print(f"class accuracy: {100 * r['class_accuracy']:.1f}%{chance}")
     print(f"Frechet distance (classifier features): {r['frechet_feature']:.3f} "
           f"(real vs real, {r['n_real']} images each: {r['frechet_feature_real_vs_real']:.3f})")
     if "confusion" in r:
@@ -96,7 +97,8 @@ def print_report(r: dict) -> None:
         if key not in r:
             continue
         f = r[key]
-        print(f"{key.replace('_', ' ')}: PSNR {f['psnr_db']:.2f} dB, CFG-logit KL {f['cfg_kl_sum']:.4f} nats (sum over scales), "
+        print(f"{key.replace('_', ' ')}: PSNR {f['psnr_db']:.2f} dB, CFG-logit KL {f['cfg_kl_sum']:.4f} nats "
+              "(sum over scales), "
               f"token agreement per scale {[round(a, 3) for a in f['token_agreement_per_scale']]}")
     inc = r["inception"]
     print(f"Inception FID/IS: skipped: {inc['skipped']}" if "skipped" in inc else f"Inception FID/IS: {inc}")

@@ -10,7 +10,6 @@ import argparse
 import logging
 import time
 
-
 from litevar.commands.common import add_model_arguments, load_model
 from litevar.model.errors import UserError
 from litevar.model.inference import generate
@@ -42,7 +41,8 @@ def parse_classes(text: str | None, num_classes: int, per_class: int) -> list[in
             raise UserError(f"--classes {text!r}: give comma-separated integers") from None
     bad = [c for c in ids if not 0 <= c < num_classes]
     if bad or not ids:
-        raise UserError(f"--classes: class id(s) {bad or text} out of range; this model has classes 0..{num_classes - 1}")
+        raise UserError(f"--classes: class id(s) {bad or text} out of range; this model has classes "
+                        f"0..{num_classes - 1}")
     if per_class < 1:
         raise UserError(f"--per-class must be >= 1, got {per_class}")
     return [c for c in ids for _ in range(per_class)]

@@ -130,8 +130,8 @@ def _quality_stages(stage: str, vae, var, args, calib_fn) -> tuple[dict, dict]:
 
 
 def _cost_stage(vae, var, arch, args, settings, device) -> tuple[dict, dict]:
-    from profiler.cost import run_cost_stage
     from litevar.model.schedules import SCHEDULES, parse_patch_nums
+    from profiler.cost import run_cost_stage
     t = time.perf_counter()
     resolutions = None
     if args.resolutions:
@@ -159,9 +159,9 @@ def _refit(hit, arch: dict, device, vae) -> dict:
 def run(args) -> int:
     from litevar.commands.common import load_model
     from litevar.model.build import arch_of, weights_sha256
+    from profiler import quality as Q
     from profiler.device import environment, fingerprint
     from profiler.profile import Profile
-    from profiler import quality as Q
     torch.manual_seed(args.seed)
     if args.calib < 1 or not 1 <= args.calib_loss <= args.calib:
         raise UserError(f"--calib {args.calib} / --calib-loss {args.calib_loss}: need 1 <= calib-loss <= calib")

@@ -12,8 +12,18 @@ from pathlib import Path
 
 import torch
 
-from litevar.default_model.train import (ASSETS, TrainConfig, checkpoint_step, dataset_images, scaled, build_small_vae,
-                                         shipped_var_state, tokenize, train_var, train_vae)
+from litevar.default_model.train import (
+    ASSETS,
+    TrainConfig,
+    build_small_vae,
+    checkpoint_step,
+    dataset_images,
+    scaled,
+    shipped_var_state,
+    tokenize,
+    train_vae,
+    train_var,
+)
 from litevar.model.atomic import atomic_path, write_text
 from litevar.model.errors import UserError
 

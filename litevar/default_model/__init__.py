@@ -19,6 +19,7 @@ def default_paths(root: str | Path = ASSETS) -> dict[str, Path]:
 def load_default(device="cpu", root: str | Path = ASSETS):
     """(vae, var) of the shipped model, in eval mode on `device`."""
     from safetensors.torch import load_file
+
     from litevar.default_model.train import GPTConfig, TrainConfig, VAEConfig, build_small_vae, build_small_var
     paths = default_paths(root)
     missing = [str(p) for p in paths.values() if not p.is_file()]

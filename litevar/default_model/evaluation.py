@@ -60,7 +60,8 @@ class Scorer:
         per_class = cm.diagonal() / np.maximum(cm.sum(1), 1)
         return {"class_accuracy": float(cm.trace() / max(cm.sum(), 1)), "chance": 1 / self.clf.num_classes,
                 "per_class_accuracy": per_class.tolist(), "confusion": cm.tolist(),
-                "frechet_feature": float(metrics.frechet_distance(metrics.classifier_features(self.clf, x), self.feats)),
+                "frechet_feature": float(metrics.frechet_distance(metrics.classifier_features(self.clf, x),
+                                                                  self.feats)),
                 "frechet_feature_real_vs_real": self.real_vs_real, "n_real": self.n_real}
 
     @torch.no_grad()

@@ -213,8 +213,8 @@ def tokenize(vae, x_all: torch.Tensor, batch: int = 256, progress=True) -> torch
 # -- VAR --------------------------------------------------------------------------------------------
 
 def build_small_var(cfg: TrainConfig, vae, init: bool = True):
-    from litevar.model.var import VAR, VARConfig
     from litevar.default_model.data import NUM_CLASSES
+    from litevar.model.var import VAR, VARConfig
     vcfg = VARConfig(depth=cfg.var.depth, patch_nums=cfg.patch_nums, num_classes=NUM_CLASSES, V=cfg.vae.V,
                      Cvae=cfg.vae.Cvae, cond_drop_rate=cfg.var.cond_drop_rate)
     var = VAR(vae, vcfg)

@@ -79,10 +79,12 @@ def load_checkpoint(path: str | os.PathLike, nested_key: str | None = None) -> d
         else:
             obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as e:  # any parse failure means: not a checkpoint we can read
-        raise UserError(f"{path} is not a PyTorch or safetensors checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
+        raise UserError(f"{path} is not a PyTorch or safetensors checkpoint "
+                        f"({type(e).__name__}: {str(e)[:120]})") from None
     sd = _find_state_dict(obj, nested_key)
     if sd is None:
-        raise UserError(f"{path} holds no state dict of tensors (top-level keys: {list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__})")
+        keys = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+        raise UserError(f"{path} holds no state dict of tensors (top-level keys: {keys})")
     return sd
 
 
@@ -167,7 +169,8 @@ def _strict_load(module: torch.nn.Module, sd: dict, what: str, implied: dict) ->
         implied_s = ", ".join(f"{k}={v}" for k, v in implied.items())
         raise UserError(f"{what} checkpoint does not match the model: missing keys {missing[:4]}"
                         f"{' ...' if len(missing) > 4 else ''} ({len(missing)}), unexpected keys {unexpected[:4]}"
-                        f"{' ...' if len(unexpected) > 4 else ''} ({len(unexpected)}); the checkpoint implies {implied_s}")
+                        f"{' ...' if len(unexpected) > 4 else ''} ({len(unexpected)}); "
+                        f"the checkpoint implies {implied_s}")
     try:
         module.load_state_dict(sd, strict=True, assign=True)
     except (RuntimeError, ValueError) as e:

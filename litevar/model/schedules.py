@@ -33,7 +33,8 @@ def parse_patch_nums(text: str) -> tuple[int, ...]:
     try:
         pns = tuple(int(t) for t in text.replace(" ", "").split(",") if t)
     except ValueError:
-        raise UserError(f"invalid patch_nums {text!r}: give comma-separated integers, e.g. 1,2,3,4,5,6,8,10,13,16") from None
+        raise UserError(f"invalid patch_nums {text!r}: give comma-separated integers, "
+                        "e.g. 1,2,3,4,5,6,8,10,13,16") from None
     from litevar.model.var import validate_patch_nums
     try:
         validate_patch_nums(pns)

@@ -72,7 +72,8 @@ def _level(blocks: list[nn.Module], attns: list[nn.Module]) -> nn.Module:
 
 def _mid(ch: int, groups: int) -> nn.Module:
     mid = nn.Module()
-    mid.block_1, mid.attn_1, mid.block_2 = ResnetBlock(ch, ch, groups), AttnBlock(ch, groups), ResnetBlock(ch, ch, groups)
+    mid.block_1, mid.attn_1 = ResnetBlock(ch, ch, groups), AttnBlock(ch, groups)
+    mid.block_2 = ResnetBlock(ch, ch, groups)
     return mid
 
 
@@ -272,7 +273,8 @@ class MultiScaleQuantizer(nn.Module):
     def f_to_idxBl_or_fhat(self, f_BChw: torch.Tensor, to_fhat: bool) -> list[torch.Tensor]:
         """Residual-quantize f scale by scale; return per-scale token ids (B, pn*pn) or f_hat's."""
         B = f_BChw.shape[0]
-        return [f_hat.clone() if to_fhat else idx_N.reshape(B, -1) for _, _, idx_N, f_hat in self.residual_steps(f_BChw)]
+        return [f_hat.clone() if to_fhat else idx_N.reshape(B, -1)
+                for _, _, idx_N, f_hat in self.residual_steps(f_BChw)]
 
     def forward(self, f_BChw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training forward: f_hat with a straight-through gradient, and the VQ loss."""
