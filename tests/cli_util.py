@@ -4,7 +4,10 @@ from litevar.commands.cli import main
 
 def run_cli(capsys, *argv):
     """(exit code, stdout, stderr) of `litevar ARGV` (arguments may be paths or numbers)."""
-    rc = main([str(a) for a in argv])
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse: --help, --version, and bad flags (one line, status 2)
+        rc = e.code
     out, err = capsys.readouterr()
     return rc, out, err
 

@@ -77,3 +77,38 @@ def test_cuda_requested_without_gpu(ckpts, capsys):
 def test_random_init_needs_depth(capsys):
     rc, _, err = run_cli(capsys, "generate", "--random-init")
     assert_one_line_error(rc, err, "--depth")
+
+
+def numeric_flags():
+    """(command, flag, checker) of every numeric flag of every command (litevar.commands.args)."""
+    import argparse
+
+    from litevar.commands.args import Number, NumberList, guard_value
+    from litevar.commands.cli import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return [(cmd, a.option_strings[-1], a.type) for cmd, parser in sub.choices.items() for a in parser._actions
+            if isinstance(a.type, (Number, NumberList)) or a.type is guard_value]
+
+
+def bad_values(checker):
+    from litevar.commands.args import NumberList, guard_value
+    if checker is guard_value:
+        return ["nan", "inf", "-0.1", "1", "often"]
+    if isinstance(checker, NumberList):
+        return [f"1,{v}" for v in bad_values(checker.item)] + [","]
+    return ["nan", "inf", "-inf", "ten"] + ([checker.outside()] if checker.outside() is not None else [])
+
+
+def test_every_numeric_flag_refuses_nan_inf_and_out_of_range(capsys):
+    flags = numeric_flags()
+    assert len(flags) >= 40 and {("generate", "--cfg"), ("generate", "--top-p"), ("plan", "--gap")} <= {
+        (c, f) for c, f, _ in flags}
+    for cmd, flag, checker in flags:
+        for value in bad_values(checker):
+            rc, _, err = run_cli(capsys, cmd, flag, value)
+            assert_one_line_error(rc, err, f"litevar {cmd}: error: argument {flag}")
+
+
+def test_parser_errors_are_one_line(capsys):
+    rc, _, err = run_cli(capsys, "plan", "--bogus")
+    assert_one_line_error(rc, err, "litevar plan: error:")

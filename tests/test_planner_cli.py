@@ -47,8 +47,8 @@ def test_infeasible_budget_is_one_line_with_the_reachable_minima(profile_path, t
 @pytest.mark.parametrize("argv, needles", [
     ((), ("give at least one budget",)),
     (("--max-latency-ms", 5, "--formats", "W9A9"), ("unknown format 'W9A9'",)),
-    (("--max-attn-flops", 1.5), ("--max-attn-flops 1.5",)),
-    (("--max-latency-ms", 5, "--gap", 2), ("--gap 2",)),
+    (("--max-attn-flops", 1.5), ("--max-attn-flops: 1.5 is out of range",)),
+    (("--max-latency-ms", 5, "--gap", 2), ("--gap: 2 is out of range",)),
 ])
 def test_bad_input_is_one_line(profile_path, tmp_path, capsys, argv, needles):
     rc, _, err = run_cli(capsys, "plan", "--profile", profile_path, "--resolution", 256, *argv,
@@ -145,7 +145,7 @@ def test_plan_meets_its_budget_with_the_profiles_guard(tmp_path, capsys):
     assert Plan.load(bare).predicted["loss"] <= plan.predicted["loss"]
     rc, _, err = run_cli(capsys, "plan", "--profile", path, "--resolution", 256, "--min-speedup", 1.05,
                          "--guard", "lots", "--out", tmp_path / "x.json")
-    assert_one_line_error(rc, err, "--guard lots", "auto")
+    assert_one_line_error(rc, err, "--guard: 'lots'", "auto")
     rc, _, err = run_cli(capsys, "plan", "--profile", path, "--resolution", 256, "--max-latency-ms", 0.5,
                          "--out", tmp_path / "x.json")
     assert_one_line_error(rc, err, "no plan meets the budgets", "tightened by the guard", "--guard 0")

@@ -10,6 +10,7 @@ from litevar.default_model import load_default
 from litevar.model.errors import UserError
 from profiler import quality as Q
 from profiler.profile import Profile
+from tests.cli_util import assert_one_line_error, run_cli
 
 
 def test_profile_round_trip_and_errors(tmp_path):
@@ -88,7 +89,6 @@ def test_cost_stage_cache_key_names_non_default_settings(tmp_path, capsys):
     assert _cost_options(_cost_settings(p.parse_args(["--out", "x.json"]))) == []
     args = p.parse_args(["--out", "x.json", "--dtype", "bf16", "--e2e-repeats", "2", "--no-mdwa-timing"])
     assert _cost_options(_cost_settings(args)) == [{"dtype": "bf16", "e2e_repeats": 2, "mdwa": False}]
-    rc = main(["profile", "--random-init", "--depth", "1", "--resolution", "256", "--e2e-repeats", "0",
-               "--out", str(tmp_path / "p.json")])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and "--e2e-repeats 0" in err and len(err.splitlines()) == 1
+    rc, _, err = run_cli(capsys, "profile", "--random-init", "--depth", "1", "--resolution", "256",
+                         "--e2e-repeats", "0", "--out", tmp_path / "p.json")
+    assert_one_line_error(rc, err, "--e2e-repeats: 0 is out of range")

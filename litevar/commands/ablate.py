@@ -18,6 +18,7 @@ import logging
 import time
 from pathlib import Path
 
+from litevar.commands.args import COUNT, SEED, Number
 from litevar.commands.common import add_model_arguments, load_model
 from litevar.model.atomic import write_json, write_text
 from litevar.model.errors import UserError
@@ -58,10 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--profile", required=True, help="the model's profile (written by `litevar profile`)")
     p.add_argument("--tables", default="1,2,3", help="which of the paper's tables (default 1,2,3)")
-    p.add_argument("--n", type=int, default=100, help="generated images per row (default 100)")
-    p.add_argument("--calib", type=int, default=80, help="calibration samples of the measured loss (default 80)")
-    p.add_argument("--batch", type=int, default=50, help="images per generation batch (default 50)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=Number(int, 2), default=100, help="generated images per row (default 100)")
+    p.add_argument("--calib", type=COUNT, default=80, help="calibration samples of the measured loss (default 80)")
+    p.add_argument("--batch", type=COUNT, default=50, help="images per generation batch (default 50)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--out", help="write the tables as markdown here (e.g. docs/ablation.md)")
     p.add_argument("--json", help="write every figure as JSON here")
 
@@ -100,8 +101,6 @@ def run(args) -> int:
     from profiler.profile import Profile
     from profiler.quality import calibrate
     tables = _tables(args.tables)
-    if args.n < 2 or args.calib < 1:
-        raise UserError(f"--n {args.n} / --calib {args.calib}: give at least 2 images and 1 calibration sample")
     for path in (args.out, args.json):
         if path and not Path(path).resolve().parent.is_dir():
             raise UserError(f"{path}: folder {Path(path).resolve().parent} does not exist; create it first")

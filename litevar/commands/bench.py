@@ -42,6 +42,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from kernels.select import KernelChoice
+from litevar.commands.args import COUNT, NONNEG_INT, SEED
 from litevar.commands.common import add_model_arguments, load_model
 from litevar.model.atomic import write_json
 from litevar.model.errors import UserError
@@ -55,11 +56,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", action="append", required=True,
                    help="plan JSON written by `litevar plan`; repeat to bench several side by side")
     p.add_argument("--json", help="write every figure here")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per model; the median is reported (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs first, per model (default 1, at least 1)")
-    p.add_argument("--quality", type=int, default=0, metavar="N",
+    p.add_argument("--repeats", type=COUNT, default=5, help="timed runs per model; the median is reported (default 5)")
+    p.add_argument("--warmup", type=NONNEG_INT, default=1, help="untimed runs first, per model (default 1, at least 1)")
+    p.add_argument("--quality", type=NONNEG_INT, default=0, metavar="N",
                    help="also measure each model's quality loss on N calibration samples (default 0: skip)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --quality calibration samples (default 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the --quality calibration samples (default 0)")
     p.add_argument("--kernel", default="auto", choices=[k.value for k in KernelChoice],
                    help="kernels of the planned models (default auto: the fastest available)")
     p.add_argument("--strict-device", action="store_true", help="refuse a plan made on another device")
@@ -209,12 +210,6 @@ def _row(name, width, m, pred_ms, pred_mb, speedup, promised, pred_loss, adj) ->
 
 
 def _check_args(args) -> None:
-    if args.repeats < 1:
-        raise UserError(f"--repeats must be >= 1, got {args.repeats}")
-    if args.warmup < 0:
-        raise UserError(f"--warmup must be >= 0, got {args.warmup}")
-    if args.quality < 0:
-        raise UserError(f"--quality must be >= 0 calibration samples, got {args.quality}")
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise UserError(f"--json {args.json}: folder {Path(args.json).resolve().parent} does not exist; "
                         "create it first")

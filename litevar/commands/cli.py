@@ -8,6 +8,7 @@ import importlib.metadata
 import logging
 import sys
 
+from litevar.commands.args import Parser
 from litevar.model.errors import UserError
 
 # subcommand -> (module, one-line help). Modules are imported only when their command runs.
@@ -30,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="litevar", description="Hardware-aware compression planner and runtime "
+    parser = Parser(prog="litevar", description="Hardware-aware compression planner and runtime "
                                      "for visual autoregressive (VAR) image models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     parser.add_argument("--version", action="version", version=f"litevar {importlib.metadata.version('litevar')}")

@@ -5,6 +5,7 @@ import argparse
 
 import torch
 
+from litevar.commands.args import COUNT, RESOLUTION
 from litevar.model.errors import UserError
 from litevar.model.inference import DTYPES
 
@@ -14,9 +15,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (default: the small model shipped with litevar)")
     g.add_argument("--ckpt", help="official VAR checkpoint (e.g. var_d16.pth)")
     g.add_argument("--vae", help="official VQVAE checkpoint (vae_ch160v4096z32.pth)")
-    g.add_argument("--depth", type=int, help="VAR depth; checked against --ckpt, required with --random-init")
+    g.add_argument("--depth", type=COUNT, help="VAR depth; checked against --ckpt, required with --random-init")
     g.add_argument("--random-init", action="store_true", help="untrained model of --depth (cost measurement only)")
-    g.add_argument("--resolution", type=int, default=None, help="with --random-init: 256, 512, 1024 or 2048")
+    g.add_argument("--resolution", type=RESOLUTION, default=None, help="with --random-init: 256, 512, 1024 or 2048")
     g.add_argument("--patch-nums", help="explicit token schedule, e.g. 1,2,3,4,5,6,8,10,13,16")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     g.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="compute dtype (autocast; default fp32)")
@@ -47,8 +48,6 @@ def load_model(args) -> tuple:
     if args.random_init:
         if args.depth is None:
             raise UserError("--random-init needs --depth (e.g. --depth 16)")
-        if args.depth < 1:
-            raise UserError(f"--depth must be >= 1, got {args.depth}")
         pns = pns or schedule_for(args.resolution or 256)
         return build_vae_var(dev, patch_nums=pns, depth=args.depth, shared_aln=args.depth >= 36)
     if args.ckpt or args.vae:

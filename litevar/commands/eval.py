@@ -20,10 +20,10 @@ import time
 
 import numpy as np
 
+from litevar.commands.args import COUNT, FRACTION, NONNEG, NONNEG_INT, SEED, Number
 from litevar.commands.common import add_model_arguments, load_model
 from litevar.default_model.evaluation import Scorer, class_by_scale, fidelity, quality
 from litevar.model.atomic import write_json
-from litevar.model.errors import UserError
 from litevar.model.inference import balanced_labels, sample
 
 log = logging.getLogger(__name__)
@@ -31,23 +31,22 @@ log = logging.getLogger(__name__)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
-    p.add_argument("--n", type=int, default=200, help="images to generate (balanced over classes; default 200)")
-    p.add_argument("--batch", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cfg", type=float, default=4.0)
-    p.add_argument("--top-k", type=int, default=900)
-    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--n", type=Number(int, 2), default=200,
+                   help="images to generate (balanced over classes; default 200)")
+    p.add_argument("--batch", type=COUNT, default=50)
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--cfg", type=NONNEG, default=4.0)
+    p.add_argument("--top-k", type=NONNEG_INT, default=900)
+    p.add_argument("--top-p", type=FRACTION, default=0.95)
     p.add_argument("--plan", help="compression plan JSON (`litevar plan`): evaluate the planned model, and its "
                    "fidelity to the dense full-precision one with the same seeds")
-    p.add_argument("--by-scale", type=int, default=0, metavar="N",
+    p.add_argument("--by-scale", type=NONNEG_INT, default=0, metavar="N",
                    help="also: where the class shows, scale by scale, on N held-out real images (their first k "
                    "scales decoded; generation with their real tokens forced at the first k scales); 0 = off")
     p.add_argument("--json", help="write every figure here")
 
 
 def run(args) -> int:
-    if args.n < 2:
-        raise UserError(f"--n must be >= 2 (got {args.n})")
     t0 = time.perf_counter()
     plan = None
     if args.plan:  # read it first: a bad plan fails before the model loads

@@ -10,6 +10,7 @@ import argparse
 import logging
 import time
 
+from litevar.commands.args import COUNT, FRACTION, NONNEG, NONNEG_INT, SEED
 from litevar.commands.common import add_model_arguments, load_model
 from litevar.model.errors import UserError
 from litevar.model.inference import generate
@@ -21,11 +22,11 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--classes", default=None, help="comma-separated class ids (default: one per class, up to 8)")
-    p.add_argument("--per-class", type=int, default=1, help="samples per class id (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed: same seed, same image")
-    p.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (default 4)")
-    p.add_argument("--top-k", type=int, default=900, help="top-k filtering, 0 = off (default 900)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus filtering, 0 = off (default 0.95)")
+    p.add_argument("--per-class", type=COUNT, default=1, help="samples per class id (default 1)")
+    p.add_argument("--seed", type=SEED, default=0, help="sampling seed: same seed, same image")
+    p.add_argument("--cfg", type=NONNEG, default=4.0, help="classifier-free guidance scale (default 4)")
+    p.add_argument("--top-k", type=NONNEG_INT, default=900, help="top-k filtering, 0 = off (default 900)")
+    p.add_argument("--top-p", type=FRACTION, default=0.95, help="nucleus filtering, 0 = off (default 0.95)")
     p.add_argument("--more-smooth", action="store_true", help="gumbel-softmax smoothing (official option)")
     p.add_argument("--out", default="samples.png", help="output PNG (default samples.png)")
     p.add_argument("--plan", help="compression plan JSON (`litevar plan`) to apply to the model")
@@ -43,8 +44,6 @@ def parse_classes(text: str | None, num_classes: int, per_class: int) -> list[in
     if bad or not ids:
         raise UserError(f"--classes: class id(s) {bad or text} out of range; this model has classes "
                         f"0..{num_classes - 1}")
-    if per_class < 1:
-        raise UserError(f"--per-class must be >= 1, got {per_class}")
     return [c for c in ids for _ in range(per_class)]
 
 

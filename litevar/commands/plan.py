@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from litevar.commands.args import COUNT, GAP, POSITIVE, RESOLUTION, SHARE, Number, guard_value
 from litevar.model.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -15,15 +16,16 @@ log = logging.getLogger(__name__)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", required=True, help="profile file written by `litevar profile`")
-    p.add_argument("--resolution", type=int, required=True, help="output resolution: 256, 512, 1024 or 2048")
-    p.add_argument("--batch", type=int, default=1, help="images per generation (default 1)")
+    p.add_argument("--resolution", type=RESOLUTION, required=True, help="output resolution: 256, 512, 1024 or 2048")
+    p.add_argument("--batch", type=COUNT, default=1, help="images per generation (default 1)")
     b = p.add_argument_group("budgets (any combination; at least one unless --sweep)")
-    b.add_argument("--max-latency-ms", type=float, help="predicted latency of one generation, ms")
-    b.add_argument("--max-memory-gb", type=float, help="predicted peak memory, GB")
-    b.add_argument("--min-speedup", type=float, help="vs the dense full-precision prediction, e.g. 1.5")
-    b.add_argument("--max-attn-flops", type=float, help="share of the dense attention FLOPs, in (0, 1]")
-    b.add_argument("--max-avg-bits", type=float, help="average weight bits over the linear layers, e.g. 8")
-    b.add_argument("--guard", default="auto", help="safety margin on the latency and memory budgets: the plan is "
+    b.add_argument("--max-latency-ms", type=POSITIVE, help="predicted latency of one generation, ms")
+    b.add_argument("--max-memory-gb", type=POSITIVE, help="predicted peak memory, GB")
+    b.add_argument("--min-speedup", type=POSITIVE, help="vs the dense full-precision prediction, e.g. 1.5")
+    b.add_argument("--max-attn-flops", type=SHARE, help="share of the dense attention FLOPs, in (0, 1]")
+    b.add_argument("--max-avg-bits", type=POSITIVE, help="average weight bits over the linear layers, e.g. 8")
+    b.add_argument("--guard", type=guard_value, default="auto",
+                   help="safety margin on the latency and memory budgets: the plan is "
                    "solved for budget / (1 + guard). 'auto' (default): the profile's worst measured under-prediction "
                    "(latency relative to dense, peak memory; see `litevar profile`); a fraction such as 0.05 for "
                    "both; 0 to plan on the bare predictions (a --sweep is of the bare predictions)")
@@ -34,11 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "w8a8+qk8, w4a8+mp+mdwa0.9+asc (see planner/recipes.py)")
     p.add_argument("--formats", help="formats the planner may use, e.g. W8A8,W4A8,QK8 (default: every profiled one)")
     p.add_argument("--family", choices=("band", "spatial"), help="window family (default band)")
-    p.add_argument("--time-limit", type=float, default=10.0, help="CBC time limit per solve, s (default 10)")
-    p.add_argument("--gap", type=float, default=0.005, help="relative optimality gap (default 0.005)")
+    p.add_argument("--time-limit", type=POSITIVE, default=10.0, help="CBC time limit per solve, s (default 10)")
+    p.add_argument("--gap", type=GAP, default=0.005, help="relative optimality gap (default 0.005)")
     p.add_argument("--sweep", choices=("latency", "memory"), help="write the Pareto frontier of loss over this "
                    "budget (CSV at --out, PNG next to it) instead of one plan")
-    p.add_argument("--points", type=int, default=8, help="budgets in the sweep (default 8)")
+    p.add_argument("--points", type=Number(int, 2), default=8, help="budgets in the sweep (default 8)")
     p.add_argument("--name", help="plan name (default: the --out file name)")
     p.add_argument("--out", required=True, help="plan JSON (e.g. plans/NAME.json), or the CSV with --sweep")
 
@@ -49,7 +51,7 @@ def _budgets(args):
                    args.max_avg_bits)
 
 
-def _guard(text: str, profile) -> dict:
+def _guard(text: str | float, profile) -> dict:
     """--guard: {'latency', 'memory', 'source'} (fractions)."""
     from planner.build import guard_band
     if text == "auto":
@@ -57,13 +59,7 @@ def _guard(text: str, profile) -> dict:
         if not validation:
             log.warning("the profile has no cost-model validation rows: no guard on the budgets")
         return guard_band(validation)
-    try:
-        g = float(text)
-    except ValueError:
-        g = -1.0
-    if not 0 <= g < 1:
-        raise UserError(f"--guard {text}: give 'auto' or a fraction in [0, 1), e.g. 0.05 (0: no guard)")
-    return {"latency": g, "memory": g, "source": "--guard"}
+    return {"latency": text, "memory": text, "source": "--guard"}
 
 
 def load_profile(args):

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from kernels.formats import FORMATS
+from litevar.commands.args import COUNT, COUNTS, NONNEG, SEED
 from litevar.model.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -32,16 +33,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stages", default=None, help=f"comma-separated subset of {','.join(STAGES)} to (re-)run; "
                    "other stages come from the cache when there (default: every stage, reusing cached results; "
                    "random-init models: cost only)")
-    p.add_argument("--calib", type=int, default=80, help="calibration (class, seed) pairs for attention statistics "
+    p.add_argument("--calib", type=COUNT, default=80, help="calibration (class, seed) pairs for attention statistics "
                    "(default 80, as in the paper)")
-    p.add_argument("--calib-loss", type=int, default=16, help="of those, how many each loss measurement runs "
+    p.add_argument("--calib-loss", type=COUNT, default=16, help="of those, how many each loss measurement runs "
                    "(default 16; one teacher-forced pass per configuration)")
-    p.add_argument("--cfg", type=float, default=4.0, help="guidance scale of the calibration samples (default 4)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cfg", type=NONNEG, default=4.0, help="guidance scale of the calibration samples (default 4)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--resolutions", default=None, help="schedules to time for the cost model, e.g. 256,512 "
                    "(default: the model's own schedule and its neighbours)")
-    p.add_argument("--batches", default="1,2", help="batch sizes to time (default 1,2)")
-    p.add_argument("--e2e-repeats", type=int, default=7, help="timed rounds of the cost stage's generations "
+    p.add_argument("--batches", type=COUNTS, default="1,2", help="batch sizes to time (default 1,2)")
+    p.add_argument("--e2e-repeats", type=COUNT, default=7, help="timed rounds of the cost stage's generations "
                    "(default 7; fewer for large models on slow devices)")
     p.add_argument("--no-mdwa-timing", action="store_true", help="skip timing the windowed attention kernels "
                    "(windows are planned from a trained model's coverage; a --random-init profile has none)")
@@ -140,8 +141,7 @@ def _cost_stage(vae, var, arch, args, settings, device) -> tuple[dict, dict]:
                            for r in args.resolutions.split(",")]
         except (ValueError, KeyError):
             raise UserError(f"--resolutions {args.resolutions!r}: give resolutions from {sorted(SCHEDULES)}") from None
-    batches = [int(b) for b in args.batches.split(",")]
-    tables, cm, validation = run_cost_stage(vae, var, arch, device, resolutions, batches, settings=settings)
+    tables, cm, validation = run_cost_stage(vae, var, arch, device, resolutions, args.batches, settings=settings)
     return tables, {"cost_model": cm, "validation": validation, "seconds": round(time.perf_counter() - t, 1)}
 
 
@@ -188,7 +188,7 @@ def run(args) -> int:
 
     tables, meta = {}, {"stages": {}}
     for stage in stages:
-        skey = key if stage != "cost" else _key(model, args.resolutions, args.batches, str(device),
+        skey = key if stage != "cost" else _key(model, args.resolutions, ",".join(map(str, args.batches)), str(device),
                                                  *_cost_options(cost_settings))
         if stage in ("sensitivity", "cost"):  # a new format (BF16) makes the old tables incomplete
             skey = _key(skey, sorted(FORMATS))

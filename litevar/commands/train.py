@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from litevar.commands.args import COUNT, POSITIVE, SEED
 from litevar.default_model.train import (
     ASSETS,
     TrainConfig,
@@ -29,13 +30,14 @@ from litevar.model.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--out", default=str(ASSETS), help="where the trained weights go (default: the shipped assets)")
     p.add_argument("--work-dir", default="runs/train", help="resumable checkpoints (default runs/train)")
-    p.add_argument("--ckpt-every", type=int, default=250, help="checkpoint every N steps")
+    p.add_argument("--ckpt-every", type=COUNT, default=250, help="checkpoint every N steps")
     p.add_argument("--stages", default="classifier,vae,var", help="comma-separated subset of classifier,vae,var")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps (e.g. 0.01 for a smoke run)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--scale", type=POSITIVE, default=1.0,
+                   help="multiply every stage's steps (e.g. 0.01 for a smoke run)")
+    p.add_argument("--threads", type=COUNT, default=None, help="torch CPU threads (default: all cores)")
     p.add_argument("--device", default="cpu")
 
 

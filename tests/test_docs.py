@@ -1,0 +1,11 @@
+"""The documentation that is generated from the code stays in step with it."""
+from pathlib import Path
+
+from litevar.commands.docs import cli_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cli_reference_is_current():
+    assert (ROOT / "docs" / "cli.md").read_text() == cli_markdown(), (
+        "docs/cli.md is out of date: run `python -m litevar.commands.docs > docs/cli.md`")
