@@ -94,12 +94,14 @@ def build_problem(profile, resolution: int, batch: int = 1, formats: list[str] |
     if QK8 in allowed:
         qk_loss = {int(l.split(".")[1]): v for (l, f), v in losses.items() if f == QK8}
     fam, windows = window_options(profile, arch, pns, family, coverage_targets, slots)
-    return Problem(groups, windows, slots, cfg_loss, qk_loss,
-                   base_latency_ms=dense["breakdown"]["overhead_ms"],
-                   base_memory_mb=dense["memory_mb"] - fp_weights,
-                   dense_latency_ms=dense["latency_ms"], dense_memory_mb=dense["memory_mb"],
-                   meta={"arch": arch, "patch_nums": list(pns), "resolution": resolution, "batch": batch,
-                         "family": fam, "formats": allowed, "device": cm.get("device", "cpu")})
+    problem = Problem(groups, windows, slots, cfg_loss, qk_loss,
+                      base_latency_ms=dense["breakdown"]["overhead_ms"],
+                      base_memory_mb=dense["memory_mb"] - fp_weights,
+                      dense_latency_ms=dense["latency_ms"], dense_memory_mb=dense["memory_mb"],
+                      meta={"arch": arch, "patch_nums": list(pns), "resolution": resolution, "batch": batch,
+                            "family": fam, "formats": allowed, "device": cm.get("device", "cpu")})
+    problem.check_finite()
+    return problem
 
 
 def format_groups(cm, arch, pns, batch, alpha, losses, formats) -> list[FormatGroup]:
@@ -239,9 +241,43 @@ def to_plan(problem: Problem, solution, profile, profile_path, budgets, name: st
                 predicted={"latency_ms": pred["latency_ms"], "memory_mb": pred["memory_mb"], "loss": m.loss,
                            "dense_latency_ms": problem.dense_latency_ms, "dense_memory_mb": problem.dense_memory_mb,
                            "speedup": problem.dense_latency_ms / pred["latency_ms"], "attn_kept": m.attn_kept,
-                           "attn_flops": m.attn_flops, "avg_bits": m.avg_bits},
+                           "attn_flops": m.attn_flops, "avg_bits": m.avg_bits,
+                           "memory_breakdown_mb": memory_breakdown(pred)},
                 qk_int8=sorted(sel.qk_int8), windows=window_config(problem, sel, WindowConfig),
                 cfg_shared=sorted(sel.cfg_shared))
+
+
+MEMORY_PARTS = {"weights": ("weights_mb",), "kv_cache": ("kv_mb",),
+                "activations": ("activations_mb", "linear_workspace_mb"),
+                "other": ("other_params_mb", "vae_mb", "fixed_mb")}
+
+
+def memory_breakdown(pred: dict) -> dict[str, float]:
+    """MB of peak memory by part (MEMORY_PARTS) from a costmodel.predict result."""
+    mem = pred["breakdown"]["memory_mb"]
+    return {part: float(sum(mem.get(k, 0.0) for k in keys)) for part, keys in MEMORY_PARTS.items()}
+
+
+def plan_kept(plan) -> dict[tuple[int, int], float]:
+    """(layer, scale) -> kept fraction of the attention pairs of every windowed call of a plan."""
+    from kernels.windows import kept_fraction
+    if plan.windows is None:
+        return {}
+    w, out = plan.windows, {}
+    for layer in w.widths:
+        for k in range(len(plan.patch_nums)):
+            w_Hp = w.scale_widths(layer, k)
+            if w_Hp is not None:
+                out[layer, k] = kept_fraction(w.layout, k, w_Hp, w.family)
+    return out
+
+
+def plan_memory_breakdown(plan, profile) -> dict[str, float]:
+    """The memory breakdown of a plan on `profile`'s cost model (for plans that do not record it)."""
+    cm, arch = profile.meta["cost_model"], profile.meta["model"]["arch"]
+    pred = C.predict(cm, arch, plan.patch_nums, plan.batch, plan.formats, plan_kept(plan), set(plan.cfg_shared),
+                     set(plan.qk_int8))
+    return memory_breakdown(pred)
 
 
 def window_config(problem: Problem, sel: Selection, cls):

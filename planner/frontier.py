@@ -17,7 +17,7 @@ from litevar.model.atomic import atomic_path
 from litevar.model.errors import UserError
 from planner.problem import Budgets, Problem
 from planner.slots import slot_hulls
-from planner.solve import SolverSettings, reachable_minima, solve
+from planner.solve import NoPlan, SolverSettings, reachable_minima, solve
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def sweep(problem: Problem, kind: str, points: int = 8, settings: SolverSettings
         field = {"latency": {"max_latency_ms": float(b)}, "memory": {"max_memory_gb": float(b) / 1024}}[kind]
         try:
             sol = solve(problem, dataclasses.replace(budgets, **field), settings, hulls=hulls)
-        except UserError as e:
+        except NoPlan as e:  # a solver failure is not a frontier point: it ends the sweep
             log.info("budget %.4g: %s", b, e)
             rows.append([b] + [np.nan] * 8 + ["Infeasible", np.nan, np.nan, np.nan, False])
             continue

@@ -118,6 +118,29 @@ class Problem:
             self._window_index = dict(zip(keys, zip(w["loss"].tolist(), w["removed"].tolist())))
         return self._window_index
 
+    def check_finite(self) -> None:
+        """UserError naming the first figure of the problem that is not finite (NaN or inf would
+        make the solver fail or plan on nonsense; a validated profile never gives one)."""
+        fix = "the profile's losses or cost model give it; re-run `litevar profile` for this model"
+        for g in self.formats:
+            for o in g.options:
+                for what in ("loss", "latency_ms", "weight_mb", "workspace_mb"):
+                    if not np.isfinite(getattr(o, what)):
+                        raise UserError(f"layer {g.layer} in {o.format}: {what} = {getattr(o, what)}; {fix}")
+        for key, slot in self.slots.items():
+            if not np.isfinite(slot.dense_ms).all() or np.isnan(slot.mdwa_ms).any():  # mdwa inf = not timed
+                raise UserError(f"attention call (layer, scale) {key}: kernel time is not finite; {fix}")
+        bad = ~np.isfinite(self.windows[["loss", "removed"]].to_numpy(float)).all(axis=1)
+        if bad.any():
+            raise UserError(f"window option {self.windows[bad].iloc[0].to_dict()} is not finite; {fix}")
+        for what, losses in (("CFG sharing", self.cfg_loss), ("QK8", self.qk_loss)):
+            for layer, v in losses.items():
+                if not np.isfinite(v):
+                    raise UserError(f"{what} loss of block {layer} = {v}; {fix}")
+        for what in ("base_latency_ms", "base_memory_mb", "dense_latency_ms", "dense_memory_mb"):
+            if not np.isfinite(getattr(self, what)):
+                raise UserError(f"{what} = {getattr(self, what)}; {fix}")
+
     def size(self) -> dict[str, int]:
         return {"format_groups": len(self.formats), "format_options": sum(len(g.options) for g in self.formats),
                 "window_groups": int(self.windows.groupby(["layer", "head", "scale", "part"]).ngroups),

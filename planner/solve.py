@@ -25,10 +25,12 @@ import logging
 import math
 import os
 import re
+import subprocess
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pulp
@@ -41,6 +43,15 @@ from planner.slots import SlotFrontier, select, slot_hulls
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("loss", "latency", "memory")
+TRY = "try a looser --gap, a longer --time-limit, or a smaller problem (fewer --formats, or a lower --resolution)"
+
+
+class SolverFailed(UserError):
+    """CBC crashed, errored, or stopped with no solution: not a statement about the budgets."""
+
+
+class NoPlan(UserError):
+    """The budgets cannot be met (CBC proved the problem infeasible)."""
 
 
 @dataclass(frozen=True)
@@ -350,8 +361,11 @@ def run_cbc(m: _Model, settings: SolverSettings, warm: bool = False) -> dict:
     try:
         m.prob.solve(solver)
         text = open(log_path).read()
+    except (pulp.PulpSolverError, OSError, subprocess.SubprocessError, ValueError) as e:
+        raise SolverFailed(f"the solver (CBC) failed on a problem of {m.prob.numVariables()} variables: "
+                           f"{' '.join(str(e).split())[:160] or type(e).__name__}; {TRY}") from None
     finally:
-        os.unlink(log_path)
+        Path(log_path).unlink(missing_ok=True)
     seconds = time.perf_counter() - t
     found = m.prob.status == pulp.LpStatusOptimal  # PuLP's word for "has a solution", proven or not
     if m.prob.status == pulp.LpStatusInfeasible or m.prob.sol_status == pulp.LpSolutionInfeasible:
@@ -434,24 +448,24 @@ def reachable_minima(problem: Problem, settings: SolverSettings = SolverSettings
         m = build_model(problem, fronts, Budgets(), what)
         info = run_cbc(m, settings)
         if info["objective"] is None:
-            raise UserError(f"could not find the smallest {what} within --time-limit {settings.time_limit_s} s; "
+            raise SolverFailed(f"could not find the smallest {what} within --time-limit {settings.time_limit_s} s; "
                             "raise --time-limit")
         ev = evaluate(problem, _selection(problem, fronts, m))
         out.append(ev.latency_ms if what == "latency" else ev.memory_mb)
     return out[0], out[1]
 
 
-def _no_plan(problem, budgets, settings, hulls, info) -> UserError:
+def _no_plan(problem, budgets, settings, hulls, info) -> NoPlan | SolverFailed:
     lat, mem = reachable_minima(problem, settings, hulls)
     asked = ", ".join(f"{k} {v:g}" for k, v in budgets.to_dict().items() if v is not None) or "no budget"
     reach = (f"this profile reaches at best {lat:.1f} ms (speedup {problem.dense_latency_ms / lat:.2f}x) "
              f"and {mem / 1024:.3f} GB ({mem:.0f} MB) at resolution {problem.meta.get('resolution')}, "
              f"batch {problem.meta.get('batch')}")
     if info["status"] == "Infeasible":
-        return UserError(f"no plan meets the budgets ({asked}): {reach}; loosen --max-latency-ms / "
-                         "--max-memory-gb / --min-speedup / --max-attn-flops / --max-avg-bits")
-    return UserError(f"no plan found within --time-limit {settings.time_limit_s} s for the budgets ({asked}); "
-                     f"{reach}; raise --time-limit or loosen the budgets")
+        return NoPlan(f"no plan meets the budgets ({asked}): {reach}; loosen --max-latency-ms / "
+                      "--max-memory-gb / --min-speedup / --max-attn-flops / --max-avg-bits")
+    return SolverFailed(f"the solver (CBC) stopped at --time-limit {settings.time_limit_s} s with no plan for the "
+                        f"budgets ({asked}); {reach}; raise --time-limit or loosen the budgets")
 
 
 def brute_force(problem: Problem, budgets: Budgets) -> tuple[Selection, Metrics] | None:

@@ -1,4 +1,5 @@
-"""The profile file: JSON metadata plus named tables (docs/profile-schema.md)."""
+"""The profile file: JSON metadata plus named tables (docs/profile-schema.md), validated on load
+(profiler/schema.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,20 +12,9 @@ import pandas as pd
 
 from litevar.model.atomic import write_text
 from litevar.model.errors import UserError
+from profiler.schema import validate
 
 FORMAT, VERSION = "litevar-profile", 1
-
-# Columns every table must have (extra columns are allowed and kept).
-TABLE_COLUMNS = {
-    "sensitivity": ["layer", "kind", "format", "loss", "kl", "top1_agree"],
-    "joint": ["trial", "n_quantized", "predicted", "measured"],
-    "coverage": ["layer", "head", "scale", "part", "family", "width", "coverage", "kept"],
-    "sinks": ["layer", "head", "scale", "part", "mass", "sink"],
-    "window_fit": ["trial", "lost_mass", "measured"],
-    "cfg": ["layer", "scale", "similarity"],
-    "cfg_share": ["layer", "loss"],
-}
-
 
 def _to_jsonable(df: pd.DataFrame) -> dict:
     rows = [[v.item() if hasattr(v, "item") else v for v in row] for row in df.itertuples(index=False, name=None)]
@@ -47,24 +37,27 @@ class Profile:
                 "tables": {k: _to_jsonable(v) for k, v in sorted(self.tables.items())}}
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "profile") -> Profile:
+    def from_dict(cls, d: dict, where: str = "profile", arch: dict | None = None) -> Profile:
+        """The profile of a parsed file, validated (profiler.schema; `arch`: the architecture to
+        check indices against, default the profile's own meta.model.arch)."""
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise UserError(f"{where} is not a litevar profile (no \"format\": \"{FORMAT}\"); "
                             f"make one with `litevar profile`")
         if d.get("version") != VERSION:
             raise UserError(f"{where} is profile version {d.get('version')}; this litevar reads version {VERSION}: "
                             f"re-run `litevar profile`")
+        if not isinstance(d.get("meta", {}), dict) or not isinstance(d.get("tables", {}), dict):
+            raise UserError(f"{where}: 'meta' and 'tables' must be objects; re-run `litevar profile`")
         tables = {}
         for name, t in d.get("tables", {}).items():
             try:
                 df = pd.DataFrame(t["rows"], columns=t["columns"])
-            except (KeyError, TypeError, ValueError) as e:
+            except (KeyError, TypeError, ValueError, AssertionError) as e:
                 raise UserError(f"{where}: table {name!r} is malformed ({e}); re-run `litevar profile`") from None
-            missing = [c for c in TABLE_COLUMNS.get(name, []) if c not in df.columns]
-            if missing:
-                raise UserError(f"{where}: table {name!r} lacks columns {missing}; re-run `litevar profile`")
             tables[name] = df
-        return cls(meta=dict(d.get("meta", {})), tables=tables)
+        prof = cls(meta=dict(d.get("meta", {})), tables=tables)
+        validate(prof, where, arch)
+        return prof
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=None, separators=(",", ":"), sort_keys=False)
@@ -79,13 +72,15 @@ class Profile:
         return write_text(path, self.to_json())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Profile:
+    def load(cls, path: str | os.PathLike, arch: dict | None = None) -> Profile:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"no profile at {path}; make one with `litevar profile --out {path}`")
         try:
             d = json.loads(path.read_text())
+        except UnicodeDecodeError:
+            raise UserError(f"{path} is not text; pass a profile written by `litevar profile`") from None
         except json.JSONDecodeError as e:
-            raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); "
-                            "re-run `litevar profile`") from None
-        return cls.from_dict(d, where=str(path))
+            raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}): the file is truncated "
+                            "or corrupt; re-run `litevar profile`") from None
+        return cls.from_dict(d, where=str(path), arch=arch)

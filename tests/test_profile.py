@@ -16,7 +16,9 @@ from tests.cli_util import assert_one_line_error, run_cli
 def test_profile_round_trip_and_errors(tmp_path):
     df = pd.DataFrame({"layer": ["head"], "kind": ["head"], "format": ["W8A8"], "loss": [0.5], "kl": [0.5],
                        "top1_agree": [0.9]})
-    p = Profile(meta={"model": {"name": "x"}}, tables={"sensitivity": df})
+    arch = {"depth": 1, "embed_dim": 64, "num_heads": 1, "mlp_ratio": 4.0, "V": 8, "Cvae": 4, "num_classes": 2,
+            "patch_nums": [1, 2]}
+    p = Profile(meta={"model": {"name": "x", "arch": arch}}, tables={"sensitivity": df})
     path = p.save(tmp_path / "p.json")
     q = Profile.load(path)
     assert q.meta == p.meta and q.table("sensitivity").equals(df) and q.sha256 == p.sha256

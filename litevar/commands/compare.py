@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 BENCH_FORMAT, BENCH_VERSION = "litevar-bench", 2
 FRONTIER_COLUMNS = ("latency_ms", "memory_mb", "loss")
 RERUN_BENCH = "re-run `litevar bench --plan PLAN --json FILE` with this litevar"
+MEMORY_PARTS = ("weights", "kv_cache", "activations", "other")  # planner.build.MEMORY_PARTS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="measured figures written by `litevar bench --json` (repeatable)")
     p.add_argument("--frontier", action="append", default=[], metavar="CSV",
                    help="Pareto frontier written by `litevar plan --sweep` (repeatable; drawn in every panel)")
+    p.add_argument("--profile", action="append", default=[], metavar="PROFILE.json",
+                   help="profiles the plans were made from (repeatable; matched by sha256): the memory breakdown "
+                   "of plans that do not record it")
     p.add_argument("--html", help="write a self-contained HTML report here")
     p.add_argument("--json", help="write the table rows here as JSON")
 
@@ -59,6 +63,7 @@ class Entry:
     plan: Plan
     sha256: str
     bench: dict | None = None  # the matching entry of a bench file's "plans" list
+    memory: dict | None = None  # MB by part: weights, kv_cache, activations, other (planner.build.MEMORY_PARTS)
 
 
 def load_plans(paths: list[str]) -> list[Entry]:
@@ -120,6 +125,23 @@ def attach_bench(entries: list[Entry], bench_paths: list[str]) -> None:
                 if e.bench is not None:
                     log.warning("several bench entries for plan %s; using the one in %s", e.path, path)
                 e.bench = b
+
+
+def attach_memory(entries: list[Entry], profile_paths: list[str]) -> None:
+    """Each plan's memory breakdown: as the plan records it, else from the --profile it was made
+    from (profiles are validated on load)."""
+    from planner.build import plan_memory_breakdown, profile_sha256
+    from profiler.profile import Profile
+    profiles = {profile_sha256(p): (p, Profile.load(p)) for p in profile_paths}
+    used = set()
+    for e in entries:
+        e.memory = e.plan.predicted.get("memory_breakdown_mb")
+        if e.memory is None and e.plan.profile_sha256 in profiles:
+            e.memory = plan_memory_breakdown(e.plan, profiles[e.plan.profile_sha256][1])
+            used.add(e.plan.profile_sha256)
+    for sha, (path, _) in profiles.items():
+        if sha not in used and not any(e.plan.profile_sha256 == sha for e in entries):
+            log.warning("--profile %s: no plan given was made from it", path)
 
 
 def load_frontier(path: str) -> pd.DataFrame:
@@ -188,7 +210,8 @@ def row(e: Entry) -> dict:
             "meas_peak_mb": meas.get("peak_mb"), "meas_loss": meas.get("loss"),
             "speedup_pred": pred.get("speedup"), "speedup_meas": speed.get("measured"),
             "formats": formats_text(p.formats), "qk8_blocks": len(p.qk_int8),
-            "cfg_shared_blocks": len(p.cfg_shared), "attn_kept": pred.get("attn_kept")}
+            "cfg_shared_blocks": len(p.cfg_shared), "attn_kept": pred.get("attn_kept"),
+            **{f"mem_{k}_mb": (e.memory or {}).get(k) for k in MEMORY_PARTS}}
 
 
 def _order(r: dict) -> tuple:
@@ -208,7 +231,9 @@ COLUMNS = (  # row key, header, cell format (None: text, left-aligned; else righ
     ("meas_peak_mb", "meas MB", "{:.1f}"), ("meas_loss", "meas loss", "{:.4g}"),
     ("speedup_pred", "speedup pred", "{:.2f}x"), ("speedup_meas", "speedup meas", "{:.2f}x"),
     ("formats", "formats", None), ("qk8_blocks", "QK8", "{:d}"), ("cfg_shared_blocks", "CFG-shared", "{:d}"),
-    ("attn_kept", "attn kept", "{:.1%}"),
+    ("attn_kept", "attn kept", "{:.1%}"), ("mem_weights_mb", "weights MB", "{:.1f}"),
+    ("mem_kv_cache_mb", "KV MB", "{:.1f}"), ("mem_activations_mb", "act MB", "{:.1f}"),
+    ("mem_other_mb", "other MB", "{:.1f}"),
 )
 
 
@@ -466,6 +491,31 @@ WINDOW_CAPTION = (
     "(query, key) pairs the multi-diagonal window keeps at that scale (100%: dense).")
 
 
+MEMORY_CAPTION = ("Predicted peak memory of each plan by part (MB = 2**20 bytes): weights of the linear layers in "
+                  "their formats; the KV cache; activations (the last scale's) with the largest quantized-linear "
+                  "workspace; other (the remaining parameters, the VQVAE, the fitted constant). Plans without a "
+                  "recorded breakdown and no --profile to compute it are left out.")
+
+
+def memory_figure(entries: list[Entry]) -> str:
+    """One stacked horizontal bar per plan: weights, KV cache, activations, other (MB)."""
+    plt = _plt()
+    shown = [e for e in entries if e.memory]
+    fig, ax = plt.subplots(figsize=(10, 0.35 * len(shown) + 1.4))
+    left = np.zeros(len(shown))
+    for part, colour in zip(MEMORY_PARTS, ("#4c72b0", "#dd8452", "#55a868", "#8c8c8c")):
+        v = np.array([e.memory.get(part, 0.0) for e in shown])
+        ax.barh(range(len(shown)), v, left=left, color=colour, label=part.replace("_", " "))
+        left += v
+    ax.set_yticks(range(len(shown)), [_label(plan_name(e)) for e in shown], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("predicted peak memory (MB)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def render_html(entries: list[Entry], rows: list[dict], frontiers: dict[str, pd.DataFrame],
                 bench_paths: list[str]) -> str:
     esc = html.escape
@@ -481,6 +531,8 @@ def render_html(entries: list[Entry], rows: list[dict], frontiers: dict[str, pd.
         note = f" Not drawn (no predicted latency, memory or loss): {', '.join(unplotted)}." if unplotted else ""
         parts.append(_figure(frontier_figure(group, frontiers, name), f"frontier {name}",
                              esc(name) + FRONTIER_CAPTION + esc(note)))
+    if any(e.memory for e in entries):
+        parts += ["<h2>Peak memory by part</h2>", _figure(memory_figure(entries), "memory by part", MEMORY_CAPTION)]
     parts += ["<h2>Formats per layer</h2>",
               _figure(format_figure(entries), "formats per layer", FORMAT_CAPTION),
               "<h2>Attention windows</h2>", f"<p class=cap>{WINDOW_CAPTION}</p>"]
@@ -516,6 +568,7 @@ def run(args) -> int:
     _check_out("json", args.json)
     entries = load_plans(args.plans)
     attach_bench(entries, args.bench)
+    attach_memory(entries, args.profile)
     frontiers = {p: load_frontier(p) for p in args.frontier}
     entries = sort_entries(entries)
     rows = [row(e) for e in entries]

@@ -2,7 +2,8 @@
 
 Stages: sensitivity, coverage (also CFG similarity), cfg (sharing losses), cost. Each stage's
 result is cached next to the output (PROFILE.stages/STAGE.json, keyed by model and settings), so
-an interrupted run resumes where it stopped and `--stages X` re-runs X alone.
+a run killed or interrupted resumes where it stopped when run again (a stage cut short is measured
+again from its start); `--fresh` measures the selected stages again even when cached.
 """
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from litevar.commands.common import add_model_arguments
     add_model_arguments(p)
     p.add_argument("--out", required=True, help="profile file to write (JSON), e.g. profiles/default-cpu.json")
-    p.add_argument("--stages", default=None, help=f"comma-separated subset of {','.join(STAGES)} to (re-)run; "
-                   "other stages come from the cache when there (default: every stage, reusing cached results; "
+    p.add_argument("--stages", default=None, help=f"comma-separated subset of {','.join(STAGES)} to make; other "
+                   "stages come from the cache when there (default: every stage; a stage measured before with the "
+                   "same model and settings comes from its cache unless --fresh; "
                    "random-init models: cost only)")
     p.add_argument("--calib", type=COUNT, default=80, help="calibration (class, seed) pairs for attention statistics "
                    "(default 80, as in the paper)")
@@ -46,12 +48,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default 7; fewer for large models on slow devices)")
     p.add_argument("--no-mdwa-timing", action="store_true", help="skip timing the windowed attention kernels "
                    "(windows are planned from a trained model's coverage; a --random-init profile has none)")
+    p.add_argument("--fresh", action="store_true", help="measure the selected stages again even when they are "
+                   "cached (e.g. after the machine changed)")
     p.add_argument("--refit", action="store_true", help="refit the cost model on the cached cost stage's "
                    "measurements (after a change to profiler/costmodel.py) instead of measuring again")
 
 
 def _stage_list(args, random_init: bool) -> tuple[list[str], set[str]]:
-    """(stages in the final profile, stages to recompute even if cached)."""
+    """(stages in the final profile, stages asked for by --stages; empty: every stage)."""
     want = list(STAGES[-1:]) if random_init else list(STAGES)
     if args.stages is None:
         return want, set()
@@ -68,17 +72,24 @@ def _cache_path(out: Path, stage: str) -> Path:
     return out.with_name(out.name + ".stages") / f"{stage}.json"
 
 
-def _cached(out: Path, stage: str, key: str):
-    """The stage's cached result (a Profile holding its tables and meta), if made with `key`."""
+def _cached(out: Path, stage: str, key: str, arch: dict):
+    """The stage's cached result (a Profile holding its tables and meta) if it was made with `key`
+    and passes the profile checks (profiler.schema, indices against `arch`); a torn, edited or
+    foreign cache is named and the stage measured again, never trusted."""
     from profiler.profile import Profile
     path = _cache_path(out, stage)
     if not path.is_file():
         return None
     try:
-        hit = Profile.load(path)
-    except UserError:  # a torn or foreign cache file: recompute the stage
+        hit = Profile.load(path, arch=arch)
+    except UserError as e:
+        print(f"profile: stage {stage}: ignoring the unusable cache {path} ({e}); measuring the stage again")
         return None
-    return hit if hit.meta.get("cache_key") == key else None
+    if hit.meta.get("cache_key") != key:
+        print(f"profile: stage {stage}: the cache {path} was made for another model, calibration or setting; "
+              "measuring the stage again")
+        return None
+    return hit
 
 
 def _store(out: Path, stage: str, key: str, tables: dict[str, pd.DataFrame], meta: dict) -> None:
@@ -188,24 +199,29 @@ def run(args) -> int:
 
     tables, meta = {}, {"stages": {}}
     for stage in stages:
-        skey = key if stage != "cost" else _key(model, args.resolutions, ",".join(map(str, args.batches)), str(device),
+        batches = ",".join(map(str, args.batches))
+        skey = key if stage != "cost" else _key(model, args.resolutions, batches, str(device),
                                                  *_cost_options(cost_settings))
         if stage in ("sensitivity", "cost"):  # a new format (BF16) makes the old tables incomplete
             skey = _key(skey, sorted(FORMATS))
-        hit = None if stage in forced else _cached(out, stage, skey)
+        fresh = args.fresh and (not forced or stage in forced)
+        hit = None if fresh else _cached(out, stage, skey, arch)
         if hit is None and forced and stage not in forced:
             continue  # not asked for and not cached: leave it out
-        if hit is None:
+        measured = hit is None
+        if measured:
             print(f"profile: stage {stage}")
             t_s, m_s = (_cost_stage(vae, var, arch, args, cost_settings, device) if stage == "cost"
                         else _quality_stages(stage, vae, var, args, calib_fn))
             _store(out, stage, skey, t_s, m_s)
-            hit = _cached(out, stage, skey)
+            hit = _cached(out, stage, skey, arch)
+            if hit is None:
+                raise RuntimeError(f"stage {stage}: the tables just measured fail the profile checks")
         else:
             print(f"profile: stage {stage} (cached)")
         stage_meta = dict(hit.meta)
         stage_meta.pop("cache_key")
-        if stage == "cost" and args.refit and stage not in forced:
+        if stage == "cost" and args.refit and not measured:
             stage_meta.update(_refit(hit, arch, device, vae))
             _store(out, stage, skey, hit.tables, stage_meta)
         tables.update(hit.tables)
@@ -217,7 +233,7 @@ def run(args) -> int:
                  "loss_unit": Q.LOSS_UNIT})
     prof = Profile(meta=meta, tables=tables)
     prof.save(out)
-    print(f"wrote {out} (stages {', '.join(stages)}; sha256 {prof.sha256[:12]})")
+    print(f"wrote {out} (stages {', '.join(meta['stages'])}; sha256 {prof.sha256[:12]})")
     if "sensitivity" in tables:
         print(Q.summarize_sensitivity(tables["sensitivity"]).to_string(float_format=lambda v: f"{v:.4f}"))
     for v in meta.get("validation", []):
