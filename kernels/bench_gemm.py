@@ -9,6 +9,7 @@ timed on CPU: interpreter timings mean nothing, those rows are marked skipped.
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import sys
 import time
@@ -47,24 +48,32 @@ def var_shapes(quick: bool, device: str) -> list[tuple[str, int, int, int, int]]
             for d in depths for px in pxs for layer in layers]
 
 
-def time_ms(fn: Callable, device: str, warmup: int, repeats: int) -> float:
-    """Median milliseconds of fn() over `repeats` runs after `warmup` runs."""
+def time_ms(fn: Callable, device: str, warmup: int, repeats: int, min_batch_ms: float = 1.0,
+            max_batch: int = 1000) -> float:
+    """Median milliseconds per call of fn() over `repeats` samples after `warmup` calls. A sample
+    times a batch of calls between one pair of CUDA events (or perf_counter reads on CPU), as many
+    as make a batch last about `min_batch_ms`: a single small launch would time the host's launch
+    overhead, not the kernel."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+    n = min(max_batch, max(1, math.ceil(min_batch_ms / max(_elapsed_ms(fn, device, 1), 1e-6))))
+    return statistics.median(_elapsed_ms(fn, device, n) / n for _ in range(repeats))
+
+
+def _elapsed_ms(fn: Callable, device: str, n: int) -> float:
+    """Wall milliseconds of n back-to-back calls (CUDA: between two events, synchronized)."""
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(n):
             fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) * 1e3
 
 
 def interleaved_ms(fns: dict[str, Callable[[], object]], reps: int, device: torch.device,

@@ -54,13 +54,45 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _config(M: int, block_k: int) -> dict:
-    """Tile sizes (GPU heuristics, untuned; small tiles under the interpreter)."""
+TRITON_MIN_M = 64  # AUTO runs smaller calls (VAR's first scales) on the torch path: too little work per tile
+
+
+def gemm_config(kind: str, M: int, dtype: torch.dtype = torch.bfloat16, group_size: int | None = None) -> dict:
+    """Tiles, warps and stages of a Triton GEMM launch, bucketed by M. kind: w8a8 | w4a8 | w4a16;
+    dtype: the activations' (W4A16); group_size: W4A16's weight group (a K tile lies inside one).
+    The compile check (kernels/compile_check.py) builds every one of these for sm_80 and sm_90:
+    none spills registers or passes the shared-memory limit, and the large tiles take Hopper's
+    warp-group MMA (wgmma)."""
     if interpret_mode():
-        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4)
-    block_m = 128 if M > 64 else 64 if M > 32 else 32
-    return dict(BLOCK_M=block_m, BLOCK_N=128, BLOCK_K=block_k, GROUP_M=8,
-                num_warps=8 if block_m == 128 else 4, num_stages=3)
+        block_k = 32 if kind != "w4a16" else min(32, group_size or 32)
+        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=block_k, GROUP_M=4)
+    if M <= 32:  # an explicit TRITON call below AUTO's threshold (mma.sync, not wgmma)
+        bm, bn, bk, warps, stages = 32, 64, 64, 4, 3
+    elif M <= 128:
+        bm, bn, bk, warps, stages = 64, 128, 32, 4, 4
+    else:
+        bm, bn, bk, warps, stages = 128, 128, 32, 8, 4
+    if kind == "w4a16":
+        bk = min(bk, w4a16_block_k(group_size or 64))
+        if dtype == torch.float32:  # tf32 dots on 4-byte tiles: smaller tiles keep registers in bounds
+            bm, bn, warps, stages = min(bm, 64), 64, 4, 2
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages)
+
+
+def w4a16_block_k(group_size: int, largest: int = 64) -> int:
+    """The largest power-of-two K tile (<= largest) inside one weight group (0: none >= 16, the dot's least)."""
+    block_k = largest
+    while block_k >= 16 and group_size % block_k:
+        block_k //= 2
+    return block_k if block_k >= 16 else 0
+
+
+def use_triton(kernel: KernelChoice | str, device, M: int) -> bool:
+    """Whether a GEMM of M rows runs its Triton kernel: TRITON always; AUTO on CUDA from
+    TRITON_MIN_M rows up (smaller calls stay on the torch path, cuBLAS / torch._int_mm)."""
+    if resolve(kernel, device) is not KernelChoice.TRITON:
+        return False
+    return KernelChoice(kernel) is KernelChoice.TRITON or M >= TRITON_MIN_M
 
 
 # ---- integer matmul + epilogue (references) ---------------------------------------------
@@ -107,7 +139,7 @@ def _launch_int(kernel, a_MK, w, s_a_M, s_w_N, z_a_M, wsum_N, bias_N, out_dtype)
     M, K = a_MK.shape
     N = w.shape[0]
     c_MN = torch.empty(M, N, device=a_MK.device, dtype=out_dtype)
-    cfg = _config(M, block_k=128)
+    cfg = gemm_config("w8a8" if w.dtype == torch.int8 else "w4a8", M)
     grid = (_cdiv(M, cfg["BLOCK_M"]) * _cdiv(N, cfg["BLOCK_N"]),)
     s_a_M, s_w_N = s_a_M.contiguous(), s_w_N.contiguous()  # vectors are read with stride 1
     vec = lambda v: s_w_N if v is None else v.contiguous()  # noqa: E731 (unread if HAS_* False)
@@ -185,8 +217,11 @@ def w4a16_gemm_triton(x_MK, w_NK2, s_w_NG, z_w_NG=None, bias_N=None) -> torch.Te
     _check_w4a16(x_MK, w_NK2, s_w_NG, z_w_NG, bias_N)
     M, K = x_MK.shape
     N, G = s_w_NG.shape
+    if G > 1 and not interpret_mode() and not w4a16_block_k(K // G):
+        raise ValueError(f"w4a16_gemm_triton: weight groups of {K // G} are smaller than the kernel's K tile "
+                         "(16, the dot's least); use w4a16_gemm_ref (w4a16_linear does)")
     c_MN = torch.empty(M, N, device=x_MK.device, dtype=x_MK.dtype)
-    cfg = _config(M, block_k=64)
+    cfg = gemm_config("w4a16", M, x_MK.dtype, K // G)
     # per-channel (G == 1): stride 0 makes every k read group 0, whatever GROUP_SIZE says
     group_size, stride_sg = (K // G, s_w_NG.stride(1)) if G > 1 else (cfg["BLOCK_K"], 0)
     grid = (_cdiv(M, cfg["BLOCK_M"]) * _cdiv(N, cfg["BLOCK_N"]),)
@@ -228,18 +263,21 @@ INT8_ACT_GEMMS = {("w8a8", KernelChoice.TORCH): w8a8_gemm_ref,
 
 
 def int8_act_linear(x_MK, kind: str, w, s_w_N, wsum_N=None, bias_N=None, a_bits: int = 8,
-                    a_symmetric: bool = False,
-                    kernel: KernelChoice = KernelChoice.TORCH) -> torch.Tensor:
-    """kind "w8a8" (w int8 [N, K]) or "w4a8" (w packed uint8 [N, K // 2]) linear on float x_MK."""
+                    a_symmetric: bool = False, kernel: KernelChoice = KernelChoice.TORCH,
+                    out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """kind "w8a8" (w int8 [N, K]) or "w4a8" (w packed uint8 [N, K // 2]) linear on float x_MK;
+    the output in out_dtype (default x's)."""
     q_MK, s_a_M, z_a_M = quantize_activation(x_MK, a_bits, a_symmetric)
-    fn = INT8_ACT_GEMMS[kind, resolve(kernel, x_MK.device)]
-    return fn(q_MK, w, s_a_M, s_w_N, z_a_M, None if z_a_M is None else wsum_N, bias_N,
-              x_MK.dtype)
+    impl = KernelChoice.TRITON if use_triton(kernel, x_MK.device, x_MK.shape[0]) else KernelChoice.TORCH
+    return INT8_ACT_GEMMS[kind, impl](q_MK, w, s_a_M, s_w_N, z_a_M, None if z_a_M is None else wsum_N, bias_N,
+                                      out_dtype or x_MK.dtype)
 
 
 def w4a16_linear(x_MK, w_NK2, s_w_NG, z_w_NG=None, bias_N=None,
                  kernel: KernelChoice = KernelChoice.TORCH) -> torch.Tensor:
-    """Weight-only INT4 linear on float x_MK."""
-    use_triton = resolve(kernel, x_MK.device) is KernelChoice.TRITON
-    fn = w4a16_gemm_triton if use_triton else w4a16_gemm_ref
+    """Weight-only INT4 linear on float x_MK (output in x's dtype). Groups no Triton K tile fits in
+    (w4a16_block_k) run on the torch path."""
+    group = x_MK.shape[1] // s_w_NG.shape[1]
+    triton_ok = s_w_NG.shape[1] == 1 or w4a16_block_k(group) > 0
+    fn = w4a16_gemm_triton if triton_ok and use_triton(kernel, x_MK.device, x_MK.shape[0]) else w4a16_gemm_ref
     return fn(x_MK, w_NK2, s_w_NG, z_w_NG, bias_N)

@@ -33,10 +33,18 @@ def _unpack_int4_NK(p, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def _tile_origin(ptr, row0, col0, stride_r, stride_c):
+    """ptr moved to element (row0, col0) in 64-bit arithmetic (M * K passes 2**31 at 2048 px),
+    so that the offsets inside a tile stay 32-bit."""
+    return ptr + tl.cast(row0, tl.int64) * stride_r + tl.cast(col0, tl.int64) * stride_c
+
+
+@triton.jit
 def _dequant_store(acc, offs_m, offs_n, M, N, c_ptr, stride_cm, stride_cn,
                    sa_ptr, za_ptr, sw_ptr, wsum_ptr, bias_ptr,
-                   HAS_ZA: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """Shared epilogue of the integer kernels: int32 acc -> float C tile."""
+                   HAS_ZA: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
+    """Shared epilogue of the integer kernels: int32 acc -> float C tile (c_ptr at the tile origin)."""
     mask_m, mask_n = offs_m < M, offs_n < N
     s_a = tl.load(sa_ptr + offs_m, mask=mask_m, other=0.0)
     s_w = tl.load(sw_ptr + offs_n, mask=mask_n, other=0.0)
@@ -47,7 +55,8 @@ def _dequant_store(acc, offs_m, offs_n, M, N, c_ptr, stride_cm, stride_cn,
         c += z_a[:, None] * wsum[None, :]
     if HAS_BIAS:
         c += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
-    c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
+    rm, rn = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N)
+    c_ptrs = c_ptr + rm[:, None] * stride_cm + rn[None, :] * stride_cn
     tl.store(c_ptrs, c.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
@@ -61,8 +70,11 @@ def w8a8_kernel(a_ptr, w_ptr, c_ptr, sa_ptr, za_ptr, sw_ptr, wsum_ptr, bias_ptr,
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
-    w_ptrs = w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn  # W^T tile [K, N]
+    rm, rn = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N)
+    a_ptrs = (_tile_origin(a_ptr, pid_m * BLOCK_M, 0, stride_am, 0)
+              + rm[:, None] * stride_am + offs_k[None, :] * stride_ak)
+    w_ptrs = (_tile_origin(w_ptr, pid_n * BLOCK_N, 0, stride_wn, 0)
+              + offs_k[:, None] * stride_wk + rn[None, :] * stride_wn)  # W^T tile [K, N]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
         mask_k = offs_k < K - k0
@@ -71,8 +83,9 @@ def w8a8_kernel(a_ptr, w_ptr, c_ptr, sa_ptr, za_ptr, sw_ptr, wsum_ptr, bias_ptr,
         acc = tl.dot(a, w, acc, out_dtype=tl.int32)
         a_ptrs += BLOCK_K * stride_ak
         w_ptrs += BLOCK_K * stride_wk
-    _dequant_store(acc, offs_m, offs_n, M, N, c_ptr, stride_cm, stride_cn,
-                   sa_ptr, za_ptr, sw_ptr, wsum_ptr, bias_ptr, HAS_ZA, HAS_BIAS)
+    _dequant_store(acc, offs_m, offs_n, M, N,
+                   _tile_origin(c_ptr, pid_m * BLOCK_M, pid_n * BLOCK_N, stride_cm, stride_cn), stride_cm, stride_cn,
+                   sa_ptr, za_ptr, sw_ptr, wsum_ptr, bias_ptr, HAS_ZA, HAS_BIAS, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
@@ -86,8 +99,11 @@ def w4a8_kernel(a_ptr, wp_ptr, c_ptr, sa_ptr, za_ptr, sw_ptr, wsum_ptr, bias_ptr
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     offs_kp = tl.arange(0, BLOCK_K // 2)  # packed bytes of one K tile
-    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
-    wp_ptrs = wp_ptr + offs_n[:, None] * stride_wn + offs_kp[None, :] * stride_wk  # [N, K/2]
+    rm, rn = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N)
+    a_ptrs = (_tile_origin(a_ptr, pid_m * BLOCK_M, 0, stride_am, 0)
+              + rm[:, None] * stride_am + offs_k[None, :] * stride_ak)
+    wp_ptrs = (_tile_origin(wp_ptr, pid_n * BLOCK_N, 0, stride_wn, 0)
+               + rn[:, None] * stride_wn + offs_kp[None, :] * stride_wk)  # [N, K/2]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
         a = tl.load(a_ptrs, mask=(offs_m[:, None] < M) & (offs_k[None, :] < K - k0), other=0)
@@ -97,8 +113,9 @@ def w4a8_kernel(a_ptr, wp_ptr, c_ptr, sa_ptr, za_ptr, sw_ptr, wsum_ptr, bias_ptr
         acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
         a_ptrs += BLOCK_K * stride_ak
         wp_ptrs += (BLOCK_K // 2) * stride_wk
-    _dequant_store(acc, offs_m, offs_n, M, N, c_ptr, stride_cm, stride_cn,
-                   sa_ptr, za_ptr, sw_ptr, wsum_ptr, bias_ptr, HAS_ZA, HAS_BIAS)
+    _dequant_store(acc, offs_m, offs_n, M, N,
+                   _tile_origin(c_ptr, pid_m * BLOCK_M, pid_n * BLOCK_N, stride_cm, stride_cn), stride_cm, stride_cn,
+                   sa_ptr, za_ptr, sw_ptr, wsum_ptr, bias_ptr, HAS_ZA, HAS_BIAS, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
@@ -107,32 +124,38 @@ def w4a16_kernel(x_ptr, wp_ptr, c_ptr, sw_ptr, zw_ptr, bias_ptr, M, N, K,
                  stride_sn, stride_sg, GROUP_SIZE: tl.constexpr,
                  HAS_ZW: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    """float X [M, K] x INT4 W [N, K // 2] dequantized (q * s + z per group) to X's dtype."""
+    """float X [M, K] x INT4 W [N, K // 2] dequantized (q * s + z per group) to X's dtype.
+
+    A K tile lies inside one group (the launcher picks BLOCK_K dividing GROUP_SIZE), so each tile
+    loads one scale (and zero) per output channel: a vector, not a [BLOCK_N, BLOCK_K] gather."""
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     offs_kp = tl.arange(0, BLOCK_K // 2)
     mask_n = offs_n < N
-    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk
-    wp_ptrs = wp_ptr + offs_n[:, None] * stride_wn + offs_kp[None, :] * stride_wk
+    rm, rn = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N)
+    x_ptrs = (_tile_origin(x_ptr, pid_m * BLOCK_M, 0, stride_xm, 0)
+              + rm[:, None] * stride_xm + offs_k[None, :] * stride_xk)
+    wp_ptrs = (_tile_origin(wp_ptr, pid_n * BLOCK_N, 0, stride_wn, 0)
+               + rn[:, None] * stride_wn + offs_kp[None, :] * stride_wk)
+    s_ptrs = sw_ptr + offs_n * stride_sn
+    z_ptrs = zw_ptr + offs_n * stride_sn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         mask_k = offs_k < K - k0
         x = tl.load(x_ptrs, mask=(offs_m[:, None] < M) & mask_k[None, :], other=0.0)
         p = tl.load(wp_ptrs, mask=mask_n[:, None] & (offs_kp[None, :] < (K - k0) // 2), other=0)
-        q = _unpack_int4_NK(p, BLOCK_N, BLOCK_K).to(tl.float32)
-        # group index of every k of the tile; scales are gathered per element (any group size)
-        g = (k0 + offs_k) // GROUP_SIZE
-        s_mask = mask_n[:, None] & mask_k[None, :]
-        s_offs = offs_n[:, None] * stride_sn + g[None, :] * stride_sg
-        w = q * tl.load(sw_ptr + s_offs, mask=s_mask, other=0.0)
+        g = k0 // GROUP_SIZE
+        s = tl.load(s_ptrs + g * stride_sg, mask=mask_n, other=0.0)
+        w = _unpack_int4_NK(p, BLOCK_N, BLOCK_K).to(tl.float32) * s[:, None]
         if HAS_ZW:
-            w += tl.load(zw_ptr + s_offs, mask=s_mask, other=0.0)
+            w += tl.load(z_ptrs + g * stride_sg, mask=mask_n, other=0.0)[:, None]
         acc = tl.dot(x, tl.trans(w.to(x_ptr.dtype.element_ty)), acc)
         x_ptrs += BLOCK_K * stride_xk
         wp_ptrs += (BLOCK_K // 2) * stride_wk
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
-    c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
+    c_ptrs = (_tile_origin(c_ptr, pid_m * BLOCK_M, pid_n * BLOCK_N, stride_cm, stride_cn)
+              + rm[:, None] * stride_cm + rn[None, :] * stride_cn)
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & mask_n[None, :])

@@ -23,11 +23,12 @@ import torch.nn.functional as F
 
 from kernels.quant import fake_quant_qk
 from kernels.select import KernelChoice, resolve, triton_available
-from kernels.windows import WindowConfig, WindowFamily, block_structure, dense_mask, mask_mod_fn
+from kernels.windows import FULL, WindowConfig, WindowFamily, block_structure, dense_mask, mask_mod_fn
 from litevar.model.attention import AttentionBackend, AttnCall, ScaleLayout
 from litevar.model.errors import UserError
 
 log = logging.getLogger(__name__)
+TRITON_MIN_QUERIES = 64  # AUTO: calls with fewer queries (scales up to 7x7) stay on masked SDPA
 
 
 @dataclass(frozen=True)
@@ -141,23 +142,29 @@ class FlexMDWA(_WindowedBackend):
 
 
 class TritonMDWA(_WindowedBackend):
-    """The Triton kernel (band family); dense calls go to SDPA."""
+    """The Triton kernel (band family). Calls of fewer than `min_queries` queries (the first
+    scales: too little work for a tile) take masked SDPA; dense calls take SDPA, except with QK8,
+    which runs the kernel with every part whole so that the INT8 QK product is real."""
 
     def __init__(self, windows: WindowConfig, options: Mapping[int, LayerOptions] | None = None,
-                 block_m: int = 64, block_n: int = 64):
+                 min_queries: int = 0):
         super().__init__(windows, options)
         if windows.family is not WindowFamily.BAND:
             raise UserError(f"the Triton MDWA kernel runs the band family, the windows are "
                             f"{windows.family.value}: use FlexMDWA or MaskedReference")
-        self.block_m, self.block_n = block_m, block_n
+        self.min_queries = min_queries
 
     def __call__(self, q_BHlc, k_BHLc, v_BHLc, ctx: AttnCall) -> torch.Tensor:
         from kernels.mdwa_triton import mdwa_attention
-        w_Hp = self._widths(ctx, "cpu")  # the launcher caches its device tables
-        if w_Hp is None:
-            return _sdpa(q_BHlc, k_BHLc, v_BHLc, ctx.softmax_scale, None, self._int8(ctx))
-        return mdwa_attention(q_BHlc, k_BHLc, v_BHLc, ctx.layout, ctx.scale, w_Hp,
-                              ctx.softmax_scale, self._int8(ctx), self.block_m, self.block_n)
+        w_Hp, int8 = self._widths(ctx, "cpu"), self._int8(ctx)  # the launcher caches its device tables
+        if q_BHlc.shape[2] < self.min_queries:
+            mask = None if w_Hp is None else _mask_from_mask_mod(ctx, w_Hp.to(q_BHlc.device), self.windows.family)
+            return _sdpa(q_BHlc, k_BHLc, v_BHLc, ctx.softmax_scale, mask, int8)
+        if w_Hp is None and not int8:
+            return _sdpa(q_BHlc, k_BHLc, v_BHLc, ctx.softmax_scale)
+        if w_Hp is None:  # QK8 on a dense call: every part whole
+            w_Hp = torch.full((q_BHlc.shape[1], ctx.scale + 1), FULL, dtype=torch.int32)
+        return mdwa_attention(q_BHlc, k_BHLc, v_BHLc, ctx.layout, ctx.scale, w_Hp, ctx.softmax_scale, int8)
 
 
 class CFGShared:
@@ -189,7 +196,8 @@ def make_mdwa_backend(windows: WindowConfig, choice: KernelChoice | str = Kernel
     if choice is KernelChoice.AUTO:
         use_triton = (device.type == "cuda" and triton_available()
                       and windows.family is WindowFamily.BAND)
-        backend: AttentionBackend = (TritonMDWA if use_triton else FlexMDWA)(windows, options)
+        backend: AttentionBackend = (TritonMDWA(windows, options, TRITON_MIN_QUERIES) if use_triton
+                                     else FlexMDWA(windows, options))
     elif choice is KernelChoice.TRITON:
         resolve(choice, device)
         backend = TritonMDWA(windows, options)

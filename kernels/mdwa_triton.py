@@ -31,9 +31,9 @@ def _mdwa_fwd(Q, K, V, O, QS, KS, W, PB, PN,
               stride_ob, stride_oh, stride_om, stride_od,
               n_q, L, H, num_parts, qk_scale,
               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-              BLOCK_N: tl.constexpr, QK_INT8: tl.constexpr, IEEE: tl.constexpr):
+              BLOCK_N: tl.constexpr, QK_INT8: tl.constexpr, PRECISION: tl.constexpr):
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(1).to(tl.int64)  # 64-bit from here: b * stride_qb passes 2**31 at 2048 px
     b = pid_bh // H
     h = pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -70,10 +70,8 @@ def _mdwa_fwd(Q, K, V, O, QS, KS, W, PB, PN,
                 k_scale = tl.load(KS + pid_bh * L + offs_n, mask=kv_ok, other=0.0)
                 s = tl.dot(q, tl.trans(k), out_dtype=tl.int32).to(tl.float32)
                 s = s * q_scale[:, None] * k_scale[None, :]
-            elif IEEE:
-                s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
             else:
-                s = tl.dot(q, tl.trans(k)) * qk_scale
+                s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
             dist = tl.abs((offs_n - begin)[None, :] - centre_m[:, None])
             s = tl.where(kv_ok[None, :] & (dist <= r), s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -81,10 +79,7 @@ def _mdwa_fwd(Q, K, V, O, QS, KS, W, PB, PN,
             alpha = tl.exp2(m_i - m_safe)
             p = tl.exp2(s - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            if IEEE:
-                pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
-            else:
-                pv = tl.dot(p.to(v.dtype), v)
+            pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             acc = acc * alpha[:, None] + pv
             m_i = m_new
     acc = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
@@ -132,10 +127,25 @@ def _part_tables(patch_nums: tuple[int, ...], scale: int, widths: tuple[tuple[in
     return tuple(t.contiguous().to(device) for t in (w, begin, n_p))
 
 
+def mdwa_config(dtype: torch.dtype, head_dim: int, qk_int8: bool) -> dict:
+    """Tiles and warps of a launch (the configurations kernels/compile_check.py builds for sm_80 and
+    sm_90). BLOCK_D: the head dim padded to a power of two, at least 32 with INT8 QK (an int8 dot
+    needs K >= 32), else 16. fp32 runs its dots in TF32 on the GPU (IEEE under the interpreter,
+    where the tests compare with SDPA in full precision) on smaller tiles."""
+    block_d = max(32 if qk_int8 else 16, triton.next_power_of_2(head_dim))
+    if interpret_mode():
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=block_d, PRECISION="ieee" if dtype == torch.float32 else "tf32")
+    if dtype == torch.float32:
+        return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=block_d, PRECISION="tf32", num_warps=4, num_stages=2)
+    return dict(BLOCK_M=128 if block_d <= 64 else 64, BLOCK_N=64, BLOCK_D=block_d, PRECISION="tf32",
+                num_warps=8 if block_d <= 64 else 4, num_stages=2)
+
+
 def mdwa_attention(q_BHlc: torch.Tensor, k_BHLc: torch.Tensor, v_BHLc: torch.Tensor,
                    layout: ScaleLayout, scale: int, widths_Hp: torch.Tensor, softmax_scale: float,
-                   qk_int8: bool = False, block_m: int = 64, block_n: int = 64) -> torch.Tensor:
-    """o_BHlc of band-windowed attention of the queries of `scale` (see module docstring)."""
+                   qk_int8: bool = False, block_m: int | None = None, block_n: int | None = None) -> torch.Tensor:
+    """o_BHlc of band-windowed attention of the queries of `scale` (see module docstring); tiles
+    from mdwa_config unless block_m / block_n are given."""
     _check(q_BHlc, k_BHLc, v_BHLc, layout, scale, widths_Hp)
     B, H, l, c = q_BHlc.shape
     L = layout.end[scale]
@@ -146,11 +156,11 @@ def mdwa_attention(q_BHlc: torch.Tensor, k_BHLc: torch.Tensor, v_BHLc: torch.Ten
         q_in, qs_BHl, k_in, ks_BHL = quantize_qk_int8(q_BHlc, k_BHLc)
     else:
         q_in, k_in, qs_BHl, ks_BHL = q_BHlc, k_BHLc, q_BHlc, k_BHLc  # scale pointers unused
-    grid = (triton.cdiv(l, block_m), B * H)
+    cfg = mdwa_config(q_BHlc.dtype, c, qk_int8)
+    cfg.update({k: v for k, v in (("BLOCK_M", block_m), ("BLOCK_N", block_n)) if v is not None})
+    grid = (triton.cdiv(l, cfg["BLOCK_M"]), B * H)
     _kernel(interpret_mode())[grid](
         q_in, k_in, v_BHLc, o_BHlc, qs_BHl, ks_BHL, w, begin, n_p,
         *q_in.stride(), *k_in.stride(), *v_BHLc.stride(), *o_BHlc.stride(),
-        l, L, H, scale + 1, softmax_scale * LOG2E,
-        HEAD_DIM=c, BLOCK_D=max(16, triton.next_power_of_2(c)), BLOCK_M=block_m,
-        BLOCK_N=block_n, QK_INT8=qk_int8, IEEE=q_BHlc.dtype == torch.float32)
+        l, L, H, scale + 1, softmax_scale * LOG2E, HEAD_DIM=c, QK_INT8=qk_int8, **cfg)
     return o_BHlc

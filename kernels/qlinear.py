@@ -18,20 +18,26 @@ def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.float()
 
 
-def _int8_act(m: QuantLinear, x_MK, kernel):
+def _int8_act(m: QuantLinear, x_MK, kernel, out_dtype):
     return gemm.int8_act_linear(x_MK, m.path, m.weight_q, _f32(m.weight_scale[:, 0]),
                                 _f32(m.weight_sum), _f32(m.bias), m.fmt.a_bits,
-                                m.fmt.a_symmetric, kernel)
+                                m.fmt.a_symmetric, kernel, out_dtype)
 
 
-def _w4a16(m: QuantLinear, x_MK, kernel):
-    return gemm.w4a16_linear(x_MK, m.weight_q, _f32(m.weight_scale), _f32(m.weight_zero),
+def _w4a16(m: QuantLinear, x_MK, kernel, out_dtype):
+    return gemm.w4a16_linear(x_MK.to(out_dtype), m.weight_q, _f32(m.weight_scale), _f32(m.weight_zero),
                              _f32(m.bias), kernel)
 
 
-def _emulated(m: QuantLinear, x_MK, kernel):
+def _emulated(m: QuantLinear, x_MK, kernel, out_dtype):
     return gemm.emulated_linear(x_MK, m.dequantized_weight(), m.bias, m.fmt.a_bits,
-                                m.fmt.a_symmetric)
+                                m.fmt.a_symmetric).to(out_dtype)
+
+
+def output_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype nn.Linear would return for x: autocast's when it is on, else x's."""
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
 
 
 _PATHS = {"w8a8": _int8_act, "w4a8": _int8_act, "w4a16": _w4a16, "emulated": _emulated}
@@ -91,7 +97,8 @@ class QuantLinear(nn.Module):
         return dequantize(q_NK, self.weight_scale, self.weight_zero, self.fmt.w_granularity)
 
     def forward(self, x_BLK: torch.Tensor) -> torch.Tensor:
-        y_MN = _PATHS[self.path](self, x_BLK.reshape(-1, self.in_features), self.kernel)
+        """Output in the dtype nn.Linear would give (autocast's when on: bf16 stays bf16 downstream)."""
+        y_MN = _PATHS[self.path](self, x_BLK.reshape(-1, self.in_features), self.kernel, output_dtype(x_BLK))
         return y_MN.reshape(*x_BLK.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

@@ -132,13 +132,18 @@ def sqnr(ref: torch.Tensor, out: torch.Tensor) -> float:
 
 
 # QKV8 (LiteVAR's INT8 QK product): per-token int8 Q and K, K smoothed by its per-channel mean.
-def quantize_qk_int8(q_BHlc: torch.Tensor, k_BHLc: torch.Tensor):
+def quantize_qk_int8(q_BHlc: torch.Tensor, k_BHLc: torch.Tensor, chunk: int = 4096):
     """(q_i8, q_scale [B,H,l], k_i8, k_scale [B,H,L]): symmetric per-token int8 of q and of
-    k minus its per-channel mean over the keys (softmax is invariant to that shift)."""
-    k_BHLc = k_BHLc.float() - k_BHLc.float().mean(dim=2, keepdim=True)
+    k minus its per-channel mean over the keys (softmax is invariant to that shift). K is done
+    `chunk` keys at a time, so the float32 temporaries stay a chunk's size, not the cache's."""
+    mean_BH1c = k_BHLc.mean(dim=2, keepdim=True, dtype=torch.float32)
     q_i8, qs, _ = quantize(q_BHlc, 8, PerToken())
-    k_i8, ks, _ = quantize(k_BHLc, 8, PerToken())
-    return q_i8, qs[..., 0].contiguous(), k_i8, ks[..., 0].contiguous()
+    k_i8 = torch.empty(k_BHLc.shape, dtype=torch.int8, device=k_BHLc.device)
+    ks = torch.empty(k_BHLc.shape[:-1], dtype=torch.float32, device=k_BHLc.device)
+    for a in range(0, k_BHLc.shape[2], chunk):
+        codes, s, _ = quantize(k_BHLc[:, :, a:a + chunk].float() - mean_BH1c, 8, PerToken())
+        k_i8[:, :, a:a + chunk], ks[:, :, a:a + chunk] = codes, s[..., 0]
+    return q_i8, qs[..., 0].contiguous(), k_i8, ks
 
 
 def fake_quant_qk(q_BHlc: torch.Tensor, k_BHLc: torch.Tensor):

@@ -64,37 +64,55 @@ def _cuda_fingerprint(dev: torch.device) -> dict:
     out = {"type": "cuda", "index": idx, "name": props.name, "memory_mb": round(props.total_memory / 2 ** 20, 1),
            "compute_capability": f"{props.major}.{props.minor}", "sm_count": props.multi_processor_count,
            "cuda": torch.version.cuda}
-    out.update(_nvml(idx))
+    uuid = getattr(props, "uuid", None)
+    if uuid is not None:
+        out["uuid"] = f"GPU-{uuid}"
+    out.update(_nvml(out.get("uuid")))
     return out
 
 
-def _nvml(idx: int) -> dict:
-    """Driver and clocks via nvidia-ml-py; {} with a logged reason when NVML is unavailable."""
+NVML_FIELDS = {  # fingerprint key -> query(pynvml, handle)
+    "driver": lambda nv, h: _text(nv.nvmlSystemGetDriverVersion()),
+    "nvml_name": lambda nv, h: _text(nv.nvmlDeviceGetName(h)),
+    "sm_clock_max_mhz": lambda nv, h: nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_SM),
+    "mem_clock_max_mhz": lambda nv, h: nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_MEM),
+    "sm_clock_mhz": lambda nv, h: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),
+    "power_limit_w": lambda nv, h: nv.nvmlDeviceGetEnforcedPowerLimit(h) / 1000,
+}
+
+
+def _nvml(uuid: str | None) -> dict:
+    """Driver and clocks via nvidia-ml-py, for the GPU with this UUID (torch's index is not NVML's
+    under CUDA_VISIBLE_DEVICES). A field the GPU does not report is left out, with the others kept."""
     try:
         import pynvml
     except ImportError:
         log.warning("nvidia-ml-py is not installed (pip install nvidia-ml-py): no driver/clock info "
                     "in the device fingerprint")
         return {}
+    if uuid is None:
+        log.warning("this torch reports no GPU UUID: no driver/clock info in the device fingerprint")
+        return {}
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError as e:
         log.warning("NVML does not start (%s): no driver/clock info in the device fingerprint", e)
         return {}
+    out, missing = {}, []
     try:
-        h = pynvml.nvmlDeviceGetHandleByIndex(idx)
-        clk = pynvml.nvmlDeviceGetMaxClockInfo
-        return {"driver": _text(pynvml.nvmlSystemGetDriverVersion()),
-                "nvml_name": _text(pynvml.nvmlDeviceGetName(h)),
-                "sm_clock_max_mhz": clk(h, pynvml.NVML_CLOCK_SM),
-                "mem_clock_max_mhz": clk(h, pynvml.NVML_CLOCK_MEM),
-                "sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
-                "power_limit_w": pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000}
+        h = pynvml.nvmlDeviceGetHandleByUUID(uuid)
+        for key, query in NVML_FIELDS.items():
+            try:
+                out[key] = query(pynvml, h)
+            except pynvml.NVMLError:
+                missing.append(key)
     except pynvml.NVMLError as e:
-        log.warning("NVML query failed (%s): partial device fingerprint", e)
-        return {}
+        log.warning("NVML has no GPU %s (%s): no driver/clock info in the device fingerprint", uuid, e)
     finally:
         pynvml.nvmlShutdown()
+    if missing:
+        log.info("NVML does not report %s for %s", ", ".join(missing), uuid)
+    return out
 
 
 def _text(v) -> str:

@@ -145,7 +145,7 @@ def test_run_cost_stage_tiny(tiny, tmp_path):
     from profiler.profile import Profile
     path = tmp_path / "cost.json"
     Profile(meta={"cost_model": cm}, tables=tables).save(path)
-    again = _refit(Profile.load(path), arch_of(var), "cpu", vae)
+    again = _refit(Profile.load(path, arch=arch_of(var)), arch_of(var), "cpu", vae)
     assert again["cost_model"]["e2e"]["alpha"] == pytest.approx(cm["e2e"]["alpha"])
     assert again["cost_model"]["e2e"]["coef"] == pytest.approx(cm["e2e"]["coef"], rel=1e-6, abs=1e-9)
     assert [v["predicted_ms"] for v in again["validation"]] == pytest.approx([v["predicted_ms"] for v in validation])
@@ -172,3 +172,33 @@ def test_slower_than_dense_names_quantized_generations_that_bought_nothing():
             row(128, "1", "W8A8:fc1,fc2", 200.0)]  # no dense at its schedule: not compared
     msgs = slower_than_dense(rows)
     assert len(msgs) == 1 and msgs[0].startswith("W8A8:mat_qkv took 101.0 ms, dense 100.0 ms (256 px, batch 1)")
+
+
+def test_nvml_fingerprint_by_uuid_and_field_by_field(monkeypatch):
+    """The GPU is found by its UUID (torch's index is not NVML's under CUDA_VISIBLE_DEVICES) and a
+    field the GPU does not report leaves the others in the fingerprint."""
+    import sys
+    import types
+
+    from profiler import device
+
+    class NVMLError(Exception):
+        pass
+
+    looked_up = []
+
+    def not_supported(*a):
+        raise NVMLError("Not Supported")
+
+    fake = types.SimpleNamespace(
+        NVMLError=NVMLError, NVML_CLOCK_SM=0, NVML_CLOCK_MEM=1, nvmlInit=lambda: None, nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: (_ for _ in ()).throw(AssertionError("looked up by index")),
+        nvmlDeviceGetHandleByUUID=lambda u: looked_up.append(u) or "h",
+        nvmlSystemGetDriverVersion=lambda: b"560.35", nvmlDeviceGetName=lambda h: "NVIDIA H200",
+        nvmlDeviceGetMaxClockInfo=lambda h, c: 1980, nvmlDeviceGetClockInfo=not_supported,
+        nvmlDeviceGetEnforcedPowerLimit=lambda h: 700000)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    out = device._nvml("GPU-1234")
+    assert looked_up == ["GPU-1234"]
+    assert out == {"driver": "560.35", "nvml_name": "NVIDIA H200", "sm_clock_max_mhz": 1980,
+                   "mem_clock_max_mhz": 1980, "power_limit_w": 700.0}

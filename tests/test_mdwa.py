@@ -309,6 +309,52 @@ def test_triton_backend_and_launcher_checks():
         TritonMDWA(_random_config(random.Random(0), layout.patch_nums, [0], H, WindowFamily.SPATIAL))
 
 
+@triton_here
+def test_triton_offsets_past_2_31():
+    """Batch rows 2**28 elements apart: b * stride passes 2**31 at row 8 (int32 would wrap)."""
+    from kernels.mdwa_triton import mdwa_attention
+    layout, k, B, H, c = ScaleLayout((1, 2, 3)), 2, 9, 2, 16
+    l, L, stride = 9, layout.L, 2 ** 28
+    base = torch.empty((B - 1) * stride + H * (l + 2 * L) * c, dtype=torch.float16, device=DEVICE)
+    views = [base.as_strided((B, H, n, c), (stride, n * c, c, 1), off)
+             for n, off in ((l, 0), (L, H * l * c), (L, H * (l + L) * c))]
+    for x in views:
+        x.copy_(torch.randn(x.shape, dtype=torch.float16))
+    q, kk, v = views
+    out = mdwa_attention(q, kk, v, layout, k, torch.full((H, k + 1), FULL), 0.5)
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float().cpu(), kk.float().cpu(), v.float().cpu(),
+                                                           scale=0.5)
+    assert _rel_err(out.float().cpu(), ref) <= 2e-3
+
+
+@triton_here
+def test_triton_qk8_reaches_the_kernel_on_dense_calls(monkeypatch):
+    """QK8 without windows runs the INT8 kernel (every part whole), not fake quant; calls below
+    min_queries take masked SDPA."""
+    import kernels.mdwa_triton as MT
+    calls = []
+    real = MT.mdwa_attention
+    monkeypatch.setattr(MT, "mdwa_attention", lambda *a, **k: calls.append(a[5]) or real(*a, **k))
+    layout, k, H = ScaleLayout((1, 2, 3, 5, 7)), 4, 2
+    q, kk, v = _inputs(1, H, layout, k, 32)
+    ctx = AttnCall(0, k, layout, 0.3)
+    dense = WindowConfig(layout.patch_nums)
+    out = TritonMDWA(dense, {0: LayerOptions(qk_int8=True)})(*_on_device(q, kk, v), ctx).cpu()
+    assert len(calls) == 1 and (calls[0] == FULL).all()
+    emulated = MaskedReference(dense, {0: LayerOptions(qk_int8=True)})(q, kk, v, ctx)
+    assert _rel_err(out, emulated) <= 1e-4
+    TritonMDWA(dense, {0: LayerOptions(qk_int8=True)}, min_queries=64)(*_on_device(q, kk, v), ctx)
+    assert len(calls) == 1  # 49 queries < 64: masked SDPA
+
+
+def test_qk_quantizer_in_chunks_equals_one_pass():
+    """K is quantized a chunk of keys at a time (bounded float32 temporaries), exactly as in one pass."""
+    q, kk = torch.randn(2, 3, 9, 16), torch.randn(2, 3, 100, 16, dtype=torch.bfloat16)
+    one = quantize_qk_int8(q, kk, chunk=10 ** 6)
+    for got, want in zip(quantize_qk_int8(q, kk, chunk=7), one):
+        assert torch.equal(got, want)
+
+
 def test_triton_kernels_under_interpreter():
     """This module's Triton tests, in a child process with TRITON_INTERPRET=1."""
     run_triton_tests_in_child(__file__)

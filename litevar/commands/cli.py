@@ -52,6 +52,9 @@ def _import(module: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "dtype", "") is None:  # commands that run a model: the device's default dtype
+        from litevar.commands.common import default_dtype
+        args.dtype = default_dtype(args.device)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

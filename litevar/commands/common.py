@@ -20,8 +20,15 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resolution", type=RESOLUTION, default=None, help="with --random-init: 256, 512, 1024 or 2048")
     g.add_argument("--patch-nums", help="explicit token schedule, e.g. 1,2,3,4,5,6,8,10,13,16")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    g.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="compute dtype (autocast; default fp32)")
+    g.add_argument("--dtype", default=None, choices=sorted(DTYPES),
+                   help="compute dtype (autocast; default bf16 on CUDA, where the tensor cores want it, fp32 on CPU)")
 
+
+
+def default_dtype(device: str) -> str:
+    """--dtype when not given: bf16 on CUDA (tensor cores, and what the GPU cost stage must price),
+    fp32 on CPU."""
+    return "bf16" if str(device).startswith("cuda") else "fp32"
 
 
 def resolve_device(name: str) -> torch.device:

@@ -103,9 +103,11 @@ def _key(*parts) -> str:
 
 def _cost_settings(args):
     """profiler.cost.CostSettings of the command line."""
+    from litevar.commands.common import default_dtype
     from profiler.cost import CostSettings
     try:
-        return CostSettings(dtype=args.dtype, e2e_repeats=args.e2e_repeats, mdwa=not args.no_mdwa_timing)
+        dtype = args.dtype or default_dtype(args.device)
+        return CostSettings(dtype=dtype, e2e_repeats=args.e2e_repeats, mdwa=not args.no_mdwa_timing)
     except ValueError as e:
         raise UserError(f"--e2e-repeats {args.e2e_repeats}: {e}") from None
 
