@@ -86,25 +86,26 @@ def _backends(device: torch.device, windows: WindowConfig, small: bool) -> dict[
     return out
 
 
-def _cases(device: torch.device, quick: bool) -> list[tuple[int, int, int, str]]:
-    """(resolution, heads, batch, note) of the runs."""
+def _cases(device: torch.device, which: str) -> list[tuple[int, int, int, str]]:
+    """(resolution, heads, batch, note) of the runs (which: quick | full | evidence)."""
     if device.type == "cuda":
-        heads = (16,) if quick else (16, 30)
-        return [(res, h, 2, "") for res in SCHEDULES for h in heads]
-    if quick:
+        heads = (16,) if which == "quick" else (16, 30)
+        res = (1024, 2048) if which == "evidence" else tuple(SCHEDULES)
+        return [(r, h, 2, "") for r in res for h in heads]
+    if which != "full":
         return [(256, 16, 2, ""), (1024, 4, 2, "H=4 of d16-d30"),
                 (2048, 2, 2, "H=2 of d16-d30, batch 1 x CFG 2")]
     return [(256, 16, 2, ""), (512, 16, 2, ""), (1024, 16, 2, ""),
             (2048, 4, 2, "H=4 of d16-d30, batch 1 x CFG 2")]
 
 
-def bench_attention(device: str = "cpu", quick: bool = True) -> list[dict]:
+def bench_attention(device: str = "cpu", which: str = "quick") -> list[dict]:
     """Rows comparing every backend with dense SDPA, per resolution (see module docstring)."""
     dev = torch.device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    reps = 3 if quick else 7
+    reps = 3 if which == "quick" else 7
     rows = []
-    for res, H, B, note in _cases(dev, quick):
+    for res, H, B, note in _cases(dev, which):
         rows += _bench_case(dev, dtype, res, H, B, note, reps)
     return rows
 

@@ -38,12 +38,18 @@ CFG_BATCH = 2  # conditional + unconditional rows
 EMULATED_FORMAT = "W6A6"  # one fake-quant row per shape stands for every emulated format
 
 
-def var_shapes(quick: bool, device: str) -> list[tuple[str, int, int, int, int]]:
-    """(layer, depth, M, N, K) at VAR's real linear shapes; a small subset when quick."""
+SETS = ("quick", "full", "evidence")
+
+
+def var_shapes(which: str, device: str) -> list[tuple[str, int, int, int, int]]:
+    """(layer, depth, M, N, K) at VAR's real linear shapes: "full" every one, "quick" a small
+    subset, "evidence" d16..d30 at 1024 and 2048 px (M >= 8192 with CFG; the GPU evidence run)."""
     depths, pxs, layers = DEPTHS, tuple(TOKENS), tuple(LAYERS)
-    if quick:
+    if which == "quick":
         depths, layers = (16,), ("proj", "fc1")
         pxs = (256,) if device == "cpu" else (256, 1024)
+    elif which == "evidence":
+        pxs = (1024, 2048)
     return [(layer, d, CFG_BATCH * TOKENS[px], LAYERS[layer][0] * 64 * d, LAYERS[layer][1] * 64 * d)
             for d in depths for px in pxs for layer in layers]
 
@@ -138,9 +144,9 @@ def _gemm_only(q: QuantLinear, x_MK: torch.Tensor, impl: str) -> Callable | None
 
 
 @torch.no_grad()
-def _bench_shape(layer, depth, M, N, K, device, quick, triton_ok, peaks) -> list[dict]:
+def _bench_shape(layer, depth, M, N, K, device, triton_ok, peaks) -> list[dict]:
     """Rows of every path at one shape; Triton rows carry max_err vs their torch reference."""
-    warmup, repeats = (1, 5) if device == "cpu" else (3, 10 if quick else 25)
+    warmup, repeats = (1, 5) if device == "cpu" else (3, 10)
     linear = nn.Linear(K, N, bias=LAYERS[layer][2], device=device)
     x_MK = torch.randn(M, K, device=device)
     y_float = linear(x_MK)  # fp32 reference for quality (sqnr_db)
@@ -172,15 +178,15 @@ def _bench_shape(layer, depth, M, N, K, device, quick, triton_ok, peaks) -> list
     return rows
 
 
-def bench_gemm(device: str = "cuda", quick: bool = False) -> list[dict]:
+def bench_gemm(device: str = "cuda", which: str = "full") -> list[dict]:
     """Time every GEMM path against a bf16 matmul at VAR linear shapes on `device`."""
     device = torch.device(device).type
     triton_ok = device == "cuda" and triton_available()
     peaks = device_peaks(device)
     rows = []
-    for layer, depth, M, N, K in var_shapes(quick, device):
+    for layer, depth, M, N, K in var_shapes(which, device):
         log.info("bench_gemm: d%d %s M=%d N=%d K=%d", depth, layer, M, N, K)
-        rows += _bench_shape(layer, depth, M, N, K, device, quick, triton_ok, peaks)
+        rows += _bench_shape(layer, depth, M, N, K, device, triton_ok, peaks)
         if device == "cuda":
             torch.cuda.empty_cache()
     return rows

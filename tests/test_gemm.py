@@ -320,8 +320,8 @@ def test_swap_linears_by_fqn():
 def test_bench_rows_at_a_tiny_shape():
     from kernels.bench_gemm import _bench_shape, format_table, var_shapes
 
-    assert ("fc2", 30, 2 * 16384, 1920, 4 * 1920) in var_shapes(quick=False, device="cuda")
-    rows = _bench_shape("proj", 2, 32, 128, 128, "cpu", quick=True, triton_ok=False, peaks=None)
+    assert ("fc2", 30, 2 * 16384, 1920, 4 * 1920) in var_shapes("full", device="cuda")
+    rows = _bench_shape("proj", 2, 32, 128, 128, "cpu", triton_ok=False, peaks=None)
     by = {(r["kernel"], r["impl"]): r for r in rows}
     assert by["dense", "torch"]["speedup"] == 1.0 and by["emulated", "torch"]["native"] is False
     assert by["w8a8", "triton"]["status"].startswith("skipped")

@@ -16,7 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--json", help="write all rows and the device fingerprint here")
     p.add_argument("--only", choices=["gemm", "attention"], help="run one family only")
-    p.add_argument("--full", action="store_true", help="every shape (default: a quick subset on CPU)")
+    p.add_argument("--set", dest="which", choices=("quick", "full", "evidence"), default="quick",
+                   help="shapes: a quick subset (default), every VAR shape, or the GPU evidence run's (d16..d30 "
+                   "GEMMs and MDWA at 1024 / 2048 px)")
 
 
 def device_name(device: str) -> str:
@@ -28,15 +30,14 @@ def device_name(device: str) -> str:
 def run(args) -> int:
     from litevar.commands.common import resolve_device
     dev = str(resolve_device(args.device))
-    quick = not args.full
-    report = {"device": device_name(dev), "torch": torch.__version__, "quick": quick}
+    report = {"device": device_name(dev), "torch": torch.__version__, "set": args.which}
     if args.only in (None, "gemm"):
         from kernels.bench_gemm import bench_gemm, print_table
-        report["gemm"] = bench_gemm(dev, quick)
+        report["gemm"] = bench_gemm(dev, args.which)
         print_table(report["gemm"])
     if args.only in (None, "attention"):
         from kernels.bench_attention import bench_attention, print_table
-        report["attention"] = bench_attention(dev, quick)
+        report["attention"] = bench_attention(dev, args.which)
         print_table(report["attention"])
     if args.json:
         from litevar.model.atomic import write_json

@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg", type=NONNEG, default=4.0, help="guidance scale of the calibration samples (default 4)")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--resolutions", default=None, help="schedules to time for the cost model, e.g. 256,512 "
+                   "or 1,2,3;1,2,3,4 "
                    "(default: the model's own schedule and its neighbours)")
     p.add_argument("--batches", type=COUNTS, default="1,2", help="batch sizes to time (default 1,2)")
     p.add_argument("--e2e-repeats", type=COUNT, default=7, help="timed rounds of the cost stage's generations "
@@ -144,18 +145,23 @@ def _quality_stages(stage: str, vae, var, args, calib_fn) -> tuple[dict, dict]:
 
 
 def _cost_stage(vae, var, arch, args, settings, device) -> tuple[dict, dict]:
-    from litevar.model.schedules import SCHEDULES, parse_patch_nums
     from profiler.cost import run_cost_stage
     t = time.perf_counter()
-    resolutions = None
-    if args.resolutions:
-        try:
-            resolutions = [SCHEDULES[int(r)] if r.strip().isdigit() and int(r) in SCHEDULES else parse_patch_nums(r)
-                           for r in args.resolutions.split(",")]
-        except (ValueError, KeyError):
-            raise UserError(f"--resolutions {args.resolutions!r}: give resolutions from {sorted(SCHEDULES)}") from None
+    resolutions = parse_schedules(args.resolutions) if args.resolutions else None
     tables, cm, validation = run_cost_stage(vae, var, arch, device, resolutions, args.batches, settings=settings)
     return tables, {"cost_model": cm, "validation": validation, "seconds": round(time.perf_counter() - t, 1)}
+
+
+def parse_schedules(text: str) -> list[tuple[int, ...]]:
+    """--resolutions: '256,512' (resolutions with a schedule) or '1,2,3;1,2,3,4' (schedules)."""
+    from litevar.model.schedules import SCHEDULES, parse_patch_nums
+    if ";" in text:
+        return [parse_patch_nums(t) for t in text.split(";") if t.strip()]
+    try:
+        return [SCHEDULES[int(r)] for r in text.split(",") if r.strip()]
+    except (ValueError, KeyError):
+        raise UserError(f"--resolutions {text!r}: give resolutions from {sorted(SCHEDULES)} (e.g. 256,512), or "
+                        "schedules separated by ';' (e.g. 1,2,3;1,2,3,4)") from None
 
 
 def _refit(hit, arch: dict, device, vae) -> dict:
