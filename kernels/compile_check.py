@@ -82,27 +82,31 @@ def _w4a16(M: int, dtype: torch.dtype, group: int | None) -> Config:
                   big_tile=consts["BLOCK_M"] >= 64 and warps >= 4)
 
 
-def _mdwa(dtype: torch.dtype, head_dim: int, qk_int8: bool) -> Config:
+def _mdwa(dtype: torch.dtype, head_dim: int, qk_int8: bool, kv_bits: int = 16) -> Config:
     from kernels.mdwa_triton import mdwa_config
-    consts, warps, stages = _split({k: v for k, v in mdwa_config(dtype, head_dim, qk_int8).items()})
+    consts, warps, stages = _split(mdwa_config(dtype, head_dim, qk_int8, kv_bits))
     qk = "*i8" if qk_int8 else PTR[dtype]
-    sig = _named("mdwa", [qk, qk, PTR[dtype], PTR[dtype], "*fp32", "*fp32"] + ["*i32"] * 3 + ["i32"] * 20 + ["fp32"])
-    consts.update(HEAD_DIM=head_dim, QK_INT8=qk_int8)
-    return Config(f"mdwa {str(dtype)[6:]} d={head_dim} qk8={qk_int8}", "mdwa", tuple(sig), tuple(consts.items()),
-                  warps, stages, fast_path=dtype != torch.float32 and head_dim == 64,
+    kv = {16: PTR[dtype], 8: "*i8", 4: "*u8"}[kv_bits]
+    types = [qk, kv if not qk_int8 else qk, kv, PTR[dtype], "*fp32", "*fp32"] + ["*i32"] * 3 + ["*fp16"] * 4
+    sig = _named("mdwa", types + ["i32"] * 20 + ["fp32"])
+    consts.update(HEAD_DIM=head_dim, QK_INT8=qk_int8, KV_BITS=kv_bits)
+    kv_name = f" kv{kv_bits}" if kv_bits < 16 else ""
+    return Config(f"mdwa {str(dtype)[6:]} d={head_dim} qk8={qk_int8}{kv_name}", "mdwa", tuple(sig),
+                  tuple(consts.items()), warps, stages, fast_path=dtype != torch.float32 and head_dim == 64,
                   big_tile=consts["BLOCK_M"] >= 64 and warps >= 4)
 
 
 def configurations() -> list[Config]:
     """Every configuration the launchers pick on a GPU: GEMMs per M bucket (32: an explicit
     TRITON call below AUTO's threshold, 64..128, and larger), output / activation dtype; MDWA per
-    dtype, head dim (64: VAR's; 16: the smallest tested) and QK8."""
+    dtype, head dim (64: VAR's; 16: the smallest tested), QK8, and over KV8 / KV4 caches."""
     out = []
     for kind in ("w8a8", "w4a8"):
         out += [_int_gemm(kind, M, dt) for M in (32, 128, 4096) for dt in (torch.bfloat16, torch.float32)]
     out += [_w4a16(M, dt, 128) for M in (32, 128, 4096) for dt in (torch.bfloat16, torch.float16, torch.float32)]
     out.append(_w4a16(4096, torch.bfloat16, None))
     out += [_mdwa(dt, d, q8) for dt in (torch.bfloat16, torch.float32) for d in (64, 16) for q8 in (False, True)]
+    out += [_mdwa(dt, 64, False, bits) for dt in (torch.bfloat16, torch.float32) for bits in (8, 4)]
     return out
 
 

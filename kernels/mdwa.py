@@ -56,10 +56,13 @@ class _WindowedBackend:
         self.options = dict(options or {})
 
     def _widths(self, ctx: AttnCall, device) -> torch.Tensor | None:
+        """int32 [H, parts given] half-widths of the call (None: dense over the keys given)."""
         if ctx.layout.patch_nums != self.windows.patch_nums:
             raise UserError(f"window config is for patch_nums {self.windows.patch_nums}, the model "
                             f"runs {ctx.layout.patch_nums}: profile windows for this schedule")
         w_Hp = self.windows.scale_widths(ctx.layer, ctx.scale)
+        if w_Hp is not None and ctx.parts is not None:
+            w_Hp = w_Hp[:, list(ctx.parts)]
         return None if w_Hp is None else w_Hp.to(device)
 
     def _int8(self, ctx: AttnCall) -> bool:
@@ -71,7 +74,7 @@ class MaskedReference(_WindowedBackend):
 
     def __call__(self, q_BHlc, k_BHLc, v_BHLc, ctx: AttnCall) -> torch.Tensor:
         w_Hp = self._widths(ctx, q_BHlc.device)
-        mask = None if w_Hp is None else dense_mask(ctx.layout, ctx.scale, w_Hp, self.windows.family)
+        mask = None if w_Hp is None else dense_mask(*ctx.key_layout(), w_Hp, self.windows.family)
         return _sdpa(q_BHlc, k_BHLc, v_BHLc, ctx.softmax_scale, mask, self._int8(ctx))
 
 
@@ -102,8 +105,9 @@ def flex_block_mask(layout: ScaleLayout, scale: int, widths_Hp: torch.Tensor,
 
 def _mask_from_mask_mod(ctx: AttnCall, w_Hp: torch.Tensor, family: WindowFamily) -> torch.Tensor:
     """bool [H, l, L] from the division-free mask_mod (cheaper than dense_mask)."""
-    n, L, dev = ctx.layout.patch_nums[ctx.scale] ** 2, ctx.layout.end[ctx.scale], w_Hp.device
-    mask_mod = mask_mod_fn(ctx.layout, ctx.scale, w_Hp, family, pad_to=1)
+    layout, scale = ctx.key_layout()
+    n, L, dev = layout.patch_nums[scale] ** 2, layout.end[scale], w_Hp.device
+    mask_mod = mask_mod_fn(layout, scale, w_Hp, family, pad_to=1)
     h, q, kv = (torch.arange(m, device=dev) for m in (w_Hp.shape[0], n, L))
     return mask_mod(None, h[:, None, None], q[None, :, None], kv[None, None, :])
 
@@ -121,15 +125,14 @@ class FlexMDWA(_WindowedBackend):
         self._masks = {}
 
     def block_mask(self, ctx: AttnCall, w_Hp: torch.Tensor):
-        key = (ctx.layer, ctx.scale, w_Hp.device)
+        key = (ctx.layer, ctx.scale, ctx.parts, w_Hp.device)
         if key not in self._masks:
-            self._masks[key] = flex_block_mask(ctx.layout, ctx.scale, w_Hp, self.windows.family,
-                                               self.block_size)
+            self._masks[key] = flex_block_mask(*ctx.key_layout(), w_Hp, self.windows.family, self.block_size)
         return self._masks[key]
 
     def __call__(self, q_BHlc, k_BHLc, v_BHLc, ctx: AttnCall) -> torch.Tensor:
         w_Hp, int8 = self._widths(ctx, q_BHlc.device), self._int8(ctx)
-        if w_Hp is None or ctx.layout.end[ctx.scale] < self.dense_below:
+        if w_Hp is None or k_BHLc.shape[2] < self.dense_below:
             mask = None if w_Hp is None else _mask_from_mask_mod(ctx, w_Hp, self.windows.family)
             return _sdpa(q_BHlc, k_BHLc, v_BHLc, ctx.softmax_scale, mask, int8)
         bm = self.block_mask(ctx, w_Hp)
@@ -162,9 +165,26 @@ class TritonMDWA(_WindowedBackend):
             return _sdpa(q_BHlc, k_BHLc, v_BHLc, ctx.softmax_scale, mask, int8)
         if w_Hp is None and not int8:
             return _sdpa(q_BHlc, k_BHLc, v_BHLc, ctx.softmax_scale)
+        layout, scale = ctx.key_layout()
         if w_Hp is None:  # QK8 on a dense call: every part whole
-            w_Hp = torch.full((q_BHlc.shape[1], ctx.scale + 1), FULL, dtype=torch.int32)
-        return mdwa_attention(q_BHlc, k_BHLc, v_BHLc, ctx.layout, ctx.scale, w_Hp, ctx.softmax_scale, int8)
+            w_Hp = torch.full((q_BHlc.shape[1], scale + 1), FULL, dtype=torch.int32)
+        return mdwa_attention(q_BHlc, k_BHLc, v_BHLc, layout, scale, w_Hp, ctx.softmax_scale, int8)
+
+    def attend_quantized(self, q_BHlc, make_block, ctx: AttnCall) -> torch.Tensor | None:
+        """Attention over a quantized KV cache read as stored (make_block() -> the cache's
+        kernels.kvcache.QuantizedBlock); None for calls below min_queries, which the cache then
+        runs on its dequantized keys."""
+        from kernels.mdwa_triton import mdwa_attention_kvq
+        if self._int8(ctx):
+            raise UserError(f"block {ctx.layer}: QK8 and a quantized KV cache do not combine; re-plan")
+        if q_BHlc.shape[2] < self.min_queries:
+            return None
+        layout, scale = ctx.key_layout()
+        block = make_block()
+        w_Hp = self._widths(ctx, "cpu")
+        if w_Hp is None:
+            w_Hp = torch.full((q_BHlc.shape[1], scale + 1), FULL, dtype=torch.int32)
+        return mdwa_attention_kvq(q_BHlc, block, layout, scale, w_Hp, ctx.softmax_scale)
 
 
 class CFGShared:
@@ -183,6 +203,19 @@ class CFGShared:
                              f"(expected {2 * B}: conditional rows first, then unconditional)")
         o_BHlc = self.inner(q_BHlc[:B], k_BHLc[:B], v_BHLc[:B], dataclasses.replace(ctx, cfg_batch=0))
         return torch.cat((o_BHlc, o_BHlc), 0)
+
+    def __getattr__(self, name):
+        if name == "attend_quantized" and hasattr(self.inner, "attend_quantized"):
+            return self._attend_quantized
+        raise AttributeError(name)
+
+    def _attend_quantized(self, q_BHlc, make_block, ctx: AttnCall) -> torch.Tensor | None:
+        """A CFG-shared layer's cache holds the conditional half only: attend with it, reuse the output."""
+        B = ctx.cfg_batch
+        if B <= 0 or (self.layers is not None and ctx.layer not in self.layers):
+            return self.inner.attend_quantized(q_BHlc, make_block, ctx)
+        o_BHlc = self.inner.attend_quantized(q_BHlc[:B], make_block, dataclasses.replace(ctx, cfg_batch=0))
+        return None if o_BHlc is None else torch.cat((o_BHlc, o_BHlc), 0)
 
 
 def make_mdwa_backend(windows: WindowConfig, choice: KernelChoice | str = KernelChoice.AUTO,

@@ -19,19 +19,47 @@ import triton.language as tl
 
 from kernels.quant import quantize_qk_int8
 from kernels.select import interpret_mode
+from kernels.windows import EMPTY, FULL
 from litevar.model.attention import ScaleLayout
 
 LOG2E = 1.4426950408889634
 
 
-def _mdwa_fwd(Q, K, V, O, QS, KS, W, PB, PN,
+@triton.jit
+def _load_kv(base, offs_n, offs_d, stride_n, stride_d, mask_n, d_ok, SC, ZE, KV_BITS: tl.constexpr,
+             PER_CHANNEL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A [BLOCK_N, BLOCK_D] float32 tile of K or V: float as stored, or codes (int8, or INT4 packed
+    two per byte along the head dim) dequantized with scales and zeros per channel (K: SC / ZE
+    point at the part's [BLOCK_D] row) or per token (V: at the part's tokens)."""
+    if KV_BITS == 16:
+        return tl.load(base + offs_n[:, None] * stride_n + offs_d[None, :] * stride_d,
+                       mask=mask_n[:, None] & d_ok[None, :], other=0).to(tl.float32)
+    if KV_BITS == 4:
+        offs_p = tl.arange(0, BLOCK_D // 2)
+        p = tl.load(base + offs_n[:, None] * stride_n + offs_p[None, :] * stride_d,
+                    mask=mask_n[:, None] & (offs_p[None, :] < BLOCK_D // 2), other=0).to(tl.int32)
+        codes = tl.interleave(((p & 0xF) ^ 8) - 8, (((p >> 4) & 0xF) ^ 8) - 8).to(tl.float32)
+    else:
+        codes = tl.load(base + offs_n[:, None] * stride_n + offs_d[None, :] * stride_d,
+                        mask=mask_n[:, None] & d_ok[None, :], other=0).to(tl.float32)
+    if PER_CHANNEL:
+        sc = tl.load(SC + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+        ze = tl.load(ZE + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+        return codes * sc[None, :] + ze[None, :]
+    sc = tl.load(SC + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    ze = tl.load(ZE + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    return codes * sc[:, None] + ze[:, None]
+
+
+def _mdwa_fwd(Q, K, V, O, QS, KS, W, PB, PN, KSC, KZE, VSC, VZE,
               stride_qb, stride_qh, stride_qm, stride_qd,
               stride_kb, stride_kh, stride_kn, stride_kd,
               stride_vb, stride_vh, stride_vn, stride_vd,
               stride_ob, stride_oh, stride_om, stride_od,
               n_q, L, H, num_parts, qk_scale,
               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-              BLOCK_N: tl.constexpr, QK_INT8: tl.constexpr, PRECISION: tl.constexpr):
+              BLOCK_N: tl.constexpr, QK_INT8: tl.constexpr, PRECISION: tl.constexpr,
+              KV_BITS: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)  # 64-bit from here: b * stride_qb passes 2**31 at 2048 px
     b = pid_bh // H
@@ -62,10 +90,18 @@ def _mdwa_fwd(Q, K, V, O, QS, KS, W, PB, PN,
         for start in range(lo, hi, BLOCK_N):
             offs_n = start + tl.arange(0, BLOCK_N)
             kv_ok = offs_n < hi
-            k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                        mask=kv_ok[:, None] & d_ok[None, :], other=0)
-            v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                        mask=kv_ok[:, None] & d_ok[None, :], other=0)
+            if KV_BITS == 16:
+                k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                            mask=kv_ok[:, None] & d_ok[None, :], other=0)
+                v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                            mask=kv_ok[:, None] & d_ok[None, :], other=0)
+            else:  # quantized cache: dequantized in registers, never stored in float
+                ks = (pid_bh * num_parts + j) * HEAD_DIM
+                k = _load_kv(k_base, offs_n, offs_d, stride_kn, stride_kd, kv_ok, d_ok, KSC + ks, KZE + ks,
+                             KV_BITS, True, BLOCK_N, BLOCK_D).to(Q.dtype.element_ty)
+                vs = pid_bh * L
+                v = _load_kv(v_base, offs_n, offs_d, stride_vn, stride_vd, kv_ok, d_ok, VSC + vs, VZE + vs,
+                             KV_BITS, False, BLOCK_N, BLOCK_D).to(Q.dtype.element_ty)
             if QK_INT8:
                 k_scale = tl.load(KS + pid_bh * L + offs_n, mask=kv_ok, other=0.0)
                 s = tl.dot(q, tl.trans(k), out_dtype=tl.int32).to(tl.float32)
@@ -118,16 +154,17 @@ def _check(q_BHlc, k_BHLc, v_BHLc, layout: ScaleLayout, scale: int, widths_Hp) -
 @functools.lru_cache(maxsize=4096)
 def _part_tables(patch_nums: tuple[int, ...], scale: int, widths: tuple[tuple[int, ...], ...],
                  device: str) -> tuple[torch.Tensor, ...]:
-    """int32 (widths with FULL -> n_j, part begins, part sizes) for the kernel, cached."""
+    """int32 (widths with FULL -> n_j and EMPTY -> -2**30, an empty range, part begins, part sizes)
+    for the kernel, cached."""
     layout = ScaleLayout(patch_nums)
     n_p = torch.tensor([s * s for s in patch_nums[:scale + 1]], dtype=torch.int32)
     w = torch.tensor(widths, dtype=torch.int32)
-    w = torch.where(w < 0, n_p[None, :], w.clamp(max=int(n_p.max())))
+    w = torch.where(w == FULL, n_p[None, :], torch.where(w == EMPTY, -(2 ** 30), w.clamp(max=int(n_p.max()))))
     begin = torch.tensor(layout.begin[:scale + 1], dtype=torch.int32)
     return tuple(t.contiguous().to(device) for t in (w, begin, n_p))
 
 
-def mdwa_config(dtype: torch.dtype, head_dim: int, qk_int8: bool) -> dict:
+def mdwa_config(dtype: torch.dtype, head_dim: int, qk_int8: bool, kv_bits: int = 16) -> dict:
     """Tiles and warps of a launch (the configurations kernels/compile_check.py builds for sm_80 and
     sm_90). BLOCK_D: the head dim padded to a power of two, at least 32 with INT8 QK (an int8 dot
     needs K >= 32), else 16. fp32 runs its dots in TF32 on the GPU (IEEE under the interpreter,
@@ -135,6 +172,9 @@ def mdwa_config(dtype: torch.dtype, head_dim: int, qk_int8: bool) -> dict:
     block_d = max(32 if qk_int8 else 16, triton.next_power_of_2(head_dim))
     if interpret_mode():
         return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=block_d, PRECISION="ieee" if dtype == torch.float32 else "tf32")
+    if kv_bits < 16:  # K and V tiles dequantized in registers: narrow key blocks keep them in bounds
+        return dict(BLOCK_M=128, BLOCK_N=16 if kv_bits == 8 else 32, BLOCK_D=block_d, PRECISION="tf32",
+                    num_warps=8, num_stages=2)
     if dtype == torch.float32:
         return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=block_d, PRECISION="tf32", num_warps=4, num_stages=2)
     return dict(BLOCK_M=128 if block_d <= 64 else 64, BLOCK_N=64, BLOCK_D=block_d, PRECISION="tf32",
@@ -160,7 +200,31 @@ def mdwa_attention(q_BHlc: torch.Tensor, k_BHLc: torch.Tensor, v_BHLc: torch.Ten
     cfg.update({k: v for k, v in (("BLOCK_M", block_m), ("BLOCK_N", block_n)) if v is not None})
     grid = (triton.cdiv(l, cfg["BLOCK_M"]), B * H)
     _kernel(interpret_mode())[grid](
-        q_in, k_in, v_BHLc, o_BHlc, qs_BHl, ks_BHL, w, begin, n_p,
+        q_in, k_in, v_BHLc, o_BHlc, qs_BHl, ks_BHL, w, begin, n_p, qs_BHl, qs_BHl, qs_BHl, qs_BHl,
         *q_in.stride(), *k_in.stride(), *v_BHLc.stride(), *o_BHlc.stride(),
-        l, L, H, scale + 1, softmax_scale * LOG2E, HEAD_DIM=c, QK_INT8=qk_int8, **cfg)
+        l, L, H, scale + 1, softmax_scale * LOG2E, HEAD_DIM=c, QK_INT8=qk_int8, KV_BITS=16, **cfg)
+    return o_BHlc
+
+
+def mdwa_attention_kvq(q_BHlc: torch.Tensor, block, layout: ScaleLayout, scale: int, widths_Hp: torch.Tensor,
+                       softmax_scale: float, block_m: int | None = None, block_n: int | None = None) -> torch.Tensor:
+    """o_BHlc of band-windowed attention over a quantized KV cache read as it is stored
+    (kernels.kvcache.QuantizedBlock: int8 or packed INT4 codes of the kept scales, K scales and
+    zeros per part and channel, V's per token); layout / scale: the keys' (AttnCall.key_layout)."""
+    B, H, l, c = q_BHlc.shape
+    L = layout.end[scale]
+    if block.k.shape[:3] != (B, H, L) or block.bits not in (4, 8):
+        raise ValueError(f"mdwa_attention_kvq: a {block.bits}-bit block of shape {tuple(block.k.shape)} for queries "
+                         f"{tuple(q_BHlc.shape)} and {L} keys")
+    o_BHlc = torch.empty_like(q_BHlc)
+    w, begin, n_p = _part_tables(layout.patch_nums, scale, tuple(map(tuple, widths_Hp.tolist())),
+                                 str(q_BHlc.device))
+    cfg = mdwa_config(q_BHlc.dtype, c, False, block.bits)
+    cfg.update({k: v for k, v in (("BLOCK_M", block_m), ("BLOCK_N", block_n)) if v is not None})
+    grid = (triton.cdiv(l, cfg["BLOCK_M"]), B * H)
+    _kernel(interpret_mode())[grid](
+        q_BHlc, block.k, block.v, o_BHlc, q_BHlc, q_BHlc, w, begin, n_p,
+        block.k_scale, block.k_zero, block.v_scale, block.v_zero,
+        *q_BHlc.stride(), *block.k.stride(), *block.v.stride(), *o_BHlc.stride(),
+        l, L, H, scale + 1, softmax_scale * LOG2E, HEAD_DIM=c, QK_INT8=False, KV_BITS=block.bits, **cfg)
     return o_BHlc

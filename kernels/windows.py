@@ -14,8 +14,9 @@ Families. BAND (the paper's multi-diagonal window): query i of scale k (row-majo
 its s_k x s_k grid) sees key t of part j when |t - centre(i, n_k, n_j)| <= r.
 SPATIAL: query (row, col) sees key (tr, tc) of part j when |tr - centre(row, s_k, s_j)| <= r and
 |tc - centre(col, s_k, s_j)| <= r (a square neighbourhood). Half-width r = FULL (-1) keeps the
-whole part. For both families the rule is "distance(query, key) <= r" with distance |t - m|
-(band) or the Chebyshev distance (spatial), which is what the coverage curves histogram.
+whole part, r = EMPTY (-2) keeps none of it (what evicting the scale from the KV cache does).
+For both families the rule is "distance(query, key) <= r" with distance |t - m| (band) or the
+Chebyshev distance (spatial), which is what the coverage curves histogram.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from litevar.model.attention import ScaleLayout
 from litevar.model.errors import UserError
 
 FULL = -1  # half-width meaning "the whole part"
+EMPTY = -2  # half-width meaning "no key of the part" (an evicted KV-cache scale)
 
 
 class WindowFamily(enum.Enum):
@@ -132,8 +134,8 @@ def _bounds(t_L, r_HL, n_q: int, pad: int):
     r_HL = r_HL.clamp(max=t_max + 1)  # any r > t_max already covers the part
     big = 4 * n_q * (t_max + 2)
     dtype = torch.int32 if 2 * big < 2 ** 31 else torch.int64
-    lo = torch.where(r_HL < 0, -big, (t_L - r_HL) * 2 * n_q)
-    hi = torch.where(r_HL < 0, big, (t_L + r_HL + 1) * 2 * n_q)
+    lo = torch.where(r_HL == FULL, -big, torch.where(r_HL == EMPTY, big, (t_L - r_HL) * 2 * n_q))
+    hi = torch.where(r_HL == FULL, big, torch.where(r_HL == EMPTY, -big, (t_L + r_HL + 1) * 2 * n_q))
     return F.pad(lo, (0, pad), value=0).to(dtype), F.pad(hi, (0, pad), value=0).to(dtype)
 
 
@@ -148,7 +150,7 @@ def dense_mask(layout: ScaleLayout, scale: int, widths_Hp: torch.Tensor,
     kv = torch.arange(layout.end[scale], device=dev)[None, :]
     j_lL, d_lL = distance_fn(layout, scale, family, dev)(q, kv)
     r_HlL = widths_Hp.long()[:, j_lL]
-    return (r_HlL < 0) | (d_lL <= r_HlL)
+    return (r_HlL == FULL) | ((r_HlL >= 0) & (d_lL <= r_HlL))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,16 +162,17 @@ def band_tile_ranges(layout: ScaleLayout, scale: int, part: int, q_lo, q_hi, r):
 
     Returns absolute, half-open (lo, hi, full_lo, full_hi): [lo, hi) holds every key some query
     of the tile sees (exactly the union for non-decreasing patch_nums, a hull otherwise);
-    [full_lo, full_hi) the keys every query of the tile sees (may be empty). r < 0: whole part.
+    [full_lo, full_hi) the keys every query of the tile sees (may be empty). r = FULL: the whole
+    part; r = EMPTY: none of it.
     """
     q_lo, q_hi, r = (torch.as_tensor(x, dtype=torch.int64) for x in (q_lo, q_hi, r))
     n_q, n_j = layout.patch_nums[scale] ** 2, layout.patch_nums[part] ** 2
     m_first, m_last = centre(q_lo, n_q, n_j), centre(q_hi - 1, n_q, n_j)
-    full = r < 0
-    lo = torch.where(full, 0, (m_first - r).clamp(min=0))
-    hi = torch.where(full, n_j, (m_last + r + 1).clamp(max=n_j))
-    full_lo = torch.where(full, 0, (m_last - r).clamp(min=0))
-    full_hi = torch.where(full, n_j, (m_first + r + 1).clamp(max=n_j))
+    full, empty = r == FULL, r == EMPTY
+    lo = torch.where(full | empty, 0, (m_first - r).clamp(min=0))
+    hi = torch.where(full, n_j, torch.where(empty, 0, (m_last + r + 1).clamp(max=n_j)))
+    full_lo = torch.where(full | empty, 0, (m_last - r).clamp(min=0))
+    full_hi = torch.where(full, n_j, torch.where(empty, 0, (m_first + r + 1).clamp(max=n_j)))
     b = layout.begin[part]
     return lo + b, hi + b, full_lo + b, torch.maximum(full_hi, full_lo) + b
 
@@ -247,9 +250,9 @@ def kept_pairs(layout: ScaleLayout, scale: int, widths_Hp: torch.Tensor,
 
 
 def _extent(m, r, n):
-    """Number of cells of [0, n) within r of m (r < 0: all n)."""
+    """Number of cells of [0, n) within r of m (FULL: all n; EMPTY: none)."""
     cnt = (m + r).clamp(max=n - 1) - (m - r).clamp(min=0) + 1
-    return torch.where(r < 0, n, cnt)
+    return torch.where(r == FULL, n, torch.where(r == EMPTY, 0, cnt))
 
 
 def kept_fraction(layout: ScaleLayout, scale: int, widths_Hp: torch.Tensor,
@@ -345,9 +348,9 @@ class WindowConfig:
             if w.dim() != 3 or w.shape[1:] != (S, S):
                 raise UserError(f"windows[layer {layer}] has shape {tuple(w.shape)}: expected "
                                 f"[H, {S}, {S}] for {S} scales (patch_nums {self.patch_nums})")
-            for h, k, j in (w < FULL).nonzero().tolist():
+            for h, k, j in (w < EMPTY).nonzero().tolist():
                 raise UserError(f"windows[layer {layer}][head {h}, scale {k}, part {j}] = "
-                                f"{w[h, k, j].item()}: use a half-width >= 0, or -1 (FULL)")
+                                f"{w[h, k, j].item()}: use a half-width >= 0, -1 (FULL) or -2 (EMPTY)")
             self._check_max(layer, w)
 
     def _check_max(self, layer: int, w: torch.Tensor) -> None:
@@ -368,7 +371,7 @@ class WindowConfig:
             return None
         w_Hp = w[:, scale, :scale + 1]
         tops = torch.tensor([max_width(s, self.family) for s in self.patch_nums[:scale + 1]])
-        if ((w_Hp < 0) | (w_Hp >= tops)).all():
+        if ((w_Hp == FULL) | (w_Hp >= tops)).all():
             return None
         return w_Hp
 

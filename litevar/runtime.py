@@ -5,16 +5,20 @@
 - swaps the planned linear layers for QuantLinear (int8 / packed INT4 weights, quantized once)
   or CastLinear (BF16: weights stored in bf16);
 - routes the attention of the planned blocks through make_mdwa_backend (windows, QK INT8, CFG
-  sharing); blocks the plan does not touch keep DenseAttention.
+  sharing); blocks the plan does not touch keep DenseAttention;
+- gives each block whose KV cache the plan sets (a KV format, a keep rule, or CFG sharing, whose
+  cache holds the conditional half only) a kernels.kvcache.PlannedKVCache at inference.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 
 import torch
 
+from kernels.kvcache import PlannedKVCache
 from kernels.mdwa import LayerOptions, make_mdwa_backend
 from kernels.qlinear import is_planned_layer, swap_linears
 from kernels.select import KernelChoice
@@ -95,9 +99,10 @@ def apply_plan(vae, var, plan: Plan | str | os.PathLike, device: torch.device | 
     _check_device(plan, device, strict_device)
     swap_linears(var, plan.formats, kernel)
     _set_attention(var, plan, kernel, device)
+    _set_kv_caches(var, plan)
     quantized = sum(f != "fp" for f in plan.formats.values())
-    log.info("applied plan %r: %d quantized linear layers, attention changed in blocks %s",
-             plan.name, quantized, attention_layers(plan))
+    log.info("applied plan %r: %d quantized linear layers, attention changed in blocks %s, KV cache in blocks %s",
+             plan.name, quantized, attention_layers(plan), sorted(plan.kv))
     return var
 
 
@@ -109,6 +114,12 @@ def planned_copy(vae, var, plan: Plan | str | os.PathLike, **kw):
     moved = device is not None and torch.device(device) != var.lvl_1L.device
     twin = copy.deepcopy(var, memo={id(vae): vae}) if moved else shared_copy(var)
     return apply_plan(vae, twin, plan, **kw)
+
+
+def _set_kv_caches(var, plan: Plan) -> None:
+    for layer, block in enumerate(var.blocks):
+        spec = plan.kv_spec(layer)
+        block.attn.kv_factory = None if spec.plain else functools.partial(PlannedKVCache, var.patch_nums, spec)
 
 
 def _set_attention(var, plan: Plan, kernel: KernelChoice, device: torch.device) -> None:

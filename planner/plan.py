@@ -20,7 +20,8 @@ from litevar.model.errors import UserError
 from litevar.model.schedules import SCHEDULES
 
 FORMAT = "litevar-plan"
-VERSION = 1
+VERSION = 2  # 2: KV-cache decisions (kv, kv_layout); version 1 files load with none
+READS = (1, 2)
 ARCH_KEYS = ("depth", "embed_dim", "num_heads", "mlp_ratio", "V", "Cvae", "num_classes")
 BLOCK_LINEARS = ("attn.mat_qkv", "attn.proj", "ffn.fc1", "ffn.fc2", "ada_lin.1")
 MODEL_LINEARS = ("word_embed", "head", "head_nm.ada_lin.1", "shared_ada_lin.1")
@@ -62,6 +63,8 @@ class Plan:
     qk_int8: list[int] = field(default_factory=list)
     windows: WindowConfig | None = None
     cfg_shared: list[int] = field(default_factory=list)
+    kv: dict = field(default_factory=dict)  # block -> {"format": "KV8", "keep": {"sinks": s, "recent": m}}
+    kv_layout: dict = field(default_factory=dict)  # {"heads", "head_dim"} of the cache the kv decisions are for
     version: int = VERSION
 
     def __post_init__(self):
@@ -76,6 +79,9 @@ class Plan:
         self.cfg_shared = sorted(set(_int_list("cfg_shared", self.cfg_shared, "[2, 3]")))
         if isinstance(self.windows, dict):
             self.windows = _windows_from_dict(self.windows)
+        self.kv = _kv_entries(self.kv)
+        self.kv_layout = _json_data("kv_layout", self.kv_layout)
+        self.version = VERSION  # a version 1 file is read as version 2 with no KV decisions
         self.validate()
 
     def __eq__(self, other) -> bool:
@@ -88,8 +94,6 @@ class Plan:
 
     def validate(self) -> None:
         """Raise UserError naming the first inconsistent field and how to fix it."""
-        if self.version != VERSION:
-            raise UserError(f"plan version {self.version}: this litevar reads version {VERSION}; {REPLAN}")
         _check_model_entry(self.model)
         _check_schedule(self.resolution, self.patch_nums)
         if not isinstance(self.batch, int) or self.batch < 1:
@@ -109,6 +113,39 @@ class Plan:
                                 f"0..{depth - 1}; {REPLAN}")
         if self.windows is not None:
             self._check_windows()
+        self._check_kv()
+
+    def kv_spec(self, layer: int):
+        """kernels.kvcache.KVSpec of one block (fp, every scale kept unless the plan says otherwise)."""
+        from kernels.kvcache import KeepRule, KVSpec
+        e = self.kv.get(layer, {})
+        return KVSpec(e.get("format", "fp"), KeepRule(**e.get("keep", {})), layer in self.cfg_shared)
+
+    def _check_kv(self) -> None:
+        depth, S = self.arch["depth"], len(self.patch_nums)
+        bad = [layer for layer in self.kv if not 0 <= layer < depth]
+        if bad:
+            raise UserError(f"plan kv names block(s) {bad}, but the model has blocks 0..{depth - 1}; {REPLAN}")
+        if self.kv and sorted(self.kv_layout) != ["head_dim", "heads"]:
+            raise UserError(f"plan kv_layout {self.kv_layout!r:.80} must be {{'heads': H, 'head_dim': c}} of the "
+                            f"cache its kv decisions are for; {REPLAN}")
+        if self.windows is None:
+            return
+        from kernels.windows import EMPTY
+        for layer, w in self.windows.widths.items():
+            keep = self.kv_spec(layer).keep
+            for k in range(S):
+                evicted = set(keep.evicted(k))
+                for j in range(k + 1):
+                    empty = bool((w[:, k, j] == EMPTY).all())
+                    if j in evicted and not empty:
+                        raise UserError(f"plan evicts scale {j} from block {layer}'s KV cache, but its window at "
+                                        f"scale {k} reads that scale; make the window EMPTY (-2) there or keep "
+                                        f"the scale; {REPLAN}")
+                    if j not in evicted and bool((w[:, k, j] == EMPTY).any()):
+                        raise UserError(f"plan window of block {layer} at scale {k} is EMPTY on scale {j}, which the "
+                                        f"block's KV cache keeps: EMPTY means evicted; set the block's kv keep rule "
+                                        f"or use a width; {REPLAN}")
 
     def _check_windows(self) -> None:
         w, depth = self.windows, self.arch["depth"]
@@ -132,6 +169,11 @@ class Plan:
         if diff:
             out.append("architecture differs (" + ", ".join(
                 f"{k}: plan {self.arch.get(k)}, model {arch.get(k)}" for k in diff) + ")")
+        if self.kv and not diff:
+            heads, head_dim = int(arch["num_heads"]), int(arch["embed_dim"]) // int(arch["num_heads"])
+            if (self.kv_layout.get("heads"), self.kv_layout.get("head_dim")) != (heads, head_dim):
+                out.append(f"KV cache layout differs (plan {self.kv_layout.get('heads')} heads x "
+                           f"{self.kv_layout.get('head_dim')}, model {heads} x {head_dim})")
         mine = self.model.get("weights_sha256")
         if not diff and mine and weights_sha256 and mine != weights_sha256:
             out.append(f"weights differ (plan sha256 {mine[:12]}..., model {weights_sha256[:12]}...)")
@@ -158,7 +200,8 @@ class Plan:
                 "solver": self.solver, "predicted": self.predicted, "formats": self.formats,
                 "qk_int8": self.qk_int8,
                 "windows": None if self.windows is None else self.windows.to_dict(),
-                "cfg_shared": self.cfg_shared}
+                "cfg_shared": self.cfg_shared, "kv": {str(k): v for k, v in sorted(self.kv.items())},
+                "kv_layout": self.kv_layout}
 
     @classmethod
     def from_dict(cls, d) -> Plan:
@@ -167,9 +210,9 @@ class Plan:
         if d.get("format") != FORMAT:
             raise UserError(f"not a litevar plan (format {d.get('format')!r}, expected {FORMAT!r}); "
                             "pass a file written by `litevar plan`")
-        if d.get("version") != VERSION:
-            raise UserError(f"plan version {d.get('version')!r}: this litevar reads version "
-                            f"{VERSION}; {REPLAN}")
+        if d.get("version") not in READS:
+            raise UserError(f"plan version {d.get('version')!r}: this litevar reads versions "
+                            f"{', '.join(map(str, READS))}; {REPLAN}")
         missing = [k for k in ("model", "resolution", "patch_nums", "formats") if k not in d]
         if missing:
             raise UserError(f"plan is missing field(s) {', '.join(missing)}; {REPLAN}")
@@ -234,6 +277,36 @@ def _int_list(what: str, value, example: str) -> list[int]:
     if not ok:
         raise UserError(f"plan {what} {value!r:.80} must be a list of integers, e.g. {example}")
     return [int(v) for v in value]
+
+
+def _kv_entries(kv) -> dict[int, dict]:
+    """plan kv: block (int) -> {"format": name, "keep": {"sinks", "recent"}}, checked."""
+    from kernels.kvcache import KeepRule
+    from kernels.kvquant import KV_FORMATS
+    if not isinstance(kv, dict):
+        raise UserError(f"plan kv must map blocks to KV-cache decisions, got {type(kv).__name__}; {REPLAN}")
+    out = {}
+    for key, e in kv.items():
+        try:
+            layer = int(key)
+        except (TypeError, ValueError):
+            raise UserError(f"plan kv key {key!r}: use a block index; {REPLAN}") from None
+        if not isinstance(e, dict) or set(e) - {"format", "keep"}:
+            raise UserError(f"plan kv[{layer}] = {e!r:.80}: use {{'format': 'KV8', 'keep': {{'sinks': 1, "
+                            f"'recent': 2}}}}; {REPLAN}")
+        fmt = e.get("format", "fp")
+        if fmt not in KV_FORMATS:
+            raise UserError(f"plan kv[{layer}] format {fmt!r}: unknown KV-cache format; use one of "
+                            f"{', '.join(KV_FORMATS)}")
+        keep = e.get("keep", {})
+        if not isinstance(keep, dict) or set(keep) - {"sinks", "recent"}:
+            raise UserError(f"plan kv[{layer}] keep {keep!r:.80}: use {{'sinks': s, 'recent': m}}; {REPLAN}")
+        try:
+            KeepRule(**keep)
+        except TypeError as err:
+            raise UserError(f"plan kv[{layer}] keep {keep!r:.80}: {err}; {REPLAN}") from None
+        out[layer] = {"format": fmt, "keep": dict(keep)} if keep else {"format": fmt}
+    return out
 
 
 def _windows_from_dict(d) -> WindowConfig:

@@ -32,7 +32,8 @@ def make_plan(arch=ARCH, sha=SHA, resolution=256, **kw) -> Plan:
                   predicted={"latency_ms": 55.0, "memory_mb": 120.0, "dense_latency_ms": 80.0,
                              "dense_memory_mb": 150.0, "speedup": 80 / 55, "loss": 0.01},
                   windows=WindowConfig.uniform(SCHEDULES[resolution], [1], arch["num_heads"], 3),
-                  qk_int8=[3], cfg_shared=[2])
+                  qk_int8=[3], cfg_shared=[2], kv_layout={"heads": arch["num_heads"],
+                                                          "head_dim": arch["embed_dim"] // arch["num_heads"]})
     fields.update(kw)
     return Plan(model={"name": "default", "weights_sha256": sha, "arch": dict(arch)},
                 resolution=resolution, patch_nums=SCHEDULES[resolution], formats=formats, **fields)
@@ -64,8 +65,8 @@ def test_plan_keys_follow_the_schema():
     d = make_plan().to_dict()
     assert list(d) == ["format", "version", "name", "model", "resolution", "patch_nums", "batch", "device",
                        "profile_sha256", "budgets", "solver", "predicted", "formats", "qk_int8", "windows",
-                       "cfg_shared"]
-    assert d["format"] == "litevar-plan" and d["version"] == 1
+                       "cfg_shared", "kv", "kv_layout"]
+    assert d["format"] == "litevar-plan" and d["version"] == 2
     w = d["windows"]
     assert w["widths"]["1"][0][9][0] == FULL and w["widths"]["1"][0][9][9] == 3 and w["family"] == "band"
 
@@ -85,7 +86,10 @@ def _wide_window() -> list:
     return w.tolist()
 
 
-def _edit(d: dict, path: tuple, value) -> dict:
+def _edit(d: dict, path: tuple | None, value) -> dict:
+    if path is None:  # value: a function of the whole dict
+        value(d)
+        return d
     node = d
     for key in path[:-1]:
         node = node[key]
@@ -98,7 +102,7 @@ def _edit(d: dict, path: tuple, value) -> dict:
 
 # (edit of a valid plan dict, words the one-line message must contain)
 BAD_PLANS = {
-    "wrong_version": (("version",), 2, ["version 2", "reads version 1"]),
+    "wrong_version": (("version",), 3, ["version 3", "reads versions 1, 2"]),
     "wrong_format": (("format",), "litevar-profile", ["not a litevar plan", "litevar plan"]),
     "missing_formats": (("formats",), KeyError, ["missing", "formats"]),
     "unknown_field": (("extra",), 1, ["unknown field", "extra"]),
@@ -119,6 +123,12 @@ BAD_PLANS = {
     "bad_batch": (("batch",), 0, ["batch 0", "positive"]),
     "bad_patch_nums_type": (("patch_nums",), "1,2", ["patch_nums '1,2'", "list of integers"]),
     "bad_formats_type": (("formats",), ["W8A8"], ["formats must map"]),
+    "unknown_kv_format": (("kv",), {"0": {"format": "KV3"}}, ["kv[0] format 'KV3'", "unknown KV-cache format", "KV8"]),
+    "kv_block_out_of_range": (("kv",), {"7": {"format": "KV8"}}, ["kv names block(s) [7]", "0..3"]),
+    "kv_bad_keep": (("kv",), {"0": {"format": "KV8", "keep": {"sinks": 1, "recent": 0}}}, ["recent=0", "recent >= 1"]),
+    "kv_without_layout": (None, lambda d: d.update(kv={"0": {"format": "KV8"}}, kv_layout={}), ["kv_layout", "heads"]),
+    "evicts_a_scale_a_window_reads": (("kv",), {"1": {"format": "KV8", "keep": {"sinks": 1, "recent": 1}}},
+                                      ["evicts scale 1 from block 1", "window at scale 2"]),
 }
 
 
@@ -186,7 +196,8 @@ def test_check_model_names_every_mismatch():
 
 @pytest.mark.parametrize("command", ["generate", "bench"])
 @pytest.mark.parametrize("case", ["wrong_version", "unknown_layer_index", "window_larger_than_scale",
-                                  "unknown_format", "window_head_count"])
+                                  "unknown_format", "window_head_count", "unknown_kv_format",
+                                  "evicts_a_scale_a_window_reads"])
 def test_cli_bad_plan_exits_2_with_one_line(tmp_path, capsys, command, case):
     path, needles = bad_plan_file(tmp_path, case)
     rc = main([command, "--plan", str(path)])
@@ -203,3 +214,28 @@ def test_cli_truncated_plan(tmp_path, capsys):
     assert main(["bench", "--plan", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "truncated" in err
+
+
+def test_version_1_plans_load_without_kv_decisions(tmp_path):
+    d = make_plan().to_dict()
+    d["version"] = 1
+    del d["kv"], d["kv_layout"]
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(d))
+    p = Plan.load(path)
+    assert p.version == 2 and p.kv == {} and p.kv_spec(0).plain
+
+
+def test_kv_plan_for_another_cache_layout_is_refused(tmp_path, capsys):
+    """A KV plan applied to a model whose cache layout differs: one line, exit 2."""
+    from kernels.kvcache import KeepRule
+    p = make_plan(kv={"2": {"format": "KV4", "keep": {"sinks": 1, "recent": 2}}}, windows=None,
+                  kv_layout={"heads": 8, "head_dim": 32})
+    assert p.kv_spec(2).keep == KeepRule(1, 2) and p.kv_spec(2).cfg_shared  # block 2 is CFG-shared
+    with pytest.raises(UserError) as e:
+        p.check_model(ARCH, SHA, PNS)
+    assert_one_line(str(e.value), "KV cache layout differs", "plan 8 heads x 32", "model 4 x 64")
+    path = p.save(tmp_path / "kv.json")
+    rc = main(["generate", "--plan", str(path)])
+    _, err = capsys.readouterr()
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "KV cache layout differs" in err

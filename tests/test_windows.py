@@ -217,8 +217,8 @@ def test_config_validation_names_entry_and_fix():
         WindowConfig(pn, WindowFamily.BAND, {5: w})
     with pytest.raises(UserError, match=r"at most 1"):
         WindowConfig(pn, WindowFamily.SPATIAL, {5: w})
-    w[1, 2, 1] = -2
-    with pytest.raises(UserError, match=r"-1 \(FULL\)"):
+    w[1, 2, 1] = -3  # -2 is EMPTY (an evicted scale)
+    with pytest.raises(UserError, match=r"-1 \(FULL\) or -2 \(EMPTY\)"):
         WindowConfig(pn, "band", {5: w})
     with pytest.raises(UserError, match=r"expected \[H, 3, 3\]"):
         WindowConfig(pn, "band", {0: torch.zeros(2, 3, 2)})

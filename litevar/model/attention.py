@@ -12,6 +12,11 @@ KV cache, with no mask). A backend receives
 
 and returns o_BHlc (B, H, l, c). Per-head windows, CFG sharing and quantized QK plug in as
 backends (`set_attention_backend`) without touching the model code.
+
+A KV cache either returns the keys and values of every scale so far (`append`, KVCache) or, when a
+plan sets how it stores them (quantized, some scales evicted, the unconditional half not stored),
+runs the call itself (`attend(backend, q, k_new, v_new, ctx)`): it then hands the backend only the
+key scales it kept, named by `ctx.parts`.
 """
 from __future__ import annotations
 
@@ -54,6 +59,13 @@ class AttnCall:
     layout: ScaleLayout
     softmax_scale: float
     cfg_batch: int = 0  # B of the conditional half when the batch is CFG-doubled, else 0
+    parts: tuple[int, ...] | None = None  # the key scales given, in order (None: every scale 0..scale)
+
+    def key_layout(self) -> tuple[ScaleLayout, int]:
+        """(layout, scale) of the keys as given: the keys of `parts` in order, the query scale last."""
+        if self.parts is None:
+            return self.layout, self.scale
+        return ScaleLayout(tuple(self.layout.patch_nums[j] for j in self.parts)), len(self.parts) - 1
 
 
 class AttentionBackend(Protocol):

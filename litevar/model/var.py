@@ -86,6 +86,7 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(C, C)
         self.backend = DenseAttention()
         self.kv_cache: KVCache | None = None
+        self.kv_factory = None  # () -> the layer's KV cache at inference (a plan's); None: KVCache
 
     def qkv(self, x_BlC: torch.Tensor):
         B, l, C = x_BlC.shape
@@ -105,10 +106,13 @@ class SelfAttention(nn.Module):
         """x holds the tokens of `scales` (all scales when teacher-forced, one at inference)."""
         B, l, C = x_BlC.shape
         q, k, v = self.qkv(x_BlC)
-        if self.kv_cache is not None:
-            k, v = self.kv_cache.append(k, v)
         ctx = AttnCall(self.layer, scales[0], layout, self.softmax_scale, cfg_batch)
-        o_BHlc = attend_scales(self.backend, q, k, v, ctx, scales)
+        if hasattr(self.kv_cache, "attend"):  # a cache that stores K/V its own way runs the call
+            o_BHlc = self.kv_cache.attend(self.backend, q, k, v, ctx)
+        else:
+            if self.kv_cache is not None:
+                k, v = self.kv_cache.append(k, v)
+            o_BHlc = attend_scales(self.backend, q, k, v, ctx, scales)
         return self.proj(o_BHlc.transpose(1, 2).reshape(B, l, C))
 
 
@@ -240,7 +244,8 @@ class VAR(nn.Module):
     # -- inference -----------------------------------------------------------------------
     def _set_kv_caching(self, on: bool) -> None:
         for block in self.blocks:
-            block.attn.kv_cache = KVCache(self.L) if on else None
+            factory = block.attn.kv_factory or (lambda: KVCache(self.L))
+            block.attn.kv_cache = factory() if on else None
 
     @torch.no_grad()
     def autoregressive_infer_cfg(self, B: int, label_B=None, g_seed: int | None = None, cfg: float = 1.5,
