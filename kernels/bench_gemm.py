@@ -83,19 +83,26 @@ def _elapsed_ms(fn: Callable, device: str, n: int) -> float:
 
 
 def interleaved_ms(fns: dict[str, Callable[[], object]], reps: int, device: torch.device,
-                   rounds: Callable[[range], Iterable] = iter, samples: dict | None = None) -> dict[str, float]:
+                   rounds: Callable[[range], Iterable] = iter, samples: dict | None = None,
+                   prepare: Callable[[str], object] | None = None) -> dict[str, float]:
     """Median wall time (ms) of each fn; one warm-up call each (compiles, caches), then the
     reps interleaved so that a shared machine's load hits every fn alike: one call each per
     round, round r starting at the (r mod n)-th fn, so that no fn always runs first or always
     follows the same one. `rounds` wraps the range of rounds (e.g. a progress bar); `samples`,
-    when given, receives every fn's times in round order (sample i of every fn is from round i)."""
-    for fn in fns.values():
+    when given, receives every fn's times in round order (sample i of every fn is from round i);
+    `prepare(name)`, when given, runs untimed before every call of fn `name` (e.g. building the
+    one model variant kept in memory)."""
+    for name, fn in fns.items():
+        if prepare is not None:
+            prepare(name)
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     order = list(fns.items())
     for r in rounds(range(reps)):
         k = r % len(order)
         for name, fn in order[k:] + order[:k]:
+            if prepare is not None:
+                prepare(name)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()

@@ -17,7 +17,9 @@ planner writes those EMPTY windows into a plan that evicts, and Plan.validate re
 windows read an evicted scale.
 
 `cache_bytes` / `gather_bytes` give the bytes this cache holds and assembles, exactly: the memory
-model (profiler.costmodel) uses the same formulas.
+model (profiler.costmodel) uses the same formulas. The profiler measures the loss of a format
+with `FakeQuantKV` (keys and values as the cache would return them, teacher-forced) and that of
+a keep rule with `eviction_windows` (its EMPTY windows).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from kernels.kvquant import KV_FP, KVFormat, Segment, get_kv_format, quantize_segment, segment_bytes
-from litevar.model.attention import AttnCall, ScaleLayout
+from litevar.model.attention import AttnCall, DenseAttention, KVCache, ScaleLayout, attend_scales
 from litevar.model.errors import UserError
 
 
@@ -111,8 +113,13 @@ class PlannedKVCache:
     def __init__(self, patch_nums, spec: KVSpec):
         self.layout, self.spec = ScaleLayout(tuple(patch_nums)), spec
         self.segments: dict[int, Segment] = {}
+        # float, every scale kept (a CFG-shared layer's half cache): preallocated, handed out as views
+        self.arena = KVCache(self.layout.L) if not spec.fmt.quantized and spec.keep.keeps_all else None
 
     def attend(self, backend, q_BHlc, k_BHlc, v_BHlc, ctx: AttnCall) -> torch.Tensor:
+        if self.arena is not None:
+            k_BHLc, v_BHLc = self.arena.append(*self._rows(k_BHlc, v_BHlc, ctx))
+            return backend(q_BHlc, k_BHLc, v_BHLc, ctx)
         if ctx.scale in self.segments:
             raise RuntimeError(f"KV cache of layer {ctx.layer}: scale {ctx.scale} written twice (reset the cache "
                                "between generations)")
@@ -128,6 +135,23 @@ class PlannedKVCache:
         for j in [j for j in self.segments if self.spec.keep.last_reader(j, len(self.layout.patch_nums)) <= ctx.scale]:
             del self.segments[j]  # no later scale reads it
         return o_BHlc
+
+    def attend_scales(self, backend, q_BHlc, k_BHLc, v_BHLc, ctx: AttnCall, scales: range) -> torch.Tensor:
+        """Teacher forcing (every scale at once, nothing stored): the attention the cache gives,
+        keys and values quantized per scale's segment as written and each scale's queries over the
+        scales it keeps (ctx.parts)."""
+        if self.spec.fmt.quantized:
+            k_BHLc, v_BHLc = fake_quantize_scales(k_BHLc, v_BHLc, ctx.layout, scales[-1] + 1, self.spec.fmt)
+        if self.spec.keep.keeps_all:
+            return attend_scales(backend, q_BHlc, k_BHLc, v_BHLc, ctx, scales)
+        lay, offset, outs = ctx.layout, ctx.layout.begin[scales[0]], []
+        for si in scales:
+            parts = self.spec.keep.parts(si)
+            idx = torch.cat([torch.arange(lay.begin[j], lay.end[j], device=k_BHLc.device) for j in parts])
+            call = dataclasses.replace(ctx, scale=si, parts=None if len(parts) == si + 1 else parts)
+            q = q_BHlc[:, :, lay.begin[si] - offset:lay.end[si] - offset]
+            outs.append(backend(q, k_BHLc[:, :, idx], v_BHLc[:, :, idx], call))
+        return torch.cat(outs, dim=2)
 
     def _rows(self, k_BHlc, v_BHlc, ctx: AttnCall):
         """The rows stored: the conditional half only when CFG-shared (ASC never reads the other)."""
@@ -162,7 +186,23 @@ class PlannedKVCache:
                               cat([s.v_zero for s in segs])[..., 0].contiguous())
 
     def nbytes(self) -> int:
+        if self.arena is not None:
+            return sum(x.numel() * x.element_size() for x in (self.arena.k_BHLc, self.arena.v_BHLc) if x is not None)
         return sum(s.nbytes() for s in self.segments.values())
+
+
+def set_kv_caches(var, specs: dict[int, KVSpec]) -> None:
+    """Give each block of `var` the cache its spec says (a plain spec, or none: the model's own)."""
+    import functools
+    for layer, block in enumerate(var.blocks):
+        spec = specs.get(layer, KVSpec())
+        block.attn.kv_factory = None if spec.plain else functools.partial(PlannedKVCache, var.patch_nums, spec)
+
+
+def reads_codes(spec: KVSpec) -> bool:
+    """A block whose attention should run on the MDWA backend (kernels.mdwa.make_mdwa_backend) so
+    that, on CUDA, the Triton kernel reads its quantized cache directly."""
+    return spec.fmt.quantized
 
 
 def spec_rows(spec: KVSpec, batch: int) -> int:
@@ -174,19 +214,64 @@ def cache_bytes(patch_nums, spec: KVSpec, batch: int, heads: int, head_dim: int,
                 at_scale: int | None = None) -> int:
     """Bytes one layer's cache holds while the queries of `at_scale` (default: the last) attend."""
     k = len(patch_nums) - 1 if at_scale is None else at_scale
-    if spec.plain:  # KVCache: preallocated for every token of the schedule
-        return segment_bytes(2 * batch, heads, sum(p * p for p in patch_nums), head_dim, spec.fmt, fp_bytes)
+    if not spec.fmt.quantized and spec.keep.keeps_all:  # KVCache: preallocated for every token of the schedule
+        return segment_bytes(spec_rows(spec, batch), heads, sum(p * p for p in patch_nums), head_dim, spec.fmt,
+                             fp_bytes)
     return sum(segment_bytes(spec_rows(spec, batch), heads, patch_nums[j] ** 2, head_dim, spec.fmt, fp_bytes)
                for j in spec.keep.parts(k))
 
 
 def gather_bytes(patch_nums, spec: KVSpec, batch: int, heads: int, head_dim: int, act_bytes: int,
                  at_scale: int | None = None) -> int:
-    """Bytes of the buffer a call assembles from the kept segments (0 for the plain cache: it
-    hands out views). A single kept segment in the float format is handed out as it is."""
+    """Bytes of the buffer a call assembles from the kept segments (0 for a float cache that
+    keeps every scale, a preallocated one handing out views, and for a single float segment)."""
     k = len(patch_nums) - 1 if at_scale is None else at_scale
     parts = spec.keep.parts(k)
-    if spec.plain or (len(parts) == 1 and not spec.fmt.quantized):
+    if not spec.fmt.quantized and (spec.keep.keeps_all or len(parts) == 1):  # views of the float cache
         return 0
     tokens = sum(patch_nums[j] ** 2 for j in parts)
     return segment_bytes(spec_rows(spec, batch), heads, tokens, head_dim, KV_FP, act_bytes)
+
+
+class FakeQuantKV:
+    """An attention backend over keys and values as a cache in `fmt` returns them: each scale's
+    segment quantized and dequantized (the same quantizer, per segment), then `inner` (default
+    dense). Per call or teacher-forced over every scale at once: the emulation whose loss the
+    profiler's sensitivity stage measures."""
+
+    def __init__(self, fmt: KVFormat | str, inner=None):
+        self.fmt, self.inner = get_kv_format(fmt), inner or DenseAttention()
+
+    def __call__(self, q_BHlc, k_BHLc, v_BHLc, ctx: AttnCall) -> torch.Tensor:
+        layout, si = ctx.key_layout()
+        return self.inner(q_BHlc, *fake_quantize_scales(k_BHLc, v_BHLc, layout, si + 1, self.fmt), ctx)
+
+    def attend_scales(self, q_BHlc, k_BHLc, v_BHLc, ctx: AttnCall, scales: range) -> torch.Tensor:
+        k_BHLc, v_BHLc = fake_quantize_scales(k_BHLc, v_BHLc, ctx.layout, scales[-1] + 1, self.fmt)
+        return attend_scales(self.inner, q_BHlc, k_BHLc, v_BHLc, ctx, scales)
+
+
+def fake_quantize_scales(k_BHLc, v_BHLc, layout: ScaleLayout, scales: int, fmt: KVFormat):
+    """Keys and values of the first `scales` scales of `layout` as a cache in `fmt` returns them:
+    each scale's segment quantized and dequantized on its own."""
+    from kernels.kvquant import fake_quantize_kv
+    k_out, v_out = torch.empty_like(k_BHLc), torch.empty_like(v_BHLc)
+    for j in range(scales):
+        b, e = layout.begin[j], layout.end[j]
+        k_out[:, :, b:e], v_out[:, :, b:e] = fake_quantize_kv(k_BHLc[:, :, b:e], v_BHLc[:, :, b:e], fmt)
+    return k_out, v_out
+
+
+def eviction_windows(patch_nums, heads: int, keep: dict[int, KeepRule]):
+    """kernels.windows.WindowConfig giving each layer of `keep` the attention of its keep rule:
+    EMPTY on every evicted (query scale, key scale), FULL elsewhere."""
+    from kernels.windows import EMPTY, FULL, WindowConfig
+    S = len(patch_nums)
+    widths = {}
+    for layer, rule in keep.items():
+        w = torch.full((heads, S, S), FULL, dtype=torch.int32)
+        for k in range(S):
+            for j in rule.evicted(k):
+                w[:, k, j] = EMPTY
+        widths[layer] = w
+    return WindowConfig(tuple(patch_nums), widths=widths)

@@ -12,13 +12,12 @@
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import os
 
 import torch
 
-from kernels.kvcache import PlannedKVCache
+from kernels.kvcache import reads_codes, set_kv_caches
 from kernels.mdwa import LayerOptions, make_mdwa_backend
 from kernels.qlinear import is_planned_layer, swap_linears
 from kernels.select import KernelChoice
@@ -52,9 +51,11 @@ def layer_options(plan: Plan) -> dict[int, LayerOptions]:
 
 
 def attention_layers(plan: Plan) -> list[int]:
-    """Blocks whose attention the plan changes (windows, QK INT8 or CFG sharing)."""
+    """Blocks whose attention the plan changes (windows, QK INT8, CFG sharing, or a quantized KV
+    cache, which the Triton kernel reads directly on CUDA)."""
     windowed = set() if plan.windows is None else set(plan.windows.widths)
-    return sorted(windowed | set(plan.qk_int8) | set(plan.cfg_shared))
+    kv = {layer for layer in plan.kv if reads_codes(plan.kv_spec(layer))}
+    return sorted(windowed | set(plan.qk_int8) | set(plan.cfg_shared) | kv)
 
 
 def _check_device(plan: Plan, device: torch.device, strict: bool) -> None:
@@ -117,9 +118,7 @@ def planned_copy(vae, var, plan: Plan | str | os.PathLike, **kw):
 
 
 def _set_kv_caches(var, plan: Plan) -> None:
-    for layer, block in enumerate(var.blocks):
-        spec = plan.kv_spec(layer)
-        block.attn.kv_factory = None if spec.plain else functools.partial(PlannedKVCache, var.patch_nums, spec)
+    set_kv_caches(var, {layer: plan.kv_spec(layer) for layer in range(len(var.blocks))})
 
 
 def _set_attention(var, plan: Plan, kernel: KernelChoice, device: torch.device) -> None:

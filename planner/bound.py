@@ -6,7 +6,10 @@ into independent minima: per linear layer over its formats, per layer over its (
 modes, and per attention call over dense vs MDWA, where (the MDWA cost being affine in the kept
 fraction) the windows split further into one minimum per (head, part). Any mu gives a valid
 bound. Peak memory holds the largest quantized-linear workspace (a maximum, not a sum): the
-dual takes the best of its possible levels. The solver reports gap_full = (its objective - this bound) / its objective.
+dual takes the best of its possible levels. Relaxed, which keeps the bound valid: the decode
+phase's memory row, the KV gather buffers, and the tie of a block's KV option to its CFG mode
+(each block's KV option takes the better of both). The solver reports gap_full = (its objective -
+this bound) / its objective.
 """
 from __future__ import annotations
 
@@ -68,6 +71,10 @@ class _Dual:
                 allowed[li, m] = (not q or l in p.qk_loss) and (not c or l in p.cfg_loss)
                 self.mode_loss[li, m] = q * p.qk_loss.get(l, 0.0) + c * p.cfg_loss.get(l, 0.0)
         self.mode_loss[~allowed] = np.inf
+        kv = [[(o.loss, o.ms[c], o.mb[c]) if (c == 0 or g.layer in p.cfg_loss) else (np.inf, 0.0, 0.0)
+               for o in g.options for c in (0, 1)] for g in p.kv]
+        n_kv = max((len(r) for r in kv), default=0)
+        self.kv = np.array([r + [(np.inf, 0.0, 0.0)] * (n_kv - len(r)) for r in kv]).reshape(len(kv), n_kv, 3)
 
     def __call__(self, mu: np.ndarray) -> float:
         """The dual value at multipliers mu [latency, memory, flops, bits] (zeros where inactive)."""
@@ -90,6 +97,8 @@ class _Dual:
         else:
             windowed = np.full_like(dense, np.inf)
         per_layer = np.add.reduceat(np.minimum(dense, windowed), self.l_start, axis=0)
+        if len(self.kv):  # each block's KV option, at the better of its CFG modes
+            total += float((self.kv[..., 0] + mu[0] * self.kv[..., 1] + mu[1] * self.kv[..., 2]).min(1).sum())
         return total + float(np.min(per_layer + self.mode_loss, 1).sum())
 
     def prices(self, mu: np.ndarray) -> dict[tuple[int, int], list[float]]:

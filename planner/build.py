@@ -16,7 +16,17 @@ import pandas as pd
 from kernels.formats import FORMATS, get_format
 from litevar.model.errors import UserError
 from litevar.model.schedules import schedule_for
-from planner.problem import FULL, WINDOW_COLUMNS, AttnSlot, FormatGroup, FormatOption, Problem, Selection
+from planner.problem import (
+    FULL,
+    WINDOW_COLUMNS,
+    AttnSlot,
+    FormatGroup,
+    FormatOption,
+    KVGroup,
+    KVOption,
+    Problem,
+    Selection,
+)
 from profiler import costmodel as C
 from profiler.device import PLAN_KEYS
 
@@ -58,8 +68,8 @@ def parse_formats(text: str | None, profiled: set[str]) -> list[str]:
         return sorted(profiled)
     names = [t.strip() for t in text.split(",") if t.strip()]
     for n in names:
-        if n != QK8 and n not in FORMATS:
-            raise UserError(f"--formats: unknown format {n!r}; choose from {', '.join([*FORMATS, QK8])}")
+        if n != QK8 and n not in FORMATS and n not in KV_FORMATS:
+            raise UserError(f"--formats: unknown format {n!r}; choose from {', '.join([*FORMATS, QK8, *KV_FORMATS])}")
     missing = [n for n in names if n != "fp" and n not in profiled]
     if missing:
         raise UserError(f"--formats {','.join(missing)}: the profile has no sensitivity for them (it has "
@@ -68,8 +78,10 @@ def parse_formats(text: str | None, profiled: set[str]) -> list[str]:
 
 
 def build_problem(profile, resolution: int, batch: int = 1, formats: list[str] | None = None,
-                  family: str | None = None, coverage_targets=COVERAGE_TARGETS) -> Problem:
-    """The planning problem of `profile` (profiler.profile.Profile) at `resolution` and `batch`."""
+                  family: str | None = None, coverage_targets=COVERAGE_TARGETS, kv_option=None) -> Problem:
+    """The planning problem of `profile` (profiler.profile.Profile) at `resolution` and `batch`.
+    kv_option: a (KV format, (sinks, recent)) every block must offer even where the profile cannot
+    price its loss (a recipe's; meta.kv_unpriced says what was left out of its loss)."""
     if batch < 1:
         raise UserError(f"--batch {batch}: give a positive number of images")
     meta = profile.meta
@@ -94,14 +106,121 @@ def build_problem(profile, resolution: int, batch: int = 1, formats: list[str] |
     if QK8 in allowed:
         qk_loss = {int(l.split(".")[1]): v for (l, f), v in losses.items() if f == QK8}
     fam, windows = window_options(profile, arch, pns, family, coverage_targets, slots)
+    bd = dense["breakdown"]
+    decode = bd["decode_mb"] - fp_weights if cm["memory"].get("decode") else None
     problem = Problem(groups, windows, slots, cfg_loss, qk_loss,
-                      base_latency_ms=dense["breakdown"]["overhead_ms"],
-                      base_memory_mb=dense["memory_mb"] - fp_weights,
+                      base_latency_ms=bd["overhead_ms"],
+                      base_memory_mb=bd["transformer_mb"] - fp_weights - bd["memory_mb"]["kv_mb"],
                       dense_latency_ms=dense["latency_ms"], dense_memory_mb=dense["memory_mb"],
                       meta={"arch": arch, "patch_nums": list(pns), "resolution": resolution, "batch": batch,
-                            "family": fam, "formats": allowed, "device": cm.get("device", "cpu")})
+                            "family": fam, "formats": allowed, "device": cm.get("device", "cpu")},
+                      kv=kv_groups(profile, cm, arch, pns, batch, alpha, allowed), decode_base_mb=decode)
+    if kv_option is not None:
+        problem.kv, problem.meta["kv_unpriced"] = required_kv(profile, cm, arch, pns, batch, alpha, problem.kv,
+                                                              kv_option)
     problem.check_finite()
     return problem
+
+
+KV_FORMATS = ("KV8", "KV4")  # the quantized KV-cache formats (kernels.kvquant), planned where profiled
+KEEP_RULES = tuple((s, r) for s in (1, 3, 5) for r in (1, 2, 3))  # (sinks, recent): coarse + latest scales
+
+
+def kv_losses(profile) -> dict[tuple[str, str], float]:
+    """(blocks.i.attn.kv, KV format) -> measured loss (sensitivity stage)."""
+    sens = profile.tables.get("sensitivity")
+    return {} if sens is None else {(r.layer, r.format): float(r.loss) for r in sens.itertuples()
+                                    if r.format in KV_FORMATS}
+
+
+def kv_groups(profile, cm, arch, pns, batch, alpha, allowed) -> list[KVGroup]:
+    """One group per block: the plain cache, and every KV format the profile measured a loss for
+    and timed, with every keep rule (KEEP_RULES) when the profile can price evicting (attention
+    measured at this schedule: eviction_losses). Costs from kernels.kvcache (bytes) and
+    costmodel.kv_call_ms (time), without and with CFG sharing."""
+    losses, timed = kv_losses(profile), set(cm["attn"])
+    evict = eviction_losses(profile, arch, pns) if "dense_kvfp" in timed else None
+    groups = []
+    for layer in range(C.arch_dims(arch)["depth"]):
+        opts = []
+        for fmt in ("fp", *[f for f in KV_FORMATS if f in allowed]):
+            if fmt != "fp" and ((f"blocks.{layer}.attn.kv", fmt) not in losses or C.KV_BACKENDS[fmt] not in timed):
+                continue
+            for keep in [(0, None), *(KEEP_RULES if evict is not None else ())]:
+                loss = losses.get((f"blocks.{layer}.attn.kv", fmt), 0.0) + (evict or {}).get((layer, keep), 0.0)
+                opts.append(kv_option(cm, arch, pns, batch, alpha, fmt, keep, loss))
+        groups.append(KVGroup(layer, tuple(opts)))
+    return groups
+
+
+def kv_option(cm, arch, pns, batch, alpha, fmt: str, keep, loss: float) -> KVOption:
+    """One block's KV option: its loss, and its bytes (kernels.kvcache) and extra attention time
+    (costmodel.kv_call_ms) without and with CFG sharing."""
+    from kernels.kvcache import KeepRule, KVSpec, cache_bytes, gather_bytes
+    d, act = C.arch_dims(arch), C.DTYPE_BYTES[cm["dtype"]]
+    specs = [KVSpec(fmt, KeepRule(*keep), bool(c)) for c in (0, 1)]
+    mb = tuple(cache_bytes(pns, sp, batch, d["H"], d["D"], act) / C.MB for sp in specs)
+    gather = tuple(gather_bytes(pns, sp, batch, d["H"], d["D"], act) / C.MB for sp in specs)
+    ms = tuple(alpha * _kv_extra_ms(cm, arch, pns, batch, sp) for sp in specs)
+    return KVOption(fmt, tuple(keep), loss, mb, gather, ms)
+
+
+def required_kv(profile, cm, arch, pns, batch, alpha, groups: list[KVGroup], option) -> tuple[list, list[str]]:
+    """`groups` with `option` ((format, (sinks, recent))) in every block, its loss the part the
+    profile measured; and what it could not price (no KV loss of the format, eviction without
+    measured attention), for the plan to say."""
+    fmt, keep = option[0], tuple(option[1])
+    for need in {C.KV_BACKENDS[fmt], *(["dense_kvfp"] if keep[1] is not None else [])} - set(cm["attn"]):
+        raise UserError(f"the profile's cost stage did not time attention on a {need} cache (profiles made before "
+                        "KV-cache planning); re-run `litevar profile --stages cost`")
+    losses = kv_losses(profile)
+    evict = eviction_losses(profile, arch, pns, (keep,)) if keep[1] is not None else {}
+    unpriced = set()
+    out = []
+    for g in groups:
+        if any(o.fmt == fmt and o.keep == keep for o in g.options):
+            out.append(g)
+            continue
+        loss = 0.0
+        if fmt != "fp":
+            if (f"blocks.{g.layer}.attn.kv", fmt) in losses:
+                loss += losses[f"blocks.{g.layer}.attn.kv", fmt]
+            else:
+                unpriced.add(f"{fmt} (no measured loss)")
+        if keep[1] is not None:
+            if evict is None:
+                unpriced.add("eviction (no measured attention at this schedule)")
+            else:
+                loss += evict[g.layer, keep]
+        out.append(KVGroup(g.layer, (*g.options, kv_option(cm, arch, pns, batch, alpha, fmt, keep, loss))))
+    return out, sorted(unpriced)
+
+
+def _kv_extra_ms(cm, arch, pns, batch, spec) -> float:
+    """Attention ms a layer's calls take beyond the plain cache's (before the in-model factor)."""
+    d = C.arch_dims(arch)
+    rows = batch if spec.cfg_shared else 2 * batch
+    total = 0.0
+    for si in range(len(pns)):
+        q, kv = pns[si] ** 2, sum(p * p for p in pns[:si + 1])
+        plain = C.attn_ms(cm, rows, d["H"], d["D"], q, kv, 1.0, "dense")
+        total += C.kv_call_ms(cm, arch, pns, si, rows, spec, plain) - plain
+    return total
+
+
+def eviction_losses(profile, arch, pns, rules=KEEP_RULES) -> dict[tuple[int, tuple], float] | None:
+    """(block, keep rule) -> predicted loss of evicting the rule's scales in that block alone:
+    meta.evict_fit's coef times the attention mass (sinks table) on the evicted (head, query
+    scale, key scale) triples. None when the profile cannot price it: no fit, or attention
+    measured at another schedule."""
+    from profiler.quality import evicted_mass
+    fit = profile.meta.get("evict_fit")
+    profiled = tuple(arch.get("patch_nums") or ())
+    if not fit or "sinks" not in profile.tables or tuple(pns) != profiled:
+        return None
+    sk = profile.table("sinks")
+    return {(layer, keep): float(fit["coef"]) * evicted_mass(sk[sk.layer == layer], {layer: keep})
+            for layer in range(C.arch_dims(arch)["depth"]) for keep in rules}
 
 
 def format_groups(cm, arch, pns, batch, alpha, losses, formats) -> list[FormatGroup]:
@@ -217,6 +336,18 @@ def window_options(profile, arch, pns, family, targets, slots) -> tuple[str, pd.
 # Solution -> Plan
 
 
+def selection_kv_specs(problem: Problem, sel: Selection) -> dict:
+    """block -> kernels.kvcache.KVSpec of a selection (CFG-shared blocks included: their cache
+    holds one half)."""
+    from kernels.kvcache import KeepRule, KVSpec
+    depth = C.arch_dims(problem.meta["arch"])["depth"]
+    out = {}
+    for layer in range(depth):
+        fmt, keep = sel.kv.get(layer, ("fp", (0, None)))
+        out[layer] = KVSpec(fmt, KeepRule(*keep), layer in sel.cfg_shared)
+    return out
+
+
 def to_plan(problem: Problem, solution, profile, profile_path, budgets, name: str = ""):
     """The Plan (planner.plan) of a solved problem; predicted numbers from the cost model."""
     from kernels.windows import WindowConfig
@@ -225,12 +356,15 @@ def to_plan(problem: Problem, solution, profile, profile_path, budgets, name: st
     arch, pns = problem.meta["arch"], problem.meta["patch_nums"]
     cm = meta["cost_model"]
     pred = C.predict(cm, arch, pns, problem.meta["batch"], sel.formats, m.kept, set(sel.cfg_shared),
-                     set(sel.qk_int8))
+                     set(sel.qk_int8), kv_specs=selection_kv_specs(problem, sel))
     if abs(pred["latency_ms"] - m.latency_ms) > 1e-6 * max(1.0, m.latency_ms) or \
             abs(pred["memory_mb"] - m.memory_mb) > 1e-6 * max(1.0, m.memory_mb):
         log.warning("planner and cost model disagree: %.4f vs %.4f ms, %.3f vs %.3f MB", m.latency_ms,
                     pred["latency_ms"], m.memory_mb, pred["memory_mb"])
     model = meta.get("model", {})
+    d = C.arch_dims(arch)
+    kv = {layer: {"format": fmt, **({"keep": {"sinks": keep[0], "recent": keep[1]}} if keep[1] is not None else {})}
+          for layer, (fmt, keep) in sorted(sel.kv.items())}
     return Plan(model={"name": model.get("name", ""), "weights_sha256": model.get("weights_sha256"),
                        "arch": {k: arch[k] for k in ARCH_KEYS if k in arch}},
                 resolution=problem.meta["resolution"], patch_nums=tuple(pns), formats=sel.formats,
@@ -244,18 +378,21 @@ def to_plan(problem: Problem, solution, profile, profile_path, budgets, name: st
                            "attn_flops": m.attn_flops, "avg_bits": m.avg_bits,
                            "memory_breakdown_mb": memory_breakdown(pred)},
                 qk_int8=sorted(sel.qk_int8), windows=window_config(problem, sel, WindowConfig),
-                cfg_shared=sorted(sel.cfg_shared))
+                cfg_shared=sorted(sel.cfg_shared), kv=kv, kv_layout={"heads": d["H"], "head_dim": d["D"]})
 
 
 MEMORY_PARTS = {"weights": ("weights_mb",), "kv_cache": ("kv_mb",),
-                "activations": ("activations_mb", "linear_workspace_mb"),
+                "activations": ("activations_mb", "workspace_mb", "linear_workspace_mb"),
                 "other": ("other_params_mb", "vae_mb", "fixed_mb")}
 
 
 def memory_breakdown(pred: dict) -> dict[str, float]:
-    """MB of peak memory by part (MEMORY_PARTS) from a costmodel.predict result."""
+    """MB of the transformer phase's peak by part (MEMORY_PARTS) from a costmodel.predict result,
+    and `decode_phase`: the decode phase's whole peak (the VQVAE; 0 when not modelled)."""
     mem = pred["breakdown"]["memory_mb"]
-    return {part: float(sum(mem.get(k, 0.0) for k in keys)) for part, keys in MEMORY_PARTS.items()}
+    out = {part: float(sum(mem.get(k, 0.0) for k in keys)) for part, keys in MEMORY_PARTS.items()}
+    out["decode_phase"] = float(pred["breakdown"].get("decode_mb", 0.0))
+    return out
 
 
 def plan_kept(plan) -> dict[tuple[int, int], float]:
@@ -275,8 +412,9 @@ def plan_kept(plan) -> dict[tuple[int, int], float]:
 def plan_memory_breakdown(plan, profile) -> dict[str, float]:
     """The memory breakdown of a plan on `profile`'s cost model (for plans that do not record it)."""
     cm, arch = profile.meta["cost_model"], profile.meta["model"]["arch"]
+    specs = {layer: plan.kv_spec(layer) for layer in range(plan.arch["depth"])}
     pred = C.predict(cm, arch, plan.patch_nums, plan.batch, plan.formats, plan_kept(plan), set(plan.cfg_shared),
-                     set(plan.qk_int8))
+                     set(plan.qk_int8), kv_specs=specs)
     return memory_breakdown(pred)
 
 
@@ -293,13 +431,15 @@ def window_config(problem: Problem, sel: Selection, cls):
 
 def selection_of(plan) -> Selection:
     """The Selection a plan encodes (for explain and tests)."""
+    kv = {layer: (e.get("format", "fp"), (e.get("keep", {}).get("sinks", 0), e.get("keep", {}).get("recent")))
+          for layer, e in plan.kv.items()}
     widths = {}
     if plan.windows is not None:
         for l, w in plan.windows.widths.items():
             for h, s, p in zip(*np.nonzero(w.numpy() != FULL)):
                 if p <= s:
                     widths[int(l), int(h), int(s), int(p)] = int(w[h, s, p])
-    return Selection(dict(plan.formats), widths, frozenset(plan.cfg_shared), frozenset(plan.qk_int8))
+    return Selection(dict(plan.formats), widths, frozenset(plan.cfg_shared), frozenset(plan.qk_int8), kv)
 
 
 def _jsonable(d: dict) -> dict:

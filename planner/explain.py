@@ -7,19 +7,22 @@ and the alternative it beat (plain data in, a DataFrame out; the CLI prints it).
     window   per (layer, head) with a window: pairs kept, ms saved (the call's saving shared by
              the heads in proportion to the pairs they remove), loss; alternative: every part
              one candidate narrower (what the budget did not need)
+    kv       per block with KV-cache options: its format and kept scales, its cache's MB before
+             (plain, both CFG halves) and after; alternative: the option saving the most MB
+             beyond it at the least extra loss (or, when none saves more, the least-loss one)
 """
 from __future__ import annotations
 
 import pandas as pd
 
-from planner.problem import FULL, Problem, Selection, evaluate, slot_kept
+from planner.problem import FULL, Problem, Selection, evaluate, kv_choice, slot_kept
 
 COLUMNS = ["layer", "head", "decision", "chosen", "saves_ms", "saves_mb", "loss", "alternative",
            "alt_saves_ms", "alt_loss"]
 
 
 def explain(problem: Problem, sel: Selection) -> pd.DataFrame:
-    rows = _format_rows(problem, sel) + _layer_rows(problem, sel) + _window_rows(problem, sel)
+    rows = _format_rows(problem, sel) + _layer_rows(problem, sel) + _window_rows(problem, sel) + _kv_rows(problem, sel)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -100,6 +103,26 @@ def _window_rows(problem: Problem, sel: Selection) -> list:
         rows.append((f"blocks.{l}", h, "window", f"{len(mine)} parts, keeps {1 - removed / pairs:.1%} of pairs",
                      ms, 0.0, loss, "one width narrower", d_ms, d_loss))
     return rows
+
+
+def _kv_rows(problem: Problem, sel: Selection) -> list:
+    rows = []
+    for g, o in kv_choice(problem, sel):
+        c = int(g.layer in sel.cfg_shared)
+        if len(g.options) == 1 and not c:
+            continue
+        plain = g.options[0]
+        others = [a for a in g.options if a is not o]
+        bigger = [a for a in others if a.mb[c] < o.mb[c]]
+        alt = min(bigger or others, key=lambda a: (a.loss, a.mb[c])) if others else o
+        rows.append((f"blocks.{g.layer}", "", "kv", f"{kv_name(o)}: {plain.mb[0]:.1f} -> {o.mb[c]:.1f} MB",
+                     -o.ms[c], plain.mb[0] - o.mb[c], o.loss, kv_name(alt), o.ms[c] - alt.ms[c], alt.loss - o.loss))
+    return rows
+
+
+def kv_name(o) -> str:
+    """'KV4 s1r2', 'fp all' of a KV option."""
+    return f"{o.fmt} " + ("all" if o.keep[1] is None else f"s{o.keep[0]}r{o.keep[1]}")
 
 
 def _heads(problem: Problem) -> int:

@@ -9,6 +9,8 @@ A `Problem` is what the solver sees: no model, no profile, no cost-model calls. 
               (no window active) or MDWA (as a function of the kept fraction), with or without
               QK8 and CFG sharing, and its FLOPs
     cfg_loss, qk_loss   per-layer losses of sharing attention across CFG (ASC) and of QK8
+    kv        one KVGroup per block: its KV-cache options (format x keep rule), each with its loss,
+              cache MB, gathered-keys MB and extra attention ms, without and with CFG sharing
 
 `evaluate(problem, selection)` is the definition of every predicted number; the integer program
 (planner/solve.py) encodes exactly it, and the tests compare the two by brute force.
@@ -54,6 +56,42 @@ class FormatGroup:
 
 
 @dataclass(frozen=True)
+class KVOption:
+    """One KV-cache choice of one block: a format and the scales kept (kernels.kvcache.KVSpec)."""
+
+    fmt: str  # "fp" | "KV8" | "KV4"
+    keep: tuple[int, int | None]  # (sinks, recent); recent None: every scale
+    loss: float
+    mb: tuple[float, float]  # the cache's MB at the last scale, [CFG-shared]
+    gather_mb: tuple[float, float]  # the buffer one call gathers, MB, [CFG-shared]
+    ms: tuple[float, float]  # attention ms beyond the plain cache's, [CFG-shared]
+
+    @property
+    def evicts(self) -> bool:
+        return self.keep[1] is not None
+
+    @property
+    def quantized(self) -> bool:
+        return self.fmt != "fp"
+
+    @property
+    def plain(self) -> bool:
+        return not self.evicts and not self.quantized
+
+
+@dataclass(frozen=True)
+class KVGroup:
+    layer: int
+    options: tuple[KVOption, ...]  # options[0] is fp, every scale kept
+
+    def option(self, fmt: str, keep) -> KVOption:
+        for o in self.options:
+            if o.fmt == fmt and o.keep == tuple(keep):
+                return o
+        raise UserError(f"block {self.layer}: KV option {fmt} keep {keep} is not an option here")
+
+
+@dataclass(frozen=True)
 class AttnSlot:
     """One attention call (layer, scale): every head shares one kernel.
 
@@ -93,6 +131,8 @@ class Problem:
     dense_latency_ms: float  # the dense full-precision model (speedup reference)
     dense_memory_mb: float
     meta: dict = field(default_factory=dict)  # arch, patch_nums, batch, family, device, ...
+    kv: list[KVGroup] = field(default_factory=list)  # none: every cache plain (its MB in base_memory_mb)
+    decode_base_mb: float | None = None  # the decode phase but for the weights; None: not modelled
 
     def __post_init__(self):
         missing = [c for c in WINDOW_COLUMNS if c not in self.windows.columns]
@@ -133,6 +173,10 @@ class Problem:
         bad = ~np.isfinite(self.windows[["loss", "removed"]].to_numpy(float)).all(axis=1)
         if bad.any():
             raise UserError(f"window option {self.windows[bad].iloc[0].to_dict()} is not finite; {fix}")
+        for g in self.kv:
+            for o in g.options:
+                if not all(np.isfinite(v) for v in (o.loss, *o.mb, *o.gather_mb, *o.ms)):
+                    raise UserError(f"block {g.layer} KV option {o.fmt} keep {o.keep} is not finite; {fix}")
         for what, losses in (("CFG sharing", self.cfg_loss), ("QK8", self.qk_loss)):
             for layer, v in losses.items():
                 if not np.isfinite(v):
@@ -143,6 +187,7 @@ class Problem:
 
     def size(self) -> dict[str, int]:
         return {"format_groups": len(self.formats), "format_options": sum(len(g.options) for g in self.formats),
+                "kv_groups": len(self.kv), "kv_options": sum(len(g.options) for g in self.kv),
                 "window_groups": int(self.windows.groupby(["layer", "head", "scale", "part"]).ngroups),
                 "window_options": len(self.windows), "slots": len(self.slots),
                 "cfg_layers": len(self.cfg_loss), "qk_layers": len(self.qk_loss)}
@@ -201,6 +246,7 @@ class Selection:
     widths: dict[tuple[int, int, int, int], int] = field(default_factory=dict)  # (l, h, s, p) -> width
     cfg_shared: frozenset[int] = frozenset()
     qk_int8: frozenset[int] = frozenset()
+    kv: dict[int, tuple[str, tuple]] = field(default_factory=dict)  # block -> (format, (sinks, recent))
 
 
 @dataclass(frozen=True)
@@ -212,6 +258,9 @@ class Metrics:
     avg_bits: float
     attn_kept: float  # share of the (head, query, key) pairs kept
     kept: dict  # (layer, scale) -> kept fraction, for every windowed call
+    kv_mb: float = 0.0  # the KV caches at the last scale (MB)
+    transformer_mb: float = 0.0
+    decode_mb: float = 0.0
 
     def within(self, budgets: Budgets, problem: Problem, rtol: float = 1e-6) -> bool:
         lat = budgets.latency_limit(problem.dense_latency_ms)
@@ -233,13 +282,35 @@ def slot_kept(problem: Problem, selection: Selection) -> dict[tuple[int, int], f
     return {k: 1.0 - r / problem.slots[k].pairs for k, r in removed.items() if r > 0}
 
 
+def kv_choice(problem: Problem, selection: Selection):
+    """[(group, option)] of every block's KV-cache choice (missing: options[0], the plain cache)."""
+    return [(g, g.option(*selection.kv[g.layer]) if g.layer in selection.kv else g.options[0]) for g in problem.kv]
+
+
+def check_exclusions(problem: Problem, selection: Selection) -> str | None:
+    """Why a selection is not a plan (None: it is): a block that evicts takes no window, one with
+    a quantized or evicting cache no QK8."""
+    for g, o in kv_choice(problem, selection):
+        if o.evicts and any(l == g.layer for (l, _, _, _) in selection.widths):
+            return f"block {g.layer} evicts KV scales and has windows"
+        if not o.plain and g.layer in selection.qk_int8:
+            return f"block {g.layer} has QK8 and a {o.fmt} cache keeping {o.keep}"
+    return None
+
+
 def evaluate(problem: Problem, selection: Selection) -> Metrics:
     """Predicted loss, latency, memory, attention FLOPs share and average bits of a selection."""
     loss, latency, memory, workspace, bits = 0.0, problem.base_latency_ms, problem.base_memory_mb, 0.0, 0.0
+    weights = 0.0
     for g in problem.formats:
         o = g.option(selection.formats.get(g.layer, "fp"))
-        loss, latency, memory = loss + o.loss, latency + o.latency_ms, memory + o.weight_mb
+        loss, latency, weights = loss + o.loss, latency + o.latency_ms, weights + o.weight_mb
         workspace, bits = max(workspace, o.workspace_mb), bits + o.bits * g.params
+    kv_mb = 0.0
+    for g, o in kv_choice(problem, selection):
+        c = int(g.layer in selection.cfg_shared)
+        loss, latency, kv_mb = loss + o.loss, latency + o.ms[c], kv_mb + o.mb[c]
+        workspace = max(workspace, o.gather_mb[c])
     index = problem.window_index
     loss += sum(index[l, h, s, p, w][0] for (l, h, s, p), w in selection.widths.items() if w != FULL)
     loss += sum(problem.cfg_loss[l] for l in selection.cfg_shared)
@@ -252,7 +323,10 @@ def evaluate(problem: Problem, selection: Selection) -> Metrics:
         flops += slot.flops[c] * k
         kept_pairs += slot.pairs * k
     total_pairs = sum(s.pairs for s in problem.slots.values())
-    return Metrics(loss=loss, latency_ms=latency, memory_mb=memory + workspace,
+    transformer = memory + weights + kv_mb + workspace
+    decode = problem.decode_base_mb + weights if problem.decode_base_mb is not None else 0.0
+    return Metrics(loss=loss, latency_ms=latency, memory_mb=max(transformer, decode),
                    attn_flops=flops / problem.dense_flops if problem.dense_flops else 1.0,
                    avg_bits=bits / problem.total_params if problem.total_params else FLOAT_BITS,
-                   attn_kept=kept_pairs / total_pairs if total_pairs else 1.0, kept=kept)
+                   attn_kept=kept_pairs / total_pairs if total_pairs else 1.0, kept=kept, kv_mb=kv_mb,
+                   transformer_mb=transformer, decode_mb=decode)

@@ -4,13 +4,19 @@ Decisions (binary, one per option):
     x[g, o]     linear layer g runs format o (one per layer; fp is an option)
     c[l]        layer l shares its attention across the CFG branches (ASC)
     q[l]        layer l runs its QK product in INT8 (only where QK8 can save time)
+    u[l, o]     block l's KV cache takes option o (a format and the scales it keeps; o = 0: plain)
+    v[l, o]     u[l, o] and c[l] both (a CFG-shared layer's cache holds one half: other MB and ms)
     y[l, s, p, m]  attention call (layer l, scale s) runs window point p of its frontier
                 (planner/slots.py; p = 0: no window, the dense kernel) in mode m = (qk8, shared).
                 One kernel per call: every head of the call is in the same point, so the MDWA
                 kernel's fixed cost is paid once per call, and its cost at the point's kept
                 fraction is the measured kernel cost (exact, not linearised).
-    W           (continuous) the largest quantized-linear workspace, part of peak memory
-Ties: the mode of every call of layer l equals (q[l], c[l]).
+    W           (continuous) the largest transient (quantized-linear workspace, KV gather buffer),
+                part of the transformer phase's peak memory
+Ties: the mode of every call of layer l equals (q[l], c[l]); a block that evicts KV scales takes
+no window; one whose cache is quantized or evicts takes no QK8. Peak memory is the larger of the
+transformer phase and the decode phase (the weights, then the VQVAE): both are within a memory
+budget.
 
 `evaluate` in planner/problem.py defines every number; this file encodes it exactly, so when
 the frontiers are exact (small instances) the plan equals brute force. When the frontiers are
@@ -37,7 +43,7 @@ import pulp
 
 from litevar.model.errors import UserError
 from planner.bound import lagrangian_bound
-from planner.problem import Budgets, Metrics, Problem, Selection, evaluate
+from planner.problem import Budgets, Metrics, Problem, Selection, check_exclusions, evaluate
 from planner.slots import SlotFrontier, select, slot_hulls
 
 log = logging.getLogger(__name__)
@@ -91,6 +97,8 @@ class _Model:
     x: dict = field(default_factory=dict)  # (group index, option index) -> var
     c: dict = field(default_factory=dict)  # layer -> var
     q: dict = field(default_factory=dict)  # layer -> var
+    u: dict = field(default_factory=dict)  # (group index, option index) -> var
+    v: dict = field(default_factory=dict)  # (group index, option index) -> var: u and c[layer]
     y: dict = field(default_factory=dict)  # (layer, scale, point, qk8, shared) -> var
     W: pulp.LpVariable | None = None
     obj_unit: float = 1.0  # the objective in the model is value / obj_unit (normalised)
@@ -206,40 +214,124 @@ def build_model(problem: Problem, fronts: dict[tuple[int, int], SlotFrontier], b
         if l in m.c:  # the call is CFG-shared iff its layer is
             _eq(m, pulp.lpSum(ys_c) - m.c[l], 0, f"tie_cfg_{l}_{s}")
 
-    peak_ws = max((w for _, row in ws_rows for v, w in row if v is None), default=0.0)
-    if any(w > peak_ws for _, row in ws_rows for v, w in row if v is not None):
-        # W: the largest extra workspace of one quantized linear call (MB), part of peak memory
+    weights = [(v, c) for v, c in mem]  # the format terms so far: the weights, in both phases
+    w0 = mem0 - problem.base_memory_mb  # weights of the layers with one format
+    kv_lat0, kv_mem0, kv_ws = _kv_terms(problem, m, loss, lat, mem)
+    lat0, mem0 = lat0 + kv_lat0, mem0 + kv_mem0
+
+    peak_ws = max([w for _, row in ws_rows for v, w in row if v is None]
+                  + [const for const, terms in kv_ws if not terms], default=0.0)
+    if any(w > peak_ws for _, row in ws_rows for v, w in row if v is not None) or any(t for _, t in kv_ws):
+        # W: the largest transient of the transformer phase (MB): a quantized linear call's
+        # workspace or the keys a KV call gathers
         W = m.W = m.prob.add_variable("W_workspace_mb", peak_ws)
         mem.append((W, 1.0))
         for gi, row in ws_rows:
             terms = [(v, w) for v, w in row if v is not None and w > peak_ws]
             if terms:  # W is at least the workspace of the format layer gi runs
-                m.prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression(terms) - W, pulp.LpConstraintLE,
+                m.prob.addConstraint(pulp.LpConstraint(_affine(terms) - W, pulp.LpConstraintLE,
                                                        f"workspace_{gi}", 0))
+        for gi, (const, terms) in enumerate(kv_ws):
+            if terms:  # W is at least the buffer block gi's KV cache gathers
+                m.prob.addConstraint(pulp.LpConstraint(_affine(terms, const) - W,
+                                                       pulp.LpConstraintLE, f"kv_gather_{gi}", 0))
     else:
         mem0 += peak_ws
 
     # Every row and the objective in normalised units (CBC's tolerances are absolute): budgets
     # as a share of their limit (<= 1), the objective in tenths of the median option loss.
     def row(terms, const, limit, name):
-        e = pulp.LpAffineExpression([(v, c / limit) for v, c in terms], const / limit)
+        e = _affine([(v, c / limit) for v, c in terms], const / limit)
         m.prob.addConstraint(pulp.LpConstraint(e, pulp.LpConstraintLE, name, 1.0))
 
     limit = budgets.latency_limit(problem.dense_latency_ms)
     if limit is not None:  # predicted latency (ms) within max latency and dense / min speedup
         row(lat, lat0, limit, "latency")
-    if budgets.max_memory_gb is not None:  # predicted peak memory (MB) within the budget
+    if budgets.max_memory_gb is not None:  # predicted peak memory (MB), both phases, within the budget
         row(mem, mem0, budgets.max_memory_gb * 1024, "memory")
+        if problem.decode_base_mb is not None:  # the decode phase: weights, then the VQVAE
+            row(weights, problem.decode_base_mb + w0, budgets.max_memory_gb * 1024, "memory_decode")
     if budgets.max_attn_flops is not None:  # attention FLOPs within the share of the dense ones
         row(flops, 0.0, budgets.max_attn_flops * problem.dense_flops, "attn_flops")
     if budgets.max_avg_bits is not None:  # parameter-weighted average weight bits within the budget
         row(bits, bits0, budgets.max_avg_bits * problem.total_params, "avg_bits")
+    if objective == "memory" and problem.decode_base_mb is not None:  # Z >= both phases; minimise Z
+        Z = m.prob.add_variable("Z_peak_mb", 0)
+        m.prob.addConstraint(pulp.LpConstraint(_affine(mem + [(Z, -1.0)], mem0), pulp.LpConstraintLE,
+                                               "peak_ge_transformer", 0))
+        m.prob.addConstraint(pulp.LpConstraint(_affine(weights + [(Z, -1.0)],
+                                                                       problem.decode_base_mb + w0),
+                                               pulp.LpConstraintLE, "peak_ge_decode", 0))
+        mem, mem0 = [(Z, 1.0)], 0.0
     terms, const, unit = {"loss": (loss, 0.0, _loss_unit(problem, fronts)),
                           "latency": (lat, lat0, problem.dense_latency_ms / 1000),
                           "memory": (mem, mem0, problem.dense_memory_mb / 1000)}[objective]
     m.obj_unit = unit  # objective value = unit * (value of the model's objective)
-    m.prob.setObjective(pulp.LpAffineExpression([(v, c / unit) for v, c in terms], const / unit))
+    m.prob.setObjective(_affine([(v, c / unit) for v, c in terms], const / unit))
     return m
+
+
+def _affine(terms, const: float = 0.0) -> pulp.LpAffineExpression:
+    """sum(coef * var) + const over (var, coef) pairs, a variable listed twice counted twice
+    (pulp's own constructor keeps the last coefficient of a repeated variable)."""
+    e = pulp.LpAffineExpression(constant=const)
+    for v, c in terms:
+        e.addterm(v, c)
+    return e
+
+
+def _kv_terms(problem: Problem, m: _Model, loss: list, lat: list, mem: list) -> tuple[float, float, list]:
+    """The KV-cache decisions: u (one option per block), v = u and c[l] (CFG-shared), their loss,
+    latency and memory terms, and the exclusions with windows and QK8. Returns the constant
+    latency and memory of blocks with one option, and per block the gathered buffer's
+    (constant, terms) in MB for the transient W."""
+    lat0 = mem0 = 0.0
+    kv_ws = []
+    for gi, g in enumerate(problem.kv):
+        c = m.c.get(g.layer)
+        terms = []  # (u or None when the block has one option, v or None, option)
+        for oi, o in enumerate(g.options):
+            u = None
+            if len(g.options) > 1:
+                # u[g, o] = 1: block g's KV cache takes option o
+                u = m.u[gi, oi] = m.prob.add_variable(f"u_{gi}_{oi}", 0, 1, pulp.LpBinary)
+            v = None
+            if c is not None and (o.mb[1], o.ms[1], o.gather_mb[1]) != (o.mb[0], o.ms[0], o.gather_mb[0]):
+                if u is None:
+                    v = c  # the only option: on whenever the block is CFG-shared
+                else:
+                    # v[g, o] = u[g, o] and c[l]: the option on a CFG-shared block
+                    v = m.v[gi, oi] = m.prob.add_variable(f"v_{gi}_{oi}", 0, 1, pulp.LpContinuous)
+                    m.prob.addConstraint(v - u <= 0, f"v_le_u_{gi}_{oi}")
+                    m.prob.addConstraint(v - c <= 0, f"v_le_c_{gi}_{oi}")
+                    m.prob.addConstraint(v - u - c >= -1, f"v_ge_uc_{gi}_{oi}")
+            terms.append((u, v, o))
+        if len(terms) > 1:
+            # each block's cache takes exactly one option
+            _eq(m, pulp.lpSum(u for u, _, _ in terms), 1, f"one_kv_{gi}")
+        ws_const, ws = 0.0, []
+        for u, v, o in terms:
+            for acc, vals in ((loss, (o.loss, o.loss)), (lat, o.ms), (mem, o.mb), (ws, o.gather_mb)):
+                if u is not None:
+                    acc.append((u, vals[0]))
+                if v is not None:
+                    acc.append((v, vals[1] - vals[0]))
+            if u is None:
+                lat0, mem0, ws_const = lat0 + o.ms[0], mem0 + o.mb[0], o.gather_mb[0]
+        kv_ws.append((ws_const, ws))
+        _kv_exclusions(problem, m, gi, g, terms)
+    return lat0, mem0, kv_ws
+
+
+def _kv_exclusions(problem: Problem, m: _Model, gi: int, g, terms) -> None:
+    evict = [u for u, _, o in terms if u is not None and o.evicts]
+    if evict:
+        for (l, s, p, qq, cc), y in m.y.items():
+            if l == g.layer and p > 0:  # a block that evicts runs no window
+                m.prob.addConstraint(pulp.lpSum(evict) + y <= 1, f"evict_or_window_{gi}_{s}_{p}_{qq}{cc}")
+    heavy = [u for u, _, o in terms if u is not None and not o.plain]
+    if heavy and g.layer in m.q:  # QK8 reads float keys of a plain cache
+        m.prob.addConstraint(pulp.lpSum(heavy) + m.q[g.layer] <= 1, f"kv_or_qk8_{gi}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,9 +349,15 @@ def _selection(problem: Problem, fronts, m: _Model) -> Selection:
     for (l, s, p, _, _), v in m.y.items():
         if p > 0 and on(v):
             widths.update({(l, h, s, part): w for (h, part), w in fronts[l, s].widths[p].items()})
+    kv = {}
+    for gi, g in enumerate(problem.kv):
+        chosen = [oi for oi in range(len(g.options)) if (gi, oi) in m.u and on(m.u[gi, oi])]
+        o = g.options[chosen[0] if chosen else 0]
+        if not o.plain:
+            kv[g.layer] = (o.fmt, o.keep)
     return Selection(formats=formats, widths=widths,
                      cfg_shared=frozenset(l for l, v in m.c.items() if on(v)),
-                     qk_int8=frozenset(l for l, v in m.q.items() if on(v)))
+                     qk_int8=frozenset(l for l, v in m.q.items() if on(v)), kv=kv)
 
 
 def _lagrangian_choice(problem: Problem, fronts, m: _Model, mu: np.ndarray) -> tuple[Selection, list]:
@@ -293,6 +391,9 @@ def _lagrangian_choice(problem: Problem, fronts, m: _Model, mu: np.ndarray) -> t
         if qq:
             qk8.add(layer)
             on.append(m.q[layer])
+    for gi, g in enumerate(problem.kv):  # the plain cache: feasible with every other choice
+        on += [m.u[gi, 0]] if (gi, 0) in m.u else []
+        on += [m.v[gi, 0]] if (gi, 0) in m.v and g.layer in shared else []
     return Selection(formats, widths, frozenset(shared), frozenset(qk8)), on
 
 
@@ -476,7 +577,8 @@ def brute_force(problem: Problem, budgets: Budgets) -> tuple[Selection, Metrics]
     choices = ([[("f", name, o) for o in opts] for name, opts in groups]
                + [[("w", key, w) for w in [-1, *ws]] for key, ws in parts.items()]
                + [[("c", l, b) for b in (0, 1)] for l in problem.cfg_loss]
-               + [[("q", l, b) for b in (0, 1)] for l in problem.qk_loss])
+               + [[("q", l, b) for b in (0, 1)] for l in problem.qk_loss]
+               + [[("k", g.layer, (o.fmt, o.keep)) for o in g.options] for g in problem.kv])
     if math.prod(len(c) for c in choices) > 1 << 16:
         raise ValueError("brute_force: more than 65536 combinations")
     best = None
@@ -484,7 +586,10 @@ def brute_force(problem: Problem, budgets: Budgets) -> tuple[Selection, Metrics]
         sel = Selection(formats={k: v for t, k, v in combo if t == "f"},
                         widths={k: v for t, k, v in combo if t == "w" and v != -1},
                         cfg_shared=frozenset(k for t, k, v in combo if t == "c" and v),
-                        qk_int8=frozenset(k for t, k, v in combo if t == "q" and v))
+                        qk_int8=frozenset(k for t, k, v in combo if t == "q" and v),
+                        kv={k: v for t, k, v in combo if t == "k" and (v[0] != "fp" or v[1][1] is not None)})
+        if check_exclusions(problem, sel):
+            continue
         ev = evaluate(problem, sel)
         if ev.within(budgets, problem, rtol=0.0) and (best is None or ev.loss < best[1].loss):
             best = (sel, ev)

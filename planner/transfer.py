@@ -6,8 +6,9 @@ at hand), the losses of a trained model's profile are borrowed layer by layer: a
 same role (`blocks.i.ffn.fc2`, `head`, ...) at the same relative depth (block i of a D-block
 model takes block round(i (D' - 1) / (D - 1)) of the D'-block source). Roles carry most of the
 ranking the planner needs (fc2 and low activation bits are expensive everywhere, ada_lin and QK8
-cheap; deeper blocks lose more to CFG sharing), but the magnitudes are the source model's and
-attention windows are not transferred (coverage is per head and per scale of a trained model).
+cheap; deeper blocks lose more to CFG sharing; a block's KV-cache precision, `blocks.i.attn.kv`,
+likewise), but the magnitudes are the source model's. Attention windows and KV-scale eviction are
+not transferred: both are priced from a trained model's measured attention, per head and scale.
 Plans made this way record the source profile (`solver.losses_from`); a real checkpoint should
 be profiled itself.
 """
@@ -52,8 +53,10 @@ def transfer_losses(target, source, source_path=None):
     depth, src_depth = C.arch_dims(arch)["depth"], C.arch_dims(src_arch)["depth"]
     sens = source.table("sensitivity")
     by_name = {name: rows for name, rows in sens.groupby("layer")}
-    names = [fqn for fqn, *_ in C.linear_layers(arch)] + [f"blocks.{i}.attn.qk" for i in range(depth)]
-    src_names = set(by_name) | {fqn for fqn, *_ in C.linear_layers(src_arch)}
+    names = ([fqn for fqn, *_ in C.linear_layers(arch)] + [f"blocks.{i}.attn.qk" for i in range(depth)]
+             + [f"blocks.{i}.attn.kv" for i in range(depth)])
+    src_names = (set(by_name) | {fqn for fqn, *_ in C.linear_layers(src_arch)}  # layers, and decisions the
+                 | {f"blocks.{i}.attn.{d}" for i in range(src_depth) for d in ("qk", "kv")})  # source may not price
     rows, missing = [], []
     for fqn in names:
         name = source_name(fqn, depth, src_depth)

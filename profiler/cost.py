@@ -15,11 +15,11 @@ counted) plus the peak of what the call allocates, taken on a separate, untimed 
         every allocation with the allocator's running total, whose maximum is the peak
         (allocated_peak_mb; tensors, compiled-kernel buffers and aten scratch alike).
         Deterministic and additive, so the memory model can fit it; the allocator's own
-        overhead is not included. For information, cost_e2e.rss_mb also records the model
-        bytes plus the growth of the process's peak RSS during one more call (gc +
-        malloc_trim(0), VmRSS before, "5" to /proc/self/clear_refs, VmHWM after): glibc
-        fragmentation makes that one vary by several MB between configurations, beyond what
-        a cost model can predict.
+        overhead is not included.
+The same is taken for each phase of a generation apart (phase_peaks_mb): the transformer phase
+(stopped before the decode: cost_e2e.peak_tf_mb) and the VQVAE decode alone (peak_decode_mb),
+which the memory model fits separately. cost_e2e.rss_mb (the process's peak RSS growth, for
+information, measured by rss_peak_mb) is left NaN by the cost stage.
 Linear layers also record the memory one call adds (workspace_mb, output included) at their
 two largest row counts, from which the model learns each format's temporary buffers.
 
@@ -61,7 +61,9 @@ MB = 2 ** 20
 EMULATED_FORMAT = "W6A6"  # one fake-quant format stands for every emulated one
 LINEAR_COLUMNS = ["K", "N", "M", "format", "backend", "ms", "workspace_mb"]
 ATTN_COLUMNS = ["B", "H", "D", "q_len", "kv_len", "kept", "backend", "ms"]
-E2E_COLUMNS = ["resolution", "batch", "config", "ms", "peak_mb", "patch_nums", "held_out", "rss_mb"]
+E2E_COLUMNS = ["resolution", "batch", "config", "ms", "peak_mb", "patch_nums", "held_out", "rss_mb", "peak_tf_mb",
+               "peak_decode_mb"]
+KV_ATTN_BACKENDS = ("dense_kvfp", "dense_kv8", "dense_kv4")  # costmodel.KV_BACKENDS: a planned cache's call
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,9 @@ class CostSettings:
                                     "W4A16:fc1,fc2", "W4A16:mat_qkv,proj,ada_lin,head,word_embed",
                                     "W8A8:mat_qkv,fc1,fc2,head")
     # held-out quantized generations (model's schedule): formats mixed over other layer kinds
+    # and KV caches: INT8 in every block; INT4 keeping the first scale and the two latest
     validate_configs: tuple[str, ...] = ("W4A8:mat_qkv,proj;W8A8:fc1,fc2,head",
-                                         "BF16:word_embed,mat_qkv,proj,fc1,ada_lin,head")
+                                         "BF16:word_embed,mat_qkv,proj,fc1,ada_lin,head", "KV8:all", "KV4:s1r2")
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -101,7 +104,7 @@ class CostSettings:
             raise ValueError(f"CostSettings.formats: unknown {bad}; known: {', '.join(FORMATS)}")
         from profiler.costmodel import config_spec
         for c in self.fit_configs + self.validate_configs:
-            config_spec(c, {"depth": 1, "embed_dim": 64, "V": 2, "Cvae": 2})  # raises on a bad name
+            config_spec(c, {"depth": 1, "embed_dim": 64, "num_heads": 1, "V": 2, "Cvae": 2})  # raises on a bad name
         if any(not 0 < k < 1 for k in self.kept_targets):
             raise ValueError(f"CostSettings.kept_targets={self.kept_targets}: give fractions in (0, 1)")
 
@@ -147,11 +150,14 @@ def linear_backend(fmt: str, device, dtype: str) -> str:
 
 
 def attention_backend(name: str, patch_nums, H: int, kept_target: float | None, device):
-    """(backend, windows) for a cost_attn backend name ('dense', 'mdwa', '*_qk8')."""
+    """(backend, windows) for a cost_attn backend name ('dense', 'mdwa', '*_qk8', or one of
+    KV_ATTN_BACKENDS: the backend the runtime gives a block with such a cache)."""
     from kernels.mdwa import LayerOptions, make_mdwa_backend
     options = {0: LayerOptions(qk_int8=True)} if name.endswith("_qk8") else {}
-    if name == "dense":
+    if name in ("dense", "dense_kvfp"):
         return DenseAttention(), None
+    if name in KV_ATTN_BACKENDS:  # a quantized cache: the MDWA backend, whose Triton kernel reads codes
+        return make_mdwa_backend(WindowConfig(tuple(patch_nums)), device=device), None
     windows = (windows_for_kept(patch_nums, H, kept_target) if name.startswith("mdwa")
                else WindowConfig(tuple(patch_nums)))
     return make_mdwa_backend(windows, device=device, options=options), windows
@@ -172,10 +178,32 @@ def measure_attention(patch_nums, scale: int, B: int, H: int, D: int, backend: s
     q, k, v = (torch.randn(B, H, m, D, generator=g, device=dev, dtype=DTYPES[dtype]) for m in (n, layout.L, layout.L))
     k, v = k[:, :, :L], v[:, :, :L]  # views of a full-length cache, as KVCache returns them
     ctx = AttnCall(layer=0, scale=scale, layout=ScaleLayout(pns), softmax_scale=D ** -0.5)
+    if backend in KV_ATTN_BACKENDS:
+        return time_ms(_kv_call(pns, fn, backend, q, k, v, ctx), dev.type, warmup, repeats), 1.0
     kept = 1.0
     if windows is not None and (w_Hp := windows.scale_widths(0, scale)) is not None:
         kept = kept_fraction(ScaleLayout(pns), scale, w_Hp, windows.family)
     return time_ms(lambda: fn(q, k, v, ctx), dev.type, warmup, repeats), kept
+
+
+def _kv_call(pns, fn, backend: str, q, k, v, ctx: AttnCall):
+    """The call of the last scale of `pns` on a planned cache (kernels.kvcache.PlannedKVCache)
+    holding the scales before it: writing its own segment, assembling the kept keys (every
+    scale; a float cache through its segment path, as one that evicts has), attending."""
+    from kernels.kvcache import KeepRule, KVSpec, PlannedKVCache
+    fmt = {"dense_kvfp": "fp", "dense_kv8": "KV8", "dense_kv4": "KV4"}[backend]
+    cache = PlannedKVCache(pns, KVSpec(fmt, KeepRule(0, len(pns))))  # keeps every scale, by segments
+    layout, si = ScaleLayout(pns), len(pns) - 1
+    for j in range(si):
+        b, e = layout.begin[j], layout.end[j]
+        cache.attend(fn, q[:, :, :e - b], k[:, :, b:e], v[:, :, b:e], dataclasses.replace(ctx, scale=j))
+    b, e = layout.begin[si], layout.end[si]
+    before = dict(cache.segments)  # the last call frees every segment (no later reader): restore them
+
+    def call():
+        cache.segments = dict(before)
+        return cache.attend(fn, q, k[:, :, b:e], v[:, :, b:e], ctx)
+    return call
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,6 +299,28 @@ def generation(var, batch: int, dtype: str):
     from litevar.model.inference import generate
     labels = [i % var.num_classes for i in range(batch)]
     return lambda: generate(var, labels, seed=0, cfg=4.0, top_k=900, top_p=0.95, dtype_name=dtype, progress=False)
+
+
+@torch.no_grad()
+def phase_peaks_mb(vae, var, batch: int, dtype: str, device) -> tuple[float, float]:
+    """(transformer phase, decode phase) peak MB of one generation, each the model's bytes plus
+    the peak of what the phase allocates: the generation stopped before the decode (KV caches
+    and activations), then the VQVAE decoding its latent (the caches are freed by then)."""
+    dev = torch.device(device)
+    resident, out = module_bytes(var, vae) / MB, {}
+    labels = torch.tensor([i % var.num_classes for i in range(batch)], device=dev)
+
+    def transformer():
+        with autocast(dev, dtype):
+            out["f_hat"] = var.autoregressive_infer_cfg(batch, labels, g_seed=0, cfg=4.0, top_k=900, top_p=0.95,
+                                                        decode=False)
+    tf = resident + peak_memory_mb(transformer, dev)
+    f_hat = out.pop("f_hat")
+
+    def decode():
+        with autocast(dev, dtype):
+            vae.fhat_to_img(f_hat)
+    return tf, resident + peak_memory_mb(decode, dev)
 
 
 def _check_schedule(var, patch_nums) -> None:
@@ -404,7 +454,7 @@ def measure_attentions(arch, resolutions, batches, device, settings: CostSetting
     the `mdwa_shapes` largest shapes of the CFG-doubled smallest batch, per kept target."""
     d = cmod.arch_dims(arch)
     points = attention_points(resolutions, batches)
-    jobs = [(p, "dense", None) for p in points] + [(p, "dense_qk8", None) for p in points]
+    jobs = [(p, b, None) for b in ("dense", "dense_qk8", *KV_ATTN_BACKENDS) for p in points]
     if settings.mdwa:
         rows0 = 2 * min(batches)
         def work(p):
@@ -421,8 +471,10 @@ def measure_attentions(arch, resolutions, batches, device, settings: CostSetting
 
 
 def config_formats(config: str) -> set[str]:
-    """Format names of an e2e config: 'BF16:fc1;W8A8:head' -> {'BF16', 'W8A8'}."""
-    return set() if config == "dense" else {g.partition(":")[0] for g in config.split(";")}
+    """Linear format names of an e2e config: 'BF16:fc1;W8A8:head;KV8:all' -> {'BF16', 'W8A8'} (the
+    KV cache's backends are always timed)."""
+    groups = set() if config == "dense" else {g.partition(":")[0] for g in config.split(";")}
+    return groups - set(cmod.KV_BACKENDS)
 
 
 def e2e_plan(resolutions, batches, own_pns, holdout_resolution, holdout_batch, settings: CostSettings,
@@ -442,27 +494,86 @@ def e2e_plan(resolutions, batches, own_pns, holdout_resolution, holdout_batch, s
     return plan
 
 
+class _Variants:
+    """The planned generations' models. Each schedule's (vae, var) is kept (it shares the model's
+    weights); the quantized and KV-cache variants of it are kept too when their extra weights fit
+    in a quarter of the memory available, else built one at a time, each when its turn comes,
+    replacing the previous one (every variant alive held ~7 GB of extra bf16 weights for d30 and
+    ran a 24 GB machine out of memory). A rebuilt variant's first call is then a timed one."""
+
+    def __init__(self, vae, var, arch, plan, device, dtype: str):
+        self.vae, self.var, self.arch, self.plan, self.device, self.dtype = vae, var, arch, plan, device, dtype
+        self.models, self.built, self.current = {}, {}, None
+        extra = sum(_extra_weight_bytes(arch, cmod.config_spec(c, arch)["formats"]) for _, _, c, _ in plan)
+        self.keep = extra < available_bytes(device) / 4
+        log.info("cost: %s the %.1f GB of quantized variants' weights", "keeping" if self.keep else
+                 "building one at a time", extra / 2 ** 30)
+
+    def get(self, i: int):
+        """(vae, var) of planned generation i."""
+        if i not in self.built:
+            if not self.keep:
+                self.built.clear()  # free the previous variant before building the next
+            pns, _, config, _ = self.plan[i]
+            if pns not in self.models:
+                self.models[pns] = model_for_schedule(self.vae, self.var, pns)
+            vae_s, var_s = self.models[pns]
+            self.built[i] = (vae_s, configured(var_s, cmod.config_spec(config, self.arch), self.device))
+        self.current = self.built[i]
+        return self.current
+
+    def run(self, i: int):
+        """The timed generation i (of the variant `get(i)` made current)."""
+        return lambda: generation(self.current[1], self.plan[i][1], self.dtype)()
+
+
+def _extra_weight_bytes(arch: dict, formats: dict) -> int:
+    """Bytes a variant's swapped linears hold beside the model's (shared) fp weights."""
+    return sum(cmod.weight_bytes(K, N, formats[fqn]) for fqn, K, N, _ in cmod.linear_layers(arch) if fqn in formats)
+
+
+def available_bytes(device) -> int:
+    """Memory free for new tensors: CUDA's free device memory, else the host's MemAvailable."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.mem_get_info(dev)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return 1 << 62  # unknown: keep every variant, as before
+
+
 def measure_generations(vae, var, arch, plan, device, settings: CostSettings, progress=True) -> pd.DataFrame:
     """cost_e2e: median ms (repeats interleaved over every planned generation) and peak MB of
-    each planned generation."""
-    runs, rows, models = [], [], {}  # models: one (vae, var) per schedule, shared by its generations
-    for pns, batch, config, held_out in _bar(plan, "cost: generations (memory)", progress):
-        if pns not in models:
-            models[pns] = model_for_schedule(vae, var, pns)
-        vae_s, var_s = models[pns]
-        formats = cmod.config_spec(config, arch)["formats"]
-        if formats:
-            var_s = swap_linears(shared_copy(var_s), formats)
-        run = generation(var_s, batch, settings.dtype)
-        rss: dict = {}
-        peak = generation_peak_mb(vae_s, var_s, run, device, rss)
-        runs.append(run)
+    each planned generation, whole and by phase."""
+    variants, rows = _Variants(vae, var, arch, plan, device, settings.dtype), []
+    for i, (pns, batch, config, held_out) in enumerate(_bar(plan, "cost: generations (memory)", progress)):
+        vae_s, var_s = variants.get(i)
+        peak = generation_peak_mb(vae_s, var_s, generation(var_s, batch, settings.dtype), device)
+        tf, dec = phase_peaks_mb(vae_s, var_s, batch, settings.dtype, device)
         rows.append({"resolution": pns[-1] * getattr(vae, "downsample", 1), "batch": batch, "config": config,
                      "peak_mb": peak, "patch_nums": ",".join(map(str, pns)), "held_out": held_out,
-                     "rss_mb": rss.get("mb", float("nan"))})
-    ms = interleaved_ms(dict(enumerate(runs)), settings.e2e_repeats, torch.device(device),
-                        rounds=lambda r: _bar(r, "cost: generations (rounds)", progress))
+                     "rss_mb": float("nan"), "peak_tf_mb": tf, "peak_decode_mb": dec})
+    ms = interleaved_ms({i: variants.run(i) for i in range(len(plan))}, settings.e2e_repeats, torch.device(device),
+                        rounds=lambda r: _bar(r, "cost: generations (rounds)", progress), prepare=variants.get)
     return pd.DataFrame([{**row, "ms": ms[i]} for i, row in enumerate(rows)], columns=E2E_COLUMNS)
+
+
+def configured(var, spec: dict, device):
+    """`var`, or a copy sharing its tensors, with an e2e config's linear formats and KV caches
+    (a quantized cache's blocks on the MDWA backend, as the runtime sets them)."""
+    from kernels.kvcache import reads_codes, set_kv_caches
+    from kernels.mdwa import make_mdwa_backend
+    from litevar.model.attention import set_attention_backend
+    if not spec["formats"] and not spec["kv_specs"]:
+        return var
+    var = swap_linears(shared_copy(var), spec["formats"]) if spec["formats"] else shared_copy(var)
+    set_kv_caches(var, spec["kv_specs"])
+    coded = {layer for layer, sp in spec["kv_specs"].items() if reads_codes(sp)}
+    if coded:
+        set_attention_backend(var, make_mdwa_backend(WindowConfig(var.patch_nums), device=device), layers=coded)
+    return var
 
 
 def slower_than_dense(validation: list[dict]) -> list[str]:

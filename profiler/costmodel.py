@@ -20,15 +20,26 @@ end-to-end runs. All fits are non-negative least
 squares on relative residuals (scipy.optimize.lsq_linear), so predictions grow with every
 size and extrapolate to unmeasured batches and resolutions.
 
-Peak memory (MB):
+Peak memory (MB), the larger of two phases:
 
-    weights by format (exact) + other VAR parameters (exact) + VAE (measured) + KV cache (exact,
-    2 x depth x 2B x L x C x act bytes) + m0 + m1 * activations + m2 * linear workspace
+    transformer  weights by format (exact) + other VAR parameters (exact) + VAE (measured) + KV
+                 cache (exact, per layer: kernels.kvcache.cache_bytes of its format, kept scales
+                 and CFG rows) + m0 + m1 * activations + the largest transient: m2 * linear
+                 workspace, or a KV call's gathered keys (exact, kernels.kvcache.gather_bytes)
+    decode       weights + other parameters + VAE + d0 + d1 * pixels (the VQVAE decode; the KV
+                 cache is freed by then)
 
 activations = 2B * n_last * (4C + hidden + V) fp32 values (the last scale's). Linear workspace:
 the largest extra memory of a quantized linear call at the last scale beyond the fp call's (its
 temporaries: quantized activations, int32 accumulators, dequantized weights), from the memory
-isolated calls add, fitted per format as (u*M*K + v*M*N + w*K*N) * 4 bytes.
+isolated calls add, fitted per format as (u*M*K + v*M*N + w*K*N) * 4 bytes. m0, m1, m2 are fitted
+on generations stopped before the decode (cost_e2e.peak_tf_mb), d0, d1 on decodes alone
+(peak_decode_mb); profiles measured before these columns fit the whole generation's peak.
+
+A layer whose KV cache a plan sets (kv_specs: layer -> kernels.kvcache.KVSpec) attends over its
+kept scales only, and pays the measured difference between the attention backend that reads such
+a cache (`dense_kvfp` / `dense_kv8` / `dense_kv4`: the scales gathered, dequantized) and the plain
+one (`dense`) at the same shape.
 """
 from __future__ import annotations
 
@@ -200,12 +211,22 @@ def e2e_features(arch: dict, patch_nums, batch: int) -> np.ndarray:
                      batch * n_last / 1e3])
 
 
-def memory_features(arch: dict, patch_nums, batch: int, act_bytes: int) -> dict[str, float]:
-    """MB of the KV cache (exact) and of the activations of the last scale (fitted factor)."""
+def memory_features(arch: dict, patch_nums, batch: int, act_bytes: int, kv_specs: dict | None = None
+                    ) -> dict[str, float]:
+    """MB of the KV cache (exact), the largest KV gather buffer (exact) and the activations of the
+    last scale (fitted factor)."""
+    from kernels.kvcache import KVSpec, cache_bytes, gather_bytes
     d = arch_dims(arch)
-    L, n_last = sum(p * p for p in patch_nums), patch_nums[-1] ** 2
-    return {"kv_mb": 2 * d["depth"] * 2 * batch * L * d["C"] * act_bytes / MB,
+    n_last = patch_nums[-1] ** 2
+    specs = [(kv_specs or {}).get(layer, KVSpec()) for layer in range(d["depth"])]
+    return {"kv_mb": sum(cache_bytes(patch_nums, s, batch, d["H"], d["D"], act_bytes) for s in specs) / MB,
+            "kv_gather_mb": max(gather_bytes(patch_nums, s, batch, d["H"], d["D"], act_bytes) for s in specs) / MB,
             "activations_mb": 2 * batch * n_last * (4 * d["C"] + d["hidden"] + d["V"]) * 4 / MB}
+
+
+def image_pixels(arch: dict, patch_nums, batch: int) -> float:
+    """Pixels the VQVAE decodes for `batch` images (arch['downsample']: pixels per latent side)."""
+    return batch * (patch_nums[-1] * int(arch.get("downsample", 16))) ** 2
 
 
 def nonneg_fit(A: np.ndarray, y: np.ndarray, relative: bool = True, lower=None, upper=None) -> tuple[list, float]:
@@ -316,21 +337,49 @@ def fit_e2e(cm: dict, arch: dict, e2e) -> dict:
 
 
 def fit_memory(cm: dict, arch: dict, e2e, vae_mb: float = 0.0) -> dict:
-    """m0, m1, m2 >= 0 of the memory model, on the peak minus its counted parts (m2 scales the
-    isolated quantized-linear workspace; it stays 0 without quantized generations to fit on)."""
+    """The fitted terms of the memory model (see the module docstring): m0, m1, m2 >= 0 on the
+    transformer phase's peak minus its counted parts (m2 scales the isolated quantized-linear
+    workspace; it stays 1 without quantized generations to fit on); d0, d1 >= 0 on the decodes'
+    peaks minus the resident weights. Without the phase columns (profiles measured before them)
+    m0..m2 are fitted on the whole generation's peak and the decode phase is not modelled."""
+    phases = "peak_tf_mb" in e2e and e2e["peak_tf_mb"].notna().all()
     A, y, act_bytes = [], [], DTYPE_BYTES[cm["dtype"]]
     for _, row in e2e.iterrows():
         pns, batch = _row_patch_nums(row), int(row["batch"])
-        counted = counted_memory_mb(cm, arch, pns, batch, config_spec(row["config"], arch)["formats"], vae_mb)
+        spec = config_spec(row["config"], arch)
+        counted = counted_memory_mb(cm, arch, pns, batch, spec["formats"], vae_mb, kv_specs=spec["kv_specs"])
+        counted.pop("kv_gather_mb")
         f = memory_features(arch, pns, batch, act_bytes)
         A.append([1.0, f["activations_mb"], counted.pop("linear_workspace_mb")])
-        y.append(float(row["peak_mb"]) - sum(counted.values()))
+        y.append(float(row["peak_tf_mb" if phases else "peak_mb"]) - sum(counted.values()))
     A, y = np.array(A), np.array(y)
     coef, _ = nonneg_fit(A, y, relative=False)
     if not A[:, 2].any():  # no quantized generation: count the isolated workspace as is
         coef[2] = 1.0
-    err = float(np.sqrt(np.mean(((A @ coef - y) / e2e["peak_mb"].to_numpy(dtype=float)) ** 2)))
-    return {"coef": coef, "rmse_rel": err, "n": len(y), "vae_mb": float(vae_mb)}
+    target = e2e["peak_tf_mb" if phases else "peak_mb"].to_numpy(dtype=float)
+    out = {"coef": coef, "rmse_rel": float(np.sqrt(np.mean(((A @ coef - y) / target) ** 2))), "n": len(y),
+           "vae_mb": float(vae_mb)}
+    if phases and "peak_decode_mb" in e2e:
+        out["decode"] = fit_decode(cm, arch, e2e, vae_mb)
+    return out
+
+
+def fit_decode(cm: dict, arch: dict, e2e, vae_mb: float) -> dict:
+    """d0, d1 of the decode phase: peak_decode_mb - (weights + other parameters + VAE) against the
+    pixels decoded, one point per schedule and batch."""
+    pts = {}
+    for _, row in e2e.iterrows():
+        pns, batch = _row_patch_nums(row), int(row["batch"])
+        resident = _resident_mb(cm, arch, pns, config_spec(row["config"], arch)["formats"], vae_mb)
+        pts[(pns, batch)] = (image_pixels(arch, pns, batch) / 1e6, float(row["peak_decode_mb"]) - resident)
+    X, y = np.array([[1.0, x] for x, _ in pts.values()]), np.array([v for _, v in pts.values()])
+    coef, _ = nonneg_fit(X, y, relative=False)
+    return {"coef": coef, "features": ["const", "pixels/1e6"], "n": len(y)}
+
+
+def _resident_mb(cm: dict, arch: dict, patch_nums, formats: dict, vae_mb: float) -> float:
+    lin = [(K, N, formats.get(fqn, "fp")) for fqn, K, N, _ in linear_layers(arch)]
+    return (sum(weight_bytes(K, N, f) for K, N, f in lin) + other_param_bytes(arch, patch_nums)) / MB + vae_mb
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,10 +434,14 @@ def attn_ms(cm: dict, B: int, H: int, D: int, q_len: int, kv_len: int, kept: flo
 def config_spec(config: str, arch: dict) -> dict:
     """The predict() arguments of an e2e config name: 'dense' (everything fp, dense attention)
     or '<FORMAT>:<kind>,<kind>[;<FORMAT>:<kind>...]' (those linear kinds in FORMAT where the
-    format applies to their input width, e.g. 'W8A8:fc1,fc2;W4A16:head')."""
-    formats = {}
+    format applies to their input width, e.g. 'W8A8:fc1,fc2;W4A16:head'); a group
+    '<KV format>:<keep rule>' ('KV8:all', 'KV4:s1r2', 'fp:s3r1') sets every block's KV cache."""
+    formats, kv_specs = {}, {}
     for group in ([] if config == "dense" else config.split(";")):
         fmt, _, kinds = group.partition(":")
+        if fmt in KV_BACKENDS:
+            kv_specs = {layer: kv_spec_of(fmt, kinds, config) for layer in range(arch_dims(arch)["depth"])}
+            continue
         wanted = set(kinds.split(",")) if kinds else set()
         bad = wanted - set(LINEAR_KINDS)
         if not fmt or not wanted or bad:
@@ -396,13 +449,25 @@ def config_spec(config: str, arch: dict) -> dict:
                              f"'W8A8:fc1,fc2', with kinds from {', '.join(LINEAR_KINDS)}")
         formats.update({fqn: fmt for fqn, K, _, kind in linear_layers(arch)  # kinds whose K suits fmt
                         if kind in wanted and format_applies(K, fmt)})
-    return {"formats": formats, "kept": {}, "cfg_shared": set(), "qk_int8": set()}
+    return {"formats": formats, "kept": {}, "cfg_shared": set(), "qk_int8": set(), "kv_specs": kv_specs}
+
+
+def kv_spec_of(fmt: str, keep: str, config: str = ""):
+    """kernels.kvcache.KVSpec of a KV group of an e2e config: keep 'all' or 's<sinks>r<recent>'."""
+    import re
+
+    from kernels.kvcache import KeepRule, KVSpec
+    m = re.fullmatch(r"s(\d+)r(\d+)", keep)
+    if keep != "all" and not m:
+        raise ValueError(f"e2e config {config!r}: KV keep rule {keep!r}; use 'all' or 's<sinks>r<recent>', e.g. s1r2")
+    return KVSpec(fmt, KeepRule(int(m[1]), int(m[2])) if m else KeepRule())
 
 
 def kernel_ms(cm: dict, arch: dict, patch_nums, batch: int, formats: dict, kept: dict, cfg_shared,
-              qk_int8, dtype: str | None = None) -> dict:
+              qk_int8, dtype: str | None = None, kv_specs: dict | None = None) -> dict:
     """Sum of predicted linear and attention ms of one generation, with per-layer totals and
-    per-kernel totals (by_kernel: 'dense' = fp linears + attention, else the quantized kernel)."""
+    per-kernel totals (by_kernel: 'dense' = fp linears + attention, else the quantized kernel).
+    A layer in kv_specs attends over its kept scales and pays its cache's gather (kv_call_ms)."""
     dtype, d = dtype or cm["dtype"], arch_dims(arch)
     per_layer: dict[str, float] = {}
     by_kernel: dict[str, float] = {"dense": 0.0}
@@ -413,17 +478,41 @@ def kernel_ms(cm: dict, arch: dict, patch_nums, batch: int, formats: dict, kept:
         per_layer[fqn] = per_layer.get(fqn, 0.0) + ms
         kern = kernel_of(cm, fmt)
         by_kernel[kern] = by_kernel.get(kern, 0.0) + ms
-    attn = 0.0
+    attn, kv_specs = 0.0, kv_specs or {}
     for layer, si, q, kv in attention_calls(arch, patch_nums, batch):
         k = float(kept.get((layer, si), 1.0))
         backend = ("mdwa" if k < 1.0 else "dense") + ("_qk8" if layer in qk_int8 else "")
         rows = batch if layer in cfg_shared else 2 * batch
         ms = attn_ms(cm, rows, d["H"], d["D"], q, kv, k, backend)
+        if layer in kv_specs:
+            ms = kv_call_ms(cm, arch, patch_nums, si, rows, kv_specs[layer], ms)
         per_layer[f"blocks.{layer}.attn.qk"] = per_layer.get(f"blocks.{layer}.attn.qk", 0.0) + ms
         attn += ms
     by_kernel["dense"] += attn
     return {"linear_ms": sum(v for k, v in per_layer.items() if not k.endswith(".qk")),
             "attn_ms": attn, "per_layer": per_layer, "by_kernel": by_kernel}
+
+
+KV_BACKENDS = {"fp": "dense_kvfp", "KV8": "dense_kv8", "KV4": "dense_kv4"}
+
+
+def kv_call_ms(cm: dict, arch: dict, patch_nums, si: int, rows: int, spec, plain_ms: float) -> float:
+    """ms of attention call `si` of a layer with KV-cache decisions `spec`, from `plain_ms` (the
+    call over every key of a plain cache): over its kept scales only (kv_len scaled by the keys
+    kept), plus what the backend reading such a cache costs beyond the plain one at that shape."""
+    if spec.plain:
+        return plain_ms
+    d = arch_dims(arch)
+    q = patch_nums[si] ** 2
+    kv = sum(p * p for p in patch_nums[:si + 1])
+    kv_kept = sum(patch_nums[j] ** 2 for j in spec.keep.parts(si))
+    if not spec.fmt.quantized and spec.keep.keeps_all:  # preallocated half cache: no gather
+        return plain_ms
+    base = plain_ms * attn_ms(cm, rows, d["H"], d["D"], q, kv_kept, 1.0, "dense") / attn_ms(
+        cm, rows, d["H"], d["D"], q, kv, 1.0, "dense")
+    extra = (attn_ms(cm, rows, d["H"], d["D"], q, kv_kept, 1.0, KV_BACKENDS[spec.fmt.name])
+             - attn_ms(cm, rows, d["H"], d["D"], q, kv_kept, 1.0, "dense"))
+    return base + max(0.0, extra)
 
 
 def kernel_of(cm: dict, fmt: str) -> str:
@@ -451,9 +540,10 @@ def linear_workspace_mb(cm: dict, K: int, N: int, M: int, fmt: str) -> float:
 
 
 def counted_memory_mb(cm: dict, arch: dict, patch_nums, batch: int, formats: dict, vae_mb: float,
-                      dtype: str | None = None) -> dict:
-    """The parts of peak memory not fitted on generations (MB): weights by format, other VAR
-    parameters, VAE, KV cache, and the largest extra workspace of a quantized linear."""
+                      dtype: str | None = None, kv_specs: dict | None = None) -> dict:
+    """The parts of the transformer phase's peak not fitted on generations (MB): weights by
+    format, other VAR parameters, VAE, KV cache, the largest extra workspace of a quantized linear
+    and the largest buffer a KV call gathers."""
     fp_bytes = 4  # parameters stay float32 under autocast
     lin = [(K, N, kind, formats.get(fqn, "fp")) for fqn, K, N, kind in linear_layers(arch)]
     last = len(patch_nums) - 1
@@ -462,38 +552,65 @@ def counted_memory_mb(cm: dict, arch: dict, patch_nums, batch: int, formats: dic
         return max(rows_at_scale(kind, patch_nums, si, batch) for si in (last - 1, last))
 
     extra = [linear_workspace_mb(cm, K, N, rows(kind), f) for K, N, kind, f in lin if f != "fp"]
+    kv = memory_features(arch, patch_nums, batch, DTYPE_BYTES[dtype or cm["dtype"]], kv_specs)
     return {"weights_mb": sum(weight_bytes(K, N, f, fp_bytes) for K, N, _, f in lin) / MB,
             "other_params_mb": other_param_bytes(arch, patch_nums, fp_bytes) / MB,
-            "vae_mb": float(vae_mb),
-            "kv_mb": memory_features(arch, patch_nums, batch, DTYPE_BYTES[dtype or cm["dtype"]])["kv_mb"],
+            "vae_mb": float(vae_mb), "kv_mb": kv["kv_mb"], "kv_gather_mb": kv["kv_gather_mb"],
             "linear_workspace_mb": max(extra, default=0.0)}
 
 
 def predict(cm: dict, arch: dict, patch_nums, batch: int, formats: dict[str, str] | None = None,
             kept: dict[tuple[int, int], float] | None = None, cfg_shared: set[int] | None = None,
-            qk_int8: set[int] | None = None, dtype: str | None = None) -> dict:
+            qk_int8: set[int] | None = None, dtype: str | None = None, kv_specs: dict | None = None) -> dict:
     """Predicted latency_ms and memory_mb of one generation of `batch` images at `patch_nums`.
 
     formats: fqn -> format name (missing: fp); kept: (layer, scale) -> kept fraction of the
-    attention pairs (missing: 1, dense); cfg_shared / qk_int8: layers with ASC / QK8."""
+    attention pairs (missing: 1, dense); cfg_shared / qk_int8: layers with ASC / QK8; kv_specs:
+    layer -> kernels.kvcache.KVSpec (missing: the plain cache, or the conditional half of it in a
+    CFG-shared layer, as Plan.kv_spec gives). breakdown.memory_mb holds both phases' parts."""
     formats, kept = formats or {}, kept or {}
     cfg_shared, qk_int8 = set(cfg_shared or ()), set(qk_int8 or ())
     pns = tuple(int(p) for p in patch_nums)
-    k = kernel_ms(cm, arch, pns, batch, formats, kept, cfg_shared, qk_int8, dtype)
+    kv_specs = with_cfg_halves(kv_specs, cfg_shared)
+    k = kernel_ms(cm, arch, pns, batch, formats, kept, cfg_shared, qk_int8, dtype, kv_specs)
     e = np.array(cm["e2e"]["coef"])
     overhead = float(e2e_features(arch, pns, batch) @ e[1:])
     latency = sum(alpha_of(cm, kern) * ms for kern, ms in k["by_kernel"].items()) + overhead
-    mem = counted_memory_mb(cm, arch, pns, batch, formats, cm["memory"]["vae_mb"], dtype)
+    mem = counted_memory_mb(cm, arch, pns, batch, formats, cm["memory"]["vae_mb"], dtype, kv_specs)
     act_mb = memory_features(arch, pns, batch, DTYPE_BYTES[dtype or cm["dtype"]])["activations_mb"]
     m0, m1, m2 = cm["memory"]["coef"]
-    mem.update(fixed_mb=m0, activations_mb=m1 * act_mb, linear_workspace_mb=m2 * mem["linear_workspace_mb"])
+    ws, gather = m2 * mem.pop("linear_workspace_mb"), mem.pop("kv_gather_mb")
+    mem.update(fixed_mb=m0, activations_mb=m1 * act_mb, workspace_mb=max(ws, gather))
+    transformer = float(sum(mem.values()))
+    decode = decode_mb(cm, arch, pns, batch, mem["weights_mb"] + mem["other_params_mb"] + mem["vae_mb"])
     alpha = float(e[0])
     per_layer = {n: v * (alpha if n.endswith(".qk") else alpha_of(cm, kernel_of(cm, formats.get(n, "fp"))))
                  for n, v in k["per_layer"].items()}
-    return {"latency_ms": float(latency), "memory_mb": float(sum(mem.values())),
+    return {"latency_ms": float(latency), "memory_mb": max(transformer, decode),
             "breakdown": {"linear_ms": sum(v for n, v in per_layer.items() if not n.endswith(".qk")),
                           "attn_ms": alpha * k["attn_ms"], "overhead_ms": overhead, "alpha": alpha,
-                          "per_layer_ms": per_layer, "memory_mb": mem}}
+                          "per_layer_ms": per_layer, "memory_mb": mem, "transformer_mb": transformer,
+                          "decode_mb": decode}}
+
+
+def with_cfg_halves(kv_specs: dict | None, cfg_shared: set[int]) -> dict:
+    """kv_specs with an fp keep-all spec for each CFG-shared layer it leaves out (the runtime
+    stores such a layer's conditional half only)."""
+    from kernels.kvcache import KVSpec
+    out = dict(kv_specs or {})
+    for layer in cfg_shared:
+        out.setdefault(layer, KVSpec(cfg_shared=True))
+    return out
+
+
+def decode_mb(cm: dict, arch: dict, patch_nums, batch: int, resident_mb: float) -> float:
+    """Peak MB of the decode phase (the resident weights plus the VQVAE decode); 0 for a profile
+    that did not measure it."""
+    dec = cm["memory"].get("decode")
+    if not dec:
+        return 0.0
+    d0, d1 = dec["coef"]
+    return resident_mb + d0 + d1 * image_pixels(arch, patch_nums, batch) / 1e6
 
 
 def dense_pairs(validation: list[dict]) -> list[tuple[dict, dict]]:

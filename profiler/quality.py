@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 LOSS_UNIT = ("nats: sum over scales of the mean KL(full precision || test) of the CFG-guided next-token "
              "distribution, teacher-forced on the full-precision model's own samples")
 QUANT_FORMATS = ("BF16", "W8A8", "W6A6", "W4A8", "W4A16", "W4A6", "W4A4")
+KV_QUANT_FORMATS = ("KV8", "KV4")  # KV-cache formats, measured per block (layer blocks.i.attn.kv)
+EVICT_FIT_RULES = ((1, 1), (3, 1), (1, 2), (3, 2), (5, 3))  # (sinks, recent) of the eviction-fit configurations
 CANDIDATE_WIDTHS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192)  # half-widths; FULL added per part
 SINK_FACTOR = 4.0  # a part is a sink when its attention mass is >= 4x its share of the keys
 WINDOW_RATIOS = (0.99, 0.97, 0.95, 0.9, 0.8, 0.7)  # MDWA thresholds of the window-fit configurations
@@ -118,28 +120,45 @@ def attention_backend(var, backend, layers=None):
 
 # -- 1. quantization sensitivity --------------------------------------------------------------------
 
-def sensitivity(vae, var, calib: Calibration, formats=QUANT_FORMATS, qk8: bool = True, progress=True) -> pd.DataFrame:
+def sensitivity(vae, var, calib: Calibration, formats=QUANT_FORMATS, qk8: bool = True,
+                kv_formats=KV_QUANT_FORMATS, progress=True) -> pd.DataFrame:
+    """Loss of each linear layer in each format alone, of QK8 in each block and of each block's
+    KV cache in each KV format (keys and values as the cache returns them: kernels.kvcache.FakeQuantKV)."""
     from tqdm import tqdm
-
-    from kernels.mdwa import LayerOptions, MaskedReference
     jobs = [(fqn, fmt) for fqn in quantizable_linears(var) for fmt in formats]
     jobs += [(f"blocks.{i}.attn.qk", "QK8") for i in range(len(var.blocks))] if qk8 else []
+    jobs += [(f"blocks.{i}.attn.kv", f) for i in range(len(var.blocks)) for f in kv_formats]
     rows = []
     for fqn, fmt in tqdm(jobs, desc="sensitivity", disable=not progress):
-        if fmt == "QK8":
-            layer = int(fqn.split(".")[1])
-            backend = MaskedReference(WindowConfig(var.patch_nums), {layer: LayerOptions(qk_int8=True)})
-            ctx = attention_backend(var, backend, [layer])
-        else:
-            ctx = quantized(var, {fqn: fmt})
         try:
-            with ctx:
+            with _configured(var, fqn, fmt):
                 loss, agree = loss_of(vae, var, calib)
         except UserError as e:  # e.g. a group size that does not divide the layer's width
             log.info("sensitivity: %s cannot take %s (%s); the planner will not offer it", fqn, fmt, e)
             continue
-        rows.append((fqn, "attn_qk" if fmt == "QK8" else linear_kind(fqn), fmt, loss, loss, agree))
+        rows.append((fqn, sensitivity_kind(fqn), fmt, loss, loss, agree))
     return pd.DataFrame(rows, columns=["layer", "kind", "format", "loss", "kl", "top1_agree"])
+
+
+def sensitivity_kind(fqn: str) -> str:
+    """The kind of a sensitivity row's layer: a linear kind, attn_qk (QK8) or attn_kv (KV cache)."""
+    if fqn.endswith(".attn.qk"):
+        return "attn_qk"
+    return "attn_kv" if fqn.endswith(".attn.kv") else linear_kind(fqn)
+
+
+def _configured(var, fqn: str, fmt: str):
+    """The context that runs `var` with one layer (linear, QK product or KV cache) in `fmt`."""
+    from kernels.kvcache import FakeQuantKV
+    from kernels.mdwa import LayerOptions, MaskedReference
+    kind = sensitivity_kind(fqn)
+    if kind == "attn_qk":
+        layer = int(fqn.split(".")[1])
+        backend = MaskedReference(WindowConfig(var.patch_nums), {layer: LayerOptions(qk_int8=True)})
+        return attention_backend(var, backend, [layer])
+    if kind == "attn_kv":
+        return attention_backend(var, FakeQuantKV(fmt), [int(fqn.split(".")[1])])
+    return quantized(var, {fqn: fmt})
 
 
 def joint_check(vae, var, calib: Calibration, sens: pd.DataFrame, trials: int = 8, seed: int = 0,
@@ -289,11 +308,49 @@ def window_fit(vae, var, calib: Calibration, cov: pd.DataFrame, sinks: pd.DataFr
             measured, _ = loss_of(vae, var, calib)
         rows.append((t, lost_mass(cov, wc), measured, r0, wc.kept_fraction()))
     df = pd.DataFrame(rows, columns=["trial", "lost_mass", "measured", "ratio", "attn_kept"])
-    x, y = df.lost_mass.to_numpy(), df.measured.to_numpy()
+    return df, {**_through_origin(df.lost_mass.to_numpy(), df.measured.to_numpy()),
+                "model": "loss = coef * sum over windowed (layer, head, scale, part) of (1 - coverage)"}
+
+
+def evicted_mass(sinks: pd.DataFrame, keep: dict[int, tuple[int, int]]) -> float:
+    """Sum over the (layer, head, query scale) of the attention mass on the key scales that
+    `keep` ((sinks, recent) per layer) evicts: eviction's lost mass, in the unit of window_fit's."""
+    from kernels.kvcache import KeepRule
+    mass = sinks.groupby(["layer", "scale", "part"])["mass"].sum()
+    S = int(sinks["scale"].max()) + 1 if len(sinks) else 0
+    lost = 0.0
+    for layer, rule in keep.items():
+        r = KeepRule(*rule)
+        lost += sum(float(mass.get((layer, k, j), 0.0)) for k in range(S) for j in r.evicted(k))
+    return lost
+
+
+def evict_fit(vae, var, calib: Calibration, sinks: pd.DataFrame, rules=EVICT_FIT_RULES,
+              progress=True) -> tuple[pd.DataFrame, dict]:
+    """Measured loss of evicting KV scales in every block at once (each keep rule of `rules`) vs the
+    attention mass evicted; fit loss = coef * evicted mass. The planner prices a block's keep rule
+    by its own evicted mass (planner.build.eviction_losses)."""
+    from tqdm import tqdm
+
+    from kernels.kvcache import KeepRule, eviction_windows
+    from kernels.mdwa import MaskedReference
+    H, rows = var.blocks[0].attn.num_heads, []
+    for t, (sinks_n, recent) in enumerate(tqdm(rules, desc="eviction fit", disable=not progress)):
+        keep = {layer: (sinks_n, recent) for layer in range(len(var.blocks))}
+        wc = eviction_windows(var.patch_nums, H, {layer: KeepRule(*r) for layer, r in keep.items()})
+        with attention_backend(var, MaskedReference(wc)):
+            measured, _ = loss_of(vae, var, calib)
+        rows.append((t, sinks_n, recent, evicted_mass(sinks, keep), measured))
+    df = pd.DataFrame(rows, columns=["trial", "sinks", "recent", "lost_mass", "measured"])
+    return df, {**_through_origin(df.lost_mass.to_numpy(), df.measured.to_numpy()),
+                "model": "loss = coef * sum over (layer, head, query scale) of the attention mass on evicted scales"}
+
+
+def _through_origin(x, y) -> dict:
+    """Least-squares y = coef * x and its r2."""
     coef = float((x @ y) / (x @ x)) if (x @ x) > 0 else 0.0
     ss_res, ss_tot = float(((y - coef * x) ** 2).sum()), float(((y - y.mean()) ** 2).sum())
-    return df, {"coef": coef, "r2": 1 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
-                "model": "loss = coef * sum over windowed (layer, head, scale, part) of (1 - coverage)"}
+    return {"coef": max(coef, 0.0), "r2": 1 - ss_res / ss_tot if ss_tot > 0 else float("nan")}
 
 
 # -- 3. CFG redundancy ------------------------------------------------------------------------------------

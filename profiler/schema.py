@@ -24,6 +24,7 @@ FULL = -1  # kernels.windows.FULL
 class Col:
     kind: str  # int | float | str | bool
     rule: str = ""  # a key of RULES ("" = any value of the kind)
+    optional: bool = False  # the column may be absent (profiles made before it existed)
 
 
 # rule -> (test on a float array, what it asks for)
@@ -64,7 +65,12 @@ TABLES: dict[str, tuple[str, dict[str, Col]]] = {
     "cost_e2e": ("cost", {"resolution": Col("int", "positive"), "batch": Col("int", "positive"), "config": Col("str"),
                           "ms": Col("float", "positive"), "peak_mb": Col("float", "positive"),
                           "patch_nums": Col("str"), "held_out": Col("bool"),
-                          "rss_mb": Col("float", "optional_nonneg")}),
+                          "rss_mb": Col("float", "optional_nonneg"),
+                          "peak_tf_mb": Col("float", "optional_nonneg", optional=True),
+                          "peak_decode_mb": Col("float", "optional_nonneg", optional=True)}),
+    "evict_fit": ("coverage", {"trial": Col("int", "nonneg"), "sinks": Col("int", "nonneg"),
+                               "recent": Col("int", "positive"), "lost_mass": Col("float", "nonneg"),
+                               "measured": Col("float", "finite")}),
 }
 ARCH_KEYS = ("depth", "embed_dim", "num_heads", "mlp_ratio", "V", "Cvae", "num_classes")
 FAMILIES = ("band", "spatial")
@@ -104,10 +110,12 @@ def _row_text(df: pd.DataFrame, i: int) -> str:
 def check_columns(name: str, df: pd.DataFrame, w: _Where) -> None:
     """The table's documented columns, each of its type and within its rule."""
     cols = TABLES[name][1]
-    missing = [c for c in cols if c not in df.columns]
+    missing = [c for c, spec in cols.items() if c not in df.columns and not spec.optional]
     if missing:
         raise w.table(name, None, f"lacks columns {missing} (has {list(df.columns)})")
     for c, spec in cols.items():
+        if c not in df.columns:
+            continue
         s = df[c]
         ok_type = {"int": pd.api.types.is_integer_dtype, "bool": pd.api.types.is_bool_dtype,
                    "float": pd.api.types.is_numeric_dtype,
@@ -170,18 +178,26 @@ def check_coverage_monotone(df: pd.DataFrame, w: _Where) -> None:
 def check_layers(df: pd.DataFrame, arch: dict, w: _Where) -> None:
     """Sensitivity rows name layers of the architecture and known formats."""
     from kernels.formats import FORMATS
+    from kernels.kvquant import KV_FORMATS
     from profiler.costmodel import linear_layers
     depth = int(arch["depth"])
-    names = {fqn for fqn, *_ in linear_layers(arch)} | {f"blocks.{i}.attn.qk" for i in range(depth)}
+    names = ({fqn for fqn, *_ in linear_layers(arch)} | {f"blocks.{i}.attn.qk" for i in range(depth)}
+             | {f"blocks.{i}.attn.kv" for i in range(depth)})
     i = _first(df["layer"].isin(names).to_numpy())
     if i is not None:
         raise w.table("sensitivity", i, f"layer {df['layer'].iloc[i]!r} is not a layer of this architecture "
                                         f"(depth {depth}; e.g. blocks.0.ffn.fc2, head)")
-    known = set(FORMATS) | {"QK8"}
+    kv = set(KV_FORMATS) - {"fp"}
+    known = set(FORMATS) | {"QK8"} | kv
     i = _first(df["format"].isin(known).to_numpy())
     if i is not None:
         raise w.table("sensitivity", i, f"unknown format {df['format'].iloc[i]!r}; this litevar knows "
                                         f"{', '.join(sorted(known))}")
+    on_kv = df["layer"].str.endswith(".attn.kv").to_numpy()
+    i = _first(on_kv == df["format"].isin(kv).to_numpy())
+    if i is not None:
+        raise w.table("sensitivity", i, f"{df['layer'].iloc[i]!r} with format {df['format'].iloc[i]!r}: KV-cache "
+                                        f"formats ({', '.join(sorted(kv))}) go with blocks.N.attn.kv rows only")
 
 
 def arch_dims(arch, w: _Where) -> dict:
@@ -235,6 +251,13 @@ def check_cost_model(cm, w: _Where) -> None:
                     "cost_model", w, "cost")
 
 
+def check_fit(fit, key: str, stage: str, w: _Where) -> None:
+    """meta.<key>.coef: a loss-per-lost-mass factor, finite and >= 0."""
+    coef = fit.get("coef") if isinstance(fit, dict) else None
+    if not (isinstance(coef, (int, float)) and not isinstance(coef, bool) and math.isfinite(coef) and coef >= 0):
+        raise w.meta(f"{key}.coef", f"{coef!r} is not a finite number >= 0", stage)
+
+
 def check_validation(rows, w: _Where) -> None:
     """meta.validation (read by the planner's guard): measured and predicted figures > 0."""
     if not isinstance(rows, list):
@@ -265,10 +288,9 @@ def validate(profile, where: str = "profile", arch: dict | None = None) -> None:
             raise w.meta("model.arch.patch_nums", "missing: the coverage tables cannot be checked without it")
     if "coverage" in tables:
         check_coverage_monotone(tables["coverage"], w)
-        fit = meta.get("window_fit", {})
-        coef = fit.get("coef") if isinstance(fit, dict) else None
-        if not (isinstance(coef, (int, float)) and math.isfinite(coef) and coef >= 0):
-            raise w.meta("window_fit.coef", f"{coef!r} is not a finite number >= 0", "coverage")
+        check_fit(meta.get("window_fit", {}), "window_fit", "coverage", w)
+    if "evict_fit" in tables:
+        check_fit(meta.get("evict_fit"), "evict_fit", "coverage", w)
     if "sensitivity" in tables:
         check_layers(tables["sensitivity"], arch, w)
     if any(n.startswith("cost_") for n in tables):
@@ -282,7 +304,7 @@ def rules_markdown() -> str:
     lines = ["| table | stage | column: type, rule |", "|---|---|---|"]
     for name, (stage, cols) in TABLES.items():
         spec = "; ".join(f"`{c}`: {col.kind}" + (f", {RULES[col.rule][1]}" if col.rule else "")
-                         for c, col in cols.items())
+                         + (" (optional)" if col.optional else "") for c, col in cols.items())
         lines.append(f"| `{name}` | {stage} | {spec} |")
     return "\n".join(lines) + "\n"
 

@@ -57,7 +57,7 @@ def test_measure_linear_real_backends():
 
 
 def test_measure_attention_dense_and_qk8():
-    for backend in ("dense", "dense_qk8"):
+    for backend in ("dense", "dense_qk8", "dense_kvfp", "dense_kv8", "dense_kv4"):
         ms, kept = measure_attention((1, 2, 3, 4, 5, 6), 5, 2, 2, 64, backend, "cpu", warmup=1, repeats=3)
         assert ms > 0 and kept == 1.0
 
@@ -126,7 +126,7 @@ def test_linear_calls_match_the_model(tiny):
 def test_run_cost_stage_tiny(tiny, tmp_path):
     vae, var = tiny
     settings = CostSettings(warmup=1, repeats=2, e2e_repeats=1, mdwa=False, formats=("W8A8", "W6A6"),
-                            fit_configs=("W8A8:fc1,fc2",), validate_configs=("W8A8:fc1,fc2,proj",))
+                            fit_configs=("W8A8:fc1,fc2",), validate_configs=("W8A8:fc1,fc2,proj", "KV4:s1r1"))
     tables, cm, validation = run_cost_stage(vae, var, arch_of(var), "cpu", batches=(1, 2), progress=False,
                                             settings=settings)
     assert list(tables["cost_linear"].columns)[:6] == ["K", "N", "M", "format", "backend", "ms"]
@@ -134,10 +134,16 @@ def test_run_cost_stage_tiny(tiny, tmp_path):
     assert set(tables["cost_linear"]["backend"]) >= {"dense-fp32", "dense-bf16", "w8a8-fp32", "emulated-fp32"}
     assert (tables["cost_linear"]["ms"] > 0).all() and (tables["cost_attn"]["ms"] > 0).all()
     held = [v for v in validation if v["held_out"]]
-    assert {(v["batch"], v["config"]) for v in held} == {(1, "dense"), (4, "dense"), (1, "W8A8:fc1,fc2,proj")}
+    assert {(v["batch"], v["config"]) for v in held} == {(1, "dense"), (4, "dense"), (1, "W8A8:fc1,fc2,proj"),
+                                                         (1, "KV4:s1r1")}
     assert any(v["resolution"] > PNS[-1] * vae.downsample for v in held)  # an unmeasured resolution
     for v in validation:
         assert v["measured_ms"] > 0 and v["predicted_ms"] > 0 and abs(v["memory_err"]) < 0.5
+    assert set(tables["cost_attn"]["backend"]) >= {"dense", "dense_kvfp", "dense_kv8", "dense_kv4"}
+    e2e = tables["cost_e2e"]  # a generation's peak is its larger phase's (the latent held between them aside)
+    both = e2e[["peak_tf_mb", "peak_decode_mb"]].max(axis=1)
+    assert ((e2e["peak_mb"] - both).abs() <= 0.02 * e2e["peak_mb"]).all(), e2e
+    assert "decode" in cm["memory"]
     import json
     json.dumps(cm)
     # `litevar profile --refit`: the same model again from the tables as a profile stores them
@@ -202,3 +208,19 @@ def test_nvml_fingerprint_by_uuid_and_field_by_field(monkeypatch):
     assert looked_up == ["GPU-1234"]
     assert out == {"driver": "560.35", "nvml_name": "NVIDIA H200", "sm_clock_max_mhz": 1980,
                    "mem_clock_max_mhz": 1980, "power_limit_w": 700.0}
+
+
+def test_variants_one_at_a_time_when_memory_is_short(tiny, monkeypatch):
+    """Where the quantized variants' weights would not fit in a quarter of the free memory, the
+    cost stage builds one at a time (the d30 BF16 profile's OOM) and measures the same things."""
+    from profiler import cost
+    vae, var = tiny
+    monkeypatch.setattr(cost, "available_bytes", lambda device: 0)
+    plan = [(PNS, 1, "dense", False), (PNS, 1, "W8A8:fc1,fc2", False), (PNS, 1, "KV8:all", True)]
+    v = cost._Variants(vae, var, arch_of(var), plan, "cpu", "fp32")
+    assert not v.keep
+    for i in (1, 2, 0, 1):
+        _, var_i = v.get(i)
+        assert len(v.built) == 1 and isinstance(var_i.blocks[0].ffn.fc1, QuantLinear) == (i == 1)
+    df = cost.measure_generations(vae, var, arch_of(var), plan, "cpu", CostSettings(e2e_repeats=2), progress=False)
+    assert (df["ms"] > 0).all() and (df["peak_tf_mb"] > 0).all() and list(df["config"]) == [c for _, _, c, _ in plan]

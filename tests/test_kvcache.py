@@ -6,7 +6,15 @@ import random
 import pytest
 import torch
 
-from kernels.kvcache import KeepRule, KVSpec, PlannedKVCache, cache_bytes, gather_bytes
+from kernels.kvcache import (
+    FakeQuantKV,
+    KeepRule,
+    KVSpec,
+    PlannedKVCache,
+    cache_bytes,
+    eviction_windows,
+    gather_bytes,
+)
 from kernels.kvquant import KV4, KV8, KV_FP, quantize_segment, segment_bytes
 from kernels.mdwa import CFGShared, FlexMDWA, MaskedReference
 from kernels.quant import PerToken, fake_quantize, sqnr
@@ -118,6 +126,49 @@ def test_eviction_equals_the_window_with_those_parts_empty(name):
     evicting = _run(PlannedKVCache(PN, KVSpec(KV_FP, keep)), BACKENDS[name](H, keep), H=H)
     for k, (a, b) in enumerate(zip(windowed, evicting)):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=f"scale {k}, seed {SEED}")
+
+
+@pytest.mark.parametrize("fmt", [KV8, KV4])
+def test_fake_quant_emulation_equals_the_quantized_cache(fmt):
+    """The profiler's emulation (FakeQuantKV, per call and teacher-forced over every scale at once)
+    gives the attention of the real quantized cache: the same quantizer on the same segments."""
+    H, B, c = 2, 2, 16
+    cached = _run(PlannedKVCache(PN, KVSpec(fmt)), DenseAttention(), B=B, H=H, c=c)
+    per_call = _run(None, FakeQuantKV(fmt), B=B, H=H, c=c)
+    g = torch.Generator().manual_seed(SEED)
+    layout = ScaleLayout(PN)
+    q, k, v = (torch.cat(t, 2) for t in zip(*[_scale_inputs(layout, s, B, H, c, g) for s in range(len(PN))]))
+    forced = FakeQuantKV(fmt).attend_scales(q, k, v, AttnCall(0, 0, layout, 0.25), range(len(PN)))
+    for s, (a, b) in enumerate(zip(cached, per_call)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=f"scale {s}, seed {SEED}")
+    torch.testing.assert_close(forced, torch.cat(cached, 2), rtol=1e-5, atol=1e-5, msg=f"seed {SEED}")
+
+
+@pytest.mark.parametrize("spec", [KVSpec(KV8), KVSpec(KV4, KeepRule(1, 2)), KVSpec(KV_FP, KeepRule(2, 1)),
+                                  KVSpec(KV8, KeepRule(1, 1), cfg_shared=True)], ids=str)
+def test_teacher_forcing_sees_what_the_cache_gives(spec):
+    """PlannedKVCache.attend_scales (teacher forcing, nothing stored: what a planned model's loss
+    is measured with) equals the cache filled scale by scale, on the dense and a windowed backend."""
+    H, B, c = 2, 2, 16
+    for backend in (DenseAttention(), MaskedReference(_windows(H, spec.keep))):
+        if spec.cfg_shared:
+            backend = CFGShared(backend)
+        cached = _run(PlannedKVCache(PN, spec), backend, B=2 * B, H=H, c=c, cfg_batch=B)
+        g = torch.Generator().manual_seed(SEED)
+        layout = ScaleLayout(PN)
+        q, k, v = (torch.cat(t, 2) for t in zip(*[_scale_inputs(layout, s, 2 * B, H, c, g) for s in range(len(PN))]))
+        forced = PlannedKVCache(PN, spec).attend_scales(backend, q, k, v, AttnCall(0, 0, layout, 0.25, B),
+                                                        range(len(PN)))
+        torch.testing.assert_close(forced, torch.cat(cached, 2), rtol=1e-5, atol=1e-5, msg=f"{spec} seed {SEED}")
+
+
+def test_eviction_windows_equal_the_evicting_cache():
+    """eviction_windows (what the profiler measures eviction with) gives the evicting cache's attention."""
+    H, keep = 2, KeepRule(sinks=2, recent=1)
+    evicting = _run(PlannedKVCache(PN, KVSpec(KV_FP, keep)), DenseAttention(), H=H)
+    windowed = _run(None, MaskedReference(eviction_windows(PN, H, {0: keep})), H=H)
+    for s, (a, b) in enumerate(zip(windowed, evicting)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=f"scale {s}, seed {SEED}")
 
 
 def test_cfg_shared_cache_equals_asc_with_the_full_cache():

@@ -201,3 +201,31 @@ def test_prefix_tokens_are_forced_and_the_rest_sampled_as_usual(tmp_path):
     assert all(torch.equal(f, a) for f, a in zip(tok_all, tok_a)) and torch.allclose(img_all, img_a, atol=1e-6)
     with pytest.raises(ValueError, match=r"prefix_tokens\[1\] has shape \(3, 9\); scale 1 needs"):
         var.autoregressive_infer_cfg(3, labels, g_seed=8, prefix_tokens=[tok_a[0], tok_a[2]], **kw)
+
+
+def test_lean_decoder_equals_the_decoder(monkeypatch):
+    """Decoder.forward_lean (inference on large images: GroupNorm statistics over the whole map,
+    norm, SiLU and conv a strip of rows at a time) and the SDPA attention block equal the plain
+    decoder up to float summation order; strips of 1-3 rows, so every border case is hit."""
+    from litevar.model import vqvae
+    vae, _ = litevar.build_vae_var("cpu", patch_nums=PATCH_NUMS, depth=1, num_classes=10, **SMALL_VAE)
+    randomize_(vae, torch.Generator().manual_seed(torch.seed() % 2**31))
+    z = torch.randn(2, SMALL_VAE["Cvae"], 7, 5)
+    with torch.enable_grad():
+        ref = vae.decoder(z).detach()  # training path: bmm attention, whole maps
+    for strip in (1, 2 * 32 * 10 * 4, 3 * 2 * 32 * 10 * 4):  # bytes: strips of ~1, 2 and 3 rows
+        monkeypatch.setattr(vqvae, "STRIP_BYTES", strip)
+        with torch.no_grad():
+            lean = vae.decoder.forward_lean(z)
+        assert rel_err(lean, ref) < 1e-5, strip
+    monkeypatch.setattr(vqvae, "LEAN_PIXELS", 1)  # forward() takes the lean path past LEAN_PIXELS
+    with torch.no_grad():
+        assert rel_err(vae.decoder(z), ref) < 1e-5
+
+
+def test_generation_without_decode_returns_the_latent(tmp_path):
+    vae, var = litevar.build_vae_var("cpu", patch_nums=PATCH_NUMS, depth=1, num_classes=10, **SMALL_VAE)
+    img = var.autoregressive_infer_cfg(2, g_seed=3)
+    f_hat = var.autoregressive_infer_cfg(2, g_seed=3, decode=False)
+    assert f_hat.shape == (2, SMALL_VAE["Cvae"], PATCH_NUMS[-1], PATCH_NUMS[-1])
+    torch.testing.assert_close(vae.fhat_to_img(f_hat).add(1).mul(0.5), img)

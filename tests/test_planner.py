@@ -16,6 +16,8 @@ from planner.problem import (
     Budgets,
     FormatGroup,
     FormatOption,
+    KVGroup,
+    KVOption,
     Problem,
     Selection,
     evaluate,
@@ -37,9 +39,9 @@ def random_slot(rng, layer: int, scale: int, pairs: int) -> AttnSlot:
     return AttnSlot(layer, scale, pairs, dense_ms, grid, mdwa, (flops, flops / 2))
 
 
-def random_problem(rng, max_binaries: int = 12) -> Problem:
+def random_problem(rng, max_binaries: int = 12, kv_options: bool = False) -> Problem:
     """A random instance whose choices (every option of every decision, FULL widths and
-    "off" included) number at most max_binaries."""
+    "off" included) number at most max_binaries, plus KV-cache options when kv_options."""
     n = 0
     formats = []
     for i in range(int(rng.integers(1, 3))):
@@ -68,13 +70,33 @@ def random_problem(rng, max_binaries: int = 12) -> Problem:
             rows.append((l, h, s, p, w, float(rng.uniform(0, 0.03)), float(rng.uniform(20, 300))))
         n += k + 1
     windows = pd.DataFrame(rows, columns=WINDOW_COLUMNS)
-    dense = evaluate(_bare(formats, windows, slots, cfg, qk), Selection())
-    return _bare(formats, windows, slots, cfg, qk, dense.latency_ms, dense.memory_mb)
+    kv = random_kv(rng, layers, with_options=kv_options)
+    decode = float(rng.uniform(0, 6)) if rng.random() < 0.5 else None
+    dense = evaluate(_bare(formats, windows, slots, cfg, qk, kv=kv, decode=decode), Selection())
+    return _bare(formats, windows, slots, cfg, qk, dense.latency_ms, dense.memory_mb, kv, decode)
 
 
-def _bare(formats, windows, slots, cfg, qk, dense_ms=1.0, dense_mb=1.0) -> Problem:
+def random_kv(rng, layers: int, with_options: bool) -> list[KVGroup]:
+    """Per block the plain cache and, with_options, one or two of: a quantized cache, an evicting
+    one (CFG sharing halves MB and gather and changes ms)."""
+    groups = []
+    for layer in range(layers):
+        mb = float(rng.uniform(0.5, 2))
+        opts = [KVOption("fp", (0, None), 0.0, (mb, mb / 2), (0.0, 0.0), (0.0, 0.0))]
+        if with_options:
+            for fmt, keep in [("KV8", (0, None)), ("KV4", (1, 1)), ("fp", (1, 2))][: int(rng.integers(1, 3))]:
+                f = float(rng.uniform(0.2, 0.7))
+                g, ms = float(rng.uniform(0, 1)), float(rng.uniform(-0.3, 0.5))
+                opts.append(KVOption(fmt, keep, float(rng.uniform(0, 0.005)), (f * mb, f * mb / 2), (g, g / 2),
+                                     (ms, ms * float(rng.uniform(0.4, 0.6)))))
+        groups.append(KVGroup(layer, tuple(opts)))
+    return groups
+
+
+def _bare(formats, windows, slots, cfg, qk, dense_ms=1.0, dense_mb=1.0, kv=(), decode=None) -> Problem:
     return Problem(formats, windows, slots, cfg, qk, base_latency_ms=1.0, base_memory_mb=2.0,
-                   dense_latency_ms=dense_ms, dense_memory_mb=dense_mb, meta={"resolution": 256, "batch": 1})
+                   dense_latency_ms=dense_ms, dense_memory_mb=dense_mb, meta={"resolution": 256, "batch": 1},
+                   kv=list(kv), decode_base_mb=decode)
 
 
 def random_selection(rng, problem: Problem) -> Selection:
@@ -83,17 +105,19 @@ def random_selection(rng, problem: Problem) -> Selection:
     return Selection({g.layer: g.options[int(rng.integers(len(g.options)))].format for g in problem.formats},
                      {k: w for k, w in widths.items() if w != FULL},
                      frozenset(l for l in problem.cfg_loss if rng.random() < 0.5),
-                     frozenset(l for l in problem.qk_loss if rng.random() < 0.5))
+                     frozenset(l for l in problem.qk_loss if rng.random() < 0.5),
+                     {g.layer: (o.fmt, o.keep) for g in problem.kv
+                      for o in [g.options[int(rng.integers(len(g.options)))]] if not o.plain})
 
 
-def random_budgets(rng, problem: Problem) -> Budgets:
+def random_budgets(rng, problem: Problem, p_memory: float = 0.4) -> Budgets:
     """Budgets around a random selection's metrics (most feasible and binding, some infeasible)."""
     r = evaluate(problem, random_selection(rng, problem))
     near = lambda v: float(v * rng.uniform(0.9, 1.08))  # noqa: E731
     kw = {}
     if rng.random() < 0.6:
         kw["max_latency_ms"] = near(r.latency_ms)
-    if rng.random() < 0.4:
+    if rng.random() < p_memory:
         kw["max_memory_gb"] = near(r.memory_mb) / 1024
     if rng.random() < 0.2:
         kw["min_speedup"] = problem.dense_latency_ms / near(r.latency_ms)
@@ -104,11 +128,14 @@ def random_budgets(rng, problem: Problem) -> Budgets:
     return Budgets(**kw)
 
 
-@pytest.mark.parametrize("seed", range(32))
+@pytest.mark.parametrize("seed", range(48))
 def test_equals_brute_force(seed):
+    """The integer program's optimum equals brute force; odd seeds add KV-cache options
+    (formats, eviction, their CFG-shared halves, the exclusions with windows and QK8) and some
+    problems a decode phase."""
     rng = np.random.default_rng(seed)
-    problem = random_problem(rng)
-    budgets = random_budgets(rng, problem)
+    problem = random_problem(rng, max_binaries=10 if seed % 2 else 12, kv_options=bool(seed % 2))
+    budgets = random_budgets(rng, problem, p_memory=0.8 if seed % 2 else 0.4)
     assert all(f.exact for f in frontiers(problem).values())
     best = brute_force(problem, budgets)
     if best is None:

@@ -65,6 +65,28 @@ def test_coverage_curves_are_monotone_and_full_is_one(model_and_calib):
     assert wf.lost_mass.iloc[0] < wf.lost_mass.iloc[1] and fit["coef"] >= 0
 
 
+def test_kv_cache_losses_grow_with_fewer_bits(model_and_calib):
+    """Sensitivity rows of each block's KV cache (blocks.i.attn.kv, kind attn_kv): KV4 costs more
+    than KV8, which costs more than nothing, in every block; the model is left as it was."""
+    vae, var, calib = model_and_calib
+    sens = Q.sensitivity(vae, var, calib, formats=(), qk8=False, progress=False)
+    assert set(sens.kind) == {"attn_kv"} and len(sens) == 2 * len(var.blocks)
+    loss = sens.set_index(["layer", "format"]).loss
+    for i in range(len(var.blocks)):
+        assert 0 < loss[f"blocks.{i}.attn.kv", "KV8"] < loss[f"blocks.{i}.attn.kv", "KV4"], sens
+    assert Q.loss_of(vae, var, calib) == (0.0, 1.0)
+
+
+def test_eviction_loss_grows_with_the_evicted_mass(model_and_calib):
+    """The eviction fit: keeping fewer scales evicts more attention mass and loses more."""
+    vae, var, calib = model_and_calib
+    rec = Q.record_attention(vae, var, calib, families=(Q.WindowFamily.BAND,), progress=False)
+    _, sinks = Q.coverage_tables(rec, var)
+    ef, fit = Q.evict_fit(vae, var, calib, sinks, rules=((5, 3), (1, 1)), progress=False)
+    assert ef.lost_mass.iloc[0] < ef.lost_mass.iloc[1] and ef.measured.iloc[0] < ef.measured.iloc[1]
+    assert fit["coef"] > 0
+
+
 def test_profile_command_caches_stages(tmp_path, capsys):
     out = tmp_path / "p.json"
     args = ["profile", "--out", str(out), "--calib", "2", "--calib-loss", "2", "--stages", "cfg"]
@@ -75,7 +97,8 @@ def test_profile_command_caches_stages(tmp_path, capsys):
     second = capsys.readouterr().out
     assert "stage cfg (cached)" in second
     prof = Profile.load(out)
-    assert set(prof.tables) == {"cfg_share", "coverage", "sinks", "window_fit", "cfg"}
+    assert set(prof.tables) == {"cfg_share", "coverage", "sinks", "window_fit", "evict_fit", "cfg"}
+    assert prof.meta["evict_fit"]["coef"] >= 0 and len(prof.table("evict_fit")) == len(Q.EVICT_FIT_RULES)
     assert prof.meta["model"]["weights_sha256"] and prof.meta["loss_unit"] == Q.LOSS_UNIT
     assert main(["profile", "--out", str(out), "--stages", "bogus"]) == 2
 

@@ -47,7 +47,7 @@ def test_killed_mid_stage_then_resumed_gives_the_same_tables(tmp_path):
     out = run_to_end(cut)
     assert "stage coverage (cached)" in out and "stage cfg\n" in out
     a, b = Profile.load(whole), Profile.load(cut)
-    assert set(a.tables) == set(b.tables) == {"coverage", "sinks", "window_fit", "cfg", "cfg_share"}
+    assert set(a.tables) == set(b.tables) == {"coverage", "sinks", "window_fit", "evict_fit", "cfg", "cfg_share"}
     for name in a.tables:
         pd.testing.assert_frame_equal(a.tables[name], b.tables[name], check_exact=True)
 

@@ -85,6 +85,7 @@ CASES = {  # name -> (mutation, words the one-line error must hold)
     "part after its scale": (set_cell("coverage", "part", 9, rows=(0,)), ["part 9 of scale"]),
     "unknown layer name": (set_cell("sensitivity", "layer", "blocks.9.ffn.fc9"), ["'blocks.9.ffn.fc9'"]),
     "unknown format": (set_cell("sensitivity", "format", "W3A3"), ["unknown format 'W3A3'"]),
+    "KV format on a linear": (set_cell("sensitivity", "format", "KV8"), ["KV-cache formats", "attn.kv rows only"]),
     "unknown family": (set_cell("coverage", "family", "diagonal"), ["unknown window family"]),
     "text in an integer column": (set_cell("coverage", "layer", "one"), ["'coverage'", "layer"]),
     "missing column": (drop_column("cost_attn", "ms"), ["'cost_attn'", "lacks columns ['ms']"]),

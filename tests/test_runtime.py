@@ -325,3 +325,25 @@ def test_device_mismatch_sees_a_cpu_generation_behind_one_model_name():
     assert device_mismatch({"type": "cpu", "name": "AMD EPYC"}, here) is None  # older plans: not recorded
     assert device_mismatch({**here, "cpu_family": "25", "cpu_model": "17"}, here) == \
         "cpu_family: plan '25', here '26', cpu_model: plan '17', here '2'"
+
+
+def test_kv_plan_teacher_forced_equals_cached_generation(reference):
+    """A KV plan's loss is measured teacher-forced (bench --quality, profiler.quality.loss_of): each
+    planned block gives those calls the keys and values its cache would hold, so the teacher-forced
+    logits equal the logits of generating with the caches on the same tokens (KV4 evicting, KV8,
+    a CFG-shared half cache), and differ from the dense model's."""
+    labels, tokens, ref, sha = reference
+    plan = plan_for(sha, kv={0: {"format": "KV4", "keep": {"sinks": 1, "recent": 2}}, 1: {"format": "KV8"}},
+                    kv_layout={"heads": ARCH["num_heads"], "head_dim": ARCH["embed_dim"] // ARCH["num_heads"]},
+                    cfg_shared=[3])
+    vae, var = planned(plan)
+    forced = cfg_logits(var, vae, labels, tokens, CFG)
+    seen = []
+    var.autoregressive_infer_cfg(len(labels), labels, g_seed=0, cfg=CFG, prefix_tokens=tokens,
+                                 callback=lambda si, lg: seen.append(lg.float()))
+    cached = torch.cat(seen, 1)
+    # equal up to float order: a quantization code may round the other way (KV4: one step of a
+    # segment's scale), so the check is on the distributions: KL ~1e-8 between the two, measured
+    # 0.67 from the dense model (the eviction in block 0 and ASC in block 3 cost that much here)
+    assert mean_kl(cached, forced) < 1e-6 and mean_kl(ref, forced) > 1e-2
+    assert mean_kl(ref, forced) == pytest.approx(mean_kl(ref, cached), rel=1e-3)

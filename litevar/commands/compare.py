@@ -211,7 +211,7 @@ def row(e: Entry) -> dict:
             "speedup_pred": pred.get("speedup"), "speedup_meas": speed.get("measured"),
             "formats": formats_text(p.formats), "qk8_blocks": len(p.qk_int8),
             "cfg_shared_blocks": len(p.cfg_shared), "attn_kept": pred.get("attn_kept"),
-            **{f"mem_{k}_mb": (e.memory or {}).get(k) for k in MEMORY_PARTS}}
+            **{f"mem_{k}_mb": (e.memory or {}).get(k) for k in (*MEMORY_PARTS, "decode_phase")}}
 
 
 def _order(r: dict) -> tuple:
@@ -233,7 +233,7 @@ COLUMNS = (  # row key, header, cell format (None: text, left-aligned; else righ
     ("formats", "formats", None), ("qk8_blocks", "QK8", "{:d}"), ("cfg_shared_blocks", "CFG-shared", "{:d}"),
     ("attn_kept", "attn kept", "{:.1%}"), ("mem_weights_mb", "weights MB", "{:.1f}"),
     ("mem_kv_cache_mb", "KV MB", "{:.1f}"), ("mem_activations_mb", "act MB", "{:.1f}"),
-    ("mem_other_mb", "other MB", "{:.1f}"),
+    ("mem_other_mb", "other MB", "{:.1f}"), ("mem_decode_phase_mb", "decode MB", "{:.1f}"),
 )
 
 
@@ -491,10 +491,12 @@ WINDOW_CAPTION = (
     "(query, key) pairs the multi-diagonal window keeps at that scale (100%: dense).")
 
 
-MEMORY_CAPTION = ("Predicted peak memory of each plan by part (MB = 2**20 bytes): weights of the linear layers in "
-                  "their formats; the KV cache; activations (the last scale's) with the largest quantized-linear "
-                  "workspace; other (the remaining parameters, the VQVAE, the fitted constant). Plans without a "
-                  "recorded breakdown and no --profile to compute it are left out.")
+MEMORY_CAPTION = ("Predicted peak memory of each plan's transformer phase by part (MB = 2**20 bytes): weights "
+                  "of the linear layers in their formats; the KV cache; activations (the last scale's) with the "
+                  "largest transient (a quantized linear's workspace or the keys a KV call gathers); other (the "
+                  "remaining parameters, the VQVAE, the fitted constant). The black mark is the decode phase's "
+                  "peak (weights, then the VQVAE decode); a plan's peak is the larger of the two. Plans without "
+                  "a recorded breakdown and no --profile to compute it are left out.")
 
 
 def memory_figure(entries: list[Entry]) -> str:
@@ -507,6 +509,9 @@ def memory_figure(entries: list[Entry]) -> str:
         v = np.array([e.memory.get(part, 0.0) for e in shown])
         ax.barh(range(len(shown)), v, left=left, color=colour, label=part.replace("_", " "))
         left += v
+    dec = [e.memory.get("decode_phase", 0.0) for e in shown]
+    if any(dec):
+        ax.plot(dec, range(len(shown)), "k|", ms=14, mew=2, label="decode phase peak")
     ax.set_yticks(range(len(shown)), [_label(plan_name(e)) for e in shown], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("predicted peak memory (MB)")

@@ -31,7 +31,7 @@ def run(args) -> int:
         n_q = sum(f != "fp" for f in plan.formats.values())
         print(f"{n_q} of {len(plan.formats)} linear layers quantized ({', '.join(sorted(quantized)) or 'none'}); "
               f"CFG-shared blocks {plan.cfg_shared}; QK8 blocks {plan.qk_int8}; windowed blocks "
-              f"{sorted(plan.windows.widths) if plan.windows else []}")
+              f"{sorted(plan.windows.widths) if plan.windows else []}; KV caches planned in blocks {sorted(plan.kv)}")
         print("pass --profile PROFILE for what each choice saves, costs and beat")
         return 0
     from planner.build import build_problem, profile_sha256, selection_of
@@ -42,8 +42,10 @@ def run(args) -> int:
               "numbers below are from the given profile")
     profile = Profile.load(args.profile)
     family = plan.windows.family.value if plan.windows else None
-    problem = build_problem(profile, plan.resolution, plan.batch, None, family, coverage_targets=None)
     sel = selection_of(plan)
+    uniform = set(sel.kv.values())  # a recipe's KV option, which the profile may not offer by itself
+    problem = build_problem(profile, plan.resolution, plan.batch, None, family, coverage_targets=None,
+                            kv_option=next(iter(uniform)) if len(uniform) == 1 else None)
     bad = [k for k in sel.widths if k + (sel.widths[k],) not in problem.window_index]
     if bad:
         raise UserError(f"plan window {bad[0]} is not a width the profile measured; explain it with the "

@@ -145,6 +145,8 @@ def run_recipe(args, budgets) -> int:
     print(f"wrote {out}: recipe {recipe.spec or 'dense'} ({recipe.describe()}): {pr['latency_ms']:.1f} ms "
           f"({pr['speedup']:.2f}x vs dense {pr['dense_latency_ms']:.1f} ms), {pr['memory_mb']:.0f} MB, "
           f"loss {pr['loss']:.4g}, attention kept {pr['attn_kept']:.1%}")
+    if plan.solver.get("loss_leaves_out"):
+        print(f"note: its loss leaves out {', '.join(plan.solver['loss_leaves_out'])}: the profile cannot price it")
     return 0
 
 

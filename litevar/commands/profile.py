@@ -136,8 +136,9 @@ def _quality_stages(stage: str, vae, var, args, calib_fn) -> tuple[dict, dict]:
         rec = Q.record_attention(vae, var, calib)
         cov, sinks = Q.coverage_tables(rec, var)
         wf, fit = Q.window_fit(vae, var, calib_loss, cov, sinks)
-        tables = {"coverage": cov, "sinks": sinks, "window_fit": wf, "cfg": Q.cfg_similarity(rec)}
-        meta = {"window_fit": fit}
+        ef, efit = Q.evict_fit(vae, var, calib_loss, sinks)
+        tables = {"coverage": cov, "sinks": sinks, "window_fit": wf, "evict_fit": ef, "cfg": Q.cfg_similarity(rec)}
+        meta = {"window_fit": fit, "evict_fit": efit}
     else:  # cfg sharing losses
         tables, meta = {"cfg_share": Q.cfg_share_losses(vae, var, calib_loss)}, {}
     meta["seconds"] = round(time.perf_counter() - t, 1)
@@ -189,7 +190,7 @@ def run(args) -> int:
     vae, var = load_model(args)
     device = var.lvl_1L.device
     stages, forced = _stage_list(args, args.random_init)
-    arch = {**arch_of(var), "patch_nums": list(var.patch_nums)}
+    arch = {**arch_of(var), "patch_nums": list(var.patch_nums), "downsample": int(vae.downsample)}
     sha = None if args.random_init else weights_sha256(var)
     model = {"name": "random-init" if args.random_init else (Path(args.ckpt).stem if args.ckpt else "default"),
              "random_init": bool(args.random_init), "weights_sha256": sha, "arch": arch}
@@ -210,8 +211,10 @@ def run(args) -> int:
         batches = ",".join(map(str, args.batches))
         skey = key if stage != "cost" else _key(model, args.resolutions, batches, str(device),
                                                  *_cost_options(cost_settings))
-        if stage in ("sensitivity", "cost"):  # a new format (BF16) makes the old tables incomplete
-            skey = _key(skey, sorted(FORMATS))
+        if stage in ("sensitivity", "cost"):  # a new format (BF16, KV8) makes the old tables incomplete
+            skey = _key(skey, sorted(FORMATS), *([Q.KV_QUANT_FORMATS] if stage == "sensitivity" else []))
+        if stage == "coverage":  # so does a new measurement (the eviction fit)
+            skey = _key(skey, Q.EVICT_FIT_RULES)
         fresh = args.fresh and (not forced or stage in forced)
         hit = None if fresh else _cached(out, stage, skey, arch)
         if hit is None and forced and stage not in forced:

@@ -86,7 +86,9 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(C, C)
         self.backend = DenseAttention()
         self.kv_cache: KVCache | None = None
-        self.kv_factory = None  # () -> the layer's KV cache at inference (a plan's); None: KVCache
+        # () -> the layer's KV cache at inference (a plan's; None: KVCache), which also gives teacher-forced
+        # calls the keys and values it would hold (attend_scales)
+        self.kv_factory = None
 
     def qkv(self, x_BlC: torch.Tensor):
         B, l, C = x_BlC.shape
@@ -109,6 +111,8 @@ class SelfAttention(nn.Module):
         ctx = AttnCall(self.layer, scales[0], layout, self.softmax_scale, cfg_batch)
         if hasattr(self.kv_cache, "attend"):  # a cache that stores K/V its own way runs the call
             o_BHlc = self.kv_cache.attend(self.backend, q, k, v, ctx)
+        elif self.kv_cache is None and self.kv_factory is not None:  # teacher-forced: keys and values as
+            o_BHlc = self.kv_factory().attend_scales(self.backend, q, k, v, ctx, scales)  # that cache gives them
         else:
             if self.kv_cache is not None:
                 k, v = self.kv_cache.append(k, v)
@@ -250,13 +254,14 @@ class VAR(nn.Module):
     @torch.no_grad()
     def autoregressive_infer_cfg(self, B: int, label_B=None, g_seed: int | None = None, cfg: float = 1.5,
                                  top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False,
-                                 return_tokens: bool = False, callback=None, prefix_tokens=None):
+                                 return_tokens: bool = False, callback=None, prefix_tokens=None, decode: bool = True):
         """Generate B images in [0, 1] (B, 3, H, W), scale by scale with CFG (batch doubled).
 
         `return_tokens` also returns the per-scale token ids; `callback(si, logits_BlV)` is
         called once per scale (progress bars, profiling); `prefix_tokens`, token ids (B, pn * pn)
         of the first k scales, are used there instead of sampled ones (the rest is sampled as
-        usual, with the same random draws as without them)."""
+        usual, with the same random draws as without them); `decode=False` returns the VQVAE
+        latent f_hat (B, Cvae, h, w) instead of the image (the transformer phase alone)."""
         vae = self.vae_proxy[0]
         if vae is None:
             raise RuntimeError("this VAR was built without a VQVAE; pass one to VAR(vae, cfg)")
@@ -306,7 +311,7 @@ class VAR(nn.Module):
                     x_BlC = (nxt + lvl_pos[:, e:e + self.patch_nums[si + 1] ** 2]).repeat(2, 1, 1)
         finally:
             self._set_kv_caching(False)
-        img = vae.fhat_to_img(f_hat).add_(1).mul_(0.5)
+        img = vae.fhat_to_img(f_hat).add_(1).mul_(0.5) if decode else f_hat
         return (img, tokens) if return_tokens else img
 
     def _check_prefix(self, prefix_tokens: list, B: int) -> list:
