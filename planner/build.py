@@ -160,7 +160,7 @@ def kv_option(cm, arch, pns, batch, alpha, fmt: str, keep, loss: float) -> KVOpt
     d, act = C.arch_dims(arch), C.DTYPE_BYTES[cm["dtype"]]
     specs = [KVSpec(fmt, KeepRule(*keep), bool(c)) for c in (0, 1)]
     mb = tuple(cache_bytes(pns, sp, batch, d["H"], d["D"], act) / C.MB for sp in specs)
-    gather = tuple(gather_bytes(pns, sp, batch, d["H"], d["D"], act) / C.MB for sp in specs)
+    gather = tuple(C.gather_coef(cm) * gather_bytes(pns, sp, batch, d["H"], d["D"], act) / C.MB for sp in specs)
     ms = tuple(alpha * _kv_extra_ms(cm, arch, pns, batch, sp) for sp in specs)
     return KVOption(fmt, tuple(keep), loss, mb, gather, ms)
 

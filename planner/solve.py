@@ -326,9 +326,12 @@ def _kv_terms(problem: Problem, m: _Model, loss: list, lat: list, mem: list) -> 
 def _kv_exclusions(problem: Problem, m: _Model, gi: int, g, terms) -> None:
     evict = [u for u, _, o in terms if u is not None and o.evicts]
     if evict:
-        for (l, s, p, qq, cc), y in m.y.items():
-            if l == g.layer and p > 0:  # a block that evicts runs no window
-                m.prob.addConstraint(pulp.lpSum(evict) + y <= 1, f"evict_or_window_{gi}_{s}_{p}_{qq}{cc}")
+        windowed: dict[int, list] = {}  # scale -> the call's window points (at most one of them is on)
+        for (l, s, p, _, _), y in m.y.items():
+            if l == g.layer and p > 0:
+                windowed.setdefault(s, []).append(y)
+        for s, ys in windowed.items():  # a block that evicts runs no window in any call
+            m.prob.addConstraint(pulp.lpSum(evict) + pulp.lpSum(ys) <= 1, f"evict_or_window_{gi}_{s}")
     heavy = [u for u, _, o in terms if u is not None and not o.plain]
     if heavy and g.layer in m.q:  # QK8 reads float keys of a plain cache
         m.prob.addConstraint(pulp.lpSum(heavy) + m.q[g.layer] <= 1, f"kv_or_qk8_{gi}")

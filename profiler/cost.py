@@ -38,7 +38,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
@@ -82,16 +82,20 @@ class CostSettings:
     # quantized generations fitted on (second-largest schedule): each native kernel family in a
     # few layer kinds, which sets its in-model factor (alpha); the last one is the kind of mix
     # budget plans choose (the wide linears quantized, attention output and AdaLN kept fp), whose
-    # latency the per-family fits alone under-predicted by 3-10% on the CPU
+    # latency the per-family fits alone under-predicted by 3-10% on the CPU; KV8 in every block
+    # sets how much of a KV call's gathered keys adds to the peak
     fit_configs: tuple[str, ...] = ("BF16:fc1,fc2", "BF16:mat_qkv,proj,ada_lin,head,word_embed",
                                     "W8A8:fc1,fc2", "W8A8:mat_qkv,proj,ada_lin,head,word_embed",
                                     "W4A8:fc1,fc2", "W4A8:mat_qkv,proj,ada_lin,head,word_embed",
                                     "W4A16:fc1,fc2", "W4A16:mat_qkv,proj,ada_lin,head,word_embed",
-                                    "W8A8:mat_qkv,fc1,fc2,head")
+                                    "W8A8:mat_qkv,fc1,fc2,head", "KV8:all")
     # held-out quantized generations (model's schedule): formats mixed over other layer kinds
     # and KV caches: INT8 in every block; INT4 keeping the first scale and the two latest
     validate_configs: tuple[str, ...] = ("W4A8:mat_qkv,proj;W8A8:fc1,fc2,head",
                                          "BF16:word_embed,mat_qkv,proj,fc1,ada_lin,head", "KV8:all", "KV4:s1r2")
+    # ranks on identical GPUs (litevar.model.distributed.Group) that share the kernel timings;
+    # None: this process times them all
+    group: object = field(default=None, compare=False)
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -427,13 +431,24 @@ def measure_linears(arch, resolutions, batches, device, settings: CostSettings, 
         jobs += [(K, N, fmt, dt) for (K, N) in points for dt in sorted(dtypes) if cmod.format_applies(K, fmt)]
     jobs += [(K, N, fmt, "fp32") for K, N, fmt, dt in list(jobs) if (K, N) in fp32_only and dt != "fp32"
              and (K, N, fmt, "fp32") not in jobs]  # head runs in fp32 whatever the runtime dtype
-    for K, N, fmt, dt in _bar(jobs, "cost: linears", progress):
+    def measure(job):
+        K, N, fmt, dt = job
         Ms = points[K, N]
         mem_Ms = Ms[-1:] + Ms[-2:-1] if dt == settings.dtype else ()  # the two largest
         ms, mem = measure_linear(K, N, Ms, fmt, device, dt, settings.warmup, settings.repeats, mem_Ms)
-        rows += [(K, N, M, fmt, linear_backend(fmt, device, dt), t, mem.get(M, float("nan")))
-                 for M, t in zip(Ms, ms)]
+        return [(K, N, M, fmt, linear_backend(fmt, device, dt), t, mem.get(M, float("nan"))) for M, t in zip(Ms, ms)]
+    rows = [r for part in _jobs(measure, jobs, "cost: linears", progress, settings.group) for r in part]
     return pd.DataFrame(rows, columns=LINEAR_COLUMNS)
+
+
+def _jobs(fn, jobs: list, desc: str, progress: bool, group) -> list:
+    """[fn(job) for job in jobs]; with a group of ranks on identical devices (CostSettings.group),
+    each job on one of them, gathered in job order on all of them."""
+    from litevar.model.distributed import gather
+    if group is None:
+        return [fn(j) for j in _bar(jobs, desc, progress)]
+    w = group.world()
+    return gather({i: fn(jobs[i]) for i in _bar(w.mine(len(jobs)), desc, progress and w.main)}, len(jobs), group)
 
 
 def attention_points(resolutions, batches) -> list[tuple[tuple[int, ...], int, int]]:
@@ -462,12 +477,12 @@ def measure_attentions(arch, resolutions, batches, device, settings: CostSetting
         big = sorted((p for p in points if p[2] == rows0 and p[1] >= 5), key=work, reverse=True)  # scales
         big = big[:settings.mdwa_shapes]  # 0..4 are kept full (paper_parts_full): windows start at 5
         jobs += [(p, b, k) for p in big for b in ("mdwa", "mdwa_qk8") for k in settings.kept_targets]
-    rows = []
-    for (pns, si, B), backend, target in _bar(jobs, "cost: attention", progress):
+    def measure(job):
+        (pns, si, B), backend, target = job
         ms, kept = measure_attention(pns, si, B, d["H"], d["D"], backend, device, settings.dtype, target,
                                      settings.warmup, settings.repeats)
-        rows.append((B, d["H"], d["D"], pns[si] ** 2, ScaleLayout(pns).end[si], kept, backend, ms))
-    return pd.DataFrame(rows, columns=ATTN_COLUMNS)
+        return B, d["H"], d["D"], pns[si] ** 2, ScaleLayout(pns).end[si], kept, backend, ms
+    return pd.DataFrame(_jobs(measure, jobs, "cost: attention", progress, settings.group), columns=ATTN_COLUMNS)
 
 
 def config_formats(config: str) -> set[str]:
@@ -616,6 +631,8 @@ def run_cost_stage(vae, var, arch: dict, device, resolutions=None, batches=(1, 2
     t0 = time.perf_counter()
     tables = {"cost_linear": measure_linears(arch, resolutions, batches, dev, settings, progress),
               "cost_attn": measure_attentions(arch, resolutions, batches, dev, settings, progress)}
+    if settings.group is not None and not settings.group.world().main:
+        return tables, {}, []  # a helper of its group's leader: the generations run on the leader alone
     t1 = time.perf_counter()
     plan = e2e_plan(resolutions, batches, var.patch_nums, holdout_resolution, holdout_batch, settings,
                     timed_formats(dev, settings))

@@ -25,14 +25,15 @@ Peak memory (MB), the larger of two phases:
     transformer  weights by format (exact) + other VAR parameters (exact) + VAE (measured) + KV
                  cache (exact, per layer: kernels.kvcache.cache_bytes of its format, kept scales
                  and CFG rows) + m0 + m1 * activations + the largest transient: m2 * linear
-                 workspace, or a KV call's gathered keys (exact, kernels.kvcache.gather_bytes)
+                 workspace, or g * a KV call's gathered keys (kernels.kvcache.gather_bytes, exact;
+                 g, fitted, is the share of them that adds to the peak)
     decode       weights + other parameters + VAE + d0 + d1 * pixels (the VQVAE decode; the KV
                  cache is freed by then)
 
 activations = 2B * n_last * (4C + hidden + V) fp32 values (the last scale's). Linear workspace:
 the largest extra memory of a quantized linear call at the last scale beyond the fp call's (its
 temporaries: quantized activations, int32 accumulators, dequantized weights), from the memory
-isolated calls add, fitted per format as (u*M*K + v*M*N + w*K*N) * 4 bytes. m0, m1, m2 are fitted
+isolated calls add, fitted per format as (u*M*K + v*M*N + w*K*N) * 4 bytes. m0, m1, m2, g are fitted
 on generations stopped before the decode (cost_e2e.peak_tf_mb), d0, d1 on decodes alone
 (peak_decode_mb); profiles measured before these columns fit the whole generation's peak.
 
@@ -348,17 +349,17 @@ def fit_memory(cm: dict, arch: dict, e2e, vae_mb: float = 0.0) -> dict:
         pns, batch = _row_patch_nums(row), int(row["batch"])
         spec = config_spec(row["config"], arch)
         counted = counted_memory_mb(cm, arch, pns, batch, spec["formats"], vae_mb, kv_specs=spec["kv_specs"])
-        counted.pop("kv_gather_mb")
         f = memory_features(arch, pns, batch, act_bytes)
-        A.append([1.0, f["activations_mb"], counted.pop("linear_workspace_mb")])
+        A.append([1.0, f["activations_mb"], counted.pop("linear_workspace_mb"), counted.pop("kv_gather_mb")])
         y.append(float(row["peak_tf_mb" if phases else "peak_mb"]) - sum(counted.values()))
     A, y = np.array(A), np.array(y)
     coef, _ = nonneg_fit(A, y, relative=False)
-    if not A[:, 2].any():  # no quantized generation: count the isolated workspace as is
-        coef[2] = 1.0
+    for j in (2, 3):  # no quantized linear / KV generation to fit on: count the isolated figure as is
+        if not A[:, j].any():
+            coef[j] = 1.0
     target = e2e["peak_tf_mb" if phases else "peak_mb"].to_numpy(dtype=float)
-    out = {"coef": coef, "rmse_rel": float(np.sqrt(np.mean(((A @ coef - y) / target) ** 2))), "n": len(y),
-           "vae_mb": float(vae_mb)}
+    out = {"coef": coef[:3], "gather_coef": coef[3],
+           "rmse_rel": float(np.sqrt(np.mean(((A @ coef - y) / target) ** 2))), "n": len(y), "vae_mb": float(vae_mb)}
     if phases and "peak_decode_mb" in e2e:
         out["decode"] = fit_decode(cm, arch, e2e, vae_mb)
     return out
@@ -579,7 +580,7 @@ def predict(cm: dict, arch: dict, patch_nums, batch: int, formats: dict[str, str
     mem = counted_memory_mb(cm, arch, pns, batch, formats, cm["memory"]["vae_mb"], dtype, kv_specs)
     act_mb = memory_features(arch, pns, batch, DTYPE_BYTES[dtype or cm["dtype"]])["activations_mb"]
     m0, m1, m2 = cm["memory"]["coef"]
-    ws, gather = m2 * mem.pop("linear_workspace_mb"), mem.pop("kv_gather_mb")
+    ws, gather = m2 * mem.pop("linear_workspace_mb"), gather_coef(cm) * mem.pop("kv_gather_mb")
     mem.update(fixed_mb=m0, activations_mb=m1 * act_mb, workspace_mb=max(ws, gather))
     transformer = float(sum(mem.values()))
     decode = decode_mb(cm, arch, pns, batch, mem["weights_mb"] + mem["other_params_mb"] + mem["vae_mb"])
@@ -591,6 +592,13 @@ def predict(cm: dict, arch: dict, patch_nums, batch: int, formats: dict[str, str
                           "attn_ms": alpha * k["attn_ms"], "overhead_ms": overhead, "alpha": alpha,
                           "per_layer_ms": per_layer, "memory_mb": mem, "transformer_mb": transformer,
                           "decode_mb": decode}}
+
+
+def gather_coef(cm: dict) -> float:
+    """The share of a KV call's gathered keys that adds to the transformer phase's peak (fitted
+    on KV-cache generations: the buffer lives during attention, when the FFN's and the head's
+    activations are not; 1 when the profile has no such generation to fit on)."""
+    return float(cm["memory"].get("gather_coef", 1.0))
 
 
 def with_cfg_halves(kv_specs: dict | None, cfg_shared: set[int]) -> dict:

@@ -9,9 +9,11 @@ inputs, so the losses of different layers and formats are directly comparable.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -22,6 +24,7 @@ from kernels.qlinear import linear_in_format
 from kernels.select import KernelChoice
 from kernels.windows import FULL, WindowConfig, WindowFamily, max_width, min_width_for_ratio, window_mass
 from litevar.model.attention import DenseAttention, set_attention_backend
+from litevar.model.distributed import merge_in_order, world
 from litevar.model.errors import UserError
 from litevar.model.inference import balanced_labels, cfg_logits, sample
 
@@ -65,11 +68,13 @@ class Calibration:
 
 @torch.no_grad()
 def calibrate(vae, var, n: int, cfg: float, seed: int, batch: int = 40) -> Calibration:
+    """The calibration set; under torchrun its batches are sampled and scored across the ranks
+    (batch i on rank i mod size, with seed + i as alone) and every rank gets all of it."""
     labels = balanced_labels(n, var.num_classes)
     _, tokens = sample(var, labels, seed, cfg, top_k=900, top_p=0.95, batch=batch, desc="calibration samples")
     labels = torch.tensor(labels)
-    ref = torch.cat([cfg_logits(var, vae, labels[s], [t[s] for t in tokens], cfg)
-                     for s in (slice(b, b + batch) for b in range(0, n, batch))])
+    chunks = [slice(b, b + batch) for b in range(0, n, batch)]
+    ref = torch.cat(run_sharded(lambda s: cfg_logits(var, vae, labels[s], [t[s] for t in tokens], cfg).cpu(), chunks))
     return Calibration(labels, tokens, ref, cfg, batch)
 
 
@@ -118,26 +123,89 @@ def attention_backend(var, backend, layers=None):
             b.attn.backend = o
 
 
+_CHECKPOINTS: contextvars.ContextVar = contextvars.ContextVar("shard_checkpoints", default=None)
+
+
+@contextlib.contextmanager
+def shard_checkpoints(directory, key: str):
+    """Within it, each named run_sharded keeps this rank's results in `directory`
+    (NAME.rankRofW.pt, keyed by `key`) when done, and takes them from there when run again with
+    the same key and world size: a stage cut short resumes shard by shard."""
+    token = _CHECKPOINTS.set((Path(directory), key))
+    try:
+        yield
+    finally:
+        _CHECKPOINTS.reset(token)
+
+
+def run_sharded(fn, items: list, desc: str | None = None, progress: bool = False) -> list:
+    """[fn(item) for item in items], under torchrun each item on rank index mod size and the
+    results gathered back in item order on every rank (litevar.model.distributed); a progress
+    bar on rank 0 (over its own share). Named calls (desc) resume from shard checkpoints."""
+    from tqdm import tqdm
+
+    from litevar.model.distributed import gather, local
+    w = world()
+    mine = w.mine(len(items))
+    ckpt = _checkpoint(desc, w)
+    results = _load_checkpoint(ckpt, mine)
+    if results is None:
+        results = {}
+        for i in tqdm(mine, desc=desc, disable=not (progress and desc and w.main)):
+            with local():  # an item runs alone: what it calls does not shard again
+                results[i] = fn(items[i])
+        if ckpt is not None:
+            from litevar.model.atomic import atomic_path
+            ckpt[0].parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(ckpt[0]) as tmp:
+                torch.save({"key": ckpt[1], "results": results}, tmp)
+    return gather(results, len(items))
+
+
+def _checkpoint(desc: str | None, w) -> tuple[Path, str] | None:
+    where = _CHECKPOINTS.get()
+    if where is None or not desc:
+        return None
+    return where[0] / f"{desc.replace(' ', '_')}.rank{w.rank}of{w.size}.pt", where[1]
+
+
+def _load_checkpoint(ckpt, mine: list[int]) -> dict | None:
+    """This rank's results from its checkpoint, if it is whole and for the same key and items."""
+    if ckpt is None or not ckpt[0].is_file():
+        return None
+    try:  # our own file (pickled rows and tensors), written atomically by run_sharded
+        d = torch.load(ckpt[0], weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is measured again
+        log.info("shard checkpoint %s unreadable (%s): measuring it again", ckpt[0], e)
+        return None
+    if not isinstance(d, dict) or d.get("key") != ckpt[1] or sorted(d.get("results", {})) != mine:
+        return None
+    log.info("resumed %d results from %s", len(mine), ckpt[0])
+    return d["results"]
+
+
 # -- 1. quantization sensitivity --------------------------------------------------------------------
 
 def sensitivity(vae, var, calib: Calibration, formats=QUANT_FORMATS, qk8: bool = True,
                 kv_formats=KV_QUANT_FORMATS, progress=True) -> pd.DataFrame:
     """Loss of each linear layer in each format alone, of QK8 in each block and of each block's
     KV cache in each KV format (keys and values as the cache returns them: kernels.kvcache.FakeQuantKV)."""
-    from tqdm import tqdm
     jobs = [(fqn, fmt) for fqn in quantizable_linears(var) for fmt in formats]
     jobs += [(f"blocks.{i}.attn.qk", "QK8") for i in range(len(var.blocks))] if qk8 else []
     jobs += [(f"blocks.{i}.attn.kv", f) for i in range(len(var.blocks)) for f in kv_formats]
-    rows = []
-    for fqn, fmt in tqdm(jobs, desc="sensitivity", disable=not progress):
+
+    def measure(job):
+        fqn, fmt = job
         try:
             with _configured(var, fqn, fmt):
                 loss, agree = loss_of(vae, var, calib)
         except UserError as e:  # e.g. a group size that does not divide the layer's width
             log.info("sensitivity: %s cannot take %s (%s); the planner will not offer it", fqn, fmt, e)
-            continue
-        rows.append((fqn, sensitivity_kind(fqn), fmt, loss, loss, agree))
-    return pd.DataFrame(rows, columns=["layer", "kind", "format", "loss", "kl", "top1_agree"])
+            return None
+        return fqn, sensitivity_kind(fqn), fmt, loss, loss, agree
+    rows = run_sharded(measure, jobs, "sensitivity", progress)
+    return pd.DataFrame([r for r in rows if r is not None], columns=["layer", "kind", "format", "loss", "kl",
+                                                                      "top1_agree"])
 
 
 def sensitivity_kind(fqn: str) -> str:
@@ -165,20 +233,23 @@ def joint_check(vae, var, calib: Calibration, sens: pd.DataFrame, trials: int = 
                 progress=True) -> tuple[pd.DataFrame, float]:
     """Random joint configurations: is the sum of single-layer losses a good predictor?"""
     from scipy.stats import spearmanr
-    from tqdm import tqdm
     rng = random.Random(seed)
     single = {(r.layer, r.format): r.loss for r in sens.itertuples() if r.format in FORMATS}
     options: dict[str, list[str]] = {}
     for l, f in sorted(single):
         options.setdefault(l, []).append(f)
     layers = sorted(options)
-    rows = []
-    for t in tqdm(range(trials), desc="joint check", disable=not progress):
+    configs = []
+    for _ in range(trials):  # drawn in order on every rank, then measured where sharded
         chosen = rng.sample(layers, rng.randint(2, max(2, len(layers) // 2)))
-        cfg = {l: rng.choice(options[l]) for l in chosen}
+        configs.append({l: rng.choice(options[l]) for l in chosen})
+
+    def measure(cfg):
         with quantized(var, cfg):
-            measured, _ = loss_of(vae, var, calib)
-        rows.append((t, len(cfg), sum(single[(l, f)] for l, f in cfg.items()), measured))
+            return loss_of(vae, var, calib)[0]
+    measured = run_sharded(measure, configs, "joint check", progress)
+    rows = [(t, len(cfg), sum(single[(l, f)] for l, f in cfg.items()), m)
+            for t, (cfg, m) in enumerate(zip(configs, measured))]
     df = pd.DataFrame(rows, columns=["trial", "n_quantized", "predicted", "measured"])
     rho = float(spearmanr(df.predicted, df.measured).statistic) if trials > 2 else float("nan")
     return df, rho
@@ -193,6 +264,21 @@ class _Recorder:
     def __init__(self, widths, families):
         self.widths, self.families = list(widths), list(families)
         self.inside, self.total, self.cos = {}, {}, {}
+
+    def state(self) -> dict:
+        """The sums, as one dict of tensors (what ranks send and merge)."""
+        return ({("inside",) + k: v for k, v in self.inside.items()}
+                | {("total",) + k: v for k, v in self.total.items()}
+                | {("cos",) + k: torch.tensor(v, dtype=torch.float64) for k, v in self.cos.items()})
+
+    def load(self, state: dict) -> _Recorder:
+        for (what, *key), v in state.items():
+            key = tuple(key)
+            if what == "cos":
+                self.cos[key] = (int(v[0]), float(v[1]))
+            else:
+                getattr(self, what)[key] = v
+        return self
 
     def __call__(self, q_BHlc, k_BHLc, v_BHLc, ctx):
         P_BHlL = (q_BHlc.float() @ k_BHLc.float().transpose(-1, -2)).mul_(ctx.softmax_scale).softmax(-1)
@@ -223,12 +309,13 @@ def _kept_share(layout, scale: int, part: int, width: int, family: WindowFamily)
 @torch.no_grad()
 def record_attention(vae, var, calib: Calibration, widths=CANDIDATE_WIDTHS,
                      families=(WindowFamily.BAND, WindowFamily.SPATIAL), progress=True) -> _Recorder:
-    from tqdm import tqdm
-    rec = _Recorder(list(widths) + [FULL], families)
-    with attention_backend(var, rec):
-        for s in tqdm(list(calib.chunks()), desc="attention maps", disable=not progress):
+    def record(s):  # one chunk's sums (summed over chunks in chunk order, wherever they ran)
+        rec = _Recorder(list(widths) + [FULL], families)
+        with attention_backend(var, rec):
             cfg_logits(var, vae, calib.labels[s], [t[s] for t in calib.tokens], calib.cfg)
-    return rec
+        return rec.state()
+    states = run_sharded(record, list(calib.chunks()), "attention maps", progress)
+    return _Recorder(list(widths) + [FULL], families).load(merge_in_order(states))
 
 
 def coverage_tables(rec: _Recorder, var) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -298,15 +385,14 @@ def lost_mass(cov: pd.DataFrame, windows: WindowConfig) -> float:
 def window_fit(vae, var, calib: Calibration, cov: pd.DataFrame, sinks: pd.DataFrame, ratios=WINDOW_RATIOS,
                progress=True) -> tuple[pd.DataFrame, dict]:
     """Measured loss of MDWA configurations vs their lost attention mass; fit loss = coef * lost."""
-    from tqdm import tqdm
-
     from kernels.mdwa import MaskedReference
-    rows = []
-    for t, r0 in enumerate(tqdm(ratios, desc="window fit", disable=not progress)):
+
+    def measure(r0):
         wc = ratio_windows(cov, var, r0, sinks=sinks)
         with attention_backend(var, MaskedReference(wc)):
             measured, _ = loss_of(vae, var, calib)
-        rows.append((t, lost_mass(cov, wc), measured, r0, wc.kept_fraction()))
+        return lost_mass(cov, wc), measured, r0, wc.kept_fraction()
+    rows = [(t, *r) for t, r in enumerate(run_sharded(measure, list(ratios), "window fit", progress))]
     df = pd.DataFrame(rows, columns=["trial", "lost_mass", "measured", "ratio", "attn_kept"])
     return df, {**_through_origin(df.lost_mass.to_numpy(), df.measured.to_numpy()),
                 "model": "loss = coef * sum over windowed (layer, head, scale, part) of (1 - coverage)"}
@@ -330,17 +416,18 @@ def evict_fit(vae, var, calib: Calibration, sinks: pd.DataFrame, rules=EVICT_FIT
     """Measured loss of evicting KV scales in every block at once (each keep rule of `rules`) vs the
     attention mass evicted; fit loss = coef * evicted mass. The planner prices a block's keep rule
     by its own evicted mass (planner.build.eviction_losses)."""
-    from tqdm import tqdm
-
     from kernels.kvcache import KeepRule, eviction_windows
     from kernels.mdwa import MaskedReference
-    H, rows = var.blocks[0].attn.num_heads, []
-    for t, (sinks_n, recent) in enumerate(tqdm(rules, desc="eviction fit", disable=not progress)):
-        keep = {layer: (sinks_n, recent) for layer in range(len(var.blocks))}
+    H = var.blocks[0].attn.num_heads
+
+    def measure(rule):
+        keep = {layer: tuple(rule) for layer in range(len(var.blocks))}
         wc = eviction_windows(var.patch_nums, H, {layer: KeepRule(*r) for layer, r in keep.items()})
         with attention_backend(var, MaskedReference(wc)):
             measured, _ = loss_of(vae, var, calib)
-        rows.append((t, sinks_n, recent, evicted_mass(sinks, keep), measured))
+        return evicted_mass(sinks, keep), measured
+    rows = [(t, rule[0], rule[1], *r) for t, (rule, r) in
+            enumerate(zip(rules, run_sharded(measure, list(rules), "eviction fit", progress)))]
     df = pd.DataFrame(rows, columns=["trial", "sinks", "recent", "lost_mass", "measured"])
     return df, {**_through_origin(df.lost_mass.to_numpy(), df.measured.to_numpy()),
                 "model": "loss = coef * sum over (layer, head, query scale) of the attention mass on evicted scales"}
@@ -363,15 +450,14 @@ def cfg_similarity(rec: _Recorder) -> pd.DataFrame:
 
 def cfg_share_losses(vae, var, calib: Calibration, progress=True) -> pd.DataFrame:
     """Loss of ASC in each layer alone: the unconditional half reuses the conditional output."""
-    from tqdm import tqdm
-
     from kernels.mdwa import CFGShared
-    rows = []
-    for layer in tqdm(range(len(var.blocks)), desc="cfg sharing", disable=not progress):
+
+    def measure(layer):
         with attention_backend(var, CFGShared(DenseAttention(), [layer]), [layer]):
-            loss, _ = loss_of(vae, var, calib)
-        rows.append((layer, loss))
-    return pd.DataFrame(rows, columns=["layer", "loss"])
+            return loss_of(vae, var, calib)[0]
+    layers = list(range(len(var.blocks)))
+    return pd.DataFrame(list(zip(layers, run_sharded(measure, layers, "cfg sharing", progress))),
+                        columns=["layer", "loss"])
 
 
 def summarize_sensitivity(sens: pd.DataFrame) -> pd.DataFrame:

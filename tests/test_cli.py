@@ -86,7 +86,7 @@ def numeric_flags():
     from litevar.commands.args import Number, NumberList, guard_value
     from litevar.commands.cli import build_parser
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return [(cmd, a.option_strings[-1], a.type) for cmd, parser in sub.choices.items() for a in parser._actions
+    return [(cmd, "/".join(a.option_strings), a.type) for cmd, parser in sub.choices.items() for a in parser._actions
             if isinstance(a.type, (Number, NumberList)) or a.type is guard_value]
 
 
@@ -105,7 +105,7 @@ def test_every_numeric_flag_refuses_nan_inf_and_out_of_range(capsys):
         (c, f) for c, f, _ in flags}
     for cmd, flag, checker in flags:
         for value in bad_values(checker):
-            rc, _, err = run_cli(capsys, cmd, flag, value)
+            rc, _, err = run_cli(capsys, cmd, flag.split("/")[-1], value)
             assert_one_line_error(rc, err, f"litevar {cmd}: error: argument {flag}")
 
 

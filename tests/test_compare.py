@@ -1,4 +1,5 @@
 """`litevar compare`: one row per plan, bench figures matched by sha256, a self-contained HTML report."""
+import base64
 import hashlib
 import html
 import json
@@ -69,10 +70,10 @@ def case(tmp_path_factory):
     rows = [[b, b, 30 + i, 1.1, 0.5 / (i + 1), 1.0, 1.0, 16.0, 0, "Optimal", 0.0, 0.0, 0.1, True]
             for i, b in enumerate((125.0, 135.0, 145.0))]
     pd.DataFrame(rows, columns=FRONTIER_COLUMNS).to_csv(frontier, index=False)
-    html = d / "report.html"
+    html, png = d / "report.html", d / "frontier.png"
     assert main(["compare", *map(str, plans), "--bench", str(bench), "--frontier", str(frontier),
-                 "--html", str(html)]) == 0
-    return {"dir": d, "plans": plans, "bench": bench, "frontier": frontier, "html": html}
+                 "--html", str(html), "--png", str(png)]) == 0
+    return {"dir": d, "plans": plans, "bench": bench, "frontier": frontier, "html": html, "png": png}
 
 
 def test_one_row_per_plan_sorted_and_json_rows_match(case, capsys):
@@ -195,9 +196,18 @@ def test_html_is_self_contained_and_names_every_plan(case):
     groups = len({(q.device.get("name"), q.model.get("name"), q.arch["depth"], q.resolution) for q in loaded})
     assert groups >= 3  # (AMD EPYC, default, 256), (H100, 512), (test cpu, 256) at least
     windowed = sum(bool(Plan.load(p).windows and Plan.load(p).windows.widths) for p in case["plans"])
-    assert text.count('src="data:image/png;base64,') == groups + 1 + windowed
+    breakdown = any(q.predicted.get("memory_breakdown_mb") for q in loaded)  # the memory-by-part figure
+    assert text.count('src="data:image/png;base64,') == groups + 1 + breakdown + windowed
     assert text.count("no windows") == len(case["plans"]) - windowed
     assert "frontier.csv" in text and "bench.json" in text
+
+
+def test_png_is_the_first_groups_frontier(case):
+    """--png: the report's first frontier panel as a PNG file (the README's picture)."""
+    data = case["png"].read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    first = re.search(r'src="data:image/png;base64,([^"]+)"', case["html"].read_text())[1]
+    assert data == base64.b64decode(first)
 
 
 def test_report_renders_in_headless_chromium(case, tmp_path):

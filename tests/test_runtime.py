@@ -195,7 +195,7 @@ def test_generate_refuses_plan_for_another_resolution(reference, tmp_path, capsy
     assert len(err.splitlines()) == 1 and "plan 512 px" in err, err
 
 
-BENCH_KEYS = {"format", "version", "device", "batch", "resolution", "repeats", "warmup", "kernel", "dtype",
+BENCH_KEYS = {"format", "version", "created", "device", "batch", "resolution", "repeats", "warmup", "kernel", "dtype",
               "quality", "dense", "plans"}
 E2E_KEYS = {"latency_ms", "latency_ms_runs", "peak_mb", "model_mb", "loss", "top1"}
 

@@ -59,7 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--profile", required=True, help="the model's profile (written by `litevar profile`)")
     p.add_argument("--tables", default="1,2,3", help="which of the paper's tables (default 1,2,3)")
-    p.add_argument("--n", type=Number(int, 2), default=100, help="generated images per row (default 100)")
+    p.add_argument("--n", "--num-images", dest="n", type=Number(int, 2), default=100,
+                   help="generated images per row (default 100; under torchrun write --num-images: torchrun "
+                   "takes --n for its own --nnodes / --nproc-per-node)")
     p.add_argument("--calib", type=COUNT, default=80, help="calibration samples of the measured loss (default 80)")
     p.add_argument("--batch", type=COUNT, default=50, help="images per generation batch (default 50)")
     p.add_argument("--seed", type=SEED, default=0)
@@ -96,10 +98,11 @@ def measure_row(vae, dense, plan, calib, scorer, args) -> dict:
 
 def run(args) -> int:
     from litevar.default_model.evaluation import Scorer
+    from litevar.model.distributed import world
     from planner.plan import resolution_of
     from planner.recipes import recipe_plan
     from profiler.profile import Profile
-    from profiler.quality import calibrate
+    from profiler.quality import calibrate, run_sharded
     tables = _tables(args.tables)
     for path in (args.out, args.json):
         if path and not Path(path).resolve().parent.is_dir():
@@ -115,7 +118,11 @@ def run(args) -> int:
              for t in tables for spec, _ in TABLES[t][1]}
     calib = calibrate(vae, dense, args.calib, 4.0, args.seed)
     scorer = Scorer(max(args.n, 500))
-    rows = {spec: measure_row(vae, dense, plan, calib, scorer, args) for spec, plan in plans.items()}
+    specs = list(plans)  # under torchrun: row i on rank i mod size, whole (the same seeds as alone)
+    rows = dict(zip(specs, run_sharded(lambda spec: measure_row(vae, dense, plans[spec], calib, scorer, args),
+                                       specs, "ablation rows", progress=True)))
+    if not world().main:
+        return 0
     result = {"model": profile.meta.get("model", {}).get("name", ""), "profile": args.profile, "n": args.n,
               "calib": args.calib, "seed": args.seed, "cfg": 4.0,
               "real_vs_real_frechet": scorer.real_vs_real, "chance": 1 / scorer.clf.num_classes,

@@ -34,6 +34,7 @@ reference that cancels it.
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import statistics
 from dataclasses import asdict, dataclass
@@ -163,6 +164,7 @@ def report(plans: list, paths: list[str], dense: E2E, measured: list[E2E], args,
     first = plans[0]
     return {
         "format": "litevar-bench", "version": 2, "device": fingerprint(device), "batch": first.batch,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "resolution": first.resolution, "repeats": args.repeats, "warmup": max(1, args.warmup), "kernel": args.kernel,
         "dtype": args.dtype, "quality": {"n": args.quality, "cfg": 4.0, "seed": args.seed} if args.quality else None,
         "dense": asdict(dense),

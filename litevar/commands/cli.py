@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ablate": ("litevar.commands.ablate", "re-run the LiteVAR paper's Tables 1-3 (MDWA thresholds, bit-widths, "
                "MDWA+ASC+quant) on a model"),
 }
+DISTRIBUTED = ("profile", "eval", "ablate")  # commands that share their work across torchrun's processes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,14 +58,34 @@ def main(argv: list[str] | None = None) -> int:
         args.dtype = default_dtype(args.device)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    from litevar.model import distributed
     try:
-        return int(_import(args._module).run(args) or 0)
+        if distributed.launched():
+            if args.command not in DISTRIBUTED:
+                raise UserError(f"`litevar {args.command}` runs as one process; of the commands only "
+                                f"{', '.join(DISTRIBUTED)} run under torchrun")
+            distributed.init(args.device)
+        with _quiet_unless_main():
+            return int(_import(args._module).run(args) or 0)
     except UserError as e:
         print(f"litevar {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
+
+
+def _quiet_unless_main():
+    """Under torchrun only rank 0 prints (errors still go to every rank's stderr)."""
+    import contextlib
+    import os
+
+    from litevar.model.distributed import world
+    if world().main:
+        return contextlib.nullcontext()
+    return contextlib.redirect_stdout(open(os.devnull, "w"))  # noqa: SIM115 - closed with the process
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ def resolve_device(name: str) -> torch.device:
 def load_model(args) -> tuple:
     """(vae, var) from the model flags, on args.device."""
     from litevar.model.build import build_vae_var, load_vae_var
+    from litevar.model.distributed import local_device
     from litevar.model.schedules import parse_patch_nums, schedule_for
-    dev = resolve_device(args.device)
+    dev = local_device(resolve_device(args.device))  # under torchrun: this process's own GPU
     pns = parse_patch_nums(args.patch_nums) if args.patch_nums else None
     if args.random_init:
         if args.depth is None:

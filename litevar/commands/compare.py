@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from litevar.model.atomic import write_json, write_text
+from litevar.model.atomic import atomic_path, write_json, write_text
 from litevar.model.errors import UserError
 
 if TYPE_CHECKING:
@@ -50,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="profiles the plans were made from (repeatable; matched by sha256): the memory breakdown "
                    "of plans that do not record it")
     p.add_argument("--html", help="write a self-contained HTML report here")
+    p.add_argument("--png", help="also write the report's loss-latency-memory frontier of the first group of "
+                   "plans (device, model, resolution) as a PNG here, e.g. for a README")
     p.add_argument("--json", help="write the table rows here as JSON")
 
 
@@ -186,6 +188,16 @@ def formats_text(formats: dict) -> str:
     return ", ".join(f"{n} {f}" for f, n in counts) or "-"
 
 
+def kv_text(plan) -> str:
+    """The KV caches a plan sets: '3 KV4, 1 KV8 s1r2' (per format and keep rule, most used first)."""
+    names = []
+    for layer in range(plan.arch["depth"]):
+        spec = plan.kv_spec(layer)
+        if spec.fmt.quantized or not spec.keep.keeps_all:
+            names.append(spec.fmt.name + ("" if spec.keep.keeps_all else f" {spec.keep.name()}"))
+    return formats_text(dict(enumerate(names))) if names else "-"
+
+
 def device_name(plan) -> str:
     return str(plan.device.get("name") or plan.device.get("type") or "-")
 
@@ -209,7 +221,7 @@ def row(e: Entry) -> dict:
             "pred_loss": pred.get("loss"), "meas_latency_ms": meas.get("latency_ms"),
             "meas_peak_mb": meas.get("peak_mb"), "meas_loss": meas.get("loss"),
             "speedup_pred": pred.get("speedup"), "speedup_meas": speed.get("measured"),
-            "formats": formats_text(p.formats), "qk8_blocks": len(p.qk_int8),
+            "formats": formats_text(p.formats), "kv": kv_text(p), "qk8_blocks": len(p.qk_int8),
             "cfg_shared_blocks": len(p.cfg_shared), "attn_kept": pred.get("attn_kept"),
             **{f"mem_{k}_mb": (e.memory or {}).get(k) for k in (*MEMORY_PARTS, "decode_phase")}}
 
@@ -230,7 +242,8 @@ COLUMNS = (  # row key, header, cell format (None: text, left-aligned; else righ
     ("pred_loss", "pred loss", "{:.4g}"), ("meas_latency_ms", "meas ms", "{:.1f}"),
     ("meas_peak_mb", "meas MB", "{:.1f}"), ("meas_loss", "meas loss", "{:.4g}"),
     ("speedup_pred", "speedup pred", "{:.2f}x"), ("speedup_meas", "speedup meas", "{:.2f}x"),
-    ("formats", "formats", None), ("qk8_blocks", "QK8", "{:d}"), ("cfg_shared_blocks", "CFG-shared", "{:d}"),
+    ("formats", "formats", None), ("kv", "KV cache", None), ("qk8_blocks", "QK8", "{:d}"),
+    ("cfg_shared_blocks", "CFG-shared", "{:d}"),
     ("attn_kept", "attn kept", "{:.1%}"), ("mem_weights_mb", "weights MB", "{:.1f}"),
     ("mem_kv_cache_mb", "KV MB", "{:.1f}"), ("mem_activations_mb", "act MB", "{:.1f}"),
     ("mem_other_mb", "other MB", "{:.1f}"), ("mem_decode_phase_mb", "decode MB", "{:.1f}"),
@@ -473,7 +486,8 @@ TABLE_CAPTION = (
     "(from the plan file); meas: <code>litevar bench</code> (matched by the plan file's sha256; - when not "
     "benched). ms: latency of one generation; MB: peak memory (2<sup>20</sup> bytes); loss: nats (sum over "
     "scales of the mean KL of the CFG-guided next-token distribution); speedup: vs the dense full-precision "
-    "model; formats: linear layers per format (fp: full precision); QK8 / CFG-shared: blocks with the QK "
+    "model; formats: linear layers per format (fp: full precision); KV cache: blocks per KV-cache format and "
+    "keep rule (sSrR: the first S and the R latest scales; -: every cache plain); QK8 / CFG-shared: blocks with the QK "
     "product in INT8 / attention shared across the CFG branches; attn kept: predicted share of attention "
     "pairs kept by the windows.")
 FRONTIER_CAPTION = (
@@ -571,6 +585,7 @@ def _check_out(flag: str, path: str | None) -> None:
 def run(args) -> int:
     _check_out("html", args.html)
     _check_out("json", args.json)
+    _check_out("png", args.png)
     entries = load_plans(args.plans)
     attach_bench(entries, args.bench)
     attach_memory(entries, args.profile)
@@ -584,4 +599,9 @@ def run(args) -> int:
     if args.html:
         write_text(args.html, render_html(entries, rows, frontiers, args.bench))
         print(f"wrote {args.html}")
+    if args.png:
+        (dev, model, res), group = next(iter(groups(entries).items()))
+        with atomic_path(args.png) as tmp:
+            Path(tmp).write_bytes(base64.b64decode(frontier_figure(group, frontiers, f"{dev}, {model}, {res} px")))
+        print(f"wrote {args.png}")
     return 0

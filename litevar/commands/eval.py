@@ -7,6 +7,9 @@
   a lower --dtype, later a plan): token agreement per scale, PSNR of the images, and the KL of
   the CFG logits with both models teacher-forced on the reference tokens;
 - real FID / IS through an established library when its Inception weights are already cached;
+- under torchrun (`torchrun --nproc-per-node N -m litevar eval ...`) the generation batches are
+  shared by the ranks (batch i on rank i mod N, seed + i as alone: the same images whatever N)
+  and rank 0 scores them;
 - with --by-scale N, where the class shows, scale by scale, on N held-out real images: the class
   accuracy of each image decoded from its first k scales of tokens (what any VAR on this VQVAE
   can show by then) and of images generated with those real tokens forced at the first k scales
@@ -24,6 +27,7 @@ from litevar.commands.args import COUNT, FRACTION, NONNEG, NONNEG_INT, SEED, Num
 from litevar.commands.common import add_model_arguments, load_model
 from litevar.default_model.evaluation import Scorer, class_by_scale, fidelity, quality
 from litevar.model.atomic import write_json
+from litevar.model.distributed import world
 from litevar.model.inference import balanced_labels, sample
 
 log = logging.getLogger(__name__)
@@ -31,8 +35,9 @@ log = logging.getLogger(__name__)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
-    p.add_argument("--n", type=Number(int, 2), default=200,
-                   help="images to generate (balanced over classes; default 200)")
+    p.add_argument("--n", "--num-images", dest="n", type=Number(int, 2), default=200,
+                   help="images to generate (balanced over classes; default 200; under torchrun write "
+                   "--num-images: torchrun takes --n for its own --nnodes / --nproc-per-node)")
     p.add_argument("--batch", type=COUNT, default=50)
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--cfg", type=NONNEG, default=4.0)
@@ -57,11 +62,13 @@ def run(args) -> int:
     if plan is not None:
         from litevar.runtime import planned_copy
         var = planned_copy(vae, dense, plan)
+    w = world()  # under torchrun: images sharded by batch, metrics on rank 0
     labels = balanced_labels(args.n, var.num_classes)
     imgs, _ = sample(var, labels, args.seed, args.cfg, args.top_k, args.top_p, args.batch, args.dtype)
-    scorer = Scorer(max(args.n, 500))
+    scorer = Scorer(max(args.n, 500)) if w.main else None
     report = {"n": args.n, "cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
-              "dtype": args.dtype, "plan": args.plan, **quality(imgs, labels, vae=vae, scorer=scorer)}
+              "dtype": args.dtype, "plan": args.plan, "world_size": w.size,
+              **(quality(imgs, labels, vae=vae, scorer=scorer) if w.main else {})}
     if args.by_scale:
         report["class_by_scale"] = class_by_scale(var, vae, scorer, args.by_scale, args.seed, args.cfg, args.top_k,
                                                   args.top_p, args.batch, args.dtype)
@@ -73,6 +80,8 @@ def run(args) -> int:
         report["fidelity_vs_fp32"] = fidelity(var, var, vae, labels, args.seed, args.cfg, args.top_k, args.top_p,
                                               args.batch, args.dtype, ref_out=ref_out)
     report["seconds"] = round(time.perf_counter() - t0, 1)
+    if not w.main:
+        return 0
     print_report(report)
     if args.json:
         write_json(args.json, report)

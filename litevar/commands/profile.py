@@ -8,10 +8,12 @@ again from its start); `--fresh` measures the selected stages again even when ca
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import hashlib
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -145,6 +147,29 @@ def _quality_stages(stage: str, vae, var, args, calib_fn) -> tuple[dict, dict]:
     return tables, meta
 
 
+def cost_groups(out: Path, device: torch.device):
+    """(this rank's cost group, the profile file its group writes, whether this rank writes it).
+
+    Kernels must not be timed by two processes sharing a device. On CPU (or one process) rank 0
+    runs the cost stage alone while the others wait: no group. On GPUs each rank has its own; the
+    ranks whose GPUs have the same fingerprint form a group that shares the kernel timings (each
+    shape on one of them) and whose first rank runs the generations, fits and writes the cost
+    tables: rank 0's group into `out`, every other GPU model's into OUT.<gpu>.json, with the same
+    quality tables (one run profiles several GPU types)."""
+    from litevar.model.distributed import split, world
+    from profiler.device import fingerprint
+    w = world()
+    if device.type != "cuda" or not w.distributed:
+        return None, out, w.main
+    fp = fingerprint(device)
+    group = next(g for g in split({k: fp.get(k) for k in ("name", "memory_mb", "compute_capability")})
+                 if w.rank in g.ranks)
+    if 0 in group.ranks:
+        return group, out, w.main
+    slug = "".join(c if c.isalnum() else "-" for c in str(fp.get("name", "gpu")).lower()).strip("-")
+    return group, out.with_name(f"{out.stem}.{slug}{out.suffix}"), group.world().main
+
+
 def _cost_stage(vae, var, arch, args, settings, device) -> tuple[dict, dict]:
     from profiler.cost import run_cost_stage
     t = time.perf_counter()
@@ -179,9 +204,11 @@ def _refit(hit, arch: dict, device, vae) -> dict:
 def run(args) -> int:
     from litevar.commands.common import load_model
     from litevar.model.build import arch_of, weights_sha256
+    from litevar.model.distributed import barrier, world
     from profiler import quality as Q
     from profiler.device import environment, fingerprint
     from profiler.profile import Profile
+    w = world()
     torch.manual_seed(args.seed)
     if args.calib < 1 or not 1 <= args.calib_loss <= args.calib:
         raise UserError(f"--calib {args.calib} / --calib-loss {args.calib_loss}: need 1 <= calib-loss <= calib")
@@ -194,7 +221,7 @@ def run(args) -> int:
     sha = None if args.random_init else weights_sha256(var)
     model = {"name": "random-init" if args.random_init else (Path(args.ckpt).stem if args.ckpt else "default"),
              "random_init": bool(args.random_init), "weights_sha256": sha, "arch": arch}
-    key = _key(model, args.calib, args.calib_loss, args.cfg, args.seed, str(device))
+    key = _key(model, args.calib, args.calib_loss, args.cfg, args.seed, device.type)
     cached_calib = {}
 
     def calib_fn():
@@ -206,35 +233,49 @@ def run(args) -> int:
                                                  min(c.batch, n))
         return cached_calib["all"], cached_calib["loss"]
 
+    group, own_out, writer = cost_groups(out, device) if "cost" in stages else (None, out, w.main)
     tables, meta = {}, {"stages": {}}
     for stage in stages:
         batches = ",".join(map(str, args.batches))
-        skey = key if stage != "cost" else _key(model, args.resolutions, batches, str(device),
+        skey = key if stage != "cost" else _key(model, args.resolutions, batches, device.type,
                                                  *_cost_options(cost_settings))
         if stage in ("sensitivity", "cost"):  # a new format (BF16, KV8) makes the old tables incomplete
             skey = _key(skey, sorted(FORMATS), *([Q.KV_QUANT_FORMATS] if stage == "sensitivity" else []))
         if stage == "coverage":  # so does a new measurement (the eviction fit)
             skey = _key(skey, Q.EVICT_FIT_RULES)
         fresh = args.fresh and (not forced or stage in forced)
-        hit = None if fresh else _cached(out, stage, skey, arch)
+        where = own_out if stage == "cost" else out  # another GPU model's cost stage: its own file
+        hit = None if fresh else _cached(where, stage, skey, arch)
         if hit is None and forced and stage not in forced:
             continue  # not asked for and not cached: leave it out
         measured = hit is None
         if measured:
             print(f"profile: stage {stage}")
-            t_s, m_s = (_cost_stage(vae, var, arch, args, cost_settings, device) if stage == "cost"
-                        else _quality_stages(stage, vae, var, args, calib_fn))
-            _store(out, stage, skey, t_s, m_s)
-            hit = _cached(out, stage, skey, arch)
+            if stage == "cost":
+                if group is not None or w.main:  # on CPU the other ranks wait
+                    t_s, m_s = _cost_stage(vae, var, arch, args, dataclasses.replace(cost_settings, group=group),
+                                           device)
+                    if writer:
+                        _store(own_out, stage, skey, t_s, m_s)
+            else:
+                with Q.shard_checkpoints(_cache_path(out, stage).with_suffix(".shards"), _key(skey, w.size)):
+                    t_s, m_s = _quality_stages(stage, vae, var, args, calib_fn)
+                if w.main:
+                    _store(out, stage, skey, t_s, m_s)
+            barrier()  # the stage is stored
+            hit = _cached(where, stage, skey, arch)
             if hit is None:
                 raise RuntimeError(f"stage {stage}: the tables just measured fail the profile checks")
+            if w.main:
+                shutil.rmtree(_cache_path(out, stage).with_suffix(".shards"), ignore_errors=True)
         else:
             print(f"profile: stage {stage} (cached)")
         stage_meta = dict(hit.meta)
         stage_meta.pop("cache_key")
         if stage == "cost" and args.refit and not measured:
             stage_meta.update(_refit(hit, arch, device, vae))
-            _store(out, stage, skey, hit.tables, stage_meta)
+            if writer:
+                _store(own_out, stage, skey, hit.tables, stage_meta)
         tables.update(hit.tables)
         meta["stages"][stage] = {"seconds": stage_meta.pop("seconds", None)}
         meta.update(stage_meta)
@@ -242,8 +283,12 @@ def run(args) -> int:
                  "model": model, "device": fingerprint(device), "env": environment(),
                  "calib": {"n": args.calib, "n_loss": args.calib_loss, "cfg": args.cfg, "seed": args.seed},
                  "loss_unit": Q.LOSS_UNIT})
+    if w.distributed:
+        meta["distributed"] = {"world_size": w.size, "cost_ranks": list(group.ranks) if group else [0]}
     prof = Profile(meta=meta, tables=tables)
-    prof.save(out)
+    if writer:
+        prof.save(own_out)
+    barrier()
     print(f"wrote {out} (stages {', '.join(meta['stages'])}; sha256 {prof.sha256[:12]})")
     if "sensitivity" in tables:
         print(Q.summarize_sensitivity(tables["sensitivity"]).to_string(float_format=lambda v: f"{v:.4f}"))

@@ -14,15 +14,17 @@ def fidelity(ref, test, vae, labels: list[int], seed: int, cfg: float, top_k: in
              test_dtype: str = "fp32", ref_out=None) -> dict:
     """How close `test` stays to `ref` with the same seeds (both VARs share the VQVAE)."""
     from litevar.default_model import metrics
+    from litevar.model.distributed import run_sharded
     ref_img, ref_tok = ref_out or sample(ref, labels, seed, cfg, top_k, top_p, batch, desc="reference")
     img, tok = sample(test, labels, seed, cfg, top_k, top_p, batch, test_dtype, desc="evaluated")
-    kls = []
-    for b in range(0, len(labels), batch):
+
+    def kl(b):  # one batch's per-scale KL (under torchrun: batch i on rank i mod size)
         lab = torch.tensor(labels[b:b + batch])
         toks_b = [t[b:b + batch] for t in ref_tok]
         p = cfg_logits(ref, vae, lab, toks_b, cfg)
         q = cfg_logits(test, vae, lab, toks_b, cfg, test_dtype)
-        kls.append(per_scale_kl(p, q, ref.patch_nums))
+        return per_scale_kl(p, q, ref.patch_nums)
+    kls = run_sharded(kl, list(range(0, len(labels), batch)))
     kl_scales = torch.tensor(kls).mean(0).tolist()
     return {"token_agreement_per_scale": metrics.token_agreement_per_scale(tok, ref_tok),
             "psnr_db": float(metrics.psnr(img, ref_img)), "cfg_kl_per_scale": kl_scales,
@@ -81,7 +83,7 @@ class Scorer:
 
 
 @torch.no_grad()
-def class_by_scale(var, vae, scorer: Scorer, n: int, seed: int, cfg: float, top_k: int, top_p: float, batch: int,
+def class_by_scale(var, vae, scorer: Scorer | None, n: int, seed: int, cfg: float, top_k: int, top_p: float, batch: int,
                    dtype_name: str = "fp32") -> dict:
     """Where the class shows, on the first n held-out real test images: `decoded[k-1]`,
     class accuracy of each image decoded from its own first k scales of tokens (k = 1..S);
@@ -97,13 +99,14 @@ def class_by_scale(var, vae, scorer: Scorer, n: int, seed: int, cfg: float, top_
     per_batch = [vae.img_to_idxBl(x[b:b + batch].to(dev)) for b in range(0, n, batch)]
     tokens = [torch.cat(t).cpu() for t in zip(*per_batch)]  # per scale: (n, pn * pn)
     partial = [vae.idxBl_to_img(ts, same_shape=True, last_one=False) for ts in per_batch]  # per batch, per scale
+    scored = scorer is not None  # under torchrun rank 0 scores; the others only generate their share
     decoded = [metrics.class_accuracy(scorer.clf, torch.cat([p[k].float().cpu() for p in partial]), labels)
-               for k in range(S)]
+               for k in range(S)] if scored else []
     forced = []
     for k in range(S):
         imgs, _ = sample(var, labels.tolist(), seed, cfg, top_k, top_p, batch, dtype_name,
                          desc=f"generate, {k} real scales", prefix=tokens[:k])
-        forced.append(metrics.class_accuracy(scorer.clf, imgs * 2 - 1, labels))
+        forced.append(metrics.class_accuracy(scorer.clf, imgs * 2 - 1, labels) if scored else None)
     return {"n": n, "patch_nums": list(var.patch_nums), "decoded": decoded, "forced": forced}
 
 

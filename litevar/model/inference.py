@@ -41,19 +41,25 @@ def balanced_labels(n: int, num_classes: int) -> list[int]:
 def sample(var, labels: list[int], seed: int, cfg: float, top_k: int, top_p: float, batch: int,
            dtype_name: str = "fp32", desc: str = "generate", prefix: list[torch.Tensor] | None = None):
     """Images (N, 3, H, W) in [0, 1] and per-scale tokens; batch i uses seed + i. `prefix`:
-    token ids (N, pn * pn) forced at the first len(prefix) scales."""
+    token ids (N, pn * pn) forced at the first len(prefix) scales. Under torchrun batch i runs
+    on rank i mod size and every rank gets all of them: the same images whatever the number of
+    ranks (litevar.model.distributed)."""
     from tqdm import tqdm
-    dev = var.lvl_1L.device
-    imgs, toks = [], []
-    for i, b in enumerate(tqdm(range(0, len(labels), batch), desc=desc, unit="batch")):
+
+    from litevar.model.distributed import gather, world
+    dev, w = var.lvl_1L.device, world()
+    starts = list(range(0, len(labels), batch))
+    out = {}
+    for i in tqdm(w.mine(len(starts)), desc=desc, unit="batch", disable=not w.main):
+        b = starts[i]
         label_B = torch.tensor(labels[b:b + batch], device=dev)
         with autocast(dev, dtype_name):
             img, tokens = var.autoregressive_infer_cfg(len(label_B), label_B, g_seed=seed + i, cfg=cfg, top_k=top_k,
                                                        top_p=top_p, return_tokens=True,
                                                        prefix_tokens=[t[b:b + batch] for t in prefix or []])
-        imgs.append(img.float().cpu())
-        toks.append([t.cpu() for t in tokens])
-    return torch.cat(imgs), [torch.cat(ts) for ts in zip(*toks)]
+        out[i] = (img.float().cpu(), [t.cpu() for t in tokens])
+    parts = gather(out, len(starts))
+    return torch.cat([img for img, _ in parts]), [torch.cat(ts) for ts in zip(*[t for _, t in parts])]
 
 
 

@@ -16,7 +16,6 @@ def _norm(ch: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=groups, num_channels=ch, eps=1e-6, affine=True)
 
 
-LEAN_PIXELS = 512 * 512  # decoded images larger than this run Decoder.forward_lean at inference
 STRIP_BYTES = 64 * 2 ** 20  # about this many bytes of input rows per strip
 
 
@@ -198,8 +197,8 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(c_in, 3, 3, 1, 1)
 
     def forward(self, z):
-        if not torch.is_grad_enabled() and z.shape[-1] * z.shape[-2] * 2 ** (2 * (len(self.up) - 1)) > LEAN_PIXELS:
-            return self.forward_lean(z)
+        if not torch.is_grad_enabled():  # inference: the same decoder in strips (its memory grows with pixels
+            return self.forward_lean(z)    # at one rate at every size, which the cost model fits)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z))))
         for level in reversed(self.up):
             for i, block in enumerate(level.block):

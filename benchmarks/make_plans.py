@@ -1,0 +1,98 @@
+"""Write every shipped plan from the shipped profiles (the commands behind plans/).
+
+    python benchmarks/make_plans.py --set default     # plans/default-cpu-256-*.json (but the recipe
+                                                      # and vs-* ones: benchmarks/planner_vs_uniform.py)
+    python benchmarks/make_plans.py --set official    # plans/d{16,20,24,30}-cpu-*.json
+
+default (profiles/default-cpu.json, 256 px): x05 / x10 / x15 / x25 (`--min-speedup` 1.05 ...
+1.25), mem75 and mem50 (`--max-memory-gb` 75% / 50% of the dense model's predicted peak), and
+the KV-cache recipes kv8 (INT8 cache in every block) and kv4-keep-s1r1 (INT4, each block keeping
+the first scale and the latest).
+
+official (profiles/dD-cpu.json, cost only, losses borrowed from profiles/default-cpu.json): at
+256, 1024 and 2048 px, x12 (`--min-speedup 1.2`) and memhalf (`--max-memory-gb` half-way between
+the dense peak and the least reachable one, planner.solve.reachable_minima); for d16 at 1024 px
+also the KV recipes kv8 and kv4-keep-s1r1, for d16 at 2048 px `--max-memory-gb 8` (8gb) and for
+d30 at 2048 px `--max-memory-gb 24` (24gb). A depth whose profile is missing is skipped.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from litevar.commands.cli import main as litevar_main
+
+SOURCE = "profiles/default-cpu.json"  # where cost-only profiles borrow their losses
+
+
+def cli(*argv) -> None:
+    rc = litevar_main([str(a) for a in argv])
+    if rc:
+        raise SystemExit(f"litevar {' '.join(map(str, argv))} failed ({rc})")
+
+
+def dense_gb(profile: str, resolution: int) -> float:
+    from planner.build import build_problem
+    from profiler.profile import Profile
+    return build_problem(Profile.load(profile), resolution).dense_memory_mb / 1024
+
+
+def halfway_gb(profile: str, resolution: int) -> float:
+    """Half-way between the dense peak and the least peak any plan reaches (GB)."""
+    from planner.build import build_problem
+    from planner.solve import reachable_minima
+    from profiler.profile import Profile
+    problem = build_problem(Profile.load(profile), resolution)
+    _, least = reachable_minima(problem)
+    return (problem.dense_memory_mb + least) / 2 / 1024
+
+
+def default_plans(out: Path) -> None:
+    prof, r = "profiles/default-cpu.json", 256
+    name = f"{out}/default-cpu-{r}"
+    for x in ("05", "10", "15", "25"):
+        cli("plan", "--profile", prof, "--resolution", r, "--min-speedup", f"1.{x}", "--out", f"{name}-x{x}.json")
+    dense = dense_gb(prof, r)
+    for pct in (75, 50):
+        cli("plan", "--profile", prof, "--resolution", r, "--max-memory-gb", f"{dense * pct / 100:.5f}",
+            "--out", f"{name}-mem{pct}.json")
+    for spec in ("kv8", "kv4+keep-s1r1"):
+        out_path = f"{name}-{spec.replace('+', '-')}.json"
+        cli("plan", "--profile", prof, "--resolution", r, "--recipe", spec, "--out", out_path)
+
+
+def official_plans(out: Path, depths) -> None:
+    for d in depths:
+        prof = f"profiles/d{d}-cpu.json"
+        if not Path(prof).exists():
+            print(f"skipping d{d}: no {prof}")
+            continue
+        for r in (256, 1024, 2048):
+            name = f"{out}/d{d}-cpu-{r}"
+            common = ("--profile", prof, "--losses-from", SOURCE, "--resolution", r)
+            cli("plan", *common, "--min-speedup", "1.2", "--out", f"{name}-x12.json")
+            cli("plan", *common, "--max-memory-gb", f"{halfway_gb(prof, r):.4f}", "--out", f"{name}-memhalf.json")
+            budget = {(16, 2048): 8, (30, 2048): 24}.get((d, r))
+            if budget:
+                cli("plan", *common, "--max-memory-gb", budget, "--out", f"{name}-{budget}gb.json")
+            if (d, r) == (16, 1024):
+                for spec in ("kv8", "kv4+keep-s1r1"):
+                    cli("plan", "--profile", prof, "--losses-from", SOURCE, "--resolution", r, "--recipe", spec,
+                        "--out", f"{name}-{spec.replace('+', '-')}.json")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--set", choices=("default", "official", "all"), default="all")
+    p.add_argument("--depths", default="16,20,24,30")
+    p.add_argument("--out", default="plans")
+    args = p.parse_args(argv)
+    if args.set in ("default", "all"):
+        default_plans(Path(args.out))
+    if args.set in ("official", "all"):
+        official_plans(Path(args.out), [int(d) for d in args.depths.split(",")])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
