@@ -12,8 +12,10 @@ the first scale and the latest).
 official (profiles/dD-cpu.json, cost only, losses borrowed from profiles/default-cpu.json): at
 256, 1024 and 2048 px, x12 (`--min-speedup 1.2`) and memhalf (`--max-memory-gb` half-way between
 the dense peak and the least reachable one, planner.solve.reachable_minima); for d16 at 1024 px
-also the KV recipes kv8 and kv4-keep-s1r1, for d16 at 2048 px `--max-memory-gb 8` (8gb) and for
-d30 at 2048 px `--max-memory-gb 24` (24gb). A depth whose profile is missing is skipped.
+also the recipes kv8 (INT8 cache) and w4a16-kv4-keep-s1r1 (INT4 weights, INT4 cache keeping the
+first and the latest scale: the weights and the VQVAE decode set the floor), for d16 at 2048 px
+`--max-memory-gb 8` (8gb) and for d30 at 2048 px `--max-memory-gb 24` (24gb). A depth whose
+profile is missing is skipped.
 """
 from __future__ import annotations
 
@@ -37,12 +39,16 @@ def dense_gb(profile: str, resolution: int) -> float:
     return build_problem(Profile.load(profile), resolution).dense_memory_mb / 1024
 
 
-def halfway_gb(profile: str, resolution: int) -> float:
+def halfway_gb(profile: str, resolution: int, losses_from: str | None = None) -> float:
     """Half-way between the dense peak and the least peak any plan reaches (GB)."""
     from planner.build import build_problem
     from planner.solve import reachable_minima
+    from planner.transfer import transfer_losses
     from profiler.profile import Profile
-    problem = build_problem(Profile.load(profile), resolution)
+    prof = Profile.load(profile)
+    if losses_from:
+        prof = transfer_losses(prof, Profile.load(losses_from), losses_from)
+    problem = build_problem(prof, resolution)
     _, least = reachable_minima(problem)
     return (problem.dense_memory_mb + least) / 2 / 1024
 
@@ -71,12 +77,13 @@ def official_plans(out: Path, depths) -> None:
             name = f"{out}/d{d}-cpu-{r}"
             common = ("--profile", prof, "--losses-from", SOURCE, "--resolution", r)
             cli("plan", *common, "--min-speedup", "1.2", "--out", f"{name}-x12.json")
-            cli("plan", *common, "--max-memory-gb", f"{halfway_gb(prof, r):.4f}", "--out", f"{name}-memhalf.json")
+            half = halfway_gb(prof, r, SOURCE)
+            cli("plan", *common, "--max-memory-gb", f"{half:.4f}", "--out", f"{name}-memhalf.json")
             budget = {(16, 2048): 8, (30, 2048): 24}.get((d, r))
             if budget:
                 cli("plan", *common, "--max-memory-gb", budget, "--out", f"{name}-{budget}gb.json")
             if (d, r) == (16, 1024):
-                for spec in ("kv8", "kv4+keep-s1r1"):
+                for spec in ("kv8", "w4a16+kv4+keep-s1r1"):
                     cli("plan", "--profile", prof, "--losses-from", SOURCE, "--resolution", r, "--recipe", spec,
                         "--out", f"{name}-{spec.replace('+', '-')}.json")
 

@@ -575,6 +575,32 @@ def measure_generations(vae, var, arch, plan, device, settings: CostSettings, pr
     return pd.DataFrame([{**row, "ms": ms[i]} for i, row in enumerate(rows)], columns=E2E_COLUMNS)
 
 
+def decode_sides(resolutions, downsample: int) -> list[int]:
+    """Image sides (px) the decode-alone sweep measures: each fitted schedule's, and twice the
+    largest (the decoder's peak is that of its full-resolution level only from ~512 px on, so
+    the extrapolation to high resolution needs a point there)."""
+    sides = sorted({int(p[-1]) * downsample for p in resolutions})
+    return sides + [2 * sides[-1]]
+
+
+@torch.no_grad()
+def measure_decodes(vae, sides: list[int], device, dtype: str, progress=True) -> pd.DataFrame:
+    """cost_decode: peak MB the VQVAE decode of one random latent allocates (on top of what is
+    resident), per image side; the decode phase of the memory model is fitted on these."""
+    dev, rows = torch.device(device), []
+    Cvae, down = vae.Cvae, int(vae.downsample)
+    def decoder(side: int):
+        f_hat = torch.randn(1, Cvae, side // down, side // down, device=dev)
+
+        def decode():
+            with autocast(dev, dtype):
+                vae.fhat_to_img(f_hat)
+        return decode
+    for side in _bar(sides, "cost: decodes (memory)", progress):
+        rows.append({"resolution": side, "batch": 1, "peak_mb": peak_memory_mb(decoder(side), dev)})
+    return pd.DataFrame(rows, columns=["resolution", "batch", "peak_mb"])
+
+
 def configured(var, spec: dict, device):
     """`var`, or a copy sharing its tensors, with an e2e config's linear formats and KV caches
     (a quantized cache's blocks on the MDWA backend, as the runtime sets them)."""
@@ -613,7 +639,7 @@ def run_cost_stage(vae, var, arch: dict, device, resolutions=None, batches=(1, 2
                    settings: CostSettings | None = None, holdout_resolution=None, holdout_batch: int | None = None
                    ) -> tuple[dict[str, pd.DataFrame], dict, list[dict]]:
     """Measure, fit and validate the cost model. Returns (tables cost_linear / cost_attn /
-    cost_e2e, cost model, validation rows).
+    cost_e2e / cost_decode, cost model, validation rows).
 
     resolutions: schedules (patch_nums) to fit on (default: default_resolutions of the model);
     held out from fitting, never timed kernel by kernel: `holdout_resolution` (default: the
@@ -637,6 +663,8 @@ def run_cost_stage(vae, var, arch: dict, device, resolutions=None, batches=(1, 2
     plan = e2e_plan(resolutions, batches, var.patch_nums, holdout_resolution, holdout_batch, settings,
                     timed_formats(dev, settings))
     tables["cost_e2e"] = measure_generations(vae, var, arch, plan, dev, settings, progress)
+    tables["cost_decode"] = measure_decodes(vae, decode_sides(resolutions, int(vae.downsample)), dev, settings.dtype,
+                                            progress)
     t2 = time.perf_counter()
     cm, validation = fit_cost_model(tables, arch, dev, settings.dtype, vae)
     for msg in slower_than_dense(validation):

@@ -27,15 +27,17 @@ Peak memory (MB), the larger of two phases:
                  and CFG rows) + m0 + m1 * activations + the largest transient: m2 * linear
                  workspace, or g * a KV call's gathered keys (kernels.kvcache.gather_bytes, exact;
                  g, fitted, is the share of them that adds to the peak)
-    decode       weights + other parameters + VAE + d0 + d1 * pixels (the VQVAE decode; the KV
-                 cache is freed by then)
+    decode       weights + other parameters + VAE + the VQVAE decode's own peak, piecewise linear
+                 in the pixels decoded through measured points (fit_decode; the KV cache is
+                 freed by then)
 
 activations = 2B * n_last * (4C + hidden + V) fp32 values (the last scale's). Linear workspace:
 the largest extra memory of a quantized linear call at the last scale beyond the fp call's (its
 temporaries: quantized activations, int32 accumulators, dequantized weights), from the memory
 isolated calls add, fitted per format as (u*M*K + v*M*N + w*K*N) * 4 bytes. m0, m1, m2, g are fitted
-on generations stopped before the decode (cost_e2e.peak_tf_mb), d0, d1 on decodes alone
-(peak_decode_mb); profiles measured before these columns fit the whole generation's peak.
+on generations stopped before the decode (cost_e2e.peak_tf_mb), the decode's points on the
+generations' decode phases (peak_decode_mb) and on decodes alone up to twice the largest
+schedule (cost_decode); profiles measured before these columns fit the whole generation's peak.
 
 A layer whose KV cache a plan sets (kv_specs: layer -> kernels.kvcache.KVSpec) attends over its
 kept scales only, and pays the measured difference between the attention backend that reads such
@@ -310,7 +312,7 @@ def fit(tables: dict, arch: dict, device: str = "cpu", dtype: str = "fp32", vae_
           "linear_workspace": fit_linear_workspace(tables["cost_linear"])}
     e2e = tables["cost_e2e"]
     e2e = e2e.iloc[list(fit_rows)] if fit_rows is not None else e2e
-    cm["e2e"], cm["memory"] = fit_e2e(cm, arch, e2e), fit_memory(cm, arch, e2e, vae_mb)
+    cm["e2e"], cm["memory"] = fit_e2e(cm, arch, e2e), fit_memory(cm, arch, e2e, vae_mb, tables.get("cost_decode"))
     log.info("cost model: linear %s, attention %s, e2e rmse %.1f%%, memory rmse %.1f%%",
              {k: round(v["rmse_rel"], 3) for k, v in cm["linear"].items()},
              {k: round(v["rmse_rel"], 3) for k, v in cm["attn"].items()},
@@ -337,7 +339,7 @@ def fit_e2e(cm: dict, arch: dict, e2e) -> dict:
             "rmse_rel": err, "n": len(y)}
 
 
-def fit_memory(cm: dict, arch: dict, e2e, vae_mb: float = 0.0) -> dict:
+def fit_memory(cm: dict, arch: dict, e2e, vae_mb: float = 0.0, decodes=None) -> dict:
     """The fitted terms of the memory model (see the module docstring): m0, m1, m2 >= 0 on the
     transformer phase's peak minus its counted parts (m2 scales the isolated quantized-linear
     workspace; it stays 1 without quantized generations to fit on); d0, d1 >= 0 on the decodes'
@@ -361,21 +363,41 @@ def fit_memory(cm: dict, arch: dict, e2e, vae_mb: float = 0.0) -> dict:
     out = {"coef": coef[:3], "gather_coef": coef[3],
            "rmse_rel": float(np.sqrt(np.mean(((A @ coef - y) / target) ** 2))), "n": len(y), "vae_mb": float(vae_mb)}
     if phases and "peak_decode_mb" in e2e:
-        out["decode"] = fit_decode(cm, arch, e2e, vae_mb)
+        out["decode"] = fit_decode(cm, arch, e2e, vae_mb, decodes)
     return out
 
 
-def fit_decode(cm: dict, arch: dict, e2e, vae_mb: float) -> dict:
-    """d0, d1 of the decode phase: peak_decode_mb - (weights + other parameters + VAE) against the
-    pixels decoded, one point per schedule and batch."""
-    pts = {}
+def fit_decode(cm: dict, arch: dict, e2e, vae_mb: float, decodes=None) -> dict:
+    """The decode phase's own peak (MB above the resident weights) against the pixels decoded:
+    piecewise linear through the measured points (MB/1e6 px), extended past the largest along its
+    last segment. Points: each generation's decode phase (peak_decode_mb - weights - other
+    parameters - VAE) and the decodes alone (cost_decode). Not an affine fit: the decoder's peak
+    is that of its lower levels at small images and of its full-resolution level (a fixed number
+    of feature maps) only from ~512 px on, so a line through 256 and 512 px overshoots 2048 px by
+    half; the last segment is the one that holds there."""
+    pts: dict[float, list[float]] = {}
     for _, row in e2e.iterrows():
         pns, batch = _row_patch_nums(row), int(row["batch"])
         resident = _resident_mb(cm, arch, pns, config_spec(row["config"], arch)["formats"], vae_mb)
-        pts[(pns, batch)] = (image_pixels(arch, pns, batch) / 1e6, float(row["peak_decode_mb"]) - resident)
-    X, y = np.array([[1.0, x] for x, _ in pts.values()]), np.array([v for _, v in pts.values()])
-    coef, _ = nonneg_fit(X, y, relative=False)
-    return {"coef": coef, "features": ["const", "pixels/1e6"], "n": len(y)}
+        pts.setdefault(image_pixels(arch, pns, batch) / 1e6, []).append(float(row["peak_decode_mb"]) - resident)
+    for _, row in (decodes.iterrows() if decodes is not None else ()):
+        pts.setdefault(int(row["batch"]) * int(row["resolution"]) ** 2 / 1e6, []).append(float(row["peak_mb"]))
+    points = [[x, max(float(np.median(v)), 0.0)] for x, v in sorted(pts.items())]
+    return {"points": points, "features": ["pixels/1e6", "MB"], "n": sum(map(len, pts.values()))}
+
+
+def decode_alloc_mb(dec: dict, pixels_m: float) -> float:
+    """MB the decode of `pixels_m` million pixels allocates: fit_decode's points (or d0 + d1 * px
+    of profiles fitted before them)."""
+    if "coef" in dec:
+        return dec["coef"][0] + dec["coef"][1] * pixels_m
+    x, y = np.array(dec["points"]).T
+    if len(x) == 1:
+        return float(y[0] * pixels_m / x[0])  # one point: proportional to the pixels
+    if pixels_m <= x[-1]:
+        return float(np.interp(pixels_m, x, y))
+    slope = max((y[-1] - y[-2]) / (x[-1] - x[-2]), 0.0)
+    return float(y[-1] + slope * (pixels_m - x[-1]))
 
 
 def _resident_mb(cm: dict, arch: dict, patch_nums, formats: dict, vae_mb: float) -> float:
@@ -617,8 +639,7 @@ def decode_mb(cm: dict, arch: dict, patch_nums, batch: int, resident_mb: float) 
     dec = cm["memory"].get("decode")
     if not dec:
         return 0.0
-    d0, d1 = dec["coef"]
-    return resident_mb + d0 + d1 * image_pixels(arch, patch_nums, batch) / 1e6
+    return resident_mb + decode_alloc_mb(dec, image_pixels(arch, patch_nums, batch) / 1e6)
 
 
 def dense_pairs(validation: list[dict]) -> list[tuple[dict, dict]]:

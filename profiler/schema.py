@@ -68,6 +68,8 @@ TABLES: dict[str, tuple[str, dict[str, Col]]] = {
                           "rss_mb": Col("float", "optional_nonneg"),
                           "peak_tf_mb": Col("float", "optional_nonneg", optional=True),
                           "peak_decode_mb": Col("float", "optional_nonneg", optional=True)}),
+    "cost_decode": ("cost", {"resolution": Col("int", "positive"), "batch": Col("int", "positive"),
+                             "peak_mb": Col("float", "positive")}),
     "evict_fit": ("coverage", {"trial": Col("int", "nonneg"), "sinks": Col("int", "nonneg"),
                                "recent": Col("int", "positive"), "lost_mass": Col("float", "nonneg"),
                                "measured": Col("float", "finite")}),

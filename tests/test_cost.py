@@ -144,6 +144,10 @@ def test_run_cost_stage_tiny(tiny, tmp_path):
     both = e2e[["peak_tf_mb", "peak_decode_mb"]].max(axis=1)
     assert ((e2e["peak_mb"] - both).abs() <= 0.02 * e2e["peak_mb"]).all(), e2e
     assert "decode" in cm["memory"]
+    dec = tables["cost_decode"]  # decodes alone up to twice the largest image, the points of the decode fit
+    sides = sorted(set(tables["cost_e2e"][~tables["cost_e2e"]["held_out"]]["resolution"]))
+    assert list(dec["resolution"]) == sides + [2 * sides[-1]]
+    assert (dec["peak_mb"] > 0).all() and len(cm["memory"]["decode"]["points"]) >= 2
     import json
     json.dumps(cm)
     # `litevar profile --refit`: the same model again from the tables as a profile stores them
@@ -155,6 +159,12 @@ def test_run_cost_stage_tiny(tiny, tmp_path):
     assert again["cost_model"]["e2e"]["alpha"] == pytest.approx(cm["e2e"]["alpha"])
     assert again["cost_model"]["e2e"]["coef"] == pytest.approx(cm["e2e"]["coef"], rel=1e-6, abs=1e-9)
     assert [v["predicted_ms"] for v in again["validation"]] == pytest.approx([v["predicted_ms"] for v in validation])
+    assert again["cost_model"]["memory"]["decode"] == cm["memory"]["decode"]
+    # a cache from before the decodes alone: --refit measures them first, at the same sides
+    Profile(meta={"cost_model": cm}, tables={k: v for k, v in tables.items() if k != "cost_decode"}).save(path)
+    hit = Profile.load(path, arch=arch_of(var))
+    _refit(hit, arch_of(var), "cpu", vae)
+    assert list(hit.tables["cost_decode"]["resolution"]) == list(dec["resolution"])
 
 
 @pytest.mark.gpu

@@ -205,3 +205,21 @@ def test_validate_and_json(cm):
 def test_arch_errors_say_what_to_pass():
     with pytest.raises(ValueError, match="meta.model.arch"):
         cm_.linear_layers({"depth": 2})
+
+
+def test_decode_phase_is_piecewise_linear_through_its_points():
+    """Exact at every measured point, linear between them, and past the largest along the last
+    segment (the regime where the decoder's full-resolution level sets its peak), never below it."""
+    rng = np.random.default_rng()
+    x = np.sort(rng.uniform(0.05, 1.0, 4))
+    y = np.cumsum(rng.uniform(50, 500, 4))
+    dec = {"points": [[float(a), float(b)] for a, b in zip(x, y)]}
+    for a, b in zip(x, y):
+        assert cm_.decode_alloc_mb(dec, a) == pytest.approx(b, rel=1e-12)
+    mid = (x[1] + x[2]) / 2
+    assert cm_.decode_alloc_mb(dec, mid) == pytest.approx((y[1] + y[2]) / 2, rel=1e-9)
+    slope = (y[3] - y[2]) / (x[3] - x[2])
+    assert cm_.decode_alloc_mb(dec, 4.0) == pytest.approx(y[3] + slope * (4.0 - x[3]), rel=1e-9)
+    flat = {"points": [[0.1, 300.0], [0.3, 200.0]]}  # a falling last segment is not extended downwards
+    assert cm_.decode_alloc_mb(flat, 2.0) == pytest.approx(200.0)
+    assert cm_.decode_alloc_mb({"coef": [10.0, 100.0]}, 2.0) == pytest.approx(210.0)  # profiles fitted before

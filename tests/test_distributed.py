@@ -70,17 +70,27 @@ def test_eval_under_torchrun_gives_the_same_figures(tmp_path):
     r = torchrun("-m", "litevar", *args, "--json", tmp_path / "two.json")
     one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     assert two["world_size"] == 2 and one["world_size"] == 1
-    for k in ("class_accuracy", "frechet_feature", "confusion"):
+    for k in ("images_sha256", "class_accuracy", "frechet_feature", "confusion"):
         assert one[k] == two[k], k
     assert r.stdout.count("images: 8 ") == 1  # rank 0 prints, the other rank does not
 
 
 def test_profile_under_torchrun_writes_one_profile_equal_to_one_process(tmp_path):
     """`litevar profile --stages coverage,cfg` by 2 ranks: one file, written by rank 0, with the
-    tables of the single process; stage caches and shard checkpoints as with one."""
+    tables of the single process; stage caches and shard checkpoints as with one. A rank that
+    dies mid-stage fails the run at once (torchrun stops the other rank and names the dead one: no
+    hang), and the run started again takes the stage finished before from its cache."""
     args = ["profile", "--stages", "coverage,cfg", "--calib", "4", "--calib-loss", "2"]
     alone("-m", "litevar", *args, "--out", tmp_path / "one.json")
-    torchrun("-m", "litevar", *args, "--out", tmp_path / "two.json")
+    child = ROOT / "tests" / "dist_cli.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", str(child), *args,
+           "--out", str(tmp_path / "two.json")]
+    died = subprocess.run(cmd, cwd=ROOT, env={**ENV, "LITEVAR_TEST_DIE_AT": "cfg sharing"}, capture_output=True,
+                          text=True, timeout=120)
+    assert died.returncode != 0 and "rank" in died.stderr and "exitcode" in died.stderr, died.stderr[-2000:]
+    assert not (tmp_path / "two.json").exists() and (tmp_path / "two.json.stages" / "coverage.json").is_file()
+    again = torchrun(child, *args, "--out", tmp_path / "two.json")
+    assert "profile: stage coverage (cached)" in again.stdout and "profile: stage cfg\n" in again.stdout
     from profiler.profile import Profile
     a, b = Profile.load(tmp_path / "one.json"), Profile.load(tmp_path / "two.json")
     assert set(a.tables) == set(b.tables) == {"coverage", "sinks", "window_fit", "evict_fit", "cfg", "cfg_share"}

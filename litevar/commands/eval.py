@@ -68,6 +68,7 @@ def run(args) -> int:
     scorer = Scorer(max(args.n, 500)) if w.main else None
     report = {"n": args.n, "cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
               "dtype": args.dtype, "plan": args.plan, "world_size": w.size,
+              **({"images_sha256": images_sha256(imgs)} if w.main else {}),
               **(quality(imgs, labels, vae=vae, scorer=scorer) if w.main else {})}
     if args.by_scale:
         report["class_by_scale"] = class_by_scale(var, vae, scorer, args.by_scale, args.seed, args.cfg, args.top_k,
@@ -87,6 +88,12 @@ def run(args) -> int:
         write_json(args.json, report)
         print(f"wrote {args.json}")
     return 0
+
+
+def images_sha256(imgs) -> str:
+    """sha256 of the generated images' float values in order: the same images, whatever the ranks."""
+    import hashlib
+    return hashlib.sha256(imgs.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
 def print_report(r: dict) -> None:

@@ -54,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fresh", action="store_true", help="measure the selected stages again even when they are "
                    "cached (e.g. after the machine changed)")
     p.add_argument("--refit", action="store_true", help="refit the cost model on the cached cost stage's "
-                   "measurements (after a change to profiler/costmodel.py) instead of measuring again")
+                   "measurements (after a change to profiler/costmodel.py) instead of measuring again; a "
+                   "cache from before the decode-alone sweep gets it measured first (about a minute on a CPU)")
 
 
 def _stage_list(args, random_init: bool) -> tuple[list[str], set[str]]:
@@ -191,9 +192,16 @@ def parse_schedules(text: str) -> list[tuple[int, ...]]:
 
 
 def _refit(hit, arch: dict, device, vae) -> dict:
-    """The cached cost stage's meta with its cost model refitted on its own measurements."""
-    from profiler.cost import fit_cost_model
+    """The cached cost stage's meta with its cost model refitted on its own measurements (and on
+    the decodes alone, measured first when the cache predates them: a minute on a CPU)."""
+    from profiler.cost import decode_sides, fit_cost_model, measure_decodes
     old = hit.meta["cost_model"]
+    if "cost_decode" not in hit.tables:
+        e2e = hit.tables["cost_e2e"]
+        fitted = [tuple(int(p) for p in str(pn).split(",")) for pn in set(e2e[~e2e["held_out"]]["patch_nums"])]
+        sides = decode_sides(fitted, int(vae.downsample))
+        print(f"profile: the cached cost stage predates the decodes alone: measuring them at {sides} px")
+        hit.tables["cost_decode"] = measure_decodes(vae, sides, device, old["dtype"])
     cm, validation = fit_cost_model(hit.tables, arch, device, old["dtype"], vae)
     cm["timing_s"] = old.get("timing_s")  # the measurements' time, not the refit's
     print(f"profile: cost model refitted on the cached measurements (e2e rmse {old['e2e']['rmse_rel']:.1%} "

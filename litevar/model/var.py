@@ -311,6 +311,7 @@ class VAR(nn.Module):
                     x_BlC = (nxt + lvl_pos[:, e:e + self.patch_nums[si + 1] ** 2]).repeat(2, 1, 1)
         finally:
             self._set_kv_caching(False)
+        del logits_BlV, x_BlC, lvl_pos  # the decode runs without them (~134 MB at 1024 px, 0.6 GB at 2048)
         img = vae.fhat_to_img(f_hat).add_(1).mul_(0.5) if decode else f_hat
         return (img, tokens) if return_tokens else img
 
