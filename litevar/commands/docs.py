@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from litevar.commands.cli import COMMANDS, build_parser
 
@@ -29,7 +30,11 @@ def _flags(action: argparse.Action) -> str:
 def _default(action: argparse.Action) -> str:
     if action.nargs == 0 or action.default in (None, argparse.SUPPRESS) or action.required:
         return ""
-    return f"`{action.default}`"
+    default = str(action.default)
+    root = str(Path(__file__).resolve().parents[2])
+    if default.startswith(root + "/"):  # a path inside the checkout: relative, the same on every clone
+        default = default[len(root) + 1:]
+    return f"`{default}`"
 
 
 def _cell(text: str | None) -> str:
