@@ -33,21 +33,24 @@ def cli(*argv) -> None:
         raise SystemExit(f"litevar {' '.join(map(str, argv))} failed ({rc})")
 
 
+def _profile(profile: str, losses_from: str | None = None):
+    """The profile as `litevar plan` loads it (with --losses-from's losses when given)."""
+    from argparse import Namespace
+
+    from litevar.commands.plan import load_profile
+    return load_profile(Namespace(profile=profile, losses_from=losses_from))
+
+
 def dense_gb(profile: str, resolution: int) -> float:
     from planner.build import build_problem
-    from profiler.profile import Profile
-    return build_problem(Profile.load(profile), resolution).dense_memory_mb / 1024
+    return build_problem(_profile(profile), resolution).dense_memory_mb / 1024
 
 
 def halfway_gb(profile: str, resolution: int, losses_from: str | None = None) -> float:
     """Half-way between the dense peak and the least peak any plan reaches (GB)."""
     from planner.build import build_problem
     from planner.solve import reachable_minima
-    from planner.transfer import transfer_losses
-    from profiler.profile import Profile
-    prof = Profile.load(profile)
-    if losses_from:
-        prof = transfer_losses(prof, Profile.load(losses_from), losses_from)
+    prof = _profile(profile, losses_from)
     problem = build_problem(prof, resolution)
     _, least = reachable_minima(problem)
     return (problem.dense_memory_mb + least) / 2 / 1024
