@@ -76,7 +76,7 @@ def _w4a16(M: int, dtype: torch.dtype, group: int | None) -> Config:
     from kernels.gemm import gemm_config
     consts, warps, stages = _split(gemm_config("w4a16", M, dtype, group))
     sig = _named("w4a16", [PTR[dtype], "*u8", PTR[dtype]] + ["*fp32"] * 3 + ["i32"] * 11)
-    consts.update(GROUP_SIZE=group or consts["BLOCK_K"], HAS_ZW=True, HAS_BIAS=True)
+    consts.update(GROUP_SIZE=group or consts["BLOCK_K"], HAS_ZW=True, HAS_BIAS=True, DOT_F32=False)
     return Config(f"w4a16 M={M} x={str(dtype)[6:]} group={group or 'channel'}", "w4a16", tuple(sig),
                   tuple(consts.items()), warps, stages, fast_path=M > 128 and dtype != torch.float32,
                   big_tile=consts["BLOCK_M"] >= 64 and warps >= 4)
@@ -89,7 +89,7 @@ def _mdwa(dtype: torch.dtype, head_dim: int, qk_int8: bool, kv_bits: int = 16) -
     kv = {16: PTR[dtype], 8: "*i8", 4: "*u8"}[kv_bits]
     types = [qk, kv if not qk_int8 else qk, kv, PTR[dtype], "*fp32", "*fp32"] + ["*i32"] * 3 + ["*fp16"] * 4
     sig = _named("mdwa", types + ["i32"] * 20 + ["fp32"])
-    consts.update(HEAD_DIM=head_dim, QK_INT8=qk_int8, KV_BITS=kv_bits)
+    consts.update(HEAD_DIM=head_dim, QK_INT8=qk_int8, KV_BITS=kv_bits, DOT_F32=False)
     kv_name = f" kv{kv_bits}" if kv_bits < 16 else ""
     return Config(f"mdwa {str(dtype)[6:]} d={head_dim} qk8={qk_int8}{kv_name}", "mdwa", tuple(sig),
                   tuple(consts.items()), warps, stages, fast_path=dtype != torch.float32 and head_dim == 64,

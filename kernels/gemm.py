@@ -10,11 +10,16 @@ Triton is imported only when a Triton launcher runs, so this module imports with
 """
 from __future__ import annotations
 
+import functools
+import logging
+
 import torch
 import torch.nn.functional as F
 
 from kernels.quant import PerGroup, PerToken, dequantize, fake_quantize, quantize, unpack_int4
 from kernels.select import KernelChoice, interpret_mode, resolve
+
+log = logging.getLogger(__name__)
 
 
 def _triton():
@@ -97,18 +102,72 @@ def use_triton(kernel: KernelChoice | str, device, M: int) -> bool:
 
 # ---- integer matmul + epilogue (references) ---------------------------------------------
 
+INT_MM_PROBE_SHAPES = ((17, 8, 16), (64, 128, 256), (256, 64, 1024))  # (M, N, K): gemv-like, mid, deep K
+SPLIT_K = 1024  # float32 holds every integer up to 2**24 = SPLIT_K * 128 * 128: a K chunk's products sum exactly
+
+
+@functools.cache
+def int_mm_exact(device_type: str = "cpu") -> bool:
+    """Whether torch._int_mm gives exact products on this machine, probed once per process and
+    device type on full-range int8 operands (seeded, with rows and columns of -128 and 127, the
+    extremes a saturating 16-bit pair sum gets wrong) against the int64 product.
+
+    oneDNN's int8 GEMM on CPUs without VNNI (AVX2, AVX-512 without VNNI: AMD Zen 2/3,
+    Skylake-class Xeons) sums pairs of u8 x s8 products in saturating 16-bit lanes: most outputs
+    of a full-range product are wrong there, and nothing else would notice."""
+    if device_type not in ("cpu", "cuda") or (device_type == "cuda" and not torch.cuda.is_available()):
+        return False
+    g = torch.Generator().manual_seed(0)
+    for M, N, K in INT_MM_PROBE_SHAPES:
+        a = torch.randint(-128, 128, (M, K), dtype=torch.int8, generator=g)
+        w = torch.randint(-128, 128, (N, K), dtype=torch.int8, generator=g)
+        a[0], a[1], w[0], w[1] = 127, -128, 127, -128
+        exact = a.long() @ w.long().t()
+        got = torch._int_mm(a.to(device_type), w.to(device_type).t()).cpu().long()
+        if not torch.equal(got, exact):
+            wrong = (got != exact).float().mean().item()
+            log.warning("torch._int_mm gives wrong int8 products on this %s (%.1f%% of a %dx%d @ %dx%d product "
+                        "differ; oneDNN without VNNI sums in saturating 16-bit lanes): W8A8 and W4A8 run an exact "
+                        "split-K float GEMM instead (slower, and the profiler times that)", device_type,
+                        100 * wrong, M, K, K, N)
+            return False
+    return True
+
+
+def int8_gemm_path(device_type: str = "cpu") -> str:
+    """The int8 GEMM this process runs on `device_type` (recorded in profiles): torch._int_mm where
+    the probe found it exact, else the exact split-K float GEMM (int_mm_float)."""
+    return "torch._int_mm" if int_mm_exact(device_type) else "split-K float"
+
+
+def int_mm_float(a_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
+    """int8 [M, K] x int8 [N, K]^T -> int32 [M, N], exact, through float matmuls over chunks of
+    SPLIT_K columns: every partial sum of a chunk is an integer of magnitude <= 2**24, which
+    float32 holds exactly whatever the order of the additions, so each chunk's result is exact;
+    chunks are added in int32. float64 where float32 matmuls may run in lower precision
+    (torch.set_float32_matmul_precision other than 'highest', TF32 on CUDA)."""
+    lossy = torch.get_float32_matmul_precision() != "highest" or a_MK.device.type == "cuda"
+    ftype = torch.float64 if lossy else torch.float32
+    acc = torch.zeros(a_MK.shape[0], w_NK.shape[0], dtype=torch.int32, device=a_MK.device)
+    for k in range(0, a_MK.shape[1], SPLIT_K):
+        acc += (a_MK[:, k:k + SPLIT_K].to(ftype) @ w_NK[:, k:k + SPLIT_K].to(ftype).t()).to(torch.int32)
+    return acc
+
+
 def int_mm(a_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
     """int8 [M, K] x int8 [N, K]^T -> int32 [M, N], exact.
 
-    torch._int_mm where it applies (M > 16, K and N multiples of 8); otherwise an int32
-    matmul on CPU, and zero padding to an _int_mm shape on CUDA (no int32 matmul there).
+    torch._int_mm where it applies (M > 16, K and N multiples of 8) and the probe found it exact
+    on this machine (int_mm_exact); otherwise the exact split-K float GEMM (int_mm_float).
     """
     M, K = a_MK.shape
     N = w_NK.shape[0]
+    if not int_mm_exact(a_MK.device.type):
+        return int_mm_float(a_MK, w_NK)
     if M > 16 and K % 8 == 0 and N % 8 == 0:
         return torch._int_mm(a_MK, w_NK.t())
     if a_MK.device.type == "cpu":
-        return a_MK.to(torch.int32) @ w_NK.to(torch.int32).t()
+        return int_mm_float(a_MK, w_NK)
     pad_M, pad_K, pad_N = max(17 - M, 0), -K % 8, -N % 8
     a = F.pad(a_MK, (0, pad_K, 0, pad_M))
     w = F.pad(w_NK, (0, pad_K, 0, pad_N))
@@ -230,7 +289,7 @@ def w4a16_gemm_triton(x_MK, w_NK2, s_w_NG, z_w_NG=None, bias_N=None) -> torch.Te
         s_w_NG if bias_N is None else bias_N.contiguous(), M, N, K,
         x_MK.stride(0), x_MK.stride(1), w_NK2.stride(0), w_NK2.stride(1),
         c_MN.stride(0), c_MN.stride(1), s_w_NG.stride(0), stride_sg, GROUP_SIZE=group_size,
-        HAS_ZW=z_w_NG is not None, HAS_BIAS=bias_N is not None, **cfg)
+        HAS_ZW=z_w_NG is not None, HAS_BIAS=bias_N is not None, DOT_F32=_triton().dot_f32(x_MK.dtype), **cfg)
     return c_MN
 
 

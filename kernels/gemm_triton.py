@@ -6,10 +6,46 @@ the dequant into the epilogue:
 
     C = acc * s_a[m] * s_w[n]  (+ z_a[m] * wsum[n] for asymmetric activations)  (+ bias[n])
 
+DOT_F32 (a constexpr of the float kernels) runs tl.dot on the same operands, rounded to their
+dtype, upcast to float32: the launchers set it only under the interpreter for bfloat16, whose dot
+there multiplies the raw 16-bit patterns (bf16_dot_exact), so that every other step of a bf16
+kernel (loads, dequantization to bf16, masks, the output cast) is still checked on the CPU.
+
 Importing this module requires triton; TRITON_INTERPRET is read when it is first imported.
 """
+import functools
+
+import torch
 import triton
 import triton.language as tl
+
+from kernels.select import interpret_mode
+
+
+@triton.jit
+def _dot_probe(a_ptr, b_ptr, c_ptr, N: tl.constexpr):
+    r = tl.arange(0, N)
+    a = tl.load(a_ptr + r[:, None] * N + r[None, :])
+    b = tl.load(b_ptr + r[:, None] * N + r[None, :])
+    tl.store(c_ptr + r[:, None] * N + r[None, :], tl.dot(a, b))
+
+
+@functools.cache
+def bf16_dot_exact() -> bool:
+    """Whether tl.dot on bfloat16 gives the float32 product of its operands here: a 16 x 16 product
+    of bf16 values, whose products and sums of 16 are exact in float32 but for rounding (< 1e-5).
+    Triton 3.9's interpreter fails it (its numpy dot multiplies the raw uint16 patterns)."""
+    g = torch.Generator().manual_seed(0)
+    dev = "cpu" if interpret_mode() else "cuda"
+    a, b = (torch.randn(16, 16, generator=g).to(dev, torch.bfloat16) for _ in "ab")
+    c = torch.empty(16, 16, device=dev)
+    _dot_probe[(1,)](a, b, c, 16)
+    return bool((c - a.float() @ b.float()).abs().max() < 1e-3)
+
+
+def dot_f32(dtype: torch.dtype) -> bool:
+    """DOT_F32 of a launch at `dtype`: only where a bf16 dot is wrong (the interpreter)."""
+    return dtype == torch.bfloat16 and interpret_mode() and not bf16_dot_exact()
 
 
 @triton.jit
@@ -123,7 +159,8 @@ def w4a16_kernel(x_ptr, wp_ptr, c_ptr, sw_ptr, zw_ptr, bias_ptr, M, N, K,
                  stride_xm, stride_xk, stride_wn, stride_wk, stride_cm, stride_cn,
                  stride_sn, stride_sg, GROUP_SIZE: tl.constexpr,
                  HAS_ZW: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                 DOT_F32: tl.constexpr = False):
     """float X [M, K] x INT4 W [N, K // 2] dequantized (q * s + z per group) to X's dtype.
 
     A K tile lies inside one group (the launcher picks BLOCK_K dividing GROUP_SIZE), so each tile
@@ -151,7 +188,11 @@ def w4a16_kernel(x_ptr, wp_ptr, c_ptr, sw_ptr, zw_ptr, bias_ptr, M, N, K,
         w = _unpack_int4_NK(p, BLOCK_N, BLOCK_K).to(tl.float32) * s[:, None]
         if HAS_ZW:
             w += tl.load(z_ptrs + g * stride_sg, mask=mask_n, other=0.0)[:, None]
-        acc = tl.dot(x, tl.trans(w.to(x_ptr.dtype.element_ty)), acc)
+        wx = w.to(x_ptr.dtype.element_ty)
+        if DOT_F32:
+            acc = tl.dot(x.to(tl.float32), tl.trans(wx.to(tl.float32)), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, tl.trans(wx), acc)
         x_ptrs += BLOCK_K * stride_xk
         wp_ptrs += (BLOCK_K // 2) * stride_wk
     if HAS_BIAS:

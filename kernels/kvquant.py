@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.quant import PerToken, choose_qparams, pack_int4, quantize_with
+from kernels.quant import PerToken, choose_qparams, pack_int4, quantize_with, wide
 from litevar.model.errors import UserError
 
 SCALE_DTYPE = torch.float16
@@ -113,14 +113,14 @@ def quantize_segment(k_BHnc: torch.Tensor, v_BHnc: torch.Tensor, fmt: KVFormat |
         return Segment(fmt, k_BHnc, v_BHnc)
     if k_BHnc.shape[-1] % 2 and fmt.bits == 4:
         raise UserError(f"KV4 packs two codes per byte along the head dim; head dim {k_BHnc.shape[-1]} is odd")
-    k32 = k_BHnc.float()
+    k32 = wide(k_BHnc)  # float32; float64 keeps its precision
     lo, hi = k32.amin(dim=2, keepdim=True), k32.amax(dim=2, keepdim=True)  # per channel, over tokens
     qmax = 2 ** fmt.bits - 1
     k_scale = ((hi - lo) / qmax).clamp_min(1e-8).to(SCALE_DTYPE)
     k_zero = ((hi + lo) / 2).to(SCALE_DTYPE)
-    k_codes = _codes(k32, k_scale.float(), k_zero.float(), fmt.bits)
+    k_codes = _codes(k32, k_scale.to(k32.dtype), k_zero.to(k32.dtype), fmt.bits)
     v_scale, v_zero = (t.to(SCALE_DTYPE) for t in choose_qparams(v_BHnc, fmt.bits, PerToken(), symmetric=False))
-    v_codes = quantize_with(v_BHnc.float(), v_scale.float(), v_zero.float(), fmt.bits, PerToken())  # (B, H, n, 1)
+    v_codes = quantize_with(v_BHnc, v_scale.to(k32.dtype), v_zero.to(k32.dtype), fmt.bits, PerToken())  # (B, H, n, 1)
     if fmt.bits == 4:
         k_codes, v_codes = pack_int4(k_codes), pack_int4(v_codes)
     return Segment(fmt, k_codes, v_codes, k_scale, k_zero, v_scale, v_zero)

@@ -218,6 +218,39 @@ class CFGShared:
         return None if o_BHlc is None else torch.cat((o_BHlc, o_BHlc), 0)
 
 
+FLEX_PROBE_SCHEDULE = (1, 2, 3, 4, 5, 7)  # the last scale: 49 queries over 104 keys, wrong under AVX2
+FLEX_PROBE_TRIALS = 4  # the wrong outputs vary from call to call (some calls come out right)
+
+
+@functools.cache
+def flex_exact(device_type: str = "cpu") -> bool:
+    """Whether compiled FlexAttention gives the windowed attention on this machine, probed once per
+    process: FlexMDWA against the masked reference on random inputs of a small band-window case.
+
+    Inductor's FlexAttention kernels compiled for AVX2 (ATEN_CPU_CAPABILITY=avx2: AMD Zen 2/3 and
+    other CPUs without AVX-512) return wrong outputs, sometimes NaN, at some shapes (49 queries over
+    104 keys in this case; 64 or 81 queries come out right). Where the probe finds that, windowed
+    attention takes the masked SDPA path (slower, right), and says so once."""
+    pns, H = FLEX_PROBE_SCHEDULE, 2
+    S, layout = len(pns), ScaleLayout(FLEX_PROBE_SCHEDULE)
+    w = torch.full((H, S, S), FULL, dtype=torch.int32)
+    for k in range(S):
+        w[:, k, 3:k + 1] = 2
+    windows = WindowConfig(pns, WindowFamily.BAND, {0: w})
+    ctx = AttnCall(0, S - 1, layout, 0.25)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(FLEX_PROBE_TRIALS):
+        q, k, v = (torch.randn(2, H, n, 16, generator=g).to(device_type) for n in (pns[-1] ** 2, layout.L, layout.L))
+        err = (FlexMDWA(windows)(q, k, v, ctx) - MaskedReference(windows)(q, k, v, ctx)).abs().max().item()
+        if not err <= 1e-4:  # float32 attention over unit-variance inputs rounds to ~1e-6; NaN fails too
+            log.warning("compiled FlexAttention gives wrong windowed attention on this %s (largest error %.3g "
+                        "in a %d-query call; inductor's AVX2 kernels do that at some shapes): windowed "
+                        "attention takes the masked SDPA path instead (slower, right)", device_type, err,
+                        pns[-1] ** 2)
+            return False
+    return True
+
+
 def make_mdwa_backend(windows: WindowConfig, choice: KernelChoice | str = KernelChoice.AUTO,
                       device: torch.device | str = "cpu",
                       options: Mapping[int, LayerOptions] | None = None) -> AttentionBackend:
@@ -229,8 +262,12 @@ def make_mdwa_backend(windows: WindowConfig, choice: KernelChoice | str = Kernel
     if choice is KernelChoice.AUTO:
         use_triton = (device.type == "cuda" and triton_available()
                       and windows.family is WindowFamily.BAND)
-        backend: AttentionBackend = (TritonMDWA(windows, options, TRITON_MIN_QUERIES) if use_triton
-                                     else FlexMDWA(windows, options))
+        if use_triton:
+            backend: AttentionBackend = TritonMDWA(windows, options, TRITON_MIN_QUERIES)
+        elif windows.widths and not flex_exact(device.type):  # compiled flex is wrong here: the masked path
+            backend = MaskedReference(windows, options)
+        else:
+            backend = FlexMDWA(windows, options)
     elif choice is KernelChoice.TRITON:
         resolve(choice, device)
         backend = TritonMDWA(windows, options)

@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.gemm_triton import dot_f32
 from kernels.quant import quantize_qk_int8
 from kernels.select import interpret_mode
 from kernels.windows import EMPTY, FULL
@@ -59,7 +60,7 @@ def _mdwa_fwd(Q, K, V, O, QS, KS, W, PB, PN, KSC, KZE, VSC, VZE,
               n_q, L, H, num_parts, qk_scale,
               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
               BLOCK_N: tl.constexpr, QK_INT8: tl.constexpr, PRECISION: tl.constexpr,
-              KV_BITS: tl.constexpr):
+              KV_BITS: tl.constexpr, DOT_F32: tl.constexpr = False):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)  # 64-bit from here: b * stride_qb passes 2**31 at 2048 px
     b = pid_bh // H
@@ -106,6 +107,8 @@ def _mdwa_fwd(Q, K, V, O, QS, KS, W, PB, PN, KSC, KZE, VSC, VZE,
                 k_scale = tl.load(KS + pid_bh * L + offs_n, mask=kv_ok, other=0.0)
                 s = tl.dot(q, tl.trans(k), out_dtype=tl.int32).to(tl.float32)
                 s = s * q_scale[:, None] * k_scale[None, :]
+            elif DOT_F32:  # the interpreter's bf16 dot is wrong (gemm_triton.bf16_dot_exact)
+                s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee") * qk_scale
             else:
                 s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
             dist = tl.abs((offs_n - begin)[None, :] - centre_m[:, None])
@@ -115,7 +118,10 @@ def _mdwa_fwd(Q, K, V, O, QS, KS, W, PB, PN, KSC, KZE, VSC, VZE,
             alpha = tl.exp2(m_i - m_safe)
             p = tl.exp2(s - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            if DOT_F32:
+                pv = tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32), input_precision="ieee")
+            else:
+                pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             acc = acc * alpha[:, None] + pv
             m_i = m_new
     acc = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
@@ -202,7 +208,8 @@ def mdwa_attention(q_BHlc: torch.Tensor, k_BHLc: torch.Tensor, v_BHLc: torch.Ten
     _kernel(interpret_mode())[grid](
         q_in, k_in, v_BHLc, o_BHlc, qs_BHl, ks_BHL, w, begin, n_p, qs_BHl, qs_BHl, qs_BHl, qs_BHl,
         *q_in.stride(), *k_in.stride(), *v_BHLc.stride(), *o_BHlc.stride(),
-        l, L, H, scale + 1, softmax_scale * LOG2E, HEAD_DIM=c, QK_INT8=qk_int8, KV_BITS=16, **cfg)
+        l, L, H, scale + 1, softmax_scale * LOG2E, HEAD_DIM=c, QK_INT8=qk_int8, KV_BITS=16,
+        DOT_F32=dot_f32(q_BHlc.dtype), **cfg)
     return o_BHlc
 
 
@@ -226,5 +233,6 @@ def mdwa_attention_kvq(q_BHlc: torch.Tensor, block, layout: ScaleLayout, scale: 
         q_BHlc, block.k, block.v, o_BHlc, q_BHlc, q_BHlc, w, begin, n_p,
         block.k_scale, block.k_zero, block.v_scale, block.v_zero,
         *q_BHlc.stride(), *block.k.stride(), *block.v.stride(), *o_BHlc.stride(),
-        l, L, H, scale + 1, softmax_scale * LOG2E, HEAD_DIM=c, QK_INT8=False, KV_BITS=block.bits, **cfg)
+        l, L, H, scale + 1, softmax_scale * LOG2E, HEAD_DIM=c, QK_INT8=False, KV_BITS=block.bits,
+        DOT_F32=dot_f32(q_BHlc.dtype), **cfg)
     return o_BHlc

@@ -59,11 +59,17 @@ def _grouped(x: torch.Tensor, granularity: Granularity) -> torch.Tensor:
     return x.reshape(*x.shape[:-1], K // g, g)
 
 
+def wide(x: torch.Tensor) -> torch.Tensor:
+    """x in float32, or as it is when wider (float64 numerics references keep their precision)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def choose_qparams(x: torch.Tensor, bits: int, granularity: Granularity, symmetric: bool,
                    eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Min-max (scale, zero) of x, float32, shape [..., G]; zero is None when symmetric."""
+    """Min-max (scale, zero) of x, float32 (float64 for float64 x), shape [..., G]; zero is None
+    when symmetric."""
     qmin, qmax = quant_range(bits)
-    x_g = _grouped(x.float(), granularity)
+    x_g = _grouped(wide(x), granularity)
     if symmetric:
         return (x_g.abs().amax(-1) / qmax).clamp_min(eps), None
     lo, hi = x_g.amin(-1), x_g.amax(-1)
@@ -74,7 +80,7 @@ def quantize_with(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | Non
                   granularity: Granularity) -> torch.Tensor:
     """Integer codes (int8) of x for given (scale, zero)."""
     qmin, qmax = quant_range(bits)
-    x_g = _grouped(x.float(), granularity)
+    x_g = _grouped(wide(x), granularity)
     if zero is not None:
         x_g = x_g - zero[..., None]
     q = torch.clamp(x_g / scale[..., None], qmin, qmax).round()

@@ -617,6 +617,18 @@ def configured(var, spec: dict, device):
     return var
 
 
+def kernel_paths(device, settings: CostSettings) -> dict:
+    """The kernels this process ran where a probe chose between a fast path and a right one
+    (kernels.gemm.int_mm_exact, kernels.mdwa.flex_exact): what the timings are of."""
+    from kernels.gemm import int8_gemm_path
+    from kernels.mdwa import flex_exact
+    dev = torch.device(device)
+    out = {"int8_gemm": int8_gemm_path(dev.type)}
+    if settings.mdwa and dev.type == "cpu":
+        out["windowed_attention"] = "flex" if flex_exact(dev.type) else "masked SDPA"
+    return out
+
+
 def slower_than_dense(validation: list[dict]) -> list[str]:
     """A message per quantized generation (validation rows) that was not faster than the dense one
     at the same schedule and batch: the planner will find no speedup in those formats here."""
@@ -670,6 +682,7 @@ def run_cost_stage(vae, var, arch: dict, device, resolutions=None, batches=(1, 2
     for msg in slower_than_dense(validation):
         log.warning(msg)
     cm["timing_s"] = {"kernels": t1 - t0, "e2e": t2 - t1}
+    cm["kernels"] = kernel_paths(dev, settings)
     log.info("cost stage: kernels %.0f s, generations %.0f s; held-out errors %s", t1 - t0, t2 - t1,
              [(v["resolution"], v["batch"], v["config"], round(v["latency_err"], 3), round(v["memory_err"], 3))
               for v in validation if v["held_out"]])

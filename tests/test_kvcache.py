@@ -16,7 +16,7 @@ from kernels.kvcache import (
     gather_bytes,
 )
 from kernels.kvquant import KV4, KV8, KV_FP, quantize_segment, segment_bytes
-from kernels.mdwa import CFGShared, FlexMDWA, MaskedReference
+from kernels.mdwa import CFGShared, FlexMDWA, MaskedReference, flex_exact
 from kernels.quant import PerToken, fake_quantize, sqnr
 from kernels.select import interpret_mode, triton_available
 from kernels.windows import EMPTY, FULL, WindowConfig
@@ -105,14 +105,24 @@ BACKENDS = {"dense SDPA": lambda H, keep: DenseAttention(),
             "flex": lambda H, keep: FlexMDWA(_windows(H, keep), dense_below=0)}
 
 
+def backend(name: str, H: int, keep: KeepRule | None):
+    if name == "flex" and not flex_exact():
+        pytest.skip("compiled FlexAttention is wrong on this CPU (kernels.mdwa.flex_exact): the runtime skips it")
+    return BACKENDS[name](H, keep)
+
+
 @pytest.mark.parametrize("name", list(BACKENDS))
 @pytest.mark.parametrize("fmt", [KV8, KV4])
 def test_quantized_cache_attention_matches_fp(name, fmt):
     """Attention over a KV8 / KV4 cache against the same backend over the fp keys and values."""
     H = 2
-    ref = _run(None, BACKENDS[name](H, None), H=H)
-    got = _run(PlannedKVCache(PN, KVSpec(fmt)), BACKENDS[name](H, None), H=H)
+    ref = _run(None, backend(name, H, None), H=H)
+    got = _run(PlannedKVCache(PN, KVSpec(fmt)), backend(name, H, None), H=H)
     worst = min(sqnr(r, o) for r, o in zip(ref, got))
+    # min-max codes over a segment of n <= 49 unit Gaussians span ~5 sigma: a step of 5/255 (KV8) or
+    # 5/15 (KV4) sigma, noise step^2 / 12, so keys and values keep ~45 dB (KV8) and ~20 dB (KV4),
+    # which attention carries over about unchanged; the bounds leave ~10 and ~8 dB for the worst
+    # scale and seed
     assert worst >= {"KV8": 35.0, "KV4": 12.0}[fmt.name], (name, worst, SEED)
 
 
@@ -123,7 +133,7 @@ def test_eviction_equals_the_window_with_those_parts_empty(name):
     H, keep = 2, KeepRule(sinks=1, recent=2)
     width = FULL if name == "dense SDPA" else 2
     windowed = _run(None, MaskedReference(_windows(H, keep, width)), H=H)  # every key stored
-    evicting = _run(PlannedKVCache(PN, KVSpec(KV_FP, keep)), BACKENDS[name](H, keep), H=H)
+    evicting = _run(PlannedKVCache(PN, KVSpec(KV_FP, keep)), backend(name, H, keep), H=H)
     for k, (a, b) in enumerate(zip(windowed, evicting)):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=f"scale {k}, seed {SEED}")
 

@@ -1,7 +1,7 @@
 """MDWA backends (kernels/mdwa.py, kernels/mdwa_triton.py) against the masked reference.
 
 Tolerances: torch paths in float32 vs a float64 reference, max error relative to max |ref|
-<= 1e-5. Triton: float32 same 1e-5, float16 (and bfloat16 on CUDA) 2e-2 against a float64
+<= 1e-5. Triton: float32 same 1e-5, float16 and bfloat16 2e-2 against a float64
 reference computed from the same rounded inputs. QKV8 (int8 Q, K): Triton vs the
 emulated torch path 1e-4, and SQNR vs float attention >= 30 dB.
 
@@ -24,6 +24,7 @@ from kernels.mdwa import (
     MaskedReference,
     TritonMDWA,
     flex_block_mask,
+    flex_exact,
     make_mdwa_backend,
 )
 from kernels.quant import fake_quant_qk, quantize_qk_int8, sqnr
@@ -147,6 +148,8 @@ def test_flex_block_mask_keeps_exactly_the_window(family):
 def test_flex_backend_matches_reference(family):
     """One compiled shape per family (B=2, H=3, c=16, last scale of (1, 2, 3, 4, 5, 6)), with
     k and v strided like the model's KV-cache slices."""
+    if not flex_exact():
+        pytest.skip("compiled FlexAttention is wrong on this CPU (kernels.mdwa.flex_exact): the runtime skips it")
     rng = random.Random(SEED + 3)
     pn = SCHEDULES[0]
     layout, k, H = ScaleLayout(pn), len(pn) - 1, 3
@@ -220,7 +223,8 @@ def test_cfg_sharing_reuses_conditional_half():
 def test_make_backend_choices_and_layout_check(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     cfg = WindowConfig.uniform((1, 2, 3, 4, 5, 6), [0], heads=2, width=2)
-    assert isinstance(make_mdwa_backend(cfg, KernelChoice.AUTO, "cpu"), FlexMDWA)
+    # FlexAttention where the probe finds it right on this CPU, else the masked reference (test_isa.py)
+    assert isinstance(make_mdwa_backend(cfg, KernelChoice.AUTO, "cpu"), FlexMDWA if flex_exact() else MaskedReference)
     assert isinstance(make_mdwa_backend(cfg, KernelChoice.TORCH, "cpu"), MaskedReference)
     assert isinstance(make_mdwa_backend(cfg, "emulated", "cpu"), MaskedReference)
     asc = make_mdwa_backend(cfg, "torch", "cpu", {0: LayerOptions(share_cfg=True)})
@@ -254,8 +258,10 @@ def _on_device(*xs):
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2),
                                        (torch.float16, 2e-2)])
 def test_triton_matches_reference(dtype, tol):
-    if dtype == torch.bfloat16 and not CUDA:
-        pytest.skip("triton 3.9's interpreter multiplies bf16 bit patterns in tl.dot: CUDA only")
+    """bf16 and fp16 keep 8 and 11 mantissa bits: the inputs' rounding alone moves attention outputs
+    by ~2**-9 and ~2**-12 relative, and p is rounded to v's dtype before its dot; 2e-2 is ~10x
+    bf16's share. Under the interpreter a bf16 dot runs on its rounded operands in float32
+    (kernels.gemm_triton.DOT_F32), since the interpreter's own bf16 dot is wrong."""
     from kernels.mdwa_triton import mdwa_attention
     cfg, layout, k, B, H, c, (bm, bn) = _triton_case(7)
     q, kk, v = _inputs(B, H, layout, k, c, dtype)

@@ -72,7 +72,8 @@ def cfg_logits(var, vae, labels_B: torch.Tensor, tokens: list[torch.Tensor], cfg
     B = labels_B.shape[0]
     both = torch.cat([labels_B.to(dev), torch.full_like(labels_B.to(dev), var.num_classes)])
     with autocast(dev, dtype_name):
-        logits = var(both, x.repeat(2, 1, 1), cfg_batch=B).float()
-    t_L = torch.cat([torch.full((pn * pn,), cfg * si / (len(var.patch_nums) - 1), device=dev)
+        logits = var(both, x.repeat(2, 1, 1), cfg_batch=B)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float32 (float64 in a float64 model)
+    t_L = torch.cat([torch.full((pn * pn,), cfg * si / (len(var.patch_nums) - 1), device=dev, dtype=logits.dtype)
                      for si, pn in enumerate(var.patch_nums)]).view(1, -1, 1)
     return (1 + t_L) * logits[:B] - t_L * logits[B:]

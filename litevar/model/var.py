@@ -208,9 +208,16 @@ class VAR(nn.Module):
         return torch.where(d >= d.transpose(1, 2), 0.0, -torch.inf).reshape(1, 1, self.L, self.L)
 
     # -- forward -------------------------------------------------------------------------
+    @property
+    def wide_dtype(self) -> torch.dtype:
+        """The dtype of the parts that run outside autocast (the head, the input embedding): float32, or
+        float64 in a float64 model (numerics references)."""
+        return torch.promote_types(self.pos_1LC.dtype, torch.float32)
+
     def get_logits(self, h_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         with torch.autocast(h_BLC.device.type, enabled=False):
-            return self.head(self.head_nm(h_BLC.float(), cond_BD.float()).float()).float()
+            wide = self.wide_dtype
+            return self.head(self.head_nm(h_BLC.to(wide), cond_BD.to(wide)).to(wide)).to(wide)
 
     def _run_blocks(self, x_BLC, cond_BD, scales: range, cfg_batch: int = 0):
         cond_BD_or_gss = self.shared_ada_lin(cond_BD)
@@ -240,7 +247,7 @@ class VAR(nn.Module):
         with torch.autocast(label_B.device.type, enabled=False):
             cond_BD = self.class_emb(label_B)
             sos = cond_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, self.first_l, -1)
-            x_BLC = torch.cat((sos, self.word_embed(x_BLCv_wo_first_l.float())), dim=1)
+            x_BLC = torch.cat((sos, self.word_embed(x_BLCv_wo_first_l.to(self.wide_dtype))), dim=1)
             x_BLC = x_BLC + self.lvl_embed(self.lvl_1L[:, :L].expand(B, -1)) + self.pos_1LC[:, :L]
         x_BLC = self._run_blocks(x_BLC, cond_BD, range(n), cfg_batch)
         return self.get_logits(x_BLC, cond_BD)

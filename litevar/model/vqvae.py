@@ -381,7 +381,7 @@ class MultiScaleQuantizer(nn.Module):
         B, SN, H = ms_h_BChw[0].shape[0], len(self.patch_nums), self.patch_nums[-1]
         out = []
         if all_to_max_scale:
-            f_hat = ms_h_BChw[0].new_zeros(B, self.Cvae, H, H, dtype=torch.float32)
+            f_hat = ms_h_BChw[0].new_zeros(B, self.Cvae, H, H, dtype=self.acc_dtype)
             for si in range(SN):
                 h = ms_h_BChw[si]
                 if si < SN - 1:
@@ -389,7 +389,7 @@ class MultiScaleQuantizer(nn.Module):
                 f_hat.add_(self.phi(si)(h))
                 out.append(f_hat if last_one else f_hat.clone())
         else:  # each scale's f_hat at its own size (visualisation only)
-            f_hat = ms_h_BChw[0].new_zeros(B, self.Cvae, self.patch_nums[0], self.patch_nums[0], dtype=torch.float32)
+            f_hat = ms_h_BChw[0].new_zeros(B, self.Cvae, self.patch_nums[0], self.patch_nums[0], dtype=self.acc_dtype)
             for si, pn in enumerate(self.patch_nums):
                 f_hat = F.interpolate(f_hat, size=(pn, pn), mode="bicubic")
                 f_hat.add_(self.phi(si)(ms_h_BChw[si]))
@@ -401,7 +401,7 @@ class MultiScaleQuantizer(nn.Module):
 
         Given the tokens of only the first n scales, the input of scales 1..n-1 (a VAR prefix)."""
         B, C, H = gt_ms_idx_Bl[0].shape[0], self.Cvae, self.patch_nums[-1]
-        f_hat = gt_ms_idx_Bl[0].new_zeros(B, C, H, H, dtype=torch.float32)
+        f_hat = gt_ms_idx_Bl[0].new_zeros(B, C, H, H, dtype=self.acc_dtype)
         nxt = []
         for si in range(len(gt_ms_idx_Bl) - 1):
             pn = self.patch_nums[si]
@@ -410,6 +410,11 @@ class MultiScaleQuantizer(nn.Module):
             pn_next = self.patch_nums[si + 1]
             nxt.append(F.interpolate(f_hat, size=(pn_next, pn_next), mode="area").view(B, C, -1).transpose(1, 2))
         return torch.cat(nxt, dim=1) if nxt else None
+
+    @property
+    def acc_dtype(self) -> torch.dtype:
+        """The dtype f_hat accumulates in: float32, or float64 for a float64 model (numerics references)."""
+        return torch.promote_types(self.embedding.weight.dtype, torch.float32)
 
     def get_next_autoregressive_input(self, si: int, SN: int, f_hat: torch.Tensor, h_BChw: torch.Tensor):
         """Add scale si's codes to f_hat; return (f_hat, next scale's input map)."""
