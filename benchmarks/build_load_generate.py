@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import litevar
-from litevar.model.schedules import schedule_for
+from litevar.models.var.schedules import schedule_for
 
 
 def peak_rss_gb() -> float:

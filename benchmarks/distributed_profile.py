@@ -44,9 +44,9 @@ def largest_differences(a, b) -> dict:
 
 
 def main(argv=None) -> int:
-    from litevar.model.atomic import write_json
-    from profiler.device import fingerprint
-    from profiler.profile import Profile
+    from litevar.models.core.atomic import write_json
+    from litevar.profiler.device import fingerprint
+    from litevar.profiler.profile import Profile
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--json", required=True)

@@ -112,7 +112,7 @@ class Run:
 
     # -- steps ---------------------------------------------------------------------------------
     def fingerprint(self, budget):
-        r = self.sh([self.python, "-c", "import json; from profiler.device import fingerprint, environment; "
+        r = self.sh([self.python, "-c", "import json; from litevar.profiler.device import fingerprint, environment; "
                      f"print(json.dumps({{'device': fingerprint('{self.device}'), 'env': environment()}}))"],
                     timeout=budget, log="fingerprint")
         self._write("fingerprint.json", json.loads(r.stdout))
@@ -170,8 +170,8 @@ class Run:
         """GB half-way between dense and the least memory any plan reaches, at least what the
         profile's memory guard leaves reachable."""
         from litevar.commands.plan import load_profile
-        from planner.build import build_problem, guard_band
-        from planner.solve import reachable_minima
+        from litevar.planner.build import build_problem, guard_band
+        from litevar.planner.solve import reachable_minima
         p = load_profile(argparse.Namespace(profile=str(prof), losses_from=str(LOSSES_FROM)))
         problem = build_problem(p, px)
         _, least = reachable_minima(problem)
@@ -230,7 +230,7 @@ class Run:
         (self.docs / "summary.md").write_text(summary_markdown(summary))
 
     def _write(self, name: str, data) -> None:
-        from litevar.model.atomic import write_json
+        from litevar.models.core.atomic import write_json
         write_json(self.docs / name, data, default=str)
 
 

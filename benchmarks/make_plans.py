@@ -42,14 +42,14 @@ def _profile(profile: str, losses_from: str | None = None):
 
 
 def dense_gb(profile: str, resolution: int) -> float:
-    from planner.build import build_problem
+    from litevar.planner.build import build_problem
     return build_problem(_profile(profile), resolution).dense_memory_mb / 1024
 
 
 def halfway_gb(profile: str, resolution: int, losses_from: str | None = None) -> float:
     """Half-way between the dense peak and the least peak any plan reaches (GB)."""
-    from planner.build import build_problem
-    from planner.solve import reachable_minima
+    from litevar.planner.build import build_problem
+    from litevar.planner.solve import reachable_minima
     prof = _profile(profile, losses_from)
     problem = build_problem(prof, resolution)
     _, least = reachable_minima(problem)

@@ -18,14 +18,14 @@ import time
 import torch
 
 from litevar.commands.common import add_model_arguments, load_model
-from litevar.model.atomic import write_json
+from litevar.models.core.atomic import write_json
 
 
 def main(argv=None) -> int:
+    from litevar.planner.plan import Plan
+    from litevar.profiler.cost import generation, generation_peak_mb
+    from litevar.profiler.device import fingerprint
     from litevar.runtime import apply_plan
-    from planner.plan import Plan
-    from profiler.cost import generation, generation_peak_mb
-    from profiler.device import fingerprint
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_arguments(p)
     p.add_argument("--plan", required=True)

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from litevar.commands.cli import main as litevar_main
-from litevar.model.atomic import write_text
+from litevar.models.core.atomic import write_text
 
 DEFAULT_RECIPES = ("bf16", "w8a8", "w8a8+qk8", "asc", "paper")
 
@@ -49,7 +49,7 @@ def slug(spec: str) -> str:
 
 def make_plans(args) -> list[tuple[str, Path, Path]]:
     """[(recipe, recipe plan path, planner plan path)], written with `litevar plan`."""
-    from planner.plan import Plan
+    from litevar.planner.plan import Plan
     out, rows = Path(args.plans_dir), []
     for spec in args.recipes.split(","):
         rec = out / f"{args.prefix}-recipe-{slug(spec)}.json"
@@ -70,7 +70,7 @@ def _cli(*argv) -> None:
 
 def table(rows, bench: dict) -> str:
     from litevar.commands.bench import paired_speedup
-    from planner.plan import Plan
+    from litevar.planner.plan import Plan
     by_path = {e["plan"]: e for e in bench["plans"]}
     d = bench["dense"]
     lines = [f"dense: {d['latency_ms']:.1f} ms measured; loss on {bench['quality']['n']} calibration samples "

@@ -9,7 +9,7 @@ H = depth heads, a CFG-doubled batch, band windows with ~10% of the keys kept (p
     1024 px  1,2,3,4,5,7,9,12,16,21,27,36,48,64                         (n = 4096,  L = 9451)
     2048 px  1,2,3,4,5,7,9,12,16,21,27,36,48,64,84,108,128              (n = 16384, L = 44555)
 
-(litevar.model.schedules.SCHEDULES; 2048 px is ours, no official one exists.)
+(litevar.models.var.schedules.SCHEDULES; 2048 px is ours, no official one exists.)
 
 CPU runs float32 (faster than bfloat16 for both SDPA and flex on these CPUs), CUDA bfloat16.
 Times are medians after a warm-up call (compilation excluded). TFLOP/s count the kept work
@@ -26,12 +26,12 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from kernels.bench_gemm import interleaved_ms
-from kernels.mdwa import CFGShared, FlexMDWA, LayerOptions, MaskedReference, TritonMDWA
-from kernels.select import triton_available
-from kernels.windows import WindowConfig, dense_mask, kept_pairs
-from litevar.model.attention import AttnCall, DenseAttention, ScaleLayout
-from litevar.model.schedules import SCHEDULES
+from litevar.kernels.bench_gemm import interleaved_ms
+from litevar.kernels.mdwa import CFGShared, FlexMDWA, LayerOptions, MaskedReference, TritonMDWA
+from litevar.kernels.select import triton_available
+from litevar.kernels.windows import WindowConfig, dense_mask, kept_pairs
+from litevar.models.core.attention import AttnCall, DenseAttention, ScaleLayout
+from litevar.models.var.schedules import SCHEDULES
 
 log = logging.getLogger(__name__)
 

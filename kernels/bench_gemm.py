@@ -18,11 +18,11 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn as nn
 
-from kernels import gemm
-from kernels.formats import capability
-from kernels.qlinear import QuantLinear
-from kernels.quant import sqnr
-from kernels.select import KernelChoice, triton_available
+from litevar.kernels import gemm
+from litevar.kernels.formats import capability
+from litevar.kernels.qlinear import QuantLinear
+from litevar.kernels.quant import sqnr
+from litevar.kernels.select import KernelChoice, triton_available
 
 log = logging.getLogger(__name__)
 

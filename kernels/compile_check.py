@@ -45,9 +45,9 @@ class Config:
 
 def _fn(kernel: str):
     if kernel == "mdwa":
-        from kernels.mdwa_triton import _kernel
+        from litevar.kernels.mdwa_triton import _kernel
         return _kernel(False)
-    from kernels import gemm_triton
+    from litevar.kernels import gemm_triton
     return getattr(gemm_triton, f"{kernel}_kernel")
 
 
@@ -63,7 +63,7 @@ def _split(cfg: dict) -> tuple[dict, int, int]:
 
 
 def _int_gemm(kind: str, M: int, out: torch.dtype) -> Config:
-    from kernels.gemm import gemm_config
+    from litevar.kernels.gemm import gemm_config
     consts, warps, stages = _split(gemm_config(kind, M))
     types = ["*i8", "*i8" if kind == "w8a8" else "*u8", PTR[out]] + ["*fp32"] * 5 + ["i32"] * 9
     sig = _named(kind, types)
@@ -73,7 +73,7 @@ def _int_gemm(kind: str, M: int, out: torch.dtype) -> Config:
 
 
 def _w4a16(M: int, dtype: torch.dtype, group: int | None) -> Config:
-    from kernels.gemm import gemm_config
+    from litevar.kernels.gemm import gemm_config
     consts, warps, stages = _split(gemm_config("w4a16", M, dtype, group))
     sig = _named("w4a16", [PTR[dtype], "*u8", PTR[dtype]] + ["*fp32"] * 3 + ["i32"] * 11)
     consts.update(GROUP_SIZE=group or consts["BLOCK_K"], HAS_ZW=True, HAS_BIAS=True, DOT_F32=False)
@@ -83,7 +83,7 @@ def _w4a16(M: int, dtype: torch.dtype, group: int | None) -> Config:
 
 
 def _mdwa(dtype: torch.dtype, head_dim: int, qk_int8: bool, kv_bits: int = 16) -> Config:
-    from kernels.mdwa_triton import mdwa_config
+    from litevar.kernels.mdwa_triton import mdwa_config
     consts, warps, stages = _split(mdwa_config(dtype, head_dim, qk_int8, kv_bits))
     qk = "*i8" if qk_int8 else PTR[dtype]
     kv = {16: PTR[dtype], 8: "*i8", 4: "*u8"}[kv_bits]

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from kernels.quant import Granularity, PerChannel, PerGroup, PerToken
-from litevar.model.errors import UserError
+from litevar.kernels.quant import Granularity, PerChannel, PerGroup, PerToken
+from litevar.models.core.errors import UserError
 
 FLOAT_BITS = 16  # w_bits / a_bits of 16 mean "kept in floating point"
 CAST_DTYPES = {"bfloat16": "bf16"}  # float dtypes a layer can be cast to -> kernel name

@@ -16,14 +16,14 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from kernels.quant import PerGroup, PerToken, dequantize, fake_quantize, quantize, unpack_int4
-from kernels.select import KernelChoice, interpret_mode, resolve
+from litevar.kernels.quant import PerGroup, PerToken, dequantize, fake_quantize, quantize, unpack_int4
+from litevar.kernels.select import KernelChoice, interpret_mode, resolve
 
 log = logging.getLogger(__name__)
 
 
 def _triton():
-    from kernels import gemm_triton  # lazy: needs triton, reads TRITON_INTERPRET once
+    from litevar.kernels import gemm_triton  # lazy: needs triton, reads TRITON_INTERPRET once
 
     return gemm_triton
 

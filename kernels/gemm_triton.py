@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.select import interpret_mode
+from litevar.kernels.select import interpret_mode
 
 
 @triton.jit

@@ -4,7 +4,7 @@
     KeepRule(sinks, recent)         for the queries of scale k the layer keeps the first `sinks`
                                     scales and the `recent` latest (k among them); a scale is
                                     never stored twice and is freed after the last scale that reads it
-    PlannedKVCache(patch_nums, spec)   the cache (litevar.model.attention's `attend` protocol)
+    PlannedKVCache(patch_nums, spec)   the cache (litevar.models.core.attention's `attend` protocol)
 
 Each scale's keys and values are written once, as a segment in the layer's format
 (kernels/kvquant.py); a CFG-shared layer (ASC) stores the conditional half only, since it never
@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kernels.kvquant import KV_FP, KVFormat, Segment, get_kv_format, quantize_segment, segment_bytes
-from litevar.model.attention import AttnCall, DenseAttention, KVCache, ScaleLayout, attend_scales
-from litevar.model.errors import UserError
+from litevar.kernels.kvquant import KV_FP, KVFormat, Segment, get_kv_format, quantize_segment, segment_bytes
+from litevar.models.core.attention import AttnCall, DenseAttention, KVCache, ScaleLayout, attend_scales
+from litevar.models.core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class QuantizedBlock:
 
 
 class PlannedKVCache:
-    """The `attend` protocol of litevar.model.attention for one layer and one generation."""
+    """The `attend` protocol of litevar.models.core.attention for one layer and one generation."""
 
     def __init__(self, patch_nums, spec: KVSpec):
         self.layout, self.spec = ScaleLayout(tuple(patch_nums)), spec
@@ -254,7 +254,7 @@ class FakeQuantKV:
 def fake_quantize_scales(k_BHLc, v_BHLc, layout: ScaleLayout, scales: int, fmt: KVFormat):
     """Keys and values of the first `scales` scales of `layout` as a cache in `fmt` returns them:
     each scale's segment quantized and dequantized on its own."""
-    from kernels.kvquant import fake_quantize_kv
+    from litevar.kernels.kvquant import fake_quantize_kv
     k_out, v_out = torch.empty_like(k_BHLc), torch.empty_like(v_BHLc)
     for j in range(scales):
         b, e = layout.begin[j], layout.end[j]
@@ -263,9 +263,9 @@ def fake_quantize_scales(k_BHLc, v_BHLc, layout: ScaleLayout, scales: int, fmt: 
 
 
 def eviction_windows(patch_nums, heads: int, keep: dict[int, KeepRule]):
-    """kernels.windows.WindowConfig giving each layer of `keep` the attention of its keep rule:
+    """litevar.kernels.windows.WindowConfig giving each layer of `keep` the attention of its keep rule:
     EMPTY on every evicted (query scale, key scale), FULL elsewhere."""
-    from kernels.windows import EMPTY, FULL, WindowConfig
+    from litevar.kernels.windows import EMPTY, FULL, WindowConfig
     S = len(patch_nums)
     widths = {}
     for layer, rule in keep.items():

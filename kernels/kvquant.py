@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.quant import PerToken, choose_qparams, pack_int4, quantize_with, wide
-from litevar.model.errors import UserError
+from litevar.kernels.quant import PerToken, choose_qparams, pack_int4, quantize_with, wide
+from litevar.models.core.errors import UserError
 
 SCALE_DTYPE = torch.float16
 SCALE_BYTES = 2

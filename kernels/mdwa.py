@@ -1,4 +1,4 @@
-"""MDWA attention backends (LiteVAR sections 2-4) behind litevar.model.attention's interface.
+"""MDWA attention backends (LiteVAR sections 2-4) behind litevar.models.core.attention's interface.
 
     MaskedReference  dense SDPA with windows.dense_mask (masked scores are -inf): the reference
     FlexMDWA         FlexAttention with a block mask built arithmetically from the windows
@@ -8,7 +8,7 @@
 
 Per-layer options (LayerOptions): qk_int8 (QKV8: int8 per-token Q and K, K smoothed by its
 per-channel mean over the keys) and share_cfg (ASC). Dense SDPA, the baseline, is
-litevar.model.attention.DenseAttention.
+litevar.models.core.attention.DenseAttention.
 """
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels.quant import fake_quant_qk
-from kernels.select import KernelChoice, resolve, triton_available
-from kernels.windows import FULL, WindowConfig, WindowFamily, block_structure, dense_mask, mask_mod_fn
-from litevar.model.attention import AttentionBackend, AttnCall, ScaleLayout
-from litevar.model.errors import UserError
+from litevar.kernels.quant import fake_quant_qk
+from litevar.kernels.select import KernelChoice, resolve, triton_available
+from litevar.kernels.windows import FULL, WindowConfig, WindowFamily, block_structure, dense_mask, mask_mod_fn
+from litevar.models.core.attention import AttentionBackend, AttnCall, ScaleLayout
+from litevar.models.core.errors import UserError
 
 log = logging.getLogger(__name__)
 TRITON_MIN_QUERIES = 64  # AUTO: calls with fewer queries (scales up to 7x7) stay on masked SDPA
@@ -158,7 +158,7 @@ class TritonMDWA(_WindowedBackend):
         self.min_queries = min_queries
 
     def __call__(self, q_BHlc, k_BHLc, v_BHLc, ctx: AttnCall) -> torch.Tensor:
-        from kernels.mdwa_triton import mdwa_attention
+        from litevar.kernels.mdwa_triton import mdwa_attention
         w_Hp, int8 = self._widths(ctx, "cpu"), self._int8(ctx)  # the launcher caches its device tables
         if q_BHlc.shape[2] < self.min_queries:
             mask = None if w_Hp is None else _mask_from_mask_mod(ctx, w_Hp.to(q_BHlc.device), self.windows.family)
@@ -174,7 +174,7 @@ class TritonMDWA(_WindowedBackend):
         """Attention over a quantized KV cache read as stored (make_block() -> the cache's
         kernels.kvcache.QuantizedBlock); None for calls below min_queries, which the cache then
         runs on its dequantized keys."""
-        from kernels.mdwa_triton import mdwa_attention_kvq
+        from litevar.kernels.mdwa_triton import mdwa_attention_kvq
         if self._int8(ctx):
             raise UserError(f"block {ctx.layer}: QK8 and a quantized KV cache do not combine; re-plan")
         if q_BHlc.shape[2] < self.min_queries:

@@ -17,11 +17,11 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.gemm_triton import dot_f32
-from kernels.quant import quantize_qk_int8
-from kernels.select import interpret_mode
-from kernels.windows import EMPTY, FULL
-from litevar.model.attention import ScaleLayout
+from litevar.kernels.gemm_triton import dot_f32
+from litevar.kernels.quant import quantize_qk_int8
+from litevar.kernels.select import interpret_mode
+from litevar.kernels.windows import EMPTY, FULL
+from litevar.models.core.attention import ScaleLayout
 
 LOG2E = 1.4426950408889634
 

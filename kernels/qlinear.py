@@ -6,11 +6,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import gemm
-from kernels.formats import QuantFormat, capability, get_format
-from kernels.quant import dequantize, pack_int4, quantize, unpack_int4
-from kernels.select import KernelChoice
-from litevar.model.errors import UserError
+from litevar.kernels import gemm
+from litevar.kernels.formats import QuantFormat, capability, get_format
+from litevar.kernels.quant import dequantize, pack_int4, quantize, unpack_int4
+from litevar.kernels.select import KernelChoice
+from litevar.models.core.errors import UserError
 
 
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:

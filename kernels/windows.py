@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from litevar.model.attention import ScaleLayout
-from litevar.model.errors import UserError
+from litevar.models.core.attention import ScaleLayout
+from litevar.models.core.errors import UserError
 
 FULL = -1  # half-width meaning "the whole part"
 EMPTY = -2  # half-width meaning "no key of the part" (an evicted KV-cache scale)

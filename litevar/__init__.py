@@ -3,36 +3,29 @@
 The public API. The model keeps the official VAR names (`build_vae_var`, `VAR.forward`,
 `VAR.autoregressive_infer_cfg`, `VQVAE.img_to_idxBl`, `VQVAE.idxBl_to_img`); the runtime adds
 `apply_plan` / `planned_copy` and the plan file `Plan`; `load_default` loads the small model
-shipped in the package. The runtime names are imported on first use (they pull in the kernels,
-the planner's plan file and the profiler's device fingerprint).
+shipped in the package. Every name is imported on first use: `import litevar.kernels` (or any part
+installed under this package) runs nothing else.
 """
 from importlib.metadata import PackageNotFoundError, version
-
-from litevar.model.attention import AttnCall, DenseAttention, KVCache, ScaleLayout, set_attention_backend
-from litevar.model.build import (
-    arch_of,
-    build_vae_var,
-    load_checkpoint,
-    load_vae_var,
-    official_state_dict,
-    weights_sha256,
-)
-from litevar.model.errors import UserError
-from litevar.model.schedules import SCHEDULES
-from litevar.model.var import VAR, VARConfig
-from litevar.model.vqvae import VQVAE
 
 try:
     __version__ = version("litevar")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-_LAZY = {"apply_plan": "litevar.runtime", "planned_copy": "litevar.runtime", "Plan": "planner.plan",
-         "load_default": "litevar.default_model"}
+_LAZY = {
+    "AttnCall": "litevar.models.core.attention", "DenseAttention": "litevar.models.core.attention",
+    "KVCache": "litevar.models.core.attention", "ScaleLayout": "litevar.models.core.attention",
+    "set_attention_backend": "litevar.models.core.attention", "UserError": "litevar.models.core.errors",
+    "arch_of": "litevar.models.var.build", "build_vae_var": "litevar.models.var.build",
+    "load_checkpoint": "litevar.models.var.build", "load_vae_var": "litevar.models.var.build",
+    "official_state_dict": "litevar.models.var.build", "weights_sha256": "litevar.models.var.build",
+    "SCHEDULES": "litevar.models.var.schedules", "VAR": "litevar.models.var.var", "VARConfig": "litevar.models.var.var",
+    "VQVAE": "litevar.models.var.vqvae", "load_default": "litevar.models.default",
+    "apply_plan": "litevar.runtime", "planned_copy": "litevar.runtime", "Plan": "litevar.planner.plan",
+}
 
-__all__ = ["AttnCall", "DenseAttention", "KVCache", "ScaleLayout", "set_attention_backend", "arch_of",
-           "build_vae_var", "load_checkpoint", "load_vae_var", "official_state_dict", "weights_sha256", "UserError",
-           "SCHEDULES", "VAR", "VARConfig", "VQVAE", *_LAZY]
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str):

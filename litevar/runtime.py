@@ -17,17 +17,17 @@ import os
 
 import torch
 
-from kernels.kvcache import reads_codes, set_kv_caches
-from kernels.mdwa import LayerOptions, make_mdwa_backend
-from kernels.qlinear import is_planned_layer, swap_linears
-from kernels.select import KernelChoice
-from kernels.windows import WindowConfig
-from litevar.model.attention import set_attention_backend
-from litevar.model.build import arch_of, weights_sha256
-from litevar.model.errors import UserError
-from litevar.model.var import shared_copy
-from planner.plan import Plan
-from profiler.device import PLAN_KEYS, fingerprint
+from litevar.kernels.kvcache import reads_codes, set_kv_caches
+from litevar.kernels.mdwa import LayerOptions, make_mdwa_backend
+from litevar.kernels.qlinear import is_planned_layer, swap_linears
+from litevar.kernels.select import KernelChoice
+from litevar.kernels.windows import WindowConfig
+from litevar.models.core.attention import set_attention_backend
+from litevar.models.core.errors import UserError
+from litevar.models.var.build import arch_of, weights_sha256
+from litevar.models.var.var import shared_copy
+from litevar.planner.plan import Plan
+from litevar.profiler.device import PLAN_KEYS, fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from planner.problem import Budgets, Problem
+from litevar.planner.problem import Budgets, Problem
 
 
 class _Dual:

@@ -13,10 +13,10 @@ import logging
 import numpy as np
 import pandas as pd
 
-from kernels.formats import FORMATS, get_format
-from litevar.model.errors import UserError
-from litevar.model.schedules import schedule_for
-from planner.problem import (
+from litevar.kernels.formats import FORMATS, get_format
+from litevar.models.core.errors import UserError
+from litevar.models.var.schedules import schedule_for
+from litevar.planner.problem import (
     FULL,
     WINDOW_COLUMNS,
     AttnSlot,
@@ -27,8 +27,8 @@ from planner.problem import (
     Problem,
     Selection,
 )
-from profiler import costmodel as C
-from profiler.device import PLAN_KEYS
+from litevar.profiler import costmodel as C
+from litevar.profiler.device import PLAN_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def kv_groups(profile, cm, arch, pns, batch, alpha, allowed) -> list[KVGroup]:
 def kv_option(cm, arch, pns, batch, alpha, fmt: str, keep, loss: float) -> KVOption:
     """One block's KV option: its loss, and its bytes (kernels.kvcache) and extra attention time
     (costmodel.kv_call_ms) without and with CFG sharing."""
-    from kernels.kvcache import KeepRule, KVSpec, cache_bytes, gather_bytes
+    from litevar.kernels.kvcache import KeepRule, KVSpec, cache_bytes, gather_bytes
     d, act = C.arch_dims(arch), C.DTYPE_BYTES[cm["dtype"]]
     specs = [KVSpec(fmt, KeepRule(*keep), bool(c)) for c in (0, 1)]
     mb = tuple(cache_bytes(pns, sp, batch, d["H"], d["D"], act) / C.MB for sp in specs)
@@ -213,7 +213,7 @@ def eviction_losses(profile, arch, pns, rules=KEEP_RULES) -> dict[tuple[int, tup
     meta.evict_fit's coef times the attention mass (sinks table) on the evicted (head, query
     scale, key scale) triples. None when the profile cannot price it: no fit, or attention
     measured at another schedule."""
-    from profiler.quality import evicted_mass
+    from litevar.profiler.quality import evicted_mass
     fit = profile.meta.get("evict_fit")
     profiled = tuple(arch.get("patch_nums") or ())
     if not fit or "sinks" not in profile.tables or tuple(pns) != profiled:
@@ -339,7 +339,7 @@ def window_options(profile, arch, pns, family, targets, slots) -> tuple[str, pd.
 def selection_kv_specs(problem: Problem, sel: Selection) -> dict:
     """block -> kernels.kvcache.KVSpec of a selection (CFG-shared blocks included: their cache
     holds one half)."""
-    from kernels.kvcache import KeepRule, KVSpec
+    from litevar.kernels.kvcache import KeepRule, KVSpec
     depth = C.arch_dims(problem.meta["arch"])["depth"]
     out = {}
     for layer in range(depth):
@@ -350,8 +350,8 @@ def selection_kv_specs(problem: Problem, sel: Selection) -> dict:
 
 def to_plan(problem: Problem, solution, profile, profile_path, budgets, name: str = ""):
     """The Plan (planner.plan) of a solved problem; predicted numbers from the cost model."""
-    from kernels.windows import WindowConfig
-    from planner.plan import ARCH_KEYS, Plan
+    from litevar.kernels.windows import WindowConfig
+    from litevar.planner.plan import ARCH_KEYS, Plan
     meta, sel, m = profile.meta, solution.selection, solution.metrics
     arch, pns = problem.meta["arch"], problem.meta["patch_nums"]
     cm = meta["cost_model"]
@@ -397,7 +397,7 @@ def memory_breakdown(pred: dict) -> dict[str, float]:
 
 def plan_kept(plan) -> dict[tuple[int, int], float]:
     """(layer, scale) -> kept fraction of the attention pairs of every windowed call of a plan."""
-    from kernels.windows import kept_fraction
+    from litevar.kernels.windows import kept_fraction
     if plan.windows is None:
         return {}
     w, out = plan.windows, {}
@@ -419,7 +419,7 @@ def plan_memory_breakdown(plan, profile) -> dict[str, float]:
 
 
 def window_config(problem: Problem, sel: Selection, cls):
-    """kernels.windows.WindowConfig of the selection (layers with no window are left out)."""
+    """litevar.kernels.windows.WindowConfig of the selection (layers with no window are left out)."""
     H, S = int(problem.meta["arch"].get("num_heads", problem.meta["arch"]["depth"])), len(problem.meta["patch_nums"])
     widths = {}
     for (l, h, s, p), w in sel.widths.items():

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from planner.problem import FULL, Problem, Selection, evaluate, kv_choice, slot_kept
+from litevar.planner.problem import FULL, Problem, Selection, evaluate, kv_choice, slot_kept
 
 COLUMNS = ["layer", "head", "decision", "chosen", "saves_ms", "saves_mb", "loss", "alternative",
            "alt_saves_ms", "alt_loss"]

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from litevar.model.atomic import atomic_path
-from litevar.model.errors import UserError
-from planner.problem import Budgets, Problem
-from planner.slots import slot_hulls
-from planner.solve import NoPlan, SolverSettings, reachable_minima, solve
+from litevar.models.core.atomic import atomic_path
+from litevar.models.core.errors import UserError
+from litevar.planner.problem import Budgets, Problem
+from litevar.planner.slots import slot_hulls
+from litevar.planner.solve import NoPlan, SolverSettings, reachable_minima, solve
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 `Plan.load(path)` and `Plan.from_dict(d)` check everything a runtime relies on and raise
 UserError with one line naming the bad field and the fix; `Plan.from_dict(p.to_dict()) == p`.
-`Plan.check_model` compares a plan with a model's fingerprints (litevar.model.build.arch_of,
+`Plan.check_model` compares a plan with a model's fingerprints (litevar.models.var.build.arch_of,
 weights_sha256).
 """
 from __future__ import annotations
@@ -13,11 +13,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kernels.formats import FORMATS, get_format
-from kernels.windows import WindowConfig
-from litevar.model.atomic import write_text
-from litevar.model.errors import UserError
-from litevar.model.schedules import SCHEDULES
+from litevar.kernels.formats import FORMATS, get_format
+from litevar.kernels.windows import WindowConfig
+from litevar.models.core.atomic import write_text
+from litevar.models.core.errors import UserError
+from litevar.models.var.schedules import SCHEDULES
 
 FORMAT = "litevar-plan"
 VERSION = 2  # 2: KV-cache decisions (kv, kv_layout); version 1 files load with none
@@ -116,8 +116,8 @@ class Plan:
         self._check_kv()
 
     def kv_spec(self, layer: int):
-        """kernels.kvcache.KVSpec of one block (fp, every scale kept unless the plan says otherwise)."""
-        from kernels.kvcache import KeepRule, KVSpec
+        """litevar.kernels.kvcache.KVSpec of one block (fp, every scale kept unless the plan says otherwise)."""
+        from litevar.kernels.kvcache import KeepRule, KVSpec
         e = self.kv.get(layer, {})
         return KVSpec(e.get("format", "fp"), KeepRule(**e.get("keep", {})), layer in self.cfg_shared)
 
@@ -131,7 +131,7 @@ class Plan:
                             f"cache its kv decisions are for; {REPLAN}")
         if self.windows is None:
             return
-        from kernels.windows import EMPTY
+        from litevar.kernels.windows import EMPTY
         for layer, w in self.windows.widths.items():
             keep = self.kv_spec(layer).keep
             for k in range(S):
@@ -281,8 +281,8 @@ def _int_list(what: str, value, example: str) -> list[int]:
 
 def _kv_entries(kv) -> dict[int, dict]:
     """plan kv: block (int) -> {"format": name, "keep": {"sinks", "recent"}}, checked."""
-    from kernels.kvcache import KeepRule
-    from kernels.kvquant import KV_FORMATS
+    from litevar.kernels.kvcache import KeepRule
+    from litevar.kernels.kvquant import KV_FORMATS
     if not isinstance(kv, dict):
         raise UserError(f"plan kv must map blocks to KV-cache decisions, got {type(kv).__name__}; {REPLAN}")
     out = {}

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from litevar.model.errors import UserError
+from litevar.models.core.errors import UserError
 
 FULL = -1  # kernels.windows.FULL: the whole part (no window)
 FLOAT_BITS = 16

@@ -22,9 +22,9 @@ import logging
 import re
 from dataclasses import dataclass, field, replace
 
-from kernels.formats import FORMATS
-from litevar.model.errors import UserError
-from planner.problem import Problem, Selection, check_exclusions, evaluate
+from litevar.kernels.formats import FORMATS
+from litevar.models.core.errors import UserError
+from litevar.planner.problem import Problem, Selection, check_exclusions, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def _ratio_widths(problem: Problem, r0: float) -> dict[tuple[int, int, int, int]
 
 def recipe_solution(problem: Problem, recipe: Recipe):
     """A planner.solve.Solution for the recipe (predicted figures, no solver), for build.to_plan."""
-    from planner.solve import Solution
+    from litevar.planner.solve import Solution
     rs = select(problem, recipe)
     metrics = evaluate(problem, rs.selection)
     return Solution(rs.selection, metrics, {"name": "recipe", "recipe": recipe.spec,
@@ -167,8 +167,8 @@ def recipe_solution(problem: Problem, recipe: Recipe):
 def recipe_plan(profile, profile_path, recipe: Recipe | str, resolution: int, batch: int = 1,
                 name: str = "", family: str | None = None):
     """The planner.plan.Plan of `recipe` on `profile` (predicted on its cost model)."""
-    from planner.build import COVERAGE_TARGETS, build_problem, to_plan
-    from planner.problem import Budgets
+    from litevar.planner.build import COVERAGE_TARGETS, build_problem, to_plan
+    from litevar.planner.problem import Budgets
     recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
     problem = build_problem(profile, resolution, batch, None, family,
                             coverage_targets=targets_for(recipe, COVERAGE_TARGETS), kv_option=recipe.kv_option)

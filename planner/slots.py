@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.problem import Problem
+from litevar.planner.problem import Problem
 
 
 @dataclass

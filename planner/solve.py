@@ -41,10 +41,10 @@ from pathlib import Path
 import numpy as np
 import pulp
 
-from litevar.model.errors import UserError
-from planner.bound import lagrangian_bound
-from planner.problem import Budgets, Metrics, Problem, Selection, check_exclusions, evaluate
-from planner.slots import SlotFrontier, select, slot_hulls
+from litevar.models.core.errors import UserError
+from litevar.planner.bound import lagrangian_bound
+from litevar.planner.problem import Budgets, Metrics, Problem, Selection, check_exclusions, evaluate
+from litevar.planner.slots import SlotFrontier, select, slot_hulls
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ import re
 
 import pandas as pd
 
-from litevar.model.errors import UserError
-from planner.build import profile_sha256
-from profiler import costmodel as C
+from litevar.models.core.errors import UserError
+from litevar.planner.build import profile_sha256
+from litevar.profiler import costmodel as C
 
 log = logging.getLogger(__name__)
 

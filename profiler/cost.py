@@ -45,15 +45,15 @@ import torch
 from torch import nn
 from torch._C._profiler import _EventType
 
-from kernels.bench_attention import windows_for_kept
-from kernels.bench_gemm import interleaved_ms, time_ms
-from kernels.formats import CAST_DTYPES, FORMATS, capability
-from kernels.qlinear import linear_in_format, swap_linears
-from kernels.windows import WindowConfig, kept_fraction
-from litevar.model.attention import AttnCall, DenseAttention, ScaleLayout
-from litevar.model.inference import DTYPES, autocast
-from litevar.model.var import shared_copy
-from profiler import costmodel as cmod
+from litevar.kernels.bench_attention import windows_for_kept
+from litevar.kernels.bench_gemm import interleaved_ms, time_ms
+from litevar.kernels.formats import CAST_DTYPES, FORMATS, capability
+from litevar.kernels.qlinear import linear_in_format, swap_linears
+from litevar.kernels.windows import WindowConfig, kept_fraction
+from litevar.models.core.attention import AttnCall, DenseAttention, ScaleLayout
+from litevar.models.core.inference import DTYPES, autocast
+from litevar.models.var.var import shared_copy
+from litevar.profiler import costmodel as cmod
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class CostSettings:
     # and KV caches: INT8 in every block; INT4 keeping the first scale and the two latest
     validate_configs: tuple[str, ...] = ("W4A8:mat_qkv,proj;W8A8:fc1,fc2,head",
                                          "BF16:word_embed,mat_qkv,proj,fc1,ada_lin,head", "KV8:all", "KV4:s1r2")
-    # ranks on identical GPUs (litevar.model.distributed.Group) that share the kernel timings;
+    # ranks on identical GPUs (litevar.models.core.distributed.Group) that share the kernel timings;
     # None: this process times them all
     group: object = field(default=None, compare=False)
 
@@ -106,7 +106,7 @@ class CostSettings:
         bad = [f for f in self.formats or () if f not in FORMATS]
         if bad:
             raise ValueError(f"CostSettings.formats: unknown {bad}; known: {', '.join(FORMATS)}")
-        from profiler.costmodel import config_spec
+        from litevar.profiler.costmodel import config_spec
         for c in self.fit_configs + self.validate_configs:
             config_spec(c, {"depth": 1, "embed_dim": 64, "num_heads": 1, "V": 2, "Cvae": 2})  # raises on a bad name
         if any(not 0 < k < 1 for k in self.kept_targets):
@@ -156,7 +156,7 @@ def linear_backend(fmt: str, device, dtype: str) -> str:
 def attention_backend(name: str, patch_nums, H: int, kept_target: float | None, device):
     """(backend, windows) for a cost_attn backend name ('dense', 'mdwa', '*_qk8', or one of
     KV_ATTN_BACKENDS: the backend the runtime gives a block with such a cache)."""
-    from kernels.mdwa import LayerOptions, make_mdwa_backend
+    from litevar.kernels.mdwa import LayerOptions, make_mdwa_backend
     options = {0: LayerOptions(qk_int8=True)} if name.endswith("_qk8") else {}
     if name in ("dense", "dense_kvfp"):
         return DenseAttention(), None
@@ -194,7 +194,7 @@ def _kv_call(pns, fn, backend: str, q, k, v, ctx: AttnCall):
     """The call of the last scale of `pns` on a planned cache (kernels.kvcache.PlannedKVCache)
     holding the scales before it: writing its own segment, assembling the kept keys (every
     scale; a float cache through its segment path, as one that evicts has), attending."""
-    from kernels.kvcache import KeepRule, KVSpec, PlannedKVCache
+    from litevar.kernels.kvcache import KeepRule, KVSpec, PlannedKVCache
     fmt = {"dense_kvfp": "fp", "dense_kv8": "KV8", "dense_kv4": "KV4"}[backend]
     cache = PlannedKVCache(pns, KVSpec(fmt, KeepRule(0, len(pns))))  # keeps every scale, by segments
     layout, si = ScaleLayout(pns), len(pns) - 1
@@ -300,7 +300,7 @@ def peak_memory_mb(fn, device) -> float:
 
 def generation(var, batch: int, dtype: str):
     """One timed unit of work: generating `batch` images (CFG 4, top-k 900, top-p 0.95)."""
-    from litevar.model.inference import generate
+    from litevar.models.var.inference import generate
     labels = [i % var.num_classes for i in range(batch)]
     return lambda: generate(var, labels, seed=0, cfg=4.0, top_k=900, top_p=0.95, dtype_name=dtype, progress=False)
 
@@ -358,7 +358,7 @@ def model_for_schedule(vae, var, patch_nums):
     schedule (the position and level embeddings that do are random-initialised), and a VAE
     sharing the model's weights. It costs the memory of those embeddings only, so a profile of
     an 8 GB model at three resolutions holds one copy of the weights."""
-    from litevar.model.var import VAR
+    from litevar.models.var.var import VAR
     pns = tuple(int(p) for p in patch_nums)
     if pns == tuple(var.patch_nums):
         return vae, var
@@ -389,7 +389,7 @@ def model_for_schedule(vae, var, patch_nums):
 
 def arch_of(var) -> dict:
     """meta.model.arch of a VAR: the plan's architecture fingerprint plus what cost depends on."""
-    from litevar.model.build import arch_of as plan_arch
+    from litevar.models.var.build import arch_of as plan_arch
     return {**plan_arch(var), "shared_aln": var.cfg.shared_aln, "patch_nums": list(var.cfg.patch_nums)}
 
 
@@ -444,7 +444,7 @@ def measure_linears(arch, resolutions, batches, device, settings: CostSettings, 
 def _jobs(fn, jobs: list, desc: str, progress: bool, group) -> list:
     """[fn(job) for job in jobs]; with a group of ranks on identical devices (CostSettings.group),
     each job on one of them, gathered in job order on all of them."""
-    from litevar.model.distributed import gather
+    from litevar.models.core.distributed import gather
     if group is None:
         return [fn(j) for j in _bar(jobs, desc, progress)]
     w = group.world()
@@ -604,9 +604,9 @@ def measure_decodes(vae, sides: list[int], device, dtype: str, progress=True) ->
 def configured(var, spec: dict, device):
     """`var`, or a copy sharing its tensors, with an e2e config's linear formats and KV caches
     (a quantized cache's blocks on the MDWA backend, as the runtime sets them)."""
-    from kernels.kvcache import reads_codes, set_kv_caches
-    from kernels.mdwa import make_mdwa_backend
-    from litevar.model.attention import set_attention_backend
+    from litevar.kernels.kvcache import reads_codes, set_kv_caches
+    from litevar.kernels.mdwa import make_mdwa_backend
+    from litevar.models.core.attention import set_attention_backend
     if not spec["formats"] and not spec["kv_specs"]:
         return var
     var = swap_linears(shared_copy(var), spec["formats"]) if spec["formats"] else shared_copy(var)
@@ -620,8 +620,8 @@ def configured(var, spec: dict, device):
 def kernel_paths(device, settings: CostSettings) -> dict:
     """The kernels this process ran where a probe chose between a fast path and a right one
     (kernels.gemm.int_mm_exact, kernels.mdwa.flex_exact): what the timings are of."""
-    from kernels.gemm import int8_gemm_path
-    from kernels.mdwa import flex_exact
+    from litevar.kernels.gemm import int8_gemm_path
+    from litevar.kernels.mdwa import flex_exact
     dev = torch.device(device)
     out = {"int8_gemm": int8_gemm_path(dev.type)}
     if settings.mdwa and dev.type == "cpu":

@@ -138,7 +138,7 @@ def attention_calls(arch: dict, patch_nums, batch: int) -> list[tuple[int, int, 
 
 
 def _fmt(fmt: str):
-    from kernels.formats import get_format
+    from litevar.kernels.formats import get_format
     return get_format(fmt)
 
 
@@ -150,7 +150,7 @@ def weight_bytes(K: int, N: int, fmt: str, fp_bytes: int = 4) -> int:
     byte, float32 scales (and zeros when asymmetric) per output channel and group, and the
     float32 per-channel weight sum. Emulated formats store the same codes and dequantize per
     call (that transient copy is memory workspace, see predict). BF16: K*N*2 (CastLinear)."""
-    from kernels.formats import CAST_DTYPES
+    from litevar.kernels.formats import CAST_DTYPES
     f = _fmt(fmt)
     if f.casts:
         return K * N * DTYPE_BYTES[CAST_DTYPES[f.float_dtype]]
@@ -187,7 +187,7 @@ def is_emulated(cm: dict, fmt: str) -> bool:
 
 def format_kernels(device: str) -> dict[str, str]:
     """format name -> kernel ('dense', 'w8a8', ..., 'emulated') on `device`."""
-    from kernels.formats import FORMATS, capability
+    from litevar.kernels.formats import FORMATS, capability
     return {name: capability(name, device).kernel for name in FORMATS}
 
 
@@ -218,7 +218,7 @@ def memory_features(arch: dict, patch_nums, batch: int, act_bytes: int, kv_specs
                     ) -> dict[str, float]:
     """MB of the KV cache (exact), the largest KV gather buffer (exact) and the activations of the
     last scale (fitted factor)."""
-    from kernels.kvcache import KVSpec, cache_bytes, gather_bytes
+    from litevar.kernels.kvcache import KVSpec, cache_bytes, gather_bytes
     d = arch_dims(arch)
     n_last = patch_nums[-1] ** 2
     specs = [(kv_specs or {}).get(layer, KVSpec()) for layer in range(d["depth"])]
@@ -476,10 +476,10 @@ def config_spec(config: str, arch: dict) -> dict:
 
 
 def kv_spec_of(fmt: str, keep: str, config: str = ""):
-    """kernels.kvcache.KVSpec of a KV group of an e2e config: keep 'all' or 's<sinks>r<recent>'."""
+    """litevar.kernels.kvcache.KVSpec of a KV group of an e2e config: keep 'all' or 's<sinks>r<recent>'."""
     import re
 
-    from kernels.kvcache import KeepRule, KVSpec
+    from litevar.kernels.kvcache import KeepRule, KVSpec
     m = re.fullmatch(r"s(\d+)r(\d+)", keep)
     if keep != "all" and not m:
         raise ValueError(f"e2e config {config!r}: KV keep rule {keep!r}; use 'all' or 's<sinks>r<recent>', e.g. s1r2")
@@ -626,7 +626,7 @@ def gather_coef(cm: dict) -> float:
 def with_cfg_halves(kv_specs: dict | None, cfg_shared: set[int]) -> dict:
     """kv_specs with an fp keep-all spec for each CFG-shared layer it leaves out (the runtime
     stores such a layer's conditional half only)."""
-    from kernels.kvcache import KVSpec
+    from litevar.kernels.kvcache import KVSpec
     out = dict(kv_specs or {})
     for layer in cfg_shared:
         out.setdefault(layer, KVSpec(cfg_shared=True))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from litevar.model.atomic import write_text
-from litevar.model.errors import UserError
-from profiler.schema import validate
+from litevar.models.core.atomic import write_text
+from litevar.models.core.errors import UserError
+from litevar.profiler.schema import validate
 
 FORMAT, VERSION = "litevar-profile", 1
 

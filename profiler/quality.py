@@ -19,14 +19,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from kernels.formats import FORMATS
-from kernels.qlinear import linear_in_format
-from kernels.select import KernelChoice
-from kernels.windows import FULL, WindowConfig, WindowFamily, max_width, min_width_for_ratio, window_mass
-from litevar.model.attention import DenseAttention, set_attention_backend
-from litevar.model.distributed import merge_in_order, world
-from litevar.model.errors import UserError
-from litevar.model.inference import balanced_labels, cfg_logits, sample
+from litevar.kernels.formats import FORMATS
+from litevar.kernels.qlinear import linear_in_format
+from litevar.kernels.select import KernelChoice
+from litevar.kernels.windows import FULL, WindowConfig, WindowFamily, max_width, min_width_for_ratio, window_mass
+from litevar.models.core.attention import DenseAttention, set_attention_backend
+from litevar.models.core.distributed import merge_in_order, world
+from litevar.models.core.errors import UserError
+from litevar.models.var.inference import balanced_labels, cfg_logits, sample
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +140,11 @@ def shard_checkpoints(directory, key: str):
 
 def run_sharded(fn, items: list, desc: str | None = None, progress: bool = False) -> list:
     """[fn(item) for item in items], under torchrun each item on rank index mod size and the
-    results gathered back in item order on every rank (litevar.model.distributed); a progress
+    results gathered back in item order on every rank (litevar.models.core.distributed); a progress
     bar on rank 0 (over its own share). Named calls (desc) resume from shard checkpoints."""
     from tqdm import tqdm
 
-    from litevar.model.distributed import gather, local
+    from litevar.models.core.distributed import gather, local
     w = world()
     mine = w.mine(len(items))
     ckpt = _checkpoint(desc, w)
@@ -155,7 +155,7 @@ def run_sharded(fn, items: list, desc: str | None = None, progress: bool = False
             with local():  # an item runs alone: what it calls does not shard again
                 results[i] = fn(items[i])
         if ckpt is not None:
-            from litevar.model.atomic import atomic_path
+            from litevar.models.core.atomic import atomic_path
             ckpt[0].parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(ckpt[0]) as tmp:
                 torch.save({"key": ckpt[1], "results": results}, tmp)
@@ -217,8 +217,8 @@ def sensitivity_kind(fqn: str) -> str:
 
 def _configured(var, fqn: str, fmt: str):
     """The context that runs `var` with one layer (linear, QK product or KV cache) in `fmt`."""
-    from kernels.kvcache import FakeQuantKV
-    from kernels.mdwa import LayerOptions, MaskedReference
+    from litevar.kernels.kvcache import FakeQuantKV
+    from litevar.kernels.mdwa import LayerOptions, MaskedReference
     kind = sensitivity_kind(fqn)
     if kind == "attn_qk":
         layer = int(fqn.split(".")[1])
@@ -319,7 +319,7 @@ def record_attention(vae, var, calib: Calibration, widths=CANDIDATE_WIDTHS,
 
 
 def coverage_tables(rec: _Recorder, var) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from litevar.model.attention import ScaleLayout
+    from litevar.models.core.attention import ScaleLayout
     layout = ScaleLayout(var.patch_nums)
     kept_cache, cov_rows, sink_rows = {}, [], []
     for (layer, scale, fam), inside in sorted(rec.inside.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2].value)):
@@ -385,7 +385,7 @@ def lost_mass(cov: pd.DataFrame, windows: WindowConfig) -> float:
 def window_fit(vae, var, calib: Calibration, cov: pd.DataFrame, sinks: pd.DataFrame, ratios=WINDOW_RATIOS,
                progress=True) -> tuple[pd.DataFrame, dict]:
     """Measured loss of MDWA configurations vs their lost attention mass; fit loss = coef * lost."""
-    from kernels.mdwa import MaskedReference
+    from litevar.kernels.mdwa import MaskedReference
 
     def measure(r0):
         wc = ratio_windows(cov, var, r0, sinks=sinks)
@@ -401,7 +401,7 @@ def window_fit(vae, var, calib: Calibration, cov: pd.DataFrame, sinks: pd.DataFr
 def evicted_mass(sinks: pd.DataFrame, keep: dict[int, tuple[int, int]]) -> float:
     """Sum over the (layer, head, query scale) of the attention mass on the key scales that
     `keep` ((sinks, recent) per layer) evicts: eviction's lost mass, in the unit of window_fit's."""
-    from kernels.kvcache import KeepRule
+    from litevar.kernels.kvcache import KeepRule
     mass = sinks.groupby(["layer", "scale", "part"])["mass"].sum()
     S = int(sinks["scale"].max()) + 1 if len(sinks) else 0
     lost = 0.0
@@ -416,8 +416,8 @@ def evict_fit(vae, var, calib: Calibration, sinks: pd.DataFrame, rules=EVICT_FIT
     """Measured loss of evicting KV scales in every block at once (each keep rule of `rules`) vs the
     attention mass evicted; fit loss = coef * evicted mass. The planner prices a block's keep rule
     by its own evicted mass (planner.build.eviction_losses)."""
-    from kernels.kvcache import KeepRule, eviction_windows
-    from kernels.mdwa import MaskedReference
+    from litevar.kernels.kvcache import KeepRule, eviction_windows
+    from litevar.kernels.mdwa import MaskedReference
     H = var.blocks[0].attn.num_heads
 
     def measure(rule):
@@ -450,7 +450,7 @@ def cfg_similarity(rec: _Recorder) -> pd.DataFrame:
 
 def cfg_share_losses(vae, var, calib: Calibration, progress=True) -> pd.DataFrame:
     """Loss of ASC in each layer alone: the unconditional half reuses the conditional output."""
-    from kernels.mdwa import CFGShared
+    from litevar.kernels.mdwa import CFGShared
 
     def measure(layer):
         with attention_backend(var, CFGShared(DenseAttention(), [layer]), [layer]):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from litevar.model.errors import UserError
+from litevar.models.core.errors import UserError
 
 FULL = -1  # kernels.windows.FULL
 
@@ -179,9 +179,9 @@ def check_coverage_monotone(df: pd.DataFrame, w: _Where) -> None:
 
 def check_layers(df: pd.DataFrame, arch: dict, w: _Where) -> None:
     """Sensitivity rows name layers of the architecture and known formats."""
-    from kernels.formats import FORMATS
-    from kernels.kvquant import KV_FORMATS
-    from profiler.costmodel import linear_layers
+    from litevar.kernels.formats import FORMATS
+    from litevar.kernels.kvquant import KV_FORMATS
+    from litevar.profiler.costmodel import linear_layers
     depth = int(arch["depth"])
     names = ({fqn for fqn, *_ in linear_layers(arch)} | {f"blocks.{i}.attn.qk" for i in range(depth)}
              | {f"blocks.{i}.attn.kv" for i in range(depth)})
@@ -238,7 +238,7 @@ def check_cost_model(cm, w: _Where) -> None:
     for key in ("dtype", "format_kernel", "linear", "attn", "e2e", "memory"):
         if key not in cm:
             raise w.meta(f"cost_model.{key}", "missing", "cost")
-    from profiler.costmodel import ATTN_FEATURES, DTYPE_BYTES, E2E_FEATURES, LINEAR_FEATURES
+    from litevar.profiler.costmodel import ATTN_FEATURES, DTYPE_BYTES, E2E_FEATURES, LINEAR_FEATURES
     if cm["dtype"] not in DTYPE_BYTES:
         raise w.meta("cost_model.dtype", f"{cm['dtype']!r} is not one of {sorted(DTYPE_BYTES)}", "cost")
     for part, n in (("linear", len(LINEAR_FEATURES)), ("attn", len(ATTN_FEATURES))):

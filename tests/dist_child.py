@@ -6,9 +6,9 @@ import torch
 
 
 def main(out: str) -> None:
-    from litevar.default_model import load_default
-    from litevar.model import distributed
-    from profiler import quality as Q
+    from litevar.models.core import distributed
+    from litevar.models.default import load_default
+    from litevar.profiler import quality as Q
     w = distributed.init("cpu")
     vae, var = load_default()
     calib = Q.calibrate(vae, var, n=6, cfg=4.0, seed=0, batch=2)  # 3 batches over the ranks

@@ -3,7 +3,7 @@ process would) when the named sharded step LITEVAR_TEST_DIE_AT starts (profiler.
 import os
 import sys
 
-from profiler import quality as Q
+from litevar.profiler import quality as Q
 
 if os.environ.get("LITEVAR_TEST_DIE_AT") and os.environ.get("RANK") == "1":
     measure = Q.run_sharded

@@ -3,7 +3,7 @@ visible keys: the dense backend's masked multi-scale path against the per-scale 
 import pytest
 import torch
 
-from litevar.model.attention import AttnCall, DenseAttention, ScaleLayout, attend_per_scale
+from litevar.models.core.attention import AttnCall, DenseAttention, ScaleLayout, attend_per_scale
 
 
 @pytest.mark.parametrize("patch_nums,scales", [((1, 2, 3, 4), range(4)), ((1, 2, 3, 5), range(1)),

@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 import torch
 
-from kernels.windows import FULL, WindowConfig, kept_fraction
 from litevar.commands.cli import main
 from litevar.commands.compare import head_kept
-from litevar.model.schedules import SCHEDULES
-from planner.frontier import COLUMNS as FRONTIER_COLUMNS
-from planner.plan import Plan
+from litevar.kernels.windows import FULL, WindowConfig, kept_fraction
+from litevar.models.var.schedules import SCHEDULES
+from litevar.planner.frontier import COLUMNS as FRONTIER_COLUMNS
+from litevar.planner.plan import Plan
 from tests.cli_util import assert_one_line_error, run_cli
 from tests.test_plan import make_plan
 

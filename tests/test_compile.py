@@ -3,7 +3,7 @@ for sm_80 (A100) and sm_90 (H100/H200) within their limits (kernels/compile_chec
 needed). Skips only where Triton or its bundled ptxas / cuobjdump is absent."""
 import pytest
 
-from kernels import compile_check as CC
+from litevar.kernels import compile_check as CC
 
 why = CC.available()
 pytestmark = pytest.mark.skipif(why is not None, reason=f"compile check unavailable: {why}")

@@ -1,4 +1,4 @@
-"""profiler.cost and profiler.device on tiny real models: the measurements run the real
+"""litevar.profiler.cost and profiler.device on tiny real models: the measurements run the real
 backends and return positive medians, the memory tracker is exact on known allocations,
 linear_calls matches what the VAR really calls, and the whole stage runs end to end.
 
@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from kernels.qlinear import QuantLinear, swap_linears
-from litevar.model.build import build_vae_var
-from litevar.model.var import shared_copy
-from profiler import costmodel as cmod
-from profiler.cost import (
+from litevar.kernels.qlinear import QuantLinear, swap_linears
+from litevar.models.var.build import build_vae_var
+from litevar.models.var.var import shared_copy
+from litevar.profiler import costmodel as cmod
+from litevar.profiler.cost import (
     CostSettings,
     allocated_peak_mb,
     arch_of,
@@ -27,7 +27,7 @@ from profiler.cost import (
     module_bytes,
     run_cost_stage,
 )
-from profiler.device import environment, fingerprint
+from litevar.profiler.device import environment, fingerprint
 
 PNS = (1, 2, 3, 4)
 CUDA = torch.cuda.is_available()
@@ -152,7 +152,7 @@ def test_run_cost_stage_tiny(tiny, tmp_path):
     json.dumps(cm)
     # `litevar profile --refit`: the same model again from the tables as a profile stores them
     from litevar.commands.profile import _refit
-    from profiler.profile import Profile
+    from litevar.profiler.profile import Profile
     path = tmp_path / "cost.json"
     Profile(meta={"cost_model": cm}, tables=tables).save(path)
     again = _refit(Profile.load(path, arch=arch_of(var)), arch_of(var), "cpu", vae)
@@ -179,7 +179,7 @@ def test_cuda_fingerprint_and_kernels():
 
 
 def test_slower_than_dense_names_quantized_generations_that_bought_nothing():
-    from profiler.cost import slower_than_dense
+    from litevar.profiler.cost import slower_than_dense
 
     def row(res, pns, config, ms):
         return {"resolution": res, "patch_nums": pns, "batch": 1, "config": config, "measured_ms": ms}
@@ -196,7 +196,7 @@ def test_nvml_fingerprint_by_uuid_and_field_by_field(monkeypatch):
     import sys
     import types
 
-    from profiler import device
+    from litevar.profiler import device
 
     class NVMLError(Exception):
         pass
@@ -223,7 +223,7 @@ def test_nvml_fingerprint_by_uuid_and_field_by_field(monkeypatch):
 def test_variants_one_at_a_time_when_memory_is_short(tiny, monkeypatch):
     """Where the quantized variants' weights would not fit in a quarter of the free memory, the
     cost stage builds one at a time (the d30 BF16 profile's OOM) and measures the same things."""
-    from profiler import cost
+    from litevar.profiler import cost
     vae, var = tiny
     monkeypatch.setattr(cost, "available_bytes", lambda device: 0)
     plan = [(PNS, 1, "dense", False), (PNS, 1, "W8A8:fc1,fc2", False), (PNS, 1, "KV8:all", True)]

@@ -1,4 +1,4 @@
-"""profiler.costmodel on synthetic data: known coefficients are recovered, predictions
+"""litevar.profiler.costmodel on synthetic data: known coefficients are recovered, predictions
 extrapolate, bytes per format are exact, and predict() keeps its invariants.
 
 Tolerances: synthetic timings carry 1% multiplicative noise; the fitted coefficients must be
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from profiler import costmodel as cm_
+from litevar.profiler import costmodel as cm_
 
 ARCH = {"depth": 2, "embed_dim": 128, "num_heads": 2, "mlp_ratio": 4.0, "V": 64, "Cvae": 8,
         "num_classes": 10, "patch_nums": [1, 2, 3, 4]}

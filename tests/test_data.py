@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from litevar.default_model import data
-from litevar.model import imageio
+from litevar.models.core import imageio
+from litevar.models.default import data
 
 
 def test_same_seed_same_image_different_seeds_differ():

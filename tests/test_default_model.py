@@ -1,9 +1,9 @@
-"""The model shipped in litevar/default_model/assets loads and generates (what README's first command runs)."""
+"""The model shipped in models/default/assets loads and generates (what README's first command runs)."""
 import time
 
 import torch
 
-from litevar.default_model import default_paths, load_default
+from litevar.models.default import default_paths, load_default
 
 
 def test_shipped_model_loads_and_generates_8_images_fast():
@@ -28,7 +28,7 @@ def test_shipped_files_load_as_checkpoints_too():
     from the keys and gives the same model as load_default."""
     from safetensors.torch import load_file
 
-    from litevar.model.build import infer_vae_config, load_vae_var
+    from litevar.models.var.build import infer_vae_config, load_vae_var
     paths = default_paths()
     cfg = infer_vae_config(load_file(str(paths["vae"])))
     vae, var = load_vae_var(paths["var"], paths["vae"])

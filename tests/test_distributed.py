@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from litevar.model import distributed as D
+from litevar.models.core import distributed as D
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -91,7 +91,7 @@ def test_profile_under_torchrun_writes_one_profile_equal_to_one_process(tmp_path
     assert not (tmp_path / "two.json").exists() and (tmp_path / "two.json.stages" / "coverage.json").is_file()
     again = torchrun(child, *args, "--out", tmp_path / "two.json")
     assert "profile: stage coverage (cached)" in again.stdout and "profile: stage cfg\n" in again.stdout
-    from profiler.profile import Profile
+    from litevar.profiler.profile import Profile
     a, b = Profile.load(tmp_path / "one.json"), Profile.load(tmp_path / "two.json")
     assert set(a.tables) == set(b.tables) == {"coverage", "sinks", "window_fit", "evict_fit", "cfg", "cfg_share"}
     for name in a.tables:
@@ -111,7 +111,7 @@ def test_commands_that_run_alone_refuse_torchrun(tmp_path):
 def test_shard_checkpoints_resume_a_stage(tmp_path, world_size, monkeypatch):
     """A named sharded run keeps its results, and a second run with the same key takes them
     instead of measuring (a different key measures again)."""
-    from profiler import quality as Q
+    from litevar.profiler import quality as Q
     monkeypatch.setattr(Q, "world", lambda: D.World(0, world_size))
     monkeypatch.setattr(D, "world", lambda: D.World(0, world_size))
     monkeypatch.setattr(D, "gather", lambda results, n, group=None: [results.get(i) for i in range(n)])

@@ -12,6 +12,6 @@ def test_cli_reference_is_current():
 
 
 def test_profile_schema_page_states_every_rule():
-    from profiler.schema import rules_markdown
+    from litevar.profiler.schema import rules_markdown
     assert rules_markdown() in (ROOT / "docs" / "profile-schema.md").read_text(), (
         "docs/profile-schema.md lacks the current rules table: paste `python -m profiler.schema` into it")

@@ -19,12 +19,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from kernels import gemm
-from kernels.formats import FORMATS
-from kernels.qlinear import CastLinear, QuantLinear, linear_in_format, swap_linears
-from kernels.quant import PerChannel, PerGroup, dequantize, pack_int4, quantize, sqnr, unpack_int4
-from kernels.select import KernelChoice, interpret_mode, triton_available
-from litevar.model.errors import UserError
+from litevar.kernels import gemm
+from litevar.kernels.formats import FORMATS
+from litevar.kernels.qlinear import CastLinear, QuantLinear, linear_in_format, swap_linears
+from litevar.kernels.quant import PerChannel, PerGroup, dequantize, pack_int4, quantize, sqnr, unpack_int4
+from litevar.kernels.select import KernelChoice, interpret_mode, triton_available
+from litevar.models.core.errors import UserError
 from tests.triton_child import run_triton_tests_in_child
 
 CUDA = torch.cuda.is_available()
@@ -190,7 +190,7 @@ def test_triton_gemm_offsets_past_2_31():
 
 def test_gemm_dispatch_keeps_small_calls_on_torch():
     """AUTO on CUDA: the first scales' few rows stay on the torch path; TRITON always runs Triton."""
-    from kernels.gemm import TRITON_MIN_M, use_triton
+    from litevar.kernels.gemm import TRITON_MIN_M, use_triton
     if not triton_available():
         pytest.skip("triton missing")
     cuda = torch.device("cuda")
@@ -322,7 +322,7 @@ def test_swap_linears_by_fqn():
 
 
 def test_bench_rows_at_a_tiny_shape():
-    from kernels.bench_gemm import _bench_shape, format_table, var_shapes
+    from litevar.kernels.bench_gemm import _bench_shape, format_table, var_shapes
 
     assert ("fc2", 30, 2 * 16384, 1920, 4 * 1920) in var_shapes("full", device="cuda")
     rows = _bench_shape("proj", 2, 32, 128, 128, "cpu", triton_ok=False, peaks=None)
@@ -338,7 +338,7 @@ def test_bench_rows_at_a_tiny_shape():
 def test_interleaved_ms_rotates_the_order_each_round():
     """One call each per round, round r starting at the r-th fn: no fn always runs first or always
     after the same one; samples come back in round order."""
-    from kernels.bench_gemm import interleaved_ms
+    from litevar.kernels.bench_gemm import interleaved_ms
     calls = []
     fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
     samples = {}
@@ -353,7 +353,7 @@ def test_time_ms_times_batches_of_short_calls():
     the launch overhead); a long op is timed one call at a time."""
     import time as _time
 
-    from kernels.bench_gemm import time_ms
+    from litevar.kernels.bench_gemm import time_ms
     calls = []
     ms = time_ms(lambda: calls.append(1), "cpu", warmup=2, repeats=3, min_batch_ms=0.5)
     per_sample = (len(calls) - 2 - 1) / 3

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from kernels.kvcache import (
+from litevar.kernels.kvcache import (
     FakeQuantKV,
     KeepRule,
     KVSpec,
@@ -15,12 +15,12 @@ from kernels.kvcache import (
     eviction_windows,
     gather_bytes,
 )
-from kernels.kvquant import KV4, KV8, KV_FP, quantize_segment, segment_bytes
-from kernels.mdwa import CFGShared, FlexMDWA, MaskedReference, flex_exact
-from kernels.quant import PerToken, fake_quantize, sqnr
-from kernels.select import interpret_mode, triton_available
-from kernels.windows import EMPTY, FULL, WindowConfig
-from litevar.model.attention import AttnCall, DenseAttention, ScaleLayout
+from litevar.kernels.kvquant import KV4, KV8, KV_FP, quantize_segment, segment_bytes
+from litevar.kernels.mdwa import CFGShared, FlexMDWA, MaskedReference, flex_exact
+from litevar.kernels.quant import PerToken, fake_quantize, sqnr
+from litevar.kernels.select import interpret_mode, triton_available
+from litevar.kernels.windows import EMPTY, FULL, WindowConfig
+from litevar.models.core.attention import AttnCall, DenseAttention, ScaleLayout
 from tests.triton_child import run_triton_tests_in_child
 
 SEED = random.randrange(2 ** 31)
@@ -245,7 +245,7 @@ triton_here = pytest.mark.skipif(
 @pytest.mark.parametrize("keep", [KeepRule(), KeepRule(1, 2)])
 def test_triton_reads_the_quantized_cache(fmt, keep):
     """The Triton kernel over the codes equals the masked reference over the dequantized keys."""
-    from kernels.mdwa import TritonMDWA
+    from litevar.kernels.mdwa import TritonMDWA
     H, dev = 2, "cuda" if torch.cuda.is_available() else "cpu"
     windows = _windows(H, keep)
     calls = []

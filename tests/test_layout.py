@@ -3,43 +3,62 @@
 Every import of every module is read from its source (module-level and inside functions alike)
 and mapped to the part it lives in; each part may import only the parts listed for it below.
 Run `python -m pytest tests/test_layout.py -q` to check a change; on failure the message lists
-every import that crosses the layering the wrong way."""
+every import that crosses the layering the wrong way. The same holds between the top-level
+folders (FOLDERS, bottom floor first): no folder imports one above it.
+
+The parts install under one package (pyproject.toml's package-dir): models/ as litevar.models,
+kernels/ as litevar.kernels, and so on; the top floor litevar/ is litevar itself."""
 import ast
+import importlib.metadata
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = ("models", "kernels", "profiler", "planner", "litevar", "benchmarks")  # bottom floor first
+PACKAGE = {"models": "litevar.models", "kernels": "litevar.kernels", "profiler": "litevar.profiler",
+           "planner": "litevar.planner", "litevar": "litevar", "benchmarks": "benchmarks"}
 
 # part -> the parts it may import (bottom floor first)
 ALLOWED = {
-    "litevar/model": set(),
-    "kernels": {"litevar/model"},
-    "litevar/default_model": {"litevar/model"},
-    "profiler": {"litevar/model", "kernels"},
-    "planner": {"litevar/model", "kernels", "profiler"},
-    "litevar/runtime": {"litevar/model", "kernels", "profiler", "planner"},
-    "litevar/commands": {"litevar/model", "kernels", "litevar/default_model", "profiler", "planner",
+    "models/core": set(),
+    "models/var": {"models/core"},
+    "models/default": {"models/core", "models/var"},
+    "kernels": {"models/core"},
+    "profiler": {"models/core", "kernels"},
+    "planner": {"models/core", "kernels", "profiler"},
+    "litevar/runtime": {"models/core", "kernels", "profiler", "planner"},
+    "litevar/commands": {"models/core", "models/var", "models/default", "kernels", "profiler", "planner",
                          "litevar/runtime"},
-    "litevar": {"litevar/model", "litevar/default_model", "planner", "litevar/runtime"},  # the API facade
+    "litevar": set(),  # the API facade: names only, imported on first use
+    "benchmarks": {"models/core", "models/var", "models/default", "kernels", "profiler", "planner",
+                   "litevar/runtime", "litevar/commands", "litevar"},
 }
+FAMILIES = ("models/var", "models/default")  # found through the family registry, never imported below
 
 
 def part_of(module: str) -> str | None:
     """The part a dotted module name belongs to (None: not ours)."""
-    top = module.split(".")[0]
-    if top in ("kernels", "profiler", "planner"):
-        return top
-    if top != "litevar":
+    parts = module.split(".")
+    if parts[0] == "benchmarks":
+        return "benchmarks"
+    if parts[0] != "litevar":
         return None
-    sub = module.split(".")[1] if "." in module else ""
-    if sub in ("model", "default_model", "runtime", "commands"):
+    sub = parts[1] if len(parts) > 1 else ""
+    if sub == "models":
+        return f"models/{parts[2]}" if len(parts) > 2 else "models/core"
+    if sub in ("kernels", "profiler", "planner"):
+        return sub
+    if sub in ("runtime", "commands"):
         return f"litevar/{sub}"
     return "litevar/commands" if sub == "__main__" else "litevar"
 
 
 def module_name(path: Path) -> str:
+    """The installed dotted name of a source file (models/core/x.py -> litevar.models.core.x)."""
     rel = path.relative_to(ROOT).with_suffix("")
     parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
-    return ".".join(parts)
+    return ".".join([PACKAGE[parts[0]], *parts[1:]]) if parts[0] != "litevar" else ".".join(parts)
 
 
 def imports(path: Path) -> set[str]:
@@ -61,7 +80,7 @@ def imports(path: Path) -> set[str]:
 def part_graph() -> dict[str, dict[str, list[str]]]:
     """part -> imported part -> the modules that import it."""
     graph: dict[str, dict[str, list[str]]] = {}
-    for top in ("litevar", "kernels", "profiler", "planner"):
+    for top in FOLDERS:
         for path in sorted((ROOT / top).rglob("*.py")):
             src = part_of(module_name(path))
             for mod in imports(path):
@@ -69,6 +88,10 @@ def part_graph() -> dict[str, dict[str, list[str]]]:
                 if dst is not None and dst != src:
                     graph.setdefault(src, {}).setdefault(dst, []).append(str(path.relative_to(ROOT)))
     return graph
+
+
+def folder_of(part: str) -> str:
+    return part.split("/")[0]
 
 
 def test_every_part_has_a_rule():
@@ -81,6 +104,14 @@ def test_imports_run_one_way():
     assert not bad, "imports against the layering:\n" + "\n".join(bad)
 
 
+def test_no_folder_imports_one_above_it():
+    rank = {f: i for i, f in enumerate(FOLDERS)}
+    bad = [f"{src} imports {dst} (in {', '.join(sorted(set(files)))})"
+           for src, deps in part_graph().items() for dst, files in deps.items()
+           if rank[folder_of(dst)] > rank[folder_of(src)]]
+    assert not bad, "a folder imports one above it:\n" + "\n".join(bad)
+
+
 def test_the_allowed_graph_is_acyclic():
     done, order = set(), []
     while len(done) < len(ALLOWED):
@@ -91,4 +122,28 @@ def test_the_allowed_graph_is_acyclic():
 
 
 def test_the_model_floor_imports_nothing_of_ours():
-    assert "litevar/model" not in part_graph()
+    assert "models/core" not in part_graph()
+
+
+def test_kernels_profiler_and_planner_name_no_family():
+    """They reach a model through the family registry (litevar.models.core.family), never by import."""
+    graph = part_graph()
+    bad = [f"{src} imports {fam}" for src in ("kernels", "profiler", "planner", "litevar/runtime")
+           for fam in FAMILIES if fam in graph.get(src, {})]
+    assert not bad, bad
+
+
+def test_the_package_installs_no_generic_top_level_name():
+    """pyproject.toml installs every part under litevar (`pip show -f litevar` lists no top-level
+    kernels, profiler or planner), and the installed metadata says so."""
+    import tomllib
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert all(p == "litevar" or p.startswith("litevar.") for p in setup["packages"])
+    mapped = {PACKAGE[f] for f in FOLDERS if f not in ("litevar", "benchmarks")}
+    assert set(setup["package-dir"]) == {"litevar", *mapped}
+    try:
+        dist = importlib.metadata.distribution("litevar")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("litevar is not installed (pip install -e .)")
+    tops = {line.strip() for line in (dist.read_text("top_level.txt") or "").splitlines() if line.strip()}
+    assert tops <= {"litevar"}, tops

@@ -17,7 +17,7 @@ import random
 import pytest
 import torch
 
-from kernels.mdwa import (
+from litevar.kernels.mdwa import (
     CFGShared,
     FlexMDWA,
     LayerOptions,
@@ -27,11 +27,11 @@ from kernels.mdwa import (
     flex_exact,
     make_mdwa_backend,
 )
-from kernels.quant import fake_quant_qk, quantize_qk_int8, sqnr
-from kernels.select import KernelChoice, triton_runs_on
-from kernels.windows import FULL, WindowConfig, WindowFamily, dense_mask, mask_mod_fn, max_width
-from litevar.model.attention import AttnCall, DenseAttention, ScaleLayout
-from litevar.model.errors import UserError
+from litevar.kernels.quant import fake_quant_qk, quantize_qk_int8, sqnr
+from litevar.kernels.select import KernelChoice, triton_runs_on
+from litevar.kernels.windows import FULL, WindowConfig, WindowFamily, dense_mask, mask_mod_fn, max_width
+from litevar.models.core.attention import AttnCall, DenseAttention, ScaleLayout
+from litevar.models.core.errors import UserError
 from tests.triton_child import run_triton_tests_in_child
 
 SEED = int.from_bytes(os.urandom(4), "little")
@@ -262,7 +262,7 @@ def test_triton_matches_reference(dtype, tol):
     by ~2**-9 and ~2**-12 relative, and p is rounded to v's dtype before its dot; 2e-2 is ~10x
     bf16's share. Under the interpreter a bf16 dot runs on its rounded operands in float32
     (kernels.gemm_triton.DOT_F32), since the interpreter's own bf16 dot is wrong."""
-    from kernels.mdwa_triton import mdwa_attention
+    from litevar.kernels.mdwa_triton import mdwa_attention
     cfg, layout, k, B, H, c, (bm, bn) = _triton_case(7)
     q, kk, v = _inputs(B, H, layout, k, c, dtype)
     w = cfg.scale_widths(0, k)
@@ -273,7 +273,7 @@ def test_triton_matches_reference(dtype, tol):
 
 @triton_here
 def test_triton_full_windows_and_strided_inputs():
-    from kernels.mdwa_triton import mdwa_attention
+    from litevar.kernels.mdwa_triton import mdwa_attention
     layout = ScaleLayout((1, 2, 3, 5, 7))
     q, kk, v = _inputs(1, 2, layout, 4, 16)
     kk_big = torch.cat((kk, torch.randn_like(kk)), 2)[:, :, :layout.L]  # a KV-cache-like view
@@ -286,7 +286,7 @@ def test_triton_full_windows_and_strided_inputs():
 
 @triton_here
 def test_triton_qk_int8():
-    from kernels.mdwa_triton import mdwa_attention
+    from litevar.kernels.mdwa_triton import mdwa_attention
     cfg, layout, k, B, H, c, (bm, bn) = _triton_case(8)
     q, kk, v = _inputs(B, H, layout, k, c)
     ctx = AttnCall(0, k, layout, 0.3)
@@ -299,7 +299,7 @@ def test_triton_qk_int8():
 
 @triton_here
 def test_triton_backend_and_launcher_checks():
-    from kernels.mdwa_triton import mdwa_attention
+    from litevar.kernels.mdwa_triton import mdwa_attention
     cfg, layout, k, B, H, c, _ = _triton_case(9)
     backend = make_mdwa_backend(cfg, KernelChoice.TRITON, DEVICE)
     assert isinstance(backend, TritonMDWA)
@@ -318,7 +318,7 @@ def test_triton_backend_and_launcher_checks():
 @triton_here
 def test_triton_offsets_past_2_31():
     """Batch rows 2**28 elements apart: b * stride passes 2**31 at row 8 (int32 would wrap)."""
-    from kernels.mdwa_triton import mdwa_attention
+    from litevar.kernels.mdwa_triton import mdwa_attention
     layout, k, B, H, c = ScaleLayout((1, 2, 3)), 2, 9, 2, 16
     l, L, stride = 9, layout.L, 2 ** 28
     base = torch.empty((B - 1) * stride + H * (l + 2 * L) * c, dtype=torch.float16, device=DEVICE)
@@ -337,7 +337,7 @@ def test_triton_offsets_past_2_31():
 def test_triton_qk8_reaches_the_kernel_on_dense_calls(monkeypatch):
     """QK8 without windows runs the INT8 kernel (every part whole), not fake quant; calls below
     min_queries take masked SDPA."""
-    import kernels.mdwa_triton as MT
+    import litevar.kernels.mdwa_triton as MT
     calls = []
     real = MT.mdwa_attention
     monkeypatch.setattr(MT, "mdwa_attention", lambda *a, **k: calls.append(a[5]) or real(*a, **k))
@@ -370,7 +370,7 @@ def test_triton_kernels_under_interpreter():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("qk_int8", [False, True])
 def test_triton_cuda_matches_reference(qk_int8):
-    from kernels.mdwa_triton import mdwa_attention
+    from litevar.kernels.mdwa_triton import mdwa_attention
     pn = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
     layout, k, H = ScaleLayout(pn), len(pn) - 1, 4
     cfg = WindowConfig.uniform(pn, [0], H, 60)
@@ -385,9 +385,9 @@ def test_triton_cuda_matches_reference(qk_int8):
 
 
 def test_bench_windows_keep_about_ten_percent():
-    from kernels.bench_attention import format_table, windows_for_kept
-    from kernels.windows import kept_fraction
-    from litevar.model.schedules import SCHEDULES
+    from litevar.kernels.bench_attention import format_table, windows_for_kept
+    from litevar.kernels.windows import kept_fraction
+    from litevar.models.var.schedules import SCHEDULES
     for res in (256, 1024, 2048):
         cfg = windows_for_kept(SCHEDULES[res], heads=2)
         k = len(SCHEDULES[res]) - 1

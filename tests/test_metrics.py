@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from litevar.default_model import classifier as clf
-from litevar.default_model import data, metrics
+from litevar.models.default import classifier as clf
+from litevar.models.default import data, metrics
 
 # ---------------------------------------------------------------- Frechet distance
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import litevar
-from litevar.model.build import infer_var_config, load_vae_var, official_state_dict
+from litevar.models.var.build import infer_var_config, load_vae_var, official_state_dict
 from tests import var_formulas as ref
 
 PATCH_NUMS = (1, 2, 3, 4, 6)  # a small schedule; the latent is 6x6, images 12x12 (ch_mult (1, 2))
@@ -175,7 +175,7 @@ def test_random_init_big_model_is_built_in_place():
 def test_masked_and_per_scale_attention_paths_agree(tmp_path):
     """Teacher forcing runs dense attention as one block-causal masked call (small L) or one call
     per scale (large L, and every windowed backend): both give the same logits."""
-    from litevar.model.attention import DenseAttention, set_attention_backend
+    from litevar.models.core.attention import DenseAttention, set_attention_backend
     var_path, vae_path = make_small(tmp_path, 2)
     _, var = load_vae_var(var_path, vae_path)
     label_B, x = torch.randint(0, 10, (2,)), torch.randn(2, 65, SMALL_VAE["Cvae"])
@@ -207,7 +207,7 @@ def test_lean_decoder_equals_the_decoder(monkeypatch):
     """Decoder.forward_lean (inference on large images: GroupNorm statistics over the whole map,
     norm, SiLU and conv a strip of rows at a time) and the SDPA attention block equal the plain
     decoder up to float summation order; strips of 1-3 rows, so every border case is hit."""
-    from litevar.model import vqvae
+    from litevar.models.var import vqvae
     vae, _ = litevar.build_vae_var("cpu", patch_nums=PATCH_NUMS, depth=1, num_classes=10, **SMALL_VAE)
     randomize_(vae, torch.Generator().manual_seed(torch.seed() % 2**31))
     z = torch.randn(2, SMALL_VAE["Cvae"], 7, 5)

@@ -4,11 +4,11 @@ import os
 
 import pytest
 
-from kernels.windows import FULL, WindowConfig
 from litevar.commands.cli import main
-from litevar.model.errors import UserError
-from litevar.model.schedules import SCHEDULES
-from planner.plan import Plan
+from litevar.kernels.windows import FULL, WindowConfig
+from litevar.models.core.errors import UserError
+from litevar.models.var.schedules import SCHEDULES
+from litevar.planner.plan import Plan
 
 ARCH = {"depth": 4, "embed_dim": 256, "num_heads": 4, "mlp_ratio": 4.0, "V": 512, "Cvae": 16, "num_classes": 10}
 PNS = SCHEDULES[256]
@@ -228,7 +228,7 @@ def test_version_1_plans_load_without_kv_decisions(tmp_path):
 
 def test_kv_plan_for_another_cache_layout_is_refused(tmp_path, capsys):
     """A KV plan applied to a model whose cache layout differs: one line, exit 2."""
-    from kernels.kvcache import KeepRule
+    from litevar.kernels.kvcache import KeepRule
     p = make_plan(kv={"2": {"format": "KV4", "keep": {"sinks": 1, "recent": 2}}}, windows=None,
                   kv_layout={"heads": 8, "head_dim": 32})
     assert p.kv_spec(2).keep == KeepRule(1, 2) and p.kv_spec(2).cfg_shared  # block 2 is CFG-shared

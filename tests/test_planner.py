@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from litevar.model.errors import UserError
-from planner.problem import (
+from litevar.models.core.errors import UserError
+from litevar.planner.problem import (
     FULL,
     WINDOW_COLUMNS,
     AttnSlot,
@@ -22,8 +22,8 @@ from planner.problem import (
     Selection,
     evaluate,
 )
-from planner.slots import frontiers
-from planner.solve import SolverSettings, brute_force, reachable_minima, solve
+from litevar.planner.slots import frontiers
+from litevar.planner.solve import SolverSettings, brute_force, reachable_minima, solve
 
 EXACT = SolverSettings(time_limit_s=20, gap=0.0)
 
@@ -185,7 +185,7 @@ def _all_metrics(problem):
 
 def synthetic_cost_model(arch: dict, device: str = "cuda") -> dict:
     """A cost model in profiler.costmodel's layout, coefficients by feature name."""
-    from profiler import costmodel as C
+    from litevar.profiler import costmodel as C
 
     def coef(names, values):
         return [float(values.get(n, 0.001)) for n in names]
@@ -214,9 +214,9 @@ def synthetic_cost_model(arch: dict, device: str = "cuda") -> dict:
 def synthetic_profile(depth: int, resolution: int, seed: int = 0, widths=(0, 2, 8, 32, 128, 512),
                       device: str = "cuda"):
     """A Profile with every table the planner reads, for a depth-`depth` VAR (H = depth heads)."""
-    from litevar.model.schedules import SCHEDULES
-    from profiler.costmodel import linear_layers
-    from profiler.profile import Profile
+    from litevar.models.var.schedules import SCHEDULES
+    from litevar.profiler.costmodel import linear_layers
+    from litevar.profiler.profile import Profile
     rng = np.random.default_rng(seed)
     pns = SCHEDULES[resolution]
     arch = {"depth": depth, "embed_dim": 64 * depth, "num_heads": depth, "mlp_ratio": 4.0, "V": 4096,
@@ -261,7 +261,7 @@ def d4_profile():
 
 @pytest.fixture(scope="module")
 def d4(d4_profile):
-    from planner.build import build_problem
+    from litevar.planner.build import build_problem
     return build_problem(d4_profile, 256, batch=2)
 
 
@@ -289,7 +289,7 @@ def test_budgets_combine(d4):
 @pytest.mark.parametrize("seed", range(3))
 def test_problem_matches_the_cost_model(d4, d4_profile, seed):
     """evaluate() (what the integer program encodes) equals profiler.costmodel.predict."""
-    from profiler.costmodel import predict
+    from litevar.profiler.costmodel import predict
     rng = np.random.default_rng(seed)
     formats = {g.layer: g.options[int(rng.integers(len(g.options)))].format for g in d4.formats}
     w = d4.windows.sample(frac=0.3, random_state=seed).drop_duplicates(["layer", "head", "scale", "part"])
@@ -307,7 +307,7 @@ def test_problem_matches_the_cost_model(d4, d4_profile, seed):
 
 
 def test_emulated_formats_never_faster_and_sinks_stay_full(d4):
-    from kernels.formats import capability
+    from litevar.kernels.formats import capability
     for g in d4.formats:
         fp = g.options[0]
         for o in g.options[1:]:
@@ -324,7 +324,7 @@ def test_bf16_format_is_planned_where_measured_fast():
     """A float format is one more choice per layer: where the profile timed BF16 faster than W8A8 with
     less loss (as on CPUs with bf16 matmuls but slow int8 ones), the speed budget is met in BF16,
     and its weights count 2 bytes each."""
-    from planner.build import build_problem
+    from litevar.planner.build import build_problem
     prof = synthetic_profile(4, 256, seed=1, device="cpu")
     cm = prof.meta["cost_model"]
     fp = cm["linear"]["fp|fp32"]
@@ -348,7 +348,7 @@ def test_format_newer_than_the_profile_is_not_planned(caplog):
     """A profile made before a format existed has no kernel entry for it: the format is skipped
     with a warning naming the fix, not planned as an emulated one (whose latency would be the fp
     one, so a memory budget would pick it on a guess). Its borrowed losses do not bring it back."""
-    from planner.build import build_problem
+    from litevar.planner.build import build_problem
     prof = synthetic_profile(4, 256, seed=2, device="cpu")
     cm = prof.meta["cost_model"]
     del cm["format_kernel"]["BF16"]  # as in a profile from before BF16
@@ -367,8 +367,8 @@ def test_format_newer_than_the_profile_is_not_planned(caplog):
 def test_plan_records_the_device_keys_apply_plan_compares():
     """A plan keeps the CPU family and model numbers of the profiled device, so a plan from another
     CPU generation behind the same model name is told apart at apply time."""
+    from litevar.planner.build import build_problem, to_plan
     from litevar.runtime import device_mismatch
-    from planner.build import build_problem, to_plan
     prof = synthetic_profile(4, 256, device="cpu")
     here = {"type": "cpu", "name": "AMD EPYC", "cpu_family": "26", "cpu_model": "2", "cores": 2}
     prof.meta["device"] = dict(here)
@@ -382,7 +382,7 @@ def test_plan_records_the_device_keys_apply_plan_compares():
 
 def test_d30_at_2048_solves_in_time():
     """Every layer, head, scale and part of a d30 at 2048 px: <= 10 s of CBC, gap <= 0.5%."""
-    from planner.build import build_problem
+    from litevar.planner.build import build_problem
     t = time.perf_counter()
     problem = build_problem(synthetic_profile(30, 2048), 2048, batch=1)
     assert problem.size()["window_groups"] > 60_000
@@ -417,7 +417,7 @@ def test_cut_and_hull_frontiers_report_valid_bounds(d4):
 def test_cbc_serial_without_thread_pool(d4, monkeypatch, threads, passed):
     """One thread runs CBC's serial code: "threads 1" starts its thread pool, which stalled for
     ~10 s (CPU 0.02 s) about once in 700 solves of a tiny problem on a busy 2-core machine."""
-    import planner.solve as ps
+    import litevar.planner.solve as ps
     seen = {}
 
     def spy(**kw):

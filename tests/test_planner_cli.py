@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from planner.plan import Plan
+from litevar.planner.plan import Plan
 from tests.cli_util import assert_one_line_error, run_cli
 from tests.test_planner import synthetic_profile
 
@@ -96,7 +96,7 @@ def _validation_row(pns, batch, config, measured_ms, predicted_ms, measured_mb=1
 
 
 def test_guard_band_is_the_worst_under_prediction_relative_to_dense():
-    from planner.build import guard_band
+    from litevar.planner.build import guard_band
     rows = [_validation_row("1,2", 1, "dense", 100.0, 90.0),  # dense itself 10% under-predicted: cancels
             _validation_row("1,2", 1, "W8A8:fc1", 80.0, 69.0, 9.0, 8.5),  # 0.8 vs 0.7667: 4.3% under
             _validation_row("1,2", 1, "W4A8:fc1", 70.0, 65.0),  # 0.7 vs 0.7222: over-predicted
@@ -110,7 +110,7 @@ def test_guard_band_is_the_worst_under_prediction_relative_to_dense():
 
 
 def test_budgets_guarded():
-    from planner.problem import Budgets
+    from litevar.planner.problem import Budgets
     b = Budgets(max_latency_ms=110.0, max_memory_gb=2.1, min_speedup=1.2, max_attn_flops=0.5, max_avg_bits=8)
     g = b.guarded(0.1, 0.05)
     assert g.max_latency_ms == pytest.approx(100.0) and g.max_memory_gb == pytest.approx(2.0)
@@ -119,7 +119,7 @@ def test_budgets_guarded():
 
 
 def test_plan_meets_its_budget_with_the_profiles_guard(tmp_path, capsys):
-    from planner.build import guard_band
+    from litevar.planner.build import guard_band
     from tests.test_planner import synthetic_profile
     profile = synthetic_profile(4, 256, device="cpu")
     profile.meta["validation"] = [_validation_row("1,2,3", 1, "dense", 50.0, 50.0, 20.0, 20.0),
@@ -173,9 +173,9 @@ def test_cost_only_profile_plans_with_borrowed_losses(tmp_path, capsys):
     lf = plan.solver["losses_from"]
     assert lf["model"] == "synthetic-d4" and lf["depth"] == 4 and lf["profile"] == str(src) and not lf["missing"]
     assert plan.predicted["speedup"] >= 1.05 * (1 - 1e-6) and not plan.windows.widths
-    from planner.build import build_problem
-    from planner.transfer import transfer_losses
-    from profiler.profile import Profile
+    from litevar.planner.build import build_problem
+    from litevar.planner.transfer import transfer_losses
+    from litevar.profiler.profile import Profile
     merged = transfer_losses(Profile.load(tgt), source)
     sens = merged.table("sensitivity").set_index(["layer", "format"])["loss"]
     ref = source.table("sensitivity").set_index(["layer", "format"])["loss"]

@@ -4,11 +4,11 @@ this file again on other x86 CPUs' kernels (AVX2; AVX-512 without VNNI), where t
 wrong kernels: oneDNN's int8 GEMM without VNNI, inductor's FlexAttention compiled for AVX2."""
 import torch
 
-from kernels import gemm
-from kernels.mdwa import FLEX_PROBE_SCHEDULE, MaskedReference, flex_exact, make_mdwa_backend
-from kernels.qlinear import QuantLinear
-from kernels.windows import FULL, WindowConfig
-from litevar.model.attention import AttnCall, ScaleLayout
+from litevar.kernels import gemm
+from litevar.kernels.mdwa import FLEX_PROBE_SCHEDULE, MaskedReference, flex_exact, make_mdwa_backend
+from litevar.kernels.qlinear import QuantLinear
+from litevar.kernels.windows import FULL, WindowConfig
+from litevar.models.core.attention import AttnCall, ScaleLayout
 
 
 def _int8(*shape, generator):

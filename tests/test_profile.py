@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from litevar.commands.cli import main
-from litevar.default_model import load_default
-from litevar.model.errors import UserError
-from profiler import quality as Q
-from profiler.profile import Profile
+from litevar.models.core.errors import UserError
+from litevar.models.default import load_default
+from litevar.profiler import quality as Q
+from litevar.profiler.profile import Profile
 from tests.cli_util import assert_one_line_error, run_cli
 
 

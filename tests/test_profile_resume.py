@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from litevar.commands.profile import _cache_path, _cached, _store
-from profiler.profile import Profile
+from litevar.profiler.profile import Profile
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--calib", "4", "--calib-loss", "2", "--stages", "coverage,cfg"]

@@ -129,7 +129,7 @@ def test_truncated_profile(source, tmp_path, capsys):
 
 
 def test_every_shipped_profile_passes():
-    from profiler.profile import Profile
+    from litevar.profiler.profile import Profile
     for path in sorted((ROOT / "profiles").glob("*.json")):
         Profile.load(path)
 

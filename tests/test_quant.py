@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from kernels.formats import FORMATS, Capability, QuantFormat, capability, get_format
-from kernels.quant import (
+from litevar.kernels.formats import FORMATS, Capability, QuantFormat, capability, get_format
+from litevar.kernels.quant import (
     PerChannel,
     PerGroup,
     PerToken,
@@ -18,8 +18,8 @@ from kernels.quant import (
     sqnr,
     unpack_int4,
 )
-from kernels.select import KernelChoice, interpret_mode, resolve, triton_available
-from litevar.model.errors import UserError
+from litevar.kernels.select import KernelChoice, interpret_mode, resolve, triton_available
+from litevar.models.core.errors import UserError
 
 GRANULARITIES = [PerChannel(), PerToken(), PerGroup(32)]
 # fake-quant SQNR floor (dB) of a Gaussian tensor with outliers, per bit width (~6 dB per bit)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from litevar.model.errors import UserError
-from planner.build import COVERAGE_TARGETS, build_problem
-from planner.plan import Plan
-from planner.problem import Budgets, evaluate
-from planner.recipes import parse_recipe, select, targets_for
-from planner.solve import SolverSettings, solve
+from litevar.models.core.errors import UserError
+from litevar.planner.build import COVERAGE_TARGETS, build_problem
+from litevar.planner.plan import Plan
+from litevar.planner.problem import Budgets, evaluate
+from litevar.planner.recipes import parse_recipe, select, targets_for
+from litevar.planner.solve import SolverSettings, solve
 from tests.cli_util import assert_one_line_error, run_cli
 from tests.test_planner import synthetic_profile
 

@@ -12,19 +12,19 @@ import logging
 import pytest
 import torch
 
-from kernels.mdwa import CFGShared, MaskedReference
-from kernels.qlinear import QuantLinear
-from kernels.windows import WindowConfig
 from litevar.commands.cli import main
-from litevar.default_model import load_default
-from litevar.model.attention import DenseAttention
-from litevar.model.build import arch_of, weights_sha256
-from litevar.model.errors import UserError
-from litevar.model.inference import cfg_logits
-from litevar.model.schedules import SCHEDULES
+from litevar.kernels.mdwa import CFGShared, MaskedReference
+from litevar.kernels.qlinear import QuantLinear
+from litevar.kernels.windows import WindowConfig
+from litevar.models.core.attention import DenseAttention
+from litevar.models.core.errors import UserError
+from litevar.models.default import load_default
+from litevar.models.var.build import arch_of, weights_sha256
+from litevar.models.var.inference import cfg_logits
+from litevar.models.var.schedules import SCHEDULES
+from litevar.planner.plan import Plan
+from litevar.profiler.device import fingerprint
 from litevar.runtime import apply_plan
-from planner.plan import Plan
-from profiler.device import fingerprint
 from tests.cli_util import assert_one_line_error, run_cli
 from tests.test_plan import ARCH, make_plan
 

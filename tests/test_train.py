@@ -6,8 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from litevar.commands import train as train_cmd
-from litevar.default_model import train
-from litevar.model.errors import UserError
+from litevar.models.core.errors import UserError
+from litevar.models.default import train
 
 
 def run_train(out, work, stages="vae,var"):
@@ -144,7 +144,7 @@ def test_unknown_scale_loss_is_refused_with_the_choices():
 
 
 def _tiny_vae_var():
-    from litevar.model.build import build_vae_var
+    from litevar.models.var.build import build_vae_var
     vae, var = build_vae_var("cpu", patch_nums=(1, 2, 3, 4), V=32, Cvae=8, ch=32, share_quant_resi=4,
                              num_classes=4, depth=2, ch_mult=(1, 2), num_res_blocks=1)
     var.init_weights()

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from kernels.windows import (
+from litevar.kernels.windows import (
     FULL,
     WindowConfig,
     WindowFamily,
@@ -26,8 +26,8 @@ from kernels.windows import (
     paper_parts_full,
     window_mass,
 )
-from litevar.model.attention import ScaleLayout
-from litevar.model.errors import UserError
+from litevar.models.core.attention import ScaleLayout
+from litevar.models.core.errors import UserError
 
 SEED = int.from_bytes(os.urandom(4), "little")
 SCHEDULES = [(1, 2, 3, 4, 5, 6), (1, 2, 3, 5, 7)]

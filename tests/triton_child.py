@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from kernels.select import interpret_mode, triton_available
+from litevar.kernels.select import interpret_mode, triton_available
 
 
 def run_triton_tests_in_child(test_file: str) -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from litevar.commands.args import COUNT, SEED, Number
 from litevar.commands.common import add_model_arguments, load_model
-from litevar.model.atomic import write_json, write_text
-from litevar.model.errors import UserError
+from litevar.models.core.atomic import write_json, write_text
+from litevar.models.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,9 @@ def _tables(text: str) -> list[int]:
 
 def measure_row(vae, dense, plan, calib, scorer, args) -> dict:
     """Quality figures of `plan` applied (reference kernels) to a copy of `dense`."""
-    from litevar.model.inference import balanced_labels, sample
+    from litevar.models.var.inference import balanced_labels, sample
+    from litevar.profiler.quality import loss_of
     from litevar.runtime import planned_copy
-    from profiler.quality import loss_of
     var = planned_copy(vae, dense, plan, kernel="torch")
     loss, top1 = loss_of(vae, var, calib)
     labels = balanced_labels(args.n, var.num_classes)
@@ -97,12 +97,12 @@ def measure_row(vae, dense, plan, calib, scorer, args) -> dict:
 
 
 def run(args) -> int:
-    from litevar.default_model.evaluation import Scorer
-    from litevar.model.distributed import world
-    from planner.plan import resolution_of
-    from planner.recipes import recipe_plan
-    from profiler.profile import Profile
-    from profiler.quality import calibrate, run_sharded
+    from litevar.models.core.distributed import world
+    from litevar.models.default.evaluation import Scorer
+    from litevar.planner.plan import resolution_of
+    from litevar.planner.recipes import recipe_plan
+    from litevar.profiler.profile import Profile
+    from litevar.profiler.quality import calibrate, run_sharded
     tables = _tables(args.tables)
     for path in (args.out, args.json):
         if path and not Path(path).resolve().parent.is_dir():

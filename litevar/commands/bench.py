@@ -42,11 +42,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from kernels.select import KernelChoice
 from litevar.commands.args import COUNT, NONNEG_INT, SEED
 from litevar.commands.common import add_model_arguments, load_model
-from litevar.model.atomic import write_json
-from litevar.model.errors import UserError
+from litevar.kernels.select import KernelChoice
+from litevar.models.core.atomic import write_json
+from litevar.models.core.errors import UserError
 
 log = logging.getLogger(__name__)
 MB = 2 ** 20
@@ -87,8 +87,8 @@ def measure_interleaved(models: dict, batch: int, device, repeats: int, warmup: 
     kernels.bench_gemm.interleaved_ms (one more warm-up, then one timed generation each per round)."""
     import torch
 
-    from kernels.bench_gemm import interleaved_ms
-    from profiler.cost import generation, generation_peak_mb, module_bytes
+    from litevar.kernels.bench_gemm import interleaved_ms
+    from litevar.profiler.cost import generation, generation_peak_mb, module_bytes
     dev = torch.device(device)
     runs, peaks, samples = {}, {}, {}
     for name, (vae, var) in models.items():
@@ -105,7 +105,7 @@ def measure_interleaved(models: dict, batch: int, device, repeats: int, warmup: 
 
 def measure_quality(models: dict, n: int, seed: int, cfg: float = 4.0) -> dict[str, tuple[float, float]]:
     """{name: (loss, top1)}: profiler.quality.loss_of against the first model's calibration set."""
-    from profiler.quality import calibrate, loss_of
+    from litevar.profiler.quality import calibrate, loss_of
     vae, ref = next(iter(models.values()))
     calib = calibrate(vae, ref, n, cfg, seed)
     return {name: loss_of(vae, var, calib) for name, (vae, var) in
@@ -137,7 +137,7 @@ def drift_corrected_err(pred_ms, pred_dense_ms, measured_speedup) -> float | Non
 
 
 def plan_entry(plan, path: str, dense: E2E, m: E2E) -> dict:
-    from planner.build import profile_sha256 as file_sha256
+    from litevar.planner.build import profile_sha256 as file_sha256
     pred = plan.predicted
     promised = pred.get("speedup")
     if promised is None and pred.get("dense_latency_ms") and pred.get("latency_ms"):
@@ -160,7 +160,7 @@ def plan_entry(plan, path: str, dense: E2E, m: E2E) -> dict:
 
 
 def report(plans: list, paths: list[str], dense: E2E, measured: list[E2E], args, device) -> dict:
-    from profiler.device import fingerprint
+    from litevar.profiler.device import fingerprint
     first = plans[0]
     return {
         "format": "litevar-bench", "version": 2, "device": fingerprint(device), "batch": first.batch,
@@ -226,9 +226,9 @@ def _check_same_shape(plans: list, paths: list[str]) -> None:
 
 
 def run(args) -> int:
-    from litevar.model.build import arch_of, weights_sha256
+    from litevar.models.var.build import arch_of, weights_sha256
+    from litevar.planner.plan import Plan
     from litevar.runtime import planned_copy
-    from planner.plan import Plan
     _check_args(args)
     plans = [Plan.load(p) for p in args.plan]
     _check_same_shape(plans, args.plan)

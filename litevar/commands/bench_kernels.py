@@ -32,15 +32,15 @@ def run(args) -> int:
     dev = str(resolve_device(args.device))
     report = {"device": device_name(dev), "torch": torch.__version__, "set": args.which}
     if args.only in (None, "gemm"):
-        from kernels.bench_gemm import bench_gemm, print_table
+        from litevar.kernels.bench_gemm import bench_gemm, print_table
         report["gemm"] = bench_gemm(dev, args.which)
         print_table(report["gemm"])
     if args.only in (None, "attention"):
-        from kernels.bench_attention import bench_attention, print_table
+        from litevar.kernels.bench_attention import bench_attention, print_table
         report["attention"] = bench_attention(dev, args.which)
         print_table(report["attention"])
     if args.json:
-        from litevar.model.atomic import write_json
+        from litevar.models.core.atomic import write_json
         write_json(args.json, report, default=str)
         print(f"wrote {args.json}")
     return 0

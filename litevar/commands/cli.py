@@ -9,7 +9,7 @@ import logging
 import sys
 
 from litevar.commands.args import Parser
-from litevar.model.errors import UserError
+from litevar.models.core.errors import UserError
 
 # subcommand -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         args.dtype = default_dtype(args.device)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from litevar.model import distributed
+    from litevar.models.core import distributed
     try:
         if distributed.launched():
             if args.command not in DISTRIBUTED:
@@ -82,7 +82,7 @@ def _quiet_unless_main():
     import contextlib
     import os
 
-    from litevar.model.distributed import world
+    from litevar.models.core.distributed import world
     if world().main:
         return contextlib.nullcontext()
     return contextlib.redirect_stdout(open(os.devnull, "w"))  # noqa: SIM115 - closed with the process

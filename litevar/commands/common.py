@@ -6,8 +6,8 @@ import argparse
 import torch
 
 from litevar.commands.args import COUNT, RESOLUTION
-from litevar.model.errors import UserError
-from litevar.model.inference import DTYPES
+from litevar.models.core.errors import UserError
+from litevar.models.core.inference import DTYPES
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,9 +48,9 @@ def resolve_device(name: str) -> torch.device:
 
 def load_model(args) -> tuple:
     """(vae, var) from the model flags, on args.device."""
-    from litevar.model.build import build_vae_var, load_vae_var
-    from litevar.model.distributed import local_device
-    from litevar.model.schedules import parse_patch_nums, schedule_for
+    from litevar.models.core.distributed import local_device
+    from litevar.models.var.build import build_vae_var, load_vae_var
+    from litevar.models.var.schedules import parse_patch_nums, schedule_for
     dev = local_device(resolve_device(args.device))  # under torchrun: this process's own GPU
     pns = parse_patch_nums(args.patch_nums) if args.patch_nums else None
     if args.random_init:
@@ -64,5 +64,5 @@ def load_model(args) -> tuple:
         return load_vae_var(args.ckpt, args.vae, device=dev, patch_nums=pns, depth=args.depth)
     if args.depth is not None:
         raise UserError("--depth needs --ckpt/--vae (official checkpoints) or --random-init")
-    from litevar.default_model import load_default
+    from litevar.models.default import load_default
     return load_default(dev)

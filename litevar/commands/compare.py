@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from litevar.model.atomic import atomic_path, write_json, write_text
-from litevar.model.errors import UserError
+from litevar.models.core.atomic import atomic_path, write_json, write_text
+from litevar.models.core.errors import UserError
 
 if TYPE_CHECKING:
-    from planner.plan import Plan
+    from litevar.planner.plan import Plan
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,8 @@ class Entry:
 
 
 def load_plans(paths: list[str]) -> list[Entry]:
-    from planner.build import profile_sha256  # sha256 of a file's bytes
-    from planner.plan import Plan
+    from litevar.planner.build import profile_sha256  # sha256 of a file's bytes
+    from litevar.planner.plan import Plan
     return [Entry(str(p), Plan.load(p), profile_sha256(p)) for p in paths]
 
 
@@ -132,8 +132,8 @@ def attach_bench(entries: list[Entry], bench_paths: list[str]) -> None:
 def attach_memory(entries: list[Entry], profile_paths: list[str]) -> None:
     """Each plan's memory breakdown: as the plan records it, else from the --profile it was made
     from (profiles are validated on load)."""
-    from planner.build import plan_memory_breakdown, profile_sha256
-    from profiler.profile import Profile
+    from litevar.planner.build import plan_memory_breakdown, profile_sha256
+    from litevar.profiler.profile import Profile
     profiles = {profile_sha256(p): (p, Profile.load(p)) for p in profile_paths}
     used = set()
     for e in entries:
@@ -305,7 +305,7 @@ def _num(v) -> float:
 
 def frontier_figure(group: list[Entry], frontiers: dict[str, pd.DataFrame], title: str) -> str:
     """Predicted loss vs latency and vs memory: plans (o), their bench (^), the --frontier curves."""
-    from planner.frontier import pareto_mask
+    from litevar.planner.frontier import pareto_mask
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     pts = pd.DataFrame([{"latency_ms": _num(e.plan.predicted.get("latency_ms")),
@@ -357,7 +357,7 @@ def _log_if_wide(ax) -> None:
 
 def _linear_order(fqn: str) -> tuple:
     """Model order: word_embed, shared_ada_lin.1, blocks.i.{qkv, proj, fc1, fc2, ada_lin.1}, head_nm, head."""
-    from planner.plan import BLOCK_LINEARS
+    from litevar.planner.plan import BLOCK_LINEARS
     m = re.fullmatch(r"blocks\.(\d+)\.(.+)", fqn)
     if m:
         sub = m.group(2)
@@ -371,7 +371,7 @@ def format_figure(entries: list[Entry]) -> str:
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    from kernels.formats import FORMATS
+    from litevar.kernels.formats import FORMATS
     plt = _plt()
     layers = sorted({f for e in entries for f in e.plan.formats}, key=_linear_order)
     used = {e.plan.formats.get(f) for e in entries for f in layers} - {None}
@@ -400,7 +400,7 @@ def format_figure(entries: list[Entry]) -> str:
 
 def head_kept(windows, depth: int, heads: int) -> np.ndarray:
     """float [S, depth, H]: share of each head's (query, key) pairs kept per scale (1: dense)."""
-    from kernels.windows import kept_pairs
+    from litevar.kernels.windows import kept_pairs
     layout, pns = windows.layout, windows.patch_nums
     out = np.ones((len(pns), depth, heads))
     for layer in windows.widths:

@@ -25,10 +25,10 @@ import numpy as np
 
 from litevar.commands.args import COUNT, FRACTION, NONNEG, NONNEG_INT, SEED, Number
 from litevar.commands.common import add_model_arguments, load_model
-from litevar.default_model.evaluation import Scorer, class_by_scale, fidelity, quality
-from litevar.model.atomic import write_json
-from litevar.model.distributed import world
-from litevar.model.inference import balanced_labels, sample
+from litevar.models.core.atomic import write_json
+from litevar.models.core.distributed import world
+from litevar.models.default.evaluation import Scorer, class_by_scale, fidelity, quality
+from litevar.models.var.inference import balanced_labels, sample
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     plan = None
     if args.plan:  # read it first: a bad plan fails before the model loads
-        from planner.plan import Plan
+        from litevar.planner.plan import Plan
         plan = Plan.load(args.plan)
     vae, dense = load_model(args)
     var = dense
@@ -122,7 +122,7 @@ def print_report(r: dict) -> None:
 
 
 def class_names(num_classes: int) -> list[str]:
-    from litevar.default_model.data import CLASS_NAMES
+    from litevar.models.default.data import CLASS_NAMES
     return list(CLASS_NAMES) if len(CLASS_NAMES) == num_classes else [str(i) for i in range(num_classes)]
 
 

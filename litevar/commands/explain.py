@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from litevar.commands.plan import pct
-from litevar.model.errors import UserError
+from litevar.models.core.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -14,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from planner.plan import Plan
+    from litevar.planner.plan import Plan
     plan = Plan.load(args.plan)
     pr = plan.predicted
     print(f"plan {plan.name!r}: {plan.resolution} px, batch {plan.batch}, device {plan.device.get('name')}; "
@@ -34,9 +34,9 @@ def run(args) -> int:
               f"{sorted(plan.windows.widths) if plan.windows else []}; KV caches planned in blocks {sorted(plan.kv)}")
         print("pass --profile PROFILE for what each choice saves, costs and beat")
         return 0
-    from planner.build import build_problem, profile_sha256, selection_of
-    from planner.explain import explain, format_table
-    from profiler.profile import Profile
+    from litevar.planner.build import build_problem, profile_sha256, selection_of
+    from litevar.planner.explain import explain, format_table
+    from litevar.profiler.profile import Profile
     if plan.profile_sha256 and profile_sha256(args.profile) != plan.profile_sha256:
         print(f"note: {args.profile} is not the profile this plan was made from (sha256 differs); "
               "numbers below are from the given profile")

@@ -12,8 +12,8 @@ import time
 
 from litevar.commands.args import COUNT, FRACTION, NONNEG, NONNEG_INT, SEED
 from litevar.commands.common import add_model_arguments, load_model
-from litevar.model.errors import UserError
-from litevar.model.inference import generate
+from litevar.models.core.errors import UserError
+from litevar.models.var.inference import generate
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,11 @@ def parse_classes(text: str | None, num_classes: int, per_class: int) -> list[in
 
 
 def run(args) -> int:
-    from litevar.model.imageio import save_grid
+    from litevar.models.core.imageio import save_grid
     t0 = time.perf_counter()
     plan = None
     if args.plan:  # read it first: a bad plan fails before the model loads
-        from planner.plan import Plan
+        from litevar.planner.plan import Plan
         plan = Plan.load(args.plan)
     vae, var = load_model(args)
     if plan is not None:

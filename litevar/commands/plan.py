@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from litevar.commands.args import COUNT, GAP, POSITIVE, RESOLUTION, SHARE, Number, guard_value
-from litevar.model.errors import UserError
+from litevar.models.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +46,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _budgets(args):
-    from planner.problem import Budgets
+    from litevar.planner.problem import Budgets
     return Budgets(args.max_latency_ms, args.max_memory_gb, args.min_speedup, args.max_attn_flops,
                    args.max_avg_bits)
 
 
 def _guard(text: str | float, profile) -> dict:
     """--guard: {'latency', 'memory', 'source'} (fractions)."""
-    from planner.build import guard_band
+    from litevar.planner.build import guard_band
     if text == "auto":
         validation = profile.meta.get("validation") or []
         if not validation:
@@ -65,8 +65,8 @@ def _guard(text: str | float, profile) -> dict:
 def load_profile(args):
     """The --profile, with the losses of --losses-from when given; a profile with no losses and
     no --losses-from is refused with the fix."""
-    from planner.transfer import transfer_losses
-    from profiler.profile import Profile
+    from litevar.planner.transfer import transfer_losses
+    from litevar.profiler.profile import Profile
     profile = Profile.load(args.profile)
     if args.losses_from:
         return transfer_losses(profile, Profile.load(args.losses_from), args.losses_from)
@@ -83,9 +83,9 @@ def _record_losses_from(solver: dict, profile) -> None:
 
 
 def run(args) -> int:
-    from planner import frontier
-    from planner.build import build_problem, parse_formats, to_plan
-    from planner.solve import SolverSettings, solve
+    from litevar.planner import frontier
+    from litevar.planner.build import build_problem, parse_formats, to_plan
+    from litevar.planner.solve import SolverSettings, solve
     budgets, settings = _budgets(args), SolverSettings(args.time_limit, args.gap)
     if args.recipe:
         return run_recipe(args, budgets)
@@ -131,7 +131,7 @@ def run(args) -> int:
 
 def run_recipe(args, budgets) -> int:
     """`litevar plan --recipe SPEC`: the recipe's plan, predicted on the profile's cost model."""
-    from planner.recipes import parse_recipe, recipe_plan
+    from litevar.planner.recipes import parse_recipe, recipe_plan
     if args.sweep or budgets.any():
         raise UserError("--recipe writes a fixed recipe: drop the budgets and --sweep, or drop --recipe to plan")
     recipe = parse_recipe(args.recipe)

@@ -20,9 +20,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kernels.formats import FORMATS
 from litevar.commands.args import COUNT, COUNTS, NONNEG, SEED
-from litevar.model.errors import UserError
+from litevar.kernels.formats import FORMATS
+from litevar.models.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def _cached(out: Path, stage: str, key: str, arch: dict):
     """The stage's cached result (a Profile holding its tables and meta) if it was made with `key`
     and passes the profile checks (profiler.schema, indices against `arch`); a torn, edited or
     foreign cache is named and the stage measured again, never trusted."""
-    from profiler.profile import Profile
+    from litevar.profiler.profile import Profile
     path = _cache_path(out, stage)
     if not path.is_file():
         return None
@@ -97,7 +97,7 @@ def _cached(out: Path, stage: str, key: str, arch: dict):
 
 
 def _store(out: Path, stage: str, key: str, tables: dict[str, pd.DataFrame], meta: dict) -> None:
-    from profiler.profile import Profile
+    from litevar.profiler.profile import Profile
     Profile(meta={**meta, "cache_key": key}, tables=tables).save(_cache_path(out, stage))
 
 
@@ -106,9 +106,9 @@ def _key(*parts) -> str:
 
 
 def _cost_settings(args):
-    """profiler.cost.CostSettings of the command line."""
+    """litevar.profiler.cost.CostSettings of the command line."""
     from litevar.commands.common import default_dtype
-    from profiler.cost import CostSettings
+    from litevar.profiler.cost import CostSettings
     try:
         dtype = args.dtype or default_dtype(args.device)
         return CostSettings(dtype=dtype, e2e_repeats=args.e2e_repeats, mdwa=not args.no_mdwa_timing)
@@ -120,7 +120,7 @@ def _cost_options(settings) -> list[dict]:
     """The settings the command line sets that differ from CostSettings' defaults (part of the
     cost stage's cache key; empty for the defaults, so caches written before these options
     existed still match)."""
-    from profiler.cost import CostSettings
+    from litevar.profiler.cost import CostSettings
     default = CostSettings()
     diff = {k: getattr(settings, k) for k in ("dtype", "e2e_repeats", "mdwa")
             if getattr(settings, k) != getattr(default, k)}
@@ -128,7 +128,7 @@ def _cost_options(settings) -> list[dict]:
 
 
 def _quality_stages(stage: str, vae, var, args, calib_fn) -> tuple[dict, dict]:
-    from profiler import quality as Q
+    from litevar.profiler import quality as Q
     t = time.perf_counter()
     calib, calib_loss = calib_fn()
     if stage == "sensitivity":
@@ -157,8 +157,8 @@ def cost_groups(out: Path, device: torch.device):
     shape on one of them) and whose first rank runs the generations, fits and writes the cost
     tables: rank 0's group into `out`, every other GPU model's into OUT.<gpu>.json, with the same
     quality tables (one run profiles several GPU types)."""
-    from litevar.model.distributed import split, world
-    from profiler.device import fingerprint
+    from litevar.models.core.distributed import split, world
+    from litevar.profiler.device import fingerprint
     w = world()
     if device.type != "cuda" or not w.distributed:
         return None, out, w.main
@@ -172,7 +172,7 @@ def cost_groups(out: Path, device: torch.device):
 
 
 def _cost_stage(vae, var, arch, args, settings, device) -> tuple[dict, dict]:
-    from profiler.cost import run_cost_stage
+    from litevar.profiler.cost import run_cost_stage
     t = time.perf_counter()
     resolutions = parse_schedules(args.resolutions) if args.resolutions else None
     tables, cm, validation = run_cost_stage(vae, var, arch, device, resolutions, args.batches, settings=settings)
@@ -181,7 +181,7 @@ def _cost_stage(vae, var, arch, args, settings, device) -> tuple[dict, dict]:
 
 def parse_schedules(text: str) -> list[tuple[int, ...]]:
     """--resolutions: '256,512' (resolutions with a schedule) or '1,2,3;1,2,3,4' (schedules)."""
-    from litevar.model.schedules import SCHEDULES, parse_patch_nums
+    from litevar.models.var.schedules import SCHEDULES, parse_patch_nums
     if ";" in text:
         return [parse_patch_nums(t) for t in text.split(";") if t.strip()]
     try:
@@ -194,7 +194,7 @@ def parse_schedules(text: str) -> list[tuple[int, ...]]:
 def _refit(hit, arch: dict, device, vae) -> dict:
     """The cached cost stage's meta with its cost model refitted on its own measurements (and on
     the decodes alone, measured first when the cache predates them: a minute on a CPU)."""
-    from profiler.cost import decode_sides, fit_cost_model, measure_decodes
+    from litevar.profiler.cost import decode_sides, fit_cost_model, measure_decodes
     old = hit.meta["cost_model"]
     if "cost_decode" not in hit.tables:
         e2e = hit.tables["cost_e2e"]
@@ -211,11 +211,11 @@ def _refit(hit, arch: dict, device, vae) -> dict:
 
 def run(args) -> int:
     from litevar.commands.common import load_model
-    from litevar.model.build import arch_of, weights_sha256
-    from litevar.model.distributed import barrier, world
-    from profiler import quality as Q
-    from profiler.device import environment, fingerprint
-    from profiler.profile import Profile
+    from litevar.models.core.distributed import barrier, world
+    from litevar.models.var.build import arch_of, weights_sha256
+    from litevar.profiler import quality as Q
+    from litevar.profiler.device import environment, fingerprint
+    from litevar.profiler.profile import Profile
     w = world()
     torch.manual_seed(args.seed)
     if args.calib < 1 or not 1 <= args.calib_loss <= args.calib:

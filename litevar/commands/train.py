@@ -1,5 +1,5 @@
 """`litevar train`: train the shipped default model (classifier, VQVAE, VAR) from scratch, seeded and
-resumable (litevar/default_model/train.py)."""
+resumable (models/default/train.py)."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 
 from litevar.commands.args import COUNT, POSITIVE, SEED
-from litevar.default_model.train import (
+from litevar.models.core.atomic import atomic_path, write_text
+from litevar.models.core.errors import UserError
+from litevar.models.default.train import (
     ASSETS,
     TrainConfig,
     build_small_vae,
@@ -25,8 +27,6 @@ from litevar.default_model.train import (
     train_vae,
     train_var,
 )
-from litevar.model.atomic import atomic_path, write_text
-from litevar.model.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,7 +56,7 @@ def run(args) -> int:
     work.mkdir(parents=True, exist_ok=True)
     times, resumed = {}, {}
     if "classifier" in stages:
-        from litevar.default_model.classifier import train_classifier
+        from litevar.models.default.classifier import train_classifier
         t = time.perf_counter()
         train_classifier(seed=cfg.seed, steps=cfg.classifier_steps, out_path=str(out / "classifier.safetensors"))
         times["classifier_s"] = round(time.perf_counter() - t, 1)

@@ -1,9 +1,9 @@
-"""A small CNN classifier of the procedural dataset (litevar.default_model.data): class accuracy of generated
+"""A small CNN classifier of the procedural dataset (litevar.models.default.data): class accuracy of generated
 images, and its penultimate features for a Frechet distance (our stand-in for FID).
 
 Trained from scratch on CPU in a few minutes; `train_classifier` with the same seed, recipe,
 torch build, thread count and CPU ISA reproduces the shipped weights bit for bit (see
-classifier.json). Inputs are float (B, 3, 64, 64) in [-1, 1] (`litevar.default_model.data.to_float`).
+classifier.json). Inputs are float (B, 3, 64, 64) in [-1, 1] (`litevar.models.default.data.to_float`).
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from litevar.default_model import data
-from litevar.model.atomic import atomic_path, write_text
+from litevar.models.core.atomic import atomic_path, write_text
+from litevar.models.default import data
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def load_classifier(path: str | os.PathLike = DEFAULT_PATH) -> Classifier:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no classifier weights at {path}; train them with "
-                                f"litevar.default_model.classifier.train_classifier(out_path={str(path)!r})")
+                                f"litevar.models.default.classifier.train_classifier(out_path={str(path)!r})")
     meta = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").exists() \
         else {}
     cfg = ClassifierConfig(**{k: tuple(v) if isinstance(v, list) else v
@@ -233,9 +233,9 @@ def state_sha256(model: nn.Module) -> str:
 
 
 def _reproduce_command(r: TrainRecipe) -> str:
-    cmd = f"python -m litevar.default_model.classifier --seed {r.seed} --steps {r.steps} --batch {r.batch}"
+    cmd = f"python -m litevar.models.default.classifier --seed {r.seed} --steps {r.steps} --batch {r.batch}"
     if asdict(r) != asdict(TrainRecipe(seed=r.seed, steps=r.steps, batch=r.batch)):
-        return f"litevar.default_model.classifier.train_classifier(**recipe) with recipe = {asdict(r)}"
+        return f"litevar.models.default.classifier.train_classifier(**recipe) with recipe = {asdict(r)}"
     return cmd
 
 
@@ -253,10 +253,10 @@ def _machine() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m litevar.default_model.classifier`: train and save the shipped classifier."""
+    """`python -m litevar.models.default.classifier`: train and save the shipped classifier."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m litevar.default_model.classifier", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m litevar.models.default.classifier", description=main.__doc__)
     p.add_argument("--seed", type=int, default=TrainRecipe.seed)
     p.add_argument("--steps", type=int, default=TrainRecipe.steps)
     p.add_argument("--batch", type=int, default=TrainRecipe.batch)

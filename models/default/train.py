@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from litevar.model.atomic import atomic_path
-from litevar.model.errors import UserError
+from litevar.models.core.atomic import atomic_path
+from litevar.models.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def _checkpoint(path: Path, model, opt, gen: torch.Generator, step: int) -> None
 
 def dataset_images(cfg: TrainConfig, n: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """n images of a split in [-1, 1] (n, 3, H, W) and their labels."""
-    from litevar.default_model.data import make_split, to_float
+    from litevar.models.default.data import make_split, to_float
     imgs, labels = make_split(split, n, size=cfg.image_size)
     return to_float(imgs), torch.from_numpy(labels).long()
 
@@ -144,7 +144,7 @@ def _batch_indices(gen: torch.Generator, n: int, batch: int) -> torch.Tensor:
 # -- VQVAE ----------------------------------------------------------------------------------------
 
 def build_small_vae(cfg: TrainConfig):
-    from litevar.model.vqvae import VQVAE
+    from litevar.models.var.vqvae import VQVAE
     v = cfg.vae
     return VQVAE(vocab_size=v.V, z_channels=v.Cvae, ch=v.ch, ch_mult=v.ch_mult, share_quant_resi=v.share_quant_resi,
                  v_patch_nums=cfg.patch_nums, num_res_blocks=v.num_res_blocks, norm_groups=v.norm_groups,
@@ -213,8 +213,8 @@ def tokenize(vae, x_all: torch.Tensor, batch: int = 256, progress=True) -> torch
 # -- VAR --------------------------------------------------------------------------------------------
 
 def build_small_var(cfg: TrainConfig, vae, init: bool = True):
-    from litevar.default_model.data import NUM_CLASSES
-    from litevar.model.var import VAR, VARConfig
+    from litevar.models.default.data import NUM_CLASSES
+    from litevar.models.var.var import VAR, VARConfig
     vcfg = VARConfig(depth=cfg.var.depth, patch_nums=cfg.patch_nums, num_classes=NUM_CLASSES, V=cfg.vae.V,
                      Cvae=cfg.vae.Cvae, cond_drop_rate=cfg.var.cond_drop_rate)
     var = VAR(vae, vcfg)

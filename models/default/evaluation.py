@@ -6,15 +6,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from litevar.model.errors import UserError
-from litevar.model.inference import cfg_logits, sample
+from litevar.models.core.errors import UserError
+from litevar.models.var.inference import cfg_logits, sample
 
 
 def fidelity(ref, test, vae, labels: list[int], seed: int, cfg: float, top_k: int, top_p: float, batch: int,
              test_dtype: str = "fp32", ref_out=None) -> dict:
     """How close `test` stays to `ref` with the same seeds (both VARs share the VQVAE)."""
-    from litevar.default_model import metrics
-    from litevar.model.distributed import run_sharded
+    from litevar.models.core.distributed import run_sharded
+    from litevar.models.default import metrics
     ref_img, ref_tok = ref_out or sample(ref, labels, seed, cfg, top_k, top_p, batch, desc="reference")
     img, tok = sample(test, labels, seed, cfg, top_k, top_p, batch, test_dtype, desc="evaluated")
 
@@ -34,7 +34,7 @@ def fidelity(ref, test, vae, labels: list[int], seed: int, cfg: float, top_k: in
 
 def per_scale_kl(p_BLV: torch.Tensor, q_BLV: torch.Tensor, patch_nums) -> list[float]:
     """Mean over tokens of KL(softmax p || softmax q), per scale (nats)."""
-    from litevar.default_model import metrics
+    from litevar.models.default import metrics
     sizes = [pn * pn for pn in patch_nums]
     return metrics.cfg_logits_kl(p_BLV.split(sizes, dim=1), q_BLV.split(sizes, dim=1)).per_scale
 
@@ -45,9 +45,9 @@ class Scorer:
     real ones (the real features, and the real-vs-real floor, computed once)."""
 
     def __init__(self, n_real: int):
-        from litevar.default_model import metrics
-        from litevar.default_model.classifier import load_classifier
-        from litevar.default_model.data import make_split
+        from litevar.models.default import metrics
+        from litevar.models.default.classifier import load_classifier
+        from litevar.models.default.data import make_split
         self.clf, self.n_real = load_classifier(), n_real
         self.real, self.real_labels = make_split("test", n_real)
         real_b, _ = make_split("val", n_real)
@@ -56,7 +56,7 @@ class Scorer:
 
     def __call__(self, images: torch.Tensor, labels: list[int]) -> dict:
         """images (N, 3, H, W) in [0, 1]."""
-        from litevar.default_model import metrics
+        from litevar.models.default import metrics
         x = images * 2 - 1  # the classifier's input range
         cm = metrics.confusion_matrix(labels, metrics.predict_classes(self.clf, x), self.clf.num_classes)
         per_class = cm.diagonal() / np.maximum(cm.sum(1), 1)
@@ -70,8 +70,8 @@ class Scorer:
     def reconstruction(self, vae, batch: int = 100) -> dict:
         """The ceiling any VAR on this VQVAE can reach: the real images encoded to tokens and
         decoded back, scored like generated ones (plus their PSNR to the originals)."""
-        from litevar.default_model import metrics
-        from litevar.default_model.data import to_float
+        from litevar.models.default import metrics
+        from litevar.models.default.data import to_float
         dev = next(vae.parameters()).device
         x = to_float(self.real)
         rec = torch.cat([vae.idxBl_to_img(vae.img_to_idxBl(x[b:b + batch].to(dev)), same_shape=True,
@@ -89,8 +89,8 @@ def class_by_scale(var, vae, scorer: Scorer | None, n: int, seed: int, cfg: floa
     class accuracy of each image decoded from its own first k scales of tokens (k = 1..S);
     `forced[k]`, class accuracy of images generated for their labels with their real tokens
     forced at the first k scales and the rest sampled (k = 0..S-1; k = 0 is plain generation)."""
-    from litevar.default_model import metrics
-    from litevar.default_model.data import make_split, to_float
+    from litevar.models.default import metrics
+    from litevar.models.default.data import make_split, to_float
     if n < 1:
         raise UserError(f"--by-scale {n}: give the number of real images, e.g. 200")
     dev, S = var.lvl_1L.device, len(var.patch_nums)
@@ -125,6 +125,6 @@ def quality(images: torch.Tensor, labels: list[int], n_real: int = 500, vae=None
 
 def inception(images: torch.Tensor, real_u8) -> dict:
     """Real FID / IS when an established library and its cached Inception weights are present."""
-    from litevar.default_model import metrics
+    from litevar.models.default import metrics
     fid, message = metrics.inception_metrics(images, real_u8)
     return fid if fid is not None else {"skipped": message}

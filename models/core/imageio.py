@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from litevar.model.atomic import atomic_path
+from litevar.models.core.atomic import atomic_path
 
 
 def as_uint8_nhwc(images: np.ndarray | torch.Tensor) -> np.ndarray:

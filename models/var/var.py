@@ -1,6 +1,6 @@
 """VAR transformer, checkpoint-compatible with the official var_d16..d36 (strict loading).
 
-Attention goes through litevar.model.attention (one call per scale, KV cache at inference), linear
+Attention goes through litevar.models.core.attention (one call per scale, KV cache at inference), linear
 layers keep their official fully-qualified names (`blocks.3.ffn.fc2`) so plans can address them.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from litevar.model.attention import AttnCall, DenseAttention, KVCache, ScaleLayout, attend_scales
-from litevar.model.sampling import gumbel_softmax_with_rng, sample_with_top_k_top_p_
-from litevar.model.vqvae import VQVAE
+from litevar.models.core.attention import AttnCall, DenseAttention, KVCache, ScaleLayout, attend_scales
+from litevar.models.core.sampling import gumbel_softmax_with_rng, sample_with_top_k_top_p_
+from litevar.models.var.vqvae import VQVAE
 
 
 @dataclass(frozen=True)

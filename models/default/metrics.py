@@ -1,7 +1,7 @@
 """Quality metrics for compressed VAR models: pure functions of tensors / arrays.
 
 Images: uint8 (N, H, W, 3) everywhere. Floats (N, 3, H, W): in [-1, 1] for the classifier
-metrics (the classifier's own input, `litevar.default_model.data.to_float`); in [0, 1] (what VAR returns)
+metrics (the classifier's own input, `litevar.models.default.data.to_float`); in [0, 1] (what VAR returns)
 for `psnr` and `inception_metrics`.
 Token indices: one LongTensor (B, l_k) per scale. Logits: one tensor (B, l_k, V) per scale.
 """
@@ -18,8 +18,8 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
-from litevar.default_model import data
-from litevar.model.imageio import as_uint8_nhwc
+from litevar.models.core.imageio import as_uint8_nhwc
+from litevar.models.default import data
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ above 16, so that it ends at 128 (2048 px with the 16x-downsampling VQVAE):
 """
 from __future__ import annotations
 
-from litevar.model.errors import UserError
+from litevar.models.core.errors import UserError
 
 SCHEDULES: dict[int, tuple[int, ...]] = {
     256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
@@ -35,7 +35,7 @@ def parse_patch_nums(text: str) -> tuple[int, ...]:
     except ValueError:
         raise UserError(f"invalid patch_nums {text!r}: give comma-separated integers, "
                         "e.g. 1,2,3,4,5,6,8,10,13,16") from None
-    from litevar.model.var import validate_patch_nums
+    from litevar.models.var.var import validate_patch_nums
     try:
         validate_patch_nums(pns)
     except ValueError as e:

@@ -1,4 +1,4 @@
-"""The small model trained by `litevar train` and shipped in litevar/default_model/assets (the default)."""
+"""The small model trained by `litevar train` and shipped in models/default/assets (the default)."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from litevar.model.errors import UserError
+from litevar.models.core.errors import UserError
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -20,7 +20,7 @@ def load_default(device="cpu", root: str | Path = ASSETS):
     """(vae, var) of the shipped model, in eval mode on `device`."""
     from safetensors.torch import load_file
 
-    from litevar.default_model.train import GPTConfig, TrainConfig, VAEConfig, build_small_vae, build_small_var
+    from litevar.models.default.train import GPTConfig, TrainConfig, VAEConfig, build_small_vae, build_small_var
     paths = default_paths(root)
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:

@@ -1,20 +1,10 @@
-"""Inference helpers on the model: compute dtype, batched class-conditional sampling and the
-teacher-forced CFG logits every quality measurement compares (profiler, eval, bench)."""
+"""Inference helpers of the VAR family: batched class-conditional sampling and the teacher-forced
+CFG logits every quality measurement compares (profiler, eval, bench)."""
 from __future__ import annotations
-
-import contextlib
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast(device: torch.device, dtype_name: str):
-    dtype = DTYPES[dtype_name]
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
+from litevar.models.core.inference import autocast
 
 
 def generate(var, labels: list[int], seed: int, cfg: float, top_k: int, top_p: float, more_smooth: bool = False,
@@ -31,7 +21,6 @@ def generate(var, labels: list[int], seed: int, cfg: float, top_k: int, top_p: f
     return img.float()
 
 
-
 def balanced_labels(n: int, num_classes: int) -> list[int]:
     return [i % num_classes for i in range(n)]
 
@@ -43,10 +32,10 @@ def sample(var, labels: list[int], seed: int, cfg: float, top_k: int, top_p: flo
     """Images (N, 3, H, W) in [0, 1] and per-scale tokens; batch i uses seed + i. `prefix`:
     token ids (N, pn * pn) forced at the first len(prefix) scales. Under torchrun batch i runs
     on rank i mod size and every rank gets all of them: the same images whatever the number of
-    ranks (litevar.model.distributed)."""
+    ranks (litevar.models.core.distributed)."""
     from tqdm import tqdm
 
-    from litevar.model.distributed import gather, world
+    from litevar.models.core.distributed import gather, world
     dev, w = var.lvl_1L.device, world()
     starts = list(range(0, len(labels), batch))
     out = {}

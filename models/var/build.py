@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from litevar.model.errors import UserError
-from litevar.model.schedules import SCHEDULES, num_tokens
-from litevar.model.var import VAR, VARConfig
-from litevar.model.vqvae import VQVAE
+from litevar.models.core.errors import UserError
+from litevar.models.var.schedules import SCHEDULES, num_tokens
+from litevar.models.var.var import VAR, VARConfig
+from litevar.models.var.vqvae import VQVAE
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def build_vae_var(device, patch_nums=SCHEDULES[256], V=4096, Cvae=32, ch=160, sh
     `device="meta"` returns unmaterialised modules (for `load_state_dict(..., assign=True)`).
     flash_if_available / fused_if_available are accepted for compatibility; attention kernels
     are chosen by the attention backend instead. `backbone`: the VQVAE's encoder/decoder,
-    "var" (official) or "compact" (the small shipped model's, litevar.model.vqvae.CompactEncoder)."""
+    "var" (official) or "compact" (the small shipped model's, litevar.models.var.vqvae.CompactEncoder)."""
     with torch.device("meta"):
         vae = VQVAE(vocab_size=V, z_channels=Cvae, ch=ch, ch_mult=tuple(ch_mult), share_quant_resi=share_quant_resi,
                     v_patch_nums=tuple(patch_nums), num_res_blocks=num_res_blocks, backbone=backbone)
@@ -137,7 +137,7 @@ def _share_quant_resi(sd) -> int:
 
 
 def _infer_compact_vae_config(sd) -> dict:
-    """The compact backbone (litevar.model.vqvae.CompactEncoder): conv_in, then one 4x4 stride-2 conv
+    """The compact backbone (litevar.models.var.vqvae.CompactEncoder): conv_in, then one 4x4 stride-2 conv
     per extra level (its output width gives ch_mult)."""
     V, Cvae = sd["quantize.embedding.weight"].shape
     ch = sd["encoder.0.weight"].shape[0]
