@@ -45,10 +45,10 @@ def main(argv=None) -> int:
     out = {"plan": args.plan, "plan_name": plan.name, "created": datetime.datetime.now(datetime.timezone.utc)
            .isoformat(timespec="seconds"), "device": fingerprint(var.lvl_1L.device), "dtype": args.dtype,
            "threads": torch.get_num_threads(), "resolution": plan.resolution, "batch": plan.batch,
-           "seconds": seconds, "peak_mb": peak, "predicted_mb": pred.get("memory_mb"),
-           "memory_err": pred["memory_mb"] / peak - 1 if pred.get("memory_mb") else None,
-           "predicted_ms": pred.get("latency_ms"), "predicted_breakdown_mb": pred.get("memory_breakdown_mb"),
-           "dense_predicted_mb": pred.get("dense_memory_mb")}
+           "seconds": seconds, "peak_mb": peak, "predicted_mb": pred.memory_mb,
+           "memory_err": pred.memory_mb / peak - 1 if pred.memory_mb else None,
+           "predicted_ms": pred.latency_ms, "predicted_breakdown_mb": pred.memory_breakdown_mb,
+           "dense_predicted_mb": pred.dense_memory_mb}
     write_json(args.json, out)
     print(f"{plan.name}: {seconds:.0f} s, peak {peak / 1024:.2f} GB, predicted {pred['memory_mb'] / 1024:.2f} GB "
           f"({100 * out['memory_err']:+.1f}%), dense predicted {pred['dense_memory_mb'] / 1024:.2f} GB")

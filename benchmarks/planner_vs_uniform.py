@@ -55,7 +55,7 @@ def make_plans(args) -> list[tuple[str, Path, Path]]:
         rec = out / f"{args.prefix}-recipe-{slug(spec)}.json"
         vs = out / f"{args.prefix}-vs-{slug(spec)}.json"
         _cli("plan", "--profile", args.profile, "--resolution", args.resolution, "--recipe", spec, "--out", rec)
-        budget = Plan.load(rec).predicted["latency_ms"]
+        budget = Plan.load(rec).predicted.latency_ms
         _cli("plan", "--profile", args.profile, "--resolution", args.resolution, "--max-latency-ms",
              f"{budget:.4f}", "--guard", args.guard, "--out", vs)
         rows.append((spec, rec, vs))

@@ -9,7 +9,7 @@ H = depth heads, a CFG-doubled batch, band windows with ~10% of the keys kept (p
     1024 px  1,2,3,4,5,7,9,12,16,21,27,36,48,64                         (n = 4096,  L = 9451)
     2048 px  1,2,3,4,5,7,9,12,16,21,27,36,48,64,84,108,128              (n = 16384, L = 44555)
 
-(litevar.models.var.schedules.SCHEDULES; 2048 px is ours, no official one exists.)
+(the VAR family's schedules; 2048 px is ours, no official one exists.)
 
 CPU runs float32 (faster than bfloat16 for both SDPA and flex on these CPUs), CUDA bfloat16.
 Times are medians after a warm-up call (compilation excluded). TFLOP/s count the kept work
@@ -31,7 +31,7 @@ from litevar.kernels.mdwa import CFGShared, FlexMDWA, LayerOptions, MaskedRefere
 from litevar.kernels.select import triton_available
 from litevar.kernels.windows import WindowConfig, dense_mask, kept_pairs
 from litevar.models.core.attention import AttnCall, DenseAttention, ScaleLayout
-from litevar.models.var.schedules import SCHEDULES
+from litevar.models.core.family import get_family
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def _cases(device: torch.device, which: str) -> list[tuple[int, int, int, str]]:
     """(resolution, heads, batch, note) of the runs (which: quick | full | evidence)."""
     if device.type == "cuda":
         heads = (16,) if which == "quick" else (16, 30)
-        res = (1024, 2048) if which == "evidence" else tuple(SCHEDULES)
+        res = (1024, 2048) if which == "evidence" else tuple(get_family("var").schedules)
         return [(r, h, 2, "") for r in res for h in heads]
     if which != "full":
         return [(256, 16, 2, ""), (1024, 4, 2, "H=4 of d16-d30"),
@@ -111,7 +111,7 @@ def bench_attention(device: str = "cpu", which: str = "quick") -> list[dict]:
 
 
 def _bench_case(dev, dtype, res: int, H: int, B: int, note: str, reps: int) -> list[dict]:
-    patch_nums = SCHEDULES[res]
+    patch_nums = get_family("var").schedules[res]
     layout, k = ScaleLayout(patch_nums), len(patch_nums) - 1
     n, L = patch_nums[-1] ** 2, layout.L
     windows = windows_for_kept(patch_nums, H)

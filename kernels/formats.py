@@ -1,12 +1,17 @@
-"""Quantization formats: a frozen dataclass, a name-keyed registry, and a capability table.
+"""Quantization formats and the kernels that run them: two name-keyed registries.
 
-A format says what is quantized and how (or, for BF16, which float dtype one layer runs in);
-`capability` says which kernel runs it and whether that kernel is a real integer / weight-only /
-float path (native) or fake quant (emulated). Whether a native kernel is actually faster than
-the model's own dtype on a device is measured by the profiler, not here.
+A format (`register_format(QuantFormat(...))`) says what is quantized and how (or, for BF16, which
+float dtype one layer runs in): its bits, granularity, bytes and which widths it applies to. A
+kernel (`register_kernel(LinearKernel(...))`) says which formats it runs natively and on which
+device types; `capability(fmt, device)` picks one, or fake quant (emulated). Adding a format is
+one entry here (plus a LinearKernel and its forward path in kernels/qlinear.py when it is to run
+natively): the profiler measures every registered format's loss and times every native one, and
+the planner offers what the profile priced. Whether a native kernel is faster than the model's
+own dtype on a device is measured by the profiler, not decided here.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -66,6 +71,29 @@ class QuantFormat:
     def weight_only(self) -> bool:
         return self.a_bits == FLOAT_BITS and not self.is_float
 
+    def applies(self, K: int) -> bool:
+        """Whether a linear with K input features can take this format (INT4 packing needs an even
+        K, group-wise scales a K divisible by the group size), as QuantLinear requires."""
+        if self.is_float:
+            return True
+        return (self.w_bits != 4 or K % 2 == 0) and K % getattr(self.w_granularity, "group_size", K) == 0
+
+    def weight_bytes(self, K: int, N: int, fp_bytes: int = 4) -> int:
+        """Stored bytes of one K x N weight in this format (bias excluded, it is float in every format).
+
+        fp: K*N at the parameter dtype (fp_bytes; autocast does not change what is stored). Quantized
+        (QuantLinear buffers): int8 codes (1 byte, also for 6-bit), INT4 packed two per byte, float32
+        scales (and zeros when asymmetric) per output channel and group, and the float32 per-channel
+        weight sum. Emulated formats store the same codes and dequantize per call. A cast format:
+        K*N at its dtype (CastLinear)."""
+        if self.casts:
+            return K * N * getattr(torch, self.float_dtype).itemsize
+        if self.is_float:
+            return K * N * fp_bytes
+        codes = K * N // 2 if self.w_bits == 4 else K * N
+        groups = K // getattr(self.w_granularity, "group_size", K)
+        return codes + N * groups * 4 * (1 if self.symmetric else 2) + N * 4
+
     def to_dict(self) -> dict:
         d = asdict(self)
         g = self.w_granularity
@@ -115,28 +143,59 @@ W4A4 = register_format(QuantFormat("W4A4", 4, 4))
 @dataclass(frozen=True)
 class Capability:
     native: bool  # a real integer or weight-only kernel exists; False = fake quant only
-    kernel: str  # "dense" | "w8a8" | "w4a8" | "w4a16" | "emulated"
+    kernel: str  # a LINEAR_KERNELS name ("dense", "bf16", "w8a8", "w4a8", "w4a16") or "emulated"
     note: str
 
 
+@dataclass(frozen=True)
+class LinearKernel:
+    """A kernel family that runs formats natively. `applies(fmt)` says which formats it runs,
+    `devices` the device types it has a kernel for; its forward path is registered in
+    kernels.qlinear (`@linear_path(name)`); the cost stage times it and the planner offers its
+    formats where the profile did."""
+
+    name: str
+    applies: Callable[[QuantFormat], bool]
+    note: str  # "{where}" becomes "Triton on cuda" / "torch on cpu"
+    devices: tuple[str, ...] = ("cpu", "cuda")
+
+
+LINEAR_KERNELS: dict[str, LinearKernel] = {}
+
+
+def register_kernel(kernel: LinearKernel) -> LinearKernel:
+    LINEAR_KERNELS[kernel.name] = kernel
+    return kernel
+
+
+def _int_ok(f: QuantFormat) -> bool:
+    """Per-channel symmetric weights: the int32 accumulation dequantizes with one scale per row."""
+    return isinstance(f.w_granularity, PerChannel) and f.symmetric
+
+
+register_kernel(LinearKernel("dense", lambda f: f.is_float and not f.casts, "float matmul, no quantization"))
+for _dtype, _name in CAST_DTYPES.items():
+    register_kernel(LinearKernel(_name, lambda f, d=_dtype: f.casts and f.float_dtype == d,
+                                 f"{_dtype} matmul, weights stored in it, input cast to it and the output back to "
+                                 "the input's dtype"))
+register_kernel(LinearKernel("w8a8", lambda f: (f.w_bits, f.a_bits) == (8, 8) and _int_ok(f),
+                             "int8 x int8 -> int32, fused dequant ({where})"))
+register_kernel(LinearKernel("w4a8", lambda f: (f.w_bits, f.a_bits) == (4, 8) and _int_ok(f),
+                             "INT4 unpacked to int8, int32 accumulate ({where})"))
+register_kernel(LinearKernel("w4a16", lambda f: f.w_bits == 4 and f.weight_only,
+                             "INT4 weights dequantized in the GEMM ({where})"))
+
+
 def capability(fmt: QuantFormat | str, device: torch.device | str) -> Capability:
-    """Which kernel runs `fmt` on `device`. Native: a real kernel exists (not: it is fast)."""
+    """Which kernel runs `fmt` on `device`: the first registered LinearKernel that applies to it and
+    has a kernel for the device type, else emulated. Native: a real kernel exists (not: it is fast)."""
     fmt, dev = get_format(fmt), torch.device(device).type
     where = f"{'Triton' if dev == 'cuda' else 'torch'} on {dev}"
-    int_ok = isinstance(fmt.w_granularity, PerChannel) and fmt.symmetric
+    for k in LINEAR_KERNELS.values():
+        if k.applies(fmt) and dev in k.devices:
+            return Capability(True, k.name, k.note.format(where=where))
     bits = (fmt.w_bits, fmt.a_bits)
-    if fmt.casts:
-        return Capability(True, CAST_DTYPES[fmt.float_dtype], f"{fmt.float_dtype} matmul, weights stored "
-                          "in it, input cast to it and the output back to the input's dtype")
-    if fmt.is_float:
-        return Capability(True, "dense", "float matmul, no quantization")
-    if bits == (8, 8) and int_ok:
-        return Capability(True, "w8a8", f"int8 x int8 -> int32, fused dequant ({where})")
-    if bits == (4, 8) and int_ok:
-        return Capability(True, "w4a8", f"INT4 unpacked to int8, int32 accumulate ({where})")
-    if fmt.w_bits == 4 and fmt.weight_only:
-        return Capability(True, "w4a16", f"INT4 weights dequantized in the GEMM ({where})")
     why = ("group-wise or asymmetric weights break the int32 accumulation"
-           if bits in ((8, 8), (4, 8)) else f"no tensor-core path for W{fmt.w_bits}A{fmt.a_bits}")
+           if bits in ((8, 8), (4, 8)) else f"no kernel for W{fmt.w_bits}A{fmt.a_bits} on {dev}")
     return Capability(False, "emulated", f"emulated ({why}): fake quant, quantize-dequantize "
                                          "+ float matmul; never credited with speed")

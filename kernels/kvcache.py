@@ -180,7 +180,7 @@ class PlannedKVCache:
     def quantized_block(self, parts) -> QuantizedBlock:
         segs = [self.segments[j] for j in parts]
         cat = lambda xs: torch.cat(xs, 2).contiguous()  # noqa: E731
-        return QuantizedBlock(self.spec.fmt.bits, cat([s.k for s in segs]), cat([s.v for s in segs]),
+        return QuantizedBlock(self.spec.fmt.storage_bits, cat([s.k for s in segs]), cat([s.v for s in segs]),
                               cat([s.k_scale for s in segs]), cat([s.k_zero for s in segs]),
                               cat([s.v_scale for s in segs])[..., 0].contiguous(),
                               cat([s.v_zero for s in segs])[..., 0].contiguous())
@@ -191,12 +191,13 @@ class PlannedKVCache:
         return sum(s.nbytes() for s in self.segments.values())
 
 
-def set_kv_caches(var, specs: dict[int, KVSpec]) -> None:
-    """Give each block of `var` the cache its spec says (a plain spec, or none: the model's own)."""
+def set_kv_caches(attn_modules, patch_nums, specs: dict[int, KVSpec]) -> None:
+    """Give each block's attention module (a family's attention_modules, in block order) the cache
+    its spec says (a plain spec, or none: the model's own)."""
     import functools
-    for layer, block in enumerate(var.blocks):
+    for layer, attn in enumerate(attn_modules):
         spec = specs.get(layer, KVSpec())
-        block.attn.kv_factory = None if spec.plain else functools.partial(PlannedKVCache, var.patch_nums, spec)
+        attn.kv_factory = None if spec.plain else functools.partial(PlannedKVCache, tuple(patch_nums), spec)
 
 
 def reads_codes(spec: KVSpec) -> bool:

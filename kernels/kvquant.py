@@ -30,12 +30,37 @@ SCALE_BYTES = 2
 
 @dataclass(frozen=True)
 class KVFormat:
+    """A KV-cache format: everything the profiler (its loss and timing), the memory model (its
+    bytes), the planner (offered where the profile priced it) and the runtime (the planned cache,
+    the Triton kernel) need. Adding one is one register_kv_format entry: codes of 5..8 bits are
+    stored in int8, of 2..4 bits two per byte, so the quantizer, the bytes and the kernel's reads
+    follow from `bits`."""
+
     name: str
-    bits: int  # 16: kept in the model's float dtype
+    bits: int  # 2..8 integer codes; 16: kept in the model's float dtype
+
+    def __post_init__(self):
+        if self.bits != 16 and not 2 <= self.bits <= 8:
+            raise UserError(f"KV format {self.name!r}: bits={self.bits}; use 2..8 for integer codes or 16 for float")
 
     @property
     def quantized(self) -> bool:
         return self.bits < 16
+
+    @property
+    def packed(self) -> bool:
+        """Codes stored two per byte (INT4 packing) rather than one int8 each."""
+        return self.bits <= 4
+
+    @property
+    def storage_bits(self) -> int:
+        """Bits a stored code takes (what the Triton kernel reads): 4, 8, or 16 (float)."""
+        return 16 if not self.quantized else (4 if self.packed else 8)
+
+    @property
+    def attn_backend(self) -> str:
+        """The cost stage's name for an attention call on a cache in this format."""
+        return "dense_kv" + ("fp" if not self.quantized else str(self.bits))
 
 
 KV_FORMATS: dict[str, KVFormat] = {}
@@ -89,7 +114,7 @@ class Segment:
 
     @property
     def head_dim(self) -> int:
-        return self.k.shape[3] * (2 if self.fmt.bits == 4 else 1)
+        return self.k.shape[3] * (2 if self.fmt.quantized and self.fmt.packed else 1)
 
     def dequantize_into(self, k_out: torch.Tensor, v_out: torch.Tensor) -> None:
         """Write (k, v) into float buffers of the segment's shape, with no float temporaries."""
@@ -98,7 +123,7 @@ class Segment:
             return
         for out, codes, scale, zero in ((k_out, self.k, self.k_scale, self.k_zero),
                                         (v_out, self.v, self.v_scale, self.v_zero)):
-            if self.fmt.bits == 4:
+            if self.fmt.packed:
                 out[..., 0::2].copy_(((codes & 0xF).view(torch.int8) ^ 8) - 8)  # sign-extended low nibbles
                 out[..., 1::2].copy_(((codes >> 4).view(torch.int8) ^ 8) - 8)
             else:
@@ -111,8 +136,8 @@ def quantize_segment(k_BHnc: torch.Tensor, v_BHnc: torch.Tensor, fmt: KVFormat |
     fmt = get_kv_format(fmt)
     if not fmt.quantized:
         return Segment(fmt, k_BHnc, v_BHnc)
-    if k_BHnc.shape[-1] % 2 and fmt.bits == 4:
-        raise UserError(f"KV4 packs two codes per byte along the head dim; head dim {k_BHnc.shape[-1]} is odd")
+    if k_BHnc.shape[-1] % 2 and fmt.packed:
+        raise UserError(f"{fmt.name} packs two codes per byte along the head dim; head dim {k_BHnc.shape[-1]} is odd")
     k32 = wide(k_BHnc)  # float32; float64 keeps its precision
     lo, hi = k32.amin(dim=2, keepdim=True), k32.amax(dim=2, keepdim=True)  # per channel, over tokens
     qmax = 2 ** fmt.bits - 1
@@ -121,7 +146,7 @@ def quantize_segment(k_BHnc: torch.Tensor, v_BHnc: torch.Tensor, fmt: KVFormat |
     k_codes = _codes(k32, k_scale.to(k32.dtype), k_zero.to(k32.dtype), fmt.bits)
     v_scale, v_zero = (t.to(SCALE_DTYPE) for t in choose_qparams(v_BHnc, fmt.bits, PerToken(), symmetric=False))
     v_codes = quantize_with(v_BHnc, v_scale.to(k32.dtype), v_zero.to(k32.dtype), fmt.bits, PerToken())  # (B, H, n, 1)
-    if fmt.bits == 4:
+    if fmt.packed:
         k_codes, v_codes = pack_int4(k_codes), pack_int4(v_codes)
     return Segment(fmt, k_codes, v_codes, k_scale, k_zero, v_scale, v_zero)
 
@@ -143,5 +168,5 @@ def segment_bytes(rows: int, heads: int, tokens: int, head_dim: int, fmt: KVForm
     fmt = get_kv_format(fmt)
     if not fmt.quantized:
         return 2 * rows * heads * tokens * head_dim * fp_bytes
-    codes = rows * heads * tokens * (head_dim // 2 if fmt.bits == 4 else head_dim)
+    codes = rows * heads * tokens * (head_dim // 2 if fmt.packed else head_dim)
     return 2 * codes + 2 * rows * heads * head_dim * SCALE_BYTES + 2 * rows * heads * tokens * SCALE_BYTES

@@ -18,17 +18,31 @@ def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.float()
 
 
+LINEAR_PATHS: dict = {}  # kernel name (kernels.formats.LINEAR_KERNELS, or "emulated") -> forward
+
+
+def linear_path(*names: str):
+    """Register a QuantLinear forward (m, x_MK, kernel choice, out dtype) -> y_MN for kernel names."""
+    def register(fn):
+        LINEAR_PATHS.update({n: fn for n in names})
+        return fn
+    return register
+
+
+@linear_path("w8a8", "w4a8")
 def _int8_act(m: QuantLinear, x_MK, kernel, out_dtype):
     return gemm.int8_act_linear(x_MK, m.path, m.weight_q, _f32(m.weight_scale[:, 0]),
                                 _f32(m.weight_sum), _f32(m.bias), m.fmt.a_bits,
                                 m.fmt.a_symmetric, kernel, out_dtype)
 
 
+@linear_path("w4a16")
 def _w4a16(m: QuantLinear, x_MK, kernel, out_dtype):
     return gemm.w4a16_linear(x_MK.to(out_dtype), m.weight_q, _f32(m.weight_scale), _f32(m.weight_zero),
                              _f32(m.bias), kernel)
 
 
+@linear_path("emulated")
 def _emulated(m: QuantLinear, x_MK, kernel, out_dtype):
     return gemm.emulated_linear(x_MK, m.dequantized_weight(), m.bias, m.fmt.a_bits,
                                 m.fmt.a_symmetric).to(out_dtype)
@@ -38,9 +52,6 @@ def output_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype nn.Linear would return for x: autocast's when it is on, else x's."""
     dev = x.device.type
     return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-
-
-_PATHS = {"w8a8": _int8_act, "w4a8": _int8_act, "w4a16": _w4a16, "emulated": _emulated}
 
 
 class QuantLinear(nn.Module):
@@ -54,8 +65,12 @@ class QuantLinear(nn.Module):
         if self.fmt.is_float:
             raise UserError(f"QuantLinear: float format {self.fmt.name!r} quantizes nothing; keep the "
                             "nn.Linear ('fp') or use CastLinear (linear_in_format)")
-        cap = capability(self.fmt, device or "cpu")
+        where = torch.device(device or "cpu")
+        cap = capability(self.fmt, "cpu" if where.type == "meta" else where)  # a meta build loads onto the CPU
         self.path = "emulated" if self.kernel is KernelChoice.EMULATED else cap.kernel
+        if self.path not in LINEAR_PATHS:
+            raise UserError(f"QuantLinear: kernel {self.path!r} of format {self.fmt.name} has no forward path; "
+                            "register one with @kernels.qlinear.linear_path")
         packed = self.fmt.w_bits == 4
         if packed and in_features % 2:
             raise UserError(f"QuantLinear: in_features={in_features} is odd; INT4 packing needs "
@@ -98,7 +113,7 @@ class QuantLinear(nn.Module):
 
     def forward(self, x_BLK: torch.Tensor) -> torch.Tensor:
         """Output in the dtype nn.Linear would give (autocast's when on: bf16 stays bf16 downstream)."""
-        y_MN = _PATHS[self.path](self, x_BLK.reshape(-1, self.in_features), self.kernel, output_dtype(x_BLK))
+        y_MN = LINEAR_PATHS[self.path](self, x_BLK.reshape(-1, self.in_features), self.kernel, output_dtype(x_BLK))
         return y_MN.reshape(*x_BLK.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

@@ -24,8 +24,7 @@ from litevar.kernels.select import KernelChoice
 from litevar.kernels.windows import WindowConfig
 from litevar.models.core.attention import set_attention_backend
 from litevar.models.core.errors import UserError
-from litevar.models.var.build import arch_of, weights_sha256
-from litevar.models.var.var import shared_copy
+from litevar.models.core.family import family_of_model
 from litevar.planner.plan import Plan
 from litevar.profiler.device import PLAN_KEYS, fingerprint
 
@@ -71,9 +70,9 @@ def _check_device(plan: Plan, device: torch.device, strict: bool) -> None:
     log.warning("%s; re-profile and re-plan on this device for accurate figures", msg)
 
 
-def _check_unplanned(var) -> None:
-    if any(is_planned_layer(m) for m in var.modules()):
-        raise UserError("this VAR already has quantized layers (a plan was applied); load the "
+def _check_unplanned(model) -> None:
+    if any(is_planned_layer(m) for m in model.modules()):
+        raise UserError("this model already has quantized layers (a plan was applied); load the "
                         "full-precision model again before applying a plan")
 
 
@@ -89,18 +88,21 @@ def apply_plan(vae, var, plan: Plan | str | os.PathLike, device: torch.device | 
     """
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     kernel = KernelChoice(kernel)
+    family = family_of_model(var)
     if device is not None:
         device = torch.device(device)
         var.to(device)
         if vae is not None:
             vae.to(device)
-    device = var.lvl_1L.device
+    device = family.device_of(var)
     _check_unplanned(var)
-    plan.check_model(arch_of(var), weights_sha256(var) if check_weights else None, var.patch_nums)
+    plan.check_model(family.arch_of(var).to_dict(), family.weights_sha256(var) if check_weights else None,
+                     family.schedule_of(var))
     _check_device(plan, device, strict_device)
     swap_linears(var, plan.formats, kernel)
-    _set_attention(var, plan, kernel, device)
-    _set_kv_caches(var, plan)
+    attn = family.attention_modules(var)
+    _set_attention(attn, plan, kernel, device)
+    set_kv_caches(attn, plan.patch_nums, {layer: plan.kv_spec(layer) for layer in range(len(attn))})
     quantized = sum(f != "fp" for f in plan.formats.values())
     log.info("applied plan %r: %d quantized linear layers, attention changed in blocks %s, KV cache in blocks %s",
              plan.name, quantized, attention_layers(plan), sorted(plan.kv))
@@ -112,19 +114,16 @@ def planned_copy(vae, var, plan: Plan | str | os.PathLike, **kw):
     `vae` and every tensor of `var` that the plan leaves as is, so it costs only its swapped
     layers; one moved to another device (`device=`) is a full copy."""
     device = kw.get("device")
-    moved = device is not None and torch.device(device) != var.lvl_1L.device
-    twin = copy.deepcopy(var, memo={id(vae): vae}) if moved else shared_copy(var)
+    family = family_of_model(var)
+    moved = device is not None and torch.device(device) != family.device_of(var)
+    twin = copy.deepcopy(var, memo={id(vae): vae}) if moved else family.shared_copy(var)
     return apply_plan(vae, twin, plan, **kw)
 
 
-def _set_kv_caches(var, plan: Plan) -> None:
-    set_kv_caches(var, {layer: plan.kv_spec(layer) for layer in range(len(var.blocks))})
-
-
-def _set_attention(var, plan: Plan, kernel: KernelChoice, device: torch.device) -> None:
+def _set_attention(attn_modules, plan: Plan, kernel: KernelChoice, device: torch.device) -> None:
     layers = attention_layers(plan)
     if not layers:
         return
     windows = plan.windows or WindowConfig(plan.patch_nums)  # no windows: dense in every layer
     backend = make_mdwa_backend(windows, kernel, device, layer_options(plan))
-    set_attention_backend(var, backend, layers=set(layers))
+    set_attention_backend(attn_modules, backend, layers=set(layers))

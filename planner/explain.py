@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from litevar.models.core.family import family_of
 from litevar.planner.problem import FULL, Problem, Selection, evaluate, kv_choice, slot_kept
 
 COLUMNS = ["layer", "head", "decision", "chosen", "saves_ms", "saves_mb", "loss", "alternative",
@@ -62,7 +63,7 @@ def _layer_rows(problem: Problem, sel: Selection) -> list:
                 continue
             other = _slot_ms(problem, layer, kept, *flip)
             saves = other - now if on else 0.0
-            rows.append((f"blocks.{layer}", "", what, "on" if on else "off", saves, 0.0, loss if on else 0.0,
+            rows.append((_block(problem, layer), "", what, "on" if on else "off", saves, 0.0, loss if on else 0.0,
                          "off" if on else "on", now - other, (-loss if on else loss)))
     return rows
 
@@ -100,7 +101,7 @@ def _window_rows(problem: Problem, sel: Selection) -> list:
             if nxt:
                 d_loss += nxt[0][1] - l0
                 d_ms += (nxt[0][2] - r0) * slope.get((l, s), 0.0)
-        rows.append((f"blocks.{l}", h, "window", f"{len(mine)} parts, keeps {1 - removed / pairs:.1%} of pairs",
+        rows.append((_block(problem, l), h, "window", f"{len(mine)} parts, keeps {1 - removed / pairs:.1%} of pairs",
                      ms, 0.0, loss, "one width narrower", d_ms, d_loss))
     return rows
 
@@ -115,7 +116,7 @@ def _kv_rows(problem: Problem, sel: Selection) -> list:
         others = [a for a in g.options if a is not o]
         bigger = [a for a in others if a.mb[c] < o.mb[c]]
         alt = min(bigger or others, key=lambda a: (a.loss, a.mb[c])) if others else o
-        rows.append((f"blocks.{g.layer}", "", "kv", f"{kv_name(o)}: {plain.mb[0]:.1f} -> {o.mb[c]:.1f} MB",
+        rows.append((_block(problem, g.layer), "", "kv", f"{kv_name(o)}: {plain.mb[0]:.1f} -> {o.mb[c]:.1f} MB",
                      -o.ms[c], plain.mb[0] - o.mb[c], o.loss, kv_name(alt), o.ms[c] - alt.ms[c], alt.loss - o.loss))
     return rows
 
@@ -126,8 +127,13 @@ def kv_name(o) -> str:
 
 
 def _heads(problem: Problem) -> int:
-    arch = problem.meta.get("arch", {})
-    return int(arch.get("num_heads", arch.get("depth", 1)))
+    return problem.meta["arch"].num_heads
+
+
+def _block(problem: Problem, layer: int) -> str:
+    """The name of a block (its family's block_names)."""
+    arch = problem.meta["arch"]
+    return family_of(arch).block_names(arch)[layer]
 
 
 def format_table(df: pd.DataFrame) -> str:

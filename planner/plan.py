@@ -7,7 +7,9 @@ weights_sha256).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,28 +19,52 @@ from litevar.kernels.formats import FORMATS, get_format
 from litevar.kernels.windows import WindowConfig
 from litevar.models.core.atomic import write_text
 from litevar.models.core.errors import UserError
-from litevar.models.var.schedules import SCHEDULES
+from litevar.models.core.family import Arch, arch_from, family_of
 
 FORMAT = "litevar-plan"
 VERSION = 2  # 2: KV-cache decisions (kv, kv_layout); version 1 files load with none
 READS = (1, 2)
-ARCH_KEYS = ("depth", "embed_dim", "num_heads", "mlp_ratio", "V", "Cvae", "num_classes")
-BLOCK_LINEARS = ("attn.mat_qkv", "attn.proj", "ffn.fc1", "ffn.fc2", "ada_lin.1")
-MODEL_LINEARS = ("word_embed", "head", "head_nm.ada_lin.1", "shared_ada_lin.1")
-_BLOCK_FQN = re.compile(r"blocks\.(\d+)\.(.+)")
 REPLAN = "re-run `litevar plan` for this model"
 
 
-def resolution_of(patch_nums) -> int | None:
-    """The resolution whose schedule is `patch_nums` (None for a custom schedule)."""
-    pns = tuple(int(p) for p in patch_nums)
-    return next((r for r, s in SCHEDULES.items() if s == pns), None)
-
-
-def describe_schedule(patch_nums) -> str:
-    res = resolution_of(patch_nums)
+def describe_schedule(patch_nums, family=None) -> str:
+    res = family.resolution_of(patch_nums) if family is not None else None
     pns = ",".join(str(p) for p in patch_nums)
     return f"{res} px (patch_nums {pns})" if res else f"custom patch_nums {pns}"
+
+
+@dataclass
+class Predicted:
+    """A plan's predicted figures (the planner's, from its profile's cost model and losses). Time in
+    ms, memory in MB (2**20 bytes), loss in the profile's unit; None where not predicted."""
+
+    latency_ms: float | None = None
+    memory_mb: float | None = None
+    loss: float | None = None
+    dense_latency_ms: float | None = None
+    dense_memory_mb: float | None = None
+    speedup: float | None = None
+    attn_kept: float | None = None
+    attn_flops: float | None = None
+    avg_bits: float | None = None
+    memory_breakdown_mb: dict | None = None  # part -> MB of the transformer phase, and decode_phase
+
+    @classmethod
+    def from_dict(cls, d) -> Predicted:
+        if not isinstance(d, dict):
+            raise UserError(f"plan predicted must be an object, got {type(d).__name__}; {REPLAN}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        extra = sorted(set(d) - names)
+        if extra:
+            raise UserError(f"plan predicted has unknown field(s) {', '.join(extra)}; {REPLAN}")
+        for k, v in d.items():
+            if k != "memory_breakdown_mb" and v is not None and not (
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
+                raise UserError(f"plan predicted.{k} = {v!r:.40}: not a finite number; {REPLAN}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -49,7 +75,7 @@ def describe_schedule(patch_nums) -> str:
 class Plan:
     """One compression plan for one model, schedule, batch and device. See docs/plan-schema.md."""
 
-    model: dict  # {"name", "weights_sha256" (str or None), "arch": {ARCH_KEYS}}
+    model: dict  # {"name", "weights_sha256" (str or None), "arch": the model family's architecture}
     resolution: int
     patch_nums: tuple[int, ...]
     formats: dict[str, str]  # fully-qualified linear name -> format name ("fp": full precision)
@@ -59,7 +85,7 @@ class Plan:
     profile_sha256: str | None = None
     budgets: dict = field(default_factory=dict)
     solver: dict = field(default_factory=dict)
-    predicted: dict = field(default_factory=dict)
+    predicted: Predicted = field(default_factory=Predicted)
     qk_int8: list[int] = field(default_factory=list)
     windows: WindowConfig | None = None
     cfg_shared: list[int] = field(default_factory=list)
@@ -68,8 +94,10 @@ class Plan:
     version: int = VERSION
 
     def __post_init__(self):
-        for what in ("model", "device", "budgets", "solver", "predicted"):  # plain JSON data, copied
+        for what in ("model", "device", "budgets", "solver"):  # plain JSON data, copied
             setattr(self, what, _json_data(what, getattr(self, what)))
+        if not isinstance(self.predicted, Predicted):
+            self.predicted = Predicted.from_dict(_json_data("predicted", self.predicted))
         self.patch_nums = tuple(_int_list("patch_nums", self.patch_nums, "[1, 2, 3, 4, 5, 6, 8, 10, 13, 16]"))
         if not isinstance(self.formats, dict):
             raise UserError(f"plan formats must map layer names to format names, got "
@@ -92,15 +120,28 @@ class Plan:
     def arch(self) -> dict:
         return self.model["arch"]
 
+    @property
+    def typed_arch(self) -> Arch:
+        """The plan's architecture as its family reads it."""
+        return arch_from(self.arch)
+
+    @property
+    def family(self):
+        return family_of(self.arch)
+
     def validate(self) -> None:
         """Raise UserError naming the first inconsistent field and how to fix it."""
         _check_model_entry(self.model)
-        _check_schedule(self.resolution, self.patch_nums)
+        _check_schedule(self.family, self.resolution, self.patch_nums)
         if not isinstance(self.batch, int) or self.batch < 1:
             raise UserError(f"plan batch {self.batch!r}: use a positive number of images")
         depth = self.arch["depth"]
+        linears = set(self.family.linear_names(self.typed_arch))
         for fqn, fmt in self.formats.items():
-            _check_fqn(fqn, depth)
+            if fqn not in linears:
+                raise UserError(f"plan formats name unknown layer {fqn!r}: this {self.family.name} architecture "
+                                f"(blocks 0..{depth - 1}) has no such quantizable layer; they are e.g. "
+                                f"{', '.join(self.family.linear_names(self.typed_arch)[:4])}; {REPLAN}")
             try:
                 get_format(fmt)
             except UserError:
@@ -165,10 +206,12 @@ class Plan:
     def mismatches(self, arch: dict, weights_sha256: str | None, patch_nums) -> list[str]:
         """What differs between this plan and a model (empty: the plan fits)."""
         out = []
-        diff = [k for k in ARCH_KEYS if self.arch.get(k) != arch.get(k)]
+        keys = ("family", *self.typed_arch.PLAN_KEYS)
+        mine, theirs = self.typed_arch.plan_view(), arch_from(arch).plan_view()
+        diff = [k for k in keys if mine.get(k) != theirs.get(k)]
         if diff:
             out.append("architecture differs (" + ", ".join(
-                f"{k}: plan {self.arch.get(k)}, model {arch.get(k)}" for k in diff) + ")")
+                f"{k}: plan {mine.get(k)}, model {theirs.get(k)}" for k in diff) + ")")
         if self.kv and not diff:
             heads, head_dim = int(arch["num_heads"]), int(arch["embed_dim"]) // int(arch["num_heads"])
             if (self.kv_layout.get("heads"), self.kv_layout.get("head_dim")) != (heads, head_dim):
@@ -179,8 +222,8 @@ class Plan:
             out.append(f"weights differ (plan sha256 {mine[:12]}..., model {weights_sha256[:12]}...)")
         pns = tuple(int(p) for p in patch_nums)
         if pns != self.patch_nums:
-            out.append(f"schedule differs (plan {describe_schedule(self.patch_nums)}, model "
-                       f"{describe_schedule(pns)})")
+            out.append(f"schedule differs (plan {describe_schedule(self.patch_nums, self.family)}, model "
+                       f"{describe_schedule(pns, self.family)})")
         return out
 
     def check_model(self, arch: dict, weights_sha256: str | None, patch_nums) -> None:
@@ -197,7 +240,7 @@ class Plan:
                 "model": self.model, "resolution": self.resolution,
                 "patch_nums": list(self.patch_nums), "batch": self.batch, "device": self.device,
                 "profile_sha256": self.profile_sha256, "budgets": self.budgets,
-                "solver": self.solver, "predicted": self.predicted, "formats": self.formats,
+                "solver": self.solver, "predicted": self.predicted.to_dict(), "formats": self.formats,
                 "qk_int8": self.qk_int8,
                 "windows": None if self.windows is None else self.windows.to_dict(),
                 "cfg_shared": self.cfg_shared, "kv": {str(k): v for k, v in sorted(self.kv.items())},
@@ -328,31 +371,23 @@ def _check_model_entry(model) -> None:
     if not isinstance(model, dict) or not isinstance(model.get("arch"), dict):
         raise UserError(f"plan model must be {{'name', 'weights_sha256', 'arch': {{...}}}}, got "
                         f"{model!r:.80}; {REPLAN}")
-    missing = [k for k in ARCH_KEYS if k not in model["arch"]]
+    try:
+        arch = arch_from(model["arch"])
+    except (ValueError, TypeError) as e:
+        raise UserError(f"plan model.arch: {e}; {REPLAN}") from None
+    missing = [k for k in arch.PLAN_KEYS if k not in model["arch"]]
     if missing:
         raise UserError(f"plan model.arch is missing {', '.join(missing)}; {REPLAN}")
     sha = model.get("weights_sha256")
     if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
         raise UserError(f"plan model.weights_sha256 {sha!r:.80} is not a sha256 hex digest; "
-                        f"use planner.plan.weights_sha256(var) or null")
+                        f"use the model family's weights_sha256(model) or null")
 
 
-def _check_schedule(resolution, patch_nums: tuple[int, ...]) -> None:
-    if resolution not in SCHEDULES:
-        raise UserError(f"plan resolution {resolution!r}: no token schedule for it; use one of "
-                        f"{sorted(SCHEDULES)}")
-    if patch_nums != SCHEDULES[resolution]:
+def _check_schedule(family, resolution, patch_nums: tuple[int, ...]) -> None:
+    if resolution not in family.schedules:
+        raise UserError(f"plan resolution {resolution!r}: the {family.name} family has no token schedule for it; "
+                        f"use one of {sorted(family.schedules)}")
+    if patch_nums != family.schedules[resolution]:
         raise UserError(f"plan patch_nums {list(patch_nums)} are not the {resolution} px schedule "
-                        f"{list(SCHEDULES[resolution])}; fix resolution or patch_nums, or {REPLAN}")
-
-
-def _check_fqn(fqn: str, depth: int) -> None:
-    m = _BLOCK_FQN.fullmatch(fqn)
-    if m and m.group(2) in BLOCK_LINEARS:
-        if int(m.group(1)) < depth:
-            return
-        raise UserError(f"plan formats name layer {fqn!r}, but the model has blocks 0..{depth - 1}; "
-                        f"{REPLAN}")
-    if fqn not in MODEL_LINEARS:
-        raise UserError(f"plan formats name unknown layer {fqn!r}; quantizable layers are "
-                        f"{', '.join(MODEL_LINEARS)} and blocks.<i>.{{{','.join(BLOCK_LINEARS)}}}")
+                        f"{list(family.schedules[resolution])}; fix resolution or patch_nums, or {REPLAN}")

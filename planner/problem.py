@@ -46,6 +46,7 @@ class FormatGroup:
     layer: str  # fully-qualified name, e.g. blocks.3.ffn.fc2
     params: int  # K * N weights
     options: tuple[FormatOption, ...]  # options[0] is fp
+    kind: str = ""  # its role in the model family (fc2, mat_qkv, ...): recipes select by it
 
     def option(self, fmt: str) -> FormatOption:
         for o in self.options:

@@ -3,7 +3,7 @@ against (and that `litevar ablate` walks through, as the LiteVAR paper's tables 
 
 A recipe is a '+'-joined spec of parts, each optional:
 - a format for every quantizable linear (`w8a8`, `w4a8`, `w6a6`, ... any registered format);
-- `mp`: mixed precision as in the paper, the ffn.fc2 layers stay full precision;
+- `mp`: mixed precision as in the paper, the FFNs' second linears (kind fc2) stay full precision;
 - `qk8`: the attention QK product in INT8 in every block (the paper's "QKV 8");
 - `mdwa0.95`: multi-diagonal windows of threshold R0 = 0.95 in every (layer, head, scale, part)
   (per part the narrowest profiled width keeping >= R0 of the attention mass; as in the paper the
@@ -28,7 +28,7 @@ from litevar.planner.problem import Problem, Selection, check_exclusions, evalua
 
 log = logging.getLogger(__name__)
 
-MIXED_PRECISION_KINDS = ("ffn.fc2",)  # the paper keeps these at FP16 ("mp")
+MIXED_PRECISION_KINDS = ("fc2",)  # layer kinds the paper keeps at FP16 ("mp")
 # MDWA keeps the keys of the first five scales whole: the paper's "first three parts" of the
 # attention map, its first part being scales 1-3 merged and the next two the scales 4 and 5
 SINK_PARTS = 5
@@ -43,7 +43,7 @@ ALIASES = {
 class Recipe:
     spec: str  # canonical text, e.g. "w4a8+qk8+mp+mdwa0.95+asc"
     fmt: str = "fp"  # format of every quantizable linear
-    keep_fp: tuple[str, ...] = ()  # layer-name suffixes kept at full precision
+    keep_fp: tuple[str, ...] = ()  # layer kinds kept at full precision
     qk8: bool = False
     mdwa: float | None = None  # MDWA threshold R0
     asc: bool = False
@@ -113,7 +113,7 @@ def select(problem: Problem, recipe: Recipe) -> RecipeSelection:
     formats, skipped = {}, []
     if recipe.fmt != "fp":
         for g in problem.formats:
-            if recipe.keep_fp and g.layer.endswith(recipe.keep_fp):
+            if g.kind in recipe.keep_fp:
                 continue
             if any(o.format == recipe.fmt for o in g.options):
                 formats[g.layer] = recipe.fmt

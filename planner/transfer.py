@@ -3,40 +3,34 @@
 A random-init model has no meaningful quantization sensitivity or CFG redundancy, so its profile
 holds the cost tables only. To plan it (the official architectures before their checkpoints are
 at hand), the losses of a trained model's profile are borrowed layer by layer: a layer of the
-same role (`blocks.i.ffn.fc2`, `head`, ...) at the same relative depth (block i of a D-block
-model takes block round(i (D' - 1) / (D - 1)) of the D'-block source). Roles carry most of the
-ranking the planner needs (fc2 and low activation bits are expensive everywhere, ada_lin and QK8
-cheap; deeper blocks lose more to CFG sharing; a block's KV-cache precision, `blocks.i.attn.kv`,
-likewise), but the magnitudes are the source model's. Attention windows and KV-scale eviction are
-not transferred: both are priced from a trained model's measured attention, per head and scale.
-Plans made this way record the source profile (`solver.losses_from`); a real checkpoint should
-be profiled itself.
+same role (the same kind of linear in a block, or the same per-block decision: its QK product, its
+KV cache) at the same relative depth (block i of a D-block model takes block
+round(i (D' - 1) / (D - 1)) of the D'-block source; the model family's `renamed`), and the layers
+outside the blocks by name. Roles carry most of the ranking the planner needs (the FFN's second
+linear and low activation bits are expensive everywhere, AdaLN and QK8 cheap; deeper blocks lose
+more to CFG sharing; a block's KV-cache precision likewise), but the magnitudes are the source
+model's. Attention windows and KV-scale eviction are not transferred: both are priced from a
+trained model's measured attention, per head and scale. Plans made this way record the source
+profile (`solver.losses_from`); a real checkpoint should be profiled itself.
 """
 from __future__ import annotations
 
 import logging
-import re
 
 import pandas as pd
 
 from litevar.models.core.errors import UserError
+from litevar.models.core.family import family_of
 from litevar.planner.build import profile_sha256
-from litevar.profiler import costmodel as C
 
 log = logging.getLogger(__name__)
 
-BLOCK = re.compile(r"blocks\.(\d+)\.(.+)")
 RULE = "same role at the same relative depth: block i of D takes block round(i (D' - 1) / (D - 1)) of D'"
 
 
 def source_block(i: int, depth: int, source_depth: int) -> int:
     """The source block of target block `i` (nearest relative depth)."""
     return 0 if depth == 1 else round(i * (source_depth - 1) / (depth - 1))
-
-
-def source_name(fqn: str, depth: int, source_depth: int) -> str:
-    m = BLOCK.fullmatch(fqn)
-    return fqn if m is None else f"blocks.{source_block(int(m[1]), depth, source_depth)}.{m[2]}"
 
 
 def transfer_losses(target, source, source_path=None):
@@ -49,17 +43,20 @@ def transfer_losses(target, source, source_path=None):
     if "sensitivity" not in source.tables:
         raise UserError("--losses-from: that profile has no sensitivity table either; give the profile of a "
                         "trained model, e.g. profiles/default-cpu.json")
-    arch, src_arch = target.meta["model"]["arch"], source.meta["model"]["arch"]
-    depth, src_depth = C.arch_dims(arch)["depth"], C.arch_dims(src_arch)["depth"]
+    arch, src_arch = target.arch, source.arch
+    family = family_of(arch)
+    if family.name != family_of(src_arch).name:
+        raise UserError(f"--losses-from: that profile is of the {family_of(src_arch).name} family, this one of "
+                        f"{family.name}; borrow losses from a model of the same family")
+    depth, src_depth = arch.depth, src_arch.depth
     sens = source.table("sensitivity")
     by_name = {name: rows for name, rows in sens.groupby("layer")}
-    names = ([fqn for fqn, *_ in C.linear_layers(arch)] + [f"blocks.{i}.attn.qk" for i in range(depth)]
-             + [f"blocks.{i}.attn.kv" for i in range(depth)])
-    src_names = (set(by_name) | {fqn for fqn, *_ in C.linear_layers(src_arch)}  # layers, and decisions the
-                 | {f"blocks.{i}.attn.{d}" for i in range(src_depth) for d in ("qk", "kv")})  # source may not price
+    names = family.linear_names(arch) + family.site_names(arch, "qk") + family.site_names(arch, "kv")
+    src_names = (set(by_name) | set(family.linear_names(src_arch)) | set(family.site_names(src_arch, "qk"))
+                 | set(family.site_names(src_arch, "kv")))  # layers, and decisions the source may not price
     rows, missing = [], []
     for fqn in names:
-        name = source_name(fqn, depth, src_depth)
+        name = family.renamed(fqn, arch, src_arch)
         if name in by_name:
             rows.append(by_name[name].assign(layer=fqn))
         elif name not in src_names:  # no such layer in the source (e.g. shared AdaLN vs per-block AdaLN)

@@ -30,7 +30,6 @@ weight of the model's VAE, only its quantizer's schedule differs.
 from __future__ import annotations
 
 import contextlib
-import copy
 import ctypes
 import dataclasses
 import gc
@@ -51,19 +50,17 @@ from litevar.kernels.formats import CAST_DTYPES, FORMATS, capability
 from litevar.kernels.qlinear import linear_in_format, swap_linears
 from litevar.kernels.windows import WindowConfig, kept_fraction
 from litevar.models.core.attention import AttnCall, DenseAttention, ScaleLayout
+from litevar.models.core.family import Arch, family_of, family_of_model
 from litevar.models.core.inference import DTYPES, autocast
-from litevar.models.var.var import shared_copy
 from litevar.profiler import costmodel as cmod
 
 log = logging.getLogger(__name__)
 
 MB = 2 ** 20
-EMULATED_FORMAT = "W6A6"  # one fake-quant format stands for every emulated one
 LINEAR_COLUMNS = ["K", "N", "M", "format", "backend", "ms", "workspace_mb"]
 ATTN_COLUMNS = ["B", "H", "D", "q_len", "kv_len", "kept", "backend", "ms"]
 E2E_COLUMNS = ["resolution", "batch", "config", "ms", "peak_mb", "patch_nums", "held_out", "rss_mb", "peak_tf_mb",
                "peak_decode_mb"]
-KV_ATTN_BACKENDS = ("dense_kvfp", "dense_kv8", "dense_kv4")  # costmodel.KV_BACKENDS: a planned cache's call
 
 
 @dataclass(frozen=True)
@@ -75,24 +72,14 @@ class CostSettings:
     warmup: int = 2  # kernel calls before timing
     repeats: int = 7  # timed kernel calls (median)
     e2e_repeats: int = 7  # timed generations (median), interleaved over all of them, after a warm-up each
-    formats: tuple[str, ...] | None = None  # None: every native format on the device + EMULATED_FORMAT
+    formats: tuple[str, ...] | None = None  # None: every native format on the device + one emulated
     mdwa: bool = True  # time the windowed backends (FlexAttention compiles ~20 s per shape on CPU)
     mdwa_shapes: int = 3  # largest attention shapes timed with windows
     kept_targets: tuple[float, ...] = (0.2, 0.5)  # window sizes timed, as kept fractions
-    # quantized generations fitted on (second-largest schedule): each native kernel family in a
-    # few layer kinds, which sets its in-model factor (alpha); the last one is the kind of mix
-    # budget plans choose (the wide linears quantized, attention output and AdaLN kept fp), whose
-    # latency the per-family fits alone under-predicted by 3-10% on the CPU; KV8 in every block
-    # sets how much of a KV call's gathered keys adds to the peak
-    fit_configs: tuple[str, ...] = ("BF16:fc1,fc2", "BF16:mat_qkv,proj,ada_lin,head,word_embed",
-                                    "W8A8:fc1,fc2", "W8A8:mat_qkv,proj,ada_lin,head,word_embed",
-                                    "W4A8:fc1,fc2", "W4A8:mat_qkv,proj,ada_lin,head,word_embed",
-                                    "W4A16:fc1,fc2", "W4A16:mat_qkv,proj,ada_lin,head,word_embed",
-                                    "W8A8:mat_qkv,fc1,fc2,head", "KV8:all")
-    # held-out quantized generations (model's schedule): formats mixed over other layer kinds
-    # and KV caches: INT8 in every block; INT4 keeping the first scale and the two latest
-    validate_configs: tuple[str, ...] = ("W4A8:mat_qkv,proj;W8A8:fc1,fc2,head",
-                                         "BF16:word_embed,mat_qkv,proj,fc1,ada_lin,head", "KV8:all", "KV4:s1r2")
+    # the generations fitted on (second-largest schedule) and held out (the model's schedule):
+    # '<FORMAT>:<kind>,...' / '<KV format>:<keep rule>' (costmodel.config_spec); None: the family's
+    fit_configs: tuple[str, ...] | None = None
+    validate_configs: tuple[str, ...] | None = None
     # ranks on identical GPUs (litevar.models.core.distributed.Group) that share the kernel timings;
     # None: this process times them all
     group: object = field(default=None, compare=False)
@@ -106,9 +93,6 @@ class CostSettings:
         bad = [f for f in self.formats or () if f not in FORMATS]
         if bad:
             raise ValueError(f"CostSettings.formats: unknown {bad}; known: {', '.join(FORMATS)}")
-        from litevar.profiler.costmodel import config_spec
-        for c in self.fit_configs + self.validate_configs:
-            config_spec(c, {"depth": 1, "embed_dim": 64, "num_heads": 1, "V": 2, "Cvae": 2})  # raises on a bad name
         if any(not 0 < k < 1 for k in self.kept_targets):
             raise ValueError(f"CostSettings.kept_targets={self.kept_targets}: give fractions in (0, 1)")
 
@@ -120,7 +104,8 @@ def timed_formats(device, settings: CostSettings) -> list[str]:
         return list(dict.fromkeys(("fp",) + tuple(settings.formats)))
     native = [f for f in FORMATS if capability(f, device).native and not
               (FORMATS[f].casts and CAST_DTYPES[FORMATS[f].float_dtype] == settings.dtype)]
-    return native + [EMULATED_FORMAT]
+    emulated = [f for f in FORMATS if not capability(f, device).native]  # one stands for every emulated one
+    return native + emulated[:1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,17 +139,24 @@ def linear_backend(fmt: str, device, dtype: str) -> str:
 
 
 def attention_backend(name: str, patch_nums, H: int, kept_target: float | None, device):
-    """(backend, windows) for a cost_attn backend name ('dense', 'mdwa', '*_qk8', or one of
-    KV_ATTN_BACKENDS: the backend the runtime gives a block with such a cache)."""
+    """(backend, windows) for a cost_attn backend name ('dense', 'mdwa', '*_qk8', or a KV format's
+    attn_backend: the backend the runtime gives a block with such a cache)."""
     from litevar.kernels.mdwa import LayerOptions, make_mdwa_backend
     options = {0: LayerOptions(qk_int8=True)} if name.endswith("_qk8") else {}
-    if name in ("dense", "dense_kvfp"):
+    kv = _kv_format_of(name)
+    if name == "dense" or (kv is not None and not kv.quantized):
         return DenseAttention(), None
-    if name in KV_ATTN_BACKENDS:  # a quantized cache: the MDWA backend, whose Triton kernel reads codes
+    if kv is not None:  # a quantized cache: the MDWA backend, whose Triton kernel reads codes
         return make_mdwa_backend(WindowConfig(tuple(patch_nums)), device=device), None
     windows = (windows_for_kept(patch_nums, H, kept_target) if name.startswith("mdwa")
                else WindowConfig(tuple(patch_nums)))
     return make_mdwa_backend(windows, device=device, options=options), windows
+
+
+def _kv_format_of(backend: str):
+    """The KV format whose planned-cache call a cost_attn backend name times (None: not such a call)."""
+    from litevar.kernels.kvquant import KV_FORMATS
+    return next((f for f in KV_FORMATS.values() if f.attn_backend == backend), None)
 
 
 @torch.no_grad()
@@ -182,7 +174,7 @@ def measure_attention(patch_nums, scale: int, B: int, H: int, D: int, backend: s
     q, k, v = (torch.randn(B, H, m, D, generator=g, device=dev, dtype=DTYPES[dtype]) for m in (n, layout.L, layout.L))
     k, v = k[:, :, :L], v[:, :, :L]  # views of a full-length cache, as KVCache returns them
     ctx = AttnCall(layer=0, scale=scale, layout=ScaleLayout(pns), softmax_scale=D ** -0.5)
-    if backend in KV_ATTN_BACKENDS:
+    if _kv_format_of(backend) is not None:
         return time_ms(_kv_call(pns, fn, backend, q, k, v, ctx), dev.type, warmup, repeats), 1.0
     kept = 1.0
     if windows is not None and (w_Hp := windows.scale_widths(0, scale)) is not None:
@@ -195,8 +187,7 @@ def _kv_call(pns, fn, backend: str, q, k, v, ctx: AttnCall):
     holding the scales before it: writing its own segment, assembling the kept keys (every
     scale; a float cache through its segment path, as one that evicts has), attending."""
     from litevar.kernels.kvcache import KeepRule, KVSpec, PlannedKVCache
-    fmt = {"dense_kvfp": "fp", "dense_kv8": "KV8", "dense_kv4": "KV4"}[backend]
-    cache = PlannedKVCache(pns, KVSpec(fmt, KeepRule(0, len(pns))))  # keeps every scale, by segments
+    cache = PlannedKVCache(pns, KVSpec(_kv_format_of(backend), KeepRule(0, len(pns))))  # keeps every scale, by segments
     layout, si = ScaleLayout(pns), len(pns) - 1
     for j in range(si):
         b, e = layout.begin[j], layout.end[j]
@@ -298,99 +289,46 @@ def peak_memory_mb(fn, device) -> float:
     return allocated_peak_mb(fn)
 
 
-def generation(var, batch: int, dtype: str):
-    """One timed unit of work: generating `batch` images (CFG 4, top-k 900, top-p 0.95)."""
-    from litevar.models.var.inference import generate
-    labels = [i % var.num_classes for i in range(batch)]
-    return lambda: generate(var, labels, seed=0, cfg=4.0, top_k=900, top_p=0.95, dtype_name=dtype, progress=False)
-
-
 @torch.no_grad()
-def phase_peaks_mb(vae, var, batch: int, dtype: str, device) -> tuple[float, float]:
+def phase_peaks_mb(vae, model, batch: int, dtype: str, device) -> tuple[float, float]:
     """(transformer phase, decode phase) peak MB of one generation, each the model's bytes plus
     the peak of what the phase allocates: the generation stopped before the decode (KV caches
-    and activations), then the VQVAE decoding its latent (the caches are freed by then)."""
-    dev = torch.device(device)
-    resident, out = module_bytes(var, vae) / MB, {}
-    labels = torch.tensor([i % var.num_classes for i in range(batch)], device=dev)
+    and activations), then the decode of its latent (the caches are freed by then)."""
+    family, dev = family_of_model(model), torch.device(device)
+    resident, out = module_bytes(model, vae) / MB, {}
+    run = family.transformer_phase(model, batch, dtype)
 
     def transformer():
-        with autocast(dev, dtype):
-            out["f_hat"] = var.autoregressive_infer_cfg(batch, labels, g_seed=0, cfg=4.0, top_k=900, top_p=0.95,
-                                                        decode=False)
+        out["latent"] = run()
     tf = resident + peak_memory_mb(transformer, dev)
-    f_hat = out.pop("f_hat")
+    latent = out.pop("latent")
 
     def decode():
         with autocast(dev, dtype):
-            vae.fhat_to_img(f_hat)
+            family.decode(vae, latent)
     return tf, resident + peak_memory_mb(decode, dev)
 
 
-def _check_schedule(var, patch_nums) -> None:
-    if tuple(var.patch_nums) != tuple(patch_nums):
-        raise ValueError(f"measure_e2e: the VAR runs patch_nums {tuple(var.patch_nums)}, not {tuple(patch_nums)}; "
-                         "build one for this schedule with model_for_schedule")
-
-
-def generation_peak_mb(vae, var, run, device, rss: dict | None = None) -> float:
-    """Peak MB of one generation `run`: bytes of VAR and VAE + peak_memory_mb of the run. With
+def generation_peak_mb(vae, model, run, device, rss: dict | None = None) -> float:
+    """Peak MB of one generation `run`: bytes of the model and VAE + peak_memory_mb of the run. With
     `rss` (a dict, CPU only) rss["mb"] also gets the model bytes + the RSS growth of another run."""
     dev = torch.device(device)
-    resident = module_bytes(var, vae) / MB
+    resident = module_bytes(model, vae) / MB
     if rss is not None and dev.type == "cpu" and os.path.exists("/proc/self/clear_refs"):
         rss["mb"] = resident + rss_peak_mb(run)
     return resident + peak_memory_mb(run, dev)
 
 
-def measure_e2e(vae, var, patch_nums, batch: int, device, repeats: int = 3, dtype: str = "fp32",
+def measure_e2e(vae, model, patch_nums, batch: int, device, repeats: int = 3, dtype: str = "fp32",
                 warmup: int = 1, rss: dict | None = None) -> tuple[float, float]:
     """(median ms, peak MB) of generating `batch` images (see generation_peak_mb)."""
-    _check_schedule(var, patch_nums)
-    run = generation(var, batch, dtype)
+    family = family_of_model(model)
+    if family.schedule_of(model) != tuple(patch_nums):
+        raise ValueError(f"measure_e2e: the model runs patch_nums {family.schedule_of(model)}, not "
+                         f"{tuple(patch_nums)}; build one for this schedule with the family's model_for_schedule")
+    run = family.generation(model, batch, dtype)
     ms = time_ms(run, torch.device(device).type, warmup, repeats)
-    return ms, generation_peak_mb(vae, var, run, device, rss)
-
-
-def model_for_schedule(vae, var, patch_nums):
-    """(vae, var) running `patch_nums`: the model itself for its own schedule, else a VAR of the
-    same config that shares every parameter of the model whose shape does not depend on the
-    schedule (the position and level embeddings that do are random-initialised), and a VAE
-    sharing the model's weights. It costs the memory of those embeddings only, so a profile of
-    an 8 GB model at three resolutions holds one copy of the weights."""
-    from litevar.models.var.var import VAR
-    pns = tuple(int(p) for p in patch_nums)
-    if pns == tuple(var.patch_nums):
-        return vae, var
-    dev = var.lvl_1L.device
-    vae_s = copy.copy(vae)  # shares every submodule ...
-    vae_s._modules = dict(vae._modules)
-    vae_s._modules["quantize"] = copy.copy(vae.quantize)
-    vae_s.quantize.patch_nums = pns  # ... only the quantizer's schedule differs
-    with torch.device("meta"):
-        var_s = VAR(vae_s, dataclasses.replace(var.cfg, patch_nums=pns))
-    new = dict(var_s.named_parameters())
-    shared = {k: p.detach() for k, p in var.named_parameters() if k in new and new[k].shape == p.shape}
-    var_s.load_state_dict(shared, strict=False, assign=True)
-    for m in var_s.modules():  # materialise what is still on the meta device
-        for name, p in m._parameters.items():
-            if p is not None and p.is_meta:
-                m._parameters[name] = nn.Parameter(torch.empty_like(p, device=dev))
-        for name, b in m._buffers.items():
-            if b is not None and b.is_meta:
-                m._buffers[name] = torch.empty_like(b, device=dev)
-    var_s.init_buffers()
-    for name, p in var_s.named_parameters():
-        if name not in shared:
-            with torch.no_grad():
-                nn.init.trunc_normal_(p, std=var.default_init_std)
-    return vae_s, var_s.eval().requires_grad_(False)
-
-
-def arch_of(var) -> dict:
-    """meta.model.arch of a VAR: the plan's architecture fingerprint plus what cost depends on."""
-    from litevar.models.var.build import arch_of as plan_arch
-    return {**plan_arch(var), "shared_aln": var.cfg.shared_aln, "patch_nums": list(var.cfg.patch_nums)}
+    return ms, generation_peak_mb(vae, model, run, device, rss)
 
 
 def default_resolutions(patch_nums) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
@@ -410,27 +348,27 @@ def _bar(iterable, desc: str, progress: bool, total: int | None = None):
     return tqdm(iterable, desc=desc, total=total, disable=not progress, leave=False)
 
 
-def linear_points(arch: dict, resolutions, batches) -> dict[tuple[int, int], list[int]]:
+def linear_points(arch: Arch, resolutions, batches) -> dict[tuple[int, int], list[int]]:
     """(K, N) -> sorted distinct row counts of every linear call of the given generations."""
     points: dict[tuple[int, int], set[int]] = {}
     for pns in resolutions:
         for b in batches:
-            for _, K, N, M, _ in cmod.linear_calls(arch, pns, b):
-                points.setdefault((K, N), set()).add(M)
+            for s, M in cmod.linear_calls(arch, pns, b):
+                points.setdefault((s.K, s.N), set()).add(M)
     return {kn: sorted(ms) for kn, ms in sorted(points.items())}
 
 
-def measure_linears(arch, resolutions, batches, device, settings: CostSettings, progress=True) -> pd.DataFrame:
+def measure_linears(arch: Arch, resolutions, batches, device, settings: CostSettings, progress=True) -> pd.DataFrame:
     """cost_linear: every distinct (K, N, M) x format at the runtime dtype, fp also at the
     other dtype (fp32 vs bf16: on CPU bf16 autocast can be much faster)."""
     points, rows = linear_points(arch, resolutions, batches), []
-    fp32_only = {(K, N) for fqn, K, N, _ in cmod.linear_layers(arch) if fqn in cmod.FP32_ALWAYS}
+    fp32_only = {(s.K, s.N) for s in family_of(arch).linears(arch) if s.fp32}
     jobs = []
     for fmt in timed_formats(device, settings):
         dtypes = {settings.dtype} | ({"fp32", "bf16"} if fmt == "fp" else set())
         jobs += [(K, N, fmt, dt) for (K, N) in points for dt in sorted(dtypes) if cmod.format_applies(K, fmt)]
     jobs += [(K, N, fmt, "fp32") for K, N, fmt, dt in list(jobs) if (K, N) in fp32_only and dt != "fp32"
-             and (K, N, fmt, "fp32") not in jobs]  # head runs in fp32 whatever the runtime dtype
+             and (K, N, fmt, "fp32") not in jobs]  # fp32 layers (a head) run so whatever the runtime dtype
     def measure(job):
         K, N, fmt, dt = job
         Ms = points[K, N]
@@ -464,12 +402,14 @@ def attention_points(resolutions, batches) -> list[tuple[tuple[int, ...], int, i
     return out
 
 
-def measure_attentions(arch, resolutions, batches, device, settings: CostSettings, progress=True) -> pd.DataFrame:
-    """cost_attn: dense (and emulated-or-native QK8) at every call shape; windowed backends at
-    the `mdwa_shapes` largest shapes of the CFG-doubled smallest batch, per kept target."""
-    d = cmod.arch_dims(arch)
+def measure_attentions(arch: Arch, resolutions, batches, device, settings: CostSettings, progress=True
+                       ) -> pd.DataFrame:
+    """cost_attn: dense (and emulated-or-native QK8) at every call shape, and a call on a planned
+    cache of every KV format; windowed backends at the `mdwa_shapes` largest shapes of the
+    CFG-doubled smallest batch, per kept target."""
+    H, D = arch.num_heads, arch.head_dim
     points = attention_points(resolutions, batches)
-    jobs = [(p, b, None) for b in ("dense", "dense_qk8", *KV_ATTN_BACKENDS) for p in points]
+    jobs = [(p, b, None) for b in ("dense", "dense_qk8", *cmod.kv_backends().values()) for p in points]
     if settings.mdwa:
         rows0 = 2 * min(batches)
         def work(p):
@@ -479,9 +419,9 @@ def measure_attentions(arch, resolutions, batches, device, settings: CostSetting
         jobs += [(p, b, k) for p in big for b in ("mdwa", "mdwa_qk8") for k in settings.kept_targets]
     def measure(job):
         (pns, si, B), backend, target = job
-        ms, kept = measure_attention(pns, si, B, d["H"], d["D"], backend, device, settings.dtype, target,
+        ms, kept = measure_attention(pns, si, B, H, D, backend, device, settings.dtype, target,
                                      settings.warmup, settings.repeats)
-        return B, d["H"], d["D"], pns[si] ** 2, ScaleLayout(pns).end[si], kept, backend, ms
+        return B, H, D, pns[si] ** 2, ScaleLayout(pns).end[si], kept, backend, ms
     return pd.DataFrame(_jobs(measure, jobs, "cost: attention", progress, settings.group), columns=ATTN_COLUMNS)
 
 
@@ -489,62 +429,73 @@ def config_formats(config: str) -> set[str]:
     """Linear format names of an e2e config: 'BF16:fc1;W8A8:head;KV8:all' -> {'BF16', 'W8A8'} (the
     KV cache's backends are always timed)."""
     groups = set() if config == "dense" else {g.partition(":")[0] for g in config.split(";")}
-    return groups - set(cmod.KV_BACKENDS)
+    return groups - set(cmod.kv_backends())
 
 
-def e2e_plan(resolutions, batches, own_pns, holdout_resolution, holdout_batch, settings: CostSettings,
-             timed=None):
+def e2e_configs(settings: CostSettings, arch: Arch) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(fitted, held-out) e2e configurations: the settings', else the family's; each checked."""
+    family = family_of(arch)
+    fit = family.fit_configs if settings.fit_configs is None else settings.fit_configs
+    held = family.validate_configs if settings.validate_configs is None else settings.validate_configs
+    for c in fit + held:
+        cmod.config_spec(c, arch)  # raises on a bad name
+    return tuple(fit), tuple(held)
+
+
+def e2e_plan(resolutions, batches, own_pns, holdout_resolution, holdout_batch, configs, timed=None):
     """(patch_nums, batch, config, held_out) of every timed generation; configs in a format whose
     kernels were not timed (not in `timed`, when given) are left out, as the model cannot price them."""
     def ok(c):
         return timed is None or config_formats(c) <= set(timed)
+    fit_configs, validate_configs = configs
     plan = [(tuple(p), b, "dense", False) for p in resolutions for b in batches]
     fit_pns = sorted(resolutions, key=len)[-2] if len(resolutions) > 1 else tuple(resolutions[0])
-    plan += [(tuple(fit_pns), batches[0], c, False) for c in settings.fit_configs if ok(c)]
+    plan += [(tuple(fit_pns), batches[0], c, False) for c in fit_configs if ok(c)]
     if holdout_resolution is not None:
         plan.append((tuple(holdout_resolution), batches[0], "dense", True))
     if holdout_batch is not None:
         plan.append((tuple(own_pns), holdout_batch, "dense", True))
-    plan += [(tuple(own_pns), batches[0], c, True) for c in settings.validate_configs if ok(c)]
+    plan += [(tuple(own_pns), batches[0], c, True) for c in validate_configs if ok(c)]
     return plan
 
 
 class _Variants:
-    """The planned generations' models. Each schedule's (vae, var) is kept (it shares the model's
+    """The planned generations' models. Each schedule's (vae, model) is kept (it shares the model's
     weights); the quantized and KV-cache variants of it are kept too when their extra weights fit
     in a quarter of the memory available, else built one at a time, each when its turn comes,
     replacing the previous one (every variant alive held ~7 GB of extra bf16 weights for d30 and
     ran a 24 GB machine out of memory). A rebuilt variant's first call is then a timed one."""
 
-    def __init__(self, vae, var, arch, plan, device, dtype: str):
-        self.vae, self.var, self.arch, self.plan, self.device, self.dtype = vae, var, arch, plan, device, dtype
+    def __init__(self, vae, model, arch: Arch, plan, device, dtype: str):
+        self.vae, self.model, self.arch, self.plan, self.device, self.dtype = vae, model, arch, plan, device, dtype
+        self.family = family_of(arch)
         self.models, self.built, self.current = {}, {}, None
-        extra = sum(_extra_weight_bytes(arch, cmod.config_spec(c, arch)["formats"]) for _, _, c, _ in plan)
+        extra = sum(_extra_weight_bytes(arch, cmod.config_spec(c, arch).formats) for _, _, c, _ in plan)
         self.keep = extra < available_bytes(device) / 4
         log.info("cost: %s the %.1f GB of quantized variants' weights", "keeping" if self.keep else
                  "building one at a time", extra / 2 ** 30)
 
     def get(self, i: int):
-        """(vae, var) of planned generation i."""
+        """(vae, model) of planned generation i."""
         if i not in self.built:
             if not self.keep:
                 self.built.clear()  # free the previous variant before building the next
             pns, _, config, _ = self.plan[i]
             if pns not in self.models:
-                self.models[pns] = model_for_schedule(self.vae, self.var, pns)
-            vae_s, var_s = self.models[pns]
-            self.built[i] = (vae_s, configured(var_s, cmod.config_spec(config, self.arch), self.device))
+                self.models[pns] = self.family.model_for_schedule(self.vae, self.model, pns)
+            vae_s, model_s = self.models[pns]
+            self.built[i] = (vae_s, configured(model_s, cmod.config_spec(config, self.arch), self.device))
         self.current = self.built[i]
         return self.current
 
     def run(self, i: int):
         """The timed generation i (of the variant `get(i)` made current)."""
-        return lambda: generation(self.current[1], self.plan[i][1], self.dtype)()
+        return lambda: self.family.generation(self.current[1], self.plan[i][1], self.dtype)()
 
 
-def _extra_weight_bytes(arch: dict, formats: dict) -> int:
+def _extra_weight_bytes(arch: Arch, formats: dict) -> int:
     """Bytes a variant's swapped linears hold beside the model's (shared) fp weights."""
-    return sum(cmod.weight_bytes(K, N, formats[fqn]) for fqn, K, N, _ in cmod.linear_layers(arch) if fqn in formats)
+    return sum(cmod.weight_bytes(s.K, s.N, formats[s.fqn]) for s in family_of(arch).linears(arch) if s.fqn in formats)
 
 
 def available_bytes(device) -> int:
@@ -559,15 +510,15 @@ def available_bytes(device) -> int:
         return 1 << 62  # unknown: keep every variant, as before
 
 
-def measure_generations(vae, var, arch, plan, device, settings: CostSettings, progress=True) -> pd.DataFrame:
+def measure_generations(vae, model, arch: Arch, plan, device, settings: CostSettings, progress=True) -> pd.DataFrame:
     """cost_e2e: median ms (repeats interleaved over every planned generation) and peak MB of
     each planned generation, whole and by phase."""
-    variants, rows = _Variants(vae, var, arch, plan, device, settings.dtype), []
+    variants, rows = _Variants(vae, model, arch, plan, device, settings.dtype), []
     for i, (pns, batch, config, held_out) in enumerate(_bar(plan, "cost: generations (memory)", progress)):
-        vae_s, var_s = variants.get(i)
-        peak = generation_peak_mb(vae_s, var_s, generation(var_s, batch, settings.dtype), device)
-        tf, dec = phase_peaks_mb(vae_s, var_s, batch, settings.dtype, device)
-        rows.append({"resolution": pns[-1] * getattr(vae, "downsample", 1), "batch": batch, "config": config,
+        vae_s, model_s = variants.get(i)
+        peak = generation_peak_mb(vae_s, model_s, variants.family.generation(model_s, batch, settings.dtype), device)
+        tf, dec = phase_peaks_mb(vae_s, model_s, batch, settings.dtype, device)
+        rows.append({"resolution": pns[-1] * arch.downsample, "batch": batch, "config": config,
                      "peak_mb": peak, "patch_nums": ",".join(map(str, pns)), "held_out": held_out,
                      "rss_mb": float("nan"), "peak_tf_mb": tf, "peak_decode_mb": dec})
     ms = interleaved_ms({i: variants.run(i) for i in range(len(plan))}, settings.e2e_repeats, torch.device(device),
@@ -584,37 +535,42 @@ def decode_sides(resolutions, downsample: int) -> list[int]:
 
 
 @torch.no_grad()
-def measure_decodes(vae, sides: list[int], device, dtype: str, progress=True) -> pd.DataFrame:
-    """cost_decode: peak MB the VQVAE decode of one random latent allocates (on top of what is
-    resident), per image side; the decode phase of the memory model is fitted on these."""
-    dev, rows = torch.device(device), []
-    Cvae, down = vae.Cvae, int(vae.downsample)
+def measure_decodes(vae, model, sides: list[int], device, dtype: str, progress=True) -> pd.DataFrame:
+    """cost_decode: peak MB the decode of one random latent allocates (on top of what is resident),
+    per image side; the decode phase of the memory model is fitted on these."""
+    family, dev, rows = family_of_model(model), torch.device(device), []
+
     def decoder(side: int):
-        f_hat = torch.randn(1, Cvae, side // down, side // down, device=dev)
+        latent = family.random_latent(vae, side, dev)
 
         def decode():
             with autocast(dev, dtype):
-                vae.fhat_to_img(f_hat)
+                family.decode(vae, latent)
         return decode
     for side in _bar(sides, "cost: decodes (memory)", progress):
         rows.append({"resolution": side, "batch": 1, "peak_mb": peak_memory_mb(decoder(side), dev)})
     return pd.DataFrame(rows, columns=["resolution", "batch", "peak_mb"])
 
 
-def configured(var, spec: dict, device):
-    """`var`, or a copy sharing its tensors, with an e2e config's linear formats and KV caches
+def configured(model, dec: cmod.Decisions, device):
+    """`model`, or a copy sharing its tensors, with an e2e config's linear formats and KV caches
     (a quantized cache's blocks on the MDWA backend, as the runtime sets them)."""
     from litevar.kernels.kvcache import reads_codes, set_kv_caches
     from litevar.kernels.mdwa import make_mdwa_backend
     from litevar.models.core.attention import set_attention_backend
-    if not spec["formats"] and not spec["kv_specs"]:
-        return var
-    var = swap_linears(shared_copy(var), spec["formats"]) if spec["formats"] else shared_copy(var)
-    set_kv_caches(var, spec["kv_specs"])
-    coded = {layer for layer, sp in spec["kv_specs"].items() if reads_codes(sp)}
+    if not dec.formats and not dec.kv_specs:
+        return model
+    family = family_of_model(model)
+    model = family.shared_copy(model)
+    if dec.formats:
+        swap_linears(model, dict(dec.formats))
+    attn = family.attention_modules(model)
+    set_kv_caches(attn, family.schedule_of(model), dec.kv_specs)
+    coded = {layer for layer, sp in dec.kv_specs.items() if reads_codes(sp)}
     if coded:
-        set_attention_backend(var, make_mdwa_backend(WindowConfig(var.patch_nums), device=device), layers=coded)
-    return var
+        backend = make_mdwa_backend(WindowConfig(family.schedule_of(model)), device=device)
+        set_attention_backend(attn, backend, layers=coded)
+    return model
 
 
 def kernel_paths(device, settings: CostSettings) -> dict:
@@ -638,31 +594,33 @@ def slower_than_dense(validation: list[dict]) -> list[str]:
             for v, d in cmod.dense_pairs(validation) if v["measured_ms"] >= d["measured_ms"]]
 
 
-def fit_cost_model(tables: dict, arch: dict, device, dtype: str, vae) -> tuple[dict, list[dict]]:
+def fit_cost_model(tables: dict, arch: Arch, device, dtype: str, vae) -> tuple[cmod.CostModel, list[dict]]:
     """(cost model, validation rows) from the measured tables: fitted on the generations not
     held out, validated on all of them."""
     e2e = tables["cost_e2e"]
     fit_rows = [i for i, h in enumerate(e2e["held_out"]) if not h]
     cm = cmod.fit(tables, arch, torch.device(device).type, dtype, module_bytes(vae) / MB, fit_rows)
-    return cm, cmod.validate(cm, arch, e2e)
+    return cm, cm.validate(arch, e2e)
 
 
-def run_cost_stage(vae, var, arch: dict, device, resolutions=None, batches=(1, 2), progress: bool = True,
+def run_cost_stage(vae, model, arch: Arch, device, resolutions=None, batches=(1, 2), progress: bool = True,
                    settings: CostSettings | None = None, holdout_resolution=None, holdout_batch: int | None = None
-                   ) -> tuple[dict[str, pd.DataFrame], dict, list[dict]]:
+                   ) -> tuple[dict[str, pd.DataFrame], cmod.CostModel | None, list[dict]]:
     """Measure, fit and validate the cost model. Returns (tables cost_linear / cost_attn /
     cost_e2e / cost_decode, cost model, validation rows).
 
     resolutions: schedules (patch_nums) to fit on (default: default_resolutions of the model);
     held out from fitting, never timed kernel by kernel: `holdout_resolution` (default: the
     model's schedule plus one larger scale), `holdout_batch` (default 2 x the largest batch)
-    at the model's schedule, and settings.validate_configs (quantized linears)."""
+    at the model's schedule, and the held-out configurations (e2e_configs)."""
     settings = settings or CostSettings()
     dev = torch.device(device)
     batches = sorted({int(b) for b in batches})
     if not batches or batches[0] < 1:
         raise ValueError(f"run_cost_stage: batches={batches}; give batch sizes >= 1, e.g. (1, 2)")
-    fit_res, larger = default_resolutions(var.patch_nums)
+    configs = e2e_configs(settings, arch)
+    own = family_of(arch).schedule_of(model)
+    fit_res, larger = default_resolutions(own)
     resolutions = [tuple(p) for p in (resolutions or fit_res)]
     holdout_resolution = holdout_resolution or larger
     holdout_batch = holdout_batch or 2 * batches[-1]
@@ -670,19 +628,19 @@ def run_cost_stage(vae, var, arch: dict, device, resolutions=None, batches=(1, 2
     tables = {"cost_linear": measure_linears(arch, resolutions, batches, dev, settings, progress),
               "cost_attn": measure_attentions(arch, resolutions, batches, dev, settings, progress)}
     if settings.group is not None and not settings.group.world().main:
-        return tables, {}, []  # a helper of its group's leader: the generations run on the leader alone
+        return tables, None, []  # a helper of its group's leader: the generations run on the leader alone
     t1 = time.perf_counter()
-    plan = e2e_plan(resolutions, batches, var.patch_nums, holdout_resolution, holdout_batch, settings,
+    plan = e2e_plan(resolutions, batches, own, holdout_resolution, holdout_batch, configs,
                     timed_formats(dev, settings))
-    tables["cost_e2e"] = measure_generations(vae, var, arch, plan, dev, settings, progress)
-    tables["cost_decode"] = measure_decodes(vae, decode_sides(resolutions, int(vae.downsample)), dev, settings.dtype,
-                                            progress)
+    tables["cost_e2e"] = measure_generations(vae, model, arch, plan, dev, settings, progress)
+    tables["cost_decode"] = measure_decodes(vae, model, decode_sides(resolutions, arch.downsample), dev,
+                                            settings.dtype, progress)
     t2 = time.perf_counter()
     cm, validation = fit_cost_model(tables, arch, dev, settings.dtype, vae)
     for msg in slower_than_dense(validation):
         log.warning(msg)
-    cm["timing_s"] = {"kernels": t1 - t0, "e2e": t2 - t1}
-    cm["kernels"] = kernel_paths(dev, settings)
+    cm.timing_s = {"kernels": t1 - t0, "e2e": t2 - t1}
+    cm.kernels = kernel_paths(dev, settings)
     log.info("cost stage: kernels %.0f s, generations %.0f s; held-out errors %s", t1 - t0, t2 - t1,
              [(v["resolution"], v["batch"], v["config"], round(v["latency_err"], 3), round(v["memory_err"], 3))
               for v in validation if v["held_out"]])

@@ -2,6 +2,7 @@
 (profiler/schema.py)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -12,6 +13,8 @@ import pandas as pd
 
 from litevar.models.core.atomic import write_text
 from litevar.models.core.errors import UserError
+from litevar.models.core.family import Arch, ModelFamily, arch_from, family_of
+from litevar.profiler.costmodel import CostModel
 from litevar.profiler.schema import validate
 
 FORMAT, VERSION = "litevar-profile", 1
@@ -31,6 +34,23 @@ class Profile:
             raise UserError(f"the profile has no {name!r} table (it has {sorted(self.tables)}); "
                             f"re-run `litevar profile` with the stage that makes it")
         return self.tables[name]
+
+    @functools.cached_property
+    def arch(self) -> Arch:
+        """The profiled architecture (meta.model.arch), typed."""
+        return arch_from(self.meta["model"]["arch"])
+
+    @property
+    def family(self) -> ModelFamily:
+        return family_of(self.arch)
+
+    @functools.cached_property
+    def cost_model(self) -> CostModel:
+        """The fitted cost model (meta.cost_model), typed."""
+        if not self.meta.get("cost_model"):
+            raise UserError("the profile has no cost model (meta.cost_model); re-run `litevar profile` with the "
+                            "cost stage")
+        return CostModel.from_dict(self.meta["cost_model"])
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "version": VERSION, "meta": self.meta,

@@ -1,10 +1,12 @@
 """Quality stages of the profiler: quantization sensitivity, attention-window coverage and CFG
 redundancy, all measured on the model itself, all in one loss unit.
 
-Loss unit: sum over scales of the mean KL(full precision || test) of the CFG-guided next-token
-distribution, teacher-forced on the full-precision model's own samples (the calibration set:
-`n` (class, seed) pairs sampled once). Teacher forcing makes every configuration see the same
-inputs, so the losses of different layers and formats are directly comparable.
+Loss unit (the model family's `loss_unit`): sum over scales of the mean KL(full precision || test)
+per token of the family's CFG-guided prediction (VAR: the V-way next-token distribution),
+teacher-forced on the full-precision model's own samples (the calibration set: `n` conditions
+sampled once). Teacher forcing makes every configuration see the same inputs, so the losses of
+different layers and formats are directly comparable. The model is reached through its family
+(litevar.models.core.family): its linears, attention modules, conditions, logits and KL.
 """
 from __future__ import annotations
 
@@ -20,107 +22,104 @@ import torch
 import torch.nn.functional as F
 
 from litevar.kernels.formats import FORMATS
+from litevar.kernels.kvquant import KV_FORMATS
 from litevar.kernels.qlinear import linear_in_format
 from litevar.kernels.select import KernelChoice
 from litevar.kernels.windows import FULL, WindowConfig, WindowFamily, max_width, min_width_for_ratio, window_mass
 from litevar.models.core.attention import DenseAttention, set_attention_backend
 from litevar.models.core.distributed import merge_in_order, world
 from litevar.models.core.errors import UserError
-from litevar.models.var.inference import balanced_labels, cfg_logits, sample
+from litevar.models.core.family import family_of_model
 
 log = logging.getLogger(__name__)
-
-LOSS_UNIT = ("nats: sum over scales of the mean KL(full precision || test) of the CFG-guided next-token "
-             "distribution, teacher-forced on the full-precision model's own samples")
-QUANT_FORMATS = ("BF16", "W8A8", "W6A6", "W4A8", "W4A16", "W4A6", "W4A4")
-KV_QUANT_FORMATS = ("KV8", "KV4")  # KV-cache formats, measured per block (layer blocks.i.attn.kv)
 EVICT_FIT_RULES = ((1, 1), (3, 1), (1, 2), (3, 2), (5, 3))  # (sinks, recent) of the eviction-fit configurations
 CANDIDATE_WIDTHS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192)  # half-widths; FULL added per part
 SINK_FACTOR = 4.0  # a part is a sink when its attention mass is >= 4x its share of the keys
 WINDOW_RATIOS = (0.99, 0.97, 0.95, 0.9, 0.8, 0.7)  # MDWA thresholds of the window-fit configurations
 
 
-def linear_kind(fqn: str) -> str:
-    """blocks.3.ffn.fc2 -> fc2, blocks.0.ada_lin.1 -> ada_lin, head -> head."""
-    return "ada_lin" if fqn.endswith("ada_lin.1") else fqn.split(".")[-1]
+def quant_formats() -> tuple[str, ...]:
+    """The weight formats whose loss the sensitivity stage measures: every registered one but fp."""
+    return tuple(f for f in FORMATS if f != "fp")
 
 
-def quantizable_linears(var) -> list[str]:
-    """Every linear layer the planner may quantize, by fully-qualified name, in model order."""
-    names = [n for n, m in var.named_modules() if isinstance(m, torch.nn.Linear)]
-    return [n for n in names if n == "word_embed" or n == "head" or n.startswith("blocks.")]
+def kv_quant_formats() -> tuple[str, ...]:
+    """The KV-cache formats measured per block (on the `<attention>.kv` rows): every quantized one."""
+    return tuple(name for name, f in KV_FORMATS.items() if f.quantized)
 
 
 @dataclass
 class Calibration:
-    """The (class, seed) pairs, the full-precision model's tokens and its CFG-guided logits."""
+    """The conditions, the full-precision model's tokens and its CFG-guided logits."""
 
-    labels: torch.Tensor  # (N,)
+    conds: torch.Tensor  # (N, ...): class labels, prompt embeddings
     tokens: list[torch.Tensor]  # per scale (N, pn*pn)
     ref_logits: torch.Tensor  # (N, L, V) float32
     cfg: float
     batch: int
 
     def chunks(self):
-        for b in range(0, len(self.labels), self.batch):
+        for b in range(0, len(self.conds), self.batch):
             yield slice(b, b + self.batch)
 
 
 @torch.no_grad()
-def calibrate(vae, var, n: int, cfg: float, seed: int, batch: int = 40) -> Calibration:
+def calibrate(vae, model, n: int, cfg: float, seed: int, batch: int = 40) -> Calibration:
     """The calibration set; under torchrun its batches are sampled and scored across the ranks
     (batch i on rank i mod size, with seed + i as alone) and every rank gets all of it."""
-    labels = balanced_labels(n, var.num_classes)
-    _, tokens = sample(var, labels, seed, cfg, top_k=900, top_p=0.95, batch=batch, desc="calibration samples")
-    labels = torch.tensor(labels)
+    family = family_of_model(model)
+    conds = family.conditions(model, n)
+    _, tokens = family.sample(vae, model, conds, seed, cfg, batch, desc="calibration samples")
     chunks = [slice(b, b + batch) for b in range(0, n, batch)]
-    ref = torch.cat(run_sharded(lambda s: cfg_logits(var, vae, labels[s], [t[s] for t in tokens], cfg).cpu(), chunks))
-    return Calibration(labels, tokens, ref, cfg, batch)
+    ref = torch.cat(run_sharded(
+        lambda s: family.teacher_forced(vae, model, conds[s], [t[s] for t in tokens], cfg).cpu(), chunks))
+    return Calibration(conds, tokens, ref, cfg, batch)
 
 
 @torch.no_grad()
-def loss_of(vae, var, calib: Calibration) -> tuple[float, float]:
-    """(loss in the profile's unit, share of tokens whose argmax is unchanged) of `var` as it is now."""
-    sizes = [pn * pn for pn in var.patch_nums]
+def loss_of(vae, model, calib: Calibration) -> tuple[float, float]:
+    """(loss in the profile's unit, share of tokens whose argmax is unchanged) of `model` as it is now."""
+    family = family_of_model(model)
+    sizes = [pn * pn for pn in family.schedule_of(model)]
     kl_sum = torch.zeros(len(sizes), dtype=torch.float64)
     agree = 0
     for s in calib.chunks():
-        q = cfg_logits(var, vae, calib.labels[s], [t[s] for t in calib.tokens], calib.cfg)
-        p = calib.ref_logits[s]
-        kl_BL = (p.log_softmax(-1).exp() * (p.log_softmax(-1) - q.log_softmax(-1))).sum(-1).double()
-        kl_sum += torch.stack([k.sum() for k in kl_BL.split(sizes, dim=1)])
-        agree += (p.argmax(-1) == q.argmax(-1)).sum().item()
-    n = len(calib.labels)
+        q = family.teacher_forced(vae, model, calib.conds[s], [t[s] for t in calib.tokens], calib.cfg)
+        kl_BL, same_BL = family.token_kl(calib.ref_logits[s], q)
+        kl_sum += torch.stack([k.sum() for k in kl_BL.double().split(sizes, dim=1)])
+        agree += same_BL.sum().item()
+    n = len(calib.conds)
     per_scale = kl_sum / (n * torch.tensor(sizes, dtype=torch.float64))
     return float(per_scale.clamp_min(0).sum()), agree / (n * sum(sizes))
 
 
 @contextlib.contextmanager
-def quantized(var, fqn_to_format: dict[str, str]):
+def quantized(model, fqn_to_format: dict[str, str]):
     """Temporarily replace linear layers by their modules in a format (restored on exit)."""
     saved = {}
     try:
         for fqn, fmt in fqn_to_format.items():
             parent, _, child = fqn.rpartition(".")
-            owner = var.get_submodule(parent) if parent else var
+            owner = model.get_submodule(parent) if parent else model
             saved[fqn] = (owner, child, getattr(owner, child))
             setattr(owner, child, linear_in_format(saved[fqn][2], fmt, KernelChoice.AUTO))
-        yield var
+        yield model
     finally:
         for owner, child, mod in saved.values():
             setattr(owner, child, mod)
 
 
 @contextlib.contextmanager
-def attention_backend(var, backend, layers=None):
+def attention_backend(model, backend, layers=None):
     """Temporarily route attention of `layers` through `backend`."""
-    old = [b.attn.backend for b in var.blocks]
-    set_attention_backend(var, backend, layers)
+    attn = family_of_model(model).attention_modules(model)
+    old = [a.backend for a in attn]
+    set_attention_backend(attn, backend, layers)
     try:
-        yield var
+        yield model
     finally:
-        for b, o in zip(var.blocks, old):
-            b.attn.backend = o
+        for a, o in zip(attn, old):
+            a.backend = o
 
 
 _CHECKPOINTS: contextvars.ContextVar = contextvars.ContextVar("shard_checkpoints", default=None)
@@ -186,50 +185,50 @@ def _load_checkpoint(ckpt, mine: list[int]) -> dict | None:
 
 # -- 1. quantization sensitivity --------------------------------------------------------------------
 
-def sensitivity(vae, var, calib: Calibration, formats=QUANT_FORMATS, qk8: bool = True,
-                kv_formats=KV_QUANT_FORMATS, progress=True) -> pd.DataFrame:
-    """Loss of each linear layer in each format alone, of QK8 in each block and of each block's
-    KV cache in each KV format (keys and values as the cache returns them: kernels.kvcache.FakeQuantKV)."""
-    jobs = [(fqn, fmt) for fqn in quantizable_linears(var) for fmt in formats]
-    jobs += [(f"blocks.{i}.attn.qk", "QK8") for i in range(len(var.blocks))] if qk8 else []
-    jobs += [(f"blocks.{i}.attn.kv", f) for i in range(len(var.blocks)) for f in kv_formats]
+def sensitivity(vae, model, calib: Calibration, formats=None, qk8: bool = True, kv_formats=None,
+                progress=True) -> pd.DataFrame:
+    """Loss of each linear layer in each format alone (default: every registered format), of QK8 in
+    each block and of each block's KV cache in each KV format (default: every registered quantized
+    one; keys and values as the cache returns them: kernels.kvcache.FakeQuantKV)."""
+    family = family_of_model(model)
+    arch = family.arch_of(model)
+    formats = quant_formats() if formats is None else formats
+    kv_formats = kv_quant_formats() if kv_formats is None else kv_formats
+    kinds = {s.fqn: s.kind for s in family.linears(arch)}
+    blocks = {n: i for site in ("qk", "kv") for i, n in enumerate(family.site_names(arch, site))}
+    jobs = [(fqn, fmt) for fqn in kinds for fmt in formats]
+    jobs += [(n, "QK8") for n in family.site_names(arch, "qk")] if qk8 else []
+    jobs += [(n, f) for n in family.site_names(arch, "kv") for f in kv_formats]
 
     def measure(job):
         fqn, fmt = job
+        kind = kinds.get(fqn) or ("attn_qk" if fmt == "QK8" else "attn_kv")
         try:
-            with _configured(var, fqn, fmt):
-                loss, agree = loss_of(vae, var, calib)
+            with _configured(model, fqn, fmt, kind, blocks.get(fqn)):
+                loss, agree = loss_of(vae, model, calib)
         except UserError as e:  # e.g. a group size that does not divide the layer's width
             log.info("sensitivity: %s cannot take %s (%s); the planner will not offer it", fqn, fmt, e)
             return None
-        return fqn, sensitivity_kind(fqn), fmt, loss, loss, agree
+        return fqn, kind, fmt, loss, loss, agree
     rows = run_sharded(measure, jobs, "sensitivity", progress)
     return pd.DataFrame([r for r in rows if r is not None], columns=["layer", "kind", "format", "loss", "kl",
                                                                       "top1_agree"])
 
 
-def sensitivity_kind(fqn: str) -> str:
-    """The kind of a sensitivity row's layer: a linear kind, attn_qk (QK8) or attn_kv (KV cache)."""
-    if fqn.endswith(".attn.qk"):
-        return "attn_qk"
-    return "attn_kv" if fqn.endswith(".attn.kv") else linear_kind(fqn)
-
-
-def _configured(var, fqn: str, fmt: str):
-    """The context that runs `var` with one layer (linear, QK product or KV cache) in `fmt`."""
+def _configured(model, fqn: str, fmt: str, kind: str, block: int | None):
+    """The context that runs `model` with one layer (linear, QK product or KV cache) in `fmt`."""
     from litevar.kernels.kvcache import FakeQuantKV
     from litevar.kernels.mdwa import LayerOptions, MaskedReference
-    kind = sensitivity_kind(fqn)
     if kind == "attn_qk":
-        layer = int(fqn.split(".")[1])
-        backend = MaskedReference(WindowConfig(var.patch_nums), {layer: LayerOptions(qk_int8=True)})
-        return attention_backend(var, backend, [layer])
+        schedule = family_of_model(model).schedule_of(model)
+        backend = MaskedReference(WindowConfig(schedule), {block: LayerOptions(qk_int8=True)})
+        return attention_backend(model, backend, [block])
     if kind == "attn_kv":
-        return attention_backend(var, FakeQuantKV(fmt), [int(fqn.split(".")[1])])
-    return quantized(var, {fqn: fmt})
+        return attention_backend(model, FakeQuantKV(fmt), [block])
+    return quantized(model, {fqn: fmt})
 
 
-def joint_check(vae, var, calib: Calibration, sens: pd.DataFrame, trials: int = 8, seed: int = 0,
+def joint_check(vae, model, calib: Calibration, sens: pd.DataFrame, trials: int = 8, seed: int = 0,
                 progress=True) -> tuple[pd.DataFrame, float]:
     """Random joint configurations: is the sum of single-layer losses a good predictor?"""
     from scipy.stats import spearmanr
@@ -245,8 +244,8 @@ def joint_check(vae, var, calib: Calibration, sens: pd.DataFrame, trials: int = 
         configs.append({l: rng.choice(options[l]) for l in chosen})
 
     def measure(cfg):
-        with quantized(var, cfg):
-            return loss_of(vae, var, calib)[0]
+        with quantized(model, cfg):
+            return loss_of(vae, model, calib)[0]
     measured = run_sharded(measure, configs, "joint check", progress)
     rows = [(t, len(cfg), sum(single[(l, f)] for l, f in cfg.items()), m)
             for t, (cfg, m) in enumerate(zip(configs, measured))]
@@ -307,20 +306,20 @@ def _kept_share(layout, scale: int, part: int, width: int, family: WindowFamily)
 
 
 @torch.no_grad()
-def record_attention(vae, var, calib: Calibration, widths=CANDIDATE_WIDTHS,
+def record_attention(vae, model, calib: Calibration, widths=CANDIDATE_WIDTHS,
                      families=(WindowFamily.BAND, WindowFamily.SPATIAL), progress=True) -> _Recorder:
     def record(s):  # one chunk's sums (summed over chunks in chunk order, wherever they ran)
         rec = _Recorder(list(widths) + [FULL], families)
-        with attention_backend(var, rec):
-            cfg_logits(var, vae, calib.labels[s], [t[s] for t in calib.tokens], calib.cfg)
+        with attention_backend(model, rec):
+            family_of_model(model).teacher_forced(vae, model, calib.conds[s], [t[s] for t in calib.tokens], calib.cfg)
         return rec.state()
     states = run_sharded(record, list(calib.chunks()), "attention maps", progress)
     return _Recorder(list(widths) + [FULL], families).load(merge_in_order(states))
 
 
-def coverage_tables(rec: _Recorder, var) -> tuple[pd.DataFrame, pd.DataFrame]:
+def coverage_tables(rec: _Recorder, model) -> tuple[pd.DataFrame, pd.DataFrame]:
     from litevar.models.core.attention import ScaleLayout
-    layout = ScaleLayout(var.patch_nums)
+    layout = ScaleLayout(family_of_model(model).schedule_of(model))
     kept_cache, cov_rows, sink_rows = {}, [], []
     for (layer, scale, fam), inside in sorted(rec.inside.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2].value)):
         total = rec.total[(layer, scale, fam)]
@@ -350,11 +349,13 @@ def coverage_tables(rec: _Recorder, var) -> tuple[pd.DataFrame, pd.DataFrame]:
     return cov, sinks
 
 
-def ratio_windows(cov: pd.DataFrame, var, r0: float, family: WindowFamily = WindowFamily.BAND,
+def ratio_windows(cov: pd.DataFrame, model, r0: float, family: WindowFamily = WindowFamily.BAND,
                   sinks: pd.DataFrame | None = None) -> WindowConfig:
     """The MDWA configuration of threshold r0: per (layer, head, scale, part) the narrowest
     candidate width whose coverage >= r0 (sink parts stay FULL)."""
-    S, H = len(var.patch_nums), var.blocks[0].attn.num_heads
+    model_family = family_of_model(model)
+    schedule = model_family.schedule_of(model)
+    S, H = len(schedule), model_family.arch_of(model).num_heads
     sub = cov[cov.family == family.value]
     sink_set = set() if sinks is None else {
         tuple(r) for r in sinks[sinks.sink][["layer", "head", "scale", "part"]].values}
@@ -368,7 +369,7 @@ def ratio_windows(cov: pd.DataFrame, var, r0: float, family: WindowFamily = Wind
             R = torch.tensor(gg.coverage.values)[None, None]
             w[h, k, j] = int(min_width_for_ratio(R, gg.width.tolist(), r0)[0, 0])
         widths[int(layer)] = w
-    return WindowConfig(var.patch_nums, family, widths)
+    return WindowConfig(schedule, family, widths)
 
 
 def lost_mass(cov: pd.DataFrame, windows: WindowConfig) -> float:
@@ -382,15 +383,15 @@ def lost_mass(cov: pd.DataFrame, windows: WindowConfig) -> float:
     return lost
 
 
-def window_fit(vae, var, calib: Calibration, cov: pd.DataFrame, sinks: pd.DataFrame, ratios=WINDOW_RATIOS,
+def window_fit(vae, model, calib: Calibration, cov: pd.DataFrame, sinks: pd.DataFrame, ratios=WINDOW_RATIOS,
                progress=True) -> tuple[pd.DataFrame, dict]:
     """Measured loss of MDWA configurations vs their lost attention mass; fit loss = coef * lost."""
     from litevar.kernels.mdwa import MaskedReference
 
     def measure(r0):
-        wc = ratio_windows(cov, var, r0, sinks=sinks)
-        with attention_backend(var, MaskedReference(wc)):
-            measured, _ = loss_of(vae, var, calib)
+        wc = ratio_windows(cov, model, r0, sinks=sinks)
+        with attention_backend(model, MaskedReference(wc)):
+            measured, _ = loss_of(vae, model, calib)
         return lost_mass(cov, wc), measured, r0, wc.kept_fraction()
     rows = [(t, *r) for t, r in enumerate(run_sharded(measure, list(ratios), "window fit", progress))]
     df = pd.DataFrame(rows, columns=["trial", "lost_mass", "measured", "ratio", "attn_kept"])
@@ -411,20 +412,20 @@ def evicted_mass(sinks: pd.DataFrame, keep: dict[int, tuple[int, int]]) -> float
     return lost
 
 
-def evict_fit(vae, var, calib: Calibration, sinks: pd.DataFrame, rules=EVICT_FIT_RULES,
+def evict_fit(vae, model, calib: Calibration, sinks: pd.DataFrame, rules=EVICT_FIT_RULES,
               progress=True) -> tuple[pd.DataFrame, dict]:
     """Measured loss of evicting KV scales in every block at once (each keep rule of `rules`) vs the
     attention mass evicted; fit loss = coef * evicted mass. The planner prices a block's keep rule
     by its own evicted mass (planner.build.eviction_losses)."""
     from litevar.kernels.kvcache import KeepRule, eviction_windows
     from litevar.kernels.mdwa import MaskedReference
-    H = var.blocks[0].attn.num_heads
+    arch = family_of_model(model).arch_of(model)
 
     def measure(rule):
-        keep = {layer: tuple(rule) for layer in range(len(var.blocks))}
-        wc = eviction_windows(var.patch_nums, H, {layer: KeepRule(*r) for layer, r in keep.items()})
-        with attention_backend(var, MaskedReference(wc)):
-            measured, _ = loss_of(vae, var, calib)
+        keep = {layer: tuple(rule) for layer in range(arch.depth)}
+        wc = eviction_windows(arch.patch_nums, arch.num_heads, {layer: KeepRule(*r) for layer, r in keep.items()})
+        with attention_backend(model, MaskedReference(wc)):
+            measured, _ = loss_of(vae, model, calib)
         return evicted_mass(sinks, keep), measured
     rows = [(t, rule[0], rule[1], *r) for t, (rule, r) in
             enumerate(zip(rules, run_sharded(measure, list(rules), "eviction fit", progress)))]
@@ -448,14 +449,14 @@ def cfg_similarity(rec: _Recorder) -> pd.DataFrame:
                         columns=["layer", "scale", "similarity"])
 
 
-def cfg_share_losses(vae, var, calib: Calibration, progress=True) -> pd.DataFrame:
+def cfg_share_losses(vae, model, calib: Calibration, progress=True) -> pd.DataFrame:
     """Loss of ASC in each layer alone: the unconditional half reuses the conditional output."""
     from litevar.kernels.mdwa import CFGShared
 
     def measure(layer):
-        with attention_backend(var, CFGShared(DenseAttention(), [layer]), [layer]):
-            return loss_of(vae, var, calib)[0]
-    layers = list(range(len(var.blocks)))
+        with attention_backend(model, CFGShared(DenseAttention(), [layer]), [layer]):
+            return loss_of(vae, model, calib)[0]
+    layers = list(range(family_of_model(model).arch_of(model).depth))
     return pd.DataFrame(list(zip(layers, run_sharded(measure, layers, "cfg sharing", progress))),
                         columns=["layer", "loss"])
 

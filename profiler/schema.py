@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from litevar.models.core.errors import UserError
+from litevar.models.core.family import Arch, arch_from, family_of
 
 FULL = -1  # kernels.windows.FULL
 
@@ -74,8 +75,7 @@ TABLES: dict[str, tuple[str, dict[str, Col]]] = {
                                "recent": Col("int", "positive"), "lost_mass": Col("float", "nonneg"),
                                "measured": Col("float", "finite")}),
 }
-ARCH_KEYS = ("depth", "embed_dim", "num_heads", "mlp_ratio", "V", "Cvae", "num_classes")
-FAMILIES = ("band", "spatial")
+WINDOW_FAMILIES = ("band", "spatial")
 
 
 class _Where:
@@ -158,9 +158,9 @@ def check_indices(name: str, df: pd.DataFrame, dims: dict, w: _Where) -> None:
             raise w.table(name, i, f"part {_v(df['part'].iloc[i])} of scale {_v(df['scale'].iloc[i])} does not "
                                    f"exist: the queries of scale k see parts 0..k ({_row_text(df, i)})")
     if "family" in df:
-        i = _first(df["family"].isin(FAMILIES).to_numpy())
+        i = _first(df["family"].isin(WINDOW_FAMILIES).to_numpy())
         if i is not None:
-            raise w.table(name, i, f"unknown window family {df['family'].iloc[i]!r}; use one of {FAMILIES}")
+            raise w.table(name, i, f"unknown window family {df['family'].iloc[i]!r}; use one of {WINDOW_FAMILIES}")
 
 
 def check_coverage_monotone(df: pd.DataFrame, w: _Where) -> None:
@@ -177,46 +177,53 @@ def check_coverage_monotone(df: pd.DataFrame, w: _Where) -> None:
                                      f"{order['coverage'].iloc[bad[0] - 1]:.6g} at a narrower width)")
 
 
-def check_layers(df: pd.DataFrame, arch: dict, w: _Where) -> None:
+def check_layers(df: pd.DataFrame, arch: Arch, w: _Where) -> None:
     """Sensitivity rows name layers of the architecture and known formats."""
     from litevar.kernels.formats import FORMATS
     from litevar.kernels.kvquant import KV_FORMATS
-    from litevar.profiler.costmodel import linear_layers
-    depth = int(arch["depth"])
-    names = ({fqn for fqn, *_ in linear_layers(arch)} | {f"blocks.{i}.attn.qk" for i in range(depth)}
-             | {f"blocks.{i}.attn.kv" for i in range(depth)})
+    family = family_of(arch)
+    kv_names = set(family.site_names(arch, "kv"))
+    names = set(family.linear_names(arch)) | set(family.site_names(arch, "qk")) | kv_names
     i = _first(df["layer"].isin(names).to_numpy())
     if i is not None:
         raise w.table("sensitivity", i, f"layer {df['layer'].iloc[i]!r} is not a layer of this architecture "
-                                        f"(depth {depth}; e.g. blocks.0.ffn.fc2, head)")
+                                        f"(depth {arch.depth}; e.g. {', '.join(sorted(names)[:3])})")
     kv = set(KV_FORMATS) - {"fp"}
     known = set(FORMATS) | {"QK8"} | kv
     i = _first(df["format"].isin(known).to_numpy())
     if i is not None:
         raise w.table("sensitivity", i, f"unknown format {df['format'].iloc[i]!r}; this litevar knows "
                                         f"{', '.join(sorted(known))}")
-    on_kv = df["layer"].str.endswith(".attn.kv").to_numpy()
+    on_kv = df["layer"].isin(kv_names).to_numpy()
     i = _first(on_kv == df["format"].isin(kv).to_numpy())
     if i is not None:
         raise w.table("sensitivity", i, f"{df['layer'].iloc[i]!r} with format {df['format'].iloc[i]!r}: KV-cache "
-                                        f"formats ({', '.join(sorted(kv))}) go with blocks.N.attn.kv rows only")
+                                        f"formats ({', '.join(sorted(kv))}) go with a block's KV-cache rows "
+                                        f"({sorted(kv_names)[0]}, ...) only")
 
 
-def arch_dims(arch, w: _Where) -> dict:
+def typed_arch(arch, w: _Where) -> Arch:
+    """The profile's architecture (meta.model.arch) as its family reads it, or one line naming what is wrong."""
     if not isinstance(arch, dict):
         raise w.meta("model.arch", f"missing or not an object ({type(arch).__name__})")
-    missing = [k for k in ARCH_KEYS if k not in arch]
-    if missing:
-        raise w.meta("model.arch", f"lacks {missing}")
-    bad = [k for k in ARCH_KEYS if not (isinstance(arch[k], (int, float)) and not isinstance(arch[k], bool)
-                                        and math.isfinite(arch[k]) and arch[k] > 0)]
-    if bad:
-        raise w.meta("model.arch", f"{bad[0]} = {arch[bad[0]]!r} must be a positive number")
     pns = arch.get("patch_nums")
     if pns is not None and not (isinstance(pns, list) and len(pns) >= 2 and all(isinstance(p, int) and p > 0
                                                                                for p in pns)):
         raise w.meta("model.arch.patch_nums", f"{pns!r:.80} is not a list of positive integers")
-    return {"depth": int(arch["depth"]), "H": int(arch["num_heads"]), "S": len(pns or [])}
+    try:
+        a = arch_from(arch)
+    except (ValueError, TypeError) as e:
+        raise w.meta("model.arch", str(e)) from None
+    except UserError as e:  # an unknown family
+        raise w.meta("model.arch.family", str(e)) from None
+    missing = [k for k in a.PLAN_KEYS if k not in arch]
+    if missing:
+        raise w.meta("model.arch", f"lacks {missing}")
+    bad = [k for k in a.PLAN_KEYS if not (isinstance(arch[k], (int, float)) and not isinstance(arch[k], bool)
+                                          and math.isfinite(arch[k]) and arch[k] > 0)]
+    if bad:
+        raise w.meta("model.arch", f"{bad[0]} = {arch[bad[0]]!r} must be a positive number")
+    return a
 
 
 def _finite_numbers(obj, path: str, w: _Where, stage: str) -> None:
@@ -251,6 +258,11 @@ def check_cost_model(cm, w: _Where) -> None:
         raise w.meta("cost_model.e2e / memory", "coefficients missing or of the wrong length", "cost")
     _finite_numbers({k: cm[k] for k in ("linear", "attn", "e2e", "memory", "linear_workspace") if k in cm},
                     "cost_model", w, "cost")
+    from litevar.profiler.costmodel import CostModel
+    try:
+        CostModel.from_dict(cm)
+    except ValueError as e:
+        raise w.meta("cost_model", str(e), "cost") from None
 
 
 def check_fit(fit, key: str, stage: str, w: _Where) -> None:
@@ -279,7 +291,8 @@ def validate(profile, where: str = "profile", arch: dict | None = None) -> None:
     if not isinstance(meta, dict):
         raise w.meta("", "meta must be an object")
     arch = arch if arch is not None else (meta.get("model") or {}).get("arch")
-    dims = arch_dims(arch, w) if (tables or "model" in meta) else None
+    a = typed_arch(arch, w) if (tables or "model" in meta) else None
+    dims = None if a is None else {"depth": a.depth, "H": a.num_heads, "S": len(a.patch_nums or ())}
     for name, df in tables.items():
         if name not in TABLES:
             continue  # extra tables are kept as they are
@@ -294,7 +307,7 @@ def validate(profile, where: str = "profile", arch: dict | None = None) -> None:
     if "evict_fit" in tables:
         check_fit(meta.get("evict_fit"), "evict_fit", "coverage", w)
     if "sensitivity" in tables:
-        check_layers(tables["sensitivity"], arch, w)
+        check_layers(tables["sensitivity"], a, w)
     if any(n.startswith("cost_") for n in tables):
         check_cost_model(meta.get("cost_model"), w)
         check_validation(meta.get("validation", []), w)
@@ -302,7 +315,7 @@ def validate(profile, where: str = "profile", arch: dict | None = None) -> None:
 
 def rules_markdown() -> str:
     """The rules above as the markdown section of docs/profile-schema.md (tests/test_docs.py checks
-    that the page holds it: `python -m profiler.schema` prints it)."""
+    that the page holds it: `python -m litevar.profiler.schema` prints it)."""
     lines = ["| table | stage | column: type, rule |", "|---|---|---|"]
     for name, (stage, cols) in TABLES.items():
         spec = "; ".join(f"`{c}`: {col.kind}" + (f", {RULES[col.rule][1]}" if col.rule else "")

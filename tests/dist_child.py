@@ -12,7 +12,7 @@ def main(out: str) -> None:
     w = distributed.init("cpu")
     vae, var = load_default()
     calib = Q.calibrate(vae, var, n=6, cfg=4.0, seed=0, batch=2)  # 3 batches over the ranks
-    loss_calib = Q.Calibration(calib.labels[:2], [t[:2] for t in calib.tokens], calib.ref_logits[:2], calib.cfg, 2)
+    loss_calib = Q.Calibration(calib.conds[:2], [t[:2] for t in calib.tokens], calib.ref_logits[:2], calib.cfg, 2)
     sens = Q.sensitivity(vae, var, loss_calib, formats=("W8A8",), qk8=True, kv_formats=("KV4",), progress=False)
     rec = Q.record_attention(vae, var, calib, progress=False)
     cov, sinks = Q.coverage_tables(rec, var)

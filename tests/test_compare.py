@@ -94,7 +94,7 @@ def test_one_row_per_plan_sorted_and_json_rows_match(case, capsys):
     by_name = {r["plan"]: r for r in rows}
     shipped = Plan.load(case["plans"][0])
     r = by_name[shipped.name]
-    assert r["pred_latency_ms"] == shipped.predicted["latency_ms"] and r["meas_latency_ms"] is None
+    assert r["pred_latency_ms"] == shipped.predicted.latency_ms and r["meas_latency_ms"] is None
     quantized = Counter(f for f in shipped.formats.values() if f != "fp")
     assert all(f"{n} {fmt}" in r["formats"] for fmt, n in quantized.items()), r["formats"]
     assert r["cfg_shared_blocks"] == len(shipped.cfg_shared)
@@ -196,7 +196,7 @@ def test_html_is_self_contained_and_names_every_plan(case):
     groups = len({(q.device.get("name"), q.model.get("name"), q.arch["depth"], q.resolution) for q in loaded})
     assert groups >= 3  # (AMD EPYC, default, 256), (H100, 512), (test cpu, 256) at least
     windowed = sum(bool(Plan.load(p).windows and Plan.load(p).windows.widths) for p in case["plans"])
-    breakdown = any(q.predicted.get("memory_breakdown_mb") for q in loaded)  # the memory-by-part figure
+    breakdown = any(q.predicted.memory_breakdown_mb for q in loaded)  # the memory-by-part figure
     assert text.count('src="data:image/png;base64,') == groups + 1 + breakdown + windowed
     assert text.count("no windows") == len(case["plans"]) - windowed
     assert "frontier.csv" in text and "bench.json" in text

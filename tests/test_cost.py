@@ -13,21 +13,30 @@ import torch
 from torch import nn
 
 from litevar.kernels.qlinear import QuantLinear, swap_linears
+from litevar.models.core.family import get_family
 from litevar.models.var.build import build_vae_var
 from litevar.models.var.var import shared_copy
 from litevar.profiler import costmodel as cmod
 from litevar.profiler.cost import (
     CostSettings,
     allocated_peak_mb,
-    arch_of,
     measure_attention,
     measure_e2e,
     measure_linear,
-    model_for_schedule,
     module_bytes,
     run_cost_stage,
 )
 from litevar.profiler.device import environment, fingerprint
+
+VAR_FAMILY = get_family("var")
+
+
+def arch_of(var):
+    return VAR_FAMILY.arch_of(var)
+
+
+def model_for_schedule(vae, var, patch_nums):
+    return VAR_FAMILY.model_for_schedule(vae, var, patch_nums)
 
 PNS = (1, 2, 3, 4)
 CUDA = torch.cuda.is_available()
@@ -118,8 +127,8 @@ def test_linear_calls_match_the_model(tiny):
     finally:
         for h in hooks:
             h.remove()
-    expected = collections.Counter((fqn, M) for fqn, _, _, M, _ in cmod.linear_calls(arch_of(var), PNS, 3)
-                                   if not fqn.endswith("mat_qkv"))
+    expected = collections.Counter((s.fqn, M) for s, M in cmod.linear_calls(arch_of(var), PNS, 3)
+                                   if not s.fqn.endswith("mat_qkv"))
     assert seen == expected
 
 
@@ -143,27 +152,30 @@ def test_run_cost_stage_tiny(tiny, tmp_path):
     e2e = tables["cost_e2e"]  # a generation's peak is its larger phase's (the latent held between them aside)
     both = e2e[["peak_tf_mb", "peak_decode_mb"]].max(axis=1)
     assert ((e2e["peak_mb"] - both).abs() <= 0.02 * e2e["peak_mb"]).all(), e2e
-    assert "decode" in cm["memory"]
+    assert cm.memory.decode is not None
     dec = tables["cost_decode"]  # decodes alone up to twice the largest image, the points of the decode fit
     sides = sorted(set(tables["cost_e2e"][~tables["cost_e2e"]["held_out"]]["resolution"]))
     assert list(dec["resolution"]) == sides + [2 * sides[-1]]
-    assert (dec["peak_mb"] > 0).all() and len(cm["memory"]["decode"]["points"]) >= 2
+    assert (dec["peak_mb"] > 0).all() and len(cm.memory.decode["points"]) >= 2
+    assert cm.kernels["int8_gemm"] in ("torch._int_mm", "split-K float")
     import json
-    json.dumps(cm)
+    json.dumps(cm.to_dict())
     # `litevar profile --refit`: the same model again from the tables as a profile stores them
     from litevar.commands.profile import _refit
     from litevar.profiler.profile import Profile
     path = tmp_path / "cost.json"
-    Profile(meta={"cost_model": cm}, tables=tables).save(path)
-    again = _refit(Profile.load(path, arch=arch_of(var)), arch_of(var), "cpu", vae)
-    assert again["cost_model"]["e2e"]["alpha"] == pytest.approx(cm["e2e"]["alpha"])
-    assert again["cost_model"]["e2e"]["coef"] == pytest.approx(cm["e2e"]["coef"], rel=1e-6, abs=1e-9)
+    arch = arch_of(var).to_dict()
+    Profile(meta={"cost_model": cm.to_dict()}, tables=tables).save(path)
+    again = _refit(Profile.load(path, arch=arch), arch, "cpu", vae, var)
+    assert again["cost_model"]["e2e"]["alpha"] == pytest.approx(cm.e2e.alpha)
+    assert again["cost_model"]["e2e"]["coef"] == pytest.approx(cm.e2e.coef, rel=1e-6, abs=1e-9)
     assert [v["predicted_ms"] for v in again["validation"]] == pytest.approx([v["predicted_ms"] for v in validation])
-    assert again["cost_model"]["memory"]["decode"] == cm["memory"]["decode"]
+    assert again["cost_model"]["memory"]["decode"] == cm.memory.decode
     # a cache from before the decodes alone: --refit measures them first, at the same sides
-    Profile(meta={"cost_model": cm}, tables={k: v for k, v in tables.items() if k != "cost_decode"}).save(path)
-    hit = Profile.load(path, arch=arch_of(var))
-    _refit(hit, arch_of(var), "cpu", vae)
+    before = {k: v for k, v in tables.items() if k != "cost_decode"}
+    Profile(meta={"cost_model": cm.to_dict()}, tables=before).save(path)
+    hit = Profile.load(path, arch=arch)
+    _refit(hit, arch, "cpu", vae, var)
     assert list(hit.tables["cost_decode"]["resolution"]) == list(dec["resolution"])
 
 

@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from litevar.models.core.family import arch_from, family_of
 from litevar.profiler import costmodel as cm_
 
-ARCH = {"depth": 2, "embed_dim": 128, "num_heads": 2, "mlp_ratio": 4.0, "V": 64, "Cvae": 8,
-        "num_classes": 10, "patch_nums": [1, 2, 3, 4]}
+ARCH = arch_from({"depth": 2, "embed_dim": 128, "num_heads": 2, "mlp_ratio": 4.0, "V": 64, "Cvae": 8,
+                  "num_classes": 10, "patch_nums": [1, 2, 3, 4]})
 PNS = (1, 2, 3, 4)
 TRUE_LINEAR = {"fp": [0.01, 20.0, 0.05, 0.002], "W8A8": [0.03, 8.0, 0.01, 0.004],
                "W6A6": [0.005, 5.0, 0.01, 0.001]}  # emulated, made *cheaper* than fp on purpose
@@ -53,21 +54,21 @@ TRUE_ALPHA = {"dense": 1.2, "w8a8": 0.8}  # the int8 kernel runs relatively fast
 E2E_CONFIGS = {(1, 2, 3, 4): ("W8A8:fc1,fc2", "W8A8:mat_qkv,proj")}
 
 
-def true_e2e_ms(cm_partial: dict, pns, B: int, config: str) -> float:
-    k = cm_.kernel_ms(cm_partial, ARCH, pns, B, **cm_.config_spec(config, ARCH))
+def true_e2e_ms(cm_partial: cm_.CostModel, pns, B: int, config: str) -> float:
+    k = cm_partial.kernel_ms(ARCH, pns, B, cm_.config_spec(config, ARCH))
     kernels = sum(TRUE_ALPHA[kern] * ms for kern, ms in k["by_kernel"].items())
     return kernels + cm_.e2e_features(ARCH, pns, B) @ np.array([1.0, 0.1, 2.0, 0.5])
 
 
-def e2e_table(cm_partial: dict) -> pd.DataFrame:
+def e2e_table(cm_partial: cm_.CostModel) -> pd.DataFrame:
     """Generations whose latency is alpha x kernels (per kernel family) + known overhead and
     memory known terms."""
     rows = []
     for pns in ((1, 2, 3), (1, 2, 3, 4), (1, 2, 3, 4, 5)):
         for B in (1, 2, 3):
             for config in ("dense", *(E2E_CONFIGS.get(pns, ()) if B == 1 else ())):
-                formats = cm_.config_spec(config, ARCH)["formats"]
-                counted = cm_.counted_memory_mb(cm_partial, ARCH, pns, B, formats, 1.0)
+                formats = cm_.config_spec(config, ARCH).formats
+                counted = cm_partial.counted_memory_mb(ARCH, pns, B, formats, 1.0)
                 act = cm_.memory_features(ARCH, pns, B, 4)["activations_mb"]
                 rows.append((pns[-1], B, config, true_e2e_ms(cm_partial, pns, B, config),
                              sum(counted.values()) + 0.5 + 3.0 * act, ",".join(map(str, pns))))
@@ -76,16 +77,17 @@ def e2e_table(cm_partial: dict) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def cm():
-    partial = {"dtype": "fp32", "format_kernel": cm_.format_kernels("cpu"),
-               "linear": cm_.fit_linear(linear_table()), "attn": cm_.fit_attention(attn_table()),
-               "linear_workspace": {}}
+    partial = cm_.CostModel(device="cpu", dtype="fp32", arch=ARCH.to_dict(), format_kernel=cm_.format_kernels("cpu"),
+                            linear=cm_.fit_linear(linear_table()), attn=cm_.fit_attention(attn_table()),
+                            e2e=cm_.E2EFit([1.0, 0, 0, 0], {}, 0.0, 0),
+                            memory=cm_.MemoryFit([0.0, 0.0, 1.0], 0, 0, 1.0))
     tables = {"cost_linear": linear_table(), "cost_attn": attn_table(), "cost_e2e": e2e_table(partial)}
     return cm_.fit(tables, ARCH, "cpu", "fp32", vae_mb=1.0)
 
 
 def test_linear_fit_recovers_coefficients(cm):
     for fmt, true in TRUE_LINEAR.items():
-        got = cm["linear"][f"{fmt}|fp32"]["coef"]
+        got = cm.linear[f"{fmt}|fp32"].coef
         np.testing.assert_allclose(got[:3], true[:3], rtol=0.10, err_msg=fmt)
         # the M*(K+N) term is < 1% of every synthetic time: only its size is identifiable
         assert abs(got[3] - true[3]) < 0.02, fmt
@@ -96,42 +98,42 @@ def test_linear_extrapolates_to_unseen_M(cm):
         for K, N in ((256, 512), (1024, 128)):
             M = 4096  # 8x the largest measured M
             true = float(cm_.linear_features(K, N, M) @ np.array(TRUE_LINEAR[fmt]))
-            assert cm_.linear_ms(cm, K, N, M, fmt) == pytest.approx(true, rel=0.03)
+            assert cm.linear_ms(K, N, M, fmt) == pytest.approx(true, rel=0.03)
 
 
 def test_attention_fit_and_kept(cm):
     for backend in ("dense", "mdwa"):
         true = float(cm_.attn_features(8, 2, 64, 1024, 2000, 0.3) @ np.array(TRUE_ATTN[backend]))
         kept = 0.3 if backend == "mdwa" else 1.0
-        assert cm_.attn_ms(cm, 8, 2, 64, 1024, 2000, kept, backend) == pytest.approx(true, rel=0.03)
-    assert cm_.attn_ms(cm, 2, 2, 64, 256, 680, 0.2, "mdwa") < cm_.attn_ms(cm, 2, 2, 64, 256, 680, 0.8, "mdwa")
+        assert cm.attn_ms(8, 2, 64, 1024, 2000, kept, backend) == pytest.approx(true, rel=0.03)
+    assert cm.attn_ms(2, 2, 64, 256, 680, 0.2, "mdwa") < cm.attn_ms(2, 2, 64, 256, 680, 0.8, "mdwa")
     # an untimed QK8 backend falls back to its base
-    assert cm_.attn_ms(cm, 2, 2, 64, 256, 680, 1.0, "dense_qk8") == cm_.attn_ms(cm, 2, 2, 64, 256, 680, 1.0, "dense")
+    assert cm.attn_ms(2, 2, 64, 256, 680, 1.0, "dense_qk8") == cm.attn_ms(2, 2, 64, 256, 680, 1.0, "dense")
 
 
 def test_e2e_fit_recovers_alpha_and_extrapolates(cm):
-    assert cm["e2e"]["coef"][0] == pytest.approx(1.2, rel=0.05)
+    assert cm.e2e.coef[0] == pytest.approx(1.2, rel=0.05)
     pns, B = (1, 2, 3, 4, 5, 6), 4  # unseen schedule and batch
-    assert cm_.predict(cm, ARCH, pns, B)["latency_ms"] == pytest.approx(true_e2e_ms(cm, pns, B, "dense"), rel=0.03)
+    assert cm.predict(ARCH, pns, B).latency_ms == pytest.approx(true_e2e_ms(cm, pns, B, "dense"), rel=0.03)
 
 
 def test_e2e_fit_recovers_a_kernel_familys_own_alpha(cm):
     """W8A8 generations set the int8 family's factor; a mixed config never fitted on, at an
     unseen schedule, is then predicted from both factors. Families never run keep the dense one."""
-    assert cm["e2e"]["alpha"]["w8a8"] == pytest.approx(0.8, rel=0.05)
-    assert cm_.alpha_of(cm, "w4a8") == cm["e2e"]["coef"][0]
+    assert cm.e2e.alpha["w8a8"] == pytest.approx(0.8, rel=0.05)
+    assert cm.alpha_of("w4a8") == cm.e2e.coef[0]
     pns, config = (1, 2, 3, 4, 5, 6), "W8A8:fc1,proj,head"
-    p = cm_.predict(cm, ARCH, pns, 2, **cm_.config_spec(config, ARCH))
-    assert p["latency_ms"] == pytest.approx(true_e2e_ms(cm, pns, 2, config), rel=0.03)
-    parts = sum(p["breakdown"]["per_layer_ms"].values()) + p["breakdown"]["overhead_ms"]
-    assert parts == pytest.approx(p["latency_ms"])
+    p = cm.predict(ARCH, pns, 2, cm_.config_spec(config, ARCH))
+    assert p.latency_ms == pytest.approx(true_e2e_ms(cm, pns, 2, config), rel=0.03)
+    parts = sum(p.per_layer_ms.values()) + p.overhead_ms
+    assert parts == pytest.approx(p.latency_ms)
 
 
 def test_memory_fit_extrapolates(cm):
     pns, B = (1, 2, 3, 4, 5, 6), 4
-    counted = cm_.counted_memory_mb(cm, ARCH, pns, B, {}, 1.0)
+    counted = cm.counted_memory_mb(ARCH, pns, B, {}, 1.0)
     true = sum(counted.values()) + 0.5 + 3.0 * cm_.memory_features(ARCH, pns, B, 4)["activations_mb"]
-    assert cm_.predict(cm, ARCH, pns, B)["memory_mb"] == pytest.approx(true, rel=0.01)
+    assert cm.predict(ARCH, pns, B).memory_mb == pytest.approx(true, rel=0.01)
 
 
 def test_weight_bytes_per_format():
@@ -151,60 +153,67 @@ def test_format_applies():
 
 
 def test_predict_invariants(cm):
-    all_w8 = {fqn: "W8A8" for fqn, *_ in cm_.linear_layers(ARCH)}
-    all_emu = {fqn: "W6A6" for fqn, *_ in cm_.linear_layers(ARCH)}
-    fp, w8, emu = (cm_.predict(cm, ARCH, PNS, 2, f) for f in ({}, all_w8, all_emu))
-    assert w8["breakdown"]["memory_mb"]["weights_mb"] < fp["breakdown"]["memory_mb"]["weights_mb"]
-    assert w8["memory_mb"] < fp["memory_mb"]
+    names = family_of(ARCH).linear_names(ARCH)
+    all_w8, all_emu = ({n: f for n in names} for f in ("W8A8", "W6A6"))
+    fp, w8, emu = (cm.predict(ARCH, PNS, 2, cm_.Decisions(formats=f)) for f in ({}, all_w8, all_emu))
+    assert w8.memory_parts_mb["weights_mb"] < fp.memory_parts_mb["weights_mb"]
+    assert w8.memory_mb < fp.memory_mb
     # W6A6 is emulated on CPU: never predicted faster than fp, although its timings are lower
-    assert cm_.linear_ms(cm, 256, 512, 64, "W6A6") >= cm_.linear_ms(cm, 256, 512, 64, "fp")
-    assert cm_.linear_ms(cm, 256, 512, 64, "W4A4") >= cm_.linear_ms(cm, 256, 512, 64, "fp")  # untimed emulated
-    assert emu["latency_ms"] >= fp["latency_ms"]
+    assert cm.linear_ms(256, 512, 64, "W6A6") >= cm.linear_ms(256, 512, 64, "fp")
+    assert cm.linear_ms(256, 512, 64, "W4A4") >= cm.linear_ms(256, 512, 64, "fp")  # untimed emulated
+    assert emu.latency_ms >= fp.latency_ms
     # monotonic in batch and resolution; ASC halves attention work
-    assert cm_.predict(cm, ARCH, PNS, 4)["latency_ms"] > fp["latency_ms"]
-    assert cm_.predict(cm, ARCH, PNS + (5,), 2)["memory_mb"] > fp["memory_mb"]
-    shared = cm_.predict(cm, ARCH, PNS, 2, cfg_shared={0, 1})
-    assert shared["breakdown"]["attn_ms"] < fp["breakdown"]["attn_ms"]
-    json.dumps(fp)  # plain data
+    assert cm.predict(ARCH, PNS, 4).latency_ms > fp.latency_ms
+    assert cm.predict(ARCH, PNS + (5,), 2).memory_mb > fp.memory_mb
+    shared = cm.predict(ARCH, PNS, 2, cm_.Decisions(cfg_shared={0, 1}))
+    assert shared.attn_ms < fp.attn_ms
+    json.dumps(cm.to_dict())  # plain data
 
 
 def test_untimed_native_format_raises(cm):
     with pytest.raises(KeyError, match="W4A8"):
-        cm_.linear_ms(cm, 256, 512, 64, "W4A8")
+        cm.linear_ms(256, 512, 64, "W4A8")
 
 
 def test_linear_layers_and_rows():
-    layers = cm_.linear_layers(ARCH)
-    names = [n for n, *_ in layers]
+    layers = family_of(ARCH).linears(ARCH)
+    names = [s.fqn for s in layers]
     assert names[0] == "word_embed" and names[-1] == "head" and "blocks.1.ada_lin.1" in names
-    assert len(layers) == 1 + 5 * ARCH["depth"] + 2
-    assert {k for *_, k in layers} == set(cm_.LINEAR_KINDS)
-    assert cm_.rows_at_scale("fc1", PNS, 3, 2) == 2 * 2 * 16
-    assert cm_.rows_at_scale("ada_lin", PNS, 3, 2) == 4
-    assert cm_.rows_at_scale("word_embed", PNS, 2, 2) == 2 * 16  # next scale's tokens, B rows
-    assert cm_.rows_at_scale("word_embed", PNS, 3, 2) == 0
+    assert len(layers) == 1 + 5 * ARCH.depth + 2
+    assert {s.kind for s in layers} == {"word_embed", "mat_qkv", "proj", "fc1", "fc2", "ada_lin", "head"}
+    by = {s.fqn: s for s in layers}
+    assert by["blocks.0.ffn.fc1"].rows_at(PNS, 3, 2) == 2 * 2 * 16
+    assert by["blocks.0.ada_lin.1"].rows_at(PNS, 3, 2) == 4
+    assert by["word_embed"].rows_at(PNS, 2, 2) == 2 * 16  # next scale's tokens, B rows
+    assert by["word_embed"].rows_at(PNS, 3, 2) == 0
+    assert by["head"].fp32 and not by["blocks.0.ffn.fc1"].fp32
 
 
 def test_config_spec():
-    spec = cm_.config_spec("W8A8:fc1,fc2;W4A16:head", ARCH)["formats"]
+    spec = cm_.config_spec("W8A8:fc1,fc2;W4A16:head", ARCH).formats
     assert spec["blocks.0.ffn.fc1"] == "W8A8" and spec["head"] == "W4A16" and "blocks.0.attn.proj" not in spec
-    assert cm_.config_spec("dense", ARCH)["formats"] == {}
+    assert cm_.config_spec("dense", ARCH).formats == {}
     with pytest.raises(ValueError, match="kinds"):
         cm_.config_spec("W8A8:fc9", ARCH)
 
 
 def test_validate_and_json(cm):
     rows = [{"patch_nums": "1,2,3,4,5,6", "batch": 4, "config": "dense", "ms": 100.0, "peak_mb": 50.0}]
-    v = cm_.validate(cm, ARCH, rows)[0]
+    v = cm.validate(ARCH, rows)[0]
     assert v["latency_err"] == pytest.approx(v["predicted_ms"] / 100.0 - 1)
     assert v["memory_err"] == pytest.approx(v["predicted_mb"] / 50.0 - 1)
-    back = json.loads(json.dumps(cm))
-    assert cm_.predict(back, ARCH, PNS, 2)["latency_ms"] == pytest.approx(cm_.predict(cm, ARCH, PNS, 2)["latency_ms"])
+    back = cm_.CostModel.from_dict(json.loads(json.dumps(cm.to_dict())))
+    assert back.to_dict() == cm.to_dict()
+    assert back.predict(ARCH, PNS, 2).latency_ms == pytest.approx(cm.predict(ARCH, PNS, 2).latency_ms)
+    with pytest.raises(ValueError, match="cost_model.e2e"):
+        cm_.CostModel.from_dict({k: v for k, v in cm.to_dict().items() if k != "e2e"})
 
 
-def test_arch_errors_say_what_to_pass():
-    with pytest.raises(ValueError, match="meta.model.arch"):
-        cm_.linear_layers({"depth": 2})
+def test_arch_errors_say_what_is_wrong():
+    with pytest.raises(ValueError, match="embed_dim"):
+        arch_from({"depth": 2, "V": 8, "Cvae": 4})  # no width
+    with pytest.raises(ValueError, match="num_heads"):
+        arch_from({"depth": 2, "embed_dim": 100, "num_heads": 3, "V": 8, "Cvae": 4})
 
 
 def test_decode_phase_is_piecewise_linear_through_its_points():

@@ -214,16 +214,17 @@ def synthetic_cost_model(arch: dict, device: str = "cuda") -> dict:
 def synthetic_profile(depth: int, resolution: int, seed: int = 0, widths=(0, 2, 8, 32, 128, 512),
                       device: str = "cuda"):
     """A Profile with every table the planner reads, for a depth-`depth` VAR (H = depth heads)."""
+    from litevar.models.core.family import arch_from, family_of
     from litevar.models.var.schedules import SCHEDULES
-    from litevar.profiler.costmodel import linear_layers
     from litevar.profiler.profile import Profile
     rng = np.random.default_rng(seed)
     pns = SCHEDULES[resolution]
     arch = {"depth": depth, "embed_dim": 64 * depth, "num_heads": depth, "mlp_ratio": 4.0, "V": 4096,
             "Cvae": 32, "num_classes": 1000, "patch_nums": list(pns)}
     scale_of = {"W8A8": 1e-4, "W6A6": 1e-3, "W4A16": 8e-4, "W4A8": 3e-3}
-    sens = [(fqn, kind, fmt, float(s * rng.lognormal(0, 1) * (10 if kind == "fc2" else 1)), 0.0, 1.0)
-            for fqn, _, _, kind in linear_layers(arch) if fqn != "head_nm.ada_lin.1" for fmt, s in scale_of.items()]
+    typed = arch_from(arch)
+    sens = [(sp.fqn, sp.kind, fmt, float(s * rng.lognormal(0, 1) * (10 if sp.kind == "fc2" else 1)), 0.0, 1.0)
+            for sp in family_of(typed).linears(typed) if sp.fqn != "head_nm.ada_lin.1" for fmt, s in scale_of.items()]
     sens += [(f"blocks.{i}.attn.qk", "attn_qk", "QK8", float(2e-4 * rng.lognormal(0, 1)), 0.0, 1.0)
              for i in range(depth)]
     H, S = depth, len(pns)
@@ -288,8 +289,8 @@ def test_budgets_combine(d4):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_problem_matches_the_cost_model(d4, d4_profile, seed):
-    """evaluate() (what the integer program encodes) equals profiler.costmodel.predict."""
-    from litevar.profiler.costmodel import predict
+    """evaluate() (what the integer program encodes) equals CostModel.predict."""
+    from litevar.planner.build import decisions_of
     rng = np.random.default_rng(seed)
     formats = {g.layer: g.options[int(rng.integers(len(g.options)))].format for g in d4.formats}
     w = d4.windows.sample(frac=0.3, random_state=seed).drop_duplicates(["layer", "head", "scale", "part"])
@@ -297,13 +298,12 @@ def test_problem_matches_the_cost_model(d4, d4_profile, seed):
                     frozenset(l for l in d4.cfg_loss if rng.random() < 0.5),
                     frozenset(l for l in d4.qk_loss if rng.random() < 0.5))
     m = evaluate(d4, sel)
-    meta = d4_profile.meta
-    p = predict(meta["cost_model"], meta["model"]["arch"], d4.meta["patch_nums"], 2, sel.formats, m.kept,
-                set(sel.cfg_shared), set(sel.qk_int8))
-    assert m.latency_ms == pytest.approx(p["latency_ms"], rel=1e-9)
-    assert m.memory_mb == pytest.approx(p["memory_mb"], rel=1e-9)
-    dense = predict(meta["cost_model"], meta["model"]["arch"], d4.meta["patch_nums"], 2)
-    assert d4.dense_latency_ms == pytest.approx(dense["latency_ms"]) and m.kept
+    cm, arch = d4_profile.cost_model, d4_profile.arch
+    p = cm.predict(arch, d4.meta["patch_nums"], 2, decisions_of(d4, sel, m.kept))
+    assert m.latency_ms == pytest.approx(p.latency_ms, rel=1e-9)
+    assert m.memory_mb == pytest.approx(p.memory_mb, rel=1e-9)
+    dense = cm.predict(arch, d4.meta["patch_nums"], 2)
+    assert d4.dense_latency_ms == pytest.approx(dense.latency_ms) and m.kept
 
 
 def test_emulated_formats_never_faster_and_sinks_stay_full(d4):

@@ -32,7 +32,7 @@ def test_plan_writes_a_plan_that_loads_and_round_trips(profile_path, tmp_path, c
     assert plan.budgets["min_speedup"] == 1.05 and plan.budgets["max_memory_gb"] == 0.2
     s, p = plan.solver, plan.predicted
     assert s["status"] == "Optimal" and 0 <= s["gap"] <= 0.005 and s["seconds"] > 0 and s["time_limit_s"] == 10
-    assert p["speedup"] >= 1.05 * (1 - 1e-6) and p["memory_mb"] <= 0.2 * 1024
+    assert p.speedup >= 1.05 * (1 - 1e-6) and p.memory_mb <= 0.2 * 1024
     assert len(plan.profile_sha256) == 64
     assert set(plan.formats) >= {"word_embed", "head", "blocks.3.ffn.fc2"}
 
@@ -134,15 +134,15 @@ def test_plan_meets_its_budget_with_the_profiles_guard(tmp_path, capsys):
     assert "guard: budgets tightened by 5.00% (latency) and 5.88% (memory)" in stdout
     plan = Plan.load(out)
     assert plan.solver["guard"] == want and plan.budgets["min_speedup"] == 1.05  # the user's budget is kept
-    assert plan.predicted["speedup"] >= 1.05 * 1.05 * (1 - 1e-6)
-    assert plan.predicted["memory_mb"] <= 0.2 * 1024 / (18 / 17) * (1 + 1e-6)
+    assert plan.predicted.speedup >= 1.05 * 1.05 * (1 - 1e-6)
+    assert plan.predicted.memory_mb <= 0.2 * 1024 / (18 / 17) * (1 + 1e-6)
     rc, stdout, err = run_cli(capsys, "explain", out)
     assert rc == 0 and "guard of 5.00% on latency and 5.88% on memory" in stdout
     bare = tmp_path / "bare.json"
     assert run_cli(capsys, "plan", "--profile", path, "--resolution", 256, "--min-speedup", 1.05, "--guard", 0,
                    "--out", bare)[0] == 0
     assert Plan.load(bare).solver["guard"]["latency"] == 0
-    assert Plan.load(bare).predicted["loss"] <= plan.predicted["loss"]
+    assert Plan.load(bare).predicted.loss <= plan.predicted.loss
     rc, _, err = run_cli(capsys, "plan", "--profile", path, "--resolution", 256, "--min-speedup", 1.05,
                          "--guard", "lots", "--out", tmp_path / "x.json")
     assert_one_line_error(rc, err, "--guard: 'lots'", "auto")
@@ -172,7 +172,7 @@ def test_cost_only_profile_plans_with_borrowed_losses(tmp_path, capsys):
     plan = Plan.load(out)
     lf = plan.solver["losses_from"]
     assert lf["model"] == "synthetic-d4" and lf["depth"] == 4 and lf["profile"] == str(src) and not lf["missing"]
-    assert plan.predicted["speedup"] >= 1.05 * (1 - 1e-6) and not plan.windows.widths
+    assert plan.predicted.speedup >= 1.05 * (1 - 1e-6) and not plan.windows.widths
     from litevar.planner.build import build_problem
     from litevar.planner.transfer import transfer_losses
     from litevar.profiler.profile import Profile

@@ -7,6 +7,7 @@ import torch
 
 from litevar.commands.cli import main
 from litevar.models.core.errors import UserError
+from litevar.models.core.family import get_family
 from litevar.models.default import load_default
 from litevar.profiler import quality as Q
 from litevar.profiler.profile import Profile
@@ -99,7 +100,7 @@ def test_profile_command_caches_stages(tmp_path, capsys):
     prof = Profile.load(out)
     assert set(prof.tables) == {"cfg_share", "coverage", "sinks", "window_fit", "evict_fit", "cfg"}
     assert prof.meta["evict_fit"]["coef"] >= 0 and len(prof.table("evict_fit")) == len(Q.EVICT_FIT_RULES)
-    assert prof.meta["model"]["weights_sha256"] and prof.meta["loss_unit"] == Q.LOSS_UNIT
+    assert prof.meta["model"]["weights_sha256"] and prof.meta["loss_unit"] == get_family("var").loss_unit
     assert main(["profile", "--out", str(out), "--stages", "bogus"]) == 2
 
 

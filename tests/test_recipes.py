@@ -24,10 +24,10 @@ def profile(tmp_path_factory):
 
 def test_parse_names_and_parts():
     r = parse_recipe("paper")
-    assert (r.fmt, r.keep_fp, r.qk8, r.mdwa, r.asc) == ("W4A8", ("ffn.fc2",), True, 0.95, True)
+    assert (r.fmt, r.keep_fp, r.qk8, r.mdwa, r.asc) == ("W4A8", ("fc2",), True, 0.95, True)
     assert parse_recipe("W8A8+QK8") == parse_recipe("w8a8+qk8")
     assert parse_recipe("dense").fmt == "fp" and parse_recipe("mdwa0.6").mdwa == 0.6
-    assert "MDWA 0.95" in r.describe() and "ffn.fc2 full precision" in r.describe()
+    assert "MDWA 0.95" in r.describe() and "fc2 full precision" in r.describe()
 
 
 @pytest.mark.parametrize("text, needle", [("w9a9", "unknown part 'w9a9'"), ("mdwa1.5", "unknown part"),
@@ -76,7 +76,7 @@ def test_plan_recipe_cli(profile, tmp_path, capsys):
     assert plan.solver["recipe"] == "w4a8+qk8+mp+mdwa0.95+asc" and plan.solver["status"] == "fixed"
     assert plan.qk_int8 == plan.cfg_shared == [0, 1, 2, 3]
     assert plan.formats.get("blocks.0.ffn.fc2", "fp") == "fp" and plan.formats["blocks.0.ffn.fc1"] == "W4A8"
-    assert plan.predicted["loss"] > 0 and plan.predicted["attn_kept"] < 1.0
+    assert plan.predicted.loss > 0 and plan.predicted.attn_kept < 1.0
 
 
 def test_plan_recipe_with_budget_is_refused(profile, tmp_path, capsys):

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from litevar.planner.build import build_problem, plan_kept, profile_sha256, selection_kv_specs, selection_of
+from litevar.planner.build import build_problem, plan_prediction, profile_sha256, selection_kv_specs, selection_of
 from litevar.planner.plan import Plan
 from litevar.planner.problem import evaluate
 from litevar.planner.transfer import transfer_losses
-from litevar.profiler import costmodel as C
 from litevar.profiler.profile import Profile
 from tests.cli_util import run_cli
 
@@ -41,18 +40,16 @@ def profile_of(plan: Plan) -> tuple[Profile, Path]:
 def test_plan_predictions_are_what_its_profile_gives(path):
     plan = Plan.load(path)
     profile, _ = profile_of(plan)
-    cm, arch = profile.meta["cost_model"], profile.meta["model"]["arch"]
-    pred = C.predict(cm, arch, plan.patch_nums, plan.batch, plan.formats, plan_kept(plan), set(plan.cfg_shared),
-                     set(plan.qk_int8), kv_specs={layer: plan.kv_spec(layer) for layer in range(plan.arch["depth"])})
+    pred = plan_prediction(plan, profile)
     rel = 1e-9  # the same arithmetic on the same numbers; only summation order may differ
-    assert pred["latency_ms"] == pytest.approx(plan.predicted["latency_ms"], rel=rel)
-    assert pred["memory_mb"] == pytest.approx(plan.predicted["memory_mb"], rel=rel)
+    assert pred.latency_ms == pytest.approx(plan.predicted.latency_ms, rel=rel)
+    assert pred.memory_mb == pytest.approx(plan.predicted.memory_mb, rel=rel)
     if plan.solver.get("name") != "recipe" or not plan.solver.get("loss_leaves_out"):
         family = None if plan.windows is None else plan.windows.family.value
         problem = build_problem(profile, plan.resolution, plan.batch, family=family, **_recipe_kv(plan))
         sel = selection_of(plan)
         assert selection_kv_specs(problem, sel) is not None
-        assert evaluate(problem, sel).loss == pytest.approx(plan.predicted["loss"], rel=1e-9, abs=1e-12)
+        assert evaluate(problem, sel).loss == pytest.approx(plan.predicted.loss, rel=1e-9, abs=1e-12)
 
 
 def _recipe_kv(plan: Plan) -> dict:

@@ -81,25 +81,24 @@ def _tables(text: str) -> list[int]:
 
 def measure_row(vae, dense, plan, calib, scorer, args) -> dict:
     """Quality figures of `plan` applied (reference kernels) to a copy of `dense`."""
-    from litevar.models.var.inference import balanced_labels, sample
+    from litevar.models.default.evaluation import balanced_images
     from litevar.profiler.quality import loss_of
     from litevar.runtime import planned_copy
     var = planned_copy(vae, dense, plan, kernel="torch")
     loss, top1 = loss_of(vae, var, calib)
-    labels = balanced_labels(args.n, var.num_classes)
-    imgs, _ = sample(var, labels, args.seed, 4.0, 900, 0.95, args.batch, desc=plan.name)
+    imgs, labels = balanced_images(var, args.n, args.seed, 4.0, 900, 0.95, args.batch, desc=plan.name)
     q = scorer(imgs, labels)
     pr = plan.predicted
     return {"recipe": plan.name, "description": plan.solver.get("description", ""),
-            "attn_flops_saved": 1.0 - pr["attn_flops"], "avg_bits": pr["avg_bits"],
-            "loss": loss, "predicted_loss": pr["loss"], "top1": top1,
+            "attn_flops_saved": 1.0 - pr.attn_flops, "avg_bits": pr.avg_bits,
+            "loss": loss, "predicted_loss": pr.loss, "top1": top1,
             "class_accuracy": q["class_accuracy"], "frechet_feature": q["frechet_feature"]}
 
 
 def run(args) -> int:
     from litevar.models.core.distributed import world
+    from litevar.models.core.family import family_of_model
     from litevar.models.default.evaluation import Scorer
-    from litevar.planner.plan import resolution_of
     from litevar.planner.recipes import recipe_plan
     from litevar.profiler.profile import Profile
     from litevar.profiler.quality import calibrate, run_sharded
@@ -110,9 +109,10 @@ def run(args) -> int:
     t0 = time.perf_counter()
     profile = Profile.load(args.profile)
     vae, dense = load_model(args)
-    res = resolution_of(dense.patch_nums)
+    family = family_of_model(dense)
+    res = family.resolution_of(family.schedule_of(dense))
     if res is None:
-        raise UserError(f"the model runs a custom schedule {list(dense.patch_nums)}; ablate a model of a "
+        raise UserError(f"the model runs a custom schedule {list(family.schedule_of(dense))}; ablate a model of a "
                         "standard resolution")
     plans = {spec: recipe_plan(profile, args.profile, spec, res, 1, spec)
              for t in tables for spec, _ in TABLES[t][1]}
@@ -125,7 +125,7 @@ def run(args) -> int:
         return 0
     result = {"model": profile.meta.get("model", {}).get("name", ""), "profile": args.profile, "n": args.n,
               "calib": args.calib, "seed": args.seed, "cfg": 4.0,
-              "real_vs_real_frechet": scorer.real_vs_real, "chance": 1 / scorer.clf.num_classes,
+              "real_vs_real_frechet": scorer.real_vs_real, "chance": scorer.chance,
               "tables": {t: [{**rows[spec], "paper": paper} for spec, paper in TABLES[t][1]] for t in tables},
               "seconds": round(time.perf_counter() - t0, 1)}
     text = markdown(result)

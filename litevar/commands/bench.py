@@ -88,11 +88,12 @@ def measure_interleaved(models: dict, batch: int, device, repeats: int, warmup: 
     import torch
 
     from litevar.kernels.bench_gemm import interleaved_ms
-    from litevar.profiler.cost import generation, generation_peak_mb, module_bytes
+    from litevar.models.core.family import family_of_model
+    from litevar.profiler.cost import generation_peak_mb, module_bytes
     dev = torch.device(device)
     runs, peaks, samples = {}, {}, {}
     for name, (vae, var) in models.items():
-        runs[name] = generation(var, batch, dtype)
+        runs[name] = family_of_model(var).generation(var, batch, dtype)
         for _ in range(max(1, warmup)):
             runs[name]()
         peaks[name] = generation_peak_mb(vae, var, runs[name], dev)
@@ -139,22 +140,22 @@ def drift_corrected_err(pred_ms, pred_dense_ms, measured_speedup) -> float | Non
 def plan_entry(plan, path: str, dense: E2E, m: E2E) -> dict:
     from litevar.planner.build import profile_sha256 as file_sha256
     pred = plan.predicted
-    promised = pred.get("speedup")
-    if promised is None and pred.get("dense_latency_ms") and pred.get("latency_ms"):
-        promised = pred["dense_latency_ms"] / pred["latency_ms"]
+    promised = pred.speedup
+    if promised is None and pred.dense_latency_ms and pred.latency_ms:
+        promised = pred.dense_latency_ms / pred.latency_ms
     speedup = paired_speedup(dense.latency_ms_runs, m.latency_ms_runs)
     return {
         "plan": str(path), "plan_name": plan.name, "plan_sha256": file_sha256(path), "measured": asdict(m),
-        "predicted": {k: pred.get(k) for k in ("latency_ms", "memory_mb", "loss", "dense_latency_ms",
-                                               "dense_memory_mb", "speedup")},
+        "predicted": {k: getattr(pred, k) for k in ("latency_ms", "memory_mb", "loss", "dense_latency_ms",
+                                                    "dense_memory_mb", "speedup")},
         "speedup": {"measured": speedup, "promised": promised, "of_medians": dense.latency_ms / m.latency_ms},
         "prediction_error": {
-            "latency": rel_err(pred.get("latency_ms"), m.latency_ms),
-            "memory": rel_err(pred.get("memory_mb"), m.peak_mb),
-            "loss": rel_err(pred.get("loss"), m.loss),
-            "dense_latency": rel_err(pred.get("dense_latency_ms"), dense.latency_ms),
-            "dense_memory": rel_err(pred.get("dense_memory_mb"), dense.peak_mb),
-            "latency_drift_corrected": drift_corrected_err(pred.get("latency_ms"), pred.get("dense_latency_ms"),
+            "latency": rel_err(pred.latency_ms, m.latency_ms),
+            "memory": rel_err(pred.memory_mb, m.peak_mb),
+            "loss": rel_err(pred.loss, m.loss),
+            "dense_latency": rel_err(pred.dense_latency_ms, dense.latency_ms),
+            "dense_memory": rel_err(pred.dense_memory_mb, dense.peak_mb),
+            "latency_drift_corrected": drift_corrected_err(pred.latency_ms, pred.dense_latency_ms,
                                                            speedup)},
     }
 
@@ -226,17 +227,18 @@ def _check_same_shape(plans: list, paths: list[str]) -> None:
 
 
 def run(args) -> int:
-    from litevar.models.var.build import arch_of, weights_sha256
+    from litevar.models.core.family import family_of_model
     from litevar.planner.plan import Plan
     from litevar.runtime import planned_copy
     _check_args(args)
     plans = [Plan.load(p) for p in args.plan]
     _check_same_shape(plans, args.plan)
     vae, var = load_model(args)
-    sha = weights_sha256(var)
+    family = family_of_model(var)
+    sha, arch = family.weights_sha256(var), family.arch_of(var).to_dict()
     for p in plans:
-        p.check_model(arch_of(var), sha, var.patch_nums)  # fail before copying
-    device = var.lvl_1L.device
+        p.check_model(arch, sha, family.schedule_of(var))  # fail before copying
+    device = family.device_of(var)
     models = {"dense": (vae, var)}
     for i, p in enumerate(plans):
         models[i] = (vae, planned_copy(vae, var, p, kernel=args.kernel, strict_device=args.strict_device,

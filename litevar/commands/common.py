@@ -13,6 +13,8 @@ from litevar.models.core.inference import DTYPES
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Model selection flags shared by every command that runs a model."""
     g = p.add_argument_group("model (default: the small model shipped with litevar)")
+    g.add_argument("--family", default="var", help="model family (default var; see docs/design.md, "
+                   "'Add a model family')")
     g.add_argument("--ckpt", help="official VAR checkpoint (e.g. var_d16.pth)")
     g.add_argument("--vae", help="official VQVAE checkpoint (vae_ch160v4096z32.pth)")
     g.add_argument("--depth", type=COUNT, help="VAR depth; checked against --ckpt, required with --random-init")
@@ -46,23 +48,29 @@ def resolve_device(name: str) -> torch.device:
 
 
 
+def model_flags(args):
+    """The model flags as the model family reads them (litevar.models.core.family.ModelFlags)."""
+    from litevar.models.core.family import ModelFlags
+    return ModelFlags(family=args.family, ckpt=args.ckpt, vae=args.vae, depth=args.depth,
+                      random_init=bool(args.random_init), resolution=args.resolution,
+                      patch_nums=parse_patch_nums(args.patch_nums) if args.patch_nums else None)
+
+
+def parse_patch_nums(text: str) -> tuple[int, ...]:
+    """'1,2,3,4' -> (1, 2, 3, 4), with a one-line error for anything else."""
+    try:
+        pns = tuple(int(t) for t in text.replace(" ", "").split(",") if t)
+    except ValueError:
+        raise UserError(f"invalid patch_nums {text!r}: give comma-separated integers, "
+                        "e.g. 1,2,3,4,5,6,8,10,13,16") from None
+    if len(pns) < 2 or any(p < 1 for p in pns) or any(b <= a for a, b in zip(pns, pns[1:])):
+        raise UserError(f"invalid patch_nums {text!r}: give >= 2 strictly increasing positive integers")
+    return pns
+
+
 def load_model(args) -> tuple:
-    """(vae, var) from the model flags, on args.device."""
+    """(vae, model) from the model flags, on args.device, through the model family."""
     from litevar.models.core.distributed import local_device
-    from litevar.models.var.build import build_vae_var, load_vae_var
-    from litevar.models.var.schedules import parse_patch_nums, schedule_for
+    from litevar.models.core.family import get_family
     dev = local_device(resolve_device(args.device))  # under torchrun: this process's own GPU
-    pns = parse_patch_nums(args.patch_nums) if args.patch_nums else None
-    if args.random_init:
-        if args.depth is None:
-            raise UserError("--random-init needs --depth (e.g. --depth 16)")
-        pns = pns or schedule_for(args.resolution or 256)
-        return build_vae_var(dev, patch_nums=pns, depth=args.depth, shared_aln=args.depth >= 36)
-    if args.ckpt or args.vae:
-        if not (args.ckpt and args.vae):
-            raise UserError("official checkpoints need both --ckpt (VAR) and --vae (VQVAE)")
-        return load_vae_var(args.ckpt, args.vae, device=dev, patch_nums=pns, depth=args.depth)
-    if args.depth is not None:
-        raise UserError("--depth needs --ckpt/--vae (official checkpoints) or --random-init")
-    from litevar.models.default import load_default
-    return load_default(dev)
+    return get_family(args.family).load(model_flags(args), dev)

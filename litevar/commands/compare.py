@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +136,7 @@ def attach_memory(entries: list[Entry], profile_paths: list[str]) -> None:
     profiles = {profile_sha256(p): (p, Profile.load(p)) for p in profile_paths}
     used = set()
     for e in entries:
-        e.memory = e.plan.predicted.get("memory_breakdown_mb")
+        e.memory = e.plan.predicted.memory_breakdown_mb
         if e.memory is None and e.plan.profile_sha256 in profiles:
             e.memory = plan_memory_breakdown(e.plan, profiles[e.plan.profile_sha256][1])
             used.add(e.plan.profile_sha256)
@@ -217,12 +216,12 @@ def row(e: Entry) -> dict:
     speed = (e.bench or {}).get("speedup") or {}
     return {"plan": plan_name(e), "path": e.path, "device": device_name(p),
             "resolution": p.resolution, "batch": p.batch, "budgets": budgets_of(p),
-            "pred_latency_ms": pred.get("latency_ms"), "pred_memory_mb": pred.get("memory_mb"),
-            "pred_loss": pred.get("loss"), "meas_latency_ms": meas.get("latency_ms"),
+            "pred_latency_ms": pred.latency_ms, "pred_memory_mb": pred.memory_mb,
+            "pred_loss": pred.loss, "meas_latency_ms": meas.get("latency_ms"),
             "meas_peak_mb": meas.get("peak_mb"), "meas_loss": meas.get("loss"),
-            "speedup_pred": pred.get("speedup"), "speedup_meas": speed.get("measured"),
+            "speedup_pred": pred.speedup, "speedup_meas": speed.get("measured"),
             "formats": formats_text(p.formats), "kv": kv_text(p), "qk8_blocks": len(p.qk_int8),
-            "cfg_shared_blocks": len(p.cfg_shared), "attn_kept": pred.get("attn_kept"),
+            "cfg_shared_blocks": len(p.cfg_shared), "attn_kept": pred.attn_kept,
             **{f"mem_{k}_mb": (e.memory or {}).get(k) for k in (*MEMORY_PARTS, "decode_phase")}}
 
 
@@ -308,9 +307,9 @@ def frontier_figure(group: list[Entry], frontiers: dict[str, pd.DataFrame], titl
     from litevar.planner.frontier import pareto_mask
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    pts = pd.DataFrame([{"latency_ms": _num(e.plan.predicted.get("latency_ms")),
-                         "memory_mb": _num(e.plan.predicted.get("memory_mb")),
-                         "loss": _num(e.plan.predicted.get("loss"))} for e in group])
+    pts = pd.DataFrame([{"latency_ms": _num(e.plan.predicted.latency_ms),
+                         "memory_mb": _num(e.plan.predicted.memory_mb),
+                         "loss": _num(e.plan.predicted.loss)} for e in group])
     colours = plt.get_cmap("tab10").colors
     for ax, x, meas_key, xlabel in ((axes[0], "latency_ms", "latency_ms", "latency (ms)"),
                                     (axes[1], "memory_mb", "peak_mb", "peak memory (MB)")):
@@ -355,15 +354,14 @@ def _log_if_wide(ax) -> None:
         ax.set_yscale("log")
 
 
-def _linear_order(fqn: str) -> tuple:
-    """Model order: word_embed, shared_ada_lin.1, blocks.i.{qkv, proj, fc1, fc2, ada_lin.1}, head_nm, head."""
-    from litevar.planner.plan import BLOCK_LINEARS
-    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", fqn)
-    if m:
-        sub = m.group(2)
-        return 1, int(m.group(1)), BLOCK_LINEARS.index(sub) if sub in BLOCK_LINEARS else 99, sub
-    top = {"word_embed": (0, 0), "shared_ada_lin.1": (0, 1), "head_nm.ada_lin.1": (2, 0), "head": (2, 1)}
-    return (*top.get(fqn, (3, 0)), 0, fqn)
+def _linear_order(entries: list[Entry]) -> dict[str, int]:
+    """Layer name -> its position in its model (the family's order of its linears), over every plan."""
+    order: dict[str, int] = {}
+    for e in entries:
+        arch = e.plan.typed_arch
+        for i, name in enumerate(e.plan.family.linear_names(arch)):
+            order.setdefault(name, i)
+    return order
 
 
 def format_figure(entries: list[Entry]) -> str:
@@ -373,7 +371,8 @@ def format_figure(entries: list[Entry]) -> str:
 
     from litevar.kernels.formats import FORMATS
     plt = _plt()
-    layers = sorted({f for e in entries for f in e.plan.formats}, key=_linear_order)
+    order = _linear_order(entries)
+    layers = sorted({f for e in entries for f in e.plan.formats}, key=lambda f: (order.get(f, len(order)), f))
     used = {e.plan.formats.get(f) for e in entries for f in layers} - {None}
     names = [n for n in FORMATS if n in used] + sorted(used - set(FORMATS))
     palette = iter(plt.get_cmap("tab10").colors)
@@ -545,7 +544,7 @@ def render_html(entries: list[Entry], rows: list[dict], frontiers: dict[str, pd.
              f"<p class=cap>{TABLE_CAPTION}</p>", "<h2>Loss against latency and memory</h2>"]
     for (dev, model, res), group in groups(entries).items():
         name = f"{dev}, {model}, {res} px"
-        unplotted = [plan_name(e) for e in group if any(math.isnan(_num(e.plan.predicted.get(k)))
+        unplotted = [plan_name(e) for e in group if any(math.isnan(_num(getattr(e.plan.predicted, k)))
                                                           for k in ("latency_ms", "memory_mb", "loss"))]
         note = f" Not drawn (no predicted latency, memory or loss): {', '.join(unplotted)}." if unplotted else ""
         parts.append(_figure(frontier_figure(group, frontiers, name), f"frontier {name}",

@@ -27,8 +27,8 @@ from litevar.commands.args import COUNT, FRACTION, NONNEG, NONNEG_INT, SEED, Num
 from litevar.commands.common import add_model_arguments, load_model
 from litevar.models.core.atomic import write_json
 from litevar.models.core.distributed import world
-from litevar.models.default.evaluation import Scorer, class_by_scale, fidelity, quality
-from litevar.models.var.inference import balanced_labels, sample
+from litevar.models.default.evaluation import Scorer, balanced_images, class_by_scale, fidelity, quality
+from litevar.models.var.inference import sample
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,7 @@ def run(args) -> int:
         from litevar.runtime import planned_copy
         var = planned_copy(vae, dense, plan)
     w = world()  # under torchrun: images sharded by batch, metrics on rank 0
-    labels = balanced_labels(args.n, var.num_classes)
-    imgs, _ = sample(var, labels, args.seed, args.cfg, args.top_k, args.top_p, args.batch, args.dtype)
+    imgs, labels = balanced_images(var, args.n, args.seed, args.cfg, args.top_k, args.top_p, args.batch, args.dtype)
     scorer = Scorer(max(args.n, 500)) if w.main else None
     report = {"n": args.n, "cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
               "dtype": args.dtype, "plan": args.plan, "world_size": w.size,
@@ -121,9 +120,9 @@ def print_report(r: dict) -> None:
         print_class_by_scale(r["class_by_scale"])
 
 
-def class_names(num_classes: int) -> list[str]:
+def class_names(n: int) -> list[str]:
     from litevar.models.default.data import CLASS_NAMES
-    return list(CLASS_NAMES) if len(CLASS_NAMES) == num_classes else [str(i) for i in range(num_classes)]
+    return list(CLASS_NAMES) if len(CLASS_NAMES) == n else [str(i) for i in range(n)]
 
 
 def print_confusions(cm: np.ndarray, per_class: list[float], top: int = 5) -> None:

@@ -19,9 +19,9 @@ def run(args) -> int:
     pr = plan.predicted
     print(f"plan {plan.name!r}: {plan.resolution} px, batch {plan.batch}, device {plan.device.get('name')}; "
           f"budgets {', '.join(f'{k} {v:g}' for k, v in plan.budgets.items() if v is not None) or 'none'}")
-    if pr:
-        print(f"predicted: {pr.get('latency_ms', 0):.1f} ms ({pr.get('speedup', 1):.2f}x), "
-              f"{pr.get('memory_mb', 0):.0f} MB, loss {pr.get('loss', 0):.4g}")
+    if pr.latency_ms is not None:
+        print(f"predicted: {pr.latency_ms:.1f} ms ({pr.speedup or 1:.2f}x), {pr.memory_mb or 0:.0f} MB, "
+              f"loss {pr.loss or 0:.4g}")
     guard = plan.solver.get("guard")
     if guard:
         print(f"solved with a guard of {pct(guard.get('latency'))} on latency and {pct(guard.get('memory'))} "

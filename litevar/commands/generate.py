@@ -12,8 +12,7 @@ import time
 
 from litevar.commands.args import COUNT, FRACTION, NONNEG, NONNEG_INT, SEED
 from litevar.commands.common import add_model_arguments, load_model
-from litevar.models.core.errors import UserError
-from litevar.models.var.inference import generate
+from litevar.models.core.family import family_of_model
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +31,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", help="compression plan JSON (`litevar plan`) to apply to the model")
 
 
-def parse_classes(text: str | None, num_classes: int, per_class: int) -> list[int]:
-    if text is None:
-        ids = [round(i * num_classes / min(8, num_classes)) for i in range(min(8, num_classes))]
-    else:
-        try:
-            ids = [int(t) for t in text.split(",") if t.strip()]
-        except ValueError:
-            raise UserError(f"--classes {text!r}: give comma-separated integers") from None
-    bad = [c for c in ids if not 0 <= c < num_classes]
-    if bad or not ids:
-        raise UserError(f"--classes: class id(s) {bad or text} out of range; this model has classes "
-                        f"0..{num_classes - 1}")
-    return [c for c in ids for _ in range(per_class)]
-
-
 def run(args) -> int:
     from litevar.models.core.imageio import save_grid
     t0 = time.perf_counter()
@@ -59,10 +43,12 @@ def run(args) -> int:
         from litevar.runtime import apply_plan
         apply_plan(vae, var, plan)
     t1 = time.perf_counter()
-    labels = parse_classes(args.classes, var.num_classes, args.per_class)
-    img = generate(var, labels, args.seed, args.cfg, args.top_k, args.top_p, args.more_smooth, args.dtype)
+    family = family_of_model(var)
+    conds = family.conditions_from_text(var, args.classes, args.per_class)
+    sampling = {"cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "more_smooth": args.more_smooth}
+    img = family.images(vae, var, conds, args.seed, sampling, args.dtype)
     t2 = time.perf_counter()
-    save_grid(img, args.out, nrow=min(len(labels), 8))
-    print(f"wrote {args.out}: {len(labels)} samples of classes {sorted(set(labels))}, "
+    save_grid(img, args.out, nrow=min(len(conds), 8))
+    print(f"wrote {args.out}: {len(conds)} samples of classes {sorted(set(conds))}, "
           f"{img.shape[-1]}x{img.shape[-2]} px (load {t1 - t0:.1f} s, generate {t2 - t1:.1f} s on {args.device})")
     return 0

@@ -117,9 +117,9 @@ def run(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     plan.save(out)
     pr, s = plan.predicted, plan.solver
-    print(f"wrote {out}: {pr['latency_ms']:.1f} ms ({pr['speedup']:.2f}x vs dense {pr['dense_latency_ms']:.1f} ms), "
-          f"{pr['memory_mb']:.0f} MB (dense {pr['dense_memory_mb']:.0f}), loss {pr['loss']:.4g}, "
-          f"attention kept {pr['attn_kept']:.1%}, CFG-shared layers {len(plan.cfg_shared)}, QK8 layers "
+    print(f"wrote {out}: {pr.latency_ms:.1f} ms ({pr.speedup:.2f}x vs dense {pr.dense_latency_ms:.1f} ms), "
+          f"{pr.memory_mb:.0f} MB (dense {pr.dense_memory_mb:.0f}), loss {pr.loss:.4g}, "
+          f"attention kept {pr.attn_kept:.1%}, CFG-shared layers {len(plan.cfg_shared)}, QK8 layers "
           f"{len(plan.qk_int8)}")
     print(f"guard: budgets tightened by {pct(guard['latency'])} (latency) and {pct(guard['memory'])} (memory) "
           f"({guard['source']})")
@@ -142,9 +142,9 @@ def run_recipe(args, budgets) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     plan.save(out)
     pr = plan.predicted
-    print(f"wrote {out}: recipe {recipe.spec or 'dense'} ({recipe.describe()}): {pr['latency_ms']:.1f} ms "
-          f"({pr['speedup']:.2f}x vs dense {pr['dense_latency_ms']:.1f} ms), {pr['memory_mb']:.0f} MB, "
-          f"loss {pr['loss']:.4g}, attention kept {pr['attn_kept']:.1%}")
+    print(f"wrote {out}: recipe {recipe.spec or 'dense'} ({recipe.describe()}): {pr.latency_ms:.1f} ms "
+          f"({pr.speedup:.2f}x vs dense {pr.dense_latency_ms:.1f} ms), {pr.memory_mb:.0f} MB, "
+          f"loss {pr.loss:.4g}, attention kept {pr.attn_kept:.1%}")
     if plan.solver.get("loss_leaves_out"):
         print(f"note: its loss leaves out {', '.join(plan.solver['loss_leaves_out'])}: the profile cannot price it")
     return 0

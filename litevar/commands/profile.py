@@ -23,6 +23,7 @@ import torch
 from litevar.commands.args import COUNT, COUNTS, NONNEG, SEED
 from litevar.kernels.formats import FORMATS
 from litevar.models.core.errors import UserError
+from litevar.models.core.family import family_of, family_of_model
 
 log = logging.getLogger(__name__)
 
@@ -171,48 +172,54 @@ def cost_groups(out: Path, device: torch.device):
     return group, out.with_name(f"{out.stem}.{slug}{out.suffix}"), group.world().main
 
 
-def _cost_stage(vae, var, arch, args, settings, device) -> tuple[dict, dict]:
+def _cost_stage(vae, model, arch, args, settings, device) -> tuple[dict, dict]:
+    from litevar.models.core.family import arch_from
     from litevar.profiler.cost import run_cost_stage
     t = time.perf_counter()
-    resolutions = parse_schedules(args.resolutions) if args.resolutions else None
-    tables, cm, validation = run_cost_stage(vae, var, arch, device, resolutions, args.batches, settings=settings)
-    return tables, {"cost_model": cm, "validation": validation, "seconds": round(time.perf_counter() - t, 1)}
+    arch = arch_from(arch)
+    resolutions = parse_schedules(args.resolutions, family_of(arch)) if args.resolutions else None
+    tables, cm, validation = run_cost_stage(vae, model, arch, device, resolutions, args.batches, settings=settings)
+    return tables, {"cost_model": cm.to_dict() if cm is not None else {}, "validation": validation,
+                    "seconds": round(time.perf_counter() - t, 1)}
 
 
-def parse_schedules(text: str) -> list[tuple[int, ...]]:
+def parse_schedules(text: str, family) -> list[tuple[int, ...]]:
     """--resolutions: '256,512' (resolutions with a schedule) or '1,2,3;1,2,3,4' (schedules)."""
-    from litevar.models.var.schedules import SCHEDULES, parse_patch_nums
+    from litevar.commands.common import parse_patch_nums
     if ";" in text:
         return [parse_patch_nums(t) for t in text.split(";") if t.strip()]
+    schedules = family.schedules
     try:
-        return [SCHEDULES[int(r)] for r in text.split(",") if r.strip()]
+        return [schedules[int(r)] for r in text.split(",") if r.strip()]
     except (ValueError, KeyError):
-        raise UserError(f"--resolutions {text!r}: give resolutions from {sorted(SCHEDULES)} (e.g. 256,512), or "
+        raise UserError(f"--resolutions {text!r}: give resolutions from {sorted(schedules)} (e.g. 256,512), or "
                         "schedules separated by ';' (e.g. 1,2,3;1,2,3,4)") from None
 
 
-def _refit(hit, arch: dict, device, vae) -> dict:
+def _refit(hit, arch: dict, device, vae, model) -> dict:
     """The cached cost stage's meta with its cost model refitted on its own measurements (and on
     the decodes alone, measured first when the cache predates them: a minute on a CPU)."""
+    from litevar.models.core.family import arch_from
     from litevar.profiler.cost import decode_sides, fit_cost_model, measure_decodes
+    arch = arch_from(arch)
     old = hit.meta["cost_model"]
     if "cost_decode" not in hit.tables:
         e2e = hit.tables["cost_e2e"]
         fitted = [tuple(int(p) for p in str(pn).split(",")) for pn in set(e2e[~e2e["held_out"]]["patch_nums"])]
-        sides = decode_sides(fitted, int(vae.downsample))
+        sides = decode_sides(fitted, arch.downsample)
         print(f"profile: the cached cost stage predates the decodes alone: measuring them at {sides} px")
-        hit.tables["cost_decode"] = measure_decodes(vae, sides, device, old["dtype"])
+        hit.tables["cost_decode"] = measure_decodes(vae, model, sides, device, old["dtype"])
     cm, validation = fit_cost_model(hit.tables, arch, device, old["dtype"], vae)
-    cm["timing_s"] = old.get("timing_s")  # the measurements' time, not the refit's
+    cm.timing_s = old.get("timing_s")  # the measurements' time, not the refit's
+    cm.kernels = old.get("kernels", {})
     print(f"profile: cost model refitted on the cached measurements (e2e rmse {old['e2e']['rmse_rel']:.1%} "
-          f"-> {cm['e2e']['rmse_rel']:.1%})")
-    return {"cost_model": cm, "validation": validation}
+          f"-> {cm.e2e.rmse_rel:.1%})")
+    return {"cost_model": cm.to_dict(), "validation": validation}
 
 
 def run(args) -> int:
     from litevar.commands.common import load_model
     from litevar.models.core.distributed import barrier, world
-    from litevar.models.var.build import arch_of, weights_sha256
     from litevar.profiler import quality as Q
     from litevar.profiler.device import environment, fingerprint
     from litevar.profiler.profile import Profile
@@ -223,10 +230,11 @@ def run(args) -> int:
     out = Path(args.out)
     cost_settings = _cost_settings(args)
     vae, var = load_model(args)
-    device = var.lvl_1L.device
+    family = family_of_model(var)
+    device = family.device_of(var)
     stages, forced = _stage_list(args, args.random_init)
-    arch = {**arch_of(var), "patch_nums": list(var.patch_nums), "downsample": int(vae.downsample)}
-    sha = None if args.random_init else weights_sha256(var)
+    arch = family.arch_of(var).to_dict()
+    sha = None if args.random_init else family.weights_sha256(var)
     model = {"name": "random-init" if args.random_init else (Path(args.ckpt).stem if args.ckpt else "default"),
              "random_init": bool(args.random_init), "weights_sha256": sha, "arch": arch}
     key = _key(model, args.calib, args.calib_loss, args.cfg, args.seed, device.type)
@@ -237,7 +245,7 @@ def run(args) -> int:
             c = Q.calibrate(vae, var, args.calib, args.cfg, args.seed)
             cached_calib["all"] = c
             n = args.calib_loss
-            cached_calib["loss"] = Q.Calibration(c.labels[:n], [t[:n] for t in c.tokens], c.ref_logits[:n], c.cfg,
+            cached_calib["loss"] = Q.Calibration(c.conds[:n], [t[:n] for t in c.tokens], c.ref_logits[:n], c.cfg,
                                                  min(c.batch, n))
         return cached_calib["all"], cached_calib["loss"]
 
@@ -248,7 +256,7 @@ def run(args) -> int:
         skey = key if stage != "cost" else _key(model, args.resolutions, batches, device.type,
                                                  *_cost_options(cost_settings))
         if stage in ("sensitivity", "cost"):  # a new format (BF16, KV8) makes the old tables incomplete
-            skey = _key(skey, sorted(FORMATS), *([Q.KV_QUANT_FORMATS] if stage == "sensitivity" else []))
+            skey = _key(skey, sorted(FORMATS), *([Q.kv_quant_formats()] if stage == "sensitivity" else []))
         if stage == "coverage":  # so does a new measurement (the eviction fit)
             skey = _key(skey, Q.EVICT_FIT_RULES)
         fresh = args.fresh and (not forced or stage in forced)
@@ -281,7 +289,7 @@ def run(args) -> int:
         stage_meta = dict(hit.meta)
         stage_meta.pop("cache_key")
         if stage == "cost" and args.refit and not measured:
-            stage_meta.update(_refit(hit, arch, device, vae))
+            stage_meta.update(_refit(hit, arch, device, vae, var))
             if writer:
                 _store(own_out, stage, skey, hit.tables, stage_meta)
         tables.update(hit.tables)
@@ -290,7 +298,7 @@ def run(args) -> int:
     meta.update({"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                  "model": model, "device": fingerprint(device), "env": environment(),
                  "calib": {"n": args.calib, "n_loss": args.calib_loss, "cfg": args.cfg, "seed": args.seed},
-                 "loss_unit": Q.LOSS_UNIT})
+                 "loss_unit": family.loss_unit})
     if w.distributed:
         meta["distributed"] = {"world_size": w.size, "cost_ranks": list(group.ranks) if group else [0]}
     prof = Profile(meta=meta, tables=tables)

@@ -148,8 +148,13 @@ class KVCache:
         self.len = 0
 
 
-def set_attention_backend(var: torch.nn.Module, backend: AttentionBackend, layers=None) -> None:
-    """Route the attention of `layers` (block indices; default all) through `backend`."""
-    for i, block in enumerate(var.blocks):
+def set_attention_backend(model_or_modules, backend: AttentionBackend, layers=None) -> None:
+    """Route the attention of `layers` (block indices; default all) of a model (through its family's
+    attention_modules) or of the blocks' attention modules in order, through `backend`."""
+    attn_modules = model_or_modules
+    if hasattr(model_or_modules, "family_name"):
+        from litevar.models.core.family import family_of_model
+        attn_modules = family_of_model(model_or_modules).attention_modules(model_or_modules)
+    for i, attn in enumerate(attn_modules):
         if layers is None or i in layers:
-            block.attn.backend = backend
+            attn.backend = backend

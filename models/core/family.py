@@ -153,6 +153,10 @@ class ModelFamily:
     def linears(self, arch: Arch) -> list[LinearSpec]:
         raise NotImplementedError
 
+    def block_names(self, arch: Arch) -> list[str]:
+        """The blocks' module names, in order (what explain and compare call a block)."""
+        raise NotImplementedError
+
     def attention_names(self, arch: Arch) -> list[str]:
         raise NotImplementedError
 
@@ -233,6 +237,14 @@ class ModelFamily:
         """KL(ref || test) per token (B, L) in the family's loss unit, and argmax agreement (B, L)."""
         raise NotImplementedError
 
+    def conditions_from_text(self, model, text: str | None, per: int):
+        """Conditions the user asked for on the command line (VAR: class ids; default: a spread)."""
+        raise NotImplementedError
+
+    def images(self, vae, model, conds, seed: int, sampling: dict, dtype_name: str = "fp32", progress: bool = True):
+        """Images (B, 3, H, W) in [0, 1] of the conditions; sampling: cfg, top_k, top_p (and family extras)."""
+        raise NotImplementedError
+
     def generation(self, model, batch: int, dtype_name: str):
         """One timed unit of work: () -> images of `batch` default conditions."""
         raise NotImplementedError
@@ -264,6 +276,8 @@ class ModelFamily:
 FAMILIES: dict[str, ModelFamily] = {}
 # families shipped with litevar, imported when first asked for (no import at start-up)
 BUILTIN = {"var": "litevar.models.var.family"}
+# a family's default model (no checkpoint given): "module:function(device) -> (vae, model)"
+DEFAULT_MODELS = {"var": "litevar.models.default:load_default"}
 DEFAULT_FAMILY = "var"  # profiles and plans written before families were recorded are VAR's
 
 
@@ -281,6 +295,15 @@ def get_family(name: str) -> ModelFamily:
     if name not in FAMILIES:
         raise UserError(f"unknown model family {name!r}; known: {', '.join(sorted(set(FAMILIES) | set(BUILTIN)))}")
     return FAMILIES[name]
+
+
+def load_default_model(family: str, device):
+    """(vae, model) of a family's default model (DEFAULT_MODELS), or one line saying it has none."""
+    if family not in DEFAULT_MODELS:
+        raise UserError(f"the {family} family ships no default model; pass its checkpoints (--ckpt/--vae) or "
+                        "--random-init")
+    module, _, fn = DEFAULT_MODELS[family].partition(":")
+    return getattr(importlib.import_module(module), fn)(device)
 
 
 def family_of(arch: Arch | dict) -> ModelFamily:

@@ -7,7 +7,15 @@ import numpy as np
 import torch
 
 from litevar.models.core.errors import UserError
-from litevar.models.var.inference import cfg_logits, sample
+from litevar.models.var.inference import balanced_labels, cfg_logits, sample
+
+
+def balanced_images(var, n: int, seed: int, cfg: float, top_k: int, top_p: float, batch: int,
+                    dtype_name: str = "fp32", desc: str = "generate"):
+    """(images, labels) of n samples balanced over the classes (batch i with seed + i)."""
+    labels = balanced_labels(n, var.num_classes)
+    imgs, _ = sample(var, labels, seed, cfg, top_k, top_p, batch, dtype_name, desc)
+    return imgs, labels
 
 
 def fidelity(ref, test, vae, labels: list[int], seed: int, cfg: float, top_k: int, top_p: float, batch: int,
@@ -53,6 +61,11 @@ class Scorer:
         real_b, _ = make_split("val", n_real)
         self.feats = metrics.classifier_features(self.clf, self.real)
         self.real_vs_real = float(metrics.frechet_distance(metrics.classifier_features(self.clf, real_b), self.feats))
+
+    @property
+    def chance(self) -> float:
+        """Class accuracy of a guess."""
+        return 1 / self.clf.num_classes
 
     def __call__(self, images: torch.Tensor, labels: list[int]) -> dict:
         """images (N, 3, H, W) in [0, 1]."""

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from litevar.models.core.errors import UserError
-from litevar.models.core.family import Arch, LinearSpec, ModelFamily, ModelFlags, register_family
+from litevar.models.core.family import Arch, LinearSpec, ModelFamily, ModelFlags, load_default_model, register_family
 from litevar.models.core.inference import autocast
 from litevar.models.var.schedules import SCHEDULES
 
@@ -87,8 +87,11 @@ class VARFamily(ModelFamily):
                 LinearSpec("head", C, arch.V, "head", fp32=True)]
         return out
 
+    def block_names(self, arch: Arch) -> list[str]:
+        return [f"blocks.{i}" for i in range(arch.depth)]
+
     def attention_names(self, arch: Arch) -> list[str]:
-        return [f"blocks.{i}.attn" for i in range(arch.depth)]
+        return [f"{b}.attn" for b in self.block_names(arch)]
 
     def other_param_bytes(self, arch: VARArch, schedule, fp_bytes: int = 4) -> int:
         C, S, L = arch.embed_dim, len(schedule), sum(p * p for p in schedule)
@@ -135,6 +138,26 @@ class VARFamily(ModelFamily):
         lp, lq = ref_logits.log_softmax(-1), test_logits.log_softmax(-1)
         return (lp.exp() * (lp - lq)).sum(-1), ref_logits.argmax(-1) == test_logits.argmax(-1)
 
+    def conditions_from_text(self, var, text: str | None, per: int) -> list[int]:
+        """--classes '3,7' (default: up to 8 classes spread over the range), each `per` times."""
+        n = var.num_classes
+        if text is None:
+            ids = [round(i * n / min(8, n)) for i in range(min(8, n))]
+        else:
+            try:
+                ids = [int(t) for t in text.split(",") if t.strip()]
+            except ValueError:
+                raise UserError(f"--classes {text!r}: give comma-separated integers") from None
+        bad = [c for c in ids if not 0 <= c < n]
+        if bad or not ids:
+            raise UserError(f"--classes: class id(s) {bad or text} out of range; this model has classes 0..{n - 1}")
+        return [c for c in ids for _ in range(per)]
+
+    def images(self, vae, var, conds, seed: int, sampling: dict, dtype_name: str = "fp32", progress: bool = True):
+        from litevar.models.var.inference import generate
+        return generate(var, list(conds), seed, sampling["cfg"], sampling["top_k"], sampling["top_p"],
+                        sampling.get("more_smooth", False), dtype_name, progress)
+
     def generation(self, var, batch: int, dtype_name: str):
         from litevar.models.var.inference import generate
         labels = [i % var.num_classes for i in range(batch)]
@@ -146,7 +169,7 @@ class VARFamily(ModelFamily):
 
         def run():
             with autocast(dev, dtype_name):
-                return var.autoregressive_infer_cfg(batch, labels, g_seed=0, decode=False, **_sampler())
+                return var.autoregressive_infer_cfg(batch, labels, g_seed=0, decode=False, **SAMPLING)
         return run
 
     def decode(self, vae, latent):
@@ -210,9 +233,6 @@ class VARFamily(ModelFamily):
             return load_vae_var(flags.ckpt, flags.vae, device=device, patch_nums=pns, depth=flags.depth)
         if flags.depth is not None:
             raise UserError("--depth needs --ckpt/--vae (official checkpoints) or --random-init")
-        from litevar.models.default import load_default
-        return load_default(device)
+        return load_default_model(self.name, device)
 
 
-def _sampler() -> dict:
-    return {k: SAMPLING[k] for k in ("cfg", "top_k", "top_p")}

@@ -162,6 +162,8 @@ class SharedAdaLin(nn.Linear):
 
 
 class VAR(nn.Module):
+    family_name = "var"  # litevar.models.core.family: what the profiler, planner and runtime ask it through
+
     def __init__(self, vae: VQVAE | None, cfg: VARConfig):
         super().__init__()
         C, self.cfg = cfg.C, cfg
