@@ -45,7 +45,7 @@ def largest_differences(a, b) -> dict:
 
 def main(argv=None) -> int:
     from litevar.models.core.atomic import write_json
-    from litevar.profiler.device import fingerprint
+    from litevar.models.core.device import fingerprint
     from litevar.profiler.profile import Profile
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nproc", type=int, default=2)

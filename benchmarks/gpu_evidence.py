@@ -6,7 +6,7 @@
 Steps, in order, each with its own time budget; a step that no longer fits the total is skipped,
 and the summary is rewritten after every step, so an interrupted run keeps what it did:
 
- 1. fingerprint     the device (profiler.device.fingerprint)
+ 1. fingerprint     the device (litevar.models.core.device.fingerprint)
  2. gpu_tests       `pytest -m gpu`: correctness before speed; when it fails, the timings below
                     are marked invalid in the summary
  3. bench_kernels   `litevar bench-kernels`: the GEMMs at d16..d30 widths against bf16 cuBLAS and
@@ -112,7 +112,7 @@ class Run:
 
     # -- steps ---------------------------------------------------------------------------------
     def fingerprint(self, budget):
-        r = self.sh([self.python, "-c", "import json; from litevar.profiler.device import fingerprint, environment; "
+        r = self.sh([self.python, "-c", "import json; from litevar.models.core.device import fingerprint, environment; "
                      f"print(json.dumps({{'device': fingerprint('{self.device}'), 'env': environment()}}))"],
                     timeout=budget, log="fingerprint")
         self._write("fingerprint.json", json.loads(r.stdout))

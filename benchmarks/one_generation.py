@@ -22,9 +22,9 @@ from litevar.models.core.atomic import write_json
 
 
 def main(argv=None) -> int:
+    from litevar.models.core.device import fingerprint
     from litevar.planner.plan import Plan
     from litevar.profiler.cost import generation, generation_peak_mb
-    from litevar.profiler.device import fingerprint
     from litevar.runtime import apply_plan
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_arguments(p)

@@ -31,7 +31,9 @@ from litevar.kernels.mdwa import CFGShared, FlexMDWA, LayerOptions, MaskedRefere
 from litevar.kernels.select import triton_available
 from litevar.kernels.windows import WindowConfig, dense_mask, kept_pairs
 from litevar.models.core.attention import AttnCall, DenseAttention, ScaleLayout
+from litevar.models.core.device import device_of
 from litevar.models.core.family import get_family
+from litevar.models.core.inference import DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ def _backends(device: torch.device, windows: WindowConfig, small: bool) -> dict[
     if small:
         out["masked SDPA (reference)"] = MaskedReference(windows)
     out["flex MDWA"] = FlexMDWA(windows, dense_below=0)
-    if device.type == "cuda" and triton_available():
+    if device_of(device).triton_native and triton_available():
         out["triton MDWA"] = TritonMDWA(windows)
         out["triton MDWA qk-int8"] = TritonMDWA(windows, {0: LayerOptions(qk_int8=True)})
         out["triton MDWA + ASC"] = CFGShared(TritonMDWA(windows))
@@ -88,7 +90,7 @@ def _backends(device: torch.device, windows: WindowConfig, small: bool) -> dict[
 
 def _cases(device: torch.device, which: str) -> list[tuple[int, int, int, str]]:
     """(resolution, heads, batch, note) of the runs (which: quick | full | evidence)."""
-    if device.type == "cuda":
+    if device_of(device).accelerator:
         heads = (16,) if which == "quick" else (16, 30)
         res = (1024, 2048) if which == "evidence" else tuple(get_family("var").schedules)
         return [(r, h, 2, "") for r in res for h in heads]
@@ -102,7 +104,7 @@ def _cases(device: torch.device, which: str) -> list[tuple[int, int, int, str]]:
 def bench_attention(device: str = "cpu", which: str = "quick") -> list[dict]:
     """Rows comparing every backend with dense SDPA, per resolution (see module docstring)."""
     dev = torch.device(device)
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    dtype = DTYPES[device_of(dev).default_dtype]
     reps = 3 if which == "quick" else 7
     rows = []
     for res, H, B, note in _cases(dev, which):

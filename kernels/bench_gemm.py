@@ -9,10 +9,8 @@ timed on CPU: interpreter timings mean nothing, those rows are marked skipped.
 from __future__ import annotations
 
 import logging
-import math
 import statistics
 import sys
-import time
 from collections.abc import Callable, Iterable
 
 import torch
@@ -23,6 +21,7 @@ from litevar.kernels.formats import capability
 from litevar.kernels.qlinear import QuantLinear
 from litevar.kernels.quant import sqnr
 from litevar.kernels.select import KernelChoice, triton_available
+from litevar.models.core.device import device_of
 
 log = logging.getLogger(__name__)
 
@@ -47,39 +46,17 @@ def var_shapes(which: str, device: str) -> list[tuple[str, int, int, int, int]]:
     depths, pxs, layers = DEPTHS, tuple(TOKENS), tuple(LAYERS)
     if which == "quick":
         depths, layers = (16,), ("proj", "fc1")
-        pxs = (256,) if device == "cpu" else (256, 1024)
+        pxs = (256, 1024) if device_of(device).accelerator else (256,)
     elif which == "evidence":
         pxs = (1024, 2048)
     return [(layer, d, CFG_BATCH * TOKENS[px], LAYERS[layer][0] * 64 * d, LAYERS[layer][1] * 64 * d)
             for d in depths for px in pxs for layer in layers]
 
 
-def time_ms(fn: Callable, device: str, warmup: int, repeats: int, min_batch_ms: float = 1.0,
+def time_ms(fn: Callable, device, warmup: int, repeats: int, min_batch_ms: float = 1.0,
             max_batch: int = 1000) -> float:
-    """Median milliseconds per call of fn() over `repeats` samples after `warmup` calls. A sample
-    times a batch of calls between one pair of CUDA events (or perf_counter reads on CPU), as many
-    as make a batch last about `min_batch_ms`: a single small launch would time the host's launch
-    overhead, not the kernel."""
-    for _ in range(warmup):
-        fn()
-    n = min(max_batch, max(1, math.ceil(min_batch_ms / max(_elapsed_ms(fn, device, 1), 1e-6))))
-    return statistics.median(_elapsed_ms(fn, device, n) / n for _ in range(repeats))
-
-
-def _elapsed_ms(fn: Callable, device: str, n: int) -> float:
-    """Wall milliseconds of n back-to-back calls (CUDA: between two events, synchronized)."""
-    if device == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(n):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - t0) * 1e3
+    """Median milliseconds per call of fn() on `device` (litevar.models.core.device.Device.time_ms)."""
+    return device_of(device).time_ms(fn, warmup, repeats, min_batch_ms, max_batch)
 
 
 def interleaved_ms(fns: dict[str, Callable[[], object]], reps: int, device: torch.device,
@@ -97,19 +74,13 @@ def interleaved_ms(fns: dict[str, Callable[[], object]], reps: int, device: torc
             prepare(name)
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    order = list(fns.items())
+    order, dev = list(fns.items()), device_of(device)
     for r in rounds(range(reps)):
         k = r % len(order)
         for name, fn in order[k:] + order[:k]:
             if prepare is not None:
                 prepare(name)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[name].append((time.perf_counter() - t0) * 1e3)
+            times[name].append(dev.elapsed_ms(fn, 1))
     if samples is not None:
         samples.update(times)
     return {name: statistics.median(t) for name, t in times.items()}
@@ -117,7 +88,7 @@ def interleaved_ms(fns: dict[str, Callable[[], object]], reps: int, device: torc
 
 def device_peaks(device: str) -> dict | None:
     """{'int8': TOPS, 'bf16': TFLOP/s} of a known GPU, else None (CPU, unknown GPUs)."""
-    if device != "cuda":
+    if not device_of(device).accelerator:
         return None
     name = torch.cuda.get_device_name()
     return next((p for key, p in PEAKS.items() if key in name), None)
@@ -153,7 +124,7 @@ def _gemm_only(q: QuantLinear, x_MK: torch.Tensor, impl: str) -> Callable | None
 @torch.no_grad()
 def _bench_shape(layer, depth, M, N, K, device, triton_ok, peaks) -> list[dict]:
     """Rows of every path at one shape; Triton rows carry max_err vs their torch reference."""
-    warmup, repeats = (1, 5) if device == "cpu" else (3, 10)
+    warmup, repeats = (3, 10) if device_of(device).accelerator else (1, 5)
     linear = nn.Linear(K, N, bias=LAYERS[layer][2], device=device)
     x_MK = torch.randn(M, K, device=device)
     y_float = linear(x_MK)  # fp32 reference for quality (sqnr_db)
@@ -167,8 +138,8 @@ def _bench_shape(layer, depth, M, N, K, device, triton_ok, peaks) -> list[dict]:
                    speedup_layer=None, max_err=None, sqnr_db=None, status="ok")
         rows.append(row)
         if gemm_fn is None:
-            row["status"] = ("skipped: Triton is not timed on CPU (interpreter)" if device == "cpu"
-                             else "skipped: triton not installed")
+            row["status"] = ("skipped: triton not installed" if device_of(device).triton_native
+                             else "skipped: Triton is not timed here (no native Triton: the interpreter)")
             continue
         out = (layer_fn or gemm_fn)()
         row["ms"] = time_ms(gemm_fn, device, warmup, repeats)
@@ -188,14 +159,12 @@ def _bench_shape(layer, depth, M, N, K, device, triton_ok, peaks) -> list[dict]:
 def bench_gemm(device: str = "cuda", which: str = "full") -> list[dict]:
     """Time every GEMM path against a bf16 matmul at VAR linear shapes on `device`."""
     device = torch.device(device).type
-    triton_ok = device == "cuda" and triton_available()
+    triton_ok = device_of(device).triton_native and triton_available()
     peaks = device_peaks(device)
     rows = []
     for layer, depth, M, N, K in var_shapes(which, device):
         log.info("bench_gemm: d%d %s M=%d N=%d K=%d", depth, layer, M, N, K)
         rows += _bench_shape(layer, depth, M, N, K, device, triton_ok, peaks)
-        if device == "cuda":
-            torch.cuda.empty_cache()
     return rows
 
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from litevar.kernels.quant import Granularity, PerChannel, PerGroup, PerToken
+from litevar.models.core.device import device_of
 from litevar.models.core.errors import UserError
 
 FLOAT_BITS = 16  # w_bits / a_bits of 16 mean "kept in floating point"
@@ -190,7 +191,7 @@ def capability(fmt: QuantFormat | str, device: torch.device | str) -> Capability
     """Which kernel runs `fmt` on `device`: the first registered LinearKernel that applies to it and
     has a kernel for the device type, else emulated. Native: a real kernel exists (not: it is fast)."""
     fmt, dev = get_format(fmt), torch.device(device).type
-    where = f"{'Triton' if dev == 'cuda' else 'torch'} on {dev}"
+    where = f"{'Triton' if device_of(device).triton_native else 'torch'} on {dev}"
     for k in LINEAR_KERNELS.values():
         if k.applies(fmt) and dev in k.devices:
             return Capability(True, k.name, k.note.format(where=where))

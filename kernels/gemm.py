@@ -18,6 +18,8 @@ import torch.nn.functional as F
 
 from litevar.kernels.quant import PerGroup, PerToken, dequantize, fake_quantize, quantize, unpack_int4
 from litevar.kernels.select import KernelChoice, interpret_mode, resolve
+from litevar.models.core.device import device_of
+from litevar.models.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +117,10 @@ def int_mm_exact(device_type: str = "cpu") -> bool:
     oneDNN's int8 GEMM on CPUs without VNNI (AVX2, AVX-512 without VNNI: AMD Zen 2/3,
     Skylake-class Xeons) sums pairs of u8 x s8 products in saturating 16-bit lanes: most outputs
     of a full-range product are wrong there, and nothing else would notice."""
-    if device_type not in ("cpu", "cuda") or (device_type == "cuda" and not torch.cuda.is_available()):
+    dev = device_of(device_type)
+    try:
+        dev.check()
+    except UserError:
         return False
     g = torch.Generator().manual_seed(0)
     for M, N, K in INT_MM_PROBE_SHAPES:
@@ -123,7 +128,9 @@ def int_mm_exact(device_type: str = "cpu") -> bool:
         w = torch.randint(-128, 128, (N, K), dtype=torch.int8, generator=g)
         a[0], a[1], w[0], w[1] = 127, -128, 127, -128
         exact = a.long() @ w.long().t()
-        got = torch._int_mm(a.to(device_type), w.to(device_type).t()).cpu().long()
+        if not dev.int_mm_shape_ok(M, K, N):
+            continue
+        got = torch._int_mm(a.to(dev.torch), w.to(dev.torch).t()).cpu().long()
         if not torch.equal(got, exact):
             wrong = (got != exact).float().mean().item()
             log.warning("torch._int_mm gives wrong int8 products on this %s (%.1f%% of a %dx%d @ %dx%d product "
@@ -146,7 +153,7 @@ def int_mm_float(a_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
     float32 holds exactly whatever the order of the additions, so each chunk's result is exact;
     chunks are added in int32. float64 where float32 matmuls may run in lower precision
     (torch.set_float32_matmul_precision other than 'highest', TF32 on CUDA)."""
-    lossy = torch.get_float32_matmul_precision() != "highest" or a_MK.device.type == "cuda"
+    lossy = torch.get_float32_matmul_precision() != "highest" or device_of(a_MK).triton_native  # TF32 on GPUs
     ftype = torch.float64 if lossy else torch.float32
     acc = torch.zeros(a_MK.shape[0], w_NK.shape[0], dtype=torch.int32, device=a_MK.device)
     for k in range(0, a_MK.shape[1], SPLIT_K):
@@ -164,11 +171,9 @@ def int_mm(a_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
     N = w_NK.shape[0]
     if not int_mm_exact(a_MK.device.type):
         return int_mm_float(a_MK, w_NK)
-    if M > 16 and K % 8 == 0 and N % 8 == 0:
+    if device_of(a_MK).int_mm_shape_ok(M, K, N):
         return torch._int_mm(a_MK, w_NK.t())
-    if a_MK.device.type == "cpu":
-        return int_mm_float(a_MK, w_NK)
-    pad_M, pad_K, pad_N = max(17 - M, 0), -K % 8, -N % 8
+    pad_M, pad_K, pad_N = max(17 - M, 0), -K % 8, -N % 8  # the shapes cuBLASLt takes
     a = F.pad(a_MK, (0, pad_K, 0, pad_M))
     w = F.pad(w_NK, (0, pad_K, 0, pad_N))
     return torch._int_mm(a, w.t())[:M, :N]

@@ -25,6 +25,7 @@ from litevar.kernels.quant import fake_quant_qk
 from litevar.kernels.select import KernelChoice, resolve, triton_available
 from litevar.kernels.windows import FULL, WindowConfig, WindowFamily, block_structure, dense_mask, mask_mod_fn
 from litevar.models.core.attention import AttentionBackend, AttnCall, ScaleLayout
+from litevar.models.core.device import device_of
 from litevar.models.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -260,7 +261,7 @@ def make_mdwa_backend(windows: WindowConfig, choice: KernelChoice | str = Kernel
     choice, device = KernelChoice(choice), torch.device(device)
     options = dict(options or {})
     if choice is KernelChoice.AUTO:
-        use_triton = (device.type == "cuda" and triton_available()
+        use_triton = (device_of(device).triton_native and triton_available()
                       and windows.family is WindowFamily.BAND)
         if use_triton:
             backend: AttentionBackend = TritonMDWA(windows, options, TRITON_MIN_QUERIES)

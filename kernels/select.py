@@ -12,6 +12,8 @@ import os
 
 import torch
 
+from litevar.models.core.device import device_of
+
 log = logging.getLogger(__name__)
 
 
@@ -40,21 +42,19 @@ def interpret_mode() -> bool:
 
 def triton_runs_on(device: torch.device | str) -> bool:
     """Whether a Triton kernel can run on tensors of `device` in this process."""
-    device = torch.device(device)
-    on_device = device.type == "cuda" or (device.type == "cpu" and interpret_mode())
-    return on_device and triton_available()
+    dev = device_of(device)
+    return (dev.triton_native or (dev.triton_interpreted and interpret_mode())) and triton_available()
 
 
 def resolve(choice: KernelChoice | str, device: torch.device | str) -> KernelChoice:
     """Turn AUTO into a concrete choice for `device`; check that TRITON can run there."""
     choice = KernelChoice(choice)
-    device = torch.device(device)
+    dev = device_of(device)
     if choice is KernelChoice.AUTO:
-        use_triton = device.type == "cuda" and triton_available()
-        return KernelChoice.TRITON if use_triton else KernelChoice.TORCH
-    if choice is KernelChoice.TRITON and not triton_runs_on(device):
-        why = (f"tensors are on {device.type}; use CUDA or set TRITON_INTERPRET=1 before "
-               "kernels are imported") if device.type != "cuda" else "triton does not import"
+        return KernelChoice.TRITON if dev.triton_native and triton_available() else KernelChoice.TORCH
+    if choice is KernelChoice.TRITON and not triton_runs_on(dev.torch):
+        why = "triton does not import" if dev.triton_native else (
+            f"tensors are on {dev.type}; use CUDA or set TRITON_INTERPRET=1 before kernels are imported")
         raise ValueError(f"KernelChoice.TRITON cannot run: {why}. Use KernelChoice.TORCH "
                          "or KernelChoice.AUTO instead.")
     return choice

@@ -23,23 +23,12 @@ from litevar.kernels.qlinear import is_planned_layer, swap_linears
 from litevar.kernels.select import KernelChoice
 from litevar.kernels.windows import WindowConfig
 from litevar.models.core.attention import set_attention_backend
+from litevar.models.core.device import device_mismatch, fingerprint
 from litevar.models.core.errors import UserError
 from litevar.models.core.family import family_of_model
 from litevar.planner.plan import Plan
-from litevar.profiler.device import PLAN_KEYS, fingerprint
 
 log = logging.getLogger(__name__)
-
-
-def device_mismatch(plan_device: dict, here: dict) -> str | None:
-    """How the plan's device differs from `here` (profiler.device.fingerprint), compared by
-    type, name and (CPU) family and model numbers where the plan has them, in one line; None
-    when they match."""
-    keys = [k for k in PLAN_KEYS if plan_device.get(k) is not None]
-    diff = [k for k in keys if plan_device[k] != here.get(k)]
-    if not diff:
-        return None
-    return ", ".join(f"{k}: plan {plan_device[k]!r}, here {here.get(k)!r}" for k in diff)
 
 
 def layer_options(plan: Plan) -> dict[int, LayerOptions]:

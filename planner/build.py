@@ -15,6 +15,7 @@ import pandas as pd
 
 from litevar.kernels.formats import FORMATS, get_format
 from litevar.kernels.kvquant import KV_FORMATS as KV_REGISTRY
+from litevar.models.core.device import PLAN_KEYS
 from litevar.models.core.errors import UserError
 from litevar.models.core.family import Arch, family_of
 from litevar.planner.problem import (
@@ -29,7 +30,6 @@ from litevar.planner.problem import (
     Selection,
 )
 from litevar.profiler import costmodel as C
-from litevar.profiler.device import PLAN_KEYS
 
 log = logging.getLogger(__name__)
 

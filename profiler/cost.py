@@ -1,48 +1,36 @@
 """Cost stage of the profiler: time the real kernels and whole generations on this device,
 fit profiler.costmodel on them, and validate it on held-out generations.
 
-Timings are medians of `repeats` runs after `warmup` runs (kernels.bench_gemm.time_ms: CUDA
-events on GPU, perf_counter on CPU). Linears run through the real QuantLinear backends (AUTO
-kernel choice: Triton on CUDA, torch on CPU) under the runtime's autocast dtype, attention
-through DenseAttention and kernels.mdwa.make_mdwa_backend (FlexAttention on CPU, Triton on
-CUDA), generations through litevar.commands.generate.generate.
+Timings are medians of `repeats` runs after `warmup` runs (the device's time_ms:
+litevar.models.core.device). Linears run through the real QuantLinear backends (AUTO kernel
+choice: Triton where it compiles natively, torch otherwise) under the runtime's autocast dtype,
+attention through DenseAttention and kernels.mdwa.make_mdwa_backend, generations through the
+model family's `generation`.
 
-Peak memory of a generation: the bytes of the model (parameters and buffers of VAR and VAE,
-counted) plus the peak of what the call allocates, taken on a separate, untimed run:
-  CUDA  torch.cuda.max_memory_allocated (after reset_peak_memory_stats) minus
-        memory_allocated before the call.
-  CPU   the same quantity from the CPU allocator: torch.profiler (profile_memory) records
-        every allocation with the allocator's running total, whose maximum is the peak
-        (allocated_peak_mb; tensors, compiled-kernel buffers and aten scratch alike).
-        Deterministic and additive, so the memory model can fit it; the allocator's own
-        overhead is not included.
-The same is taken for each phase of a generation apart (phase_peaks_mb): the transformer phase
-(stopped before the decode: cost_e2e.peak_tf_mb) and the VQVAE decode alone (peak_decode_mb),
-which the memory model fits separately. cost_e2e.rss_mb (the process's peak RSS growth, for
-information, measured by rss_peak_mb) is left NaN by the cost stage.
-Linear layers also record the memory one call adds (workspace_mb, output included) at their
-two largest row counts, from which the model learns each format's temporary buffers.
+Peak memory of a generation: the bytes of the model (parameters and buffers of the model and
+its VAE, counted) plus the peak of what the call allocates (the device's peak_memory_mb: the
+allocator's peak, deterministic and additive, so the memory model can fit it), taken on a
+separate, untimed run. The same is taken for each phase of a generation apart (phase_peaks_mb):
+the transformer phase (stopped before the decode: cost_e2e.peak_tf_mb) and the decode alone
+(peak_decode_mb), which the memory model fits separately. cost_e2e.rss_mb (the process's peak
+growth, the device's process_peak_mb) is left NaN by the cost stage. Linear layers also record
+the memory one call adds (workspace_mb, output included) at their two largest row counts, from
+which the model learns each format's temporary buffers.
 
-Schedules other than the model's own run on a random-initialised VAR of the same width and
-depth (latency and memory do not depend on weight values) with a VAE that shares every
-weight of the model's VAE, only its quantizer's schedule differs.
+Schedules other than the model's own run on a model of the same architecture that shares every
+weight whose shape does not depend on the schedule (the family's model_for_schedule; latency and
+memory do not depend on weight values).
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import dataclasses
-import gc
 import logging
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
 from torch import nn
-from torch._C._profiler import _EventType
 
 from litevar.kernels.bench_attention import windows_for_kept
 from litevar.kernels.bench_gemm import interleaved_ms, time_ms
@@ -50,6 +38,7 @@ from litevar.kernels.formats import CAST_DTYPES, FORMATS, capability
 from litevar.kernels.qlinear import linear_in_format, swap_linears
 from litevar.kernels.windows import WindowConfig, kept_fraction
 from litevar.models.core.attention import AttnCall, DenseAttention, ScaleLayout
+from litevar.models.core.device import device_of
 from litevar.models.core.family import Arch, family_of, family_of_model
 from litevar.models.core.inference import DTYPES, autocast
 from litevar.profiler import costmodel as cmod
@@ -125,7 +114,7 @@ def measure_linear(K: int, N: int, Ms, fmt: str, device, dtype: str = "fp32", wa
     for M in Ms:
         x_MK = torch.randn(M, K, device=dev)
         with autocast(dev, dtype):
-            times.append(time_ms(lambda x_MK=x_MK: layer(x_MK), dev.type, warmup, repeats))
+            times.append(time_ms(lambda x_MK=x_MK: layer(x_MK), dev, warmup, repeats))
     for M in memory_Ms:
         x_MK = torch.randn(M, K, device=dev)
         with autocast(dev, dtype):
@@ -175,11 +164,11 @@ def measure_attention(patch_nums, scale: int, B: int, H: int, D: int, backend: s
     k, v = k[:, :, :L], v[:, :, :L]  # views of a full-length cache, as KVCache returns them
     ctx = AttnCall(layer=0, scale=scale, layout=ScaleLayout(pns), softmax_scale=D ** -0.5)
     if _kv_format_of(backend) is not None:
-        return time_ms(_kv_call(pns, fn, backend, q, k, v, ctx), dev.type, warmup, repeats), 1.0
+        return time_ms(_kv_call(pns, fn, backend, q, k, v, ctx), dev, warmup, repeats), 1.0
     kept = 1.0
     if windows is not None and (w_Hp := windows.scale_widths(0, scale)) is not None:
         kept = kept_fraction(ScaleLayout(pns), scale, w_Hp, windows.family)
-    return time_ms(lambda: fn(q, k, v, ctx), dev.type, warmup, repeats), kept
+    return time_ms(lambda: fn(q, k, v, ctx), dev, warmup, repeats), kept
 
 
 def _kv_call(pns, fn, backend: str, q, k, v, ctx: AttnCall):
@@ -205,65 +194,6 @@ def _kv_call(pns, fn, backend: str, q, k, v, ctx: AttnCall):
 # End to end
 
 
-@contextlib.contextmanager
-def _silent_fd2():
-    sys.stderr.flush()
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
-
-
-def allocated_peak_mb(fn) -> float:
-    """Peak growth (MB) of the bytes held by the CPU allocator while fn() runs: the CPU
-    analogue of torch.cuda.max_memory_allocated. The profiler's allocation events carry the
-    allocator's running total since profiling started (tensors, compiled-kernel buffers and
-    aten scratch alike)."""
-    from torch.profiler import ProfilerActivity, profile
-    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _silent_fd2():  # some torch builds log a line to fd 2 at profiler start and stop
-        prof.start()
-    try:
-        fn()
-    finally:
-        with _silent_fd2():
-            prof.stop()
-    peak, todo = 0, list(prof.profiler.kineto_results.experimental_event_tree())
-    while todo:
-        node = todo.pop()
-        if node.tag == _EventType.Allocation:
-            peak = max(peak, node.extra_fields.total_allocated)
-        todo += node.children
-    return peak / MB
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
-def _malloc_trim() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the baseline may include freed heap pages
-        log.debug("malloc_trim unavailable; the RSS peak may be underestimated")
-
-
-def rss_peak_mb(fn) -> float:
-    """Growth of the process's peak RSS (MB) while fn() runs (Linux; see module docstring)."""
-    gc.collect()
-    _malloc_trim()
-    before = _status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    fn()
-    return max(_status_kb("VmHWM") - before, 0) / 1024
-
-
 def module_bytes(*modules: nn.Module) -> int:
     """Bytes of the parameters and buffers of `modules` (shared tensors counted once)."""
     seen, total = set(), 0
@@ -276,17 +206,9 @@ def module_bytes(*modules: nn.Module) -> int:
 
 
 def peak_memory_mb(fn, device) -> float:
-    """Peak memory (MB) fn() allocates on top of what is allocated before it: CUDA
-    max_memory_allocated - memory_allocated before, CPU allocated_peak_mb."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        before = torch.cuda.memory_allocated(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        fn()
-        torch.cuda.synchronize(dev)
-        return (torch.cuda.max_memory_allocated(dev) - before) / MB
-    return allocated_peak_mb(fn)
+    """Peak memory (MB) fn() allocates on top of what is allocated before it (the device's
+    allocator peak: litevar.models.core.device)."""
+    return device_of(device).peak_memory_mb(fn)
 
 
 @torch.no_grad()
@@ -312,11 +234,12 @@ def phase_peaks_mb(vae, model, batch: int, dtype: str, device) -> tuple[float, f
 def generation_peak_mb(vae, model, run, device, rss: dict | None = None) -> float:
     """Peak MB of one generation `run`: bytes of the model and VAE + peak_memory_mb of the run. With
     `rss` (a dict, CPU only) rss["mb"] also gets the model bytes + the RSS growth of another run."""
-    dev = torch.device(device)
+    dev = device_of(device)
     resident = module_bytes(model, vae) / MB
-    if rss is not None and dev.type == "cpu" and os.path.exists("/proc/self/clear_refs"):
-        rss["mb"] = resident + rss_peak_mb(run)
-    return resident + peak_memory_mb(run, dev)
+    if rss is not None:
+        process = dev.process_peak_mb(run)
+        rss["mb"] = None if process is None else resident + process
+    return resident + dev.peak_memory_mb(run)
 
 
 def measure_e2e(vae, model, patch_nums, batch: int, device, repeats: int = 3, dtype: str = "fp32",
@@ -327,7 +250,7 @@ def measure_e2e(vae, model, patch_nums, batch: int, device, repeats: int = 3, dt
         raise ValueError(f"measure_e2e: the model runs patch_nums {family.schedule_of(model)}, not "
                          f"{tuple(patch_nums)}; build one for this schedule with the family's model_for_schedule")
     run = family.generation(model, batch, dtype)
-    ms = time_ms(run, torch.device(device).type, warmup, repeats)
+    ms = time_ms(run, device, warmup, repeats)
     return ms, generation_peak_mb(vae, model, run, device, rss)
 
 
@@ -471,7 +394,7 @@ class _Variants:
         self.family = family_of(arch)
         self.models, self.built, self.current = {}, {}, None
         extra = sum(_extra_weight_bytes(arch, cmod.config_spec(c, arch).formats) for _, _, c, _ in plan)
-        self.keep = extra < available_bytes(device) / 4
+        self.keep = extra < device_of(device).available_bytes() / 4
         log.info("cost: %s the %.1f GB of quantized variants' weights", "keeping" if self.keep else
                  "building one at a time", extra / 2 ** 30)
 
@@ -496,18 +419,6 @@ class _Variants:
 def _extra_weight_bytes(arch: Arch, formats: dict) -> int:
     """Bytes a variant's swapped linears hold beside the model's (shared) fp weights."""
     return sum(cmod.weight_bytes(s.K, s.N, formats[s.fqn]) for s in family_of(arch).linears(arch) if s.fqn in formats)
-
-
-def available_bytes(device) -> int:
-    """Memory free for new tensors: CUDA's free device memory, else the host's MemAvailable."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return torch.cuda.mem_get_info(dev)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration):
-        return 1 << 62  # unknown: keep every variant, as before
 
 
 def measure_generations(vae, model, arch: Arch, plan, device, settings: CostSettings, progress=True) -> pd.DataFrame:
@@ -580,7 +491,7 @@ def kernel_paths(device, settings: CostSettings) -> dict:
     from litevar.kernels.mdwa import flex_exact
     dev = torch.device(device)
     out = {"int8_gemm": int8_gemm_path(dev.type)}
-    if settings.mdwa and dev.type == "cpu":
+    if settings.mdwa and not device_of(dev).triton_native:  # where FlexAttention runs windows
         out["windowed_attention"] = "flex" if flex_exact(dev.type) else "masked SDPA"
     return out
 

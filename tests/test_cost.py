@@ -13,20 +13,19 @@ import torch
 from torch import nn
 
 from litevar.kernels.qlinear import QuantLinear, swap_linears
+from litevar.models.core.device import device_of, environment, fingerprint
 from litevar.models.core.family import get_family
 from litevar.models.var.build import build_vae_var
 from litevar.models.var.var import shared_copy
 from litevar.profiler import costmodel as cmod
 from litevar.profiler.cost import (
     CostSettings,
-    allocated_peak_mb,
     measure_attention,
     measure_e2e,
     measure_linear,
     module_bytes,
     run_cost_stage,
 )
-from litevar.profiler.device import environment, fingerprint
 
 VAR_FAMILY = get_family("var")
 
@@ -79,7 +78,7 @@ def test_allocated_peak_is_exact():
         c = torch.empty(2 ** 17)  # 0.5 MB after the frees
         del c
 
-    assert allocated_peak_mb(fn) == pytest.approx(2.0, abs=1e-3)
+    assert device_of("cpu").peak_memory_mb(fn) == pytest.approx(2.0, abs=1e-3)
 
 
 def test_measure_e2e(tiny):
@@ -208,7 +207,7 @@ def test_nvml_fingerprint_by_uuid_and_field_by_field(monkeypatch):
     import sys
     import types
 
-    from litevar.profiler import device
+    from litevar.models.core import device
 
     class NVMLError(Exception):
         pass
@@ -237,7 +236,8 @@ def test_variants_one_at_a_time_when_memory_is_short(tiny, monkeypatch):
     cost stage builds one at a time (the d30 BF16 profile's OOM) and measures the same things."""
     from litevar.profiler import cost
     vae, var = tiny
-    monkeypatch.setattr(cost, "available_bytes", lambda device: 0)
+    from litevar.models.core.device import CPUDevice
+    monkeypatch.setattr(CPUDevice, "available_bytes", lambda self: 0)
     plan = [(PNS, 1, "dense", False), (PNS, 1, "W8A8:fc1,fc2", False), (PNS, 1, "KV8:all", True)]
     v = cost._Variants(vae, var, arch_of(var), plan, "cpu", "fp32")
     assert not v.keep

@@ -17,13 +17,13 @@ from litevar.kernels.mdwa import CFGShared, MaskedReference
 from litevar.kernels.qlinear import QuantLinear
 from litevar.kernels.windows import WindowConfig
 from litevar.models.core.attention import DenseAttention
+from litevar.models.core.device import fingerprint
 from litevar.models.core.errors import UserError
 from litevar.models.default import load_default
 from litevar.models.var.build import arch_of, weights_sha256
 from litevar.models.var.inference import cfg_logits
 from litevar.models.var.schedules import SCHEDULES
 from litevar.planner.plan import Plan
-from litevar.profiler.device import fingerprint
 from litevar.runtime import apply_plan
 from tests.cli_util import assert_one_line_error, run_cli
 from tests.test_plan import ARCH, make_plan

@@ -161,7 +161,7 @@ def plan_entry(plan, path: str, dense: E2E, m: E2E) -> dict:
 
 
 def report(plans: list, paths: list[str], dense: E2E, measured: list[E2E], args, device) -> dict:
-    from litevar.profiler.device import fingerprint
+    from litevar.models.core.device import fingerprint
     first = plans[0]
     return {
         "format": "litevar-bench", "version": 2, "device": fingerprint(device), "batch": first.batch,

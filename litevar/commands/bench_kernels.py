@@ -6,8 +6,6 @@ run as their references (median of repeats, warm-up excluded) and printed as one
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 
 import torch
 
@@ -22,9 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+    from litevar.models.core.device import fingerprint
+    fp = fingerprint(device)
+    return fp["name"] + (f" ({fp['cores']} cores)" if fp.get("cores") else "")
 
 
 def run(args) -> int:

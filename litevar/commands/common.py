@@ -28,24 +28,21 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def default_dtype(device: str) -> str:
-    """--dtype when not given: bf16 on CUDA (tensor cores, and what the GPU cost stage must price),
-    fp32 on CPU."""
-    return "bf16" if str(device).startswith("cuda") else "fp32"
+    """--dtype when not given: the device's default (bf16 on CUDA, where the tensor cores want it and
+    what the GPU cost stage must price; fp32 on CPU)."""
+    from litevar.models.core.device import device_of
+    try:
+        return device_of(device).default_dtype
+    except UserError:
+        return "fp32"  # an unknown device is refused, with its fix, when the model loads
 
 
 def resolve_device(name: str) -> torch.device:
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is available on this machine; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {name}: only cpu and cuda are supported")
-    return dev
-
+    """The torch device of --device, checked by its device type (one line naming the fix)."""
+    from litevar.models.core.device import device_of
+    dev = device_of(name)
+    dev.check()
+    return dev.torch
 
 
 def model_flags(args):

@@ -158,10 +158,10 @@ def cost_groups(out: Path, device: torch.device):
     shape on one of them) and whose first rank runs the generations, fits and writes the cost
     tables: rank 0's group into `out`, every other GPU model's into OUT.<gpu>.json, with the same
     quality tables (one run profiles several GPU types)."""
+    from litevar.models.core.device import device_of, fingerprint
     from litevar.models.core.distributed import split, world
-    from litevar.profiler.device import fingerprint
     w = world()
-    if device.type != "cuda" or not w.distributed:
+    if not device_of(device).accelerator or not w.distributed:  # processes sharing one device: rank 0 alone
         return None, out, w.main
     fp = fingerprint(device)
     group = next(g for g in split({k: fp.get(k) for k in ("name", "memory_mb", "compute_capability")})
@@ -219,9 +219,9 @@ def _refit(hit, arch: dict, device, vae, model) -> dict:
 
 def run(args) -> int:
     from litevar.commands.common import load_model
+    from litevar.models.core.device import environment, fingerprint
     from litevar.models.core.distributed import barrier, world
     from litevar.profiler import quality as Q
-    from litevar.profiler.device import environment, fingerprint
     from litevar.profiler.profile import Profile
     w = world()
     torch.manual_seed(args.seed)

@@ -75,19 +75,18 @@ def init(device: str | torch.device | None = None) -> World:
     if not launched():
         return World()
     if not dist.is_initialized():
-        cuda = torch.device(device).type == "cuda" if device is not None else False
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+        from litevar.models.core.device import device_of
+        dev = device_of(device if device is not None else "cpu")
+        dev.join(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(dev.dist_backend, timeout=TIMEOUT)
     return world()
 
 
 def local_device(device: str | torch.device) -> torch.device:
     """This process's device: its own GPU under torchrun (LOCAL_RANK), else `device`."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None and launched():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return dev
+    from litevar.models.core.device import device_of
+    rank = int(os.environ.get("LOCAL_RANK", "0")) if launched() else None
+    return device_of(device).local(rank).torch
 
 
 def shutdown() -> None:
