@@ -43,7 +43,7 @@ class FormatOption:
 
 @dataclass(frozen=True)
 class FormatGroup:
-    layer: str  # fully-qualified name, e.g. blocks.3.ffn.fc2
+    layer: str  # fully-qualified name of the linear in its model
     params: int  # K * N weights
     options: tuple[FormatOption, ...]  # options[0] is fp
     kind: str = ""  # its role in the model family (fc2, mat_qkv, ...): recipes select by it

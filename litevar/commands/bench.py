@@ -1,10 +1,10 @@
 """`litevar bench --plan PLAN [--plan PLAN ...]`: measured against promised, in one run.
 
 Loads the model, keeps it as the dense full-precision baseline, applies each plan to a copy
-(sharing the VQVAE), and times end-to-end generation (`autoregressive_infer_cfg` + VQVAE decode,
+(sharing the VQVAE), and times end-to-end generation (the family's generation: sampling + decode,
 batch = the plans' batch, CFG 4, top-k 900, top-p 0.95, seed 0) of all of them as the
 profiler's e2e stage times the generations it fits the planner's cost model on
-(profiler.cost.generation, generation_peak_mb; kernels.bench_gemm.interleaved_ms).
+(the family's generation, profiler.cost.generation_peak_mb; kernels.bench_gemm.interleaved_ms).
 The models alternate, one timed run each per round, so that drift of a shared machine hits all
 alike (each round starts at another model); latency is the median over --repeats rounds after
 --warmup untimed runs each (at least 1), peak memory that of the generation after them

@@ -156,11 +156,6 @@ class AdaLNBeforeHead(nn.Module):
         return self.ln_wo_grad(x_BLC) * (scale + 1) + shift
 
 
-class SharedAdaLin(nn.Linear):
-    def forward(self, cond_BD):
-        return super().forward(cond_BD).view(-1, 1, 6, self.out_features // 6)
-
-
 class VAR(nn.Module):
     family_name = "var"  # litevar.models.core.family: what the profiler, planner and runtime ask it through
 
@@ -177,7 +172,9 @@ class VAR(nn.Module):
         self.pos_start = nn.Parameter(torch.zeros(1, self.first_l, C))
         self.pos_1LC = nn.Parameter(torch.zeros(1, self.L, C))
         self.lvl_embed = nn.Embedding(len(cfg.patch_nums), C)
-        self.shared_ada_lin = nn.Sequential(nn.SiLU(), SharedAdaLin(C, 6 * C)) if cfg.shared_aln else nn.Identity()
+        # d36's one AdaLN for every block (the official SharedAdaLin: a Linear whose output is viewed as
+        # (B, 1, 6, C), reshaped in _run_blocks so that a plan can swap the Linear for a quantized one)
+        self.shared_ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C)) if cfg.shared_aln else nn.Identity()
         self.blocks = nn.ModuleList(AdaLNSelfAttn(i, cfg) for i in range(cfg.depth))
         self.head_nm = AdaLNBeforeHead(C, cfg.norm_eps)
         self.head = nn.Linear(C, cfg.V)
@@ -223,6 +220,8 @@ class VAR(nn.Module):
 
     def _run_blocks(self, x_BLC, cond_BD, scales: range, cfg_batch: int = 0):
         cond_BD_or_gss = self.shared_ada_lin(cond_BD)
+        if self.cfg.shared_aln:
+            cond_BD_or_gss = cond_BD_or_gss.view(-1, 1, 6, self.C)
         for block in self.blocks:
             x_BLC = block(x_BLC, cond_BD_or_gss, self.layout, scales, cfg_batch)
         return x_BLC
@@ -362,6 +361,8 @@ class VAR(nn.Module):
                 block.attn.scale_mul_1H11.fill_(math.log(4.0))
             block.ffn.fc2.weight.div_(math.sqrt(2 * len(self.blocks)))
             block.attn.proj.weight.div_(math.sqrt(2 * len(self.blocks)))
+            if hasattr(block, "ada_gss"):  # shared AdaLN: the per-block offset, as the official constructor draws it
+                nn.init.normal_(block.ada_gss, std=self.C ** -0.5, generator=generator)
             if hasattr(block, "ada_lin"):
                 w = block.ada_lin[-1].weight
                 w[2 * self.C:].mul_(init_adaln)
