@@ -96,15 +96,18 @@ class ToyFamily(VARFamily):
 
 
 @pytest.fixture
-def registered(monkeypatch):
-    """The family, W5A16 and KV6 registered for this test only (the registries restored after)."""
-    monkeypatch.setattr(fam, "FAMILIES", dict(fam.FAMILIES))
-    monkeypatch.setattr(F, "FORMATS", dict(F.FORMATS))
-    monkeypatch.setattr(KV, "KV_FORMATS", dict(KV.KV_FORMATS))
+def registered():
+    """The family, W5A16 and KV6 registered as a contributor would, for this test only (taken out of
+    the registries after)."""
     fam.register_family(ToyFamily)
     F.register_format(F.QuantFormat("W5A16", 5, F.FLOAT_BITS, PerChannel()))
     KV.register_kv_format(KV.KVFormat("KV6", 6))
-    yield
+    try:
+        yield
+    finally:
+        fam.FAMILIES.pop("toyvar")
+        F.FORMATS.pop("W5A16")
+        KV.KV_FORMATS.pop("KV6")
 
 
 @pytest.mark.slow
