@@ -156,7 +156,7 @@ class Run:
         for px in pxs:
             for name, flags in BUDGETS.items():
                 path = self.out / "plans" / f"{model}-{self.gpu}-{px}-{name}.json"
-                flags = flags or ["--max-memory-gb", str(self._memory_half_way(prof, px))]
+                flags = flags or ["--max-memory-gib", str(self._memory_half_way(prof, px))]
                 if self.dry and name == "x12":  # toy models reach no speedup: any feasible budget will do
                     flags = ["--min-speedup", "0.5", "--guard", "0"]
                 self.litevar("plan", "--profile", prof, "--losses-from", LOSSES_FROM, "--resolution", px, *flags,

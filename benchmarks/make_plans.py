@@ -5,16 +5,16 @@
     python benchmarks/make_plans.py --set official    # plans/d{16,20,24,30}-cpu-*.json
 
 default (profiles/default-cpu.json, 256 px): x05 / x10 / x15 / x25 (`--min-speedup` 1.05 ...
-1.25), mem75 and mem50 (`--max-memory-gb` 75% / 50% of the dense model's predicted peak), and
+1.25), mem75 and mem50 (`--max-memory-gib` 75% / 50% of the dense model's predicted peak), and
 the KV-cache recipes kv8 (INT8 cache in every block) and kv4-keep-s1r1 (INT4, each block keeping
 the first scale and the latest).
 
 official (profiles/dD-cpu.json, cost only, losses borrowed from profiles/default-cpu.json): at
-256, 1024 and 2048 px, x12 (`--min-speedup 1.2`) and memhalf (`--max-memory-gb` half-way between
+256, 1024 and 2048 px, x12 (`--min-speedup 1.2`) and memhalf (`--max-memory-gib` half-way between
 the dense peak and the least reachable one, planner.solve.reachable_minima); for d16 at 1024 px
 also the recipes kv8 (INT8 cache) and w4a16-kv4-keep-s1r1 (INT4 weights, INT4 cache keeping the
 first and the latest scale: the weights and the VQVAE decode set the floor), for d16 at 2048 px
-`--max-memory-gb 8` (8gb) and for d30 at 2048 px `--max-memory-gb 24` (24gb). A depth whose
+`--max-memory-gib 8` (8gb) and for d30 at 2048 px `--max-memory-gib 24` (24gb). A depth whose
 profile is missing is skipped.
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ def default_plans(out: Path) -> None:
         cli("plan", "--profile", prof, "--resolution", r, "--min-speedup", f"1.{x}", "--out", f"{name}-x{x}.json")
     dense = dense_gb(prof, r)
     for pct in (75, 50):
-        cli("plan", "--profile", prof, "--resolution", r, "--max-memory-gb", f"{dense * pct / 100:.5f}",
+        cli("plan", "--profile", prof, "--resolution", r, "--max-memory-gib", f"{dense * pct / 100:.5f}",
             "--out", f"{name}-mem{pct}.json")
     for spec in ("kv8", "kv4+keep-s1r1"):
         out_path = f"{name}-{spec.replace('+', '-')}.json"
@@ -81,10 +81,10 @@ def official_plans(out: Path, depths) -> None:
             common = ("--profile", prof, "--losses-from", SOURCE, "--resolution", r)
             cli("plan", *common, "--min-speedup", "1.2", "--out", f"{name}-x12.json")
             half = halfway_gb(prof, r, SOURCE)
-            cli("plan", *common, "--max-memory-gb", f"{half:.4f}", "--out", f"{name}-memhalf.json")
+            cli("plan", *common, "--max-memory-gib", f"{half:.4f}", "--out", f"{name}-memhalf.json")
             budget = {(16, 2048): 8, (30, 2048): 24}.get((d, r))
             if budget:
-                cli("plan", *common, "--max-memory-gb", budget, "--out", f"{name}-{budget}gb.json")
+                cli("plan", *common, "--max-memory-gib", budget, "--out", f"{name}-{budget}gb.json")
             if (d, r) == (16, 1024):
                 for spec in ("kv8", "w4a16+kv4+keep-s1r1"):
                     cli("plan", "--profile", prof, "--losses-from", SOURCE, "--resolution", r, "--recipe", spec,

@@ -1,60 +1,67 @@
-"""One generation of a plan, its wall time and its peak memory against the plan's prediction.
+"""One generation of a plan: its wall time and both memory peaks against the plan's prediction.
 
-For runs too long to repeat (d16 at 2048 px takes tens of minutes on a CPU): the model is built
-(or loaded) as `litevar bench` does, the plan applied, and one generation of `batch` images run
-while the allocator's peak is tracked (profiler.cost.generation_peak_mb: parameters and buffers
-of the model and its VAE plus the peak of what the call allocates). Its time is that of the same tracked
-run, so it includes the tracker's small overhead.
+For runs too long to repeat (d30 at 2048 px takes over an hour on a CPU): the model is built (or
+loaded) as `litevar bench` does, the plan applied, and one generation of the plan's batch run
+while the allocator's peak is tracked (the device's peak_memory_mb: the bytes of the model and
+its VAE plus the peak of what the run allocates: what the plan's memory budget governs) and, in
+the same run, the process's peak (CPU: the resident-set growth, VmHWM; it includes the
+allocator's overhead, pages freed but not returned, and the tracker's own records). The time is
+that of the same tracked run, so it includes the tracker's small overhead.
 
-    python benchmarks/one_generation.py --random-init --depth 16 --plan plans/d16-cpu-2048-8gb.json \
-        --json docs/bench/d16-cpu-2048-8gb.json
+    python benchmarks/one_generation.py --random-init --depth 30 --plan plans/d30-cpu-2048-20gib.json \\
+        --json docs/results/d30-cpu-2048-20gib-one.json
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import time
 
 import torch
 
 from litevar.commands.common import add_model_arguments, load_model
-from litevar.models.core.atomic import write_json
+from litevar.commands.results import write_result
+
+MiB = 2 ** 20
 
 
 def main(argv=None) -> int:
-    from litevar.models.core.device import fingerprint
+    from litevar.models.core.device import device_of
     from litevar.models.core.family import family_of_model
     from litevar.planner.plan import Plan
-    from litevar.profiler.cost import generation_peak_mb
+    from litevar.profiler.cost import module_bytes
     from litevar.runtime import apply_plan
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_arguments(p)
     p.add_argument("--plan", required=True)
     p.add_argument("--json", required=True)
     args = p.parse_args(argv)
-    args.dtype = args.dtype or "fp32"
     plan = Plan.load(args.plan)
+    args.dtype = args.dtype or plan.dtype or "fp32"  # the plan's runtime dtype unless told
     if args.resolution is None:
         args.resolution = plan.resolution
-    vae, var = load_model(args)
-    var = apply_plan(vae, var, plan)
-    family = family_of_model(var)
-    device = family.device_of(var)
-    run = family.generation(var, plan.batch, args.dtype)
+    vae, model = load_model(args)
+    model = apply_plan(vae, model, plan)
+    family = family_of_model(model)
+    device = device_of(family.device_of(model))
+    run = family.generation(model, plan.batch, args.dtype)
+    resident = module_bytes(model, vae) / MiB
     t0 = time.perf_counter()
-    peak = generation_peak_mb(vae, var, run, device)
+    alloc, process = device.peaks_mb(run)
     seconds = time.perf_counter() - t0
     pred = plan.predicted
-    out = {"plan": args.plan, "plan_name": plan.name, "created": datetime.datetime.now(datetime.timezone.utc)
-           .isoformat(timespec="seconds"), "device": fingerprint(device), "dtype": args.dtype,
-           "threads": torch.get_num_threads(), "resolution": plan.resolution, "batch": plan.batch,
-           "seconds": seconds, "peak_mb": peak, "predicted_mb": pred.memory_mb,
-           "memory_err": pred.memory_mb / peak - 1 if pred.memory_mb else None,
-           "predicted_ms": pred.latency_ms, "predicted_breakdown_mb": pred.memory_breakdown_mb,
-           "dense_predicted_mb": pred.dense_memory_mb}
-    write_json(args.json, out)
-    print(f"{plan.name}: {seconds:.0f} s, peak {peak / 1024:.2f} GB, predicted {pred.memory_mb / 1024:.2f} GB "
-          f"({100 * out['memory_err']:+.1f}%), dense predicted {pred.dense_memory_mb / 1024:.2f} GB")
+    peak = resident + alloc
+    data = {"plan": args.plan, "plan_name": plan.name, "dtype": args.dtype, "threads": torch.get_num_threads(),
+            "resolution": plan.resolution, "batch": plan.batch, "seconds": seconds,
+            "resident_mib": resident, "peak_mib": peak, "process_peak_mib": None if process is None else
+            resident + process, "predicted_mib": pred.memory_mb,
+            "memory_err": pred.memory_mb / peak - 1 if pred.memory_mb else None,
+            "predicted_s": None if pred.latency_ms is None else pred.latency_ms / 1e3,
+            "predicted_breakdown_mib": pred.memory_breakdown_mb, "dense_predicted_mib": pred.dense_memory_mb,
+            "budget_gib": plan.budgets.get("max_memory_gib")}
+    write_result(args.json, "one-generation", data, device.torch, argv)
+    print(f"{plan.name}: {seconds:.0f} s (predicted {data['predicted_s'] or float('nan'):.0f} s); allocator peak "
+          f"{peak / 1024:.2f} GiB, predicted {pred.memory_mb / 1024:.2f} GiB ({100 * data['memory_err']:+.1f}%); "
+          f"process peak {data['process_peak_mib'] / 1024 if process is not None else float('nan'):.2f} GiB")
     print(f"wrote {args.json}")
     return 0
 

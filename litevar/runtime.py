@@ -47,16 +47,30 @@ def attention_layers(plan: Plan) -> list[int]:
 
 
 def _check_device(plan: Plan, device: torch.device, strict: bool) -> None:
+    """One line when the plan was priced for another device, naming both and how to re-plan."""
     if not plan.device:
         return
-    diff = device_mismatch(plan.device, fingerprint(device))
-    if diff is None:
+    here = fingerprint(device)
+    diff = device_mismatch(plan.device, here)
+    if diff is None or _same_catalogue_device(plan.device, here):
         return
-    msg = f"plan {plan.name!r} was made for another device ({diff}): its latency and memory figures may not hold here"
-    if strict:
-        raise UserError(f"{msg}; re-run `litevar profile` and `litevar plan` on this device, "
-                        "or drop the strict device check")
-    log.warning("%s; re-profile and re-plan on this device for accurate figures", msg)
+    tier = plan.device.get("tier") or plan.predicted.tier or "profiled"
+    msg = (f"plan {plan.name!r} was priced for {plan.device.get('name')} ({tier} tier), this is {here.get('name')} "
+           f"({diff}): its latency and memory figures may not hold here")
+    fix = (f"re-plan for this device: `litevar calibrate --device {here.get('type')} --out devices/here.json`, then "
+           f"`litevar plan --device devices/here.json ...` (or profile it: `litevar profile`)")
+    if strict or plan.device.get("type") != here.get("type"):  # another kind of device: refused
+        raise UserError(f"{msg}; {fix}")
+    log.warning("%s; %s", msg, fix)
+
+
+def _same_catalogue_device(plan_device: dict, here: dict) -> bool:
+    """A plan priced for a catalogue GPU, run on that GPU (the catalogue's name is not the driver's)."""
+    if plan_device.get("tier") not in ("spec", "calibrated"):
+        return False
+    from litevar.profiler.devices import spec_for
+    spec = spec_for(here)
+    return spec is not None and spec.name == plan_device.get("name")
 
 
 def _check_unplanned(model) -> None:
@@ -72,7 +86,8 @@ def apply_plan(vae, var, plan: Plan | str | os.PathLike, device: torch.device | 
 
     `device`: move vae and var there first (default: where var is). `kernel`: the linear and
     attention kernels (AUTO: the fastest available; TORCH / EMULATED: reference paths).
-    `strict_device`: refuse, rather than warn, when the plan was made on another device.
+    `strict_device`: refuse, rather than warn, when the plan was priced for another device of the
+    same type (a plan priced for another type, a GPU plan on a CPU, is always refused).
     `check_weights`: compare the weights' sha256 with the plan's (skipped when False).
     """
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)

@@ -26,7 +26,7 @@ class _Dual:
     def __init__(self, problem: Problem, budgets: Budgets):
         p = problem
         self.limits = np.array([budgets.latency_limit(p.dense_latency_ms) or np.nan,
-                                budgets.max_memory_gb * 1024 if budgets.max_memory_gb else np.nan,
+                                budgets.max_memory_gib * 1024 if budgets.max_memory_gib else np.nan,
                                 budgets.max_attn_flops * p.dense_flops if budgets.max_attn_flops else np.nan,
                                 budgets.max_avg_bits * p.total_params if budgets.max_avg_bits else np.nan])
         self.active = np.flatnonzero(~np.isnan(self.limits))

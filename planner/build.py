@@ -79,8 +79,12 @@ def parse_formats(text: str | None, profiled: set[str]) -> list[str]:
 
 
 def build_problem(profile, resolution: int, batch: int = 1, formats: list[str] | None = None,
-                  family: str | None = None, coverage_targets=COVERAGE_TARGETS, kv_option=None) -> Problem:
-    """The planning problem of `profile` (profiler.profile.Profile) at `resolution` and `batch`.
+                  family: str | None = None, coverage_targets=COVERAGE_TARGETS, kv_option=None,
+                  dtype: str | None = None) -> Problem:
+    """The planning problem of `profile` (profiler.profile.Profile) at `resolution` and `batch`, at
+    runtime dtype `dtype` (whole-model autocast; default the profile's: its kernels, in-model
+    factors and activations at that dtype, and its measured loss as a base every plan pays).
+    The speedup reference stays the dense model at the profile's own dtype.
     kv_option: a (KV format, (sinks, recent)) every block must offer even where the profile cannot
     price its loss (a recipe's; meta.kv_unpriced says what was left out of its loss)."""
     if batch < 1:
@@ -89,15 +93,17 @@ def build_problem(profile, resolution: int, batch: int = 1, formats: list[str] |
         raise UserError("the profile has no cost model (meta.cost_model) or no meta.model.arch; "
                         "re-run `litevar profile` with the cost stage")
     cm, arch = profile.cost_model, profile.arch
+    dtype = runtime_dtype(profile, dtype)
     pns = family_of(arch).schedule_for(resolution)
-    dense = cm.predict(arch, pns, batch)
+    reference = cm.predict(arch, pns, batch)
+    dense = cm.predict(arch, pns, batch, dtype=dtype)
     alpha = dense.alpha
     sens = profile.table("sensitivity")
     losses = {(r.layer, r.format): float(r.loss) for r in sens.itertuples()}
     allowed = formats if formats is not None else sorted(set(sens["format"]))
-    groups = format_groups(cm, arch, pns, batch, alpha, losses, [f for f in allowed if f != QK8])
+    groups = format_groups(cm, arch, pns, batch, losses, [f for f in allowed if f != QK8], dtype)
     fp_weights = sum(g.options[0].weight_mb for g in groups)
-    slots = attention_slots(cm, arch, pns, batch, alpha)
+    slots = attention_slots(cm, arch, pns, batch, alpha, dtype)
     cfg_loss = {}
     if "cfg_share" in profile.tables:
         cfg_loss = {int(r.layer): float(r.loss) for r in profile.table("cfg_share").itertuples()
@@ -111,15 +117,42 @@ def build_problem(profile, resolution: int, batch: int = 1, formats: list[str] |
     problem = Problem(groups, windows, slots, cfg_loss, qk_loss,
                       base_latency_ms=dense.overhead_ms,
                       base_memory_mb=dense.transformer_mb - fp_weights - dense.memory_parts_mb["kv_mb"],
-                      dense_latency_ms=dense.latency_ms, dense_memory_mb=dense.memory_mb,
+                      dense_latency_ms=reference.latency_ms, dense_memory_mb=reference.memory_mb,
                       meta={"arch": arch, "patch_nums": list(pns), "resolution": resolution, "batch": batch,
-                            "family": fam, "formats": allowed, "device": cm.device},
-                      kv=kv_groups(profile, cm, arch, pns, batch, alpha, allowed), decode_base_mb=decode)
+                            "family": fam, "formats": allowed, "device": cm.device, "dtype": dtype},
+                      kv=kv_groups(profile, cm, arch, pns, batch, alpha, allowed, dtype), decode_base_mb=decode,
+                      base_loss=runtime_loss(profile, dtype))
     if kv_option is not None:
         problem.kv, problem.meta["kv_unpriced"] = required_kv(profile, cm, arch, pns, batch, alpha, problem.kv,
-                                                              kv_option)
+                                                              kv_option, dtype)
     problem.check_finite()
     return problem
+
+
+def runtime_dtype(profile, dtype: str | None) -> str:
+    """`dtype`, checked against the runtime dtypes the profile priced (default: its own)."""
+    cm = profile.cost_model
+    if dtype is None:
+        return cm.dtype
+    if dtype not in cm.dtypes():
+        raise UserError(f"--dtype {dtype}: the profile priced runtime dtypes {', '.join(cm.dtypes())} only; re-run "
+                        f"the cost stage with `litevar profile --runtime-dtypes {dtype}`, or pick one of those")
+    return dtype
+
+
+def runtime_loss(profile, dtype: str) -> float:
+    """The measured loss of running the whole model at `dtype` (0 at the dtype the losses were
+    measured at, the profiled cost model's; the sensitivity stage's meta.runtime_loss otherwise).
+    A dtype not measured for loss is refused: its loss would be a guess."""
+    measured_at = (profile.meta.get("cost_model") or {}).get("dtype", profile.cost_model.dtype)
+    if dtype == measured_at:
+        return 0.0
+    measured = profile.meta.get("runtime_loss") or {}
+    if dtype not in measured:
+        raise UserError(f"the profile priced runtime dtype {dtype} but measured no loss for it (meta.runtime_loss "
+                        "has " + (", ".join(measured) or "none") + "); re-run `litevar profile --stages "
+                        "sensitivity`, or plan at the profile's dtype with --dtype " + measured_at)
+    return float(measured[dtype])
 
 
 KEEP_RULES = tuple((s, r) for s in (1, 3, 5) for r in (1, 2, 3))  # (sinks, recent): coarse + latest scales
@@ -137,7 +170,8 @@ def kv_losses(profile) -> dict[tuple[str, str], float]:
     return {} if sens is None else {(r.layer, r.format): float(r.loss) for r in sens.itertuples() if r.format in kv}
 
 
-def kv_groups(profile, cm: C.CostModel, arch: Arch, pns, batch, alpha, allowed) -> list[KVGroup]:
+def kv_groups(profile, cm: C.CostModel, arch: Arch, pns, batch, alpha, allowed, dtype: str | None = None
+              ) -> list[KVGroup]:
     """One group per block: the plain cache, and every KV format the profile measured a loss for
     and timed, with every keep rule (KEEP_RULES) when the profile can price evicting (attention
     measured at this schedule: eviction_losses). Costs from kernels.kvcache (bytes) and
@@ -153,25 +187,26 @@ def kv_groups(profile, cm: C.CostModel, arch: Arch, pns, batch, alpha, allowed) 
                 continue
             for keep in [(0, None), *(KEEP_RULES if evict is not None else ())]:
                 loss = losses.get((names[layer], fmt), 0.0) + (evict or {}).get((layer, keep), 0.0)
-                opts.append(kv_option(cm, arch, pns, batch, alpha, fmt, keep, loss))
+                opts.append(kv_option(cm, arch, pns, batch, alpha, fmt, keep, loss, dtype))
         groups.append(KVGroup(layer, tuple(opts)))
     return groups
 
 
-def kv_option(cm: C.CostModel, arch: Arch, pns, batch, alpha, fmt: str, keep, loss: float) -> KVOption:
+def kv_option(cm: C.CostModel, arch: Arch, pns, batch, alpha, fmt: str, keep, loss: float,
+              dtype: str | None = None) -> KVOption:
     """One block's KV option: its loss, and its bytes (kernels.kvcache) and extra attention time
     (CostModel.kv_call_ms) without and with CFG sharing."""
     from litevar.kernels.kvcache import KeepRule, KVSpec, cache_bytes, gather_bytes
-    H, D, act = arch.num_heads, arch.head_dim, C.DTYPE_BYTES[cm.dtype]
+    H, D, act = arch.num_heads, arch.head_dim, C.DTYPE_BYTES[dtype or cm.dtype]
     specs = [KVSpec(fmt, KeepRule(*keep), bool(c)) for c in (0, 1)]
     mb = tuple(cache_bytes(pns, sp, batch, H, D, act) / C.MB for sp in specs)
     gather = tuple(cm.memory.gather_coef * gather_bytes(pns, sp, batch, H, D, act) / C.MB for sp in specs)
-    ms = tuple(alpha * _kv_extra_ms(cm, arch, pns, batch, sp) for sp in specs)
+    ms = tuple(alpha * _kv_extra_ms(cm, arch, pns, batch, sp, dtype) for sp in specs)
     return KVOption(fmt, tuple(keep), loss, mb, gather, ms)
 
 
-def required_kv(profile, cm: C.CostModel, arch: Arch, pns, batch, alpha, groups: list[KVGroup], option
-                ) -> tuple[list, list[str]]:
+def required_kv(profile, cm: C.CostModel, arch: Arch, pns, batch, alpha, groups: list[KVGroup], option,
+                dtype: str | None = None) -> tuple[list, list[str]]:
     """`groups` with `option` ((format, (sinks, recent))) in every block, its loss the part the
     profile measured; and what it could not price (no KV loss of the format, eviction without
     measured attention), for the plan to say."""
@@ -200,18 +235,18 @@ def required_kv(profile, cm: C.CostModel, arch: Arch, pns, batch, alpha, groups:
                 unpriced.add("eviction (no measured attention at this schedule)")
             else:
                 loss += evict[g.layer, keep]
-        out.append(KVGroup(g.layer, (*g.options, kv_option(cm, arch, pns, batch, alpha, fmt, keep, loss))))
+        out.append(KVGroup(g.layer, (*g.options, kv_option(cm, arch, pns, batch, alpha, fmt, keep, loss, dtype))))
     return out, sorted(unpriced)
 
 
-def _kv_extra_ms(cm: C.CostModel, arch: Arch, pns, batch, spec) -> float:
+def _kv_extra_ms(cm: C.CostModel, arch: Arch, pns, batch, spec, dtype: str | None = None) -> float:
     """Attention ms a block's calls take beyond the plain cache's (before the in-model factor)."""
     rows = batch if spec.cfg_shared else 2 * batch
     total = 0.0
     for si in range(len(pns)):
         q, kv = pns[si] ** 2, sum(p * p for p in pns[:si + 1])
-        plain = cm.attn_ms(rows, arch.num_heads, arch.head_dim, q, kv, 1.0, "dense")
-        total += cm.kv_call_ms(arch, pns, si, rows, spec, plain) - plain
+        plain = cm.attn_ms(rows, arch.num_heads, arch.head_dim, q, kv, 1.0, "dense", dtype)
+        total += cm.kv_call_ms(arch, pns, si, rows, spec, plain, dtype) - plain
     return total
 
 
@@ -230,8 +265,10 @@ def eviction_losses(profile, arch: Arch, pns, rules=KEEP_RULES) -> dict[tuple[in
             for layer in range(arch.depth) for keep in rules}
 
 
-def format_groups(cm: C.CostModel, arch: Arch, pns, batch, alpha, losses, formats) -> list[FormatGroup]:
-    """One group per quantizable linear: fp plus every allowed, profiled, applicable format."""
+def format_groups(cm: C.CostModel, arch: Arch, pns, batch, losses, formats, dtype: str | None = None
+                  ) -> list[FormatGroup]:
+    """One group per quantizable linear: fp plus every allowed, profiled, applicable format, timed
+    at runtime dtype `dtype` with each kernel family's in-model factor at it."""
     calls: dict[str, list[int]] = {}
     for s, M in C.linear_calls(arch, pns, batch):
         calls.setdefault(s.fqn, []).append(M)
@@ -240,15 +277,16 @@ def format_groups(cm: C.CostModel, arch: Arch, pns, batch, alpha, losses, format
     groups, skipped = [], {}  # skipped: format -> why the cost model cannot price it
     for s in family_of(arch).linears(arch):
         fqn, K, N = s.fqn, s.K, s.N
-        dt = "fp32" if s.fp32 else None
+        dt = "fp32" if s.fp32 else dtype
         m_ws = max(s.rows_at(pns, si, batch, arch.context_len) for si in (max(last - 1, 0), last))
-        fp_ms = alpha * sum(cm.linear_ms(K, N, M, "fp", dt) for M in calls.get(fqn, []))  # alpha: dense
+        fp_ms = cm.alpha_of("dense", dtype) * sum(cm.linear_ms(K, N, M, "fp", dt) for M in calls.get(fqn, []))
         opts = [FormatOption("fp", 0.0, fp_ms, C.weight_bytes(K, N, "fp") / C.MB, 0.0, 16)]
         for fmt in formats:
             if (fqn, fmt) not in losses or not C.format_applies(K, fmt):
                 continue
             try:
-                ms = cm.alpha_of(cm.kernel_of(fmt)) * sum(cm.linear_ms(K, N, M, fmt, dt) for M in calls.get(fqn, []))
+                ms = cm.alpha_of(cm.kernel_of(fmt), dtype) * sum(cm.linear_ms(K, N, M, fmt, dt)
+                                                                  for M in calls.get(fqn, []))
             except KeyError as e:
                 skipped.setdefault(fmt, e.args[0] if e.args else str(e))
                 continue
@@ -262,14 +300,15 @@ def format_groups(cm: C.CostModel, arch: Arch, pns, batch, alpha, losses, format
     return groups
 
 
-def attention_slots(cm: C.CostModel, arch: Arch, pns, batch, alpha) -> dict[tuple[int, int], AttnSlot]:
+def attention_slots(cm: C.CostModel, arch: Arch, pns, batch, alpha, dtype: str | None = None
+                    ) -> dict[tuple[int, int], AttnSlot]:
     """Kernel costs of every attention call, per (QK8, CFG-shared) mode; MDWA at KEPT_GRID."""
     H, D = arch.num_heads, arch.head_dim
     has_mdwa = "mdwa" in cm.attn
     slots = {}
     for layer, si, q, kv in C.attention_calls(arch, pns):
         def ms(backend, kept, shared, q=q, kv=kv):
-            return alpha * cm.attn_ms(batch if shared else 2 * batch, H, D, q, kv, kept, backend)
+            return alpha * cm.attn_ms(batch if shared else 2 * batch, H, D, q, kv, kept, backend, dtype)
         dense = tuple(tuple(ms("dense" + sfx, 1.0, c) for c in (0, 1)) for sfx in ("", "_qk8"))
         mdwa = tuple(tuple(tuple(ms("mdwa" + sfx, k, c) if has_mdwa else np.inf for k in KEPT_GRID)
                            for c in (0, 1)) for sfx in ("", "_qk8"))
@@ -357,7 +396,8 @@ def to_plan(problem: Problem, solution, profile, profile_path, budgets, name: st
     from litevar.planner.plan import Plan, Predicted
     meta, sel, m = profile.meta, solution.selection, solution.metrics
     arch, pns = problem.meta["arch"], problem.meta["patch_nums"]
-    pred = profile.cost_model.predict(arch, pns, problem.meta["batch"], decisions_of(problem, sel, m.kept))
+    dtype = problem.meta.get("dtype")
+    pred = profile.cost_model.predict(arch, pns, problem.meta["batch"], decisions_of(problem, sel, m.kept), dtype)
     if abs(pred.latency_ms - m.latency_ms) > 1e-6 * max(1.0, m.latency_ms) or \
             abs(pred.memory_mb - m.memory_mb) > 1e-6 * max(1.0, m.memory_mb):
         log.warning("planner and cost model disagree: %.4f vs %.4f ms, %.3f vs %.3f MB", m.latency_ms,
@@ -378,7 +418,7 @@ def to_plan(problem: Problem, solution, profile, profile_path, budgets, name: st
                 budgets=budgets.to_dict(), solver=_jsonable(solution.solver), predicted=predicted.to_dict(),
                 qk_int8=sorted(sel.qk_int8), windows=window_config(problem, sel, WindowConfig),
                 cfg_shared=sorted(sel.cfg_shared), kv=kv,
-                kv_layout={"heads": arch.num_heads, "head_dim": arch.head_dim})
+                kv_layout={"heads": arch.num_heads, "head_dim": arch.head_dim}, dtype=dtype)
 
 
 MEMORY_PARTS = {"weights": ("weights_mb",), "kv_cache": ("kv_mb",),
@@ -417,7 +457,7 @@ def plan_decisions(plan) -> C.Decisions:
 
 def plan_prediction(plan, profile) -> C.Prediction:
     """A plan's prediction on `profile`'s cost model."""
-    return profile.cost_model.predict(profile.arch, plan.patch_nums, plan.batch, plan_decisions(plan))
+    return profile.cost_model.predict(profile.arch, plan.patch_nums, plan.batch, plan_decisions(plan), plan.dtype)
 
 
 def plan_memory_breakdown(plan, profile) -> dict[str, float]:

@@ -38,7 +38,7 @@ def sweep(problem: Problem, kind: str, points: int = 8, settings: SolverSettings
     lo, hi = (lat, problem.dense_latency_ms) if kind == "latency" else (mem, problem.dense_memory_mb)
     rows = []
     for b in np.linspace(lo * (1 + 1e-6), max(hi, lo * (1 + 1e-6)), points):
-        field = {"latency": {"max_latency_ms": float(b)}, "memory": {"max_memory_gb": float(b) / 1024}}[kind]
+        field = {"latency": {"max_latency_ms": float(b)}, "memory": {"max_memory_gib": float(b) / 1024}}[kind]
         try:
             sol = solve(problem, dataclasses.replace(budgets, **field), settings, hulls=hulls)
         except NoPlan as e:  # a solver failure is not a frontier point: it ends the sweep

@@ -22,8 +22,8 @@ from litevar.models.core.errors import UserError
 from litevar.models.core.family import Arch, arch_from, family_of
 
 FORMAT = "litevar-plan"
-VERSION = 2  # 2: KV-cache decisions (kv, kv_layout); version 1 files load with none
-READS = (1, 2)
+VERSION = 3  # 3: dtype, predicted tier / process memory; 2: KV-cache decisions (kv, kv_layout)
+READS = (1, 2, 3)
 REPLAN = "re-run `litevar plan` for this model"
 
 
@@ -48,6 +48,9 @@ class Predicted:
     attn_flops: float | None = None
     avg_bits: float | None = None
     memory_breakdown_mb: dict | None = None  # part -> MB of the transformer phase, and decode_phase
+    process_memory_mb: float | None = None  # what the process holds (memory_mb is the allocator's peak)
+    memory_covers: str | None = None  # what the memory budget governed, and why
+    tier: str | None = None  # spec | calibrated | profiled: what priced these figures
 
     @classmethod
     def from_dict(cls, d) -> Predicted:
@@ -58,7 +61,7 @@ class Predicted:
         if extra:
             raise UserError(f"plan predicted has unknown field(s) {', '.join(extra)}; {REPLAN}")
         for k, v in d.items():
-            if k != "memory_breakdown_mb" and v is not None and not (
+            if k not in ("memory_breakdown_mb", "memory_covers", "tier") and v is not None and not (
                     isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
                 raise UserError(f"plan predicted.{k} = {v!r:.40}: not a finite number; {REPLAN}")
         return cls(**d)
@@ -91,11 +94,14 @@ class Plan:
     cfg_shared: list[int] = field(default_factory=list)
     kv: dict = field(default_factory=dict)  # block -> {"format": "KV8", "keep": {"sinks": s, "recent": m}}
     kv_layout: dict = field(default_factory=dict)  # {"heads", "head_dim"} of the cache the kv decisions are for
+    dtype: str | None = None  # the runtime dtype it was priced for (None: the profile's)
     version: int = VERSION
 
     def __post_init__(self):
         for what in ("model", "device", "budgets", "solver"):  # plain JSON data, copied
             setattr(self, what, _json_data(what, getattr(self, what)))
+        if "max_memory_gb" in self.budgets:  # plans before GiB was named: the figure was GiB already
+            self.budgets["max_memory_gib"] = self.budgets.pop("max_memory_gb")
         if not isinstance(self.predicted, Predicted):
             self.predicted = Predicted.from_dict(_json_data("predicted", self.predicted))
         self.patch_nums = tuple(_int_list("patch_nums", self.patch_nums, "[1, 2, 3, 4, 5, 6, 8, 10, 13, 16]"))
@@ -109,7 +115,9 @@ class Plan:
             self.windows = _windows_from_dict(self.windows)
         self.kv = _kv_entries(self.kv)
         self.kv_layout = _json_data("kv_layout", self.kv_layout)
-        self.version = VERSION  # a version 1 file is read as version 2 with no KV decisions
+        self.version = VERSION  # older files read as version 3 with no KV decisions / dtype
+        if self.dtype not in (None, "fp32", "bf16", "fp16"):
+            raise UserError(f"plan dtype {self.dtype!r}: use fp32, bf16, fp16 or null; {REPLAN}")
         self.validate()
 
     def __eq__(self, other) -> bool:
@@ -244,7 +252,7 @@ class Plan:
                 "qk_int8": self.qk_int8,
                 "windows": None if self.windows is None else self.windows.to_dict(),
                 "cfg_shared": self.cfg_shared, "kv": {str(k): v for k, v in sorted(self.kv.items())},
-                "kv_layout": self.kv_layout}
+                "kv_layout": self.kv_layout, "dtype": self.dtype}
 
     @classmethod
     def from_dict(cls, d) -> Plan:

@@ -134,6 +134,7 @@ class Problem:
     meta: dict = field(default_factory=dict)  # arch, patch_nums, batch, family, device, ...
     kv: list[KVGroup] = field(default_factory=list)  # none: every cache plain (its MB in base_memory_mb)
     decode_base_mb: float | None = None  # the decode phase but for the weights; None: not modelled
+    base_loss: float = 0.0  # what every plan pays: the runtime dtype's measured loss (0 at the profile's)
 
     def __post_init__(self):
         missing = [c for c in WINDOW_COLUMNS if c not in self.windows.columns]
@@ -182,7 +183,7 @@ class Problem:
             for layer, v in losses.items():
                 if not np.isfinite(v):
                     raise UserError(f"{what} loss of block {layer} = {v}; {fix}")
-        for what in ("base_latency_ms", "base_memory_mb", "dense_latency_ms", "dense_memory_mb"):
+        for what in ("base_latency_ms", "base_memory_mb", "dense_latency_ms", "dense_memory_mb", "base_loss"):
             if not np.isfinite(getattr(self, what)):
                 raise UserError(f"{what} = {getattr(self, what)}; {fix}")
 
@@ -199,13 +200,13 @@ class Budgets:
     """Any combination of budgets; None = no limit."""
 
     max_latency_ms: float | None = None
-    max_memory_gb: float | None = None
+    max_memory_gib: float | None = None
     min_speedup: float | None = None  # vs the dense full-precision prediction
     max_attn_flops: float | None = None  # share of the dense attention FLOPs, in (0, 1]
     max_avg_bits: float | None = None  # average nominal weight bits over the linear weights
 
     def __post_init__(self):
-        for name in ("max_latency_ms", "max_memory_gb", "min_speedup", "max_avg_bits"):
+        for name in ("max_latency_ms", "max_memory_gib", "min_speedup", "max_avg_bits"):
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise UserError(f"--{name.replace('_', '-')} {v}: give a positive number (or leave it out)")
@@ -215,7 +216,7 @@ class Budgets:
                             "in (0, 1], e.g. 0.3")
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("max_latency_ms", "max_memory_gb", "min_speedup",
+        return {k: getattr(self, k) for k in ("max_latency_ms", "max_memory_gib", "min_speedup",
                                               "max_attn_flops", "max_avg_bits")}
 
     def latency_limit(self, dense_latency_ms: float) -> float | None:
@@ -234,7 +235,7 @@ class Budgets:
         if latency < 0 or memory < 0:
             raise UserError(f"--guard {latency}/{memory}: give fractions >= 0, e.g. 0.04 (or 'auto')")
         div = lambda v, g: None if v is None else v / (1 + g)  # noqa: E731
-        return Budgets(div(self.max_latency_ms, latency), div(self.max_memory_gb, memory),
+        return Budgets(div(self.max_latency_ms, latency), div(self.max_memory_gib, memory),
                        None if self.min_speedup is None else self.min_speedup * (1 + latency),
                        self.max_attn_flops, self.max_avg_bits)
 
@@ -265,7 +266,7 @@ class Metrics:
 
     def within(self, budgets: Budgets, problem: Problem, rtol: float = 1e-6) -> bool:
         lat = budgets.latency_limit(problem.dense_latency_ms)
-        checks = [(self.latency_ms, lat), (self.memory_mb, budgets.max_memory_gb and budgets.max_memory_gb * 1024),
+        checks = [(self.latency_ms, lat), (self.memory_mb, budgets.max_memory_gib and budgets.max_memory_gib * 1024),
                   (self.attn_flops, budgets.max_attn_flops), (self.avg_bits, budgets.max_avg_bits)]
         return all(limit is None or value <= limit * (1 + rtol) + 1e-9 for value, limit in checks)
 
@@ -301,7 +302,8 @@ def check_exclusions(problem: Problem, selection: Selection) -> str | None:
 
 def evaluate(problem: Problem, selection: Selection) -> Metrics:
     """Predicted loss, latency, memory, attention FLOPs share and average bits of a selection."""
-    loss, latency, memory, workspace, bits = 0.0, problem.base_latency_ms, problem.base_memory_mb, 0.0, 0.0
+    loss, latency, memory = problem.base_loss, problem.base_latency_ms, problem.base_memory_mb
+    workspace = bits = 0.0
     weights = 0.0
     for g in problem.formats:
         o = g.option(selection.formats.get(g.layer, "fp"))

@@ -165,12 +165,14 @@ def recipe_solution(problem: Problem, recipe: Recipe):
 
 
 def recipe_plan(profile, profile_path, recipe: Recipe | str, resolution: int, batch: int = 1,
-                name: str = "", family: str | None = None):
-    """The planner.plan.Plan of `recipe` on `profile` (predicted on its cost model)."""
+                name: str = "", family: str | None = None, dtype: str | None = None):
+    """The planner.plan.Plan of `recipe` on `profile` (predicted on its cost model), at runtime
+    dtype `dtype` (default the profile's)."""
     from litevar.planner.build import COVERAGE_TARGETS, build_problem, to_plan
     from litevar.planner.problem import Budgets
     recipe = parse_recipe(recipe) if isinstance(recipe, str) else recipe
     problem = build_problem(profile, resolution, batch, None, family,
-                            coverage_targets=targets_for(recipe, COVERAGE_TARGETS), kv_option=recipe.kv_option)
+                            coverage_targets=targets_for(recipe, COVERAGE_TARGETS), kv_option=recipe.kv_option,
+                            dtype=dtype)
     return to_plan(problem, recipe_solution(problem, recipe), profile, profile_path, Budgets(),
                    name or recipe.spec or "dense")

@@ -247,10 +247,10 @@ def build_model(problem: Problem, fronts: dict[tuple[int, int], SlotFrontier], b
     limit = budgets.latency_limit(problem.dense_latency_ms)
     if limit is not None:  # predicted latency (ms) within max latency and dense / min speedup
         row(lat, lat0, limit, "latency")
-    if budgets.max_memory_gb is not None:  # predicted peak memory (MB), both phases, within the budget
-        row(mem, mem0, budgets.max_memory_gb * 1024, "memory")
+    if budgets.max_memory_gib is not None:  # predicted peak memory (MB), both phases, within the budget
+        row(mem, mem0, budgets.max_memory_gib * 1024, "memory")
         if problem.decode_base_mb is not None:  # the decode phase: weights, then the VQVAE
-            row(weights, problem.decode_base_mb + w0, budgets.max_memory_gb * 1024, "memory_decode")
+            row(weights, problem.decode_base_mb + w0, budgets.max_memory_gib * 1024, "memory_decode")
     if budgets.max_attn_flops is not None:  # attention FLOPs within the share of the dense ones
         row(flops, 0.0, budgets.max_attn_flops * problem.dense_flops, "attn_flops")
     if budgets.max_avg_bits is not None:  # parameter-weighted average weight bits within the budget
@@ -563,11 +563,11 @@ def _no_plan(problem, budgets, settings, hulls, info) -> NoPlan | SolverFailed:
     lat, mem = reachable_minima(problem, settings, hulls)
     asked = ", ".join(f"{k} {v:g}" for k, v in budgets.to_dict().items() if v is not None) or "no budget"
     reach = (f"this profile reaches at best {lat:.1f} ms (speedup {problem.dense_latency_ms / lat:.2f}x) "
-             f"and {mem / 1024:.3f} GB ({mem:.0f} MB) at resolution {problem.meta.get('resolution')}, "
+             f"and {mem / 1024:.3f} GiB at resolution {problem.meta.get('resolution')}, "
              f"batch {problem.meta.get('batch')}")
     if info["status"] == "Infeasible":
         return NoPlan(f"no plan meets the budgets ({asked}): {reach}; loosen --max-latency-ms / "
-                      "--max-memory-gb / --min-speedup / --max-attn-flops / --max-avg-bits")
+                      "--max-memory-gib / --min-speedup / --max-attn-flops / --max-avg-bits")
     return SolverFailed(f"the solver (CBC) stopped at --time-limit {settings.time_limit_s} s with no plan for the "
                         f"budgets ({asked}); {reach}; raise --time-limit or loosen the budgets")
 

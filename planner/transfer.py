@@ -73,4 +73,6 @@ def transfer_losses(target, source, source_path=None):
                             "profile": None if source_path is None else str(source_path),
                             "profile_sha256": None if source_path is None else profile_sha256(source_path),
                             "rule": RULE, "missing": missing}}
+    if source.meta.get("runtime_loss"):  # whole-model dtypes' losses, borrowed as they are
+        meta["runtime_loss"] = dict(source.meta["runtime_loss"])
     return type(target)(meta=meta, tables=tables)

@@ -49,7 +49,7 @@ MB = 2 ** 20
 LINEAR_COLUMNS = ["K", "N", "M", "format", "backend", "ms", "workspace_mb"]
 ATTN_COLUMNS = ["B", "H", "D", "q_len", "kv_len", "kept", "backend", "ms"]
 E2E_COLUMNS = ["resolution", "batch", "config", "ms", "peak_mb", "patch_nums", "held_out", "rss_mb", "peak_tf_mb",
-               "peak_decode_mb"]
+               "peak_decode_mb", "dtype"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,14 @@ class CostSettings:
     # '<FORMAT>:<kind>,...' / '<KV format>:<keep rule>' (costmodel.config_spec); None: the family's
     fit_configs: tuple[str, ...] | None = None
     validate_configs: tuple[str, ...] | None = None
+    # other runtime dtypes to price whole-model autocast at (their linears, attention and generations
+    # timed too); None: bf16 when the runtime dtype is fp32, else none
+    runtime_dtypes: tuple[str, ...] | None = None
+
+    def extra_dtypes(self) -> tuple[str, ...]:
+        if self.runtime_dtypes is not None:
+            return tuple(d for d in self.runtime_dtypes if d != self.dtype)
+        return ("bf16",) if self.dtype == "fp32" else ()
     # ranks on identical GPUs (litevar.models.core.distributed.Group) that share the kernel timings;
     # None: this process times them all
     group: object = field(default=None, compare=False)
@@ -232,14 +240,16 @@ def phase_peaks_mb(vae, model, batch: int, dtype: str, device) -> tuple[float, f
 
 
 def generation_peak_mb(vae, model, run, device, rss: dict | None = None) -> float:
-    """Peak MB of one generation `run`: bytes of the model and VAE + peak_memory_mb of the run. With
-    `rss` (a dict, CPU only) rss["mb"] also gets the model bytes + the RSS growth of another run."""
+    """Peak MB of one generation `run`: bytes of the model and VAE + the allocator's peak of the run.
+    With `rss` (a dict), rss["mb"] also gets the model bytes + the process's peak growth of the same
+    run (the device's peaks_mb; None where it cannot be measured)."""
     dev = device_of(device)
     resident = module_bytes(model, vae) / MB
-    if rss is not None:
-        process = dev.process_peak_mb(run)
-        rss["mb"] = None if process is None else resident + process
-    return resident + dev.peak_memory_mb(run)
+    if rss is None:
+        return resident + dev.peak_memory_mb(run)
+    alloc, process = dev.peaks_mb(run)
+    rss["mb"] = None if process is None else resident + process
+    return resident + alloc
 
 
 def measure_e2e(vae, model, patch_nums, batch: int, device, repeats: int = 3, dtype: str = "fp32",
@@ -266,7 +276,7 @@ def default_resolutions(patch_nums) -> tuple[list[tuple[int, ...]], tuple[int, .
 # The stage
 
 
-def _bar(iterable, desc: str, progress: bool, total: int | None = None):
+def progress_bar(iterable, desc: str, progress: bool, total: int | None = None):
     from tqdm import tqdm
     return tqdm(iterable, desc=desc, total=total, disable=not progress, leave=False)
 
@@ -288,7 +298,7 @@ def measure_linears(arch: Arch, resolutions, batches, device, settings: CostSett
     fp32_only = {(s.K, s.N) for s in family_of(arch).linears(arch) if s.fp32}
     jobs = []
     for fmt in timed_formats(device, settings):
-        dtypes = {settings.dtype} | ({"fp32", "bf16"} if fmt == "fp" else set())
+        dtypes = {settings.dtype, *settings.extra_dtypes()} | ({"fp32", "bf16"} if fmt == "fp" else set())
         jobs += [(K, N, fmt, dt) for (K, N) in points for dt in sorted(dtypes) if cmod.format_applies(K, fmt)]
     jobs += [(K, N, fmt, "fp32") for K, N, fmt, dt in list(jobs) if (K, N) in fp32_only and dt != "fp32"
              and (K, N, fmt, "fp32") not in jobs]  # fp32 layers (a head) run so whatever the runtime dtype
@@ -307,9 +317,9 @@ def _jobs(fn, jobs: list, desc: str, progress: bool, group) -> list:
     each job on one of them, gathered in job order on all of them."""
     from litevar.models.core.distributed import gather
     if group is None:
-        return [fn(j) for j in _bar(jobs, desc, progress)]
+        return [fn(j) for j in progress_bar(jobs, desc, progress)]
     w = group.world()
-    return gather({i: fn(jobs[i]) for i in _bar(w.mine(len(jobs)), desc, progress and w.main)}, len(jobs), group)
+    return gather({i: fn(jobs[i]) for i in progress_bar(w.mine(len(jobs)), desc, progress and w.main)}, len(jobs), group)
 
 
 def attention_points(resolutions, batches) -> list[tuple[tuple[int, ...], int, int]]:
@@ -332,19 +342,22 @@ def measure_attentions(arch: Arch, resolutions, batches, device, settings: CostS
     CFG-doubled smallest batch, per kept target."""
     H, D = arch.num_heads, arch.head_dim
     points = attention_points(resolutions, batches)
-    jobs = [(p, b, None) for b in ("dense", "dense_qk8", *cmod.kv_backends().values()) for p in points]
+    plain = ("dense", "dense_qk8", *cmod.kv_backends().values())
+    jobs = [(p, b, None, settings.dtype) for b in plain for p in points]
+    jobs += [(p, b, None, d) for d in settings.extra_dtypes() for b in plain for p in points]
     if settings.mdwa:
         rows0 = 2 * min(batches)
         def work(p):
             return p[0][p[1]] ** 2 * ScaleLayout(p[0]).end[p[1]]  # q_len * kv_len
         big = sorted((p for p in points if p[2] == rows0 and p[1] >= 5), key=work, reverse=True)  # scales
         big = big[:settings.mdwa_shapes]  # 0..4 are kept full (paper_parts_full): windows start at 5
-        jobs += [(p, b, k) for p in big for b in ("mdwa", "mdwa_qk8") for k in settings.kept_targets]
+        jobs += [(p, b, k, settings.dtype) for p in big for b in ("mdwa", "mdwa_qk8") for k in settings.kept_targets]
     def measure(job):
-        (pns, si, B), backend, target = job
-        ms, kept = measure_attention(pns, si, B, H, D, backend, device, settings.dtype, target,
+        (pns, si, B), backend, target, dtype = job
+        ms, kept = measure_attention(pns, si, B, H, D, backend, device, dtype, target,
                                      settings.warmup, settings.repeats)
-        return B, H, D, pns[si] ** 2, ScaleLayout(pns).end[si], kept, backend, ms
+        label = backend if dtype == settings.dtype else f"{backend}@{dtype}"  # costmodel.CostModel.attn_ms
+        return B, H, D, pns[si] ** 2, ScaleLayout(pns).end[si], kept, label, ms
     return pd.DataFrame(_jobs(measure, jobs, "cost: attention", progress, settings.group), columns=ATTN_COLUMNS)
 
 
@@ -365,20 +378,24 @@ def e2e_configs(settings: CostSettings, arch: Arch) -> tuple[tuple[str, ...], tu
     return tuple(fit), tuple(held)
 
 
-def e2e_plan(resolutions, batches, own_pns, holdout_resolution, holdout_batch, configs, timed=None):
-    """(patch_nums, batch, config, held_out) of every timed generation; configs in a format whose
-    kernels were not timed (not in `timed`, when given) are left out, as the model cannot price them."""
+def e2e_plan(resolutions, batches, own_pns, holdout_resolution, holdout_batch, configs, timed=None,
+             dtypes=("fp32",)):
+    """(patch_nums, batch, config, held_out, dtype) of every timed generation, at each runtime
+    dtype of `dtypes` (the first is the profile's); configs in a format whose kernels were not timed
+    (not in `timed`, when given) are left out, as the model cannot price them."""
     def ok(c):
         return timed is None or config_formats(c) <= set(timed)
     fit_configs, validate_configs = configs
-    plan = [(tuple(p), b, "dense", False) for p in resolutions for b in batches]
     fit_pns = sorted(resolutions, key=len)[-2] if len(resolutions) > 1 else tuple(resolutions[0])
-    plan += [(tuple(fit_pns), batches[0], c, False) for c in fit_configs if ok(c)]
-    if holdout_resolution is not None:
-        plan.append((tuple(holdout_resolution), batches[0], "dense", True))
-    if holdout_batch is not None:
-        plan.append((tuple(own_pns), holdout_batch, "dense", True))
-    plan += [(tuple(own_pns), batches[0], c, True) for c in validate_configs if ok(c)]
+    plan = []
+    for d in dtypes:
+        plan += [(tuple(p), b, "dense", False, d) for p in resolutions for b in batches]
+        plan += [(tuple(fit_pns), batches[0], c, False, d) for c in fit_configs if ok(c)]
+        if holdout_resolution is not None:
+            plan.append((tuple(holdout_resolution), batches[0], "dense", True, d))
+        if holdout_batch is not None:
+            plan.append((tuple(own_pns), holdout_batch, "dense", True, d))
+        plan += [(tuple(own_pns), batches[0], c, True, d) for c in validate_configs if ok(c)]
     return plan
 
 
@@ -393,7 +410,7 @@ class _Variants:
         self.vae, self.model, self.arch, self.plan, self.device, self.dtype = vae, model, arch, plan, device, dtype
         self.family = family_of(arch)
         self.models, self.built, self.current = {}, {}, None
-        extra = sum(_extra_weight_bytes(arch, cmod.config_spec(c, arch).formats) for _, _, c, _ in plan)
+        extra = sum(_extra_weight_bytes(arch, cmod.config_spec(c, arch).formats) for _, _, c, _, _ in plan)
         self.keep = extra < device_of(device).available_bytes() / 4
         log.info("cost: %s the %.1f GB of quantized variants' weights", "keeping" if self.keep else
                  "building one at a time", extra / 2 ** 30)
@@ -403,7 +420,7 @@ class _Variants:
         if i not in self.built:
             if not self.keep:
                 self.built.clear()  # free the previous variant before building the next
-            pns, _, config, _ = self.plan[i]
+            pns, _, config, _, _ = self.plan[i]
             if pns not in self.models:
                 self.models[pns] = self.family.model_for_schedule(self.vae, self.model, pns)
             vae_s, model_s = self.models[pns]
@@ -413,7 +430,7 @@ class _Variants:
 
     def run(self, i: int):
         """The timed generation i (of the variant `get(i)` made current)."""
-        return lambda: self.family.generation(self.current[1], self.plan[i][1], self.dtype)()
+        return lambda: self.family.generation(self.current[1], self.plan[i][1], self.plan[i][4])()
 
 
 def _extra_weight_bytes(arch: Arch, formats: dict) -> int:
@@ -425,15 +442,17 @@ def measure_generations(vae, model, arch: Arch, plan, device, settings: CostSett
     """cost_e2e: median ms (repeats interleaved over every planned generation) and peak MB of
     each planned generation, whole and by phase."""
     variants, rows = _Variants(vae, model, arch, plan, device, settings.dtype), []
-    for i, (pns, batch, config, held_out) in enumerate(_bar(plan, "cost: generations (memory)", progress)):
+    for i, (pns, batch, config, held_out, dtype) in enumerate(progress_bar(plan, "cost: generations (memory)", progress)):
         vae_s, model_s = variants.get(i)
-        peak = generation_peak_mb(vae_s, model_s, variants.family.generation(model_s, batch, settings.dtype), device)
-        tf, dec = phase_peaks_mb(vae_s, model_s, batch, settings.dtype, device)
+        rss: dict = {}
+        peak = generation_peak_mb(vae_s, model_s, variants.family.generation(model_s, batch, dtype), device, rss)
+        tf, dec = phase_peaks_mb(vae_s, model_s, batch, dtype, device)
         rows.append({"resolution": pns[-1] * arch.downsample, "batch": batch, "config": config,
                      "peak_mb": peak, "patch_nums": ",".join(map(str, pns)), "held_out": held_out,
-                     "rss_mb": float("nan"), "peak_tf_mb": tf, "peak_decode_mb": dec})
+                     "rss_mb": float("nan") if rss.get("mb") is None else rss["mb"], "peak_tf_mb": tf,
+                     "peak_decode_mb": dec, "dtype": dtype})
     ms = interleaved_ms({i: variants.run(i) for i in range(len(plan))}, settings.e2e_repeats, torch.device(device),
-                        rounds=lambda r: _bar(r, "cost: generations (rounds)", progress), prepare=variants.get)
+                        rounds=lambda r: progress_bar(r, "cost: generations (rounds)", progress), prepare=variants.get)
     return pd.DataFrame([{**row, "ms": ms[i]} for i, row in enumerate(rows)], columns=E2E_COLUMNS)
 
 
@@ -458,7 +477,7 @@ def measure_decodes(vae, model, sides: list[int], device, dtype: str, progress=T
             with autocast(dev, dtype):
                 family.decode(vae, latent)
         return decode
-    for side in _bar(sides, "cost: decodes (memory)", progress):
+    for side in progress_bar(sides, "cost: decodes (memory)", progress):
         rows.append({"resolution": side, "batch": 1, "peak_mb": peak_memory_mb(decoder(side), dev)})
     return pd.DataFrame(rows, columns=["resolution", "batch", "peak_mb"])
 
@@ -514,6 +533,15 @@ def fit_cost_model(tables: dict, arch: Arch, device, dtype: str, vae) -> tuple[c
     return cm, cm.validate(arch, e2e)
 
 
+def host_figures(dev) -> dict:
+    """The host's dispatch per operator and copy bandwidth (profiler.calibrate), for pricing the
+    profile's overhead on another device."""
+    from litevar.models.core.device import device_of
+    from litevar.profiler.calibrate import copy_bandwidth_gbs, dispatch_ms
+    d = device_of(dev)
+    return {"dispatch_ms": dispatch_ms(d), "bandwidth_gbs": copy_bandwidth_gbs(d, 1024 if d.accelerator else 256)}
+
+
 def run_cost_stage(vae, model, arch: Arch, device, resolutions=None, batches=(1, 2), progress: bool = True,
                    settings: CostSettings | None = None, holdout_resolution=None, holdout_batch: int | None = None
                    ) -> tuple[dict[str, pd.DataFrame], cmod.CostModel | None, list[dict]]:
@@ -542,7 +570,7 @@ def run_cost_stage(vae, model, arch: Arch, device, resolutions=None, batches=(1,
         return tables, None, []  # a helper of its group's leader: the generations run on the leader alone
     t1 = time.perf_counter()
     plan = e2e_plan(resolutions, batches, own, holdout_resolution, holdout_batch, configs,
-                    timed_formats(dev, settings))
+                    timed_formats(dev, settings), (settings.dtype, *settings.extra_dtypes()))
     tables["cost_e2e"] = measure_generations(vae, model, arch, plan, dev, settings, progress)
     tables["cost_decode"] = measure_decodes(vae, model, decode_sides(resolutions, arch.downsample), dev,
                                             settings.dtype, progress)
@@ -552,6 +580,7 @@ def run_cost_stage(vae, model, arch: Arch, device, resolutions=None, batches=(1,
         log.warning(msg)
     cm.timing_s = {"kernels": t1 - t0, "e2e": t2 - t1}
     cm.kernels = kernel_paths(dev, settings)
+    cm.host = host_figures(dev)
     log.info("cost stage: kernels %.0f s, generations %.0f s; held-out errors %s", t1 - t0, t2 - t1,
              [(v["resolution"], v["batch"], v["config"], round(v["latency_err"], 3), round(v["memory_err"], 3))
               for v in validation if v["held_out"]])

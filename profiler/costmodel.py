@@ -262,9 +262,17 @@ class E2EFit:
     alpha: dict[str, float]  # kernel family -> in-model factor
     rmse_rel: float
     n: int
+    # another runtime dtype's activation factor (the memory model's m1 at it, fitted on its own
+    # generations: autocast keeps some activations in float32); None: m1 scaled by the dtype's bytes
+    act_coef: float | None = None
 
     def to_dict(self) -> dict:
-        return {"coef": list(self.coef), "alpha": dict(self.alpha), "rmse_rel": self.rmse_rel, "n": self.n}
+        d = {"coef": list(self.coef), "alpha": dict(self.alpha), "rmse_rel": self.rmse_rel, "n": self.n}
+        return d | ({"act_coef": self.act_coef} if self.act_coef is not None else {})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> E2EFit:
+        return cls(d["coef"], dict(d.get("alpha", {})), d["rmse_rel"], d["n"], d.get("act_coef"))
 
 
 @dataclass
@@ -275,10 +283,15 @@ class MemoryFit:
     vae_mb: float
     gather_coef: float = 1.0  # share of a KV call's gathered keys that adds to the peak
     decode: dict | None = None  # fit_decode's points (None: the decode phase is not modelled)
+    # what the process holds beyond the allocator's peak (the resident set's growth minus it, the
+    # largest over the profile's generations; None: not measured)
+    process_overhead_mb: float | None = None
 
     def to_dict(self) -> dict:
         d = {"coef": list(self.coef), "gather_coef": self.gather_coef, "rmse_rel": self.rmse_rel, "n": self.n,
              "vae_mb": self.vae_mb}
+        if self.process_overhead_mb is not None:
+            d["process_overhead_mb"] = self.process_overhead_mb
         return d | ({"decode": self.decode} if self.decode is not None else {})
 
 
@@ -315,6 +328,16 @@ class CostModel:
     version: int = VERSION
     kernels: dict = field(default_factory=dict)  # kernel paths probes chose (cost.kernel_paths)
     timing_s: dict | None = None
+    # other runtime dtypes the profile priced (whole-model autocast): dtype -> the e2e fit of its
+    # generations; their linears are '<format>|<dtype>' fits, their attention '<backend>@<dtype>'
+    runtimes: dict[str, E2EFit] = field(default_factory=dict)
+    # the host as the cost stage measured it: dispatch_ms (one tiny operator) and bandwidth_gbs (a
+    # copy), which price the overhead on another device (profiler.devices.priced); {}: not measured
+    host: dict = field(default_factory=dict)
+
+    def dtypes(self) -> list[str]:
+        """The runtime dtypes this model prices: the profile's and every extra one it measured."""
+        return [self.dtype, *self.runtimes]
 
     @classmethod
     def from_dict(cls, d: dict) -> CostModel:
@@ -330,13 +353,15 @@ class CostModel:
                        format_kernel=dict(d["format_kernel"]),
                        linear={k: KernelFit(**v) for k, v in d["linear"].items()},
                        attn={k: KernelFit(**v) for k, v in d["attn"].items()},
-                       e2e=E2EFit(d["e2e"]["coef"], dict(d["e2e"].get("alpha", {})), d["e2e"]["rmse_rel"],
-                                  d["e2e"]["n"]),
+                       e2e=E2EFit.from_dict(d["e2e"]),
                        memory=MemoryFit(mem["coef"], mem["rmse_rel"], mem["n"], mem.get("vae_mb", 0.0),
-                                        mem.get("gather_coef", 1.0), mem.get("decode")),
+                                        mem.get("gather_coef", 1.0), mem.get("decode"),
+                                        mem.get("process_overhead_mb")),
                        linear_workspace=dict(d.get("linear_workspace", {})), features=dict(d.get("features", {})),
                        version=d.get("version", VERSION), kernels=dict(d.get("kernels", {})),
-                       timing_s=d.get("timing_s"))
+                       timing_s=d.get("timing_s"),
+                       runtimes={k: E2EFit.from_dict(v) for k, v in d.get("runtimes", {}).items()},
+                       host=dict(d.get("host", {})))
         except (KeyError, TypeError) as e:
             raise ValueError(f"cost_model is malformed ({type(e).__name__}: {e})") from None
 
@@ -350,6 +375,10 @@ class CostModel:
             d["kernels"] = self.kernels
         if self.timing_s is not None:
             d["timing_s"] = self.timing_s
+        if self.runtimes:
+            d["runtimes"] = {k: v.to_dict() for k, v in self.runtimes.items()}
+        if self.host:
+            d["host"] = self.host
         return d
 
     # -- kernels -------------------------------------------------------------------------
@@ -360,10 +389,20 @@ class CostModel:
         """The kernel family whose in-model factor (alpha) applies to a linear in `fmt`."""
         return "dense" if fmt == "fp" else self.format_kernel.get(fmt, "emulated")
 
-    def alpha_of(self, kernel: str) -> float:
+    def e2e_of(self, dtype: str | None) -> E2EFit:
+        """The e2e fit (in-model factors, overhead) of generations at runtime dtype `dtype`."""
+        if dtype is None or dtype == self.dtype:
+            return self.e2e
+        if dtype not in self.runtimes:
+            raise KeyError(f"runtime dtype {dtype!r} was not priced by this profile (it priced {self.dtypes()}); "
+                           "re-run the cost stage")
+        return self.runtimes[dtype]
+
+    def alpha_of(self, kernel: str, dtype: str | None = None) -> float:
         """In-model vs isolated time factor of a kernel family: fitted on the generations that
         ran it, else the dense one."""
-        return float(self.e2e.alpha.get(kernel, self.e2e.coef[0]))
+        e = self.e2e_of(dtype)
+        return float(e.alpha.get(kernel, e.coef[0]))
 
     def _linear_entry(self, fmt: str, dtype: str) -> KernelFit | None:
         for key in (f"{fmt}|{dtype}", f"{fmt}|{self.dtype}"):
@@ -396,16 +435,24 @@ class CostModel:
         ms = entry.ms(linear_features(K, N, M))
         return max(ms, fp_ms) if self.is_emulated(fmt) else ms
 
-    def attn_ms(self, B: int, H: int, D: int, q_len: int, kv_len: int, kept: float, backend: str) -> float:
+    def attn_ms(self, B: int, H: int, D: int, q_len: int, kv_len: int, kept: float, backend: str,
+                dtype: str | None = None) -> float:
         """Predicted ms of one attention call (B rows incl. CFG doubling) on `backend` ('dense',
-        'mdwa', or either with '_qk8'); an untimed '_qk8' backend falls back to its base."""
+        'mdwa', or either with '_qk8') at runtime dtype `dtype`; an untimed '_qk8' backend falls back
+        to its base, a backend untimed at `dtype` to its timing at the profile's dtype."""
+        if dtype is not None and dtype != self.dtype:
+            for name in (f"{backend}@{dtype}", f"{backend.removesuffix('_qk8')}@{dtype}"):
+                if name in self.attn:
+                    backend = name
+                    break
         name = backend if backend in self.attn else backend.removesuffix("_qk8")
         if name not in self.attn:
             raise KeyError(f"attention backend {backend!r} was not timed; timed: {sorted(self.attn)}")
         kept = 1.0 if name.startswith("dense") else kept
         return self.attn[name].ms(attn_features(B, H, D, q_len, kv_len, kept))
 
-    def kv_call_ms(self, arch: Arch, patch_nums, si: int, rows: int, spec, plain_ms: float) -> float:
+    def kv_call_ms(self, arch: Arch, patch_nums, si: int, rows: int, spec, plain_ms: float,
+                   dtype: str | None = None) -> float:
         """ms of attention call `si` of a block with KV-cache decisions `spec`, from `plain_ms` (the
         call over every key of a plain cache): over its kept scales only (kv_len scaled by the keys
         kept), plus what the backend reading such a cache costs beyond the plain one at that shape."""
@@ -415,10 +462,10 @@ class CostModel:
         q = patch_nums[si] ** 2
         kv = sum(p * p for p in patch_nums[:si + 1])
         kv_kept = sum(patch_nums[j] ** 2 for j in spec.keep.parts(si))
-        base = plain_ms * self.attn_ms(rows, H, D, q, kv_kept, 1.0, "dense") / self.attn_ms(rows, H, D, q, kv, 1.0,
-                                                                                             "dense")
-        extra = (self.attn_ms(rows, H, D, q, kv_kept, 1.0, spec.fmt.attn_backend)
-                 - self.attn_ms(rows, H, D, q, kv_kept, 1.0, "dense"))
+        base = plain_ms * self.attn_ms(rows, H, D, q, kv_kept, 1.0, "dense", dtype) / self.attn_ms(
+            rows, H, D, q, kv, 1.0, "dense", dtype)
+        extra = (self.attn_ms(rows, H, D, q, kv_kept, 1.0, spec.fmt.attn_backend, dtype)
+                 - self.attn_ms(rows, H, D, q, kv_kept, 1.0, "dense", dtype))
         return base + max(0.0, extra)
 
     def kernel_ms(self, arch: Arch, patch_nums, batch: int, dec: Decisions, dtype: str | None = None) -> dict:
@@ -439,9 +486,9 @@ class CostModel:
             k = float(dec.kept.get((layer, si), 1.0))
             backend = ("mdwa" if k < 1.0 else "dense") + ("_qk8" if layer in dec.qk_int8 else "")
             rows = batch if layer in dec.cfg_shared else 2 * batch
-            ms = self.attn_ms(rows, arch.num_heads, arch.head_dim, q, kv, k, backend)
+            ms = self.attn_ms(rows, arch.num_heads, arch.head_dim, q, kv, k, backend, dtype)
             if layer in dec.kv_specs:
-                ms = self.kv_call_ms(arch, patch_nums, si, rows, dec.kv_specs[layer], ms)
+                ms = self.kv_call_ms(arch, patch_nums, si, rows, dec.kv_specs[layer], ms, dtype)
             per_layer[qk_names[layer]] = per_layer.get(qk_names[layer], 0.0) + ms
             attn += ms
         by_kernel["dense"] += attn
@@ -493,6 +540,10 @@ class CostModel:
         return resident + decode_alloc_mb(dec, image_pixels(arch, patch_nums, batch) / 1e6)
 
     # -- the prediction ------------------------------------------------------------------
+    def overhead_ms(self, arch: Arch, patch_nums, batch: int, dtype: str | None = None) -> float:
+        """What a generation spends outside its linears and attention (the e2e fit's overhead)."""
+        return float(e2e_features(arch, patch_nums, batch) @ np.array(self.e2e_of(dtype).coef[1:]))
+
     def predict(self, arch: Arch | dict, patch_nums, batch: int, dec: Decisions | None = None,
                 dtype: str | None = None) -> Prediction:
         """Predicted latency_ms and memory_mb of one generation of `batch` images at `patch_nums`."""
@@ -501,18 +552,24 @@ class CostModel:
         kv_specs = dec.with_cfg_halves()
         k = self.kernel_ms(arch, pns, batch, Decisions(dec.formats, dec.kept, dec.cfg_shared, dec.qk_int8, kv_specs),
                            dtype)
-        e = np.array(self.e2e.coef)
-        overhead = float(e2e_features(arch, pns, batch) @ e[1:])
-        latency = sum(self.alpha_of(kern) * ms for kern, ms in k["by_kernel"].items()) + overhead
+        e_fit = self.e2e_of(dtype)
+        e = np.array(e_fit.coef)
+        overhead = self.overhead_ms(arch, pns, batch, dtype)
+        latency = sum(self.alpha_of(kern, dtype) * ms for kern, ms in k["by_kernel"].items()) + overhead
         mem = self.counted_memory_mb(arch, pns, batch, dec.formats, self.memory.vae_mb, dtype, kv_specs)
         act_mb = memory_features(arch, pns, batch, DTYPE_BYTES[dtype or self.dtype])["activations_mb"]
         m0, m1, m2 = self.memory.coef
+        if e_fit.act_coef is not None:  # fitted on that dtype's own generations
+            m1 = e_fit.act_coef
+        else:  # activations at the runtime dtype's bytes
+            m1 *= DTYPE_BYTES[dtype or self.dtype] / DTYPE_BYTES[self.dtype]
         ws, gather = m2 * mem.pop("linear_workspace_mb"), self.memory.gather_coef * mem.pop("kv_gather_mb")
         mem.update(fixed_mb=m0, activations_mb=m1 * act_mb, workspace_mb=max(ws, gather))
         transformer = float(sum(mem.values()))
         decode = self.decode_mb(arch, pns, batch, mem["weights_mb"] + mem["other_params_mb"] + mem["vae_mb"])
         alpha = float(e[0])
-        per_layer = {n: v * (alpha if n.endswith(".qk") else self.alpha_of(self.kernel_of(dec.formats.get(n, "fp"))))
+        per_layer = {n: v * (alpha if n.endswith(".qk") else self.alpha_of(self.kernel_of(dec.formats.get(n, "fp")),
+                                                                             dtype))
                      for n, v in k["per_layer"].items()}
         return Prediction(latency_ms=float(latency), memory_mb=max(transformer, decode),
                           linear_ms=sum(v for n, v in per_layer.items() if not n.endswith(".qk")),
@@ -527,9 +584,11 @@ class CostModel:
         out = []
         for row in rows:
             pns, batch = _row_patch_nums(row), int(row["batch"])
-            p = self.predict(arch, pns, batch, config_spec(row["config"], arch))
+            dtype = row_dtype(row, self.dtype)
+            p = self.predict(arch, pns, batch, config_spec(row["config"], arch), dtype)
             out.append({"resolution": int(row.get("resolution", pns[-1])), "patch_nums": ",".join(map(str, pns)),
-                        "batch": batch, "config": row["config"], "held_out": bool(row.get("held_out", True)),
+                        "batch": batch, "config": row["config"], "dtype": dtype,
+                        "held_out": bool(row.get("held_out", True)),
                         "measured_ms": float(row["ms"]), "predicted_ms": p.latency_ms,
                         "latency_err": p.latency_ms / float(row["ms"]) - 1,
                         "measured_mb": float(row["peak_mb"]), "predicted_mb": p.memory_mb,
@@ -597,6 +656,12 @@ def fit_attention(df) -> dict[str, KernelFit]:
     return out
 
 
+def row_dtype(row, default: str) -> str:
+    """A cost_e2e row's runtime dtype (rows measured before the column: the profile's)."""
+    d = row.get("dtype") if hasattr(row, "get") else None
+    return d if isinstance(d, str) and d else default
+
+
 def _row_patch_nums(row) -> tuple[int, ...]:
     pn = row["patch_nums"]
     return tuple(int(p) for p in (pn.split(",") if isinstance(pn, str) else pn))
@@ -618,8 +683,13 @@ def fit(tables: dict, arch: Arch | dict, device: str = "cpu", dtype: str = "fp32
                    linear_workspace=fit_linear_workspace(tables["cost_linear"]))
     e2e = tables["cost_e2e"]
     e2e = e2e.iloc[list(fit_rows)] if fit_rows is not None else e2e
-    cm.e2e = fit_e2e(cm, arch, e2e)
-    cm.memory = fit_memory(cm, arch, e2e, vae_mb, tables.get("cost_decode"))
+    dtypes = e2e.apply(lambda r: row_dtype(r, dtype), axis=1) if len(e2e) else e2e.get("config")
+    own = e2e[dtypes == dtype] if len(e2e) else e2e
+    cm.e2e = fit_e2e(cm, arch, own)
+    cm.memory = fit_memory(cm, arch, own, vae_mb, tables.get("cost_decode"))
+    for other in sorted(set(dtypes) - {dtype}) if len(e2e) else ():
+        cm.runtimes[other] = fit_e2e(cm, arch, e2e[dtypes == other], other)
+        cm.runtimes[other].act_coef = fit_activations(cm, arch, e2e[dtypes == other], other)
     log.info("cost model: linear %s, attention %s, e2e rmse %.1f%%, memory rmse %.1f%%",
              {k: round(v.rmse_rel, 3) for k, v in cm.linear.items()},
              {k: round(v.rmse_rel, 3) for k, v in cm.attn.items()},
@@ -627,13 +697,13 @@ def fit(tables: dict, arch: Arch | dict, device: str = "cpu", dtype: str = "fp32
     return cm
 
 
-def fit_e2e(cm: CostModel, arch: Arch, e2e) -> E2EFit:
+def fit_e2e(cm: CostModel, arch: Arch, e2e, dtype: str | None = None) -> E2EFit:
     """Per kernel family an alpha (kernel time factor, within ALPHA_BOUNDS) and the overhead
     coefficients. A quantized family gets its own alpha when a generation ran it (its in-model
     speed differs from the isolated one differently from dense kernels'); coef[0] is the dense
     alpha."""
     runs = [(_row_patch_nums(row), int(row["batch"]), row["config"], float(row["ms"])) for _, row in e2e.iterrows()]
-    ks = [cm.kernel_ms(arch, pns, b, config_spec(c, arch))["by_kernel"] for pns, b, c, _ in runs]
+    ks = [cm.kernel_ms(arch, pns, b, config_spec(c, arch), dtype)["by_kernel"] for pns, b, c, _ in runs]
     quant = sorted({k for by in ks for k, v in by.items() if k != "dense" and v > 0})
     A = [np.concatenate([[by["dense"]], [by.get(q, 0.0) for q in quant], e2e_features(arch, pns, b)])
          for by, (pns, b, _, _) in zip(ks, runs)]
@@ -668,7 +738,29 @@ def fit_memory(cm: CostModel, arch: Arch, e2e, vae_mb: float = 0.0, decodes=None
     target = e2e["peak_tf_mb" if phases else "peak_mb"].to_numpy(dtype=float)
     rmse = float(np.sqrt(np.mean(((A @ coef - y) / target) ** 2)))
     decode = fit_decode(arch, e2e, vae_mb, decodes) if phases and "peak_decode_mb" in e2e else None
-    return MemoryFit(coef[:3], rmse, len(y), float(vae_mb), coef[3], decode)
+    overhead = None
+    if "rss_mb" in e2e and e2e["rss_mb"].notna().any():
+        overhead = float(max(0.0, (e2e["rss_mb"] - e2e["peak_mb"]).max()))
+    return MemoryFit(coef[:3], rmse, len(y), float(vae_mb), coef[3], decode, overhead)
+
+
+def fit_activations(cm: CostModel, arch: Arch, e2e, dtype: str) -> float | None:
+    """The activation factor (m1) of generations at another runtime dtype: what their transformer
+    phase's peak leaves after every other term of the memory model (fitted at the profile's dtype),
+    over the activation values. None without phase columns."""
+    if "peak_tf_mb" not in e2e or not e2e["peak_tf_mb"].notna().all() or not len(e2e):
+        return None
+    m0, _, m2 = cm.memory.coef
+    x, y = [], []
+    for _, row in e2e.iterrows():
+        pns, batch = _row_patch_nums(row), int(row["batch"])
+        spec = config_spec(row["config"], arch)
+        counted = cm.counted_memory_mb(arch, pns, batch, spec.formats, cm.memory.vae_mb, dtype, spec.kv_specs)
+        rest = max(m2 * counted.pop("linear_workspace_mb"), cm.memory.gather_coef * counted.pop("kv_gather_mb"))
+        x.append([memory_features(arch, pns, batch, DTYPE_BYTES[dtype])["activations_mb"]])
+        y.append(float(row["peak_tf_mb"]) - sum(counted.values()) - m0 - rest)
+    coef, _ = nonneg_fit(np.array(x), np.array(y), relative=False)
+    return coef[0]
 
 
 def fit_decode(arch: Arch, e2e, vae_mb: float, decodes=None) -> dict:
@@ -711,6 +803,7 @@ def decode_alloc_mb(dec: dict, pixels_m: float) -> float:
 def dense_pairs(validation: list[dict]) -> list[tuple[dict, dict]]:
     """(row, dense row) of validation rows: every quantized generation with the dense one timed
     at the same schedule and batch (those without one are left out)."""
-    dense = {(v["patch_nums"], v["batch"]): v for v in validation if v["config"] == "dense"}
-    return [(v, dense[(v["patch_nums"], v["batch"])]) for v in validation
-            if v["config"] != "dense" and (v["patch_nums"], v["batch"]) in dense]
+    def key(v):
+        return v["patch_nums"], v["batch"], v.get("dtype")
+    dense = {key(v): v for v in validation if v["config"] == "dense"}
+    return [(v, dense[key(v)]) for v in validation if v["config"] != "dense" and key(v) in dense]

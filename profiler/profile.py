@@ -28,6 +28,8 @@ def _to_jsonable(df: pd.DataFrame) -> dict:
 class Profile:
     meta: dict = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    # a cost model for another device than the profiled one (profiler.devices.priced); None: the profile's
+    priced: object = field(default=None, compare=False, repr=False)
 
     def table(self, name: str) -> pd.DataFrame:
         if name not in self.tables:
@@ -46,7 +48,9 @@ class Profile:
 
     @functools.cached_property
     def cost_model(self) -> CostModel:
-        """The fitted cost model (meta.cost_model), typed."""
+        """The fitted cost model (meta.cost_model), typed; or the one it was priced with for a target."""
+        if self.priced is not None:
+            return self.priced
         if not self.meta.get("cost_model"):
             raise UserError("the profile has no cost model (meta.cost_model); re-run `litevar profile` with the "
                             "cost stage")

@@ -77,14 +77,15 @@ def calibrate(vae, model, n: int, cfg: float, seed: int, batch: int = 40) -> Cal
 
 
 @torch.no_grad()
-def loss_of(vae, model, calib: Calibration) -> tuple[float, float]:
-    """(loss in the profile's unit, share of tokens whose argmax is unchanged) of `model` as it is now."""
+def loss_of(vae, model, calib: Calibration, dtype_name: str = "fp32") -> tuple[float, float]:
+    """(loss in the profile's unit, share of tokens whose argmax is unchanged) of `model` as it is now,
+    run at the compute dtype `dtype_name` (autocast)."""
     family = family_of_model(model)
     sizes = [pn * pn for pn in family.schedule_of(model)]
     kl_sum = torch.zeros(len(sizes), dtype=torch.float64)
     agree = 0
     for s in calib.chunks():
-        q = family.teacher_forced(vae, model, calib.conds[s], [t[s] for t in calib.tokens], calib.cfg)
+        q = family.teacher_forced(vae, model, calib.conds[s], [t[s] for t in calib.tokens], calib.cfg, dtype_name)
         kl_BL, same_BL = family.token_kl(calib.ref_logits[s], q)
         kl_sum += torch.stack([k.sum() for k in kl_BL.double().split(sizes, dim=1)])
         agree += same_BL.sum().item()

@@ -134,7 +134,7 @@ def test_family_format_and_kv_format_added_in_a_test_run_end_to_end(registered, 
     dense = p.cost_model.predict(p.arch, PNS, 1)
     plan_path = tmp_path / "toy-plan.json"
     rc, out, err = run_cli(capsys, "plan", "--profile", prof, "--resolution", 8, "--guard", 0,
-                           "--formats", "W5A16,KV6", "--max-memory-gb", 0.97 * dense.memory_mb / 1024,
+                           "--formats", "W5A16,KV6", "--max-memory-gib", 0.97 * dense.memory_mb / 1024,
                            "--out", plan_path)
     assert rc == 0, err
     plan = Plan.load(plan_path)

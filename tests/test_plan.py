@@ -27,7 +27,7 @@ def make_plan(arch=ARCH, sha=SHA, resolution=256, **kw) -> Plan:
     formats.update(kw.pop("formats", {"blocks.0.ffn.fc1": "W8A8", "blocks.1.attn.proj": "W8A8",
                                       "head": "W4A8"}))
     fields = dict(name="test-plan", batch=1, device={"type": "cpu", "name": "test cpu"},
-                  profile_sha256="cd" * 32, budgets={"max_latency_ms": 60.0, "max_memory_gb": None},
+                  profile_sha256="cd" * 32, budgets={"max_latency_ms": 60.0, "max_memory_gib": None},
                   solver={"name": "PULP_CBC_CMD", "status": "Optimal", "gap": 0.0},
                   predicted={"latency_ms": 55.0, "memory_mb": 120.0, "dense_latency_ms": 80.0,
                              "dense_memory_mb": 150.0, "speedup": 80 / 55, "loss": 0.01},
@@ -65,8 +65,8 @@ def test_plan_keys_follow_the_schema():
     d = make_plan().to_dict()
     assert list(d) == ["format", "version", "name", "model", "resolution", "patch_nums", "batch", "device",
                        "profile_sha256", "budgets", "solver", "predicted", "formats", "qk_int8", "windows",
-                       "cfg_shared", "kv", "kv_layout"]
-    assert d["format"] == "litevar-plan" and d["version"] == 2
+                       "cfg_shared", "kv", "kv_layout", "dtype"]
+    assert d["format"] == "litevar-plan" and d["version"] == 3
     w = d["windows"]
     assert w["widths"]["1"][0][9][0] == FULL and w["widths"]["1"][0][9][9] == 3 and w["family"] == "band"
 
@@ -102,7 +102,7 @@ def _edit(d: dict, path: tuple | None, value) -> dict:
 
 # (edit of a valid plan dict, words the one-line message must contain)
 BAD_PLANS = {
-    "wrong_version": (("version",), 3, ["version 3", "reads versions 1, 2"]),
+    "wrong_version": (("version",), 4, ["version 4", "reads versions 1, 2, 3"]),
     "wrong_format": (("format",), "litevar-profile", ["not a litevar plan", "litevar plan"]),
     "missing_formats": (("formats",), KeyError, ["missing", "formats"]),
     "unknown_field": (("extra",), 1, ["unknown field", "extra"]),
@@ -223,7 +223,7 @@ def test_version_1_plans_load_without_kv_decisions(tmp_path):
     path = tmp_path / "v1.json"
     path.write_text(json.dumps(d))
     p = Plan.load(path)
-    assert p.version == 2 and p.kv == {} and p.kv_spec(0).plain
+    assert p.version == 3 and p.kv == {} and p.kv_spec(0).plain and p.dtype is None
 
 
 def test_kv_plan_for_another_cache_layout_is_refused(tmp_path, capsys):

@@ -118,7 +118,7 @@ def random_budgets(rng, problem: Problem, p_memory: float = 0.4) -> Budgets:
     if rng.random() < 0.6:
         kw["max_latency_ms"] = near(r.latency_ms)
     if rng.random() < p_memory:
-        kw["max_memory_gb"] = near(r.memory_mb) / 1024
+        kw["max_memory_gib"] = near(r.memory_mb) / 1024
     if rng.random() < 0.2:
         kw["min_speedup"] = problem.dense_latency_ms / near(r.latency_ms)
     if rng.random() < 0.3:
@@ -269,9 +269,9 @@ def d4(d4_profile):
 def test_budgets_combine(d4):
     dense = evaluate(d4, Selection())
     one = {"lat": Budgets(max_latency_ms=0.95 * dense.latency_ms),
-           "mem": Budgets(max_memory_gb=0.985 * dense.memory_mb / 1024),
+           "mem": Budgets(max_memory_gib=0.985 * dense.memory_mb / 1024),
            "flops": Budgets(max_attn_flops=0.6), "bits": Budgets(max_avg_bits=12)}
-    both = Budgets(max_latency_ms=0.95 * dense.latency_ms, max_memory_gb=0.985 * dense.memory_mb / 1024,
+    both = Budgets(max_latency_ms=0.95 * dense.latency_ms, max_memory_gib=0.985 * dense.memory_mb / 1024,
                    max_attn_flops=0.6, max_avg_bits=12)
     loss = {}
     for name, b in one.items():
@@ -280,7 +280,7 @@ def test_budgets_combine(d4):
         loss[name] = sol.metrics.loss
     sol = solve(d4, both)
     m = sol.metrics
-    assert m.latency_ms <= both.max_latency_ms and m.memory_mb <= both.max_memory_gb * 1024
+    assert m.latency_ms <= both.max_latency_ms and m.memory_mb <= both.max_memory_gib * 1024
     assert m.attn_flops <= 0.6 + 1e-9 and m.avg_bits <= 12 + 1e-9
     assert m.loss >= max(loss.values()) * (1 - 0.01)  # every budget binds at least as hard together
     speed = solve(d4, Budgets(min_speedup=1.04)).metrics
@@ -360,7 +360,7 @@ def test_format_newer_than_the_profile_is_not_planned(caplog):
     assert all("BF16" not in {o.format for o in g.options} for g in problem.formats)
     assert "'BF16' is newer than this profile's cost stage" in caplog.text and "litevar profile" in caplog.text
     dense_mb = sum(g.options[0].weight_mb for g in problem.formats)
-    sol = solve(problem, Budgets(max_memory_gb=(problem.dense_memory_mb - 0.3 * dense_mb) / 1024))
+    sol = solve(problem, Budgets(max_memory_gib=(problem.dense_memory_mb - 0.3 * dense_mb) / 1024))
     assert "BF16" not in sol.selection.formats.values()
 
 
@@ -386,7 +386,7 @@ def test_d30_at_2048_solves_in_time():
     t = time.perf_counter()
     problem = build_problem(synthetic_profile(30, 2048), 2048, batch=1)
     assert problem.size()["window_groups"] > 60_000
-    sol = solve(problem, Budgets(min_speedup=2.0, max_memory_gb=0.95 * problem.dense_memory_mb / 1024))
+    sol = solve(problem, Budgets(min_speedup=2.0, max_memory_gib=0.95 * problem.dense_memory_mb / 1024))
     s = sol.solver
     assert s["status"] == "Optimal" and s["gap"] <= 0.005 and s["gap_full"] <= 0.005 and s["warm_start"]
     assert s.get("cpu_seconds", s["seconds"]) <= 10.0 and s["seconds"] <= 15.0  # wall: file I/O, shared cores

@@ -22,14 +22,14 @@ def profile_path(tmp_path_factory):
 def test_plan_writes_a_plan_that_loads_and_round_trips(profile_path, tmp_path, capsys):
     out = tmp_path / "plans" / "fast.json"
     rc, stdout, err = run_cli(capsys, "plan", "--profile", profile_path, "--resolution", 256, "--min-speedup", 1.05,
-                              "--max-memory-gb", 0.2, "--out", out)
+                              "--max-memory-gib", 0.2, "--out", out)
     assert rc == 0, err
     assert "wrote" in stdout and "gap" in stdout
     plan = Plan.load(out)
     assert Plan.from_dict(plan.to_dict()) == plan
     assert Plan.from_dict(json.loads(out.read_text())) == plan
     assert plan.name == "fast" and plan.resolution == 256 and plan.batch == 1
-    assert plan.budgets["min_speedup"] == 1.05 and plan.budgets["max_memory_gb"] == 0.2
+    assert plan.budgets["min_speedup"] == 1.05 and plan.budgets["max_memory_gib"] == 0.2
     s, p = plan.solver, plan.predicted
     assert s["status"] == "Optimal" and 0 <= s["gap"] <= 0.005 and s["seconds"] > 0 and s["time_limit_s"] == 10
     assert p.speedup >= 1.05 * (1 - 1e-6) and p.memory_mb <= 0.2 * 1024
@@ -111,9 +111,9 @@ def test_guard_band_is_the_worst_under_prediction_relative_to_dense():
 
 def test_budgets_guarded():
     from litevar.planner.problem import Budgets
-    b = Budgets(max_latency_ms=110.0, max_memory_gb=2.1, min_speedup=1.2, max_attn_flops=0.5, max_avg_bits=8)
+    b = Budgets(max_latency_ms=110.0, max_memory_gib=2.1, min_speedup=1.2, max_attn_flops=0.5, max_avg_bits=8)
     g = b.guarded(0.1, 0.05)
-    assert g.max_latency_ms == pytest.approx(100.0) and g.max_memory_gb == pytest.approx(2.0)
+    assert g.max_latency_ms == pytest.approx(100.0) and g.max_memory_gib == pytest.approx(2.0)
     assert g.min_speedup == pytest.approx(1.32) and g.max_attn_flops == 0.5 and g.max_avg_bits == 8
     assert b.guarded() == b and Budgets().guarded(0.1, 0.1) == Budgets()
 
@@ -129,7 +129,7 @@ def test_plan_meets_its_budget_with_the_profiles_guard(tmp_path, capsys):
     want = guard_band(profile.meta["validation"])
     out = tmp_path / "g.json"
     rc, stdout, err = run_cli(capsys, "plan", "--profile", path, "--resolution", 256, "--min-speedup", 1.05,
-                              "--max-memory-gb", 0.2, "--out", out)
+                              "--max-memory-gib", 0.2, "--out", out)
     assert rc == 0, err
     assert "guard: budgets tightened by 5.00% (latency) and 5.88% (memory)" in stdout
     plan = Plan.load(out)

@@ -61,7 +61,7 @@ def test_planner_beats_a_recipe_at_its_own_latency(profile):
         r = parse_recipe(text)
         problem = build_problem(profile[0], 256, coverage_targets=targets_for(r, COVERAGE_TARGETS))
         m = evaluate(problem, select(problem, r).selection)
-        sol = solve(problem, Budgets(max_latency_ms=m.latency_ms, max_memory_gb=m.memory_mb / 1024),
+        sol = solve(problem, Budgets(max_latency_ms=m.latency_ms, max_memory_gib=m.memory_mb / 1024),
                     SolverSettings(20, 0.0))
         assert sol.metrics.loss <= m.loss + 1e-9 and sol.metrics.latency_ms <= m.latency_ms * (1 + 1e-6)
 

@@ -66,7 +66,7 @@ def _recipe_kv(plan: Plan) -> dict:
 def test_plans_solved_again_are_the_same(name, tmp_path, capsys):
     plan = Plan.load(ROOT / "plans" / f"{name}.json")
     _, profile_path = profile_of(plan)
-    flags = {"max_latency_ms": "--max-latency-ms", "max_memory_gb": "--max-memory-gb", "min_speedup": "--min-speedup",
+    flags = {"max_latency_ms": "--max-latency-ms", "max_memory_gib": "--max-memory-gib", "min_speedup": "--min-speedup",
              "max_attn_flops": "--max-attn-flops", "max_avg_bits": "--max-avg-bits"}
     budgets = [a for k, flag in flags.items() if plan.budgets.get(k) is not None for a in (flag, plan.budgets[k])]
     src = plan.solver.get("losses_from")

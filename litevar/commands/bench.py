@@ -1,24 +1,31 @@
-"""`litevar bench --plan PLAN [--plan PLAN ...]`: measured against promised, in one run.
+"""`litevar bench --plan PLAN [--plan PLAN ...] [--baseline bf16 ...]`: measured against promised,
+in one run.
 
-Loads the model, keeps it as the dense full-precision baseline, applies each plan to a copy
-(sharing the VQVAE), and times end-to-end generation (the family's generation: sampling + decode,
-batch = the plans' batch, CFG 4, top-k 900, top-p 0.95, seed 0) of all of them as the
-profiler's e2e stage times the generations it fits the planner's cost model on
-(the family's generation, profiler.cost.generation_peak_mb; kernels.bench_gemm.interleaved_ms).
-The models alternate, one timed run each per round, so that drift of a shared machine hits all
-alike (each round starts at another model); latency is the median over --repeats rounds after
---warmup untimed runs each (at least 1), peak memory that of the generation after them
-(parameters and buffers of VAR + VQVAE plus the allocator peak of one generation: torch.profiler
-allocation events on CPU, max_memory_allocated on CUDA). MB = 2**20 bytes. With --quality N each model's quality loss is
-measured too, in the profile's unit (profiler.quality.loss_of on N calibration samples of the
-dense model, CFG 4, seed --seed): the figure the planner predicts as `loss`.
+Loads the model, keeps it as the dense baseline (at --dtype), applies each plan to a copy
+(sharing the VAE; each at its own runtime dtype, the plan's `dtype`), adds each --baseline (the
+dense model at another dtype, optionally torch.compile'd: the single global knobs a user tries
+first), and times end-to-end generation (the family's generation: sampling + decode, batch = the
+plans' batch, CFG 4, top-k 900, top-p 0.95, seed 0) of all of them as the profiler's e2e stage
+times the generations it fits the planner's cost model on. The models alternate, one timed run
+each per round, so that drift of a shared machine hits all alike (each round starts at another
+model); latency is the median over --repeats rounds after --warmup untimed runs each (at least
+1). Memory, from the generation after the warm-up: the allocator's peak (parameters and buffers
+of the model and its VAE plus what one generation allocates: what plans predict and budgets
+govern) and, from the same run, the process's peak (CPU: the resident set's growth; GPU: the
+caching allocator's reserve). MiB = 2**20 bytes, GiB = 2**30. With --quality N each model's
+quality loss is measured too, in the profile's unit, at its own dtype (profiler.quality.loss_of
+on N calibration samples of the dense model, CFG 4, seed --seed): the figure the planner
+predicts as `loss`.
 
-JSON (--json), version 2: format, version, device, batch, resolution, repeats, warmup, kernel,
-dtype, quality ({n, cfg, seed} or null), dense {latency_ms, latency_ms_runs, peak_mb, model_mb,
-loss, top1}, plans [{plan, plan_name, plan_sha256, measured {as dense}, predicted (the plan's
-latency_ms, memory_mb, loss, dense_latency_ms, dense_memory_mb, speedup), speedup {measured,
-promised, of_medians}, prediction_error {latency, memory, loss, dense_latency, dense_memory} =
-(predicted - measured) / measured, latency_drift_corrected}]; missing figures are null.
+JSON (--json): a result file (litevar.commands.results, kind "bench", with the command, git
+revision, machine and date); its data, version 3: batch, resolution, repeats, warmup, kernel,
+dtype, quality ({n, cfg, seed} or null), dense {latency_ms, latency_ms_runs, peak_mb,
+process_peak_mb, model_mb, loss, top1, dtype}, baselines [{name, dtype, compile, measured
+{as dense}, speedup}], plans [{plan, plan_name, plan_sha256, tier, device, measured {as dense},
+predicted (latency_ms, memory_mb, process_memory_mb, loss, dense_latency_ms, dense_memory_mb,
+speedup), speedup {measured, promised, of_medians}, prediction_error {latency, memory, loss,
+dense_latency, dense_memory} = (predicted - measured) / measured, latency_drift_corrected}];
+missing figures are null.
 
 The measured speedup is paired: the median over rounds of dense ms / plan ms of the same round.
 A shared VM's speed moves by +-25% within seconds to minutes, so whole rounds run slow; the
@@ -26,15 +33,14 @@ ratio of the two medians (`of_medians`, kept for comparison) takes each median f
 of slow and fast rounds, the paired ratio cancels what a round's two runs share.
 
 latency_drift_corrected (table: "adj") is the error of the predicted latency relative to dense:
-promised / measured speedup - 1, i.e. the latency error with the prediction scaled by the
-measured dense latency, with the paired speedup. A machine whose speed drifts between profiling
-and benching moves every raw error alike; the dense model, timed in the same rounds, is the
-reference that cancels it.
+measured / promised speedup - 1 written as (pred / pred_dense) x measured speedup - 1: the
+latency error with the prediction scaled by the measured dense latency. A machine whose speed
+drifts between profiling and benching moves every raw error alike; the dense model, timed in the
+same rounds, is the reference that cancels it.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import logging
 import statistics
 from dataclasses import asdict, dataclass
@@ -45,18 +51,21 @@ from tqdm import tqdm
 from litevar.commands.args import COUNT, NONNEG_INT, SEED
 from litevar.commands.common import add_model_arguments, load_model
 from litevar.kernels.select import KernelChoice
-from litevar.models.core.atomic import write_json
 from litevar.models.core.errors import UserError
 
 log = logging.getLogger(__name__)
 MB = 2 ** 20
+VERSION = 3
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
-    p.add_argument("--plan", action="append", required=True,
+    p.add_argument("--plan", action="append", default=[],
                    help="plan JSON written by `litevar plan`; repeat to bench several side by side")
-    p.add_argument("--json", help="write every figure here")
+    p.add_argument("--baseline", action="append", default=[], metavar="DTYPE[+compile]",
+                   help="also time the dense model at this dtype (fp32, bf16, fp16), torch.compile'd with +compile "
+                   "(e.g. bf16, bf16+compile); repeatable")
+    p.add_argument("--json", help="write every figure here (a result file)")
     p.add_argument("--repeats", type=COUNT, default=5, help="timed runs per model; the median is reported (default 5)")
     p.add_argument("--warmup", type=NONNEG_INT, default=1, help="untimed runs first, per model (default 1, at least 1)")
     p.add_argument("--quality", type=NONNEG_INT, default=0, metavar="N",
@@ -72,45 +81,61 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 @dataclass
+class Model:
+    vae: object
+    model: object
+    dtype: str
+
+
+@dataclass
 class E2E:
     latency_ms: float  # median of the timed runs
     latency_ms_runs: list[float]
-    peak_mb: float  # of one generation (see the module docstring)
-    model_mb: float  # parameters and buffers of VAR + VQVAE
+    peak_mb: float  # the allocator's peak of one generation, model included (see the module docstring)
+    process_peak_mb: float | None  # the process's peak of the same generation, model included
+    model_mb: float  # parameters and buffers of the model and its VAE
+    dtype: str = "fp32"
     loss: float | None = None  # profile loss unit, with --quality
     top1: float | None = None  # share of calibration tokens whose argmax is unchanged
 
 
-def measure_interleaved(models: dict, batch: int, device, repeats: int, warmup: int, dtype: str) -> dict[str, E2E]:
-    """{name: E2E} of models {name: (vae, var)}: `warmup` untimed generations each (at least
-    one: the first call allocates caches the later ones reuse), the peak memory of the next, then
+def measure_interleaved(models: dict[str, Model], batch: int, device, repeats: int, warmup: int) -> dict[str, E2E]:
+    """{name: E2E}: `warmup` untimed generations each (at least one: the first call allocates caches
+    the later ones reuse, and compiles what is compiled), both peaks of the next, then
     kernels.bench_gemm.interleaved_ms (one more warm-up, then one timed generation each per round)."""
-    import torch
-
     from litevar.kernels.bench_gemm import interleaved_ms
     from litevar.models.core.family import family_of_model
     from litevar.profiler.cost import generation_peak_mb, module_bytes
-    dev = torch.device(device)
     runs, peaks, samples = {}, {}, {}
-    for name, (vae, var) in models.items():
-        runs[name] = family_of_model(var).generation(var, batch, dtype)
+    for name, m in models.items():
+        runs[name] = family_of_model(m.model).generation(m.model, batch, m.dtype)
         for _ in range(max(1, warmup)):
             runs[name]()
-        peaks[name] = generation_peak_mb(vae, var, runs[name], dev)
-    med = interleaved_ms(runs, repeats, dev, samples=samples,
+        rss: dict = {}
+        peaks[name] = (generation_peak_mb(m.vae, m.model, runs[name], device, rss), rss.get("mb"))
+    med = interleaved_ms(runs, repeats, device, samples=samples,
                          rounds=lambda r: tqdm(r, desc=f"bench {len(models)} models",
                                                disable=repeats * len(models) < 4))
-    return {name: E2E(med[name], samples[name], peaks[name],
-                      module_bytes(*models[name]) / MB) for name in models}
+    return {name: E2E(med[name], samples[name], *peaks[name], module_bytes(m.vae, m.model) / MB, m.dtype)
+            for name, m in models.items()}
 
 
-def measure_quality(models: dict, n: int, seed: int, cfg: float = 4.0) -> dict[str, tuple[float, float]]:
-    """{name: (loss, top1)}: profiler.quality.loss_of against the first model's calibration set."""
+def measure_quality(models: dict[str, Model], n: int, seed: int, cfg: float = 4.0) -> dict[str, tuple[float, float]]:
+    """{name: (loss, top1)}: profiler.quality.loss_of, each at its dtype, against the first model's
+    calibration set (fp32 reference logits)."""
     from litevar.profiler.quality import calibrate, loss_of
-    vae, ref = next(iter(models.values()))
-    calib = calibrate(vae, ref, n, cfg, seed)
-    return {name: loss_of(vae, var, calib) for name, (vae, var) in
+    ref = next(iter(models.values()))
+    calib = calibrate(ref.vae, ref.model, n, cfg, seed)
+    return {name: loss_of(m.vae, m.model, calib, m.dtype) for name, m in
             tqdm(models.items(), desc="quality loss", total=len(models))}
+
+
+def parse_baseline(text: str) -> tuple[str, bool]:
+    """'bf16+compile' -> ('bf16', True)."""
+    dtype, _, rest = text.partition("+")
+    if dtype not in ("fp32", "bf16", "fp16") or rest not in ("", "compile"):
+        raise UserError(f"--baseline {text!r}: give a dtype (fp32, bf16, fp16), optionally +compile, e.g. bf16+compile")
+    return dtype, rest == "compile"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,31 +171,34 @@ def plan_entry(plan, path: str, dense: E2E, m: E2E) -> dict:
     speedup = paired_speedup(dense.latency_ms_runs, m.latency_ms_runs)
     return {
         "plan": str(path), "plan_name": plan.name, "plan_sha256": file_sha256(path), "measured": asdict(m),
-        "predicted": {k: getattr(pred, k) for k in ("latency_ms", "memory_mb", "loss", "dense_latency_ms",
-                                                    "dense_memory_mb", "speedup")},
+        "tier": pred.tier or "profiled", "device": plan.device,
+        "predicted": {k: getattr(pred, k) for k in ("latency_ms", "memory_mb", "process_memory_mb", "loss",
+                                                    "dense_latency_ms", "dense_memory_mb", "speedup")},
         "speedup": {"measured": speedup, "promised": promised, "of_medians": dense.latency_ms / m.latency_ms},
         "prediction_error": {
             "latency": rel_err(pred.latency_ms, m.latency_ms),
             "memory": rel_err(pred.memory_mb, m.peak_mb),
+            "process_memory": rel_err(pred.process_memory_mb, m.process_peak_mb),
             "loss": rel_err(pred.loss, m.loss),
             "dense_latency": rel_err(pred.dense_latency_ms, dense.latency_ms),
             "dense_memory": rel_err(pred.dense_memory_mb, dense.peak_mb),
-            "latency_drift_corrected": drift_corrected_err(pred.latency_ms, pred.dense_latency_ms,
-                                                           speedup)},
+            "latency_drift_corrected": drift_corrected_err(pred.latency_ms, pred.dense_latency_ms, speedup)},
     }
 
 
-def report(plans: list, paths: list[str], dense: E2E, measured: list[E2E], args, device) -> dict:
-    from litevar.models.core.device import fingerprint
-    first = plans[0]
-    return {
-        "format": "litevar-bench", "version": 2, "device": fingerprint(device), "batch": first.batch,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "resolution": first.resolution, "repeats": args.repeats, "warmup": max(1, args.warmup), "kernel": args.kernel,
-        "dtype": args.dtype, "quality": {"n": args.quality, "cfg": 4.0, "seed": args.seed} if args.quality else None,
-        "dense": asdict(dense),
-        "plans": [plan_entry(p, path, dense, m) for p, path, m in zip(plans, paths, measured)],
-    }
+def baseline_entry(name: str, dtype: str, compiled: bool, dense: E2E, m: E2E) -> dict:
+    return {"name": name, "dtype": dtype, "compile": compiled, "measured": asdict(m),
+            "speedup": {"measured": paired_speedup(dense.latency_ms_runs, m.latency_ms_runs),
+                        "of_medians": dense.latency_ms / m.latency_ms}}
+
+
+def report(plans: list, paths: list[str], dense: E2E, measured: list[E2E], baselines: list[dict], args,
+           batch: int, resolution: int) -> dict:
+    return {"version": VERSION, "batch": batch, "resolution": resolution, "repeats": args.repeats,
+            "warmup": max(1, args.warmup), "kernel": args.kernel, "dtype": args.dtype,
+            "quality": {"n": args.quality, "cfg": 4.0, "seed": args.seed} if args.quality else None,
+            "dense": asdict(dense), "baselines": baselines,
+            "plans": [plan_entry(p, path, dense, m) for p, path, m in zip(plans, paths, measured)]}
 
 
 def _num(x, fmt: str) -> str:
@@ -178,34 +206,43 @@ def _num(x, fmt: str) -> str:
     return format("-", ">" + fmt.split(".")[0]) if x is None else format(x, fmt)
 
 
-def format_table(r: dict) -> str:
-    d, q = r["device"], r["quality"]
-    title = (f"{d['type']} ({d['name']}), batch {r['batch']}, {r['resolution']} px, median of {r['repeats']} "
-             f"interleaved runs after {r['warmup']} warm-up")
+def _gib(mb):
+    return None if mb is None else mb / 1024
+
+
+def format_table(r: dict, device: dict) -> str:
+    q = r["quality"]
+    title = (f"{device['type']} ({device['name']}), batch {r['batch']}, {r['resolution']} px, median of "
+             f"{r['repeats']} interleaved runs after {r['warmup']} warm-up; memory in GiB (2**30 bytes)")
     if q:
         title += f"; loss: profile unit (nats) on {q['n']} calibration samples, seed {q['seed']}"
-    names = [e["plan_name"] or Path(e["plan"]).stem for e in r["plans"]]
-    w = max(map(len, ["dense", *names])) + 1
-    head = (f"{'model':{w}}{'latency ms':>10}{'pred':>8}{'err':>8}{'adj':>8}{'peak MB':>9}{'pred':>8}{'err':>8}"
-            f"{'speedup':>9}{'promised':>9}{'loss':>9}{'pred':>9}{'top1':>8}")
+    names = ["dense"] + [b["name"] for b in r["baselines"]] + [e["plan_name"] or Path(e["plan"]).stem
+                                                                 for e in r["plans"]]
+    w = max(map(len, names)) + 1
+    head = (f"{'model':{w}}{'dtype':>6}{'tier':>11}{'latency ms':>11}{'pred':>9}{'adj':>8}{'alloc GiB':>10}"
+            f"{'pred':>8}{'err':>8}{'process':>9}{'speedup':>9}{'promised':>9}{'loss':>9}{'pred':>9}")
     dense = r["dense"]
-    pred0 = r["plans"][0]["predicted"]
-    rows = [_row("dense", w, dense, pred0.get("dense_latency_ms"), pred0.get("dense_memory_mb"), 1.0, 1.0, 0.0, 0.0)]
-    for name, e in zip(names, r["plans"]):
+    pred0 = r["plans"][0]["predicted"] if r["plans"] else {}
+    rows = [_row("dense", w, dense, "-", pred0.get("dense_latency_ms"), pred0.get("dense_memory_mb"), 1.0, 1.0,
+                 0.0, None)]
+    rows += [_row(b["name"], w, b["measured"], "-", None, None, b["speedup"]["measured"], None, None, None)
+             for b in r["baselines"]]
+    for name, e in zip(names[1 + len(r["baselines"]):], r["plans"]):
         p = e["predicted"]
-        rows.append(_row(name, w, e["measured"], p["latency_ms"], p["memory_mb"],
+        rows.append(_row(name, w, e["measured"], e["tier"], p["latency_ms"], p["memory_mb"],
                          e["speedup"]["measured"], e["speedup"]["promised"], p["loss"],
                          e["prediction_error"]["latency_drift_corrected"]))
     return "\n".join([title, head, *rows, "speedup: median over rounds of dense / model ms of the same round; "
-                                          "adj: latency error relative to dense (promised / speedup - 1)"])
+                                          "adj: latency error relative to dense (promised / speedup - 1); alloc: "
+                                          "the allocator's peak (what plans predict), process: the process's"])
 
 
-def _row(name, width, m, pred_ms, pred_mb, speedup, promised, pred_loss, adj) -> str:
-    return (f"{name:{width}}{_num(m['latency_ms'], '10.1f')}{_num(pred_ms, '8.1f')}"
-            f"{_num(rel_err(pred_ms, m['latency_ms']), '8.1%')}{_num(adj, '8.1%')}"
-            f"{_num(m['peak_mb'], '9.1f')}{_num(pred_mb, '8.1f')}"
-            f"{_num(rel_err(pred_mb, m['peak_mb']), '8.1%')}{_num(speedup, '8.2f')}x{_num(promised, '8.2f')}x"
-            f"{_num(m.get('loss'), '9.4f')}{_num(pred_loss, '9.4f')}{_num(m.get('top1'), '8.1%')}")
+def _row(name, width, m, tier, pred_ms, pred_mb, speedup, promised, pred_loss, adj) -> str:
+    return (f"{name:{width}}{m.get('dtype', 'fp32'):>6}{tier:>11}{_num(m['latency_ms'], '11.1f')}"
+            f"{_num(pred_ms, '9.1f')}{_num(adj, '8.1%')}{_num(_gib(m['peak_mb']), '10.3f')}"
+            f"{_num(_gib(pred_mb), '8.3f')}{_num(rel_err(pred_mb, m['peak_mb']), '8.1%')}"
+            f"{_num(_gib(m.get('process_peak_mb')), '9.3f')}{_num(speedup, '8.2f')}x{_num(promised, '8.2f')}x"
+            f"{_num(m.get('loss'), '9.4f')}{_num(pred_loss, '9.4f')}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,12 +250,16 @@ def _row(name, width, m, pred_ms, pred_mb, speedup, promised, pred_loss, adj) ->
 
 
 def _check_args(args) -> None:
+    if not args.plan and not args.baseline:
+        raise UserError("give at least one --plan (or a --baseline) to bench against the dense model")
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise UserError(f"--json {args.json}: folder {Path(args.json).resolve().parent} does not exist; "
                         "create it first")
 
 
 def _check_same_shape(plans: list, paths: list[str]) -> None:
+    if not plans:
+        return
     first = plans[0]
     for p, path in zip(plans[1:], paths[1:]):
         if (p.batch, p.patch_nums) != (first.batch, first.patch_nums):
@@ -227,10 +268,13 @@ def _check_same_shape(plans: list, paths: list[str]) -> None:
 
 
 def run(args) -> int:
+    from litevar.commands.results import write_result
+    from litevar.models.core.device import fingerprint
     from litevar.models.core.family import family_of_model
     from litevar.planner.plan import Plan
     from litevar.runtime import planned_copy
     _check_args(args)
+    baselines = [parse_baseline(b) for b in args.baseline]
     plans = [Plan.load(p) for p in args.plan]
     _check_same_shape(plans, args.plan)
     vae, var = load_model(args)
@@ -239,17 +283,25 @@ def run(args) -> int:
     for p in plans:
         p.check_model(arch, sha, family.schedule_of(var))  # fail before copying
     device = family.device_of(var)
-    models = {"dense": (vae, var)}
+    models = {"dense": Model(vae, var, args.dtype)}
+    names = []
+    for dtype, compiled in baselines:
+        name = f"{dtype}{' + compile' if compiled else ''}"
+        names.append(name)
+        models[name] = Model(vae, family.compiled(family.shared_copy(var)) if compiled else var, dtype)
     for i, p in enumerate(plans):
-        models[i] = (vae, planned_copy(vae, var, p, kernel=args.kernel, strict_device=args.strict_device,
-                                       check_weights=False))
-    m = measure_interleaved(models, plans[0].batch, device, args.repeats, args.warmup, args.dtype)
+        models[i] = Model(vae, planned_copy(vae, var, p, kernel=args.kernel, strict_device=args.strict_device,
+                                            check_weights=False), p.dtype or args.dtype)
+    batch = plans[0].batch if plans else 1
+    resolution = plans[0].resolution if plans else family.resolution_of(family.schedule_of(var))
+    m = measure_interleaved(models, batch, device, args.repeats, args.warmup)
     if args.quality:
         for name, (loss, top1) in measure_quality(models, args.quality, args.seed).items():
             m[name].loss, m[name].top1 = loss, top1
-    r = report(plans, args.plan, m["dense"], [m[i] for i in range(len(plans))], args, device)
-    print(format_table(r))
+    base = [baseline_entry(n, d, c, m["dense"], m[n]) for n, (d, c) in zip(names, baselines)]
+    r = report(plans, args.plan, m["dense"], [m[i] for i in range(len(plans))], base, args, batch, resolution)
+    print(format_table(r, fingerprint(device)))
     if args.json:
-        write_json(args.json, r)
+        write_result(args.json, "bench", r, device, argv=getattr(args, "_argv", None), program="litevar")
         print(f"wrote {args.json}")
     return 0

@@ -25,6 +25,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("litevar.commands.compare", "set plans side by side across devices, resolutions and budgets; "
                 "--html writes a self-contained report"),
     "bench-kernels": ("litevar.commands.bench_kernels", "time every kernel against its dense reference at VAR shapes"),
+    "devices": ("litevar.commands.devices", "the GPUs plans can be priced for on paper, and what runs on each"),
+    "calibrate": ("litevar.commands.calibrate", "describe this device by a short microbenchmark sweep, for plans "
+                  "priced at the calibrated tier"),
     "ablate": ("litevar.commands.ablate", "re-run the LiteVAR paper's Tables 1-3 (MDWA thresholds, bit-widths, "
                "MDWA+ASC+quant) on a model"),
 }
@@ -52,7 +55,10 @@ def _import(module: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args._argv = ["litevar", *argv]  # the command as typed, for result files
+    args._dtype_given = getattr(args, "dtype", None) is not None
     if getattr(args, "dtype", "") is None:  # commands that run a model: the device's default dtype
         from litevar.commands.common import default_dtype
         args.dtype = default_dtype(args.device)

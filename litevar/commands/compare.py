@@ -83,8 +83,14 @@ def _read_json(path: str, what: str, fix: str):
 
 
 def load_bench(path: str) -> list[dict]:
-    """The "plans" entries of a bench file (format litevar-bench, version 2)."""
+    """The "plans" entries of a bench file: a result file of kind bench (version 3 data), or the
+    litevar-bench format version 2 written before result files."""
     d = _read_json(path, "--bench", "pass the JSON written by `litevar bench --json`")
+    if isinstance(d, dict) and d.get("format") == "litevar-result":
+        if d.get("kind") != "bench" or not isinstance(d.get("data"), dict):
+            raise UserError(f"--bench {path}: a result file of kind {d.get('kind')!r}, not a bench; "
+                            "pass the JSON written by `litevar bench --json`")
+        d = {**d["data"], "format": BENCH_FORMAT, "version": BENCH_VERSION}  # the plans' entries are alike
     if not isinstance(d, dict) or d.get("format") != BENCH_FORMAT:
         fmt = d.get("format") if isinstance(d, dict) else type(d).__name__
         raise UserError(f"--bench {path}: not a litevar bench file (format {fmt!r}); "
@@ -166,8 +172,8 @@ def load_frontier(path: str) -> pd.DataFrame:
 
 
 def budgets_text(budgets: dict) -> str:
-    """{'max_latency_ms': 137, 'max_memory_gb': 0.03} -> 'lat<=137ms mem<=30.72MB'."""
-    short = {"max_latency_ms": lambda v: f"lat<={v:g}ms", "max_memory_gb": lambda v: f"mem<={v * 1024:.4g}MB",
+    """{'max_latency_ms': 137, 'max_memory_gib': 0.03} -> 'lat<=137ms mem<=30.72MB'."""
+    short = {"max_latency_ms": lambda v: f"lat<={v:g}ms", "max_memory_gib": lambda v: f"mem<={v * 1024:.4g}MB",
              "min_speedup": lambda v: f"speedup>={v:g}x", "max_attn_flops": lambda v: f"flops<={v:g}",
              "max_avg_bits": lambda v: f"bits<={v:g}"}
     parts = []

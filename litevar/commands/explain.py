@@ -11,16 +11,19 @@ from litevar.models.core.errors import UserError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("plan", help="plan file written by `litevar plan`")
     p.add_argument("--profile", help="the profile the plan was made from (needed for savings and losses)")
+    p.add_argument("--device", help="the --device the plan was priced for (a catalogue GPU or a calibration file); "
+                   "needed for a plan priced at the spec or calibrated tier")
 
 
 def run(args) -> int:
     from litevar.planner.plan import Plan
     plan = Plan.load(args.plan)
     pr = plan.predicted
-    print(f"plan {plan.name!r}: {plan.resolution} px, batch {plan.batch}, device {plan.device.get('name')}; "
+    print(f"plan {plan.name!r}: {plan.resolution} px, batch {plan.batch}, runtime dtype {plan.dtype or 'fp32'}, "
+          f"device {plan.device.get('name')} ({pr.tier or 'profiled'} tier); "
           f"budgets {', '.join(f'{k} {v:g}' for k, v in plan.budgets.items() if v is not None) or 'none'}")
     if pr.latency_ms is not None:
-        print(f"predicted: {pr.latency_ms:.1f} ms ({pr.speedup or 1:.2f}x), {pr.memory_mb or 0:.0f} MB, "
+        print(f"predicted: {pr.latency_ms:.1f} ms ({pr.speedup or 1:.2f}x), {(pr.memory_mb or 0) / 1024:.3g} GiB, "
               f"loss {pr.loss or 0:.4g}")
     guard = plan.solver.get("guard")
     if guard:
@@ -40,12 +43,12 @@ def run(args) -> int:
     if plan.profile_sha256 and profile_sha256(args.profile) != plan.profile_sha256:
         print(f"note: {args.profile} is not the profile this plan was made from (sha256 differs); "
               "numbers below are from the given profile")
-    profile = Profile.load(args.profile)
+    profile = priced_like(Profile.load(args.profile), plan, args.device)
     family = plan.windows.family.value if plan.windows else None
     sel = selection_of(plan)
     uniform = set(sel.kv.values())  # a recipe's KV option, which the profile may not offer by itself
     problem = build_problem(profile, plan.resolution, plan.batch, None, family, coverage_targets=None,
-                            kv_option=next(iter(uniform)) if len(uniform) == 1 else None)
+                            kv_option=next(iter(uniform)) if len(uniform) == 1 else None, dtype=plan.dtype)
     bad = [k for k in sel.widths if k + (sel.widths[k],) not in problem.window_index]
     if bad:
         raise UserError(f"plan window {bad[0]} is not a width the profile measured; explain it with the "
@@ -54,3 +57,19 @@ def run(args) -> int:
     print("saves_*: vs the uncompressed choice; alt_saves_ms / alt_loss: what the alternative would have "
           "saved in ms / added in loss relative to the choice (negative: it is slower / better)")
     return 0
+
+
+def priced_like(profile, plan, device: str | None):
+    """`profile` priced for the device the plan was priced for: --device at the plan's tier."""
+    tier = plan.predicted.tier or "profiled"
+    if device is None:
+        if tier != "profiled":
+            raise UserError(f"the plan was priced for {plan.device.get('name')} at the {tier} tier; add --device "
+                            "with the catalogue name or calibration file it was planned with")
+        return profile
+    from litevar.profiler.devices import load_target, priced
+    target = load_target(device)
+    if target.tier != tier:
+        raise UserError(f"--device {device} is at the {target.tier} tier, the plan at the {tier} tier; give the "
+                        "device the plan was made with")
+    return priced(profile, target)

@@ -17,7 +17,6 @@ from litevar.models.core.family import family_of_model
 log = logging.getLogger(__name__)
 
 
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--classes", default=None, help="comma-separated class ids (default: one per class, up to 8)")
@@ -46,9 +45,24 @@ def run(args) -> int:
     family = family_of_model(var)
     conds = family.conditions_from_text(var, args.classes, args.per_class)
     sampling = {"cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "more_smooth": args.more_smooth}
-    img = family.images(vae, var, conds, args.seed, sampling, args.dtype)
+    dtype = run_dtype(args, plan)
+    img = family.images(vae, var, conds, args.seed, sampling, dtype)
     t2 = time.perf_counter()
     save_grid(img, args.out, nrow=min(len(conds), 8))
     print(f"wrote {args.out}: {len(conds)} samples of classes {sorted(set(conds))}, "
-          f"{img.shape[-1]}x{img.shape[-2]} px (load {t1 - t0:.1f} s, generate {t2 - t1:.1f} s on {args.device})")
+          f"{img.shape[-1]}x{img.shape[-2]} px (load {t1 - t0:.1f} s, generate {t2 - t1:.1f} s on {args.device}, "
+          f"{dtype})")
     return 0
+
+
+def run_dtype(args, plan) -> str:
+    """The runtime dtype: --dtype when given, else the plan's (what it was priced at), else the
+    device's default. A --dtype other than the plan's gets a warning: its figures do not hold."""
+    given = getattr(args, "_dtype_given", True)
+    if plan is None or plan.dtype is None:
+        return args.dtype
+    if given and args.dtype != plan.dtype:
+        log.warning("--dtype %s: the plan was priced at %s; its predicted latency, memory and loss do not hold",
+                    args.dtype, plan.dtype)
+        return args.dtype
+    return plan.dtype

@@ -12,15 +12,21 @@ from litevar.models.core.errors import UserError
 log = logging.getLogger(__name__)
 
 
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", required=True, help="profile file written by `litevar profile`")
     p.add_argument("--resolution", type=RESOLUTION, required=True, help="output resolution: 256, 512, 1024 or 2048")
     p.add_argument("--batch", type=COUNT, default=1, help="images per generation (default 1)")
+    p.add_argument("--device", help="price the plan for this device: a catalogue GPU (`litevar devices`, the spec "
+                   "tier) or a calibration file (`litevar calibrate`, the calibrated tier); default: the device "
+                   "the profile was measured on")
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="whole-model runtime dtype (autocast) under the per-layer formats. auto (default): plan at "
+                   "every dtype the profile priced and measured a loss for, and keep the least-loss plan within the "
+                   "budgets (the faster on a tie)")
     b = p.add_argument_group("budgets (any combination; at least one unless --sweep)")
     b.add_argument("--max-latency-ms", type=POSITIVE, help="predicted latency of one generation, ms")
-    b.add_argument("--max-memory-gb", type=POSITIVE, help="predicted peak memory, GB")
+    b.add_argument("--max-memory-gib", "--max-memory-gb", dest="max_memory_gib", type=POSITIVE,
+                   help="predicted peak memory, GiB (2**30 bytes); what it covers: see the plan's memory_covers")
     b.add_argument("--min-speedup", type=POSITIVE, help="vs the dense full-precision prediction, e.g. 1.5")
     b.add_argument("--max-attn-flops", type=SHARE, help="share of the dense attention FLOPs, in (0, 1]")
     b.add_argument("--max-avg-bits", type=POSITIVE, help="average weight bits over the linear layers, e.g. 8")
@@ -47,13 +53,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _budgets(args):
     from litevar.planner.problem import Budgets
-    return Budgets(args.max_latency_ms, args.max_memory_gb, args.min_speedup, args.max_attn_flops,
+    return Budgets(args.max_latency_ms, args.max_memory_gib, args.min_speedup, args.max_attn_flops,
                    args.max_avg_bits)
 
 
-def _guard(text: str | float, profile) -> dict:
+def _guard(text: str | float, profile, target=None) -> dict:
     """--guard: {'latency', 'memory', 'source'} (fractions)."""
     from litevar.planner.build import guard_band
+    if text == "auto" and target is not None and target.tier != "profiled":
+        return {**target.guard, "source": f"the {target.tier} tier's guard (profiler.devices: TIER_GUARD, or the "
+                                          "calibration's held-out error)"}
     if text == "auto":
         validation = profile.meta.get("validation") or []
         if not validation:
@@ -90,43 +99,149 @@ def run(args) -> int:
     if args.recipe:
         return run_recipe(args, budgets)
     if not budgets.any() and not args.sweep:
-        raise UserError("give at least one budget (--max-latency-ms, --max-memory-gb, --min-speedup, "
+        raise UserError("give at least one budget (--max-latency-ms, --max-memory-gib, --min-speedup, "
                         "--max-attn-flops, --max-avg-bits) or --sweep latency|memory")
-    profile = load_profile(args)
-    formats = parse_formats(args.formats, set(profile.table("sensitivity")["format"]))
-    problem = build_problem(profile, args.resolution, args.batch, formats, args.family)
+    profile, target = target_profile(args)
+    formats = parse_formats(args.formats, offered_formats(profile, target))
     out = Path(args.out)
     if args.sweep:
+        dtype = None if args.dtype == "auto" else args.dtype
+        problem = build_problem(profile, args.resolution, args.batch, formats, args.family, dtype=dtype)
         df = frontier.sweep(problem, args.sweep, args.points, settings, budgets)
         csv, png = frontier.write(df, out, args.sweep, f"{Path(args.profile).stem} at {args.resolution} px, "
                                                        f"batch {args.batch}")
         print(df.drop(columns=["budget"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         print(f"wrote {csv} and {png}")
         return 0
-    guard = _guard(args.guard, profile)
-    try:
-        sol = solve(problem, budgets.guarded(guard["latency"], guard["memory"]), settings)
-    except UserError as e:
-        if not guard["latency"] and not guard["memory"]:
-            raise
-        raise UserError(f"{e} (the solver's budgets were tightened by the guard: {pct(guard['latency'])} latency, "
-                        f"{pct(guard['memory'])} memory; --guard 0 plans on the bare predictions)") from None
+    guard = _guard(args.guard, profile, target)
+    solver_budgets = allocator_budgets(budgets, target).guarded(guard["latency"], guard["memory"])
+    problem, sol = solve_dtypes(profile, args, formats, solver_budgets, settings, guard)
     sol.solver["guard"] = guard
     _record_losses_from(sol.solver, profile)
-    plan = to_plan(problem, sol, profile, args.profile, budgets, args.name or out.stem)
+    plan = finish(to_plan(problem, sol, profile, args.profile, budgets, args.name or out.stem), profile, target)
     out.parent.mkdir(parents=True, exist_ok=True)
     plan.save(out)
     pr, s = plan.predicted, plan.solver
     print(f"wrote {out}: {pr.latency_ms:.1f} ms ({pr.speedup:.2f}x vs dense {pr.dense_latency_ms:.1f} ms), "
-          f"{pr.memory_mb:.0f} MB (dense {pr.dense_memory_mb:.0f}), loss {pr.loss:.4g}, "
+          f"{gib(pr.memory_mb)} GiB (dense {gib(pr.dense_memory_mb)}), loss {pr.loss:.4g}, "
           f"attention kept {pr.attn_kept:.1%}, CFG-shared layers {len(plan.cfg_shared)}, QK8 layers "
-          f"{len(plan.qk_int8)}")
+          f"{len(plan.qk_int8)}; runtime dtype {plan.dtype}; priced for {plan.device.get('name')} ({pr.tier} tier)")
+    print(f"memory: {pr.memory_covers}")
     print(f"guard: budgets tightened by {pct(guard['latency'])} (latency) and {pct(guard['memory'])} (memory) "
           f"({guard['source']})")
     print(f"solver {s['name']}: {s['status']}, gap {pct(s['gap'])} (vs a bound on every window configuration: "
           f"{pct(s.get('gap_full'))}), CBC {s['seconds']:.2f} s, {s['variables']} variables, "
           f"{s['constraints']} constraints; windows: {s['windows']}")
     return 0
+
+
+def planned_dtypes(profile, choice: str) -> list[str]:
+    """The runtime dtypes `--dtype` plans at: the one given, or (auto) every one the profile priced
+    and measured a loss for."""
+    if choice != "auto":
+        return [choice]
+    measured = {(profile.meta.get("cost_model") or {}).get("dtype", profile.cost_model.dtype),
+                *(profile.meta.get("runtime_loss") or {})}
+    return [d for d in profile.cost_model.dtypes() if d in measured]
+
+
+def solve_dtypes(profile, args, formats, solver_budgets, settings, guard):
+    """(problem, solution): the least-loss plan within the budgets over the runtime dtypes of
+    --dtype (the faster on equal loss); the solver record says what each dtype gave."""
+    from litevar.planner.build import build_problem
+    from litevar.planner.solve import solve
+    tried, best, errors = {}, None, []
+    for dtype in planned_dtypes(profile, args.dtype):
+        problem = build_problem(profile, args.resolution, args.batch, formats, args.family, dtype=dtype)
+        try:
+            sol = solve(problem, solver_budgets, settings)
+        except UserError as e:
+            errors.append(f"at {dtype}: {e}")
+            tried[dtype] = None
+            continue
+        m = sol.metrics
+        tried[dtype] = {"loss": m.loss, "latency_ms": m.latency_ms, "memory_mb": m.memory_mb}
+        if best is None or (m.loss, m.latency_ms) < (best[1].metrics.loss, best[1].metrics.latency_ms):
+            best = (problem, sol)
+    if best is None:
+        hint = "" if not guard["latency"] and not guard["memory"] else (
+            f" (the solver's budgets were tightened by the guard: {pct(guard['latency'])} latency, "
+            f"{pct(guard['memory'])} memory; --guard 0 plans on the bare predictions)")
+        raise UserError("; ".join(errors) + hint)
+    best[1].solver["dtypes"] = tried
+    return best
+
+
+def gib(mb) -> str:
+    return "-" if mb is None else f"{mb / 1024:.3g}"
+
+
+def target_profile(args):
+    """(the profile, priced for --device when given; the Target or None)."""
+    profile = load_profile(args)
+    if not getattr(args, "device", None):
+        return profile, None
+    from litevar.profiler.devices import load_target, priced
+    target = load_target(args.device)
+    if target.memory_gib is not None and args.max_memory_gib is not None and args.max_memory_gib > target.memory_gib:
+        raise UserError(f"--max-memory-gib {args.max_memory_gib:g} is more than {target.name} has "
+                        f"({target.memory_gib:.1f} GiB); give a budget it can hold")
+    return priced(profile, target), target
+
+
+def offered_formats(profile, target) -> set[str]:
+    """The formats the profile measured a loss for, less what the target cannot run: a format
+    with no kernel there (its capability matrix), and on a described device one it did not price
+    (emulated formats: no device runs them faster than fp)."""
+    measured = set(profile.table("sensitivity")["format"])
+    if target is None:
+        return measured
+    from litevar.kernels.kvquant import KV_FORMATS
+    caps = target.capabilities
+    priced = set().union(*(rt.gemm for rt in target.runtimes.values())) | set(KV_FORMATS) | {"QK8"}
+    return {f for f in measured if f in priced and not (caps is not None and caps.formats.get(f))
+            and not (f == "QK8" and caps is not None and caps.qk8)}
+
+
+def allocator_budgets(budgets, target):
+    """On a device with fixed costs (a GPU: the caching allocator's reserve, the CUDA context) the
+    memory budget covers what the process holds; the solver's row is on the allocator's peak."""
+    import dataclasses
+    if target is None or budgets.max_memory_gib is None or not (target.context_mib or target.reserve_frac):
+        return budgets
+    alloc = (budgets.max_memory_gib * 1024 - target.context_mib) / (1 + target.reserve_frac) / 1024
+    if alloc <= 0:
+        raise UserError(f"--max-memory-gib {budgets.max_memory_gib:g}: the CUDA context alone takes "
+                        f"{target.context_mib:.0f} MiB on {target.name}")
+    return dataclasses.replace(budgets, max_memory_gib=alloc)
+
+
+def memory_covers(profile, target) -> tuple[str, float | None]:
+    """(what the plan's memory figure and budget cover, the process overhead in MB on top or None)."""
+    if target is not None and (target.context_mib or target.reserve_frac):
+        return (f"the process on {target.name}: the allocator's peak, its reserve (+{100 * target.reserve_frac:.0f}%) "
+                f"and the CUDA context ({target.context_mib:.0f} MiB); memory_mb is the allocator's peak", None)
+    overhead = profile.cost_model.memory.process_overhead_mb
+    extra = (f"; the process's resident set adds up to {overhead:.0f} MiB measured (allocator overhead, libraries)"
+             if overhead is not None else "; the profile did not measure the process's resident set")
+    return ("tensors: the allocator's peak (parameters, buffers and every tensor a generation allocates), which "
+            "the memory model counts exactly and the allocator's own overhead does not move" + extra, overhead)
+
+
+def finish(plan, profile, target):
+    """The plan with its device, tier and what its memory figures cover."""
+    from litevar.profiler.devices import tier_of
+    covers, overhead = memory_covers(profile, target)
+    pr = plan.predicted
+    pr.tier = tier_of(profile)
+    pr.memory_covers = covers
+    if target is not None and (target.context_mib or target.reserve_frac):
+        pr.process_memory_mb = target.process_mib(pr.memory_mb)
+    elif overhead is not None:
+        pr.process_memory_mb = pr.memory_mb + overhead
+    if target is not None:
+        plan.device = target.plan_device()
+    return plan
 
 
 def run_recipe(args, budgets) -> int:
@@ -137,13 +252,14 @@ def run_recipe(args, budgets) -> int:
     recipe = parse_recipe(args.recipe)
     out = Path(args.out)
     profile = load_profile(args)
-    plan = recipe_plan(profile, args.profile, recipe, args.resolution, args.batch, args.name or out.stem, args.family)
+    plan = recipe_plan(profile, args.profile, recipe, args.resolution, args.batch, args.name or out.stem, args.family,
+                       None if args.dtype == "auto" else args.dtype)
     _record_losses_from(plan.solver, profile)
     out.parent.mkdir(parents=True, exist_ok=True)
     plan.save(out)
     pr = plan.predicted
     print(f"wrote {out}: recipe {recipe.spec or 'dense'} ({recipe.describe()}): {pr.latency_ms:.1f} ms "
-          f"({pr.speedup:.2f}x vs dense {pr.dense_latency_ms:.1f} ms), {pr.memory_mb:.0f} MB, "
+          f"({pr.speedup:.2f}x vs dense {pr.dense_latency_ms:.1f} ms), {gib(pr.memory_mb)} GiB, "
           f"loss {pr.loss:.4g}, attention kept {pr.attn_kept:.1%}")
     if plan.solver.get("loss_leaves_out"):
         print(f"note: its loss leaves out {', '.join(plan.solver['loss_leaves_out'])}: the profile cannot price it")

@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batches", type=COUNTS, default="1,2", help="batch sizes to time (default 1,2)")
     p.add_argument("--e2e-repeats", type=COUNT, default=7, help="timed rounds of the cost stage's generations "
                    "(default 7; fewer for large models on slow devices)")
+    p.add_argument("--runtime-dtypes", default=None, help="other runtime dtypes to price the whole model at "
+                   "(autocast), e.g. bf16: their loss, kernels and generations are measured too, and the planner "
+                   "chooses among them (default: bf16 when the runtime dtype is fp32; none to skip)")
     p.add_argument("--no-mdwa-timing", action="store_true", help="skip timing the windowed attention kernels "
                    "(windows are planned from a trained model's coverage; a --random-init profile has none)")
     p.add_argument("--fresh", action="store_true", help="measure the selected stages again even when they are "
@@ -112,7 +115,12 @@ def _cost_settings(args):
     from litevar.profiler.cost import CostSettings
     try:
         dtype = args.dtype or default_dtype(args.device)
-        return CostSettings(dtype=dtype, e2e_repeats=args.e2e_repeats, mdwa=not args.no_mdwa_timing)
+        extra = None if args.runtime_dtypes is None else tuple(
+            d.strip() for d in args.runtime_dtypes.split(",") if d.strip() and d.strip() != "none")
+        if extra and set(extra) - {"fp32", "bf16", "fp16"}:
+            raise UserError(f"--runtime-dtypes {args.runtime_dtypes}: give dtypes from fp32, bf16, fp16, or none")
+        return CostSettings(dtype=dtype, e2e_repeats=args.e2e_repeats, mdwa=not args.no_mdwa_timing,
+                            runtime_dtypes=extra)
     except ValueError as e:
         raise UserError(f"--e2e-repeats {args.e2e_repeats}: {e}") from None
 
@@ -123,7 +131,7 @@ def _cost_options(settings) -> list[dict]:
     existed still match)."""
     from litevar.profiler.cost import CostSettings
     default = CostSettings()
-    diff = {k: getattr(settings, k) for k in ("dtype", "e2e_repeats", "mdwa")
+    diff = {k: getattr(settings, k) for k in ("dtype", "e2e_repeats", "mdwa", "runtime_dtypes")
             if getattr(settings, k) != getattr(default, k)}
     return [diff] if diff else []
 
@@ -135,7 +143,9 @@ def _quality_stages(stage: str, vae, var, args, calib_fn) -> tuple[dict, dict]:
     if stage == "sensitivity":
         sens = Q.sensitivity(vae, var, calib_loss)
         joint, rho = Q.joint_check(vae, var, calib_loss, sens, seed=args.seed)
-        tables, meta = {"sensitivity": sens, "joint": joint}, {"joint_spearman": rho}
+        base = _cost_settings(args).dtype  # the losses' own dtype; every other one a plan may run at
+        runtime = {d: Q.loss_of(vae, var, calib_loss, d)[0] for d in ("fp32", "bf16", "fp16") if d != base}
+        tables, meta = {"sensitivity": sens, "joint": joint}, {"joint_spearman": rho, "runtime_loss": runtime}
     elif stage == "coverage":
         rec = Q.record_attention(vae, var, calib)
         cov, sinks = Q.coverage_tables(rec, var)
@@ -212,6 +222,7 @@ def _refit(hit, arch: dict, device, vae, model) -> dict:
     cm, validation = fit_cost_model(hit.tables, arch, device, old["dtype"], vae)
     cm.timing_s = old.get("timing_s")  # the measurements' time, not the refit's
     cm.kernels = old.get("kernels", {})
+    cm.host = old.get("host", {})
     print(f"profile: cost model refitted on the cached measurements (e2e rmse {old['e2e']['rmse_rel']:.1%} "
           f"-> {cm.e2e.rmse_rel:.1%})")
     return {"cost_model": cm.to_dict(), "validation": validation}
@@ -256,7 +267,9 @@ def run(args) -> int:
         skey = key if stage != "cost" else _key(model, args.resolutions, batches, device.type,
                                                  *_cost_options(cost_settings))
         if stage in ("sensitivity", "cost"):  # a new format (BF16, KV8) makes the old tables incomplete
-            skey = _key(skey, sorted(FORMATS), *([Q.kv_quant_formats()] if stage == "sensitivity" else []))
+            extra = [Q.kv_quant_formats(), "runtime_loss:fp32,bf16,fp16"] if stage == "sensitivity" else [
+                "runtime_dtypes"]
+            skey = _key(skey, sorted(FORMATS), *extra)
         if stage == "coverage":  # so does a new measurement (the eviction fit)
             skey = _key(skey, Q.EVICT_FIT_RULES)
         fresh = args.fresh and (not forced or stage in forced)

@@ -105,6 +105,11 @@ class Device:
         measurable here)."""
         return None
 
+    def peaks_mb(self, fn: Callable) -> tuple[float, float | None]:
+        """(allocator peak, process peak) growth in MB of one run of fn(): both from the same run
+        where the device allows (a run too long to repeat)."""
+        return self.peak_memory_mb(fn), None
+
     def available_bytes(self) -> int:
         """Memory free for new tensors."""
         raise NotImplementedError
@@ -189,6 +194,13 @@ class CPUDevice(Device):
             f.write("5")
         fn()
         return max(_status_kb("VmHWM") - before, 0) / 1024
+
+    def peaks_mb(self, fn: Callable) -> tuple[float, float | None]:
+        """Both peaks of one run: the resident-set peak is read around the allocator-tracked run
+        (the tracker's own event records, ~100 bytes per allocation, count in it)."""
+        out = {}
+        process = self.process_peak_mb(lambda: out.setdefault("alloc", self.peak_memory_mb(fn)))
+        return out["alloc"], process
 
     def available_bytes(self) -> int:
         try:
@@ -304,9 +316,19 @@ class CUDADevice(Device):
         torch.cuda.synchronize(self.torch)
         return (torch.cuda.max_memory_allocated(self.torch) - before) / MB
 
+    def peaks_mb(self, fn: Callable) -> tuple[float, float | None]:
+        """Allocated and reserved peaks of one run (both from the caching allocator's statistics)."""
+        torch.cuda.synchronize(self.torch)
+        alloc0, res0 = torch.cuda.memory_allocated(self.torch), torch.cuda.memory_reserved(self.torch)
+        torch.cuda.reset_peak_memory_stats(self.torch)
+        fn()
+        torch.cuda.synchronize(self.torch)
+        return ((torch.cuda.max_memory_allocated(self.torch) - alloc0) / MB,
+                (torch.cuda.max_memory_reserved(self.torch) - res0) / MB)
+
     def process_peak_mb(self, fn: Callable) -> float | None:
         """The caching allocator's reserved peak growth (what the process holds on the GPU; the CUDA
-        context is fixed and comes on top, see fingerprint's context_mb)."""
+        context is fixed and comes on top)."""
         torch.cuda.synchronize(self.torch)
         before = torch.cuda.memory_reserved(self.torch)
         torch.cuda.reset_peak_memory_stats(self.torch)

@@ -268,6 +268,10 @@ class ModelFamily:
         """A copy of the module tree sharing every tensor (a plan swaps layers of the copy)."""
         raise NotImplementedError
 
+    def compiled(self, model):
+        """`model` with its blocks torch.compile'd (the global knob a user tries first)."""
+        raise NotImplementedError
+
     def load(self, flags: ModelFlags, device):
         """(vae, model) from the command line's flags."""
         raise NotImplementedError

@@ -212,6 +212,11 @@ class VARFamily(ModelFamily):
                     nn.init.trunc_normal_(p, std=var.default_init_std)
         return vae_s, var_s.eval().requires_grad_(False)
 
+    def compiled(self, var):
+        """Each block torch.compile'd (shapes change scale by scale: dynamic, so one compile serves all)."""
+        var.blocks = nn.ModuleList(torch.compile(b, dynamic=True) for b in var.blocks)
+        return var
+
     def shared_copy(self, var):
         from litevar.models.var.var import shared_copy
         return shared_copy(var)

@@ -1,0 +1,62 @@
+"""`litevar calibrate`: describe this device by measuring it (profiler/calibrate.py), for plans
+priced at the calibrated tier (`litevar plan --device FILE`)."""
+from __future__ import annotations
+
+import argparse
+
+from litevar.commands.args import COUNT, POSITIVE
+from litevar.models.core.errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--out", required=True, help="calibration JSON to write, e.g. devices/h100.json")
+    p.add_argument("--name", help="the device's name in plans and reports (default: its fingerprint's)")
+    p.add_argument("--profile", help="take the layer shapes of this profile's model (default: VAR at --depth)")
+    p.add_argument("--depth", type=COUNT, default=16, help="VAR depth whose layer shapes to time (default 16)")
+    p.add_argument("--dtypes", help="runtime dtypes to calibrate, comma-separated, e.g. fp32,bf16 (default: the "
+                   "device's own, then fp32 or bf16; T4-class GPUs: fp16)")
+    p.add_argument("--budget-s", type=POSITIVE, default=None,
+                   help="time budget in seconds (default 120 on a GPU, 240 on a CPU)")
+
+
+def run(args) -> int:
+    from litevar.commands.common import resolve_device
+    from litevar.models.core.device import device_of
+    from litevar.models.core.family import arch_from, family_of, get_family
+    from litevar.profiler import calibrate as cal
+    dev = device_of(resolve_device(args.device))
+    if args.profile:
+        from litevar.profiler.profile import Profile
+        arch = Profile.load(args.profile).arch
+    else:
+        arch = arch_from({"family": "var", "depth": args.depth, "embed_dim": 64 * args.depth,
+                          "num_heads": args.depth, "V": 4096, "Cvae": 32})
+    budget = args.budget_s or (120.0 if dev.accelerator else 240.0)
+    if budget < 20:
+        raise UserError(f"--budget-s {budget:g}: give at least 20 s (a calibration times a few dozen calls)")
+    dtypes = _dtypes(args.dtypes)
+    c = cal.calibrate(dev.torch, family_of(arch) if args.profile else get_family("var"), arch, dtypes, budget,
+                      args.name)
+    cal.write(c, args.out)
+    print(f"wrote {args.out}: {c['name']} ({', '.join(c['runtimes'])}), {c['seconds']:.0f} s; bandwidth "
+          f"{c['bandwidth_gbs']:.1f} GB/s, dispatch {1e3 * c['dispatch_ms']:.1f} us per op; held-out median error "
+          f"{100 * (c['validation']['latency_err'] or 0):.1f}%")
+    for dtype, rt in c["runtimes"].items():
+        for fmt, g in rt["gemm"].items():
+            eff = "" if g["efficiency"] is None else f", {100 * g['efficiency']:.0f}% of peak"
+            print(f"  {dtype:5s} {fmt:6s} {g['tflops']:8.3f} TFLOP/s sustained{eff}, "
+                  f"{1e3 * g['overhead_ms']:.1f} us per call")
+        a = rt["attention"]
+        print(f"  {dtype:5s} {'attn':6s} {a['tflops']:8.3f} TFLOP/s sustained, {1e3 * a['overhead_ms']:.1f} us per call")
+    return 0
+
+
+def _dtypes(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    out = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    bad = [d for d in out if d not in ("fp32", "bf16", "fp16")]
+    if bad or not out:
+        raise UserError(f"--dtypes {text}: give runtime dtypes from fp32, bf16, fp16, comma-separated")
+    return out

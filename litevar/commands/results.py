@@ -1,0 +1,80 @@
+"""Result files: every figure litevar publishes is one, written by a command under benchmarks/ (or
+`litevar bench --json`) with where it came from.
+
+    {"format": "litevar-result", "version": 1, "kind": "<what it holds>",
+     "provenance": {"command", "git_revision", "git_dirty", "machine", "date", "litevar", "torch"},
+     "data": {...}}
+
+`machine` is the device fingerprint the figures were measured on (litevar.models.core.device).
+README's and docs/benchmarks.md's tables are rendered from these files (litevar.commands.render),
+and tests/test_docs.py fails when a page and its files disagree.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from litevar.models.core.atomic import write_json
+from litevar.models.core.errors import UserError
+
+FORMAT, VERSION = "litevar-result", 1
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def git_revision() -> tuple[str | None, bool | None]:
+    """(commit, whether the tree has uncommitted changes) of the checkout, or (None, None)."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    if rev.returncode != 0:
+        return None, None
+    return rev.stdout.strip(), bool(dirty.stdout.strip())
+
+
+def command_line(argv: list[str] | None = None, program: str | None = None) -> str:
+    """The command as it was typed: `python benchmarks/x.py ...` or `litevar bench ...`."""
+    argv = list(sys.argv if argv is None else argv)
+    script = Path(argv[0]).resolve()
+    if program is None and script.suffix == ".py" and script.is_relative_to(ROOT):
+        program = f"python {script.relative_to(ROOT)}"
+    return " ".join([program or Path(argv[0]).name, *(shlex.quote(a) for a in argv[1:])])
+
+
+def provenance(device="cpu", argv: list[str] | None = None, program: str | None = None) -> dict:
+    import torch
+
+    import litevar
+    from litevar.models.core.device import fingerprint
+    rev, dirty = git_revision()
+    return {"command": command_line(argv, program), "git_revision": rev, "git_dirty": dirty,
+            "machine": fingerprint(device), "date": datetime.datetime.now(datetime.timezone.utc)
+            .isoformat(timespec="seconds"), "litevar": litevar.__version__, "torch": torch.__version__}
+
+
+def write_result(path, kind: str, data: dict, device="cpu", argv: list[str] | None = None,
+                 program: str | None = None) -> Path:
+    """Write a result file atomically (see the module docstring)."""
+    return write_json(path, {"format": FORMAT, "version": VERSION, "kind": kind,
+                             "provenance": provenance(device, argv, program), "data": data})
+
+
+def read_result(path, kind: str | None = None) -> dict:
+    """A result file, checked (one line naming the file and the fix otherwise)."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not a readable result file ({type(e).__name__}); re-run the command that "
+                        "writes it") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT or d.get("version") != VERSION:
+        raise UserError(f"{path}: not a litevar result file version {VERSION}; re-run the command that writes it")
+    if kind is not None and d.get("kind") != kind:
+        raise UserError(f"{path}: holds {d.get('kind')!r} results, expected {kind!r}")
+    return d

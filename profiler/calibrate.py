@@ -1,0 +1,213 @@
+"""`litevar calibrate`: a short microbenchmark sweep that describes a device by measuring it.
+
+It times, through the kernels the runtime runs: the linears of every format that runs natively
+here (and fp) at the model family's layer shapes and a few row counts; dense attention at a few
+shapes; a memory copy (bandwidth); a tiny op (the host's dispatch per op). Each kernel family is
+fitted as
+
+    t = overhead + max(flops / throughput, bytes / bandwidth)
+
+(profiler.devices.Throughput; on a GPU the throughput over the catalogue peak is its efficiency),
+on two thirds of the shapes; the rest are held out and their median error is the calibration's
+own check, and the guard a plan priced from it takes. A minute or two on a CPU, well under two
+on a GPU; `--budget-s` caps it.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from litevar.models.core.device import device_of
+from litevar.models.core.inference import DTYPES, autocast
+from litevar.profiler.devices import Throughput, spec_for
+
+log = logging.getLogger(__name__)
+
+FORMAT, VERSION = "litevar-calibration", 2  # 2: a fit per runtime dtype (runtimes)
+
+
+def layer_shapes(family, arch) -> list[tuple[int, int]]:
+    """Distinct (K, N) of the family's linears at `arch`."""
+    return sorted({(s.K, s.N) for s in family.linears(arch)})
+
+
+def _time(dev, fn, budget) -> float:
+    return dev.time_ms(fn, warmup=1, repeats=3 if budget > 0 else 1, min_batch_ms=2.0)
+
+
+def gemm_points(dev, dtype: str, shapes, rows, formats, deadline: float) -> list[dict]:
+    """ms of one linear call per (format, K, N, M), through linear_in_format as the runtime runs it."""
+    from litevar.kernels.qlinear import linear_in_format
+    out = []
+    for fmt in formats:
+        for K, N in shapes:
+            lin = nn.Linear(K, N, device=dev.torch).requires_grad_(False)
+            try:
+                layer = linear_in_format(lin, fmt)
+            except Exception as e:  # noqa: BLE001 - a width the format cannot take (group size)
+                log.debug("calibrate: %s at K=%d skipped (%s)", fmt, K, e)
+                continue
+            for M in rows:
+                if time.monotonic() > deadline:
+                    return out
+                x = torch.randn(M, K, device=dev.torch)
+                with autocast(dev.torch, dtype), torch.no_grad():
+                    ms = _time(dev, lambda x=x, layer=layer: layer(x), deadline - time.monotonic())
+                out.append({"format": fmt, "K": K, "N": N, "M": M, "ms": ms})
+    return out
+
+
+def attention_points(dev, dtype: str, heads: int, head_dim: int, shapes, deadline: float) -> list[dict]:
+    from torch.nn import functional as F
+    out = []
+    for q_len, kv_len in shapes:
+        if time.monotonic() > deadline:
+            break
+        q = torch.randn(2, heads, q_len, head_dim, device=dev.torch, dtype=DTYPES[dtype])
+        k, v = (torch.randn(2, heads, kv_len, head_dim, device=dev.torch, dtype=DTYPES[dtype]) for _ in "kv")
+        with torch.no_grad():
+            ms = _time(dev, lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), 1)
+        out.append({"B": 2, "H": heads, "D": head_dim, "q_len": q_len, "kv_len": kv_len, "ms": ms})
+    return out
+
+
+def copy_bandwidth_gbs(dev, mib: int) -> float:
+    """Read + write GB/s of copying a `mib` MiB tensor."""
+    src = torch.empty(mib * 2 ** 18, device=dev.torch)
+    dst = torch.empty_like(src)
+    ms = _time(dev, lambda: dst.copy_(src), 1)
+    return 2 * src.numel() * 4 / (ms * 1e6)
+
+
+def dispatch_ms(dev) -> float:
+    """ms per call of a tiny op: what the host spends dispatching one."""
+    x = torch.zeros(1, device=dev.torch)
+    return dev.time_ms(lambda: x.add_(1.0), warmup=10, repeats=5, min_batch_ms=5.0)
+
+
+def fit_throughput(flops, nbytes, ms, bandwidth_gbs: float) -> tuple[Throughput, float]:
+    """(fitted Throughput, rms relative error) of t = o + max(F / P, B / BW) by least squares on the
+    relative residuals, over log P and log o."""
+    from scipy.optimize import least_squares
+    F, B, t = (np.asarray(a, float) for a in (flops, nbytes, ms))
+    mem = B / (bandwidth_gbs * 1e6)
+
+    def resid(p):
+        o, P = np.exp(p)
+        return (o + np.maximum(F / (P * 1e9), mem)) / t - 1
+    p0 = np.log([max(float(t.min()) / 2, 1e-4), max(float(np.median(F / (t * 1e9))), 1e-3)])
+    r = least_squares(resid, p0)
+    o, P = np.exp(r.x)
+    return Throughput(float(P), float(o)), float(np.sqrt(np.mean(resid(r.x) ** 2)))
+
+
+def _split(points: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Every third point held out."""
+    return [p for i, p in enumerate(points) if i % 3 != 2], [p for i, p in enumerate(points) if i % 3 == 2]
+
+
+def calibrate(device, family, arch, dtypes: tuple[str, ...] | None = None, budget_s: float = 120.0,
+              name: str | None = None, progress: bool = True) -> dict:
+    """The calibration of `device` for the layer shapes of `family` at `arch`, at each runtime dtype
+    of `dtypes` (default: the device's own first, then fp32 or bf16; see the module docstring)."""
+    t0 = time.monotonic()
+    dev = device_of(device)
+    dtypes = tuple(dtypes or dict.fromkeys((dev.default_dtype, "bf16" if dev.default_dtype == "fp32" else "fp32")))
+    fp = dev.fingerprint()
+    spec = spec_for(fp) if dev.accelerator else None
+    bw = copy_bandwidth_gbs(dev, 1024 if dev.accelerator else 256)
+    disp = dispatch_ms(dev)
+    runtimes, errs, points = {}, [], {}
+    from litevar.profiler.cost import progress_bar
+    for i, dtype in enumerate(progress_bar(dtypes, "calibrate", progress, len(dtypes))):  # each its share of what is left
+        share = (t0 + budget_s - time.monotonic()) / (len(dtypes) - i)
+        runtimes[dtype], held, points[dtype] = _calibrate_dtype(dev, spec, family, arch, dtype, bw, share)
+        errs += held
+    from litevar.kernels.gemm import int8_gemm_path
+    out = {"format": FORMAT, "version": VERSION, "name": name or fp.get("name"), "device": fp,
+           "spec": None if spec is None else spec.key, "dtype": dtypes[0],
+           "memory_gib": _memory_gib(dev, fp), "bandwidth_gbs": bw, "dispatch_ms": disp, "runtimes": runtimes,
+           "validation": {"latency_err": float(np.median(np.abs(errs))) if errs else None, "held_out": len(errs)},
+           "kernels": {"int8_gemm": int8_gemm_path(dev.type)}, "points": points,
+           "shapes_of": {"family": family.name, "arch": arch.to_dict()},
+           "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "seconds": round(time.monotonic() - t0, 1)}
+    out.update(_fixed_costs(dev))
+    return out
+
+
+def _calibrate_dtype(dev, spec, family, arch, dtype: str, bw: float, budget_s: float
+                     ) -> tuple[dict, list[float], dict]:
+    """({'gemm': {format: fit}, 'attention': fit}, held-out relative errors, the points) at one
+    runtime dtype, within `budget_s`: GEMMs get 85% of it, attention the rest."""
+    from litevar.kernels.formats import FORMATS, capability
+    from litevar.profiler import costmodel as C
+    from litevar.profiler.devices import linear_bytes
+    t0 = time.monotonic()
+    rows = (64, 512, 4096) if dev.accelerator else (16, 256, 2048)
+    formats = ["fp"] + [f for f in FORMATS if f != "fp" and capability(f, dev.torch).native
+                        and not (FORMATS[f].casts and C.DTYPE_BYTES.get(dtype) == 2)]
+    points = gemm_points(dev, dtype, layer_shapes(family, arch), rows, formats, t0 + 0.85 * budget_s)
+    act = C.DTYPE_BYTES[dtype]
+    gemm, errs = {}, []
+    for fmt in formats:
+        pts = [p for p in points if p["format"] == fmt]
+        if len(pts) < 3:
+            log.warning("calibrate: too few %s points at %s in the time budget; %s left out", fmt, dtype, fmt)
+            continue
+        fit_pts, held = _split(pts)
+        tp, rms = fit_throughput([2.0 * p["M"] * p["K"] * p["N"] for p in fit_pts],
+                                 [linear_bytes(p["K"], p["N"], p["M"], fmt, act) for p in fit_pts],
+                                 [p["ms"] for p in fit_pts], bw)
+        held_err = [tp.ms(2.0 * p["M"] * p["K"] * p["N"], linear_bytes(p["K"], p["N"], p["M"], fmt, act), bw)
+                    / p["ms"] - 1 for p in held]
+        errs += held_err
+        gemm[fmt] = {"tflops": tp.tflops, "overhead_ms": tp.overhead_ms, "rmse_rel": rms, "n": len(fit_pts),
+                     "held_out_median_err": float(np.median(np.abs(held_err))) if held_err else None,
+                     "efficiency": _efficiency(spec, fmt, dtype, tp.tflops)}
+    H, D = arch.num_heads, arch.head_dim
+    att_shapes = [(256, 680), (1024, 3000), (4096, 9451)] if dev.accelerator else [(64, 150), (256, 680), (1024, 2500)]
+    apts = attention_points(dev, dtype, H, D, att_shapes, t0 + budget_s)
+    a_tp, a_rms = fit_throughput([4.0 * p["B"] * p["H"] * p["D"] * p["q_len"] * p["kv_len"] for p in apts],
+                                 [p["B"] * p["H"] * p["D"] * (2 * p["q_len"] + 2 * p["kv_len"]) * act for p in apts],
+                                 [p["ms"] for p in apts], bw)
+    runtime = {"gemm": gemm, "attention": {"tflops": a_tp.tflops, "overhead_ms": a_tp.overhead_ms,
+                                           "rmse_rel": a_rms, "n": len(apts)}}
+    return runtime, errs, {"gemm": points, "attention": apts}
+
+
+def _efficiency(spec, fmt: str, dtype: str, tflops: float) -> float | None:
+    """Sustained over the catalogue's peak of the format's math (GPUs in the catalogue only)."""
+    if spec is None:
+        return None
+    from litevar.kernels.formats import capability
+    kernel = capability(fmt, "cuda").kernel
+    math_fmt = "int8" if kernel in ("w8a8", "w4a8") else ("bf16" if kernel == "bf16" else dtype)
+    peak = spec.peaks.get(math_fmt)
+    return None if peak is None else tflops / peak.value
+
+
+def _memory_gib(dev, fp: dict) -> float | None:
+    mb = fp.get("memory_mb")
+    return None if mb is None else mb / 1024
+
+
+def _fixed_costs(dev) -> dict:
+    """The CUDA context's bytes (what the device holds beyond the allocator's reserve), measured."""
+    if not dev.accelerator:
+        return {"context_mib": 0.0, "reserve_frac": 0.0}
+    free, total = torch.cuda.mem_get_info(dev.torch)
+    used = total - free - torch.cuda.memory_reserved(dev.torch)
+    return {"context_mib": used / 2 ** 20, "reserve_frac": 0.1,
+            "fixed_source": "context: device memory in use beyond the allocator's reserve, measured; reserve: assumed"}
+
+
+def write(cal: dict, path) -> Path:
+    from litevar.models.core.atomic import write_json
+    return write_json(path, cal)

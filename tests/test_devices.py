@@ -1,0 +1,276 @@
+"""Planning for devices that are not here: the catalogue's figures, the capability matrix, the
+roofline against hand-computed cases, the host's operator counts, pricing a profile for a target,
+the runtime dtype as a planned decision, and a plan refused on another kind of device."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from litevar.planner.plan import Plan
+from litevar.profiler import costmodel as C
+from litevar.profiler.devices import (TIER_GUARD, Throughput, capabilities, catalogue, from_spec, linear_bytes,
+                                      load_target, priced, roofline_ms)
+from litevar.profiler.profile import Profile
+from tests.cli_util import assert_one_line_error, run_cli
+from tests.test_planner import synthetic_profile
+
+# ---------------------------------------------------------------------------------------------
+# The catalogue
+
+
+def test_every_catalogue_figure_has_a_source_and_a_sane_value():
+    cat = catalogue()
+    assert {"H100-SXM", "H200", "A100-40GB", "A100-80GB", "L40S", "L4", "RTX-4090", "T4"} <= set(cat)
+    for key, s in cat.items():
+        for what, fig in [("memory", s.memory_gb), ("bandwidth", s.bandwidth_gbs), ("int4 cores", s.int4_tensor_cores),
+                          *s.peaks.items()]:
+            assert fig.source.strip(), f"{key} {what} has no source"
+            if fig.from_sparse:  # every value is dense: a datasheet's sparse figure is halved, and says so
+                assert "sparsity, halved" in fig.source, (key, what)
+        assert 8 <= s.memory_gb.value <= 200, key
+        assert 100 <= s.bandwidth_gbs.value <= 10_000, key
+        assert 1 <= s.peaks["fp32"].value <= 100, key  # TFLOP/s
+        assert s.peaks["fp16"].value > s.peaks["fp32"].value, key  # tensor cores beat the fp32 units
+        assert s.peaks["int8"].value >= s.peaks["fp16"].value, key
+        assert 40 <= s.sm_count <= 200 and s.smem_per_sm_kib >= 64 and s.cc >= (7, 5), key
+
+
+def test_capability_matrix():
+    cat = catalogue()
+    t4, h100 = capabilities(cat["T4"]), capabilities(cat["H100-SXM"])
+    assert "BF16" not in t4.allowed_formats() and "bf16 tensor cores" in t4.formats["BF16"]
+    assert t4.windows and t4.qk8  # Triton kernels need sm_80
+    assert {"BF16", "W8A8", "W4A8", "W4A16"} <= h100.allowed_formats() and not h100.windows
+    assert not cat["H100-SXM"].int4_tensor_cores.value and "int4" not in cat["H100-SXM"].peaks
+    # W4A8 is never priced at an INT4 rate, even where INT4 tensor cores exist (T4)
+    for key in ("T4", "H100-SXM", "A100-80GB"):
+        t = from_spec(cat[key])
+        eff = cat[key].defaults["efficiency"]["gemm"]
+        assert t.gemm["W4A8"].tflops == pytest.approx(cat[key].peaks["int8"].value * eff)
+    assert from_spec(cat["T4"]).dtype == "fp16" and set(from_spec(cat["T4"]).runtimes) == {"fp16", "fp32"}
+    assert from_spec(cat["H100-SXM"]).dtype == "bf16"
+
+
+def test_devices_command_lists_the_catalogue(capsys):
+    rc, out, err = run_cli(capsys, "devices")
+    assert rc == 0, err
+    for key in catalogue():
+        assert key in out
+    assert "T4" in out and "BF16" in out.splitlines()[[k for k in catalogue()].index("T4") + 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The roofline
+
+
+def test_roofline_hand_cases():
+    # 2 GFLOP at 10 TFLOP/s = 0.2 ms of compute; 1 MB at 1000 GB/s = 0.001 ms: compute-bound
+    assert roofline_ms(2e9, 1e6, 10.0, 1000.0, 0.005) == pytest.approx(0.205)
+    # 2 MFLOP at 10 TFLOP/s = 0.0002 ms; 100 MB at 1000 GB/s = 0.1 ms: memory-bound
+    assert roofline_ms(2e6, 1e8, 10.0, 1000.0) == pytest.approx(0.1)
+    # a linear on an H100 at the spec tier: M=4096, K=N=1024 in bf16 at 60% of 989 TFLOP/s
+    t = from_spec(catalogue()["H100-SXM"])
+    p = priced(synthetic_profile(2, 256, device="cpu"), t).cost_model
+    M, K, N = 4096, 1024, 1024
+    flops, nbytes = 2.0 * M * K * N, (M * K + K * N + M * N) * 2
+    assert linear_bytes(K, N, M, "fp", 2) == nbytes
+    compute = flops / (989.5 * 0.6 * 1e9)  # ms
+    memory = nbytes / (3350 * 0.8 * 1e6)
+    assert p.linear_ms(K, N, M, "fp") == pytest.approx(0.005 + max(compute, memory), rel=1e-9)
+    # W8A8 at the int8 rate, with the activations' quantization as a second launch
+    w8 = (2 * M * K * N) / (1979.0 * 0.6 * 1e9)
+    assert p.linear_ms(K, N, M, "W8A8") == pytest.approx(0.010 + max(w8, linear_bytes(K, N, M, "W8A8", 2)
+                                                                     / (3350 * 0.8 * 1e6)), rel=1e-9)
+    # fp32 runtime: the fp32 peak (TF32 is left off)
+    fp32 = 0.005 + max(flops / (67.0 * 0.6 * 1e9), (M * K + K * N + M * N) * 4 / (3350 * 0.8 * 1e6))
+    assert p.linear_ms(K, N, M, "fp", "fp32") == pytest.approx(fp32, rel=1e-9)
+    assert Throughput(1.0, 0.0).ms(1e9, 0.0, 1.0) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pricing a profile for a target
+
+
+def test_host_ops_follow_scales_and_blocks():
+    """The operator count's fit (two depths, two schedules) predicts a third model's count."""
+    import torch
+
+    from litevar.models.core.family import ModelFlags, get_family
+    from litevar.profiler.hostops import count_ops, host_ops
+    ops = host_ops("var")
+    family = get_family("var")
+    vae, model = family.load(ModelFlags(family="var", random_init=True, depth=3, patch_nums=(1, 2, 3, 4)),
+                             torch.device("cpu"))
+    measured = count_ops(family.transformer_phase(model, 1, "fp32"))
+    predicted = ops.count(4, 3) - ops.decode
+    # the fit has 3 parameters on 4 counts; sampling adds a few operators per scale that do not
+    # follow S*D exactly: within 2% of a count of ~800
+    assert abs(predicted / measured - 1) < 0.02, (predicted, measured)
+    assert ops.c > 10 and ops.decode > 10
+
+
+def test_priced_profile_keeps_what_stays_and_reprices_what_moves():
+    prof = synthetic_profile(4, 256, device="cpu")
+    t = from_spec(catalogue()["A100-80GB"])
+    p = priced(prof, t)
+    assert p.meta["target"]["tier"] == "spec" and "validation" not in p.meta
+    assert p.tables["sensitivity"] is prof.tables["sensitivity"]  # losses stay
+    arch, pns = prof.arch, prof.arch.patch_nums
+    base, there = prof.cost_model.predict(arch, pns, 1), p.cost_model.predict(arch, pns, 1)
+    # the same exact bytes (weights, KV) at the target's dtype, the target's host and kernels
+    assert there.memory_parts_mb["weights_mb"] == base.memory_parts_mb["weights_mb"]
+    assert there.memory_parts_mb["kv_mb"] == pytest.approx(base.memory_parts_mb["kv_mb"] / 2)  # bf16 vs fp32
+    assert there.latency_ms != base.latency_ms and there.overhead_ms > 0
+    assert set(p.cost_model.dtypes()) == {"bf16", "fp32"}
+
+
+def test_memory_budget_above_the_device_is_refused(tmp_path, capsys):
+    path = tmp_path / "p.json"
+    synthetic_profile(4, 256, device="cpu").save(path)
+    rc, _, err = run_cli(capsys, "plan", "--profile", path, "--resolution", 256, "--device", "T4",
+                         "--max-memory-gib", 40, "--out", tmp_path / "x.json")
+    assert_one_line_error(rc, err, "40", "NVIDIA Tesla T4", "14.9 GiB")
+
+
+def test_plan_for_a_catalogue_gpu_respects_its_capabilities(tmp_path, capsys):
+    path = tmp_path / "p.json"
+    prof = synthetic_profile(4, 256, device="cpu")
+    prof.meta["runtime_loss"] = {"bf16": 1e-4, "fp16": 2e-4}
+    prof.save(path)
+    out = tmp_path / "t4.json"
+    rc, stdout, err = run_cli(capsys, "plan", "--profile", path, "--resolution", 256, "--device", "T4",
+                              "--max-memory-gib", 1, "--out", out)
+    assert rc == 0, err
+    plan = Plan.load(out)
+    assert plan.predicted.tier == "spec" and plan.device["tier"] == "spec" and plan.device["type"] == "cuda"
+    assert "BF16" not in set(plan.formats.values()) and plan.dtype in ("fp16", "fp32")
+    assert not (plan.windows and plan.windows.widths) and not plan.qk_int8  # no Triton kernels below sm_80
+    assert "spec tier" in stdout and "CUDA context" in plan.predicted.memory_covers
+    # budget on what the process holds: allocator peak x (1 + reserve) + context <= budget
+    assert plan.predicted.process_memory_mb <= 1024 * (1 + 1e-9)
+
+
+def test_a_plan_for_a_gpu_is_refused_on_this_cpu(tmp_path, capsys):
+    out = tmp_path / "l4.json"
+    rc, _, err = run_cli(capsys, "plan", "--profile", "profiles/default-cpu.json", "--resolution", 256,
+                         "--device", "L4", "--max-memory-gib", 2, "--out", out)
+    assert rc == 0, err
+    rc, _, err = run_cli(capsys, "generate", "--plan", out, "--classes", "1", "--out", tmp_path / "x.png")
+    assert_one_line_error(rc, err, "NVIDIA L4", "spec tier", "litevar calibrate")
+
+
+def test_explain_needs_the_device_of_a_priced_plan(tmp_path, capsys):
+    path = tmp_path / "p.json"
+    prof = synthetic_profile(4, 256, device="cpu")
+    prof.meta["runtime_loss"] = {"bf16": 1e-4, "fp16": 2e-4}
+    prof.save(path)
+    out = tmp_path / "h100.json"
+    assert run_cli(capsys, "plan", "--profile", path, "--resolution", 256, "--device", "H100-SXM",
+                   "--min-speedup", 1.0, "--guard", 0, "--out", out)[0] == 0
+    rc, _, err = run_cli(capsys, "explain", out, "--profile", path)
+    assert_one_line_error(rc, err, "--device", "spec tier")
+    rc, stdout, err = run_cli(capsys, "explain", out, "--profile", path, "--device", "H100-SXM")
+    assert rc == 0, err
+    assert "spec tier" in stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# The runtime dtype as a decision
+
+
+def _two_dtype_profile(bf16_loss: float) -> Profile:
+    """A synthetic profile that priced bf16 as well: its linears and attention 1.6x faster (no
+    coverage table, so no windows: the synthetic coverage's kept fractions are approximate)."""
+    prof = synthetic_profile(4, 256, device="cpu")
+    del prof.tables["coverage"]
+    cm = prof.meta["cost_model"]
+    for key in [k for k in cm["linear"] if k.endswith("|fp32")]:
+        fit = dict(cm["linear"][key])
+        fit["coef"] = [c / 1.6 for c in fit["coef"]]
+        cm["linear"][key.replace("|fp32", "|bf16")] = fit
+    for key in list(cm["attn"]):
+        cm["attn"][f"{key}@bf16"] = {**cm["attn"][key], "coef": [c / 1.6 for c in cm["attn"][key]["coef"]]}
+    cm["runtimes"] = {"bf16": dict(cm["e2e"])}
+    prof.meta["runtime_loss"] = {"bf16": bf16_loss}
+    return prof
+
+
+@pytest.mark.parametrize("bf16_loss, expect", [(1e-6, "bf16"), (10.0, "fp32")])
+def test_auto_dtype_keeps_the_least_loss_plan(tmp_path, capsys, bf16_loss, expect):
+    path = tmp_path / "p.json"
+    prof = _two_dtype_profile(bf16_loss)
+    prof.save(path)
+    out = tmp_path / "plan.json"
+    rc, stdout, err = run_cli(capsys, "plan", "--profile", path, "--resolution", 256, "--min-speedup", 1.1,
+                              "--guard", 0, "--out", out)
+    assert rc == 0, err
+    plan = Plan.load(out)
+    tried = plan.solver["dtypes"]
+    assert set(tried) == {"fp32", "bf16"} and plan.dtype == expect
+    losses = {d: v["loss"] for d, v in tried.items() if v is not None}
+    assert plan.predicted.loss == pytest.approx(min(losses.values()))
+    assert plan.predicted.loss >= (bf16_loss if expect == "bf16" else 0.0)
+    # its figures are the cost model's at that dtype
+    from litevar.planner.build import plan_prediction
+    pred = plan_prediction(plan, Profile.load(path))
+    assert pred.latency_ms == pytest.approx(plan.predicted.latency_ms, rel=1e-9)
+
+
+def test_plan_never_slower_than_the_best_single_dtype(tmp_path, capsys):
+    """At a budget of the whole-model bf16 run's own predicted speed, the plan is at least as fast
+    at no more loss (the bf16 run is one of its candidates)."""
+    prof = _two_dtype_profile(1e-3)
+    path = tmp_path / "p.json"
+    prof.save(path)
+    cm, arch, pns = prof.cost_model, prof.arch, prof.arch.patch_nums
+    knob = cm.predict(arch, pns, 1).latency_ms / cm.predict(arch, pns, 1, dtype="bf16").latency_ms
+    out = tmp_path / "plan.json"
+    rc, _, err = run_cli(capsys, "plan", "--profile", path, "--resolution", 256, "--min-speedup", knob,
+                         "--guard", 0, "--out", out)
+    assert rc == 0, err
+    plan = Plan.load(out)
+    assert plan.predicted.speedup >= knob * (1 - 1e-6) and plan.predicted.loss <= 1e-3 + 1e-12
+
+
+def test_a_dtype_without_a_measured_loss_is_refused(tmp_path, capsys):
+    prof = _two_dtype_profile(1e-3)
+    del prof.meta["runtime_loss"]
+    path = tmp_path / "p.json"
+    prof.save(path)
+    rc, _, err = run_cli(capsys, "plan", "--profile", path, "--resolution", 256, "--min-speedup", 1.0,
+                         "--dtype", "bf16", "--out", tmp_path / "x.json")
+    assert_one_line_error(rc, err, "bf16", "runtime_loss", "--stages sensitivity")
+    rc, _, err = run_cli(capsys, "plan", "--profile", path, "--resolution", 256, "--min-speedup", 1.0,
+                         "--dtype", "fp16", "--out", tmp_path / "x.json")
+    assert_one_line_error(rc, err, "fp16", "--runtime-dtypes")
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration
+
+
+def test_calibration_file_round_trips_into_a_target(tmp_path):
+    """A short calibration of this CPU at the shipped default model's shapes: every fit positive,
+    the target it loads as is at the calibrated tier with both runtime dtypes."""
+    from litevar.models.core.family import get_family
+    from litevar.profiler import calibrate as cal
+    arch = Profile.load("profiles/default-cpu.json").arch
+    c = cal.calibrate("cpu", get_family("var"), arch, ("fp32", "bf16"), budget_s=12.0, progress=False)
+    path = tmp_path / "here.json"
+    cal.write(c, path)
+    t = load_target(str(path))
+    assert t.tier == "calibrated" and t.type == "cpu" and set(t.runtimes) == {"fp32", "bf16"}
+    for rt in t.runtimes.values():
+        assert rt.gemm["fp"].tflops > 0 and rt.attention.tflops > 0
+    assert t.guard["latency"] >= TIER_GUARD["calibrated"]["latency"]
+    assert t.bandwidth_gbs > 0 and 0 < t.dispatch_ms < 1.0
+    bad = json.loads(path.read_text()) | {"version": 1}
+    path.write_text(json.dumps(bad))
+    with pytest.raises(Exception, match="version 2"):
+        load_target(str(path))
+
+
+def test_linear_bytes_counts_weights_in_their_format():
+    assert linear_bytes(64, 32, 8, "fp", 2) == 8 * 64 * 2 + 64 * 32 * 2 + 8 * 32 * 2
+    assert linear_bytes(64, 32, 8, "W8A8", 2) == 8 * 64 * 2 + C.weight_bytes(64, 32, "W8A8", 2) + 8 * 32 * 2
