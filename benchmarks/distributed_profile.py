@@ -1,7 +1,7 @@
 """The default model's quality stages by one process and by torchrun's N processes: wall times,
 and how far apart the tables are.
 
-    python benchmarks/distributed_profile.py --nproc 2 --json docs/bench/distributed-profile-cpu.json
+    python benchmarks/distributed_profile.py --nproc 2 --json docs/results/distributed-profile-cpu.json
 
 Runs `litevar profile --stages sensitivity,coverage,cfg --fresh` once as one process (torch's
 default threads: every core) and once under `torchrun --standalone --nproc-per-node N` (one
@@ -11,7 +11,6 @@ column by column: the largest relative difference of the losses and of the other
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import subprocess
 import sys
@@ -44,13 +43,13 @@ def largest_differences(a, b) -> dict:
 
 
 def main(argv=None) -> int:
-    from litevar.models.core.atomic import write_json
-    from litevar.models.core.device import fingerprint
+    from litevar.commands.results import provenance, write_result
     from litevar.profiler.profile import Profile
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--json", required=True)
     args = p.parse_args(argv)
+    started = provenance("cpu", argv)
     with tempfile.TemporaryDirectory() as d:
         one, many = Path(d) / "one.json", Path(d) / "many.json"
         base = ["-m", "litevar", "profile", "--stages", STAGES, "--fresh"]
@@ -60,10 +59,9 @@ def main(argv=None) -> int:
                         str(args.nproc), *base, "--out", str(many)], env)
         a, b = Profile.load(one), Profile.load(many)
         diff = largest_differences(a, b)
-    out = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "device": fingerprint("cpu"), "stages": STAGES, "nproc": args.nproc,
-           "seconds_one_process": t_one, "seconds_torchrun": t_many, "largest_relative_difference": diff}
-    write_json(args.json, out)
+    out = {"stages": STAGES, "nproc": args.nproc, "seconds_one_process": t_one, "seconds_torchrun": t_many,
+           "largest_relative_difference": diff}
+    write_result(args.json, "distributed-profile", out, started=started)
     print(f"one process {t_one:.0f} s, torchrun x{args.nproc} {t_many:.0f} s ({t_one / t_many:.2f}x); "
           f"largest relative difference per table: {diff}")
     return 0

@@ -7,17 +7,22 @@ Steps, in order, each with its own time budget; a step that no longer fits the t
 and the summary is rewritten after every step, so an interrupted run keeps what it did:
 
  1. fingerprint     the device (litevar.models.core.device.fingerprint)
- 2. gpu_tests       `pytest -m gpu`: correctness before speed; when it fails, the timings below
+ 2. calibrate       `litevar calibrate` at the default model's layer shapes (at most 2 minutes):
+                    the calibrated tier of this GPU, and its context and reserve measured
+ 3. gpu_tests       `pytest -m gpu`: correctness before speed; when it fails, the timings below
                     are marked invalid in the summary
  3. bench_kernels   `litevar bench-kernels`: the GEMMs at d16..d30 widths against bf16 cuBLAS and
                     torch._int_mm, MDWA against SDPA at 1024 / 2048 px token counts (~10% kept)
- 4. d16_profile     a d16 cost-only profile at 256 / 512 px, and plans at 256 / 1024 / 2048 px
+ 5. d16_profile     a d16 cost-only profile at 256 / 512 px, and plans at 256 / 1024 / 2048 px
                     (--min-speedup 1.2, and memory half-way; losses from the default CPU profile)
- 5. d16_bench       `litevar bench` of the 256-px d16 plans against dense
- 6. default_model   the same (cost profile, plans, bench) for the shipped default model
+ 6. d16_bench       `litevar bench` of the 256-px d16 plans against dense
+ 7. default_model   the same (cost profile, plans, bench) for the shipped default model
+ 8. tiers           every benched plan priced from the CPU profiles at the spec tier (the
+                    catalogue entry of this GPU) and the calibrated tier (step 2), against what
+                    the bench measured: how good each tier was, on this GPU
 
-Files (under --out-root, default the repository): docs/gpu/<gpu>/{fingerprint, gpu_tests,
-bench_kernels, bench-d16-256, bench-default-256, summary}.json, docs/gpu/<gpu>/summary.md,
+Files (under --out-root, default the repository): docs/gpu/<gpu>/{fingerprint, calibration,
+gpu_tests, bench_kernels, bench-d16-256, bench-default-256, tiers, summary}.json, docs/gpu/<gpu>/summary.md,
 profiles/{d16,default}-<gpu>.json, plans/{d16,default}-<gpu>-<px>-<budget>.json. `manifest()`
 lists them; tests/test_gpu_evidence.py runs the dry run and checks that every one is written.
 """
@@ -48,12 +53,15 @@ class Step:
 
 
 STEPS = (Step("fingerprint", 30, 20, "the device"),
+         Step("calibrate", 110, 30, "litevar calibrate: the calibrated tier"),
          Step("gpu_tests", 100, 40, "pytest -m gpu"),
          Step("bench_kernels", 110, 40, "GEMMs and MDWA against cuBLAS / torch._int_mm / SDPA"),
          Step("d16_profile", 150, 80, "d16 cost-only profile at 256/512 px, plans at 256/1024/2048 px"),
          Step("d16_bench", 60, 60, "bench of the 256-px d16 plans against dense"),
-         Step("default_model", 120, 80, "the default model: cost profile, plans, bench"))
-TOTAL_S, DRY_TOTAL_S = 480, 170  # about 8 minutes of a 15-minute loan (start-up and copies aside)
+         Step("default_model", 120, 80, "the default model: cost profile, plans, bench"),
+         Step("tiers", 30, 20, "spec and calibrated tiers against the measured benches"))
+TOTAL_S, DRY_TOTAL_S = 600, 230  # about 10 minutes of a 15-minute loan (start-up and copies aside)
+CPU_PROFILES = {"d16": ROOT / "profiles" / "d16-cpu.json", "default": ROOT / "profiles" / "default-cpu.json"}
 
 
 def slug(name: str) -> str:
@@ -65,8 +73,8 @@ def slug(name: str) -> str:
 def manifest(gpu: str) -> list[str]:
     """Every file a complete run writes, relative to the output root."""
     d = f"docs/gpu/{gpu}"
-    files = [f"{d}/{n}.json" for n in ("fingerprint", "gpu_tests", "bench_kernels", "bench-d16-256",
-                                       "bench-default-256", "summary")] + [f"{d}/summary.md"]
+    files = [f"{d}/{n}.json" for n in ("fingerprint", "calibration", "gpu_tests", "bench_kernels", "bench-d16-256",
+                                       "bench-default-256", "tiers", "summary")] + [f"{d}/summary.md"]
     files += [f"profiles/{m}-{gpu}.json" for m in ("d16", "default")]
     files += [f"plans/d16-{gpu}-{px}-{b}.json" for px in PLAN_PX for b in BUDGETS]
     files += [f"plans/default-{gpu}-256-{b}.json" for b in BUDGETS]
@@ -118,6 +126,42 @@ class Run:
         self._write("fingerprint.json", json.loads(r.stdout))
         return {"name": json.loads(r.stdout)["device"]["name"]}
 
+    def calibrate(self, budget):
+        out = self.docs / "calibration.json"
+        self.litevar("calibrate", "--device", self.device, "--profile", CPU_PROFILES["default"], "--budget-s",
+                     max(20, int(budget * 0.8)), "--out", out, timeout=budget, log="calibrate")
+        c = json.loads(out.read_text())
+        return {"seconds_calibrate": c["seconds"], "held_out_err": c["validation"]["latency_err"],
+                "context_mib": c.get("context_mib"), "dtypes": list(c["runtimes"])}
+
+    def tiers(self, budget):
+        """Each benched plan's dense and plans priced for this GPU from the CPU profiles, per tier."""
+        from litevar.planner.plan import Plan
+        from litevar.profiler.devices import catalogue, from_calibration, from_spec, median_rel_err, priced, spec_for
+        from litevar.profiler.profile import Profile
+        fp = json.loads((self.docs / "fingerprint.json").read_text())["device"]
+        spec = spec_for(fp)
+        targets = {"calibrated": from_calibration(json.loads((self.docs / "calibration.json").read_text()))}
+        if spec is not None:
+            targets["spec"] = from_spec(catalogue()[spec.key])
+        out = {"spec_entry": None if spec is None else spec.key, "tiers": {}}
+        for tier, target in targets.items():
+            rows = []
+            for model in ("d16", "default"):
+                bench = json.loads((self.docs / f"bench-{model}-256.json").read_text())["data"]
+                prof = priced(Profile.load(CPU_PROFILES[model]), target)
+                for e in bench["plans"]:
+                    plan = Plan.load(e["plan"])
+                    from litevar.planner.build import plan_prediction
+                    plan.dtype = e["measured"].get("dtype") or plan.dtype
+                    rows.append({"model": model, "plan": Path(e["plan"]).name,
+                                 "measured_ms": e["measured"]["latency_ms"],
+                                 "predicted_ms": plan_prediction(plan, prof).latency_ms})
+            out["tiers"][tier] = {"rows": rows, "median_err": median_rel_err([r["predicted_ms"] for r in rows],
+                                                                              [r["measured_ms"] for r in rows])}
+        self._write("tiers.json", out)
+        return {t: round(v["median_err"], 4) for t, v in out["tiers"].items()}
+
     def gpu_tests(self, budget):
         junit = self.docs / "gpu_tests.xml"
         cmd = [self.python, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
@@ -139,7 +183,7 @@ class Run:
         extra = ["--only", "gemm"] if self.dry else ["--set", "evidence"]
         self.litevar("bench-kernels", "--device", self.device, *extra, "--json", out, timeout=budget,
                      log="bench_kernels")
-        return _kernel_summary(json.loads(out.read_text()))
+        return _kernel_summary(json.loads(out.read_text())["data"])
 
     def d16_profile(self, budget):
         prof = self.out / "profiles" / f"d16-{self.gpu}.json"
@@ -188,7 +232,7 @@ class Run:
         plans = [f for name in BUDGETS for f in ("--plan", self.out / "plans" / f"{model}-{self.gpu}-256-{name}.json")]
         self.litevar("bench", *model_flags, *plans, "--repeats", 1 if self.dry else 7, "--device", self.device,
                      "--json", out, timeout=budget, log=f"{model}_bench")
-        r = json.loads(out.read_text())
+        r = json.loads(out.read_text())["data"]  # a result file (litevar.commands.results)
         return {"dense_ms": r["dense"]["latency_ms"],
                 "plans": [{"plan": Path(e["plan"]).name, "measured_speedup": e["speedup"]["measured"],
                            "promised": e["speedup"]["promised"], "latency_err": e["prediction_error"]["latency"],

@@ -1,8 +1,8 @@
 """Write every shipped plan from the shipped profiles (the commands behind plans/).
 
     python benchmarks/make_plans.py --set default     # plans/default-cpu-256-*.json (but the recipe
-                                                      # and vs-* ones: benchmarks/planner_vs_uniform.py)
-    python benchmarks/make_plans.py --set official    # plans/d{16,20,24,30}-cpu-*.json
+                                                      # and vs-* ones: benchmarks/planner_vs_recipes.py)
+    python benchmarks/make_plans.py --set official    # plans/d{16,30}-cpu-*.json
 
 default (profiles/default-cpu.json, 256 px): x05 / x10 / x15 / x25 (`--min-speedup` 1.05 ...
 1.25), mem75 and mem50 (`--max-memory-gib` 75% / 50% of the dense model's predicted peak), and
@@ -12,10 +12,10 @@ the first scale and the latest).
 official (profiles/dD-cpu.json, cost only, losses borrowed from profiles/default-cpu.json): at
 256, 1024 and 2048 px, x12 (`--min-speedup 1.2`) and memhalf (`--max-memory-gib` half-way between
 the dense peak and the least reachable one, planner.solve.reachable_minima); for d16 at 1024 px
-also the recipes kv8 (INT8 cache) and w4a16-kv4-keep-s1r1 (INT4 weights, INT4 cache keeping the
+also dense (the recipe fp) and the recipes kv8 (INT8 cache) and w4a16-kv4-keep-s1r1 (INT4 weights, INT4 cache keeping the
 first and the latest scale: the weights and the VQVAE decode set the floor), for d16 at 2048 px
-`--max-memory-gib 8` (8gb) and for d30 at 2048 px `--max-memory-gib 24` (24gb). A depth whose
-profile is missing is skipped.
+`--max-memory-gib 8` (8gib) and for d30 at 2048 px `--max-memory-gib 18` (18gib: what this 24 GB
+machine can run, with room for the process). A depth whose profile is missing is skipped.
 """
 from __future__ import annotations
 
@@ -41,13 +41,13 @@ def _profile(profile: str, losses_from: str | None = None):
     return load_profile(Namespace(profile=profile, losses_from=losses_from))
 
 
-def dense_gb(profile: str, resolution: int) -> float:
+def dense_gib(profile: str, resolution: int) -> float:
     from litevar.planner.build import build_problem
     return build_problem(_profile(profile), resolution).dense_memory_mb / 1024
 
 
-def halfway_gb(profile: str, resolution: int, losses_from: str | None = None) -> float:
-    """Half-way between the dense peak and the least peak any plan reaches (GB)."""
+def halfway_gib(profile: str, resolution: int, losses_from: str | None = None) -> float:
+    """Half-way between the dense peak and the least peak any plan reaches (GiB)."""
     from litevar.planner.build import build_problem
     from litevar.planner.solve import reachable_minima
     prof = _profile(profile, losses_from)
@@ -61,7 +61,7 @@ def default_plans(out: Path) -> None:
     name = f"{out}/default-cpu-{r}"
     for x in ("05", "10", "15", "25"):
         cli("plan", "--profile", prof, "--resolution", r, "--min-speedup", f"1.{x}", "--out", f"{name}-x{x}.json")
-    dense = dense_gb(prof, r)
+    dense = dense_gib(prof, r)
     for pct in (75, 50):
         cli("plan", "--profile", prof, "--resolution", r, "--max-memory-gib", f"{dense * pct / 100:.5f}",
             "--out", f"{name}-mem{pct}.json")
@@ -80,21 +80,21 @@ def official_plans(out: Path, depths) -> None:
             name = f"{out}/d{d}-cpu-{r}"
             common = ("--profile", prof, "--losses-from", SOURCE, "--resolution", r)
             cli("plan", *common, "--min-speedup", "1.2", "--out", f"{name}-x12.json")
-            half = halfway_gb(prof, r, SOURCE)
+            half = halfway_gib(prof, r, SOURCE)
             cli("plan", *common, "--max-memory-gib", f"{half:.4f}", "--out", f"{name}-memhalf.json")
-            budget = {(16, 2048): 8, (30, 2048): 24}.get((d, r))
+            budget = {(16, 2048): 8, (30, 2048): 18}.get((d, r))
             if budget:
-                cli("plan", *common, "--max-memory-gib", budget, "--out", f"{name}-{budget}gb.json")
+                cli("plan", *common, "--max-memory-gib", budget, "--out", f"{name}-{budget}gib.json")
             if (d, r) == (16, 1024):
-                for spec in ("kv8", "w4a16+kv4+keep-s1r1"):
+                for spec, stem in (("fp", "dense"), ("kv8", "kv8"), ("w4a16+kv4+keep-s1r1", "w4a16-kv4-keep-s1r1")):
                     cli("plan", "--profile", prof, "--losses-from", SOURCE, "--resolution", r, "--recipe", spec,
-                        "--out", f"{name}-{spec.replace('+', '-')}.json")
+                        "--out", f"{name}-{stem}.json")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--set", choices=("default", "official", "all"), default="all")
-    p.add_argument("--depths", default="16,20,24,30")
+    p.add_argument("--depths", default="16,30")
     p.add_argument("--out", default="plans")
     args = p.parse_args(argv)
     if args.set in ("default", "all"):

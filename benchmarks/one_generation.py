@@ -19,7 +19,7 @@ import time
 import torch
 
 from litevar.commands.common import add_model_arguments, load_model
-from litevar.commands.results import write_result
+from litevar.commands.results import provenance, write_result
 
 MiB = 2 ** 20
 
@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     p.add_argument("--plan", required=True)
     p.add_argument("--json", required=True)
     args = p.parse_args(argv)
+    started = provenance(args.device, argv)
     plan = Plan.load(args.plan)
     args.dtype = args.dtype or plan.dtype or "fp32"  # the plan's runtime dtype unless told
     if args.resolution is None:
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
             "predicted_s": None if pred.latency_ms is None else pred.latency_ms / 1e3,
             "predicted_breakdown_mib": pred.memory_breakdown_mb, "dense_predicted_mib": pred.dense_memory_mb,
             "budget_gib": plan.budgets.get("max_memory_gib")}
-    write_result(args.json, "one-generation", data, device.torch, argv)
+    write_result(args.json, "one-generation", data, started=started)
     print(f"{plan.name}: {seconds:.0f} s (predicted {data['predicted_s'] or float('nan'):.0f} s); allocator peak "
           f"{peak / 1024:.2f} GiB, predicted {pred.memory_mb / 1024:.2f} GiB ({100 * data['memory_err']:+.1f}%); "
           f"process peak {data['process_peak_mib'] / 1024 if process is not None else float('nan'):.2f} GiB")

@@ -2,9 +2,9 @@
 
 The public API. The model keeps the official VAR names (`build_vae_var`, `VAR.forward`,
 `VAR.autoregressive_infer_cfg`, `VQVAE.img_to_idxBl`, `VQVAE.idxBl_to_img`); the runtime adds
-`apply_plan` / `planned_copy` and the plan file `Plan`; `load_default` loads the small model
-shipped in the package. Every name is imported on first use: `import litevar.kernels` (or any part
-installed under this package) runs nothing else.
+`apply_plan` / `planned_copy`, the plan file `Plan` and `autocast` (a plan's runtime dtype);
+`load_default` loads the small model shipped in the package. Every name is imported on first
+use: `import litevar.kernels` (or any part installed under this package) runs nothing else.
 """
 from importlib.metadata import PackageNotFoundError, version
 
@@ -23,6 +23,7 @@ _LAZY = {
     "SCHEDULES": "litevar.models.var.schedules", "VAR": "litevar.models.var.var", "VARConfig": "litevar.models.var.var",
     "VQVAE": "litevar.models.var.vqvae", "load_default": "litevar.models.default",
     "apply_plan": "litevar.runtime", "planned_copy": "litevar.runtime", "Plan": "litevar.planner.plan",
+    "autocast": "litevar.models.core.inference",
 }
 
 __all__ = sorted(_LAZY)

@@ -125,7 +125,7 @@ def calibrate(device, family, arch, dtypes: tuple[str, ...] | None = None, budge
     disp = dispatch_ms(dev)
     runtimes, errs, points = {}, [], {}
     from litevar.profiler.cost import progress_bar
-    for i, dtype in enumerate(progress_bar(dtypes, "calibrate", progress, len(dtypes))):  # each its share of what is left
+    for i, dtype in enumerate(progress_bar(dtypes, "calibrate", progress, len(dtypes))):  # each a share of the rest
         share = (t0 + budget_s - time.monotonic()) / (len(dtypes) - i)
         runtimes[dtype], held, points[dtype] = _calibrate_dtype(dev, spec, family, arch, dtype, bw, share)
         errs += held

@@ -319,7 +319,8 @@ def _jobs(fn, jobs: list, desc: str, progress: bool, group) -> list:
     if group is None:
         return [fn(j) for j in progress_bar(jobs, desc, progress)]
     w = group.world()
-    return gather({i: fn(jobs[i]) for i in progress_bar(w.mine(len(jobs)), desc, progress and w.main)}, len(jobs), group)
+    mine = progress_bar(w.mine(len(jobs)), desc, progress and w.main)
+    return gather({i: fn(jobs[i]) for i in mine}, len(jobs), group)
 
 
 def attention_points(resolutions, batches) -> list[tuple[tuple[int, ...], int, int]]:
@@ -442,7 +443,8 @@ def measure_generations(vae, model, arch: Arch, plan, device, settings: CostSett
     """cost_e2e: median ms (repeats interleaved over every planned generation) and peak MB of
     each planned generation, whole and by phase."""
     variants, rows = _Variants(vae, model, arch, plan, device, settings.dtype), []
-    for i, (pns, batch, config, held_out, dtype) in enumerate(progress_bar(plan, "cost: generations (memory)", progress)):
+    bar = progress_bar(plan, "cost: generations (memory)", progress)
+    for i, (pns, batch, config, held_out, dtype) in enumerate(bar):
         vae_s, model_s = variants.get(i)
         rss: dict = {}
         peak = generation_peak_mb(vae_s, model_s, variants.family.generation(model_s, batch, dtype), device, rss)

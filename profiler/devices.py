@@ -204,7 +204,8 @@ class Target:
 
     def plan_device(self) -> dict:
         return {"type": self.type, "name": self.name, "tier": self.tier, **{
-            k: self.fingerprint.get(k) for k in ("cpu_family", "cpu_model") if self.fingerprint.get(k) is not None}}
+            k: self.fingerprint.get(k) for k in ("cpu_family", "cpu_model", "catalogue")
+            if self.fingerprint.get(k) is not None}}
 
     def process_mib(self, allocated_mib: float) -> float:
         """What the process holds for an allocator peak: the reserve and the context on top."""
@@ -223,7 +224,7 @@ def from_spec(spec: DeviceSpec) -> Target:
                   spec.bandwidth_gbs.value * eff["memory"], runtimes,
                   d.get("host_dispatch_us", {}).get("value", 15.0) / 1e3,
                   d.get("context_mib", {}).get("value", 512.0), d.get("reserve_frac", {}).get("value", 0.1), caps,
-                  dict(TIER_GUARD["spec"]), {"type": spec.type, "name": spec.name},
+                  dict(TIER_GUARD["spec"]), {"type": spec.type, "name": spec.name, "catalogue": spec.key},
                   {"catalogue": spec.key, "efficiency": eff.get("source", "")})
 
 

@@ -20,7 +20,10 @@ def test_ablate_table3_writes_markdown_and_json(tmp_path, capsys):
     assert abs(dense["loss"]) < 1e-6 and dense["top1"] == 1.0 and dense["attn_flops_saved"] == 0.0
     assert asc["attn_flops_saved"] > 0.4  # ASC alone halves the attention of every block
     assert rows[4]["avg_bits"] < 16 and rows[4]["paper"] == {"fid": 13.34, "is": 224.74}
-    assert all(row["loss"] >= 0 and 0 <= row["class_accuracy"] <= 1 for row in rows)
+    # each recipe is applied, not just named: the paper's W4A8 + QK8 + ASC moves the output
+    # distribution by far more than sampling noise (the profile predicts ~2 nats; dense is 0)
+    assert rows[4]["loss"] > 0.1 and rows[2]["loss"] > rows[0]["loss"] + 1e-3
+    assert all(0 <= row["class_accuracy"] <= 1 for row in rows)
     text = md.read_text()
     assert "## Table 3" in text and text.count("\n| ") == 1 + len(rows) and text in out
 

@@ -52,6 +52,22 @@ def test_key_mismatch_names_keys_and_implied_config(ckpts, tmp_path, capsys):
                           "attn_l2_norm=True")
 
 
+@pytest.mark.parametrize("which, bad", [("var", float("nan")), ("vae", float("inf"))])
+def test_non_finite_weights_are_named_at_load(ckpts, tmp_path, capsys, which, bad):
+    """One non-finite value in one tensor: refused at load, naming the tensor, not a sampling
+    traceback later."""
+    var_path, vae_path = ckpts
+    path = var_path if which == "var" else vae_path
+    sd = torch.load(path)
+    name = next(k for k, t in sd.items() if t.is_floating_point() and t.numel() > 1)
+    sd[name].view(-1)[torch.randint(sd[name].numel(), ()).item()] = bad
+    out = tmp_path / f"bad-{which}.pth"
+    torch.save(sd, out)
+    paths = (out, vae_path) if which == "var" else (var_path, out)
+    rc, _, err = run_cli(capsys, "generate", "--ckpt", paths[0], "--vae", paths[1], "--out", tmp_path / "x.png")
+    assert_one_line_error(rc, err, name, "non-finite", "corrupt")
+
+
 def test_depth_mismatch(ckpts, capsys):
     rc, _, err = run_cli(capsys, "generate", "--ckpt", str(ckpts[0]), "--vae", str(ckpts[1]), "--depth", "16")
     assert_one_line_error(rc, err, "--depth 16", "depth=2")

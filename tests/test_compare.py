@@ -109,13 +109,13 @@ def test_bench_fills_measured_columns_of_the_matching_plan_only(case, capsys, ca
     assert "matches no plan" in caplog.text  # the bench's second entry
     rows = {r["plan"]: r for r in json.loads(out_json.read_text())["rows"]}
     hit = rows[WINDOWED]
-    assert (hit["meas_latency_ms"], hit["meas_peak_mb"], hit["meas_loss"], hit["speedup_meas"]) == (
-        123.4, 45.6, 0.0123, 1.23)
+    assert (hit["meas_latency_ms"], hit["meas_peak_gib"], hit["meas_loss"], hit["speedup_meas"]) == (
+        123.4, 45.6 / 1024, 0.0123, 1.23)
     for name, r in rows.items():
         if name != WINDOWED:
-            assert r["meas_latency_ms"] is r["meas_peak_mb"] is r["speedup_meas"] is None, name
+            assert r["meas_latency_ms"] is r["meas_peak_gib"] is r["speedup_meas"] is None, name
     line = next(line for line in out.splitlines() if WINDOWED in line)
-    assert "123.4" in line and "45.6" in line and "1.23x" in line
+    assert "123.4" in line and f"{45.6 / 1024:.4g}" in line and "1.23x" in line
     other = next(line for line in out.splitlines() if "gpu-512" in line)
     assert "123.4" not in other
 

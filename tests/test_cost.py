@@ -145,8 +145,12 @@ def test_run_cost_stage_tiny(tiny, tmp_path):
     assert {(v["batch"], v["config"]) for v in held} == {(1, "dense"), (4, "dense"), (1, "W8A8:fc1,fc2,proj"),
                                                          (1, "KV4:s1r1")}
     assert any(v["resolution"] > PNS[-1] * vae.downsample for v in held)  # an unmeasured resolution
+    # memory: weights, buffers and KV caches are counted exactly; what is fitted (a constant, the
+    # activation factor, the workspace share) is a small part of this toy model's ~3 MB peak, and the
+    # held-out batch 4 doubles the fitted activations beyond the batches fitted on: 15% bounds a
+    # doubling error of that part (a wrong exact term, e.g. weights counted twice, is off by > 30%)
     for v in validation:
-        assert v["measured_ms"] > 0 and v["predicted_ms"] > 0 and abs(v["memory_err"]) < 0.5
+        assert v["measured_ms"] > 0 and v["predicted_ms"] > 0 and abs(v["memory_err"]) < 0.15, v
     assert set(tables["cost_attn"]["backend"]) >= {"dense", "dense_kvfp", "dense_kv8", "dense_kv4"}
     e2e = tables["cost_e2e"]  # a generation's peak is its larger phase's (the latent held between them aside)
     both = e2e[["peak_tf_mb", "peak_decode_mb"]].max(axis=1)

@@ -9,8 +9,17 @@ import pytest
 
 from litevar.planner.plan import Plan
 from litevar.profiler import costmodel as C
-from litevar.profiler.devices import (TIER_GUARD, Throughput, capabilities, catalogue, from_spec, linear_bytes,
-                                      load_target, priced, roofline_ms)
+from litevar.profiler.devices import (
+    TIER_GUARD,
+    Throughput,
+    capabilities,
+    catalogue,
+    from_spec,
+    linear_bytes,
+    load_target,
+    priced,
+    roofline_ms,
+)
 from litevar.profiler.profile import Profile
 from tests.cli_util import assert_one_line_error, run_cli
 from tests.test_planner import synthetic_profile

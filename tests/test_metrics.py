@@ -140,7 +140,7 @@ def test_classifier_save_load_round_trip(tmp_path):
 
 
 @pytest.mark.skipif(not clf.DEFAULT_PATH.exists(), reason="shipped classifier weights absent")
-def test_shipped_classifier_accuracy_and_frechet():
+def test_shipped_classifier_accuracy_and_features():
     model = clf.load_classifier()
     index = np.arange(10_000, 10_200)  # test-split samples not used for the reported accuracy
     labels = data.sample_label(index)
@@ -148,7 +148,6 @@ def test_shipped_classifier_accuracy_and_frechet():
     assert metrics.class_accuracy(model, images, labels) >= 0.90
     feats = metrics.classifier_features(model, images)
     assert feats.shape == (200, model.cfg.feature_dim)
-    assert abs(metrics.frechet_distance(feats, feats)) < 1e-6
 
 
 # ---------------------------------------------------------------- optional Inception metrics

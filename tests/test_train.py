@@ -188,5 +188,10 @@ def test_shipped_weights_come_from_the_default_recipe():
     one `litevar train` runs by default, or the shipped model is not what the command produces."""
     import json
     from dataclasses import asdict
+
+    from litevar.commands.train import file_sha256
     card = json.loads((train.ASSETS / "train.json").read_text())
     assert card["recipe"] == json.loads(json.dumps(asdict(train.TrainConfig())))
+    # and it describes these weights: a weight file replaced without its card fails here
+    for name, sha in card["files_sha256"].items():
+        assert file_sha256(train.ASSETS / name) == sha, name

@@ -2,10 +2,12 @@
 
 GEMMs (kernels/bench_gemm.py) and attention (kernels/bench_attention.py) are timed in the same
 run as their references (median of repeats, warm-up excluded) and printed as one table each;
-`--json` writes every row with the device fingerprint."""
+`--json` writes every row as a result file (litevar.commands.results: command, git revision,
+machine, date)."""
 from __future__ import annotations
 
 import argparse
+import json
 
 import torch
 
@@ -38,7 +40,8 @@ def run(args) -> int:
         report["attention"] = bench_attention(dev, args.which)
         print_table(report["attention"])
     if args.json:
-        from litevar.models.core.atomic import write_json
-        write_json(args.json, report, default=str)
+        from litevar.commands.results import write_result
+        write_result(args.json, "bench-kernels", json.loads(json.dumps(report, default=str)), dev,
+                     argv=getattr(args, "_argv", None), program="litevar")
         print(f"wrote {args.json}")
     return 0

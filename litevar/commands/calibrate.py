@@ -48,7 +48,8 @@ def run(args) -> int:
             print(f"  {dtype:5s} {fmt:6s} {g['tflops']:8.3f} TFLOP/s sustained{eff}, "
                   f"{1e3 * g['overhead_ms']:.1f} us per call")
         a = rt["attention"]
-        print(f"  {dtype:5s} {'attn':6s} {a['tflops']:8.3f} TFLOP/s sustained, {1e3 * a['overhead_ms']:.1f} us per call")
+        print(f"  {dtype:5s} {'attn':6s} {a['tflops']:8.3f} TFLOP/s sustained, "
+              f"{1e3 * a['overhead_ms']:.1f} us per call")
     return 0
 
 

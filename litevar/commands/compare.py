@@ -6,7 +6,8 @@ by device, resolution, then predicted latency. --json writes the rows; --html wr
 self-contained page (no network: every figure is a base64 PNG drawn with matplotlib's Agg
 backend) with the table, loss against latency and memory per (device, resolution) with the
 --frontier curves of `litevar plan --sweep`, a layer x format map and per-plan window maps.
-MB = 2**20 bytes; loss in the profile's unit (nats, see README).
+Memory in GiB (2**30 bytes); loss in the profile's unit (nats, see README); tier: what priced a
+plan's figures (spec: the device catalogue; calibrated: `litevar calibrate`; profiled: a profile).
 """
 from __future__ import annotations
 
@@ -172,8 +173,8 @@ def load_frontier(path: str) -> pd.DataFrame:
 
 
 def budgets_text(budgets: dict) -> str:
-    """{'max_latency_ms': 137, 'max_memory_gib': 0.03} -> 'lat<=137ms mem<=30.72MB'."""
-    short = {"max_latency_ms": lambda v: f"lat<={v:g}ms", "max_memory_gib": lambda v: f"mem<={v * 1024:.4g}MB",
+    """{'max_latency_ms': 137, 'max_memory_gib': 0.03} -> 'lat<=137ms mem<=0.03GiB'."""
+    short = {"max_latency_ms": lambda v: f"lat<={v:g}ms", "max_memory_gib": lambda v: f"mem<={v:.4g}GiB",
              "min_speedup": lambda v: f"speedup>={v:g}x", "max_attn_flops": lambda v: f"flops<={v:g}",
              "max_avg_bits": lambda v: f"bits<={v:g}"}
     parts = []
@@ -220,15 +221,19 @@ def row(e: Entry) -> dict:
     p, pred = e.plan, e.plan.predicted
     meas = (e.bench or {}).get("measured", {})
     speed = (e.bench or {}).get("speedup") or {}
-    return {"plan": plan_name(e), "path": e.path, "device": device_name(p),
-            "resolution": p.resolution, "batch": p.batch, "budgets": budgets_of(p),
-            "pred_latency_ms": pred.latency_ms, "pred_memory_mb": pred.memory_mb,
+    return {"plan": plan_name(e), "path": e.path, "device": device_name(p), "tier": pred.tier or "profiled",
+            "dtype": p.dtype or "fp32", "resolution": p.resolution, "batch": p.batch, "budgets": budgets_of(p),
+            "pred_latency_ms": pred.latency_ms, "pred_memory_gib": _gib(pred.memory_mb),
             "pred_loss": pred.loss, "meas_latency_ms": meas.get("latency_ms"),
-            "meas_peak_mb": meas.get("peak_mb"), "meas_loss": meas.get("loss"),
+            "meas_peak_gib": _gib(meas.get("peak_mb")), "meas_loss": meas.get("loss"),
             "speedup_pred": pred.speedup, "speedup_meas": speed.get("measured"),
             "formats": formats_text(p.formats), "kv": kv_text(p), "qk8_blocks": len(p.qk_int8),
             "cfg_shared_blocks": len(p.cfg_shared), "attn_kept": pred.attn_kept,
-            **{f"mem_{k}_mb": (e.memory or {}).get(k) for k in (*MEMORY_PARTS, "decode_phase")}}
+            **{f"mem_{k}_gib": _gib((e.memory or {}).get(k)) for k in (*MEMORY_PARTS, "decode_phase")}}
+
+
+def _gib(mb):
+    return None if mb is None else mb / 1024
 
 
 def _order(r: dict) -> tuple:
@@ -241,17 +246,17 @@ def sort_entries(entries: list[Entry]) -> list[Entry]:
 
 
 COLUMNS = (  # row key, header, cell format (None: text, left-aligned; else right-aligned)
-    ("plan", "plan", None), ("device", "device", None), ("resolution", "px", "{:d}"),
-    ("batch", "batch", "{:d}"), ("budgets", "budgets", None),
-    ("pred_latency_ms", "pred ms", "{:.1f}"), ("pred_memory_mb", "pred MB", "{:.1f}"),
+    ("plan", "plan", None), ("device", "device", None), ("tier", "tier", None), ("dtype", "dtype", None),
+    ("resolution", "px", "{:d}"), ("batch", "batch", "{:d}"), ("budgets", "budgets", None),
+    ("pred_latency_ms", "pred ms", "{:.1f}"), ("pred_memory_gib", "pred GiB", "{:.4g}"),
     ("pred_loss", "pred loss", "{:.4g}"), ("meas_latency_ms", "meas ms", "{:.1f}"),
-    ("meas_peak_mb", "meas MB", "{:.1f}"), ("meas_loss", "meas loss", "{:.4g}"),
+    ("meas_peak_gib", "meas GiB", "{:.4g}"), ("meas_loss", "meas loss", "{:.4g}"),
     ("speedup_pred", "speedup pred", "{:.2f}x"), ("speedup_meas", "speedup meas", "{:.2f}x"),
     ("formats", "formats", None), ("kv", "KV cache", None), ("qk8_blocks", "QK8", "{:d}"),
     ("cfg_shared_blocks", "CFG-shared", "{:d}"),
-    ("attn_kept", "attn kept", "{:.1%}"), ("mem_weights_mb", "weights MB", "{:.1f}"),
-    ("mem_kv_cache_mb", "KV MB", "{:.1f}"), ("mem_activations_mb", "act MB", "{:.1f}"),
-    ("mem_other_mb", "other MB", "{:.1f}"), ("mem_decode_phase_mb", "decode MB", "{:.1f}"),
+    ("attn_kept", "attn kept", "{:.1%}"), ("mem_weights_gib", "weights GiB", "{:.4g}"),
+    ("mem_kv_cache_gib", "KV GiB", "{:.4g}"), ("mem_activations_gib", "act GiB", "{:.4g}"),
+    ("mem_other_gib", "other GiB", "{:.4g}"), ("mem_decode_phase_gib", "decode GiB", "{:.4g}"),
 )
 
 
@@ -314,11 +319,12 @@ def frontier_figure(group: list[Entry], frontiers: dict[str, pd.DataFrame], titl
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     pts = pd.DataFrame([{"latency_ms": _num(e.plan.predicted.latency_ms),
-                         "memory_mb": _num(e.plan.predicted.memory_mb),
+                         "memory_gib": _num(e.plan.predicted.memory_mb) / 1024,
                          "loss": _num(e.plan.predicted.loss)} for e in group])
+    frontiers = {n: df.assign(memory_gib=df["memory_mb"] / 1024) for n, df in frontiers.items()}
     colours = plt.get_cmap("tab10").colors
     for ax, x, meas_key, xlabel in ((axes[0], "latency_ms", "latency_ms", "latency (ms)"),
-                                    (axes[1], "memory_mb", "peak_mb", "peak memory (MB)")):
+                                    (axes[1], "memory_gib", "peak_mb", "peak memory (GiB)")):
         for name, df in frontiers.items():
             ok = df[df["loss"].notna() & df[x].notna()].reset_index(drop=True)
             front = ok[pareto_mask(ok, x)].sort_values(x)
@@ -336,7 +342,7 @@ def frontier_figure(group: list[Entry], frontiers: dict[str, pd.DataFrame], titl
             ax.annotate(_label(plan_name(e)), (px, py), xytext=(5, 5 + 9 * (i % 3)),
                         textcoords="offset points", fontsize=8, color=c)
             m = (e.bench or {}).get("measured", {})
-            mx, my = _num(m.get(meas_key)), _num(m.get("loss"))
+            mx, my = _num(m.get(meas_key)) / (1024 if meas_key == "peak_mb" else 1), _num(m.get("loss"))
             my = py if math.isnan(my) else my
             if not math.isnan(mx):
                 ax.plot([px, mx], [py, my], ":", color=c, lw=1)
@@ -489,7 +495,9 @@ def groups(entries: list[Entry]) -> dict[tuple[str, str, int], list[Entry]]:
 TABLE_CAPTION = (
     "One row per plan, sorted by device, resolution and predicted latency. pred: the planner's prediction "
     "(from the plan file); meas: <code>litevar bench</code> (matched by the plan file's sha256; - when not "
-    "benched). ms: latency of one generation; MB: peak memory (2<sup>20</sup> bytes); loss: nats (sum over "
+    "benched). tier: what priced the plan's figures (spec: the device catalogue, no measurement; calibrated: "
+    "<code>litevar calibrate</code>; profiled: a profile's cost stage). ms: latency of one generation; GiB: peak "
+    "memory (2<sup>30</sup> bytes, the allocator's peak); loss: nats (sum over "
     "scales of the mean KL of the CFG-guided next-token distribution); speedup: vs the dense full-precision "
     "model; formats: linear layers per format (fp: full precision); KV cache: blocks per KV-cache format and "
     "keep rule (sSrR: the first S and the R latest scales; -: every cache plain); QK8 / CFG-shared: blocks with the QK "
@@ -497,7 +505,7 @@ TABLE_CAPTION = (
     "pairs kept by the windows.")
 FRONTIER_CAPTION = (
     ": predicted loss (nats; log scale when the losses span more than 20x) against predicted latency (ms, "
-    "left) and peak memory (MB, right). Circles: "
+    "left) and peak memory (GiB, right). Circles: "
     "plans, labelled; open triangles joined by a dotted line: the same plan measured by <code>litevar "
     "bench</code> (its measured loss when the bench has one, else the predicted loss); grey line: Pareto "
     "front of these plans; dashed: <code>--frontier</code> curves (a CSV names no device or resolution, so "
@@ -510,7 +518,7 @@ WINDOW_CAPTION = (
     "(query, key) pairs the multi-diagonal window keeps at that scale (100%: dense).")
 
 
-MEMORY_CAPTION = ("Predicted peak memory of each plan's transformer phase by part (MB = 2**20 bytes): weights "
+MEMORY_CAPTION = ("Predicted peak memory of each plan's transformer phase by part (GiB = 2**30 bytes): weights "
                   "of the linear layers in their formats; the KV cache; activations (the last scale's) with the "
                   "largest transient (a quantized linear's workspace or the keys a KV call gathers); other (the "
                   "remaining parameters, the VQVAE, the fitted constant). The black mark is the decode phase's "
@@ -519,21 +527,21 @@ MEMORY_CAPTION = ("Predicted peak memory of each plan's transformer phase by par
 
 
 def memory_figure(entries: list[Entry]) -> str:
-    """One stacked horizontal bar per plan: weights, KV cache, activations, other (MB)."""
+    """One stacked horizontal bar per plan: weights, KV cache, activations, other (GiB)."""
     plt = _plt()
     shown = [e for e in entries if e.memory]
     fig, ax = plt.subplots(figsize=(10, 0.35 * len(shown) + 1.4))
     left = np.zeros(len(shown))
     for part, colour in zip(MEMORY_PARTS, ("#4c72b0", "#dd8452", "#55a868", "#8c8c8c")):
-        v = np.array([e.memory.get(part, 0.0) for e in shown])
+        v = np.array([e.memory.get(part, 0.0) / 1024 for e in shown])
         ax.barh(range(len(shown)), v, left=left, color=colour, label=part.replace("_", " "))
         left += v
-    dec = [e.memory.get("decode_phase", 0.0) for e in shown]
+    dec = [e.memory.get("decode_phase", 0.0) / 1024 for e in shown]
     if any(dec):
         ax.plot(dec, range(len(shown)), "k|", ms=14, mew=2, label="decode phase peak")
     ax.set_yticks(range(len(shown)), [_label(plan_name(e)) for e in shown], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("predicted peak memory (MB)")
+    ax.set_xlabel("predicted peak memory (GiB)")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()

@@ -24,7 +24,8 @@ def run(args) -> int:
               f"{s.bandwidth_gbs.value:6.0f} {peak('bf16')} {peak('fp16')} {peak('int8')}  {', '.join(off) or '-'}")
         if args.sources:
             for what, f in (("memory", s.memory_gb), ("bandwidth", s.bandwidth_gbs), *s.peaks.items()):
-                print(f"    {what}: {f.value:g} ({'its 2:4-sparse figure halved' if f.from_sparse else 'dense'}): {f.source}")
+                how = "its 2:4-sparse figure halved" if f.from_sparse else "dense"
+                print(f"    {what}: {f.value:g} ({how}): {f.source}")
     print("peaks: dense TFLOP/s (TOPS for int8); W4A8 runs at the int8 rate everywhere (litevar's kernel unpacks "
           "INT4 to INT8). A CPU is not in the table: describe it with `litevar calibrate --device cpu`.")
     return 0

@@ -94,7 +94,7 @@ def _record_losses_from(solver: dict, profile) -> None:
 def run(args) -> int:
     from litevar.planner import frontier
     from litevar.planner.build import build_problem, parse_formats, to_plan
-    from litevar.planner.solve import SolverSettings, solve
+    from litevar.planner.solve import SolverSettings
     budgets, settings = _budgets(args), SolverSettings(args.time_limit, args.gap)
     if args.recipe:
         return run_recipe(args, budgets)

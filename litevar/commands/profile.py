@@ -312,6 +312,10 @@ def run(args) -> int:
                  "model": model, "device": fingerprint(device), "env": environment(),
                  "calib": {"n": args.calib, "n_loss": args.calib_loss, "cfg": args.cfg, "seed": args.seed},
                  "loss_unit": family.loss_unit})
+    if getattr(args, "_argv", None):
+        from litevar.commands.results import command_line, git_revision
+        meta["command"] = command_line(args._argv, "litevar")
+        meta["git_revision"] = git_revision()[0]
     if w.distributed:
         meta["distributed"] = {"world_size": w.size, "cost_ranks": list(group.ranks) if group else [0]}
     prof = Profile(meta=meta, tables=tables)

@@ -6,8 +6,8 @@
      "data": {...}}
 
 `machine` is the device fingerprint the figures were measured on (litevar.models.core.device).
-README's and docs/benchmarks.md's tables are rendered from these files (litevar.commands.render),
-and tests/test_docs.py fails when a page and its files disagree.
+README's and docs/benchmarks.md's tables are rendered from these files (benchmarks/render.py),
+and tests/test_results.py fails when a page and its files disagree.
 """
 from __future__ import annotations
 
@@ -59,10 +59,11 @@ def provenance(device="cpu", argv: list[str] | None = None, program: str | None 
 
 
 def write_result(path, kind: str, data: dict, device="cpu", argv: list[str] | None = None,
-                 program: str | None = None) -> Path:
-    """Write a result file atomically (see the module docstring)."""
-    return write_json(path, {"format": FORMAT, "version": VERSION, "kind": kind,
-                             "provenance": provenance(device, argv, program), "data": data})
+                 program: str | None = None, started: dict | None = None) -> Path:
+    """Write a result file atomically (see the module docstring). `started`: the provenance taken
+    when the run began (a long run's code is the revision it started on), else taken now."""
+    prov = started or provenance(device, argv, program)
+    return write_json(path, {"format": FORMAT, "version": VERSION, "kind": kind, "provenance": prov, "data": data})
 
 
 def read_result(path, kind: str | None = None) -> dict:

@@ -42,6 +42,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 
+def file_sha256(path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def run(args) -> int:
     from safetensors.torch import load_file, save_file
     stages = {s.strip() for s in args.stages.split(",") if s.strip()}
@@ -90,6 +99,8 @@ def run(args) -> int:
         card["seconds"] = {**old.get("seconds", {}), **times}
         kept = {k: v for k, v in old.get("resumed_at_step", {}).items() if f"{k}_s" not in times}
         card["resumed_at_step"] = {**kept, **card["resumed_at_step"]}
+    card["files_sha256"] = {name: file_sha256(out / name) for name in ("var.safetensors", "vae.safetensors")
+                            if (out / name).exists()}  # the weights this card describes
     write_text(card_path, json.dumps(card, indent=1))
     print(f"trained {sorted(stages)} into {out}: {card['seconds']}")
     return 0

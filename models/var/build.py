@@ -161,7 +161,22 @@ def infer_patch_nums(num_scales: int, L: int, lvl_1L: torch.Tensor | None = None
                     f"pass its patch_nums explicitly")
 
 
+def check_finite(sd: dict, what: str) -> None:
+    """One line naming the first floating tensor of a checkpoint with a NaN or an infinity (a
+    model built from it would sample from non-finite probabilities); an attention mask's -inf
+    (attn_bias_for_masking) is what it holds."""
+    for name, t in sd.items():
+        if not (torch.is_tensor(t) and t.is_floating_point()):
+            continue
+        ok = ~torch.isnan(t) & (t != float("inf")) if "mask" in name else torch.isfinite(t)
+        if not bool(ok.all()):
+            bad = int((~ok).sum())
+            raise UserError(f"{what} checkpoint tensor {name} has {bad} non-finite value{'s' * (bad != 1)} (NaN or "
+                            "inf): the file is corrupt; restore it from its source")
+
+
 def _strict_load(module: torch.nn.Module, sd: dict, what: str, implied: dict) -> None:
+    check_finite(sd, what)
     own = set(module.state_dict().keys())
     given = set(sd) - ({"attn_bias_for_masking"} if what == "VAR" else set())
     missing, unexpected = sorted(own - given), sorted(given - own)

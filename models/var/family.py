@@ -213,8 +213,11 @@ class VARFamily(ModelFamily):
         return vae_s, var_s.eval().requires_grad_(False)
 
     def compiled(self, var):
-        """Each block torch.compile'd (shapes change scale by scale: dynamic, so one compile serves all)."""
-        var.blocks = nn.ModuleList(torch.compile(b, dynamic=True) for b in var.blocks)
+        """Each block's FFN torch.compile'd (shapes change scale by scale: dynamic, so one compile
+        serves all). The attention stays eager: its call carries the scale layout, which dynamo
+        cannot trace with symbolic shapes."""
+        for b in var.blocks:
+            b.ffn = torch.compile(b.ffn, dynamic=True)
         return var
 
     def shared_copy(self, var):

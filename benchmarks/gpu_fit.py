@@ -1,0 +1,104 @@
+"""GPUs on paper: which plan fits which catalogue GPU, at what speed and memory, for the official
+VAR depths at 256, 1024 and 2048 px (spec tier: the catalogue's datasheet figures and assumed
+efficiencies; no GPU measured them).
+
+For each depth with a shipped cost-only profile (losses borrowed from the default model), each
+resolution and each catalogue GPU: the dense model at the GPU's tensor-core dtype priced for it,
+and `litevar plan --device GPU --dtype DTYPE --max-memory-gib MEM` (MEM: the GPU's memory; the
+budget covers the process: the allocator's peak, its reserve and the CUDA context), the least-loss
+plan that fits. The plans go to plans/gpu/, the table to a result file (kind "gpu-fit"), and
+`litevar compare plans/gpu/*.json --html docs/compare-gpus.html` sets them side by side.
+
+    python benchmarks/gpu_fit.py --json docs/results/gpu-fit.json
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from litevar.commands.cli import main as litevar_main
+from litevar.commands.results import provenance, write_result
+
+SOURCE = "profiles/default-cpu.json"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--depths", default="16,30")
+    p.add_argument("--resolutions", default="256,1024,2048")
+    p.add_argument("--devices", default=None, help="catalogue keys (default: all)")
+    p.add_argument("--out", default="plans/gpu")
+    p.add_argument("--json", required=True)
+    return p.parse_args(argv)
+
+
+def dense(profile, target, resolution: int) -> tuple[float, float]:
+    """(ms, process MiB) of the dense model at the target's dtype."""
+    from litevar.models.core.family import family_of
+    from litevar.profiler.devices import priced
+    p = priced(profile, target)
+    pns = family_of(p.arch).schedule_for(resolution)
+    pred = p.cost_model.predict(p.arch, pns, 1)
+    return pred.latency_ms, target.process_mib(pred.memory_mb)
+
+
+def least_mib(profile, target, resolution: int) -> float:
+    """The least process memory any plan reaches on the target (MiB)."""
+    from litevar.planner.build import build_problem
+    from litevar.planner.solve import reachable_minima
+    from litevar.profiler.devices import priced
+    prof = priced(_borrowed(profile), target)
+    _, least = reachable_minima(build_problem(prof, resolution, dtype=target.dtype))
+    return target.process_mib(least)
+
+
+def _borrowed(profile):
+    from litevar.planner.transfer import transfer_losses
+    from litevar.profiler.profile import Profile
+    return transfer_losses(profile, Profile.load(SOURCE), SOURCE)
+
+
+def main(argv=None) -> int:
+    from litevar.planner.plan import Plan
+    from litevar.profiler.devices import catalogue, from_spec
+    from litevar.profiler.profile import Profile
+    args = parse_args(argv)
+    started = provenance("cpu", argv)
+    keys = args.devices.split(",") if args.devices else list(catalogue())
+    out, rows = Path(args.out), []
+    out.mkdir(parents=True, exist_ok=True)
+    for depth in (int(d) for d in args.depths.split(",")):
+        prof_path = f"profiles/d{depth}-cpu.json"
+        profile = Profile.load(prof_path)
+        for res in (int(r) for r in args.resolutions.split(",")):
+            for key in keys:
+                spec = catalogue()[key]
+                target = from_spec(spec)
+                ms, mib = dense(profile, target, res)
+                path = out / f"d{depth}-{res}-{key.lower()}.json"
+                budget = f"{spec.memory_gib:.2f}"
+                rc = litevar_main(["plan", "--profile", prof_path, "--losses-from", SOURCE, "--resolution", str(res),
+                                   "--device", key, "--dtype", target.dtype, "--max-memory-gib", budget,
+                                   "--out", str(path)])
+                row = {"model": f"VAR-d{depth}", "resolution": res, "device": spec.name, "catalogue": key,
+                       "device_gib": spec.memory_gib, "dtype": target.dtype, "dense_ms": ms, "dense_mb": mib,
+                       "dense_fits": mib <= spec.memory_gib * 1024, "plan_kind": f"--max-memory-gib {budget}"}
+                if rc == 0:
+                    plan = Plan.load(path)
+                    pr = plan.predicted
+                    row["plan"] = {"path": str(path), "dtype": plan.dtype, "latency_ms": pr.latency_ms,
+                                   "memory_mb": pr.process_memory_mb, "loss": pr.loss, "speedup": pr.speedup,
+                                   "kv_blocks": len(plan.kv),
+                                   "quantized": sum(f != "fp" for f in plan.formats.values())}
+                else:
+                    path.unlink(missing_ok=True)
+                    row["plan"], row["least_mb"] = None, least_mib(profile, target, res)
+                rows.append(row)
+    write_result(args.json, "gpu-fit", {"rows": rows, "source": SOURCE}, started=started)
+    print(f"wrote {args.json} and {len([r for r in rows if r['plan']])} plans under {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

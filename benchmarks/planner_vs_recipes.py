@@ -1,0 +1,93 @@
+"""The planner against the uniform recipes and the single global knobs, measured in one run.
+
+For each recipe (default: BF16 on every linear, W8A8 everywhere, W8A8 + QK8, ASC everywhere, and
+the paper's W4A8 + QK8 + fc2 full precision + MDWA 0.95 + ASC) it writes the recipe's plan and a
+planner plan held to every budget the recipe keeps: its predicted latency and its predicted peak
+memory at once (`--max-latency-ms` and `--max-memory-gib`), which the planner meets with its
+guard (`litevar plan --guard auto`: the cost model's worst measured under-prediction), at any
+runtime dtype the profile priced (`--dtype auto`). Then one interleaved `litevar bench` run times
+the dense model, the knobs a user tries first (the whole model in bf16 autocast, with and without
+torch.compile: `--baseline`), every recipe and every plan, and measures each one's quality loss.
+
+The result file (kind "planner-vs-recipes") holds the bench's data and, per recipe, its plan
+pair; benchmarks/render.py renders the table. A recipe slower than dense on this device is said
+so in words: a plan that matches it is not a win.
+
+    python benchmarks/planner_vs_recipes.py --profile profiles/default-cpu.json --plans-dir plans \\
+        --prefix default-cpu-256 --repeats 15 --quality 80 --json docs/results/planner-vs-recipes-cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from litevar.commands.cli import main as litevar_main
+from litevar.commands.results import provenance, read_result, write_result
+
+DEFAULT_RECIPES = ("bf16", "w8a8", "w8a8+qk8", "asc", "paper")
+BASELINES = ("bf16", "bf16+compile")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--profile", required=True)
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES))
+    p.add_argument("--baselines", default=",".join(BASELINES), help="litevar bench --baseline values")
+    p.add_argument("--plans-dir", default="plans", help="where the recipe and planner plans are written")
+    p.add_argument("--prefix", default="plan", help="plan file names: PREFIX-recipe-R.json, PREFIX-vs-R.json")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--quality", type=int, default=80, help="calibration samples of the measured loss")
+    p.add_argument("--guard", default="auto", help="the planner's guard (litevar plan --guard)")
+    p.add_argument("--json", required=True, help="the result file")
+    return p.parse_args(argv)
+
+
+def slug(spec: str) -> str:
+    return spec.replace("+", "-").replace(".", "")
+
+
+def make_plans(args) -> list[dict]:
+    """[{recipe, recipe_plan, plan, budgets}], the plans written with `litevar plan`."""
+    from litevar.planner.plan import Plan
+    out, rows = Path(args.plans_dir), []
+    for spec in args.recipes.split(","):
+        rec = out / f"{args.prefix}-recipe-{slug(spec)}.json"
+        vs = out / f"{args.prefix}-vs-{slug(spec)}.json"
+        common = ("--profile", args.profile, "--resolution", args.resolution, "--batch", args.batch)
+        _cli("plan", *common, "--recipe", spec, "--out", rec)
+        pred = Plan.load(rec).predicted
+        budgets = {"max_latency_ms": round(pred.latency_ms, 4), "max_memory_gib": round(pred.memory_mb / 1024, 7)}
+        _cli("plan", *common, "--max-latency-ms", budgets["max_latency_ms"], "--max-memory-gib",
+             budgets["max_memory_gib"], "--guard", args.guard, "--out", vs)
+        rows.append({"recipe": spec, "recipe_plan": str(rec), "plan": str(vs), "budgets": budgets})
+    return rows
+
+
+def _cli(*argv) -> None:
+    rc = litevar_main([str(a) for a in argv])
+    if rc:
+        sys.exit(f"litevar {' '.join(map(str, argv))} failed with exit code {rc}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    started = provenance("cpu", argv)
+    rows = make_plans(args)
+    plans = [p for r in rows for p in (r["recipe_plan"], r["plan"])]
+    with tempfile.TemporaryDirectory() as tmp:
+        bench = Path(tmp) / "bench.json"
+        _cli("bench", *(a for p in plans for a in ("--plan", p)),
+             *(a for b in args.baselines.split(",") if b for a in ("--baseline", b)),
+             "--repeats", args.repeats, "--quality", args.quality, "--json", bench)
+        data = read_result(bench, "bench")["data"]
+    write_result(args.json, "planner-vs-recipes", {"pairs": rows, "bench": data}, started=started)
+    print(f"wrote {args.json}; render the tables with `python benchmarks/render.py`")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

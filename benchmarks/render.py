@@ -1,0 +1,354 @@
+"""Render README's and docs/benchmarks.md's figures from the committed result files.
+
+Every figure on those pages sits in a block between `<!-- render:NAME -->` and
+`<!-- /render:NAME -->`, which this script rewrites from the files its renderer reads (result files
+under docs/results/, written by the commands under benchmarks/ and `litevar bench --json`, and the
+shipped profiles). `--check` changes nothing and exits 1 naming every block that differs from its
+files (tests/test_results.py runs it), so a page cannot drift from its data.
+
+    python benchmarks/render.py            # rewrite the pages
+    python benchmarks/render.py --check    # exit 1 on drift
+
+Units: memory in GiB (2**30 bytes) everywhere, time in ms or s as named; loss in the profile's
+unit (nats: the CFG-guided next-token KL to the full-precision model, summed over scales).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+PAGES = (ROOT / "README.md", ROOT / "docs" / "benchmarks.md")
+BLOCK = re.compile(r"(<!-- render:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /render:(?P=name) -->)", re.S)
+RENDERERS: dict[str, Callable[[], str]] = {}
+
+
+def renderer(name: str):
+    def register(fn):
+        RENDERERS[name] = fn
+        return fn
+    return register
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the files
+
+
+def result(name: str, kind: str | None = None) -> dict:
+    """docs/results/NAME.json, checked to be a result file (of `kind`)."""
+    path = RESULTS / f"{name}.json"
+    d = json.loads(path.read_text())
+    if d.get("format") != "litevar-result":
+        raise SystemExit(f"{path.relative_to(ROOT)} is not a litevar result file")
+    if kind and d.get("kind") != kind:
+        raise SystemExit(f"{path.relative_to(ROOT)} holds {d.get('kind')!r}, expected {kind!r}")
+    return d
+
+
+def machine(prov: dict) -> str:
+    m = prov["machine"]
+    if m.get("type") == "cpu":
+        f = m.get("flags", {})
+        isa = ", ".join(k for k in ("avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8") if f.get(k)) or "avx2"
+        return (f"{m.get('name')} (family {m.get('cpu_family')} model {m.get('cpu_model')}, {m.get('usable_cores')} "
+                f"cores, {isa})")
+    return str(m.get("name"))
+
+
+def source(d: dict, name: str) -> str:
+    """The line under a table: the command, the file, the machine, the date, the revision."""
+    p = d["provenance"]
+    rev = (p.get("git_revision") or "unknown")[:9] + (" + uncommitted changes" if p.get("git_dirty") else "")
+    note = f" {p['note']}" if p.get("note") else ""
+    return (f"<sub>`{p['command']}` → [docs/results/{name}.json](results/{name}.json) · {machine(p)} · "
+            f"{p['date'][:10]} · revision {rev}.{note}</sub>")
+
+
+def gib(mib, digits: int = 2) -> str:
+    return "-" if mib is None else f"{mib / 1024:.{digits}f}"
+
+
+def pct(x, digits: int = 1) -> str:
+    return "-" if x is None else f"{100 * x:+.{digits}f}%"
+
+
+def num(x, fmt: str = ".1f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def plan_row(bench: dict, stem: str) -> dict:
+    for e in bench["plans"]:
+        if Path(e["plan"]).stem == stem:
+            return e
+    raise SystemExit(f"no plan {stem} in the bench result")
+
+
+def baseline_row(bench: dict, name: str) -> dict | None:
+    return next((b for b in bench["baselines"] if b["name"] == name), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# docs/benchmarks.md
+
+
+@renderer("profile-losses")
+def profile_losses() -> str:
+    """Mean loss per layer type and format of the shipped default profile."""
+    import pandas as pd
+
+    from litevar.profiler.profile import Profile
+    prof = Profile.load(ROOT / "profiles" / "default-cpu.json")
+    table = prof.table("sensitivity").groupby(["kind", "format"])["loss"].mean().unstack()
+    cols = [c for c in ("BF16", "W8A8", "W6A6", "W4A16", "W4A8", "W4A6", "W4A4", "KV8", "KV4", "QK8") if c in table]
+    order = table[cols].max(axis=1).sort_values(ascending=False).index
+    lines = ["| layer type | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for kind in order:
+        lines.append(f"| {kind} | " + " | ".join("" if pd.isna(table.loc[kind, c]) else f"{table.loc[kind, c]:.4g}"
+                                                for c in cols) + " |")
+    meta = prof.meta
+    runtime = meta.get("runtime_loss") or {}
+    lines += ["", "Whole-model runtime dtypes (autocast), loss against the fp32 model: " + (
+        ", ".join(f"{d} {v:.4g}" for d, v in runtime.items()) or "not measured") + "."]
+    dev = meta.get("device", {})
+    lines += ["", f"<sub>`{meta.get('command', 'litevar profile --out profiles/default-cpu.json')}` → "
+                  f"profiles/default-cpu.json · {dev.get('name')} (family {dev.get('cpu_family')} model "
+                  f"{dev.get('cpu_model')}) · {str(meta.get('created', ''))[:10]}</sub>"]
+    return "\n".join(lines)
+
+
+@renderer("profile-validation")
+def profile_validation() -> str:
+    """The default profile's cost model on generations held out of its fit."""
+    prof = json.loads((ROOT / "profiles" / "default-cpu.json").read_text())
+    cm, rows = prof["meta"]["cost_model"], [v for v in prof["meta"]["validation"] if v["held_out"]]
+    lines = ["| generation | dtype | ms measured | ms predicted | error | GiB measured | GiB predicted | error |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for v in rows:
+        what = f"{v['resolution']} px, batch {v['batch']}, {v['config']}"
+        lines.append(f"| {what} | {v.get('dtype', cm['dtype'])} | {v['measured_ms']:.1f} | {v['predicted_ms']:.1f} | "
+                     f"{pct(v['latency_err'])} | {gib(v['measured_mb'], 4)} | {gib(v['predicted_mb'], 4)} | "
+                     f"{pct(v['memory_err'])} |")
+    alpha = ", ".join(f"{k} {v:.2f}" for k, v in cm["e2e"]["alpha"].items())
+    worst = max(abs(v["latency_err"]) for v in rows)
+    lines += ["", f"In-model factors: {alpha}; e2e fit error {100 * cm['e2e']['rmse_rel']:.1f}% on "
+                  f"{cm['e2e']['n']} generations; the worst held-out latency error is {100 * worst:.1f}%."]
+    return "\n".join(lines)
+
+
+@renderer("default-plans")
+def default_plans() -> str:
+    d = result("bench-default-cpu", "bench")
+    b = d["data"]
+    lines = ["| plan | dtype | pred ms / speedup | measured ms / speedup | adj | GiB pred / meas | process GiB "
+             "| loss pred / meas |", "|---|---|---|---|---:|---|---:|---|"]
+    dense = b["dense"]
+    lines.append(f"| dense | {dense['dtype']} | {num(b['plans'][0]['predicted']['dense_latency_ms'])} / 1.00x | "
+                 f"{dense['latency_ms']:.1f} / 1.00x | | {gib(b['plans'][0]['predicted']['dense_memory_mb'], 4)} / "
+                 f"{gib(dense['peak_mb'], 4)} | {gib(dense['process_peak_mb'], 3)} | 0 / {num(dense['loss'], '.4f')} |")
+    for base in b["baselines"]:
+        m = base["measured"]
+        lines.append(f"| {base['name']} (whole model) | {base['dtype']} | | {m['latency_ms']:.1f} / "
+                     f"{base['speedup']['measured']:.2f}x | | - / {gib(m['peak_mb'], 4)} | "
+                     f"{gib(m['process_peak_mb'], 3)} | - / {num(m['loss'], '.4f')} |")
+    for e in b["plans"]:
+        p, m, s = e["predicted"], e["measured"], e["speedup"]
+        lines.append(f"| {e['plan_name']} | {m['dtype']} | {p['latency_ms']:.1f} / {s['promised']:.2f}x | "
+                     f"{m['latency_ms']:.1f} / {s['measured']:.2f}x | "
+                     f"{pct(e['prediction_error']['latency_drift_corrected'])} | {gib(p['memory_mb'], 4)} / "
+                     f"{gib(m['peak_mb'], 4)} | {gib(m['process_peak_mb'], 3)} | {p['loss']:.4g} / "
+                     f"{num(m['loss'], '.4g')} |")
+    lines += ["", budgets_kept(b), "", source(d, "bench-default-cpu")]
+    return "\n".join(lines)
+
+
+def budgets_kept(b: dict) -> str:
+    """Which budgets each plan keeps, measured (speedup and allocator peak)."""
+    from litevar.planner.plan import Plan
+    kept, missed = [], []
+    for e in b["plans"]:
+        budgets = Plan.load(ROOT / e["plan"]).budgets
+        m, s = e["measured"], e["speedup"]["measured"]
+        if budgets.get("min_speedup"):
+            ok = s >= budgets["min_speedup"]
+            (kept if ok else missed).append(f"{e['plan_name']} {s:.2f}x for {budgets['min_speedup']:.2f}x")
+        if budgets.get("max_memory_gib"):
+            ok = m["peak_mb"] <= budgets["max_memory_gib"] * 1024
+            (kept if ok else missed).append(f"{e['plan_name']} {gib(m['peak_mb'], 4)} GiB for "
+                                            f"{budgets['max_memory_gib']:.4f}")
+    text = "Budgets kept, measured: " + ("; ".join(kept) or "none") + "."
+    if missed:
+        text += " **Missed: " + "; ".join(missed) + ".**"
+    return text
+
+
+@renderer("planner-vs-recipes")
+def planner_vs_recipes() -> str:
+    return vs_recipes("planner-vs-recipes-cpu")
+
+
+@renderer("planner-vs-recipes-b8")
+def planner_vs_recipes_b8() -> str:
+    return vs_recipes("planner-vs-recipes-cpu-b8")
+
+
+def vs_recipes(name: str) -> str:
+    d = result(name, "planner-vs-recipes")
+    b = d["data"]["bench"]
+    dense = b["dense"]
+    lines = [f"Batch {b['batch']}, {b['resolution']} px; dense fp32 {dense['latency_ms']:.1f} ms, "
+             f"{gib(dense['peak_mb'], 4)} GiB. Speedups are paired (vs dense, same rounds).", "",
+             "| recipe | budgets (its predicted ms, GiB) | recipe: speedup, GiB, loss | plan: dtype, speedup, GiB, "
+             "loss | plan within both, measured | plan lower loss |", "|---|---|---|---|:-:|:-:|"]
+    notes = []
+    for pair in d["data"]["pairs"]:
+        r, p = plan_row(b, Path(pair["recipe_plan"]).stem), plan_row(b, Path(pair["plan"]).stem)
+        rm, pm = r["measured"], p["measured"]
+        rs, ps = r["speedup"]["measured"], p["speedup"]["measured"]
+        within = ps >= rs and pm["peak_mb"] <= rm["peak_mb"]
+        lines.append(f"| {pair['recipe']} | {pair['budgets']['max_latency_ms']:.1f} ms, "
+                     f"{pair['budgets']['max_memory_gib']:.4f} | {rs:.2f}x, {gib(rm['peak_mb'], 4)}, "
+                     f"{num(rm['loss'], '.4f')} | {pm['dtype']}, {ps:.2f}x, {gib(pm['peak_mb'], 4)}, "
+                     f"{num(pm['loss'], '.4f')} | {'yes' if within else '**no**'} | "
+                     f"{'yes' if (pm['loss'] or 0) < (rm['loss'] or 0) else '**no**'} |")
+        if rs < 1:
+            notes.append(f"the {pair['recipe']} recipe is slower than dense on this CPU ({rs:.2f}x): a plan "
+                         "within its budgets may be dense itself, which is no win")
+    for base in b["baselines"]:
+        best = max(b["plans"], key=lambda e: e["speedup"]["measured"])
+        notes.append(f"the whole model in {base['name']} runs at {base['speedup']['measured']:.2f}x "
+                     f"(loss {num(base['measured']['loss'], '.4f')}); the fastest plan here at "
+                     f"{best['speedup']['measured']:.2f}x ({best['plan_name']}, loss "
+                     f"{num(best['measured']['loss'], '.4f')})")
+    lines += ["", *(f"- {n[0].upper()}{n[1:]}." for n in notes), "", source(d, name)]
+    return "\n".join(lines)
+
+
+@renderer("one-generations")
+def one_generations() -> str:
+    names = sorted(p.stem for p in RESULTS.glob("*-one.json"))
+    lines = ["| plan | batch, px | dtype | budget GiB | peak set by (predicted) | KV cache GiB | allocator peak GiB "
+             "predicted / measured | error | process peak GiB | time s predicted / measured |",
+             "|---|---|---|---:|---|---:|---|---:|---:|---|"]
+    for name in names:
+        g = result(name, "one-generation")["data"]
+        b = g.get("predicted_breakdown_mib") or {}
+        phase = "decode" if b.get("decode_phase", 0) > sum(b.get(k, 0) for k in ("weights", "kv_cache", "activations",
+                                                                                   "other")) else "transformer"
+        lines.append(f"| {g['plan_name']} | {g['batch']}, {g['resolution']} | {g['dtype']} | "
+                     f"{num(g.get('budget_gib'), 'g')} | {phase} | {gib(b.get('kv_cache'))} | "
+                     f"{gib(g['predicted_mib'])} / **{gib(g['peak_mib'])}** | "
+                     f"{pct(g['memory_err'])} | {gib(g.get('process_peak_mib'))} | "
+                     f"{num(g.get('predicted_s'), '.0f')} / {g['seconds']:.0f} |")
+    lines.append("")
+    for name in names:
+        lines.append(f"- {result(name)['data']['plan_name']}: " + source(result(name), name))
+    return "\n".join(lines)
+
+
+@renderer("transfer")
+def transfer() -> str:
+    d = result("transfer-cpu", "transfer")
+    t = d["data"]
+    lines = [f"Source profile: {t['profile']} (measured at full ISA, {t['source_threads']} threads).", "",
+             "| device | calibration s | plans | median error, calibrated | Spearman | median error, profile as is "
+             "| budget plan: predicted / measured |", "|---|---:|---:|---:|---:|---:|---|"]
+    for dev in t["devices"]:
+        bp = dev.get("budget_plan") or {}
+        lines.append(f"| {dev['name']} | {dev['calibration_s']:.0f} | {len(dev['rows'])} | "
+                     f"{100 * dev['median_err']:.1f}% | {dev['spearman']:.2f} | {100 * dev['asis_median_err']:.1f}% | "
+                     f"{num(bp.get('predicted_ms'))} / {num(bp.get('measured_ms'))} ms "
+                     f"({'met' if bp.get('met') else '**missed**'}) |")
+    lines += ["", source(d, "transfer-cpu")]
+    return "\n".join(lines)
+
+
+@renderer("gpu-fit")
+def gpu_fit() -> str:
+    d = result("gpu-fit", "gpu-fit")
+    rows = d["data"]["rows"]
+    lines = ["| model | px | device | memory GiB | dense: ms, GiB | plan | plan: dtype, ms, GiB, loss |",
+             "|---|---:|---|---:|---|---|---|"]
+    for r in rows:
+        plan = r.get("plan")
+        ptxt = (f"none fits: the least any plan reaches is {gib(r.get('least_mb'))} GiB" if plan is None else
+                f"{plan['dtype']}, {plan['latency_ms']:.0f}, {gib(plan['memory_mb'])}, {plan['loss']:.3g}")
+        lines.append(f"| {r['model']} | {r['resolution']} | {r['device']} | {r['device_gib']:.0f} | "
+                     f"{r['dense_ms']:.0f}, {gib(r['dense_mb'])}{'' if r['dense_fits'] else ' (does not fit)'} | "
+                     f"{r['plan_kind']} | {ptxt} |")
+    lines += ["", "All figures at the spec tier (the catalogue's datasheet figures and assumed efficiencies; "
+                  "no GPU measured them).", "", source(d, "gpu-fit")]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# README
+
+
+@renderer("readme-results")
+def readme_results() -> str:
+    lines = ["| model, resolution | what | dense | plan, predicted | plan, measured |", "|---|---|---|---|---|"]
+    b = result("bench-default-cpu", "bench")["data"]
+    x = plan_row(b, "default-cpu-256-x25")
+    lines.append(f"| default, 256 px | `--min-speedup 1.25` | {b['dense']['latency_ms']:.1f} ms | "
+                 f"{x['speedup']['promised']:.2f}x, loss {x['predicted']['loss']:.2g} | "
+                 f"**{x['speedup']['measured']:.2f}x**, loss {num(x['measured']['loss'], '.2g')} |")
+    m = plan_row(b, "default-cpu-256-mem50")
+    lines.append(f"| default, 256 px | `--max-memory-gib` 50% of dense | {gib(b['dense']['peak_mb'], 4)} GiB | "
+                 f"{gib(m['predicted']['memory_mb'], 4)} GiB | **{gib(m['measured']['peak_mb'], 4)} GiB**, loss "
+                 f"{num(m['measured']['loss'], '.2g')} |")
+    for name, what in (("d16-cpu-2048-8gib-one", "`--max-memory-gib 8`"),
+                       ("d30-cpu-2048-18gib-one", "`--max-memory-gib 18`")):
+        if not (RESULTS / f"{name}.json").exists():
+            continue
+        g = result(name, "one-generation")["data"]
+        model = name.split("-")[0]
+        lines.append(f"| {model}, {g['resolution']} px | {what}, one generation | {gib(g['dense_predicted_mib'], 1)} "
+                     f"GiB predicted | {gib(g['predicted_mib'])} GiB | **{gib(g['peak_mib'])} GiB** "
+                     f"({pct(g['memory_err'])}), {g['seconds'] / 60:.0f} min |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pages
+
+
+def render_page(text: str) -> tuple[str, list[str]]:
+    """(the page with every block rendered, names of the blocks that changed)."""
+    changed = []
+
+    def sub(m):
+        body = RENDERERS[m["name"]]().rstrip("\n") + "\n"
+        if body != m["body"]:
+            changed.append(m["name"])
+        return m.group(1) + body + m.group(4)
+    unknown = [m["name"] for m in BLOCK.finditer(text) if m["name"] not in RENDERERS]
+    if unknown:
+        raise SystemExit(f"no renderer for block(s) {unknown}")
+    return BLOCK.sub(sub, text), changed
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 naming the blocks that drifted")
+    args = p.parse_args(argv)
+    drift = []
+    for page in PAGES:
+        text = page.read_text()
+        new, changed = render_page(text)
+        drift += [f"{page.relative_to(ROOT)}: {name}" for name in changed]
+        if changed and not args.check:
+            page.write_text(new)
+    if args.check and drift:
+        print("pages differ from their result files (run `python benchmarks/render.py`):\n  " + "\n  ".join(drift))
+        return 1
+    print("rendered" if not args.check else "no drift", *(["(changed: " + ", ".join(drift) + ")"] if drift else []))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

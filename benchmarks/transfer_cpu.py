@@ -1,0 +1,143 @@
+"""Cost transfer across CPUs, measured on one machine: plans priced for a device from a profile
+measured on another.
+
+A second "device" is made here without new hardware: oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA=AVX2:
+the GEMMs of a CPU without AVX-512) and the thread count (OMP_NUM_THREADS=1) change the machine's
+throughput per format. For each such device, in a child process under its settings:
+
+1. `litevar calibrate --profile PROFILE --out devices/NAME.json` describes it by measuring it;
+2. `litevar plan --device devices/NAME.json --max-latency-ms B` plans a budget for it (B: 90% of
+   the dense model's latency priced for it);
+3. one `litevar bench` run times the dense model, the shipped plans and that budget plan there.
+
+Then every plan is priced for the device from the profile (measured at full ISA and both cores)
+and the calibration (profiler.devices.priced), and set against its measured latency: the median
+absolute error, and Spearman's rank correlation over the plans and dense. Beside it, the error of
+not re-pricing at all (the profile's own predictions: what a user of the shipped plans on that
+device is told). A CPU has no spec tier: it is never taken from a table.
+
+    python benchmarks/transfer_cpu.py --profile profiles/default-cpu.json --json docs/results/transfer-cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from litevar.commands.results import provenance, read_result, write_result
+
+ROOT = Path(__file__).resolve().parents[1]
+DEVICES = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"}, "1-thread": {"OMP_NUM_THREADS": "1"}}
+PLANS = ("x05", "x10", "x15", "x25", "mem75", "mem50", "kv8", "recipe-bf16", "recipe-w8a8", "recipe-paper")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--profile", default="profiles/default-cpu.json")
+    p.add_argument("--prefix", default="plans/default-cpu-256", help="the shipped plans: PREFIX-NAME.json")
+    p.add_argument("--plans", default=",".join(PLANS))
+    p.add_argument("--devices", default=",".join(DEVICES))
+    p.add_argument("--calibration-dir", default="devices")
+    p.add_argument("--budget-s", type=float, default=150.0, help="calibration budget per device")
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--json", required=True)
+    return p.parse_args(argv)
+
+
+def litevar(env: dict, *argv) -> str:
+    """`litevar ARGV` in a child with `env` on top of ours; its stdout (exit on failure)."""
+    cmd = [sys.executable, "-m", "litevar.commands.cli", *map(str, argv)]
+    r = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, cwd=ROOT)
+    if r.returncode:
+        sys.exit(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
+    print(r.stdout, end="")
+    return r.stdout
+
+
+def priced_ms(profile, cal_path: Path, plan) -> float:
+    from litevar.planner.build import plan_prediction
+    from litevar.profiler.devices import load_target, priced
+    return plan_prediction(plan, priced(profile, load_target(str(cal_path)))).latency_ms
+
+
+def dense_ms(profile, cal_path: Path | None) -> float:
+    from litevar.profiler.devices import load_target, priced
+    prof = profile if cal_path is None else priced(profile, load_target(str(cal_path)))
+    arch = prof.arch
+    return prof.cost_model.predict(arch, arch.patch_nums, 1, dtype="fp32").latency_ms
+
+
+def spearman(a, b) -> float:
+    from scipy.stats import spearmanr
+    return float(spearmanr(a, b).statistic)
+
+
+def run_device(args, name: str, env: dict, profile) -> dict:
+    from litevar.planner.plan import Plan
+    cal = Path(args.calibration_dir) / f"{name}.json"
+    cal.parent.mkdir(parents=True, exist_ok=True)
+    litevar(env, "calibrate", "--device", "cpu", "--profile", args.profile, "--name", f"this CPU, {name}",
+            "--budget-s", args.budget_s, "--out", cal)
+    calib = json.loads(cal.read_text())
+    budget = 0.9 * dense_ms(profile, cal)
+    with tempfile.TemporaryDirectory() as tmp:
+        budget_plan = Path(tmp) / f"budget-{name}.json"
+        litevar(env, "plan", "--profile", args.profile, "--resolution", 256, "--device", cal,
+                "--max-latency-ms", f"{budget:.3f}", "--out", budget_plan)
+        paths = [f"{args.prefix}-{p}.json" for p in args.plans.split(",")] + [str(budget_plan)]
+        bench = Path(tmp) / "bench.json"
+        litevar(env, "bench", *(a for p in paths for a in ("--plan", p)), "--repeats", args.repeats,
+                "--json", bench)
+        data = read_result(bench, "bench")["data"]
+        plans = {e["plan"]: Plan.load(e["plan"]) for e in data["plans"]}
+        rows = [{"plan": "dense", "measured_ms": data["dense"]["latency_ms"], "priced_ms": dense_ms(profile, cal),
+                 "asis_ms": dense_ms(profile, None)}]
+        for e in data["plans"]:
+            if e["plan"] == str(budget_plan):
+                continue
+            rows.append({"plan": Path(e["plan"]).stem, "measured_ms": e["measured"]["latency_ms"],
+                         "priced_ms": priced_ms(profile, cal, plans[e["plan"]]),
+                         "asis_ms": plans[e["plan"]].predicted.latency_ms})
+        b = next(e for e in data["plans"] if e["plan"] == str(budget_plan))
+        bp = {"budget_ms": budget, "predicted_ms": b["predicted"]["latency_ms"],
+              "measured_ms": b["measured"]["latency_ms"], "guard": plans[str(budget_plan)].solver["guard"],
+              "dtype": plans[str(budget_plan)].dtype, "met": b["measured"]["latency_ms"] <= budget}
+    meas = np.array([r["measured_ms"] for r in rows])
+    pri = np.array([r["priced_ms"] for r in rows])
+    asis = np.array([r["asis_ms"] for r in rows])
+    return {"name": name, "env": env, "calibration": str(cal), "calibration_s": calib["seconds"],
+            "calibration_held_out_err": calib["validation"]["latency_err"], "rows": rows,
+            "median_err": float(np.median(np.abs(pri / meas - 1))), "spearman": spearman(pri, meas),
+            "asis_median_err": float(np.median(np.abs(asis / meas - 1))), "asis_spearman": spearman(asis, meas),
+            "budget_plan": bp}
+
+
+def main(argv=None) -> int:
+    from litevar.profiler.profile import Profile
+    args = parse_args(argv)
+    started = provenance("cpu", argv)
+    profile = Profile.load(args.profile)
+    devices = []
+    for name in args.devices.split(","):
+        print(f"== {name}: {DEVICES[name]}")
+        devices.append(run_device(args, name, DEVICES[name], profile))
+        d = devices[-1]
+        print(f"{name}: median error {100 * d['median_err']:.1f}% calibrated "
+              f"(as is {100 * d['asis_median_err']:.1f}%), "
+              f"Spearman {d['spearman']:.2f}; budget {d['budget_plan']['budget_ms']:.1f} ms, measured "
+              f"{d['budget_plan']['measured_ms']:.1f}")
+    src = profile.meta.get("device", {})
+    write_result(args.json, "transfer", {"profile": args.profile, "source_threads": src.get("torch_threads"),
+                                         "devices": devices}, started=started)
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
