@@ -187,7 +187,8 @@ class Run:
 
     def d16_profile(self, budget):
         prof = self.out / "profiles" / f"d16-{self.gpu}.json"
-        size = (["--depth", "1", "--patch-nums", "1,2,3,4", "--e2e-repeats", "1"] if self.dry
+        toy = ["--depth", "1", "--patch-nums", "1,2,3,4", "--e2e-repeats", "1", "--runtime-dtypes", "none"]
+        size = (toy if self.dry
                 else ["--depth", "16", "--resolution", "256", "--resolutions", "256,512", "--e2e-repeats", "3"])
         t = time.perf_counter()
         self.litevar("profile", "--random-init", *size, "--batches", 1, "--no-mdwa-timing",
@@ -240,7 +241,8 @@ class Run:
 
     def default_model(self, budget):
         prof = self.out / "profiles" / f"default-{self.gpu}.json"
-        size = ["--resolutions", "1,2,3;1,2,3,4", "--e2e-repeats", "1"] if self.dry else ["--e2e-repeats", "5"]
+        size = (["--resolutions", "1,2,3;1,2,3,4", "--e2e-repeats", "1", "--runtime-dtypes", "none"] if self.dry
+                else ["--e2e-repeats", "5"])
         t = time.perf_counter()
         self.litevar("profile", "--stages", "cost", *size, "--batches", 1, "--no-mdwa-timing", "--device",
                      self.device, "--out", prof, timeout=budget * 0.5, log="default_profile")

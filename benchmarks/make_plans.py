@@ -12,8 +12,8 @@ the first scale and the latest).
 official (profiles/dD-cpu.json, cost only, losses borrowed from profiles/default-cpu.json): at
 256, 1024 and 2048 px, x12 (`--min-speedup 1.2`) and memhalf (`--max-memory-gib` half-way between
 the dense peak and the least reachable one, planner.solve.reachable_minima); for d16 at 1024 px
-also dense (the recipe fp) and the recipes kv8 (INT8 cache) and w4a16-kv4-keep-s1r1 (INT4 weights, INT4 cache keeping the
-first and the latest scale: the weights and the VQVAE decode set the floor), for d16 at 2048 px
+also dense (the recipe fp) and the recipes kv8 (INT8 cache) and w4a16-kv4-keep-s1r1 (INT4 weights,
+INT4 cache keeping the first and the latest scale: the weights and the VQVAE decode set the floor), for d16 at 2048 px
 `--max-memory-gib 8` (8gib) and for d30 at 2048 px `--max-memory-gib 18` (18gib: what this 24 GB
 machine can run, with room for the process). A depth whose profile is missing is skipped.
 """

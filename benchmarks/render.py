@@ -183,6 +183,11 @@ def budgets_kept(b: dict) -> str:
     text = "Budgets kept, measured: " + ("; ".join(kept) or "none") + "."
     if missed:
         text += " **Missed: " + "; ".join(missed) + ".**"
+    off = [f"{e['plan_name']} {e['predicted']['loss']:.3g} predicted, {e['measured']['loss']:.3g} measured"
+           for e in b["plans"] if e["measured"].get("loss") and e["measured"]["loss"] > 1e-3
+           and abs(e["predicted"]["loss"] / e["measured"]["loss"] - 1) > 0.2]
+    if off:
+        text += " **Loss predicted more than 20% off: " + "; ".join(off) + ".**"
     return text
 
 
@@ -285,6 +290,69 @@ def gpu_fit() -> str:
     return "\n".join(lines)
 
 
+@renderer("kernels")
+def kernels() -> str:
+    d = result("bench-kernels-cpu", "bench-kernels")
+    k = d["data"]
+    lines = ["| resolution | heads | q / kv tokens | backend | kept | ms | speedup vs dense SDPA | max err |",
+             "|---:|---:|---|---|---:|---:|---:|---:|"]
+    for r in k.get("attention", []):
+        lines.append(f"| {r['resolution']} | {r['heads']} | {r['q_tokens']:,} / {r['kv_tokens']:,} | {r['backend']} | "
+                     f"{100 * r['kept']:.0f}% | {r['ms']:.1f} | {r['speedup']:.2f}x | {num(r.get('max_err'), '.1e')} |")
+    lines += ["", "| layer | depth | M x N x K | kernel | impl | ms (layer) | speedup vs bf16 (layer) | SQNR dB |",
+              "|---|---:|---|---|---|---:|---:|---:|"]
+    for r in k.get("gemm", []):
+        if r.get("status") != "ok":
+            continue
+        shape = f"{r['M']} x {r['N']} x {r['K']}"
+        lines.append(f"| {r['layer']} | {r['depth']} | {shape} | {r['kernel']} ({r['format']}) | {r['impl']} | "
+                     f"{r['ms_layer']:.2f} | {r['speedup_layer']:.2f}x | {num(r.get('sqnr_db'), '.1f')} |")
+    lines += ["", source(d, "bench-kernels-cpu")]
+    return "\n".join(lines)
+
+
+@renderer("distributed")
+def distributed() -> str:
+    d = result("distributed-profile-cpu", "distributed-profile")
+    t = d["data"]
+    diff = max(t["largest_relative_difference"].values()) if t["largest_relative_difference"] else 0.0
+    lines = ["| run | wall time |", "|---|---:|",
+             f"| one process, {d['provenance']['machine'].get('torch_threads')} threads | "
+             f"{t['seconds_one_process']:.0f} s |",
+             f"| torchrun, {t['nproc']} ranks x 1 thread | {t['seconds_torchrun']:.0f} s "
+             f"({t['seconds_one_process'] / t['seconds_torchrun']:.2f}x) |", "",
+             f"Stages {t['stages']}. The largest relative difference between the two runs' tables: {diff:.3g} "
+             f"(over {', '.join(t['largest_relative_difference'])}).", "", source(d, "distributed-profile-cpu")]
+    return "\n".join(lines)
+
+
+@renderer("ablation")
+def ablation() -> str:
+    d = result("ablation", "ablation")
+    a = d["data"]
+    rows = {r["recipe"]: r for t in a["tables"].values() for r in t}
+    lines = ["| recipe | attention FLOPs saved | avg bits | loss measured / predicted | class accuracy | paper: FID |",
+             "|---|---:|---:|---|---:|---:|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {100 * r['attn_flops_saved']:.1f}% | {r['avg_bits']:.1f} | {r['loss']:.4f} / "
+                     f"{r['predicted_loss']:.4f} | {100 * r['class_accuracy']:.0f}% | "
+                     f"{num((r.get('paper') or {}).get('fid'), '.2f')} |")
+    lines += ["", f"On {a['n']} samples per recipe (class accuracy; chance {100 * a['chance']:.0f}%); the paper's "
+                  "figures are its VAR-d16's on ImageNet. Every table: [ablation.md](ablation.md).", "",
+              source(d, "ablation")]
+    return "\n".join(lines)
+
+
+@renderer("default-eval")
+def default_eval() -> str:
+    d = result("default-eval", "eval")
+    e = d["data"]
+    lines = [f"Class accuracy {100 * e['class_accuracy']:.1f}% on {e['n']} samples (chance {100 * e['chance']:.0f}%); "
+             f"Frechet distance of the classifier's features {e['frechet_feature']:.1f} (real against real "
+             f"{e['frechet_feature_real_vs_real']:.2f}).", "", source(d, "default-eval")]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------
 # README
 
@@ -314,7 +382,66 @@ def readme_results() -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# README's workflow: real output of commands that only read committed files
+
+
+def cli_output(*argv, head: int | None = None) -> str:
+    """stdout of `litevar ARGV` run here (commands that read files only: the output is a function of
+    the committed files), as a text block headed by the command."""
+    import contextlib
+    import io
+    import os
+
+    from litevar.commands.cli import main
+    buf, cwd = io.StringIO(), os.getcwd()
+    os.chdir(ROOT)
+    try:
+        with contextlib.redirect_stdout(buf):
+            rc = main(list(argv))
+    finally:
+        os.chdir(cwd)
+    if rc:
+        raise SystemExit(f"litevar {' '.join(argv)} failed ({rc})")
+    lines = buf.getvalue().rstrip("\n").splitlines()
+    if head is not None and len(lines) > head:
+        lines = lines[:head] + ["..."]
+    return "```text\n$ litevar " + " ".join(argv) + "\n" + "\n".join(lines) + "\n```"
+
+
+@renderer("cli-explain")
+def cli_explain() -> str:
+    return cli_output("explain", "plans/default-cpu-256-mem50.json", "--profile", "profiles/default-cpu.json",
+                      head=9)
+
+
+@renderer("cli-devices")
+def cli_devices() -> str:
+    return cli_output("devices")
+
+
+@renderer("cli-bench")
+def cli_bench() -> str:
+    """The bench table of the shipped default plans' result file, as `litevar bench` prints it."""
+    from litevar.commands.bench import format_table
+    d = result("bench-default-cpu", "bench")
+    r = dict(d["data"])
+    r["plans"] = [e for e in r["plans"] if Path(e["plan"]).stem in ("default-cpu-256-x25", "default-cpu-256-mem50")]
+    cmd = d["provenance"]["command"]
+    return "```text\n$ " + cmd + "\n" + format_table(r, d["provenance"]["machine"]) + "\n```"
+
+
+# ---------------------------------------------------------------------------------------------
 # The pages
+
+
+def render_block(name: str) -> str:
+    """The block's text, or one line saying which result file is missing and what writes it."""
+    try:
+        return RENDERERS[name]()
+    except FileNotFoundError as e:
+        missing = Path(e.filename).relative_to(ROOT) if e.filename else "a result file"
+        return (f"_Not measured at this revision: {missing} is missing. `bash benchmarks/cpu_evidence.sh` "
+                "writes it._")
 
 
 def render_page(text: str) -> tuple[str, list[str]]:
@@ -322,7 +449,7 @@ def render_page(text: str) -> tuple[str, list[str]]:
     changed = []
 
     def sub(m):
-        body = RENDERERS[m["name"]]().rstrip("\n") + "\n"
+        body = render_block(m["name"]).rstrip("\n") + "\n"
         if body != m["body"]:
             changed.append(m["name"])
         return m.group(1) + body + m.group(4)

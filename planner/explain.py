@@ -7,8 +7,8 @@ and the alternative it beat (plain data in, a DataFrame out; the CLI prints it).
     window   per (layer, head) with a window: pairs kept, ms saved (the call's saving shared by
              the heads in proportion to the pairs they remove), loss; alternative: every part
              one candidate narrower (what the budget did not need)
-    kv       per block with KV-cache options: its format and kept scales, its cache's MB before
-             (plain, both CFG halves) and after; alternative: the option saving the most MB
+    kv       per block with KV-cache options: its format and kept scales, its cache's GiB before
+             (plain, both CFG halves) and after; alternative: the option saving the most memory
              beyond it at the least extra loss (or, when none saves more, the least-loss one)
 """
 from __future__ import annotations
@@ -18,8 +18,9 @@ import pandas as pd
 from litevar.models.core.family import family_of
 from litevar.planner.problem import FULL, Problem, Selection, evaluate, kv_choice, slot_kept
 
-COLUMNS = ["layer", "head", "decision", "chosen", "saves_ms", "saves_mb", "loss", "alternative",
+COLUMNS = ["layer", "head", "decision", "chosen", "saves_ms", "saves_gib", "loss", "alternative",
            "alt_saves_ms", "alt_loss"]
+GiB = 1024  # MiB per GiB
 
 
 def explain(problem: Problem, sel: Selection) -> pd.DataFrame:
@@ -43,7 +44,7 @@ def _format_rows(problem: Problem, sel: Selection) -> list:
         others = [a for a in g.options if a is not o]
         faster = [a for a in others if a.latency_ms < o.latency_ms]
         alt = min(faster or others, key=lambda a: (a.loss, a.latency_ms))
-        rows.append((g.layer, "", "format", o.format, fp.latency_ms - o.latency_ms, fp.weight_mb - o.weight_mb,
+        rows.append((g.layer, "", "format", o.format, fp.latency_ms - o.latency_ms, (fp.weight_mb - o.weight_mb) / GiB,
                      o.loss, alt.format, o.latency_ms - alt.latency_ms, alt.loss - o.loss))
     return rows
 
@@ -116,8 +117,9 @@ def _kv_rows(problem: Problem, sel: Selection) -> list:
         others = [a for a in g.options if a is not o]
         bigger = [a for a in others if a.mb[c] < o.mb[c]]
         alt = min(bigger or others, key=lambda a: (a.loss, a.mb[c])) if others else o
-        rows.append((_block(problem, g.layer), "", "kv", f"{kv_name(o)}: {plain.mb[0]:.1f} -> {o.mb[c]:.1f} MB",
-                     -o.ms[c], plain.mb[0] - o.mb[c], o.loss, kv_name(alt), o.ms[c] - alt.ms[c], alt.loss - o.loss))
+        rows.append((_block(problem, g.layer), "", "kv",
+                     f"{kv_name(o)}: {plain.mb[0] / GiB:.3g} -> {o.mb[c] / GiB:.3g} GiB", -o.ms[c],
+                     (plain.mb[0] - o.mb[c]) / GiB, o.loss, kv_name(alt), o.ms[c] - alt.ms[c], alt.loss - o.loss))
     return rows
 
 
@@ -137,10 +139,11 @@ def _block(problem: Problem, layer: int) -> str:
 
 
 def format_table(df: pd.DataFrame) -> str:
-    """Fixed-width text of an explain frame (ms and MB with 3 decimals, losses with 3 significant)."""
+    """Fixed-width text of an explain frame (ms with 3 decimals, GiB and losses with 3 significant)."""
     out = df.copy()
-    for c in ("saves_ms", "saves_mb", "alt_saves_ms"):
+    for c in ("saves_ms", "alt_saves_ms"):
         out[c] = out[c].map(lambda v: f"{v:.3f}")
+    out["saves_gib"] = out["saves_gib"].map(lambda v: f"{v:.3g}")
     for c in ("loss", "alt_loss"):
         out[c] = out[c].map(lambda v: f"{v:.3g}")
     return out.to_string(index=False)

@@ -81,13 +81,14 @@ def _plot(df: pd.DataFrame, kind: str, title: str, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    x = "latency_ms" if kind == "latency" else "memory_mb"
+    x = "latency_ms" if kind == "latency" else "memory_gib"
+    df = df.assign(memory_gib=df["memory_mb"] / 1024)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ok = df[df["loss"].notna()]
     front = ok[ok["pareto"]].sort_values(x)
     ax.plot(front[x], front["loss"], "-o", label="Pareto frontier")
     ax.plot(ok[~ok["pareto"]][x], ok[~ok["pareto"]]["loss"], "x", color="grey", label="dominated")
-    ax.set_xlabel("predicted latency (ms)" if kind == "latency" else "predicted peak memory (MB)")
+    ax.set_xlabel("predicted latency (ms)" if kind == "latency" else "predicted peak memory (GiB)")
     ax.set_ylabel("predicted loss")
     ax.set_title(title or f"loss vs {kind} budget")
     ax.grid(alpha=0.3)

@@ -67,11 +67,15 @@ class DeviceSpec:
     bandwidth_gbs: Figure
     peaks: dict[str, Figure]  # math format (fp32, tf32, bf16, fp16, int8, int4) -> dense TFLOP/s or TOPS
     int4_tensor_cores: Figure
+    memory_total_mib: Figure | None = None  # what CUDA reports as the card's total
     match: tuple[str, ...] = ()
     defaults: dict = field(default_factory=dict)
 
     @property
     def memory_gib(self) -> float:
+        """Capacity in GiB: CUDA's reported total where the catalogue has it, else the datasheet's decimal GB."""
+        if self.memory_total_mib is not None:
+            return self.memory_total_mib.value / 1024
         return self.memory_gb.value * 1e9 / GiB
 
     @property
@@ -98,6 +102,7 @@ def catalogue() -> dict[str, DeviceSpec]:
         out[key] = DeviceSpec(key, e["name"], e["type"], e["compute_capability"], int(e["sm_count"]),
                               int(e["smem_per_sm_kib"]), _figure(e["memory_gb"]), _figure(e["bandwidth_gbs"]),
                               {k: _figure(v) for k, v in e["peaks"].items()}, _figure(e["int4_tensor_cores"]),
+                              _figure(e["memory_total_mib"]) if "memory_total_mib" in e else None,
                               tuple(e.get("match", ())), d.get("defaults", {}))
     return out
 

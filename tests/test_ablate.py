@@ -14,6 +14,8 @@ def test_ablate_table3_writes_markdown_and_json(tmp_path, capsys):
                            "--batch", 4, "--out", md, "--json", js)
     assert rc == 0, err
     r = json.loads(js.read_text())
+    assert r["format"] == "litevar-result" and r["provenance"]["command"].startswith("litevar ablate")
+    r = r["data"]
     rows = r["tables"]["3"]
     assert [row["recipe"] for row in rows] == ["dense", "mdwa0.95", "mdwa0.95+asc", "w4a8+qk8+mdwa0.95+asc", "paper"]
     dense, asc = rows[0], rows[2]

@@ -242,11 +242,12 @@ def test_variants_one_at_a_time_when_memory_is_short(tiny, monkeypatch):
     vae, var = tiny
     from litevar.models.core.device import CPUDevice
     monkeypatch.setattr(CPUDevice, "available_bytes", lambda self: 0)
-    plan = [(PNS, 1, "dense", False), (PNS, 1, "W8A8:fc1,fc2", False), (PNS, 1, "KV8:all", True)]
+    plan = [(PNS, 1, "dense", False, "fp32"), (PNS, 1, "W8A8:fc1,fc2", False, "fp32"),
+            (PNS, 1, "KV8:all", True, "fp32")]
     v = cost._Variants(vae, var, arch_of(var), plan, "cpu", "fp32")
     assert not v.keep
     for i in (1, 2, 0, 1):
         _, var_i = v.get(i)
         assert len(v.built) == 1 and isinstance(var_i.blocks[0].ffn.fc1, QuantLinear) == (i == 1)
     df = cost.measure_generations(vae, var, arch_of(var), plan, "cpu", CostSettings(e2e_repeats=2), progress=False)
-    assert (df["ms"] > 0).all() and (df["peak_tf_mb"] > 0).all() and list(df["config"]) == [c for _, _, c, _ in plan]
+    assert (df["ms"] > 0).all() and (df["peak_tf_mb"] > 0).all() and list(df["config"]) == [c for _, _, c, _, _ in plan]

@@ -68,7 +68,7 @@ def test_eval_under_torchrun_gives_the_same_figures(tmp_path):
     args = ["eval", "--num-images", "8", "--batch", "2", "--seed", "3"]  # torchrun would take --n as its own
     alone("-m", "litevar", *args, "--json", tmp_path / "one.json")
     r = torchrun("-m", "litevar", *args, "--json", tmp_path / "two.json")
-    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    one, two = (json.loads((tmp_path / f).read_text())["data"] for f in ("one.json", "two.json"))
     assert two["world_size"] == 2 and one["world_size"] == 1
     for k in ("images_sha256", "class_accuracy", "frechet_feature", "confusion"):
         assert one[k] == two[k], k

@@ -150,7 +150,7 @@ def test_family_format_and_kv_format_added_in_a_test_run_end_to_end(registered, 
     rc, out, err = run_cli(capsys, "bench", "--family", "toyvar", "--plan", plan_path, "--repeats", 1,
                            "--quality", 4, "--json", bench)
     assert rc == 0, err
-    r = json.loads(bench.read_text())
+    r = json.loads(bench.read_text())["data"]
     measured = r["plans"][0]["measured"]
     assert measured["latency_ms"] > 0 and measured["loss"] > 0  # it ran, and changed the model
     assert measured["peak_mb"] < r["dense"]["peak_mb"]  # the budget bought memory

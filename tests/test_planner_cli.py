@@ -40,7 +40,7 @@ def test_plan_writes_a_plan_that_loads_and_round_trips(profile_path, tmp_path, c
 def test_infeasible_budget_is_one_line_with_the_reachable_minima(profile_path, tmp_path, capsys):
     rc, _, err = run_cli(capsys, "plan", "--profile", profile_path, "--resolution", 256, "--max-latency-ms", 0.5,
                          "--out", tmp_path / "x.json")
-    assert_one_line_error(rc, err, "no plan meets the budgets", "reaches at best", " ms", " MB")
+    assert_one_line_error(rc, err, "no plan meets the budgets", "reaches at best", " ms", " GiB")
     assert not (tmp_path / "x.json").exists()
 
 

@@ -170,12 +170,19 @@ def test_applying_twice_is_refused(reference):
 
 
 def test_other_device_warns_or_refuses(reference, caplog):
-    plan = plan_for(reference[3], device={"type": "cuda", "name": "NVIDIA H100 80GB HBM3"})
+    """Another CPU model: a warning (--strict-device refuses); another kind of device: refused."""
+    from litevar.models.core.device import fingerprint
+    here = fingerprint("cpu")
+    other_cpu = plan_for(reference[3], device={"type": "cpu", "name": "Intel Xeon", "cpu_family": "6",
+                                                "cpu_model": "143" if here.get("cpu_model") != "143" else "106"})
     with caplog.at_level(logging.WARNING, logger="litevar.runtime"):
-        planned(plan)
-    assert "another device" in caplog.text and "NVIDIA H100" in caplog.text
-    with pytest.raises(UserError, match="another device"):
-        planned(plan, strict_device=True)
+        planned(other_cpu)
+    assert "Intel Xeon" in caplog.text and "re-plan for this device" in caplog.text
+    with pytest.raises(UserError, match="Intel Xeon"):
+        planned(other_cpu, strict_device=True)
+    gpu = plan_for(reference[3], device={"type": "cuda", "name": "NVIDIA H100 80GB HBM3"})
+    with pytest.raises(UserError, match="NVIDIA H100.*litevar calibrate"):
+        planned(gpu)
 
 
 def test_apply_plan_reads_a_plan_file(reference, tmp_path):
@@ -201,9 +208,9 @@ def test_generate_refuses_plan_for_another_resolution(reference, tmp_path, capsy
     assert len(err.splitlines()) == 1 and "plan 512 px" in err, err
 
 
-BENCH_KEYS = {"format", "version", "created", "device", "batch", "resolution", "repeats", "warmup", "kernel", "dtype",
-              "quality", "dense", "plans"}
-E2E_KEYS = {"latency_ms", "latency_ms_runs", "peak_mb", "model_mb", "loss", "top1"}
+BENCH_KEYS = {"version", "batch", "resolution", "repeats", "warmup", "kernel", "dtype", "quality", "dense",
+              "baselines", "plans"}
+E2E_KEYS = {"latency_ms", "latency_ms_runs", "peak_mb", "process_peak_mb", "model_mb", "dtype", "loss", "top1"}
 
 
 def test_bench_writes_every_figure(reference, tmp_path, capsys):
@@ -215,8 +222,10 @@ def test_bench_writes_every_figure(reference, tmp_path, capsys):
                "--json", str(out)])
     text = capsys.readouterr().out
     assert rc == 0 and "dense" in text and "plan" in text, text
-    r = json.loads(out.read_text())
-    assert set(r) == BENCH_KEYS and r["version"] == 2 and r["quality"] is None
+    whole = json.loads(out.read_text())
+    assert whole["kind"] == "bench" and whole["provenance"]["command"].startswith("litevar bench")
+    r = whole["data"]
+    assert set(r) == BENCH_KEYS and r["version"] == 3 and r["quality"] is None and r["baselines"] == []
     (e,) = r["plans"]
     for m in (r["dense"], e["measured"]):
         assert set(m) == E2E_KEYS and m["loss"] is None
@@ -228,7 +237,8 @@ def test_bench_writes_every_figure(reference, tmp_path, capsys):
     assert e["speedup"]["of_medians"] == pytest.approx(r["dense"]["latency_ms"] / e["measured"]["latency_ms"])
     err = e["prediction_error"]
     assert err["latency"] == pytest.approx((55.0 - e["measured"]["latency_ms"]) / e["measured"]["latency_ms"])
-    assert set(err) == {"latency", "memory", "loss", "dense_latency", "dense_memory", "latency_drift_corrected"}
+    assert set(err) == {"latency", "memory", "process_memory", "loss", "dense_latency", "dense_memory",
+                        "latency_drift_corrected"}
     pred_dense = e["predicted"]["dense_latency_ms"]  # the plan predicts 80 ms
     assert err["latency_drift_corrected"] == pytest.approx(55.0 / pred_dense * e["speedup"]["measured"] - 1)
     assert e["plan_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -242,7 +252,7 @@ def test_bench_several_plans_with_quality(reference, tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", "--plan", str(w8), "--plan", str(shared), "--repeats", "1", "--warmup", "0",
                  "--quality", "4", "--kernel", "torch", "--json", str(out)]) == 0
-    r = json.loads(out.read_text())
+    r = json.loads(out.read_text())["data"]
     assert r["quality"] == {"n": 4, "cfg": 4.0, "seed": 0}
     assert [e["plan"] for e in r["plans"]] == [str(w8), str(shared)]
     assert r["dense"]["loss"] == pytest.approx(0.0, abs=1e-6) and r["dense"]["top1"] == 1.0
@@ -265,7 +275,7 @@ def test_eval_with_plan_reports_fidelity_to_dense(reference, tmp_path, capsys):
     out = tmp_path / "eval.json"
     assert main(["eval", "--plan", str(path), "--n", "4", "--batch", "4", "--json", str(out)]) == 0
     assert "fidelity vs dense" in capsys.readouterr().out
-    r = json.loads(out.read_text())
+    r = json.loads(out.read_text())["data"]
     f = r["fidelity_vs_dense"]
     assert r["plan"] == str(path) and len(f["token_agreement_per_scale"]) == len(SCHEDULES[256])
     assert 0 <= f["cfg_kl_sum"] < 0.05  # W8A8 on four layers barely moves the distribution
@@ -317,7 +327,7 @@ def test_eval_by_scale_reports_where_the_class_shows(tmp_path, capsys):
     assert main(["eval", "--n", "4", "--batch", "4", "--by-scale", "4", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "where the class shows (4 held-out real images" in printed and "per class: disc" in printed
-    r = json.loads(out.read_text())
+    r = json.loads(out.read_text())["data"]
     c, S = r["class_by_scale"], len(SCHEDULES[256])
     assert c["n"] == 4 and len(c["decoded"]) == S and len(c["forced"]) == S
     assert c["decoded"][-1] == 1.0  # every real test image decodes to its class (ceiling: 100% on 500)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from litevar.commands.args import COUNT, SEED, Number
 from litevar.commands.common import add_model_arguments, load_model
-from litevar.models.core.atomic import write_json, write_text
+from litevar.models.core.atomic import write_text
 from litevar.models.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,8 @@ def run(args) -> int:
         write_text(args.out, text)
         print(f"wrote {args.out}")
     if args.json:
-        write_json(args.json, result)
+        from litevar.commands.results import write_result
+        write_result(args.json, "ablation", result, args.device, argv=getattr(args, "_argv", None), program="litevar")
         print(f"wrote {args.json}")
     return 0
 

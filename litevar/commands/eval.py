@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 
@@ -25,7 +26,6 @@ import numpy as np
 
 from litevar.commands.args import COUNT, FRACTION, NONNEG, NONNEG_INT, SEED, Number
 from litevar.commands.common import add_model_arguments, load_model
-from litevar.models.core.atomic import write_json
 from litevar.models.core.distributed import world
 from litevar.models.default.evaluation import Scorer, balanced_images, class_by_scale, fidelity, quality
 from litevar.models.var.inference import sample
@@ -60,8 +60,10 @@ def run(args) -> int:
     vae, dense = load_model(args)
     var = dense
     if plan is not None:
+        from litevar.commands.generate import run_dtype
         from litevar.runtime import planned_copy
         var = planned_copy(vae, dense, plan)
+        args.dtype = run_dtype(args, plan)  # the plan's runtime dtype unless --dtype says otherwise
     w = world()  # under torchrun: images sharded by batch, metrics on rank 0
     imgs, labels = balanced_images(var, args.n, args.seed, args.cfg, args.top_k, args.top_p, args.batch, args.dtype)
     scorer = Scorer(max(args.n, 500)) if w.main else None
@@ -72,7 +74,7 @@ def run(args) -> int:
     if args.by_scale:
         report["class_by_scale"] = class_by_scale(var, vae, scorer, args.by_scale, args.seed, args.cfg, args.top_k,
                                                   args.top_p, args.batch, args.dtype)
-    if plan is not None:  # fidelity of the planned model to the dense fp32 one, same seeds
+    if plan is not None:  # fidelity of the planned model (at its dtype) to the dense fp32 one, same seeds
         report["fidelity_vs_dense"] = fidelity(dense, var, vae, labels, args.seed, args.cfg, args.top_k, args.top_p,
                                                args.batch, args.dtype)
     elif args.dtype != "fp32":  # fidelity of the lower-precision run to the fp32 one, same seeds
@@ -84,7 +86,9 @@ def run(args) -> int:
         return 0
     print_report(report)
     if args.json:
-        write_json(args.json, report)
+        from litevar.commands.results import write_result
+        write_result(args.json, "eval", json.loads(json.dumps(report, default=str)), args.device,
+                     argv=getattr(args, "_argv", None), program="litevar")
         print(f"wrote {args.json}")
     return 0
 

@@ -110,7 +110,8 @@ def run(args) -> int:
         df = frontier.sweep(problem, args.sweep, args.points, settings, budgets)
         csv, png = frontier.write(df, out, args.sweep, f"{Path(args.profile).stem} at {args.resolution} px, "
                                                        f"batch {args.batch}")
-        print(df.drop(columns=["budget"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        shown = df.assign(memory_gib=df["memory_mb"] / 1024).drop(columns=["budget", "memory_mb"])
+        print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         print(f"wrote {csv} and {png}")
         return 0
     guard = _guard(args.guard, profile, target)

@@ -48,14 +48,19 @@ def command_line(argv: list[str] | None = None, program: str | None = None) -> s
 
 
 def provenance(device="cpu", argv: list[str] | None = None, program: str | None = None) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
     import torch
 
-    import litevar
     from litevar.models.core.device import fingerprint
+    try:
+        own = version("litevar")
+    except PackageNotFoundError:
+        own = "0+unknown"
     rev, dirty = git_revision()
     return {"command": command_line(argv, program), "git_revision": rev, "git_dirty": dirty,
             "machine": fingerprint(device), "date": datetime.datetime.now(datetime.timezone.utc)
-            .isoformat(timespec="seconds"), "litevar": litevar.__version__, "torch": torch.__version__}
+            .isoformat(timespec="seconds"), "litevar": own, "torch": torch.__version__}
 
 
 def write_result(path, kind: str, data: dict, device="cpu", argv: list[str] | None = None,

@@ -1,0 +1,53 @@
+"""Published figures come from result files: every block of README.md and docs/benchmarks.md is
+what benchmarks/render.py makes of the committed files, every result file says where it came
+from, and the pages use one memory unit."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import render  # noqa: E402
+
+RESULTS = sorted((ROOT / "docs" / "results").glob("*.json"))
+
+
+def test_pages_are_rendered_from_their_files():
+    for page in render.PAGES:
+        _, changed = render.render_page(page.read_text())
+        assert not changed, f"{page.name}: blocks {changed} differ from their files; run `python benchmarks/render.py`"
+
+
+def test_every_block_has_a_renderer_and_every_page_has_blocks():
+    for page in render.PAGES:
+        names = [m["name"] for m in render.BLOCK.finditer(page.read_text())]
+        assert names, page.name
+        assert set(names) <= set(render.RENDERERS), page.name
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=[p.stem for p in RESULTS])
+def test_result_file_says_where_it_came_from(path):
+    d = json.loads(path.read_text())
+    assert d["format"] == "litevar-result" and d["version"] == 1 and d["kind"]
+    p = d["provenance"]
+    assert p["command"].split()[0] in ("litevar", "python"), p["command"]
+    assert re.fullmatch(r"[0-9a-f]{40}", p["git_revision"] or ""), p["git_revision"]
+    assert p["machine"]["type"] in ("cpu", "cuda") and p["machine"].get("name")
+    assert re.match(r"\d{4}-\d{2}-\d{2}T", p["date"])
+    assert d["data"]
+
+
+def _prose(text: str) -> str:
+    return re.sub(r"```.*?```", "", text, flags=re.S)
+
+
+@pytest.mark.parametrize("page", render.PAGES, ids=lambda p: p.name)
+def test_one_memory_unit(page):
+    """GiB (2**30 bytes) everywhere: no figure in MB or GB on the page."""
+    bad = re.findall(r"\d[\d,.]*\s?(?:MB|GB|MiB)\b", _prose(page.read_text()))
+    assert not bad, f"{page.name}: memory figures not in GiB: {bad[:5]}"
