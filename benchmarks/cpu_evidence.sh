@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU evidence run: every result file under docs/results/ that a CPU measures, then the pages.
-# About two hours on 2 CPU cores (the d30 2048-px generation alone takes about two more: --flagship).
+# About an hour and a half on 2 CPU cores (the d30 2048-px generation alone takes about two more: --flagship).
 # Run it on a quiet machine: the timings are ratios measured within each command, but another heavy
 # job on the same cores still moves them. Each step logs to $LOG_DIR/NAME.log; the run stops at the
 # first failure. --from NAME resumes at a step.
@@ -40,6 +40,8 @@ for p in dense kv8 w4a16-kv4-keep-s1r1 memhalf; do
 done
 step one_d16_2048 python benchmarks/one_generation.py --random-init --depth 16 --plan plans/d16-cpu-2048-8gib.json \
   --json $R/d16-cpu-2048-8gib-one.json
+step one_d30_1024 python benchmarks/one_generation.py --random-init --depth 30 --plan plans/d30-cpu-1024-memhalf.json \
+  --json $R/d30-cpu-1024-memhalf-one.json
 step vs_b8 python benchmarks/planner_vs_recipes.py --profile profiles/default-cpu.json --plans-dir plans \
   --prefix default-cpu-256-b8 --batch 8 --recipes bf16,w8a8 --repeats 7 --quality 40 \
   --json $R/planner-vs-recipes-cpu-b8.json

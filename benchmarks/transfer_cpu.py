@@ -7,7 +7,8 @@ throughput per format. For each such device, in a child process under its settin
 
 1. `litevar calibrate --profile PROFILE --out devices/NAME.json` describes it by measuring it;
 2. `litevar plan --device devices/NAME.json --max-latency-ms B` plans a budget for it (B: 90% of
-   the dense model's latency priced for it);
+   the dense model's latency priced for it, or, where the tier's guard puts that out of reach, the
+   tightest budget a plan can be promised there);
 3. one `litevar bench` run times the dense model, the shipped plans and that budget plan there.
 
 Then every plan is priced for the device from the profile (measured at full ISA and both cores)
@@ -73,6 +74,27 @@ def dense_ms(profile, cal_path: Path | None) -> float:
     return prof.cost_model.predict(arch, arch.patch_nums, 1, dtype="fp32").latency_ms
 
 
+def latency_budget(profile, cal_path: Path) -> tuple[float, str]:
+    """(ms, how it was chosen): 90% of dense priced for the device, or, where no plan reaches that
+    with the guard the calibrated tier implies, 2% above the least latency any plan reaches
+    there times (1 + guard): the tightest budget a plan can be promised for."""
+    from litevar.commands.plan import offered_formats, planned_dtypes
+    from litevar.planner.build import build_problem, parse_formats
+    from litevar.planner.solve import reachable_minima
+    from litevar.profiler.devices import load_target, priced
+    target = load_target(str(cal_path))
+    prof = priced(profile, target)
+    formats = parse_formats(None, offered_formats(prof, target))
+    reach = min(reachable_minima(build_problem(prof, 256, 1, formats, dtype=d))[0]
+                for d in planned_dtypes(prof, "auto"))
+    dense, guard = dense_ms(profile, cal_path), target.guard["latency"]
+    floor = 1.02 * reach * (1 + guard)
+    if 0.9 * dense >= floor:
+        return 0.9 * dense, "90% of dense priced for the device"
+    return floor, (f"90% of dense ({0.9 * dense:.1f} ms) is out of reach with the calibrated tier's {100 * guard:.0f}% "
+                   f"guard: 2% above the least reachable ({reach:.1f} ms) x (1 + guard)")
+
+
 def spearman(a, b) -> float:
     from scipy.stats import spearmanr
     return float(spearmanr(a, b).statistic)
@@ -85,7 +107,7 @@ def run_device(args, name: str, env: dict, profile) -> dict:
     litevar(env, "calibrate", "--device", "cpu", "--profile", args.profile, "--name", f"this CPU, {name}",
             "--budget-s", args.budget_s, "--out", cal)
     calib = json.loads(cal.read_text())
-    budget = 0.9 * dense_ms(profile, cal)
+    budget, budget_rule = latency_budget(profile, cal)
     with tempfile.TemporaryDirectory() as tmp:
         budget_plan = Path(tmp) / f"budget-{name}.json"
         litevar(env, "plan", "--profile", args.profile, "--resolution", 256, "--device", cal,
@@ -105,7 +127,7 @@ def run_device(args, name: str, env: dict, profile) -> dict:
                          "priced_ms": priced_ms(profile, cal, plans[e["plan"]]),
                          "asis_ms": plans[e["plan"]].predicted.latency_ms})
         b = next(e for e in data["plans"] if e["plan"] == str(budget_plan))
-        bp = {"budget_ms": budget, "predicted_ms": b["predicted"]["latency_ms"],
+        bp = {"budget_ms": budget, "budget_rule": budget_rule, "predicted_ms": b["predicted"]["latency_ms"],
               "measured_ms": b["measured"]["latency_ms"], "guard": plans[str(budget_plan)].solver["guard"],
               "dtype": plans[str(budget_plan)].dtype, "met": b["measured"]["latency_ms"] <= budget}
     meas = np.array([r["measured_ms"] for r in rows])
