@@ -153,7 +153,8 @@ def loss_fits(prof: dict) -> list[str]:
         df = tables.table(name)
         out += [f"Loss fit for {what}: {fit['model']} (coef {fit['coef']:.4g}, r² {fit['r2']:.2f}); each point of "
                 "the fit, measured against the line:", "",
-                "| trial | lost attention mass | loss measured | loss from the fit | error |", "|---|---:|---:|---:|---:|"]
+                "| trial | lost attention mass | loss measured | loss from the fit | error |",
+                "|---|---:|---:|---:|---:|"]
         for r in df.itertuples():
             trial = f"ratio {r.ratio:g}" if label else f"keep S={r.sinks}, R={r.recent}"
             pred = fit["coef"] * r.lost_mass
@@ -250,8 +251,9 @@ def vs_recipes(name: str) -> str:
               for pair in d["data"]["pairs"] if (ROOT / pair["plan"]).exists()}
     for g in map(json.loads, sorted(guards)):
         if g:
-            notes.append(f"each plan is solved against the recipe's budgets tightened by the guard ({pct(g['latency'])} "
-                         f"latency, {pct(g['memory'])} memory: {g['source']}); a recipe gets no guard")
+            notes.append(f"each plan is solved against the recipe's budgets tightened by the guard "
+                         f"({pct(g['latency'])} latency, {pct(g['memory'])} memory: {g['source']}); "
+                         "a recipe gets no guard")
     planned = [plan_row(b, Path(pair["plan"]).stem) for pair in d["data"]["pairs"]]
     for base in b["baselines"]:
         notes.append(first_knob(planned, base))
@@ -268,8 +270,8 @@ def first_knob(plans: list[dict], base: dict) -> str:
         return head + "no planner plan here is as fast: **missed**"
     best = min(fast, key=lambda e: e["measured"]["loss"] or 0.0)
     met = (best["measured"]["loss"] or 0.0) <= bl
-    return head + (f"the least-loss planner plan at least as fast is {best['plan_name']} at {best['speedup']['measured']:.2f}x, "
-                   f"loss {num(best['measured']['loss'], '.4f')}: " + ("met" if met else "**missed** (more loss)"))
+    return head + (f"the least-loss planner plan at least as fast is {best['plan_name']} at "
+                   f"{best['speedup']['measured']:.2f}x, loss {num(best['measured']['loss'], '.4f')}: " + ("met" if met else "**missed** (more loss)"))
 
 
 @renderer("one-generations")
