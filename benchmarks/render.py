@@ -270,8 +270,9 @@ def first_knob(plans: list[dict], base: dict) -> str:
         return head + "no planner plan here is as fast: **missed**"
     best = min(fast, key=lambda e: e["measured"]["loss"] or 0.0)
     met = (best["measured"]["loss"] or 0.0) <= bl
+    verdict = "met" if met else "**missed** (more loss)"
     return head + (f"the least-loss planner plan at least as fast is {best['plan_name']} at "
-                   f"{best['speedup']['measured']:.2f}x, loss {num(best['measured']['loss'], '.4f')}: " + ("met" if met else "**missed** (more loss)"))
+                   f"{best['speedup']['measured']:.2f}x, loss {num(best['measured']['loss'], '.4f')}: {verdict}")
 
 
 @renderer("one-generations")
