@@ -5,7 +5,8 @@ the paper's W4A8 + QK8 + fc2 full precision + MDWA 0.95 + ASC) it writes the rec
 planner plan held to every budget the recipe keeps: its predicted latency and its predicted peak
 memory at once (`--max-latency-ms` and `--max-memory-gib`), which the planner meets with its
 guard (`litevar plan --guard auto`: the cost model's worst measured under-prediction), at any
-runtime dtype the profile priced (`--dtype auto`). Then one interleaved `litevar bench` run times
+runtime dtype the profile priced (`--dtype auto`); and the same with no guard (`--guard 0`), on the
+recipe's own footing: a recipe's budgets are its bare predictions. Then one interleaved `litevar bench` run times
 the dense model, the knobs a user tries first (the whole model in bf16 autocast, with and without
 torch.compile: `--baseline`), every recipe and every plan, and measures each one's quality loss.
 
@@ -61,9 +62,12 @@ def make_plans(args) -> list[dict]:
         _cli("plan", *common, "--recipe", spec, "--out", rec)
         pred = Plan.load(rec).predicted
         budgets = {"max_latency_ms": round(pred.latency_ms, 4), "max_memory_gib": round(pred.memory_mb / 1024, 7)}
-        _cli("plan", *common, "--max-latency-ms", budgets["max_latency_ms"], "--max-memory-gib",
-             budgets["max_memory_gib"], "--guard", args.guard, "--out", vs)
-        rows.append({"recipe": spec, "recipe_plan": str(rec), "plan": str(vs), "budgets": budgets})
+        held = ("--max-latency-ms", budgets["max_latency_ms"], "--max-memory-gib", budgets["max_memory_gib"])
+        _cli("plan", *common, *held, "--guard", args.guard, "--out", vs)
+        bare = out / f"{args.prefix}-vs-{slug(spec)}-noguard.json"  # on the recipe's footing: no guard either
+        _cli("plan", *common, *held, "--guard", 0, "--out", bare)
+        rows.append({"recipe": spec, "recipe_plan": str(rec), "plan": str(vs), "plan_noguard": str(bare),
+                     "budgets": budgets})
     return rows
 
 
@@ -77,7 +81,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     started = provenance("cpu", argv)
     rows = make_plans(args)
-    plans = [p for r in rows for p in (r["recipe_plan"], r["plan"])]
+    plans = [p for r in rows for p in (r["recipe_plan"], r["plan"], r["plan_noguard"])]
     with tempfile.TemporaryDirectory() as tmp:
         bench = Path(tmp) / "bench.json"
         _cli("bench", *(a for p in plans for a in ("--plan", p)),
