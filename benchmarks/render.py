@@ -318,13 +318,21 @@ def transfer() -> str:
     lines = [f"Source profile: {t['profile']} (measured at full ISA, {t['source_threads']} threads).", "",
              "| device | calibration s | plans | median error, calibrated | Spearman | median error, profile as is "
              "| budget plan: predicted / measured |", "|---|---:|---:|---:|---:|---:|---|"]
+    notes = []
     for dev in t["devices"]:
         bp = dev.get("budget_plan") or {}
-        lines.append(f"| {dev['name']} | {dev['calibration_s']:.0f} | {len(dev['rows'])} | "
+        priced = [r for r in dev["rows"] if r.get("priced_ms") is not None]
+        skipped = [r["plan"] for r in dev["rows"] if r.get("priced_ms") is None]
+        if bp:
+            notes.append(f"{dev['name']}: budget {bp['budget_ms']:.1f} ms, "
+                         f"{bp.get('budget_rule', '90% of dense priced for the device')}")
+        if skipped:
+            notes.append(f"{dev['name']}: not priced (a format the device is not offered): {', '.join(skipped)}")
+        lines.append(f"| {dev['name']} | {dev['calibration_s']:.0f} | {len(priced)} | "
                      f"{100 * dev['median_err']:.1f}% | {dev['spearman']:.2f} | {100 * dev['asis_median_err']:.1f}% | "
                      f"{num(bp.get('predicted_ms'))} / {num(bp.get('measured_ms'))} ms "
                      f"({'met' if bp.get('met') else '**missed**'}) |")
-    lines += ["", source(d, "transfer-cpu")]
+    lines += ["", *(f"- {n}." for n in notes), "", source(d, "transfer-cpu")]
     return "\n".join(lines)
 
 

@@ -123,16 +123,21 @@ def run_device(args, name: str, env: dict, profile) -> dict:
         for e in data["plans"]:
             if e["plan"] == str(budget_plan):
                 continue
-            rows.append({"plan": Path(e["plan"]).stem, "measured_ms": e["measured"]["latency_ms"],
-                         "priced_ms": priced_ms(profile, cal, plans[e["plan"]]),
-                         "asis_ms": plans[e["plan"]].predicted.latency_ms})
+            row = {"plan": Path(e["plan"]).stem, "measured_ms": e["measured"]["latency_ms"],
+                   "asis_ms": plans[e["plan"]].predicted.latency_ms}
+            try:
+                row["priced_ms"] = priced_ms(profile, cal, plans[e["plan"]])
+            except KeyError as err:  # a format the device does not offer: the planner never plans it there
+                row.update(priced_ms=None, not_priced=str(err).strip('"'))
+            rows.append(row)
         b = next(e for e in data["plans"] if e["plan"] == str(budget_plan))
         bp = {"budget_ms": budget, "budget_rule": budget_rule, "predicted_ms": b["predicted"]["latency_ms"],
               "measured_ms": b["measured"]["latency_ms"], "guard": plans[str(budget_plan)].solver["guard"],
               "dtype": plans[str(budget_plan)].dtype, "met": b["measured"]["latency_ms"] <= budget}
-    meas = np.array([r["measured_ms"] for r in rows])
-    pri = np.array([r["priced_ms"] for r in rows])
-    asis = np.array([r["asis_ms"] for r in rows])
+    priced_rows = [r for r in rows if r["priced_ms"] is not None]  # the statistics: plans the device is offered
+    meas = np.array([r["measured_ms"] for r in priced_rows])
+    pri = np.array([r["priced_ms"] for r in priced_rows])
+    asis = np.array([r["asis_ms"] for r in priced_rows])
     return {"name": name, "env": env, "calibration": str(cal), "calibration_s": calib["seconds"],
             "calibration_held_out_err": calib["validation"]["latency_err"], "rows": rows,
             "median_err": float(np.median(np.abs(pri / meas - 1))), "spearman": spearman(pri, meas),
