@@ -14,6 +14,7 @@ plan that fits. The plans go to plans/gpu/, the table to a result file (kind "gp
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
                 target = from_spec(spec)
                 ms, mib = dense(profile, target, res)
                 path = out / f"d{depth}-{res}-{key.lower()}.json"
-                budget = f"{spec.memory_gib:.2f}"
+                budget = f"{math.floor(spec.memory_gib * 100) / 100:.2f}"  # rounded down: never above capacity
                 rc = litevar_main(["plan", "--profile", prof_path, "--losses-from", SOURCE, "--resolution", str(res),
                                    "--device", key, "--dtype", target.dtype, "--max-memory-gib", budget,
                                    "--out", str(path)])
@@ -94,6 +95,9 @@ def main(argv=None) -> int:
                 else:
                     path.unlink(missing_ok=True)
                     row["plan"], row["least_mb"] = None, least_mib(profile, target, res)
+                    if row["least_mb"] <= float(budget) * 1024:  # it fits on paper: the failure is ours
+                        sys.exit(f"litevar plan failed for {key} at {res} px though a plan of "
+                                 f"{row['least_mb'] / 1024:.2f} GiB fits {budget} GiB (see above)")
                 rows.append(row)
     write_result(args.json, "gpu-fit", {"rows": rows, "source": SOURCE}, started=started)
     print(f"wrote {args.json} and {len([r for r in rows if r['plan']])} plans under {out}")
