@@ -139,7 +139,7 @@ def test_memory_budget_above_the_device_is_refused(tmp_path, capsys):
     synthetic_profile(4, 256, device="cpu").save(path)
     rc, _, err = run_cli(capsys, "plan", "--profile", path, "--resolution", 256, "--device", "T4",
                          "--max-memory-gib", 40, "--out", tmp_path / "x.json")
-    assert_one_line_error(rc, err, "40", "NVIDIA Tesla T4", "15.0 GiB")
+    assert_one_line_error(rc, err, "40", "NVIDIA Tesla T4", "15.00 GiB")
 
 
 def test_plan_for_a_catalogue_gpu_respects_its_capabilities(tmp_path, capsys):

@@ -186,7 +186,7 @@ def target_profile(args):
     target = load_target(args.device)
     if target.memory_gib is not None and args.max_memory_gib is not None and args.max_memory_gib > target.memory_gib:
         raise UserError(f"--max-memory-gib {args.max_memory_gib:g} is more than {target.name} has "
-                        f"({target.memory_gib:.1f} GiB); give a budget it can hold")
+                        f"({target.memory_gib:.2f} GiB); give a budget it can hold")
     return priced(profile, target), target
 
 
