@@ -340,13 +340,14 @@ def transfer() -> str:
 def gpu_fit() -> str:
     d = result("gpu-fit", "gpu-fit")
     rows = d["data"]["rows"]
-    lines = ["| model | px | device | memory GiB | dense: ms, GiB | plan | plan: dtype, ms, GiB, loss |",
+    lines = ["| model | px | device (`litevar devices`) | memory GiB | dense: ms, GiB | plan "
+             "| plan: dtype, ms, GiB, loss |",
              "|---|---:|---|---:|---|---|---|"]
     for r in rows:
         plan = r.get("plan")
         ptxt = (f"none fits: the least any plan reaches is {gib(r.get('least_mb'))} GiB" if plan is None else
                 f"{plan['dtype']}, {plan['latency_ms']:.0f}, {gib(plan['memory_mb'])}, {plan['loss']:.3g}")
-        lines.append(f"| {r['model']} | {r['resolution']} | {r['device']} | {r['device_gib']:.0f} | "
+        lines.append(f"| {r['model']} | {r['resolution']} | `{r['catalogue']}` | {r['device_gib']:.1f} | "
                      f"{r['dense_ms']:.0f}, {gib(r['dense_mb'])}{'' if r['dense_fits'] else ' (does not fit)'} | "
                      f"{r['plan_kind']} | {ptxt} |")
     lines += ["", "All figures at the spec tier (the catalogue's datasheet figures and assumed efficiencies; "

@@ -46,7 +46,8 @@ def test_plan_predictions_are_what_its_profile_gives(path):
     assert pred.memory_mb == pytest.approx(plan.predicted.memory_mb, rel=rel)
     if plan.solver.get("name") != "recipe" or not plan.solver.get("loss_leaves_out"):
         family = None if plan.windows is None else plan.windows.family.value
-        problem = build_problem(profile, plan.resolution, plan.batch, family=family, **_recipe_kv(plan))
+        problem = build_problem(profile, plan.resolution, plan.batch, family=family, dtype=plan.dtype,
+                                **_recipe_kv(plan))
         sel = selection_of(plan)
         assert selection_kv_specs(problem, sel) is not None
         assert evaluate(problem, sel).loss == pytest.approx(plan.predicted.loss, rel=1e-9, abs=1e-12)
