@@ -444,6 +444,9 @@ def readme_results() -> str:
         lines.append(f"| {model}, {g['resolution']} px | {what}, one generation | {gib(g['dense_predicted_mib'], 1)} "
                      f"GiB predicted | {gib(g['predicted_mib'])} GiB | **{gib(g['peak_mib'])} GiB** "
                      f"({pct(g['memory_err'])}), {g['seconds'] / 60:.0f} min |")
+    lines += ["", "Memory: the allocator's peak, which plans predict and budgets govern (the process's peak is "
+                  "beside it in docs/benchmarks.md); the error in brackets is predicted / measured - 1, so a "
+                  "positive one is a prediction on the safe side."]
     return "\n".join(lines)
 
 
