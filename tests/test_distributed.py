@@ -47,6 +47,7 @@ def test_single_process_shards_nothing():
     assert not torch.distributed.is_initialized()  # nothing here created a process group
 
 
+@pytest.mark.heavy  # its functions run inside test_profile_under_torchrun_... too; `python -m pytest -m heavy`
 def test_sharded_quality_functions_equal_one_process(tmp_path):
     """Calibration, sensitivity (linears, QK8, KV), attention coverage and CFG sharing, run by 2
     ranks, equal the single process: tokens and losses exactly, coverage sums within 1e-6."""

@@ -6,11 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_evidence  # noqa: E402
 
 
+@pytest.mark.heavy  # about 2 minutes: `python -m pytest -m heavy`
 def test_dry_run_writes_every_file_of_the_real_run(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable}
     r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_evidence.sh"), "--dry-run", "--out-root", str(tmp_path)],

@@ -1,5 +1,4 @@
 """Checkpoint compatibility and numerical parity with the formulas of the official VAR."""
-import copy
 import math
 
 import pytest
@@ -214,13 +213,11 @@ def test_lean_decoder_equals_the_decoder(monkeypatch):
     z = torch.randn(2, SMALL_VAE["Cvae"], 7, 5)
     with torch.enable_grad():
         ref = vae.decoder(z).detach()  # training path: bmm attention, whole maps
-        exact = copy.deepcopy(vae.decoder).double()(z.double()).detach()
-    # Both paths do the same float32 operations in another summation order, so each is as far from
-    # the float64 result as rounding takes one order: the plain path's own error. Two orders of
-    # independent roundings differ by up to about twice that; 4x (plus a few ulps for a plain
-    # path that happens to round almost exactly) bounds it on any machine, and a wrong strip
-    # border (a missing or doubled row) is off by orders of magnitude more.
-    tol = 4 * rel_err(ref, exact) + 1e-6
+    # The two paths differ by float32 summation order (each ~1e-6-1e-5 from a float64 run of the
+    # same weights, depending on the draw) and by where GroupNorm's statistics are summed (~1e-7
+    # in float64). What this test exists to catch, a strip border that drops or repeats a row of
+    # the map, moves the output by ~1e-1 relative. 1e-4 sits far from both.
+    tol = 1e-4
     for strip in (1, 2 * 32 * 10 * 4, 3 * 2 * 32 * 10 * 4):  # bytes: strips of ~1, 2 and 3 rows
         monkeypatch.setattr(vqvae, "STRIP_BYTES", strip)
         with torch.no_grad():
