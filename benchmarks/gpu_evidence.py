@@ -136,6 +136,7 @@ class Run:
 
     def tiers(self, budget):
         """Each benched plan's dense and plans priced for this GPU from the CPU profiles, per tier."""
+        from litevar.planner.build import plan_prediction
         from litevar.planner.plan import Plan
         from litevar.profiler.devices import catalogue, from_calibration, from_spec, median_rel_err, priced, spec_for
         from litevar.profiler.profile import Profile
@@ -152,7 +153,6 @@ class Run:
                 prof = priced(Profile.load(CPU_PROFILES[model]), target)
                 for e in bench["plans"]:
                     plan = Plan.load(e["plan"])
-                    from litevar.planner.build import plan_prediction
                     plan.dtype = e["measured"].get("dtype") or plan.dtype
                     rows.append({"model": model, "plan": Path(e["plan"]).name,
                                  "measured_ms": e["measured"]["latency_ms"],

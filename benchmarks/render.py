@@ -291,12 +291,11 @@ def first_knob(plans: list[dict], base: dict) -> str:
 
 @renderer("one-generations")
 def one_generations() -> str:
-    names = sorted(p.stem for p in RESULTS.glob("*-one.json"))
+    files = {p.stem: result(p.stem, "one-generation") for p in sorted(RESULTS.glob("*-one.json"))}
     lines = ["| plan | batch, px | dtype | budget GiB | peak set by (predicted) | KV cache GiB | allocator peak GiB "
              "predicted / measured | error | process peak GiB | time s predicted / measured |",
              "|---|---|---|---:|---|---:|---|---:|---:|---|"]
-    for name in names:
-        g = result(name, "one-generation")["data"]
+    for g in (d["data"] for d in files.values()):
         b = g.get("predicted_breakdown_mib") or {}
         phase = "decode" if b.get("decode_phase", 0) > sum(b.get(k, 0) for k in ("weights", "kv_cache", "activations",
                                                                                    "other")) else "transformer"
@@ -306,8 +305,8 @@ def one_generations() -> str:
                      f"{pct(g['memory_err'])} | {gib(g.get('process_peak_mib'))} | "
                      f"{num(g.get('predicted_s'), '.0f')} / {g['seconds']:.0f} |")
     lines.append("")
-    for name in names:
-        lines.append(f"- {result(name)['data']['plan_name']}: " + source(result(name), name))
+    for name, d in files.items():
+        lines.append(f"- {d['data']['plan_name']}: " + source(d, name))
     return "\n".join(lines)
 
 

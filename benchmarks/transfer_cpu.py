@@ -29,9 +29,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from litevar.commands.results import provenance, read_result, write_result
+from litevar.profiler.devices import median_rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICES = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"}, "1-thread": {"OMP_NUM_THREADS": "1"}}
@@ -61,33 +60,28 @@ def litevar(env: dict, *argv) -> str:
     return r.stdout
 
 
-def priced_ms(profile, cal_path: Path, plan) -> float:
+def priced_ms(prof, plan) -> float:
+    """The plan's latency on `prof` (a profile priced for the device)."""
     from litevar.planner.build import plan_prediction
-    from litevar.profiler.devices import load_target, priced
-    return plan_prediction(plan, priced(profile, load_target(str(cal_path)))).latency_ms
+    return plan_prediction(plan, prof).latency_ms
 
 
-def dense_ms(profile, cal_path: Path | None) -> float:
-    from litevar.profiler.devices import load_target, priced
-    prof = profile if cal_path is None else priced(profile, load_target(str(cal_path)))
+def dense_ms(prof) -> float:
     arch = prof.arch
     return prof.cost_model.predict(arch, arch.patch_nums, 1, dtype="fp32").latency_ms
 
 
-def latency_budget(profile, cal_path: Path) -> tuple[float, str]:
-    """(ms, how it was chosen): 90% of dense priced for the device, or, where no plan reaches that
-    with the guard the calibrated tier implies, 2% above the least latency any plan reaches
-    there times (1 + guard): the tightest budget a plan can be promised for."""
+def latency_budget(prof, target) -> tuple[float, str]:
+    """(ms, how it was chosen) on `prof`, the profile priced for `target`: 90% of dense, or, where
+    no plan reaches that with the guard the calibrated tier implies, 2% above the least latency
+    any plan reaches there times (1 + guard): the tightest budget a plan can be promised for."""
     from litevar.commands.plan import offered_formats, planned_dtypes
     from litevar.planner.build import build_problem, parse_formats
     from litevar.planner.solve import reachable_minima
-    from litevar.profiler.devices import load_target, priced
-    target = load_target(str(cal_path))
-    prof = priced(profile, target)
     formats = parse_formats(None, offered_formats(prof, target))
     reach = min(reachable_minima(build_problem(prof, 256, 1, formats, dtype=d))[0]
                 for d in planned_dtypes(prof, "auto"))
-    dense, guard = dense_ms(profile, cal_path), target.guard["latency"]
+    dense, guard = dense_ms(prof), target.guard["latency"]
     floor = 1.02 * reach * (1 + guard)
     if 0.9 * dense >= floor:
         return 0.9 * dense, "90% of dense priced for the device"
@@ -102,12 +96,15 @@ def spearman(a, b) -> float:
 
 def run_device(args, name: str, env: dict, profile) -> dict:
     from litevar.planner.plan import Plan
+    from litevar.profiler.devices import load_target, priced
     cal = Path(args.calibration_dir) / f"{name}.json"
     cal.parent.mkdir(parents=True, exist_ok=True)
     litevar(env, "calibrate", "--device", "cpu", "--profile", args.profile, "--name", f"this CPU, {name}",
             "--budget-s", args.budget_s, "--out", cal)
     calib = json.loads(cal.read_text())
-    budget, budget_rule = latency_budget(profile, cal)
+    target = load_target(str(cal))
+    dev_prof = priced(profile, target)  # the profile priced for this device, once
+    budget, budget_rule = latency_budget(dev_prof, target)
     with tempfile.TemporaryDirectory() as tmp:
         budget_plan = Path(tmp) / f"budget-{name}.json"
         litevar(env, "plan", "--profile", args.profile, "--resolution", 256, "--device", cal,
@@ -118,15 +115,15 @@ def run_device(args, name: str, env: dict, profile) -> dict:
                 "--json", bench)
         data = read_result(bench, "bench")["data"]
         plans = {e["plan"]: Plan.load(e["plan"]) for e in data["plans"]}
-        rows = [{"plan": "dense", "measured_ms": data["dense"]["latency_ms"], "priced_ms": dense_ms(profile, cal),
-                 "asis_ms": dense_ms(profile, None)}]
+        rows = [{"plan": "dense", "measured_ms": data["dense"]["latency_ms"], "priced_ms": dense_ms(dev_prof),
+                 "asis_ms": dense_ms(profile)}]
         for e in data["plans"]:
             if e["plan"] == str(budget_plan):
                 continue
             row = {"plan": Path(e["plan"]).stem, "measured_ms": e["measured"]["latency_ms"],
                    "asis_ms": plans[e["plan"]].predicted.latency_ms}
             try:
-                row["priced_ms"] = priced_ms(profile, cal, plans[e["plan"]])
+                row["priced_ms"] = priced_ms(dev_prof, plans[e["plan"]])
             except KeyError as err:  # a format the device does not offer: the planner never plans it there
                 row.update(priced_ms=None, not_priced=str(err).strip('"'))
             rows.append(row)
@@ -135,13 +132,13 @@ def run_device(args, name: str, env: dict, profile) -> dict:
               "measured_ms": b["measured"]["latency_ms"], "guard": plans[str(budget_plan)].solver["guard"],
               "dtype": plans[str(budget_plan)].dtype, "met": b["measured"]["latency_ms"] <= budget}
     priced_rows = [r for r in rows if r["priced_ms"] is not None]  # the statistics: plans the device is offered
-    meas = np.array([r["measured_ms"] for r in priced_rows])
-    pri = np.array([r["priced_ms"] for r in priced_rows])
-    asis = np.array([r["asis_ms"] for r in priced_rows])
+    meas = [r["measured_ms"] for r in priced_rows]
+    pri = [r["priced_ms"] for r in priced_rows]
+    asis = [r["asis_ms"] for r in priced_rows]
     return {"name": name, "env": env, "calibration": str(cal), "calibration_s": calib["seconds"],
             "calibration_held_out_err": calib["validation"]["latency_err"], "rows": rows,
-            "median_err": float(np.median(np.abs(pri / meas - 1))), "spearman": spearman(pri, meas),
-            "asis_median_err": float(np.median(np.abs(asis / meas - 1))), "asis_spearman": spearman(asis, meas),
+            "median_err": median_rel_err(pri, meas), "spearman": spearman(pri, meas),
+            "asis_median_err": median_rel_err(asis, meas), "asis_spearman": spearman(asis, meas),
             "budget_plan": bp}
 
 

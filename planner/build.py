@@ -7,7 +7,6 @@ width reaching it (a handful per part); parts flagged as attention sinks stay FU
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 
 import numpy as np
@@ -15,6 +14,7 @@ import pandas as pd
 
 from litevar.kernels.formats import FORMATS, get_format
 from litevar.kernels.kvquant import KV_FORMATS as KV_REGISTRY
+from litevar.models.core.atomic import file_sha256
 from litevar.models.core.device import PLAN_KEYS
 from litevar.models.core.errors import UserError
 from litevar.models.core.family import Arch, family_of
@@ -40,11 +40,7 @@ KEPT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)  # where the MDWA kernel cost is sampled
 
 def profile_sha256(path) -> str:
     """sha256 of the profile file's bytes: the plan's link to the profile it was made from."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def guard_band(validation: list[dict]) -> dict:

@@ -189,7 +189,7 @@ def test_shipped_weights_come_from_the_default_recipe():
     import json
     from dataclasses import asdict
 
-    from litevar.commands.train import file_sha256
+    from litevar.models.core.atomic import file_sha256
     card = json.loads((train.ASSETS / "train.json").read_text())
     assert card["recipe"] == json.loads(json.dumps(asdict(train.TrainConfig())))
     # and it describes these weights: a weight file replaced without its card fails here

@@ -134,8 +134,8 @@ def run(args) -> int:
         write_text(args.out, text)
         print(f"wrote {args.out}")
     if args.json:
-        from litevar.commands.results import write_result
-        write_result(args.json, "ablation", result, args.device, argv=getattr(args, "_argv", None), program="litevar")
+        from litevar.commands.results import write_command_result
+        write_command_result(args, "ablation", result, args.device)
         print(f"wrote {args.json}")
     return 0
 

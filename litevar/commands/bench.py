@@ -163,7 +163,7 @@ def drift_corrected_err(pred_ms, pred_dense_ms, measured_speedup) -> float | Non
 
 
 def plan_entry(plan, path: str, dense: E2E, m: E2E) -> dict:
-    from litevar.planner.build import profile_sha256 as file_sha256
+    from litevar.models.core.atomic import file_sha256
     pred = plan.predicted
     promised = pred.speedup
     if promised is None and pred.dense_latency_ms and pred.latency_ms:
@@ -268,7 +268,7 @@ def _check_same_shape(plans: list, paths: list[str]) -> None:
 
 
 def run(args) -> int:
-    from litevar.commands.results import write_result
+    from litevar.commands.results import write_command_result
     from litevar.models.core.device import fingerprint
     from litevar.models.core.family import family_of_model
     from litevar.planner.plan import Plan
@@ -302,6 +302,6 @@ def run(args) -> int:
     r = report(plans, args.plan, m["dense"], [m[i] for i in range(len(plans))], base, args, batch, resolution)
     print(format_table(r, fingerprint(device)))
     if args.json:
-        write_result(args.json, "bench", r, device, argv=getattr(args, "_argv", None), program="litevar")
+        write_command_result(args, "bench", r, device)
         print(f"wrote {args.json}")
     return 0

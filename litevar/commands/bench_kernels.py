@@ -7,7 +7,6 @@ machine, date)."""
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 
@@ -40,8 +39,7 @@ def run(args) -> int:
         report["attention"] = bench_attention(dev, args.which)
         print_table(report["attention"])
     if args.json:
-        from litevar.commands.results import write_result
-        write_result(args.json, "bench-kernels", json.loads(json.dumps(report, default=str)), dev,
-                     argv=getattr(args, "_argv", None), program="litevar")
+        from litevar.commands.results import write_command_result
+        write_command_result(args, "bench-kernels", report, dev, default=str)
         print(f"wrote {args.json}")
     return 0

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 
@@ -86,9 +85,8 @@ def run(args) -> int:
         return 0
     print_report(report)
     if args.json:
-        from litevar.commands.results import write_result
-        write_result(args.json, "eval", json.loads(json.dumps(report, default=str)), args.device,
-                     argv=getattr(args, "_argv", None), program="litevar")
+        from litevar.commands.results import write_command_result
+        write_command_result(args, "eval", report, args.device, default=str)
         print(f"wrote {args.json}")
     return 0
 

@@ -64,11 +64,20 @@ def provenance(device="cpu", argv: list[str] | None = None, program: str | None 
 
 
 def write_result(path, kind: str, data: dict, device="cpu", argv: list[str] | None = None,
-                 program: str | None = None, started: dict | None = None) -> Path:
+                 program: str | None = None, started: dict | None = None, **dumps_kw) -> Path:
     """Write a result file atomically (see the module docstring). `started`: the provenance taken
-    when the run began (a long run's code is the revision it started on), else taken now."""
+    when the run began (a long run's code is the revision it started on), else taken now;
+    `dumps_kw`: json.dumps options (default=str writes values JSON cannot hold as their str)."""
     prov = started or provenance(device, argv, program)
-    return write_json(path, {"format": FORMAT, "version": VERSION, "kind": kind, "provenance": prov, "data": data})
+    return write_json(path, {"format": FORMAT, "version": VERSION, "kind": kind, "provenance": prov, "data": data},
+                      **dumps_kw)
+
+
+def write_command_result(args, kind: str, data: dict, device="cpu", **dumps_kw) -> Path:
+    """write_result to a `litevar` command's --json, with the command line as typed (the CLI
+    keeps it in args._argv)."""
+    return write_result(args.json, kind, data, device, argv=getattr(args, "_argv", None), program="litevar",
+                        **dumps_kw)
 
 
 def read_result(path, kind: str | None = None) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from litevar.commands.args import COUNT, POSITIVE, SEED
-from litevar.models.core.atomic import atomic_path, write_text
+from litevar.models.core.atomic import atomic_path, file_sha256, write_text
 from litevar.models.core.errors import UserError
 from litevar.models.default.train import (
     ASSETS,
@@ -40,15 +40,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=COUNT, default=None, help="torch CPU threads (default: all cores)")
     p.add_argument("--device", default="cpu")
 
-
-
-def file_sha256(path) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def run(args) -> int:

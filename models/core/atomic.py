@@ -1,8 +1,10 @@
 """Files written atomically: a temp file in the target's folder, then os.replace, so that a crash
-or a bad input never leaves a half-written file (the temp file is removed on any error)."""
+or a bad input never leaves a half-written file (the temp file is removed on any error); and the
+sha256 of a file's bytes, which links a plan to its profile and a model card to its weights."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -33,3 +35,12 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, data, **dumps_kw) -> Path:
     return write_text(path, json.dumps(data, indent=1, **dumps_kw) + "\n")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of the file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
