@@ -24,6 +24,7 @@ ALLOWED = {
     "models/core": set(),
     "models/var": {"models/core"},
     "models/default": {"models/core", "models/var"},
+    "models/infinity": {"models/core", "models/var"},
     "kernels": {"models/core"},
     "profiler": {"models/core", "kernels"},
     "planner": {"models/core", "kernels", "profiler"},
@@ -34,7 +35,8 @@ ALLOWED = {
     "benchmarks": {"models/core", "models/var", "models/default", "kernels", "profiler", "planner",
                    "litevar/runtime", "litevar/commands", "litevar"},
 }
-FAMILIES = ("models/var", "models/default")  # found through the family registry, never imported below
+# found through the family registry, never imported below
+FAMILIES = ("models/var", "models/default", "models/infinity")
 
 
 def part_of(module: str) -> str | None:

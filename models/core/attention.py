@@ -29,19 +29,33 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class ScaleLayout:
-    """Token layout of a patch_nums schedule: scale si owns tokens [begin[si], end[si])."""
+    """Token layout of a schedule: scale si owns tokens [begin[si], end[si]). Scales are squares of
+    side patch_nums[si], or, when `hw` is given (an aspect-ratio schedule), hw[si] = (rows, columns);
+    then patch_nums holds the rows, and kernels that assume squares refuse the layout."""
 
     patch_nums: tuple[int, ...]
+    hw: tuple[tuple[int, int], ...] | None = None
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Tokens per scale."""
+        if self.hw is None:
+            return tuple(pn * pn for pn in self.patch_nums)
+        return tuple(h * w for h, w in self.hw)
+
+    @property
+    def square(self) -> bool:
+        return self.hw is None or all(h == w for h, w in self.hw)
 
     @property
     def begin(self) -> tuple[int, ...]:
-        return tuple(self.end[i] - pn * pn for i, pn in enumerate(self.patch_nums))
+        return tuple(e - n for e, n in zip(self.end, self.sizes))
 
     @property
     def end(self) -> tuple[int, ...]:
         ends, total = [], 0
-        for pn in self.patch_nums:
-            total += pn * pn
+        for n in self.sizes:
+            total += n
             ends.append(total)
         return tuple(ends)
 
@@ -65,7 +79,8 @@ class AttnCall:
         """(layout, scale) of the keys as given: the keys of `parts` in order, the query scale last."""
         if self.parts is None:
             return self.layout, self.scale
-        return ScaleLayout(tuple(self.layout.patch_nums[j] for j in self.parts)), len(self.parts) - 1
+        hw = None if self.layout.hw is None else tuple(self.layout.hw[j] for j in self.parts)
+        return ScaleLayout(tuple(self.layout.patch_nums[j] for j in self.parts), hw), len(self.parts) - 1
 
 
 class AttentionBackend(Protocol):
@@ -113,8 +128,7 @@ class DenseAttention:
         if not head:
             return o_last
         lvl = torch.repeat_interleave(torch.arange(len(head), device=q_BHlc.device),
-                                      torch.tensor([pn * pn for pn in ctx.layout.patch_nums[:len(head)]],
-                                                   device=q_BHlc.device))
+                                      torch.tensor(ctx.layout.sizes[:len(head)], device=q_BHlc.device))
         mask_LL = lvl[:, None] >= lvl[None, :]
         o_head = F.scaled_dot_product_attention(q_BHlc[:, :, :Lh], k_BHLc[:, :, :Lh], v_BHLc[:, :, :Lh],
                                                 attn_mask=mask_LL, scale=ctx.softmax_scale)

@@ -279,7 +279,7 @@ class ModelFamily:
 
 FAMILIES: dict[str, ModelFamily] = {}
 # families shipped with litevar, imported when first asked for (no import at start-up)
-BUILTIN = {"var": "litevar.models.var.family"}
+BUILTIN = {"var": "litevar.models.var.family", "infinity": "litevar.models.infinity.family"}
 # a family's default model (no checkpoint given): "module:function(device) -> (vae, model)"
 DEFAULT_MODELS = {"var": "litevar.models.default:load_default"}
 DEFAULT_FAMILY = "var"  # profiles and plans written before families were recorded are VAR's

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-from pathlib import Path
 
 import torch
 
+from litevar.models.core.checkpoint import load_checkpoint, strict_load
 from litevar.models.core.errors import UserError
 from litevar.models.var.schedules import SCHEDULES, num_tokens
 from litevar.models.var.var import VAR, VARConfig
@@ -66,41 +65,6 @@ def _reset_all(module: torch.nn.Module) -> None:
 
 
 # -- checkpoints ------------------------------------------------------------------------------
-
-def load_checkpoint(path: str | os.PathLike, nested_key: str | None = None) -> dict[str, torch.Tensor]:
-    """Read a state dict (.pth/.pt via torch.load with mmap, or .safetensors) with clear errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path} (pass the path of a downloaded .pth or .safetensors file)")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            obj = load_file(str(path))
-        else:
-            obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as e:  # any parse failure means: not a checkpoint we can read
-        raise UserError(f"{path} is not a PyTorch or safetensors checkpoint "
-                        f"({type(e).__name__}: {str(e)[:120]})") from None
-    sd = _find_state_dict(obj, nested_key)
-    if sd is None:
-        keys = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
-        raise UserError(f"{path} holds no state dict of tensors (top-level keys: {keys})")
-    return sd
-
-
-def _find_state_dict(obj, nested_key):
-    """A plain state dict, or one nested in a training checkpoint ({'trainer': {'var_wo_ddp': ...}})."""
-    if not isinstance(obj, dict):
-        return None
-    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj
-    for key in ([nested_key] if nested_key else []) + ["state_dict", "model", "trainer"]:
-        if key in obj:
-            found = _find_state_dict(obj[key], nested_key)
-            if found is not None:
-                return found
-    return None
-
 
 def infer_var_config(sd: dict[str, torch.Tensor]) -> dict:
     """The architecture a VAR state dict implies (depth, shared_aln, attn_l2_norm, ...)."""
@@ -161,38 +125,6 @@ def infer_patch_nums(num_scales: int, L: int, lvl_1L: torch.Tensor | None = None
                     f"pass its patch_nums explicitly")
 
 
-def check_finite(sd: dict, what: str) -> None:
-    """One line naming the first floating tensor of a checkpoint with a NaN or an infinity (a
-    model built from it would sample from non-finite probabilities); an attention mask's -inf
-    (attn_bias_for_masking) is what it holds."""
-    for name, t in sd.items():
-        if not (torch.is_tensor(t) and t.is_floating_point()):
-            continue
-        ok = ~torch.isnan(t) & (t != float("inf")) if "mask" in name else torch.isfinite(t)
-        if not bool(ok.all()):
-            bad = int((~ok).sum())
-            raise UserError(f"{what} checkpoint tensor {name} has {bad} non-finite value{'s' * (bad != 1)} (NaN or "
-                            "inf): the file is corrupt; restore it from its source")
-
-
-def _strict_load(module: torch.nn.Module, sd: dict, what: str, implied: dict) -> None:
-    check_finite(sd, what)
-    own = set(module.state_dict().keys())
-    given = set(sd) - ({"attn_bias_for_masking"} if what == "VAR" else set())
-    missing, unexpected = sorted(own - given), sorted(given - own)
-    if missing or unexpected:
-        implied_s = ", ".join(f"{k}={v}" for k, v in implied.items())
-        raise UserError(f"{what} checkpoint does not match the model: missing keys {missing[:4]}"
-                        f"{' ...' if len(missing) > 4 else ''} ({len(missing)}), unexpected keys {unexpected[:4]}"
-                        f"{' ...' if len(unexpected) > 4 else ''} ({len(unexpected)}); "
-                        f"the checkpoint implies {implied_s}")
-    try:
-        module.load_state_dict(sd, strict=True, assign=True)
-    except (RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()
-        raise UserError(f"{what} checkpoint shapes do not match the model: {' '.join(first[-2:])[:300]}") from None
-
-
 def load_vae_var(var_ckpt, vae_ckpt, device="cpu", patch_nums=None, depth: int | None = None, dtype=None):
     """Build (vae, var) from checkpoints, inferring the architecture from their keys and shapes."""
     var_sd, vae_sd = load_checkpoint(var_ckpt, "var_wo_ddp"), load_checkpoint(vae_ckpt, "vae_local")
@@ -214,8 +146,8 @@ def load_vae_var(var_ckpt, vae_ckpt, device="cpu", patch_nums=None, depth: int |
                              share_quant_resi=ac["share_quant_resi"], num_classes=vc["num_classes"],
                              depth=vc["depth"], shared_aln=vc["shared_aln"], attn_l2_norm=vc["attn_l2_norm"],
                              ch_mult=ac["ch_mult"], num_res_blocks=ac["num_res_blocks"], backbone=ac["backbone"])
-    _strict_load(vae, vae_sd, "VQVAE", ac)
-    _strict_load(var, var_sd, "VAR", implied)
+    strict_load(vae, vae_sd, "VQVAE", ac)
+    strict_load(var, var_sd, "VAR", implied, ignored=frozenset({"attn_bias_for_masking"}))
     dtype = dtype or torch.float32  # half-stored weights (e.g. the shipped VAR) run in fp32 + autocast
     vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
     var.to(device=device, dtype=dtype).eval().requires_grad_(False)

@@ -108,6 +108,11 @@ class SelfAttention(nn.Module):
         """x holds the tokens of `scales` (all scales when teacher-forced, one at inference)."""
         B, l, C = x_BlC.shape
         q, k, v = self.qkv(x_BlC)
+        return self.proj(self.attend(q, k, v, layout, scales, cfg_batch).transpose(1, 2).reshape(B, l, C))
+
+    def attend(self, q, k, v, layout: ScaleLayout, scales: range, cfg_batch: int = 0) -> torch.Tensor:
+        """o (B, H, l, c) of the queries of `scales`: through the plan's KV cache when one is set, else
+        the cache (inference) or every key so far (teacher-forced), by the attention backend."""
         ctx = AttnCall(self.layer, scales[0], layout, self.softmax_scale, cfg_batch)
         if hasattr(self.kv_cache, "attend"):  # a cache that stores K/V its own way runs the call
             o_BHlc = self.kv_cache.attend(self.backend, q, k, v, ctx)
@@ -117,7 +122,7 @@ class SelfAttention(nn.Module):
             if self.kv_cache is not None:
                 k, v = self.kv_cache.append(k, v)
             o_BHlc = attend_scales(self.backend, q, k, v, ctx, scales)
-        return self.proj(o_BHlc.transpose(1, 2).reshape(B, l, C))
+        return o_BHlc
 
 
 class AdaLNSelfAttn(nn.Module):
