@@ -45,15 +45,16 @@ def transfer_losses(target, source, source_path=None):
                         "trained model, e.g. profiles/default-cpu.json")
     arch, src_arch = target.arch, source.arch
     family = family_of(arch)
-    if family.name != family_of(src_arch).name:
-        raise UserError(f"--losses-from: that profile is of the {family_of(src_arch).name} family, this one of "
-                        f"{family.name}; borrow losses from a model of the same family")
+    src_family = family_of(src_arch)
+    if family.name != src_family.name and src_family.name not in family.borrow_roles:
+        raise UserError(f"--losses-from: that profile is of the {src_family.name} family, this one of "
+                        f"{family.name}, which borrows from {sorted(family.borrow_roles) or 'its own family only'}")
     depth, src_depth = arch.depth, src_arch.depth
     sens = source.table("sensitivity")
     by_name = {name: rows for name, rows in sens.groupby("layer")}
     names = family.linear_names(arch) + family.site_names(arch, "qk") + family.site_names(arch, "kv")
-    src_names = (set(by_name) | set(family.linear_names(src_arch)) | set(family.site_names(src_arch, "qk"))
-                 | set(family.site_names(src_arch, "kv")))  # layers, and decisions the source may not price
+    src_names = (set(by_name) | set(src_family.linear_names(src_arch)) | set(src_family.site_names(src_arch, "qk"))
+                 | set(src_family.site_names(src_arch, "kv")))  # layers, and decisions the source may not price
     rows, missing = [], []
     for fqn in names:
         name = family.renamed(fqn, arch, src_arch)
@@ -68,8 +69,12 @@ def transfer_losses(target, source, source_path=None):
         cfg = source.table("cfg_share").set_index("layer")["loss"]
         tables["cfg_share"] = pd.DataFrame({"layer": range(depth), "loss": [
             float(cfg[source_block(i, depth, src_depth)]) for i in range(depth)]})
-    meta = {**target.meta, "loss_unit": source.meta.get("loss_unit"),
-            "losses_from": {"model": source.meta["model"].get("name"), "depth": src_depth,
+    unit = source.meta.get("loss_unit")
+    if src_family.name != family.name:
+        unit = (f"{unit} (borrowed from a {src_family.name} model: it ranks this {family.name} model's layers by "
+                f"role; its own unit would be {family.loss_unit})")
+    meta = {**target.meta, "loss_unit": unit,
+            "losses_from": {"model": source.meta["model"].get("name"), "family": src_family.name, "depth": src_depth,
                             "profile": None if source_path is None else str(source_path),
                             "profile_sha256": None if source_path is None else profile_sha256(source_path),
                             "rule": RULE, "missing": missing}}

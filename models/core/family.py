@@ -190,15 +190,23 @@ class ModelFamily:
         """Per-block decision names, in block order: `<attention name>.<site>` (site: qk, kv)."""
         return [f"{a}.{site}" for a in self.attention_names(arch)]
 
+    # roles of another family whose trained model may lend this one its losses: {family: {our role: its role}}
+    # (a role not listed maps to itself; a layer outside the blocks is looked up by name)
+    borrow_roles: ClassVar[dict[str, dict[str, str]]] = {}
+
     def renamed(self, name: str, arch: Arch, source: Arch) -> str:
         """The name in `source` of the same role at the nearest relative depth (borrowed losses): a
-        block's linear by its kind (kinds are unique within a block), a per-block decision by its site."""
+        block's linear by its kind (kinds are unique within a block), a per-block decision by its site.
+        A source of another family is read through that family, roles mapped by `borrow_roles`."""
         block = self.block_of(arch, name)
         if block is None:
             return name
+        src_family = family_of(source)
         b = 0 if arch.depth == 1 else round(block * (source.depth - 1) / (arch.depth - 1))
-        role = _roles(self, arch)[name]
-        return {r: n for n, r in _roles(self, source).items() if self.block_of(source, n) == b}.get(role, name)
+        role = roles(self, arch)[name]
+        role = self.borrow_roles.get(src_family.name, {}).get(role, role)
+        return {r: n for n, r in roles(src_family, source).items()
+                if src_family.block_of(source, n) == b}.get(role, name)
 
     # -- a live model ----------------------------------------------------------------------
     def arch_of(self, model) -> Arch:
@@ -329,7 +337,7 @@ def arch_from(arch: Arch | dict) -> Arch:
     return arch if isinstance(arch, Arch) else family_of(arch).arch_from_dict(arch)
 
 
-def _roles(family: ModelFamily, arch: Arch) -> dict[str, str]:
+def roles(family: ModelFamily, arch: Arch) -> dict[str, str]:
     """Block-level name -> its role within the block: a linear's kind, a decision's site."""
     key = ("roles", family.name, arch)
     if key not in _BLOCKS:

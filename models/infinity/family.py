@@ -23,6 +23,20 @@ SAMPLING = dict(cfg=4.0, tau=0.5, top_k=900, top_p=0.97)  # scripts/infer.sh and
 CONTEXT_LEN = 64  # prompt tokens a plan is priced for (T5 tokens of a long prompt), and random-init prompts'
 
 
+def context_len(cfg) -> int:
+    """Prompt tokens of the random stand-in prompts and of a plan's pricing."""
+    return min(CONTEXT_LEN, cfg.text_maxlen)
+
+
+def pixels_per_token(model) -> int:
+    """Image pixels per token side: the attached VAE's downsampling (x2 for patchified tokens); 16 for the
+    official models when no VAE is attached."""
+    vae = getattr(model, "vae_proxy", (None,))[0]
+    if vae is None:
+        return 16
+    return vae.downsample * (2 if model.cfg.patchify else 1)
+
+
 @dataclass(frozen=True)
 class InfinityArch(Arch):
     """An Infinity's architecture: the common fields, the text encoder's width, the code's bits and
@@ -36,8 +50,9 @@ class InfinityArch(Arch):
     head_out: int = 0  # = 2 * token bits
     context_len: int = CONTEXT_LEN
 
+    # a plan fits when equal (numbers: head_out = 2 x token bits tells a patchified model apart)
     PLAN_KEYS: ClassVar[tuple[str, ...]] = ("depth", "embed_dim", "num_heads", "mlp_ratio", "text_channels",
-                                            "vae_bits", "patchify")
+                                            "vae_bits", "head_out")
 
     def __post_init__(self):
         object.__setattr__(self, "head_out", 2 * self.token_bits)
@@ -70,6 +85,8 @@ class InfinityFamily(ModelFamily):
                    "W4A8:fc1,fc2", "W4A8:mat_qkv,proj,ca_q,ca_proj",
                    "W4A16:fc1,fc2", "W4A16:mat_qkv,proj,ca_q,ca_proj",
                    "W8A8:mat_qkv,fc1,fc2,head", "KV8:all")
+    # no trained Infinity is at hand: a VAR's losses rank its layers, cross-attention taking self-attention's
+    borrow_roles = {"var": {"ca_q": "mat_qkv", "ca_kv": "mat_qkv", "ca_proj": "proj"}}
     validate_configs = ("W4A8:mat_qkv,proj;W8A8:fc1,fc2,head", "BF16:mat_qkv,proj,fc1,ca_q,ca_proj", "KV8:all",
                         "KV4:s1r2")
 
@@ -126,8 +143,9 @@ class InfinityFamily(ModelFamily):
         return InfinityArch(family=self.name, depth=c.depth, embed_dim=c.embed_dim, num_heads=c.num_heads,
                             mlp_ratio=float(c.mlp_ratio), text_channels=c.text_channels, vae_bits=c.vae_bits,
                             patchify=c.patchify, text_maxlen=c.text_maxlen, pool_head=c.pool_head,
+                            context_len=context_len(c),
                             patch_nums=tuple(model.patch_nums) if model.layout.hw is None else None,
-                            downsample=16)
+                            downsample=pixels_per_token(model))
 
     def schedule_of(self, model) -> tuple[int, ...]:
         if model.layout.hw is not None:
@@ -143,14 +161,14 @@ class InfinityFamily(ModelFamily):
 
     def conditions(self, model, n: int):
         from litevar.models.infinity.model import random_text
-        return random_text(n, CONTEXT_LEN, model.cfg.text_channels, seed=0)
+        return random_text(n, context_len(model.cfg), model.cfg.text_channels, seed=0)
 
     def conditions_from_text(self, model, text: str | None, per: int):
         """--prompts FILE: prompt embeddings saved with torch.save({'emb': (N, T, C), 'lens': [N]}) by the
         user's own text encoder; default: random stand-ins of CONTEXT_LEN tokens."""
         from litevar.models.infinity.model import TextCond, random_text
         if text is None:
-            return random_text(per, CONTEXT_LEN, model.cfg.text_channels, seed=0)
+            return random_text(per, context_len(model.cfg), model.cfg.text_channels, seed=0)
         try:
             obj = torch.load(text, map_location="cpu", weights_only=True)
             cond = TextCond(obj["emb"].float(), obj["lens"])

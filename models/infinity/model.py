@@ -375,6 +375,8 @@ class Infinity(nn.Module):
         with torch.autocast(dev.type, enabled=False):
             if cfg_double:
                 T = emb.shape[1]
+                if T > self.cfg.text_maxlen:
+                    raise ValueError(f"prompt of {T} tokens; the unconditional text has {self.cfg.text_maxlen}")
                 un = self.cfg_uncond[:T].to(wide).unsqueeze(0).expand_as(emb)
                 emb, mask = torch.cat([emb, torch.where(mask[..., None], un, 0.0)]), mask.repeat(2, 1)
             emb = self.text_norm(emb)
