@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # The CPU evidence run: every result file under docs/results/ that a CPU measures, then the pages.
-# About an hour and a half on 2 CPU cores (the d30 2048-px generation alone takes about two more: --flagship).
+# About an hour and a half on 2 CPU cores (the d30 2048-px generation alone takes about two more: --flagship;
+# Infinity-2B's cost profile, plans and 1024-px generation about an hour and a half more: --infinity).
 # Run it on a quiet machine: the timings are ratios measured within each command, but another heavy
 # job on the same cores still moves them. Each step logs to $LOG_DIR/NAME.log; the run stops at the
 # first failure. --from NAME resumes at a step.
-#   bash benchmarks/cpu_evidence.sh [--flagship] [--from NAME]
+#   bash benchmarks/cpu_evidence.sh [--flagship] [--infinity] [--from NAME]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG_DIR=${LOG_DIR:-runs/cpu-evidence}
 mkdir -p "$LOG_DIR" docs/results
-FLAGSHIP=0 FROM=""
+FLAGSHIP=0 INFINITY=0 FROM=""
 while [ $# -gt 0 ]; do
   case $1 in
     --flagship) FLAGSHIP=1 ;;
+    --infinity) INFINITY=1 ;;
     --from) FROM=$2; shift ;;
-    *) echo "unknown flag $1: give --flagship or --from NAME" >&2; exit 2 ;;
+    *) echo "unknown flag $1: give --flagship, --infinity or --from NAME" >&2; exit 2 ;;
   esac
   shift
 done
@@ -55,6 +57,14 @@ step compare_gpus bash -c 'litevar compare plans/gpu/*.json --html docs/compare-
 if [ "$FLAGSHIP" = 1 ]; then
   step one_d30_2048 python benchmarks/one_generation.py --random-init --depth 30 \
     --plan plans/d30-cpu-2048-18gib.json --json $R/d30-cpu-2048-18gib-one.json
+fi
+if [ "$INFINITY" = 1 ]; then
+  step profile_infinity litevar profile --family infinity --random-init --depth 32 --resolution 256 \
+    --out profiles/infinity-2b-cpu.json --resolutions "1,2,4,6,8,12;1,2,4,6,8,12,16;1,2,4,6,8,12,16,20" \
+    --batches 1 --e2e-repeats 1 --fresh
+  step plans_infinity python benchmarks/make_plans.py --set infinity
+  step one_inf_1024 python benchmarks/one_generation.py --family infinity --random-init --depth 32 \
+    --plan plans/infinity-2b-cpu-1024-8gib.json --json $R/infinity-2b-cpu-1024-8gib-one.json
 fi
 step render python benchmarks/render.py
 echo "$(date -u +%H:%M:%S) done"

@@ -16,6 +16,8 @@ also dense (the recipe fp) and the recipes kv8 (INT8 cache) and w4a16-kv4-keep-s
 INT4 cache keeping the first and the latest scale: the weights and the VQVAE decode set the floor), for d16 at 2048 px
 `--max-memory-gib 8` (8gib) and for d30 at 2048 px `--max-memory-gib 18` (18gib: what this 24 GB
 machine can run, with room for the process). A depth whose profile is missing is skipped.
+infinity (profiles/infinity-2b-cpu.json, cost only, losses borrowed from the VAR default): Infinity-2B at
+1024 px in 8 GiB and in 12 GiB, and dense.
 """
 from __future__ import annotations
 
@@ -91,9 +93,24 @@ def official_plans(out: Path, depths) -> None:
                         "--out", f"{name}-{stem}.json")
 
 
+INFINITY = "profiles/infinity-2b-cpu.json"
+
+
+def infinity_plans(out: Path) -> None:
+    """Infinity-2B at 1024 px in 8 and 12 GiB (cost-only profile, losses borrowed from the VAR default)."""
+    if not Path(INFINITY).exists():
+        print(f"skipping Infinity: no {INFINITY}")
+        return
+    for budget in (8, 12):
+        cli("plan", "--profile", INFINITY, "--losses-from", SOURCE, "--resolution", 1024, "--max-memory-gib",
+            budget, "--out", f"{out}/infinity-2b-cpu-1024-{budget}gib.json")
+    cli("plan", "--profile", INFINITY, "--losses-from", SOURCE, "--resolution", 1024, "--recipe", "fp",
+        "--out", f"{out}/infinity-2b-cpu-1024-dense.json")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--set", choices=("default", "official", "all"), default="all")
+    p.add_argument("--set", choices=("default", "official", "infinity", "all"), default="all")
     p.add_argument("--depths", default="16,30")
     p.add_argument("--out", default="plans")
     args = p.parse_args(argv)
@@ -101,6 +118,8 @@ def main(argv=None) -> int:
         default_plans(Path(args.out))
     if args.set in ("official", "all"):
         official_plans(Path(args.out), [int(d) for d in args.depths.split(",")])
+    if args.set in ("infinity", "all"):
+        infinity_plans(Path(args.out))
     return 0
 
 

@@ -435,11 +435,12 @@ def readme_results() -> str:
                  f"{num(m['measured']['loss'], '.2g')} |")
     for name, what in (("d16-cpu-2048-8gib-one", "`--max-memory-gib 8`"),
                        ("d30-cpu-1024-memhalf-one", "memhalf (`--max-memory-gib` half-way to the least reachable)"),
-                       ("d30-cpu-2048-18gib-one", "`--max-memory-gib 18`")):
+                       ("d30-cpu-2048-18gib-one", "`--max-memory-gib 18`"),
+                       ("infinity-2b-cpu-1024-8gib-one", "`--max-memory-gib 8`, random init")):
         if not (RESULTS / f"{name}.json").exists():
             continue
         g = result(name, "one-generation")["data"]
-        model = name.split("-")[0]
+        model = {"infinity": "Infinity-2B"}.get(name.split("-")[0], name.split("-")[0])
         lines.append(f"| {model}, {g['resolution']} px | {what}, one generation | {gib(g['dense_predicted_mib'], 1)} "
                      f"GiB predicted | {gib(g['predicted_mib'])} GiB | **{gib(g['peak_mib'])} GiB** "
                      f"({pct(g['memory_err'])}), {g['seconds'] / 60:.0f} min |")

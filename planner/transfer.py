@@ -74,7 +74,8 @@ def transfer_losses(target, source, source_path=None):
         unit = (f"{unit} (borrowed from a {src_family.name} model: it ranks this {family.name} model's layers by "
                 f"role; its own unit would be {family.loss_unit})")
     meta = {**target.meta, "loss_unit": unit,
-            "losses_from": {"model": source.meta["model"].get("name"), "family": src_family.name, "depth": src_depth,
+            "losses_from": {"model": source.meta["model"].get("name"), "family": src_family.name,
+                            "depth": src_depth,
                             "profile": None if source_path is None else str(source_path),
                             "profile_sha256": None if source_path is None else profile_sha256(source_path),
                             "rule": RULE, "missing": missing}}

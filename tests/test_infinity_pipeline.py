@@ -1,0 +1,95 @@
+"""An Infinity at toy size through the four steps, by the public commands: profiled (every stage),
+planned under a memory budget, explained, benched; and a cost-only profile planned with losses
+borrowed from the shipped VAR's profile. The family's `load` is the only thing the test replaces
+(a toy architecture and VAE instead of the official 2B / 8B)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from litevar.models.core import family as fam
+from litevar.models.infinity.family import InfinityFamily
+from litevar.models.infinity.model import InfinityConfig
+from litevar.models.infinity.schedules import square_hw
+from litevar.planner.plan import Plan
+from litevar.profiler.profile import Profile
+from tests.cli_util import assert_one_line_error, run_cli
+
+TOY = InfinityConfig(depth=2, embed_dim=64, num_heads=2, text_channels=32, text_maxlen=16, vae_bits=4, pool_head=16)
+
+
+class ToyInfinity(InfinityFamily):
+    schedules = {4: (1, 2), 8: (1, 2, 4), 12: (1, 2, 4, 6)}  # a 2x-downsampling VAE: 2 px per token
+
+    def load(self, flags, device):
+        from litevar.models.infinity.build import build
+        from litevar.models.infinity.vae import BSQVAE, BSQConfig
+        _, model = build(cfg=TOY, hw=square_hw(self.schedules[flags.resolution or 8]), device=device, seed=3)
+        vae = BSQVAE(BSQConfig(bits=4, ch=32, ch_mult=(1, 2), num_res_blocks=1))
+        vae.init_weights(torch.Generator().manual_seed(1))
+        vae.eval().requires_grad_(False)
+        model.vae_proxy = (vae,)
+        return vae.to(device), model
+
+
+@pytest.fixture
+def toy_family():
+    real = fam.FAMILIES.get("infinity") or fam.get_family("infinity")
+    fam.FAMILIES["infinity"] = ToyInfinity()
+    try:
+        yield
+    finally:
+        fam.FAMILIES["infinity"] = real
+
+
+@pytest.mark.slow
+def test_toy_infinity_profiled_planned_explained_and_benched(toy_family, tmp_path, capsys):
+    torch.manual_seed(0)
+    prof = tmp_path / "inf.json"
+    rc, out, err = run_cli(capsys, "profile", "--family", "infinity", "--out", prof, "--calib", 8, "--calib-loss", 4,
+                           "--batches", 1, "--e2e-repeats", 1, "--no-mdwa-timing", "--resolutions", "1,2;1,2,4")
+    assert rc == 0, err
+    p = Profile.load(prof)
+    assert p.meta["model"]["arch"]["family"] == "infinity"
+    sens = p.table("sensitivity")
+    assert {"blocks.1.ca.mat_kv", "blocks.0.sa.mat_qkv", "text_proj_for_ca.0", "blocks.1.sa.kv"} <= set(sens["layer"])
+
+    dense = p.cost_model.predict(p.arch, (1, 2, 4), 1)
+    plan_path = tmp_path / "plan.json"
+    rc, out, err = run_cli(capsys, "plan", "--profile", prof, "--resolution", 8, "--guard", 0,
+                           "--max-memory-gib", 0.9 * dense.memory_mb / 1024, "--out", plan_path)
+    assert rc == 0, err
+    plan = Plan.load(plan_path)
+    assert plan.model["arch"]["family"] == "infinity" and any(f != "fp" for f in plan.formats.values())
+    rc, out, err = run_cli(capsys, "explain", plan_path, "--profile", prof)
+    assert rc == 0 and "blocks.0.ca.mat_q" in out, err
+
+    bench = tmp_path / "bench.json"
+    rc, out, err = run_cli(capsys, "bench", "--family", "infinity", "--plan", plan_path, "--repeats", 1,
+                           "--quality", 4, "--json", bench)
+    assert rc == 0, err
+    r = json.loads(bench.read_text())["data"]
+    measured = r["plans"][0]["measured"]
+    assert measured["latency_ms"] > 0 and measured["peak_mb"] < r["dense"]["peak_mb"]
+
+
+@pytest.mark.slow
+def test_cost_only_infinity_borrows_the_var_losses(toy_family, tmp_path, capsys):
+    prof = tmp_path / "inf-cost.json"
+    rc, out, err = run_cli(capsys, "profile", "--family", "infinity", "--out", prof, "--stages", "cost",
+                           "--batches", 1, "--e2e-repeats", 1, "--no-mdwa-timing", "--resolutions", "1,2;1,2,4",
+                           "--runtime-dtypes", "none")
+    assert rc == 0, err
+    plan_path = tmp_path / "plan.json"
+    rc, out, err = run_cli(capsys, "plan", "--profile", prof, "--resolution", 8, "--guard", 0,
+                           "--losses-from", "profiles/default-cpu.json", "--max-memory-gib", 0.0028,
+                           "--out", plan_path)
+    assert rc == 0, err
+    plan = Plan.load(plan_path)
+    assert plan.solver["losses_from"]["family"] == "var"
+    # no borrowing from a family that lends nothing: one line
+    rc, out, err = run_cli(capsys, "plan", "--profile", "profiles/d16-cpu.json", "--resolution", 256,
+                           "--losses-from", prof, "--out", tmp_path / "x.json")
+    assert_one_line_error(rc, err, "--losses-from")
