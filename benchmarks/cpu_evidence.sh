@@ -63,6 +63,8 @@ if [ "$INFINITY" = 1 ]; then
     --out profiles/infinity-2b-cpu.json --resolutions "1,2,4,6,8,12;1,2,4,6,8,12,16;1,2,4,6,8,12,16,20" \
     --batches 1 --e2e-repeats 1 --fresh
   step plans_infinity python benchmarks/make_plans.py --set infinity
+  step gpu_fit_infinity python benchmarks/gpu_fit.py --depths '' --infinity 2b,8b --resolutions 1024 \
+    --json $R/gpu-fit-infinity.json
   step one_inf_1024 python benchmarks/one_generation.py --family infinity --random-init --depth 32 \
     --plan plans/infinity-2b-cpu-1024-8gib.json --json $R/infinity-2b-cpu-1024-8gib-one.json
 fi

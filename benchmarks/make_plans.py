@@ -17,7 +17,8 @@ INT4 cache keeping the first and the latest scale: the weights and the VQVAE dec
 `--max-memory-gib 8` (8gib) and for d30 at 2048 px `--max-memory-gib 18` (18gib: what this 24 GB
 machine can run, with room for the process). A depth whose profile is missing is skipped.
 infinity (profiles/infinity-2b-cpu.json, cost only, losses borrowed from the VAR default): Infinity-2B at
-1024 px in 8 GiB and in 12 GiB, and dense.
+1024 px in 8 GiB and in 12 GiB, and dense; Infinity-8B at 1024 px in 24 GiB, priced from the 2B profile
+(`--config 8b`: its wider shapes extrapolated).
 """
 from __future__ import annotations
 
@@ -106,6 +107,8 @@ def infinity_plans(out: Path) -> None:
             budget, "--out", f"{out}/infinity-2b-cpu-1024-{budget}gib.json")
     cli("plan", "--profile", INFINITY, "--losses-from", SOURCE, "--resolution", 1024, "--recipe", "fp",
         "--out", f"{out}/infinity-2b-cpu-1024-dense.json")
+    cli("plan", "--profile", INFINITY, "--config", "8b", "--losses-from", SOURCE, "--resolution", 1024,
+        "--max-memory-gib", 24, "--out", f"{out}/infinity-8b-cpu-1024-24gib.json")
 
 
 def main(argv=None) -> int:

@@ -338,7 +338,8 @@ def transfer() -> str:
 @renderer("gpu-fit")
 def gpu_fit() -> str:
     d = result("gpu-fit", "gpu-fit")
-    rows = d["data"]["rows"]
+    extra = [result("gpu-fit-infinity", "gpu-fit")] if (RESULTS / "gpu-fit-infinity.json").exists() else []
+    rows = d["data"]["rows"] + [r for e in extra for r in e["data"]["rows"]]
     lines = ["| model | px | device (`litevar devices`) | memory GiB | dense: ms, GiB | plan "
              "| plan: dtype, ms, GiB, loss |",
              "|---|---:|---|---:|---|---|---|"]
@@ -351,6 +352,10 @@ def gpu_fit() -> str:
                      f"{r['plan_kind']} | {ptxt} |")
     lines += ["", "All figures at the spec tier (the catalogue's datasheet figures and assumed efficiencies; "
                   "no GPU measured them).", "", source(d, "gpu-fit")]
+    if extra:
+        lines += ["", "Infinity rows: priced from the Infinity-2B cost-only profile (8B's wider shapes extrapolated "
+                      "from it: `litevar plan --config 8b`), losses borrowed from the VAR default model; the text "
+                      "encoder is outside every figure.", "", source(extra[0], "gpu-fit-infinity")]
     return "\n".join(lines)
 
 

@@ -89,6 +89,15 @@ def test_cost_only_infinity_borrows_the_var_losses(toy_family, tmp_path, capsys)
     assert rc == 0, err
     plan = Plan.load(plan_path)
     assert plan.solver["losses_from"]["family"] == "var"
+    # another configuration of the family priced from this profile's cost model: recorded as such
+    rc, out, err = run_cli(capsys, "plan", "--profile", prof, "--config", "8b", "--resolution", 8, "--guard", 0,
+                           "--losses-from", "profiles/default-cpu.json", "--max-memory-gib", 64, "--out", plan_path)
+    assert rc == 0, err
+    plan = Plan.load(plan_path)
+    assert plan.model["arch"]["depth"] == 40 and plan.solver["priced_from"]["arch"]["depth"] == 2
+    rc, out, err = run_cli(capsys, "plan", "--profile", prof, "--config", "20b", "--resolution", 8,
+                           "--losses-from", "profiles/default-cpu.json", "--max-memory-gib", 64, "--out", plan_path)
+    assert_one_line_error(rc, err, "--config")
     # no borrowing from a family that lends nothing: one line
     rc, out, err = run_cli(capsys, "plan", "--profile", "profiles/d16-cpu.json", "--resolution", 256,
                            "--losses-from", prof, "--out", tmp_path / "x.json")

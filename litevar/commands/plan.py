@@ -38,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--losses-from", help="for a profile with no measured losses (a --random-init one, cost only): "
                    "the profile of a trained model whose per-layer losses are borrowed by layer role and relative "
                    "depth (planner/transfer.py), e.g. profiles/default-cpu.json")
+    p.add_argument("--config", help="price another named configuration of the profile's model family from its "
+                   "cost model, e.g. 8b from an Infinity-2B profile: shapes the profile never timed are "
+                   "extrapolated (the plan records it); losses must then come from --losses-from")
     p.add_argument("--recipe", help="write the plan of a uniform recipe instead of solving, e.g. paper, "
                    "w8a8+qk8, w4a8+mp+mdwa0.9+asc (see planner/recipes.py)")
     p.add_argument("--formats", help="formats the planner may use, e.g. W8A8,W4A8,QK8 (default: every profiled one)")
@@ -77,6 +80,8 @@ def load_profile(args):
     from litevar.planner.transfer import transfer_losses
     from litevar.profiler.profile import Profile
     profile = Profile.load(args.profile)
+    if getattr(args, "config", None):
+        profile = with_config(profile, args.config, args.profile)
     if args.losses_from:
         return transfer_losses(profile, Profile.load(args.losses_from), args.losses_from)
     if "sensitivity" not in profile.tables:
@@ -86,9 +91,28 @@ def load_profile(args):
     return profile
 
 
+def with_config(profile, name: str, path):
+    """`profile` priced for the family's configuration `name`: its architecture replaced (the schedule and
+    pixels per token kept), its own losses and weights' hash dropped (they are of another model)."""
+    family = profile.family
+    if name not in family.configs:
+        raise UserError(f"--config {name!r}: the {family.name} family names {sorted(family.configs) or 'none'}")
+    old = profile.meta["model"]
+    arch = {**old["arch"], **family.configs[name], "family": family.name}
+    family.arch_from_dict(arch)  # validated
+    model = {"name": f"{family.name} {name}", "arch": arch, "weights_sha256": None,
+             "priced_from": {"profile": str(path), "model": old.get("name"), "arch": old["arch"]}}
+    log.warning("pricing %s %s from the cost model of %s (%s): shapes it never timed are extrapolated",
+                family.name, name, path, old.get("name"))
+    tables = {k: v for k, v in profile.tables.items() if k not in ("sensitivity", "cfg_share", "coverage")}
+    return type(profile)(meta={**profile.meta, "model": model}, tables=tables)
+
+
 def _record_losses_from(solver: dict, profile) -> None:
     if "losses_from" in profile.meta:
         solver["losses_from"] = profile.meta["losses_from"]
+    if "priced_from" in profile.meta.get("model", {}):
+        solver["priced_from"] = profile.meta["model"]["priced_from"]
 
 
 def run(args) -> int:

@@ -190,6 +190,8 @@ class ModelFamily:
         """Per-block decision names, in block order: `<attention name>.<site>` (site: qk, kv)."""
         return [f"{a}.{site}" for a in self.attention_names(arch)]
 
+    # named official configurations: name -> arch dict fields (what `litevar plan --config` prices)
+    configs: ClassVar[dict[str, dict]] = {}
     # roles of another family whose trained model may lend this one its losses: {family: {our role: its role}}
     # (a role not listed maps to itself; a layer outside the blocks is looked up by name)
     borrow_roles: ClassVar[dict[str, dict[str, str]]] = {}

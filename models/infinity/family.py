@@ -85,6 +85,10 @@ class InfinityFamily(ModelFamily):
                    "W4A8:fc1,fc2", "W4A8:mat_qkv,proj,ca_q,ca_proj",
                    "W4A16:fc1,fc2", "W4A16:mat_qkv,proj,ca_q,ca_proj",
                    "W8A8:mat_qkv,fc1,fc2,head", "KV8:all")
+    configs = {"2b": dict(depth=32, embed_dim=2048, num_heads=16, mlp_ratio=4.0, text_channels=2048, vae_bits=32,
+                          patchify=False),
+               "8b": dict(depth=40, embed_dim=3584, num_heads=28, mlp_ratio=4.0, text_channels=2048, vae_bits=14,
+                          patchify=True)}
     # no trained Infinity is at hand: a VAR's losses rank its layers, cross-attention taking self-attention's
     borrow_roles = {"var": {"ca_q": "mat_qkv", "ca_kv": "mat_qkv", "ca_proj": "proj"}}
     validate_configs = ("W4A8:mat_qkv,proj;W8A8:fc1,fc2,head", "BF16:mat_qkv,proj,fc1,ca_q,ca_proj", "KV8:all",
