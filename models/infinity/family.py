@@ -264,17 +264,21 @@ class InfinityFamily(ModelFamily):
         return model
 
     def load(self, flags: ModelFlags, device):
-        """--random-init --size 2b|8b (or --depth 32|40): an untrained official architecture; --ckpt/--vae:
+        """--random-init --depth 32|40: an untrained official architecture (another depth: 64 channels per block);
+        --ckpt/--vae:
         the released checkpoints (architecture from their shapes). Infinity ships no default model."""
         from litevar.models.infinity.build import build, load
-        from litevar.models.infinity.model import CONFIGS
+        from litevar.models.infinity.model import CONFIGS, InfinityConfig
         hw = square_hw(self.schedule_for(flags.resolution or 1024)) if flags.patch_nums is None \
             else square_hw(flags.patch_nums)
         if flags.random_init:
+            if flags.depth is None:
+                raise UserError("--random-init for Infinity needs --depth: 32 (2B), 40 (8B), or any other depth for "
+                                "a narrow model of 64 channels per block")
             size = flags.extra.get("size") or {c.depth: k for k, c in CONFIGS.items()}.get(flags.depth)
-            if size is None:
-                raise UserError("--random-init for Infinity needs --depth 32 (2B) or --depth 40 (8B)")
-            vae, model = build(size, hw=hw, device=device)
+            cfg = None if size else InfinityConfig(depth=flags.depth, embed_dim=64 * flags.depth,
+                                                   num_heads=flags.depth)
+            vae, model = build(size or "2b", hw=hw, device=device, cfg=cfg)
         elif flags.ckpt and flags.vae:
             vae, model = load(flags.ckpt, flags.vae, device=device, hw=hw)
         else:
