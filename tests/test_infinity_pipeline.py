@@ -83,8 +83,10 @@ def test_cost_only_infinity_borrows_the_var_losses(toy_family, tmp_path, capsys)
                            "--runtime-dtypes", "none")
     assert rc == 0, err
     plan_path = tmp_path / "plan.json"
+    dense = Profile.load(prof).cost_model.predict(Profile.load(prof).arch, (1, 2, 4), 1)
     rc, out, err = run_cli(capsys, "plan", "--profile", prof, "--resolution", 8, "--guard", 0,
-                           "--losses-from", "profiles/default-cpu.json", "--max-memory-gib", 0.0028,
+                           "--losses-from", "profiles/default-cpu.json", "--max-memory-gib",
+                           0.9 * dense.memory_mb / 1024,
                            "--out", plan_path)
     assert rc == 0, err
     plan = Plan.load(plan_path)

@@ -28,6 +28,9 @@ def profile_of(plan: Plan) -> tuple[Profile, Path]:
     path = PROFILES.get(plan.profile_sha256)
     assert path is not None, f"{plan.name}: its profile (sha256 {plan.profile_sha256}) is not shipped"
     profile = Profile.load(path)
+    if plan.solver.get("priced_from"):  # another configuration of the family, priced from this profile
+        from litevar.commands.plan import with_config
+        profile = with_config(profile, plan.solver["priced_from"]["config"], path)
     src = plan.solver.get("losses_from")
     if src:
         source = ROOT / src["profile"]

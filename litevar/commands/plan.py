@@ -101,7 +101,8 @@ def with_config(profile, name: str, path):
     arch = {**old["arch"], **family.configs[name], "family": family.name}
     family.arch_from_dict(arch)  # validated
     model = {"name": f"{family.name} {name}", "arch": arch, "weights_sha256": None,
-             "priced_from": {"profile": str(path), "model": old.get("name"), "arch": old["arch"]}}
+             "priced_from": {"config": name, "profile": str(path), "model": old.get("name"),
+                             "arch": old["arch"]}}
     log.warning("pricing %s %s from the cost model of %s (%s): shapes it never timed are extrapolated",
                 family.name, name, path, old.get("name"))
     tables = {k: v for k, v in profile.tables.items() if k not in ("sensitivity", "cfg_share", "coverage")}
