@@ -102,5 +102,5 @@ def test_cost_only_infinity_borrows_the_var_losses(toy_family, tmp_path, capsys)
     assert_one_line_error(rc, err, "--config")
     # no borrowing from a family that lends nothing: one line
     rc, out, err = run_cli(capsys, "plan", "--profile", "profiles/d16-cpu.json", "--resolution", 256,
-                           "--losses-from", prof, "--out", tmp_path / "x.json")
+                           "--losses-from", prof, "--max-memory-gib", 4, "--out", tmp_path / "x.json")
     assert_one_line_error(rc, err, "--losses-from")
