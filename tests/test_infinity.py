@@ -237,6 +237,13 @@ def test_family_linears_and_other_parameters_cover_the_model(size):
     assert fam.arch_from_dict(arch.to_dict()) == arch
 
 
+def test_shared_copy_shares_weights_and_the_attached_vae():
+    vae, m = build(cfg=TOY, hw=TOY_HW)
+    m.vae_proxy = (vae,)
+    c = get_family("infinity").shared_copy(m)
+    assert c is not m and c.blocks[0].ffn.fc2.weight is m.blocks[0].ffn.fc2.weight and c.vae_proxy[0] is vae
+
+
 # -- loading -------------------------------------------------------------------------------------------
 
 def save_official(tmp_path, cfg=TOY, chunks=2):

@@ -44,10 +44,6 @@ class ScaleLayout:
         return tuple(h * w for h, w in self.hw)
 
     @property
-    def square(self) -> bool:
-        return self.hw is None or all(h == w for h, w in self.hw)
-
-    @property
     def begin(self) -> tuple[int, ...]:
         return tuple(e - n for e, n in zip(self.end, self.sizes))
 

@@ -72,7 +72,7 @@ def infer_config(sd: dict) -> tuple[InfinityConfig, int]:
     heads = sd[first + "sa.scale_mul_1H11"].shape[1]
     hidden = sd[first + "ffn.fc1.weight"].shape[0]
     maxlen, Ct5 = sd["cfg_uncond"].shape
-    patchify = token_bits % 4 == 0 and token_bits // 4 in (14, 16, 18, 20, 24) and token_bits != 32
+    patchify = token_bits % 4 == 0 and token_bits // 4 in (14, 16, 18, 20, 24)
     pool_heads = sd["text_proj_for_sos.ca.mat_q"].shape[1] if "text_proj_for_sos.ca.mat_q" in sd else 0
     official_pool = 64 if C > 4096 else 128
     pool_head = 0 if not pool_heads or Ct5 // pool_heads == official_pool else Ct5 // pool_heads

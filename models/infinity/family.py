@@ -8,7 +8,6 @@ The loss unit is nats per bit: its head predicts one 2-way distribution per bit 
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -65,12 +64,6 @@ class InfinityArch(Arch):
     @property
     def hidden(self) -> int:
         return round(self.embed_dim * self.mlp_ratio / 256) * 256
-
-    def config(self):
-        from litevar.models.infinity.model import InfinityConfig
-        return InfinityConfig(depth=self.depth, embed_dim=self.embed_dim, num_heads=self.num_heads,
-                              mlp_ratio=self.mlp_ratio, text_channels=self.text_channels, text_maxlen=self.text_maxlen,
-                              vae_bits=self.vae_bits, patchify=self.patchify, pool_head=self.pool_head)
 
 
 @register_family
@@ -185,7 +178,7 @@ class InfinityFamily(ModelFamily):
         idx = [i for i in range(len(cond)) for _ in range(per)]
         return TextCond(cond.emb_BTC[idx], [cond.lens[i] for i in idx])
 
-    def _generate(self, vae, model, conds, seed, sampling, dtype_name, callback=None, prefix=None):
+    def _generate(self, model, conds, seed, sampling, dtype_name, callback=None, prefix=None):
         s = {**SAMPLING, **{k: v for k, v in sampling.items() if k in SAMPLING}}
         with autocast(self.device_of(model), dtype_name):
             return model.generate(conds, g_seed=seed, cfg=s["cfg"], tau=s["tau"], top_k=s["top_k"], top_p=s["top_p"],
@@ -195,7 +188,7 @@ class InfinityFamily(ModelFamily):
         from tqdm import tqdm
         imgs, bits = [], []
         for i, b in enumerate(tqdm(range(0, len(conds), batch), desc=desc, unit="batch", leave=False)):
-            codes, bb = self._generate(vae, model, conds[b:b + batch], seed + i, {"cfg": cfg}, "fp32")
+            codes, bb = self._generate(model, conds[b:b + batch], seed + i, {"cfg": cfg}, "fp32")
             imgs.append(vae.decode(codes).add(1).mul(0.5).cpu())
             bits.append([t.cpu() for t in bb])
         return torch.cat(imgs), [torch.cat(ts) for ts in zip(*bits)]
@@ -220,7 +213,7 @@ class InfinityFamily(ModelFamily):
     def images(self, vae, model, conds, seed: int, sampling: dict, dtype_name: str = "fp32", progress: bool = True):
         from tqdm import tqdm
         bar = tqdm(total=len(model.hw), desc="scales", unit="scale", disable=not progress, leave=False)
-        codes, _ = self._generate(vae, model, conds, seed, sampling, dtype_name, callback=lambda si, _: bar.update(1))
+        codes, _ = self._generate(model, conds, seed, sampling, dtype_name, callback=lambda si, _: bar.update(1))
         bar.close()
         return vae.decode(codes).add(1).mul(0.5)
 
@@ -229,11 +222,11 @@ class InfinityFamily(ModelFamily):
         conds = self.conditions(model, batch)
         if vae is None:
             raise UserError("this Infinity has no VAE attached (build it with litevar.models.infinity.build)")
-        return lambda: vae.decode(self._generate(vae, model, conds, 0, {}, dtype_name)[0])
+        return lambda: vae.decode(self._generate(model, conds, 0, {}, dtype_name)[0])
 
     def transformer_phase(self, model, batch: int, dtype_name: str):
         conds = self.conditions(model, batch)
-        return lambda: self._generate(None, model, conds, 0, {}, dtype_name)[0]
+        return lambda: self._generate(model, conds, 0, {}, dtype_name)[0]
 
     def decode(self, vae, latent):
         return vae.decode(latent)
@@ -246,7 +239,7 @@ class InfinityFamily(ModelFamily):
     def model_for_schedule(self, vae, model, schedule):
         """The model itself, running `schedule` (a square one): nothing of Infinity's weights depends on
         the schedule (no absolute positions), so one copy serves every resolution."""
-        from litevar.models.infinity.model import shared_copy
+        from litevar.models.var.var import shared_copy
         pns = tuple(int(p) for p in schedule)
         if pns == tuple(model.patch_nums) and model.layout.hw is None:
             return vae, model
@@ -255,7 +248,7 @@ class InfinityFamily(ModelFamily):
         return vae, twin
 
     def shared_copy(self, model):
-        from litevar.models.infinity.model import shared_copy
+        from litevar.models.var.var import shared_copy
         return shared_copy(model)
 
     def compiled(self, model):
@@ -286,13 +279,3 @@ class InfinityFamily(ModelFamily):
                             "(BSQ VAE), or --random-init --depth 32|40")
         model.vae_proxy = (vae,)
         return vae, model
-
-
-def arch_dict(size: str, **kw) -> dict:
-    """The arch dict of an official configuration (tests, catalogue plans)."""
-    from litevar.models.infinity.model import CONFIGS
-    c = CONFIGS[size]
-    fields = {f.name for f in dataclasses.fields(InfinityArch)}
-    d = {k: getattr(c, k) for k in ("depth", "embed_dim", "num_heads", "mlp_ratio", "text_channels", "vae_bits",
-                                    "patchify", "text_maxlen")}
-    return {"family": "infinity", **d, **{k: v for k, v in kw.items() if k in fields}}

@@ -11,8 +11,6 @@ official code is ambiguous, and what we chose, is in docs/infinity.md.
 """
 from __future__ import annotations
 
-import copy
-import itertools
 import math
 from dataclasses import dataclass
 
@@ -22,8 +20,8 @@ import torch.nn.functional as F
 
 from litevar.models.core.attention import KVCache, ScaleLayout
 from litevar.models.core.sampling import sample_with_top_k_top_p_
-from litevar.models.infinity.schedules import SCHEDULES, square_hw
-from litevar.models.var.var import FFN, AdaLNBeforeHead, SelfAttention
+from litevar.models.infinity.schedules import SCHEDULES, schedule_hw, square_hw
+from litevar.models.var.var import FFN, AdaLNBeforeHead, SelfAttention, init_linears_embeddings, linear_with_bias
 
 
 @dataclass(frozen=True)
@@ -120,9 +118,6 @@ class TextCond:
         dev = self.emb_BTC.device
         return torch.arange(self.emb_BTC.shape[1], device=dev)[None] < torch.tensor(self.lens, device=dev)[:, None]
 
-    def to(self, device) -> TextCond:
-        return TextCond(self.emb_BTC.to(device), self.lens)
-
 
 def random_text(n: int, length: int, channels: int, seed: int = 0) -> TextCond:
     """n stand-in prompt embeddings of `length` tokens: unit-RMS Gaussians, the scale of a T5 encoder's
@@ -141,13 +136,6 @@ class RMSNorm(nn.Module):
     def forward(self, x):
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight).to(x.dtype)
-
-
-def _linear_bias(layer, x, bias):
-    """layer(x) + bias with the official bias-free weight: fused for an nn.Linear, added after a swap."""
-    if isinstance(layer, nn.Linear):
-        return F.linear(x, layer.weight, bias.to(x.dtype) if x.dtype != bias.dtype else bias)
-    return layer(x) + bias.to(x.dtype)
 
 
 class CrossAttention(nn.Module):
@@ -170,7 +158,7 @@ class CrossAttention(nn.Module):
 
     def context_kv(self, ctx_BTD: torch.Tensor):
         B, T, _ = ctx_BTD.shape
-        kv = _linear_bias(self.mat_kv, ctx_BTD, torch.cat((self.zero_k_bias, self.v_bias)))
+        kv = linear_with_bias(self.mat_kv, ctx_BTD, torch.cat((self.zero_k_bias, self.v_bias)))
         k, v = kv.view(B, T, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # each B H T c
         return k, v
 
@@ -355,7 +343,6 @@ class Infinity(nn.Module):
     def rope_grid(hw) -> tuple[int, int]:
         """The grid positions are measured against: the final grid of the aspect ratio's official 1M
         schedule (so its shorter schedules share its positions), or a longer schedule's own (ours)."""
-        from litevar.models.infinity.schedules import schedule_hw
         h, w = hw[-1]
         H, W = schedule_hw(h / w, "1M")[-1]
         return (h, w) if h * w > H * W else (H, W)
@@ -482,14 +469,9 @@ class Infinity(nn.Module):
         """Random initialisation in the spirit of the official one: truncated normals of std
         sqrt(1 / 3C), small AdaLN gains and head, the residual projections scaled by 1/sqrt(2 depth)."""
         std = (1 / self.C / 3) ** 0.5
+        init_linears_embeddings(self, std, generator)
         for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=std, generator=generator)
-                if m.bias is not None:
-                    m.bias.zero_()
-            elif isinstance(m, nn.Embedding):
-                nn.init.trunc_normal_(m.weight, std=std, generator=generator)
-            elif isinstance(m, (nn.LayerNorm, RMSNorm)) and getattr(m, "weight", None) is not None:
+            if isinstance(m, (nn.LayerNorm, RMSNorm)) and getattr(m, "weight", None) is not None:
                 m.weight.fill_(1.0)
                 if getattr(m, "bias", None) is not None:
                     m.bias.zero_()
@@ -530,9 +512,3 @@ def official_names(names, depth: int, block_chunks: int) -> dict[str, str]:
             n2 = n
         out[n] = n2
     return out
-
-
-def shared_copy(model: Infinity) -> Infinity:
-    """A copy of the module tree sharing every parameter and buffer tensor with `model`."""
-    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
-    return copy.deepcopy(model, memo)

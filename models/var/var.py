@@ -69,6 +69,25 @@ class FFN(nn.Module):
         return self.fc2(F.gelu(self.fc1(x_BLC), approximate="tanh"))
 
 
+def linear_with_bias(layer: nn.Module, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """layer(x) + bias for a bias-free official projection: the bias add fused into the GEMM for an
+    nn.Linear, added after a swapped-in (e.g. quantized) module."""
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, layer.weight, bias)
+    return layer(x) + bias.to(x.dtype)
+
+
+def init_linears_embeddings(module: nn.Module, std: float, generator: torch.Generator | None = None) -> None:
+    """Truncated-normal weights of std `std` for every Linear and Embedding of `module`; zero biases."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=std, generator=generator)
+            if m.bias is not None:
+                m.bias.zero_()
+        elif isinstance(m, nn.Embedding):
+            nn.init.trunc_normal_(m.weight, std=std, generator=generator)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, layer: int, C: int, num_heads: int, attn_l2_norm: bool):
         super().__init__()
@@ -92,11 +111,7 @@ class SelfAttention(nn.Module):
 
     def qkv(self, x_BlC: torch.Tensor):
         B, l, C = x_BlC.shape
-        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        if isinstance(self.mat_qkv, nn.Linear):  # fused bias add
-            qkv = F.linear(x_BlC, self.mat_qkv.weight, bias)
-        else:  # a swapped-in (e.g. quantized) module: bias-free like the official mat_qkv
-            qkv = self.mat_qkv(x_BlC) + bias.to(x_BlC.dtype)
+        qkv = linear_with_bias(self.mat_qkv, x_BlC, torch.cat((self.q_bias, self.zero_k_bias, self.v_bias)))
         qkv = qkv.view(B, l, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each B H l c
         if self.attn_l2_norm:
@@ -348,13 +363,7 @@ class VAR(nn.Module):
                      init_std: float = -1.0, generator: torch.Generator | None = None) -> None:
         """Random initialisation in the spirit of the official one (truncated normals)."""
         std = init_std if init_std > 0 else self.default_init_std
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=std, generator=generator)
-                if m.bias is not None:
-                    m.bias.zero_()
-            elif isinstance(m, nn.Embedding):
-                nn.init.trunc_normal_(m.weight, std=std, generator=generator)
+        init_linears_embeddings(self, std, generator)
         nn.init.trunc_normal_(self.pos_start, std=std, generator=generator)
         nn.init.trunc_normal_(self.pos_1LC, std=std, generator=generator)
         self.head.weight.mul_(init_head)
@@ -378,10 +387,13 @@ class VAR(nn.Module):
             w[:2 * self.C].mul_(init_adaln_gamma)
 
 
-def shared_copy(var: VAR) -> VAR:
-    """A copy of a VAR's module tree sharing every parameter and buffer tensor (and the VAE) with
-    `var`: swapping a layer of the copy leaves `var` as it is and costs only the new layer. Moving
-    or converting the copy (`.to`) would move the shared tensors too: deep-copy for that."""
-    memo = {id(t): t for t in itertools.chain(var.parameters(), var.buffers())}
-    memo[id(var.vae_proxy)] = var.vae_proxy
-    return copy.deepcopy(var, memo)
+def shared_copy(model: nn.Module) -> nn.Module:
+    """A copy of a model's module tree sharing every parameter and buffer tensor (and the VAE its
+    `vae_proxy` holds, when it has one) with `model`: swapping a layer of the copy leaves `model` as
+    it is and costs only the new layer. Moving or converting the copy (`.to`) would move the shared
+    tensors too: deep-copy for that."""
+    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    proxy = getattr(model, "vae_proxy", None)
+    if proxy is not None:
+        memo[id(proxy)] = proxy
+    return copy.deepcopy(model, memo)
