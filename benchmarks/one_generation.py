@@ -1,12 +1,15 @@
 """One generation of a plan: its wall time and both memory peaks against the plan's prediction.
 
 For runs too long to repeat (d30 at 2048 px takes over an hour on a CPU): the model is built (or
-loaded) as `litevar bench` does, the plan applied, and one generation of the plan's batch run
-while the allocator's peak is tracked (the device's peak_memory_mb: the bytes of the model and
-its VAE plus the peak of what the run allocates: what the plan's memory budget governs) and, in
-the same run, the process's peak (CPU: the resident-set growth, VmHWM; it includes the
-allocator's overhead, pages freed but not returned, and the tracker's own records). The time is
-that of the same tracked run, so it includes the tracker's small overhead.
+loaded) as `litevar bench` does, the plan applied, and one generation of the plan's batch run in
+its two phases, as the memory model splits it: the transformer (KV caches and activations), then
+the decode of its latent. The allocator's peak is tracked in each (the device's peak_memory_mb:
+with the bytes of the model and its VAE, what the plan's memory budget governs), so the file
+says which phase set the peak and checks each phase's prediction; in the same run, the process's
+peak (CPU: the resident-set growth, VmHWM; it includes the allocator's overhead, pages freed but
+not returned, and the tracker's own records). The time is that of the same tracked run, so it
+includes the tracker's small overhead. The file records the plan file's sha256, so that a page
+can tell a measurement from a plan re-made since.
 
     python benchmarks/one_generation.py --random-init --depth 30 --plan plans/d30-cpu-2048-20gib.json \\
         --json docs/results/d30-cpu-2048-20gib-one.json
@@ -24,9 +27,20 @@ from litevar.commands.results import provenance, write_result
 MiB = 2 ** 20
 
 
+def phase_predictions(breakdown: dict | None) -> dict:
+    """The plan's predicted peak of each phase (MiB): the transformer's parts and the decode's."""
+    if not breakdown:
+        return {}
+    return {"predicted_transformer_mib": sum(breakdown.get(k, 0.0) for k in ("weights", "kv_cache", "activations",
+                                                                              "other")),
+            "predicted_decode_mib": breakdown.get("decode_phase")}
+
+
 def main(argv=None) -> int:
+    from litevar.models.core.atomic import file_sha256
     from litevar.models.core.device import device_of
     from litevar.models.core.family import family_of_model
+    from litevar.models.core.inference import autocast
     from litevar.planner.plan import Plan
     from litevar.profiler.cost import module_bytes
     from litevar.runtime import apply_plan
@@ -44,25 +58,32 @@ def main(argv=None) -> int:
     model = apply_plan(vae, model, plan)
     family = family_of_model(model)
     device = device_of(family.device_of(model))
-    run = family.generation(model, plan.batch, args.dtype)
+    transformer, latent = family.transformer_phase(model, plan.batch, args.dtype), []
     resident = module_bytes(model, vae) / MiB
+
+    def decode():
+        with autocast(device.torch, args.dtype):
+            family.decode(vae, latent.pop())
     t0 = time.perf_counter()
-    alloc, process = device.peaks_mb(run)
+    (tf, dec), process = device.phases_peaks_mb([lambda: latent.append(transformer()), decode])
     seconds = time.perf_counter() - t0
     pred = plan.predicted
-    peak = resident + alloc
-    data = {"plan": args.plan, "plan_name": plan.name, "dtype": args.dtype, "threads": torch.get_num_threads(),
-            "resolution": plan.resolution, "batch": plan.batch, "seconds": seconds,
-            "resident_mib": resident, "peak_mib": peak, "process_peak_mib": None if process is None else
-            resident + process, "predicted_mib": pred.memory_mb,
+    peak = resident + max(tf, dec)
+    data = {"plan": args.plan, "plan_name": plan.name, "plan_sha256": file_sha256(args.plan), "dtype": args.dtype,
+            "threads": torch.get_num_threads(), "resolution": plan.resolution, "batch": plan.batch,
+            "seconds": seconds, "resident_mib": resident, "peak_mib": peak,
+            "peak_transformer_mib": resident + tf, "peak_decode_mib": resident + dec,
+            "process_peak_mib": None if process is None else resident + process, "predicted_mib": pred.memory_mb,
             "memory_err": pred.memory_mb / peak - 1 if pred.memory_mb else None,
             "predicted_s": None if pred.latency_ms is None else pred.latency_ms / 1e3,
-            "predicted_breakdown_mib": pred.memory_breakdown_mb, "dense_predicted_mib": pred.dense_memory_mb,
+            "predicted_breakdown_mib": pred.memory_breakdown_mb,
+            **phase_predictions(pred.memory_breakdown_mb), "dense_predicted_mib": pred.dense_memory_mb,
             "budget_gib": plan.budgets.get("max_memory_gib")}
     write_result(args.json, "one-generation", data, started=started)
     print(f"{plan.name}: {seconds:.0f} s (predicted {data['predicted_s'] or float('nan'):.0f} s); allocator peak "
           f"{peak / 1024:.2f} GiB, predicted {pred.memory_mb / 1024:.2f} GiB ({100 * data['memory_err']:+.1f}%); "
-          f"process peak {data['process_peak_mib'] / 1024 if process is not None else float('nan'):.2f} GiB")
+          f"process peak {data['process_peak_mib'] / 1024 if process is not None else float('nan'):.2f} GiB; "
+          f"phases: transformer {(resident + tf) / 1024:.2f} GiB, decode {(resident + dec) / 1024:.2f} GiB")
     print(f"wrote {args.json}")
     return 0
 

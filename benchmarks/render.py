@@ -289,24 +289,74 @@ def first_knob(plans: list[dict], base: dict) -> str:
                    f"{best['speedup']['measured']:.2f}x, loss {num(best['measured']['loss'], '.4f')}: {verdict}")
 
 
+def plan_since(g: dict) -> bool:
+    """Whether the plan file a one-generation result names was re-made after the run (another
+    sha256; for files from before it was recorded, another predicted peak): the row then
+    measured decisions that are no longer shipped."""
+    import hashlib
+    path = ROOT / g["plan"]
+    if not path.exists():
+        return True
+    if g.get("plan_sha256"):
+        return hashlib.sha256(path.read_bytes()).hexdigest() != g["plan_sha256"]
+    return abs(json.loads(path.read_text())["predicted"]["memory_mb"] / g["predicted_mib"] - 1) > 1e-6
+
+
+def peak_set_by(g: dict) -> str:
+    """The phase that set the measured peak (runs that measured both), else the predicted one."""
+    b = g.get("predicted_breakdown_mib") or {}
+    predicted = "decode" if b.get("decode_phase", 0) > sum(b.get(k, 0) for k in ("weights", "kv_cache",
+                                                                                  "activations", "other")) else (
+        "transformer")
+    if g.get("peak_transformer_mib") is None:
+        return f"{predicted} (predicted)"
+    measured = "decode" if g["peak_decode_mib"] > g["peak_transformer_mib"] else "transformer"
+    return f"{measured} ({gib(g['peak_transformer_mib'])} / {gib(g['peak_decode_mib'])})"
+
+
 @renderer("one-generations")
 def one_generations() -> str:
     files = {p.stem: result(p.stem, "one-generation") for p in sorted(RESULTS.glob("*-one.json"))}
-    lines = ["| plan | batch, px | dtype | budget GiB | peak set by (predicted) | KV cache GiB | allocator peak GiB "
-             "predicted / measured | error | process peak GiB | time s predicted / measured |",
-             "|---|---|---|---:|---|---:|---|---:|---:|---|"]
+    lines = ["| plan | batch, px | dtype | budget GiB | peak set by (transformer / decode GiB, measured) | KV cache "
+             "GiB | allocator peak GiB predicted / measured | error | process peak GiB | time s predicted / "
+             "measured |", "|---|---|---|---:|---|---:|---|---:|---:|---|"]
+    stale = []
     for g in (d["data"] for d in files.values()):
         b = g.get("predicted_breakdown_mib") or {}
-        phase = "decode" if b.get("decode_phase", 0) > sum(b.get(k, 0) for k in ("weights", "kv_cache", "activations",
-                                                                                   "other")) else "transformer"
-        lines.append(f"| {g['plan_name']} | {g['batch']}, {g['resolution']} | {g['dtype']} | "
-                     f"{num(g.get('budget_gib'), 'g')} | {phase} | {gib(b.get('kv_cache'))} | "
+        mark = ""
+        if plan_since(g):
+            mark = " ‡"
+            stale.append(g["plan_name"])
+        lines.append(f"| {g['plan_name']}{mark} | {g['batch']}, {g['resolution']} | {g['dtype']} | "
+                     f"{num(g.get('budget_gib'), 'g')} | {peak_set_by(g)} | {gib(b.get('kv_cache'))} | "
                      f"{gib(g['predicted_mib'])} / **{gib(g['peak_mib'])}** | "
                      f"{pct(g['memory_err'])} | {gib(g.get('process_peak_mib'))} | "
                      f"{num(g.get('predicted_s'), '.0f')} / {g['seconds']:.0f} |")
     lines.append("")
+    if stale:
+        lines += [f"‡ Not re-measured since its plan was re-made: {', '.join(stale)}. The row is the run of the "
+                  "plan's previous decisions and the prediction it carried then (the memory-model check below "
+                  "prices those decisions again); the shipped plan file holds other decisions.", ""]
     for name, d in files.items():
         lines.append(f"- {d['data']['plan_name']}: " + source(d, name))
+    return "\n".join(lines)
+
+
+@renderer("memory-check")
+def memory_check() -> str:
+    d = result("memory-check", "memory-check")
+    lines = ["| plan | measured GiB | predicted when run | error | predicted by the current model | error |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in d["data"]["rows"]:
+        now = (f"{gib(r['predicted_now_mib'])} | {pct(r['error_now'])}" if r["checked"] else
+               f"not checked: {r['why']} | -")
+        lines.append(f"| {r['plan']} | {gib(r['measured_mib'])} | {gib(r['predicted_then_mib'])} | "
+                     f"{pct(r['error_then'])} | {now} |")
+    checked = [abs(r["error_now"]) for r in d["data"]["rows"] if r["checked"]]
+    if checked:
+        lines += ["", f"Worst error of the current model over the {len(checked)} checked runs: "
+                      f"{100 * max(checked):.1f}%."]
+    lines += ["", source(d, "memory-check")]
     return "\n".join(lines)
 
 

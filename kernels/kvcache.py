@@ -16,7 +16,9 @@ as an EMPTY window on that part in every later scale (tests/test_kvcache.py chec
 planner writes those EMPTY windows into a plan that evicts, and Plan.validate refuses a plan whose
 windows read an evicted scale.
 
-`cache_bytes` / `gather_bytes` give the bytes this cache holds and assembles, exactly: the memory
+`cache_bytes` / `gather_bytes` give the bytes this cache holds and assembles, exactly;
+`held_bytes` / `written_bytes` split the former at the transformer phase's peak (the last scale,
+where a quantized or evicting cache is freed layer by layer as its last call ends): the memory
 model (profiler.costmodel) uses the same formulas. The profiler measures the loss of a format
 with `FakeQuantKV` (keys and values as the cache would return them, teacher-forced) and that of
 a keep rule with `eviction_windows` (its EMPTY windows).
@@ -220,6 +222,33 @@ def cache_bytes(patch_nums, spec: KVSpec, batch: int, heads: int, head_dim: int,
                              fp_bytes)
     return sum(segment_bytes(spec_rows(spec, batch), heads, patch_nums[j] ** 2, head_dim, spec.fmt, fp_bytes)
                for j in spec.keep.parts(k))
+
+
+def held_bytes(patch_nums, spec: KVSpec, batch: int, heads: int, head_dim: int, fp_bytes: int) -> int:
+    """Bytes one layer's cache holds at the transformer phase's peak, while another layer's
+    queries of the last scale attend. A preallocated float cache holds every token until the
+    generation ends. Any other holds the segments the last scale reads but its own: that one is
+    written by the layer's own last call, and every segment is freed after that call (no later
+    scale reads it), so layers before the attending one hold nothing then and later ones have
+    not written it yet (`written_bytes`)."""
+    if not spec.fmt.quantized and spec.keep.keeps_all:
+        return cache_bytes(patch_nums, spec, batch, heads, head_dim, fp_bytes)
+    last = len(patch_nums) - 1
+    return sum(segment_bytes(spec_rows(spec, batch), heads, patch_nums[j] ** 2, head_dim, spec.fmt, fp_bytes)
+               for j in spec.keep.parts(last) if j != last)
+
+
+def written_bytes(patch_nums, spec: KVSpec, batch: int, heads: int, head_dim: int, fp_bytes: int) -> int:
+    """Bytes the layer's own last-scale call adds to `held_bytes` while it attends (its last
+    scale's segment; 0 for a preallocated float cache, whose held bytes count every token).
+
+    The caches' bytes at the transformer phase's peak are at most the sum of every layer's held
+    bytes plus one layer's written bytes and gathered buffer: exactly that when the layer with the
+    largest of these comes first, as when every layer has the same spec."""
+    if not spec.fmt.quantized and spec.keep.keeps_all:
+        return 0
+    last = len(patch_nums) - 1
+    return segment_bytes(spec_rows(spec, batch), heads, patch_nums[last] ** 2, head_dim, spec.fmt, fp_bytes)
 
 
 def gather_bytes(patch_nums, spec: KVSpec, batch: int, heads: int, head_dim: int, act_bytes: int,

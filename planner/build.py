@@ -192,11 +192,13 @@ def kv_option(cm: C.CostModel, arch: Arch, pns, batch, alpha, fmt: str, keep, lo
               dtype: str | None = None) -> KVOption:
     """One block's KV option: its loss, and its bytes (kernels.kvcache) and extra attention time
     (CostModel.kv_call_ms) without and with CFG sharing."""
-    from litevar.kernels.kvcache import KeepRule, KVSpec, cache_bytes, gather_bytes
+    from litevar.kernels.kvcache import KeepRule, KVSpec, gather_bytes, held_bytes, written_bytes
     H, D, act = arch.num_heads, arch.head_dim, C.DTYPE_BYTES[dtype or cm.dtype]
     specs = [KVSpec(fmt, KeepRule(*keep), bool(c)) for c in (0, 1)]
-    mb = tuple(cache_bytes(pns, sp, batch, H, D, act) / C.MB for sp in specs)
-    gather = tuple(cm.memory.gather_coef * gather_bytes(pns, sp, batch, H, D, act) / C.MB for sp in specs)
+    mb = tuple(held_bytes(pns, sp, batch, H, D, act) / C.MB for sp in specs)  # held at the last scale
+    # its own last-scale call, a transient: the segment it writes + g * the buffer it gathers
+    gather = tuple((written_bytes(pns, sp, batch, H, D, act) + cm.memory.gather_coef
+                    * gather_bytes(pns, sp, batch, H, D, act)) / C.MB for sp in specs)
     ms = tuple(alpha * _kv_extra_ms(cm, arch, pns, batch, sp, dtype) for sp in specs)
     return KVOption(fmt, tuple(keep), loss, mb, gather, ms)
 

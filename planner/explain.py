@@ -7,9 +7,10 @@ and the alternative it beat (plain data in, a DataFrame out; the CLI prints it).
     window   per (layer, head) with a window: pairs kept, ms saved (the call's saving shared by
              the heads in proportion to the pairs they remove), loss; alternative: every part
              one candidate narrower (what the budget did not need)
-    kv       per block with KV-cache options: its format and kept scales, its cache's GiB before
-             (plain, both CFG halves) and after; alternative: the option saving the most memory
-             beyond it at the least extra loss (or, when none saves more, the least-loss one)
+    kv       per block with KV-cache options: its format and kept scales, the GiB its cache holds
+             at the last scale (kernels.kvcache.held_bytes) before (plain, both CFG halves) and
+             after; alternative: the option saving the most memory beyond it at the least extra
+             loss (or, when none saves more, the least-loss one)
 """
 from __future__ import annotations
 

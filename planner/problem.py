@@ -63,8 +63,9 @@ class KVOption:
     fmt: str  # "fp" | "KV8" | "KV4"
     keep: tuple[int, int | None]  # (sinks, recent); recent None: every scale
     loss: float
-    mb: tuple[float, float]  # the cache's MB at the last scale, [CFG-shared]
-    gather_mb: tuple[float, float]  # the buffer one call gathers, MB, [CFG-shared]
+    mb: tuple[float, float]  # MB the cache holds while another block runs the last scale, [CFG-shared]
+    # its own last-scale call's transient MB: the segment it writes + g * the buffer it gathers
+    gather_mb: tuple[float, float]
     ms: tuple[float, float]  # attention ms beyond the plain cache's, [CFG-shared]
 
     @property
@@ -260,7 +261,7 @@ class Metrics:
     avg_bits: float
     attn_kept: float  # share of the (head, query, key) pairs kept
     kept: dict  # (layer, scale) -> kept fraction, for every windowed call
-    kv_mb: float = 0.0  # the KV caches at the last scale (MB)
+    kv_mb: float = 0.0  # the KV caches held at the last scale (MB; kernels.kvcache.held_bytes)
     transformer_mb: float = 0.0
     decode_mb: float = 0.0
 

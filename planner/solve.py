@@ -11,8 +11,9 @@ Decisions (binary, one per option):
                 One kernel per call: every head of the call is in the same point, so the MDWA
                 kernel's fixed cost is paid once per call, and its cost at the point's kept
                 fraction is the measured kernel cost (exact, not linearised).
-    W           (continuous) the largest transient (quantized-linear workspace, KV gather buffer),
-                part of the transformer phase's peak memory
+    W           (continuous) the largest transient (a quantized-linear workspace, or a block's
+                last-scale KV call: the segment it writes and the buffer it gathers), part of the
+                transformer phase's peak memory
 Ties: the mode of every call of layer l equals (q[l], c[l]); a block that evicts KV scales takes
 no window; one whose cache is quantized or evicts takes no QK8. Peak memory is the larger of the
 transformer phase and the decode phase (the weights, then the VQVAE): both are within a memory
@@ -232,7 +233,7 @@ def build_model(problem: Problem, fronts: dict[tuple[int, int], SlotFrontier], b
                 m.prob.addConstraint(pulp.LpConstraint(_affine(terms) - W, pulp.LpConstraintLE,
                                                        f"workspace_{gi}", 0))
         for gi, (const, terms) in enumerate(kv_ws):
-            if terms:  # W is at least the buffer block gi's KV cache gathers
+            if terms:  # W is at least block gi's last-scale KV call (written segment + gathered buffer)
                 m.prob.addConstraint(pulp.LpConstraint(_affine(terms, const) - W,
                                                        pulp.LpConstraintLE, f"kv_gather_{gi}", 0))
     else:

@@ -535,6 +535,17 @@ def fit_cost_model(tables: dict, arch: Arch, device, dtype: str, vae) -> tuple[c
     return cm, cm.validate(arch, e2e)
 
 
+def refit_cost_model(tables: dict, arch: Arch, old: dict) -> tuple[cmod.CostModel, list[dict]]:
+    """(cost model, validation rows) fitted again on a cost stage's own tables (after a change to
+    profiler/costmodel.py), keeping what the fit does not make: the device type, runtime dtype and
+    VAE bytes it was measured at, the measurements' time, the kernels probed, the host figures."""
+    e2e = tables["cost_e2e"]
+    fit_rows = [i for i, h in enumerate(e2e["held_out"]) if not h]
+    cm = cmod.fit(tables, arch, old["device"], old["dtype"], old["memory"]["vae_mb"], fit_rows)
+    cm.timing_s, cm.kernels, cm.host = old.get("timing_s"), old.get("kernels", {}), old.get("host", {})
+    return cm, cm.validate(arch, e2e)
+
+
 def host_figures(dev) -> dict:
     """The host's dispatch per operator and copy bandwidth (profiler.calibrate), for pricing the
     profile's overhead on another device."""

@@ -23,11 +23,14 @@ batches and resolutions.
 
 Peak memory (MB = 2**20 bytes), the larger of two phases:
 
-    transformer  weights by format (exact) + other parameters (exact) + VAE (measured) + KV cache
-                 (exact, per block: kernels.kvcache.cache_bytes of its format, kept scales and
-                 CFG rows) + m0 + m1 * activations + the largest transient: m2 * linear
-                 workspace, or g * a KV call's gathered keys (kernels.kvcache.gather_bytes, exact;
-                 g, fitted, is the share of them that adds to the peak)
+    transformer  weights by format (exact) + other parameters (exact) + VAE (measured) + KV caches
+                 as held at the last scale (exact, per block: kernels.kvcache.held_bytes of its
+                 format, kept scales and CFG rows) + m0 + m1 * activations + the largest
+                 transient: m2 * linear workspace, or a block's last-scale KV call: the segment
+                 it writes (kernels.kvcache.written_bytes, exact) + g * the keys it gathers
+                 (kernels.kvcache.gather_bytes, exact; g, fitted, is the share of them that adds
+                 to the peak). A quantized or evicting cache is freed as its block's last call
+                 ends, so the blocks' last-scale segments are never all held at once.
     decode       weights + other parameters + VAE + the decode's own peak, piecewise linear in the
                  pixels decoded through measured points (fit_decode; the KV cache is freed by then)
 
@@ -174,15 +177,17 @@ def workspace_features(K, N, M) -> np.ndarray:
 
 
 def memory_features(arch: Arch, patch_nums, batch: int, act_bytes: int, kv_specs: Mapping | None = None
-                    ) -> dict[str, float]:
-    """MB of the KV cache (exact), the largest KV gather buffer (exact) and the activations of the
-    last scale (fitted factor)."""
-    from litevar.kernels.kvcache import KVSpec, cache_bytes, gather_bytes
+                    ) -> dict:
+    """MB of the KV caches held at the last scale (exact), per block its last-scale call's
+    (written segment, gathered buffer) in MB (exact), and the activations of the last scale
+    (fitted factor)."""
+    from litevar.kernels.kvcache import KVSpec, gather_bytes, held_bytes, written_bytes
     specs = [(kv_specs or {}).get(layer, KVSpec()) for layer in range(arch.depth)]
     H, D = arch.num_heads, arch.head_dim
     values = family_of(arch).activation_values(arch, patch_nums, batch)
-    return {"kv_mb": sum(cache_bytes(patch_nums, s, batch, H, D, act_bytes) for s in specs) / MB,
-            "kv_gather_mb": max(gather_bytes(patch_nums, s, batch, H, D, act_bytes) for s in specs) / MB,
+    return {"kv_mb": sum(held_bytes(patch_nums, s, batch, H, D, act_bytes) for s in specs) / MB,
+            "kv_calls": [(written_bytes(patch_nums, s, batch, H, D, act_bytes) / MB,
+                          gather_bytes(patch_nums, s, batch, H, D, act_bytes) / MB) for s in specs],
             "activations_mb": values * 4 / MB}
 
 
@@ -515,7 +520,8 @@ class CostModel:
                           dtype: str | None = None, kv_specs: Mapping | None = None) -> dict:
         """The parts of the transformer phase's peak not fitted on generations (MB): weights by
         format, other parameters, VAE, KV cache, the largest extra workspace of a quantized linear
-        and the largest buffer a KV call gathers."""
+        and the largest last-scale KV call's written segment and gathered buffer (the block's
+        with the largest written + g * gathered)."""
         fp_bytes = 4  # parameters stay float32 under autocast
         specs = family_of(arch).linears(arch)
         last = len(patch_nums) - 1
@@ -526,9 +532,11 @@ class CostModel:
         lin = [(s, formats.get(s.fqn, "fp")) for s in specs]
         extra = [self.linear_workspace_mb(s.K, s.N, rows(s), f) for s, f in lin if f != "fp"]
         kv = memory_features(arch, patch_nums, batch, DTYPE_BYTES[dtype or self.dtype], kv_specs)
+        g = self.memory.gather_coef
+        written, gathered = max(kv["kv_calls"], key=lambda c: c[0] + g * c[1], default=(0.0, 0.0))
         return {"weights_mb": sum(weight_bytes(s.K, s.N, f, fp_bytes) for s, f in lin) / MB,
                 "other_params_mb": other_param_bytes(arch, patch_nums, fp_bytes) / MB,
-                "vae_mb": float(vae_mb), "kv_mb": kv["kv_mb"], "kv_gather_mb": kv["kv_gather_mb"],
+                "vae_mb": float(vae_mb), "kv_mb": kv["kv_mb"], "kv_written_mb": written, "kv_gather_mb": gathered,
                 "linear_workspace_mb": max(extra, default=0.0)}
 
     def decode_mb(self, arch: Arch, patch_nums, batch: int, resident: float) -> float:
@@ -563,8 +571,9 @@ class CostModel:
             m1 = e_fit.act_coef
         else:  # activations at the runtime dtype's bytes
             m1 *= DTYPE_BYTES[dtype or self.dtype] / DTYPE_BYTES[self.dtype]
-        ws, gather = m2 * mem.pop("linear_workspace_mb"), self.memory.gather_coef * mem.pop("kv_gather_mb")
-        mem.update(fixed_mb=m0, activations_mb=m1 * act_mb, workspace_mb=max(ws, gather))
+        ws, kv_call = m2 * mem.pop("linear_workspace_mb"), mem.pop("kv_written_mb") + self.memory.gather_coef * mem.pop(
+            "kv_gather_mb")
+        mem.update(fixed_mb=m0, activations_mb=m1 * act_mb, workspace_mb=max(ws, kv_call))
         transformer = float(sum(mem.values()))
         decode = self.decode_mb(arch, pns, batch, mem["weights_mb"] + mem["other_params_mb"] + mem["vae_mb"])
         alpha = float(e[0])
@@ -756,7 +765,8 @@ def fit_activations(cm: CostModel, arch: Arch, e2e, dtype: str) -> float | None:
         pns, batch = _row_patch_nums(row), int(row["batch"])
         spec = config_spec(row["config"], arch)
         counted = cm.counted_memory_mb(arch, pns, batch, spec.formats, cm.memory.vae_mb, dtype, spec.kv_specs)
-        rest = max(m2 * counted.pop("linear_workspace_mb"), cm.memory.gather_coef * counted.pop("kv_gather_mb"))
+        rest = max(m2 * counted.pop("linear_workspace_mb"),
+                   counted.pop("kv_written_mb") + cm.memory.gather_coef * counted.pop("kv_gather_mb"))
         x.append([memory_features(arch, pns, batch, DTYPE_BYTES[dtype])["activations_mb"]])
         y.append(float(row["peak_tf_mb"]) - sum(counted.values()) - m0 - rest)
     coef, _ = nonneg_fit(np.array(x), np.array(y), relative=False)

@@ -262,3 +262,36 @@ def test_triton_reads_the_quantized_cache(fmt, keep):
     tol = 1e-5 if dev == "cpu" else 2e-2  # float32 under the interpreter; TF32 dots on a GPU
     for a, b in zip(ref, got):
         torch.testing.assert_close(b.cpu(), a, rtol=tol * 10, atol=tol)
+
+
+@pytest.mark.parametrize("specs", [
+    [KVSpec(KV8)] * 4,  # every block alike: the bound is the peak
+    [KVSpec(KV4, KeepRule(1, 2))] * 3,
+    [KVSpec(KV8, cfg_shared=True)] * 3,
+    [KVSpec()] * 3,  # preallocated float caches: all held, nothing transient
+    [KVSpec(), KVSpec(KV8), KVSpec(KV4, KeepRule(1, 1)), KVSpec(KV_FP, KeepRule(0, 2), cfg_shared=True)],
+], ids=["kv8", "kv4-s1r2", "kv8-shared", "fp", "mixed"])
+def test_caches_peak_within_held_plus_one_call(specs):
+    """Blocks run scale by scale, each scale through every block, as a generation does. The caches'
+    bytes at every call (all blocks' caches + the buffer the call gathers, both exact by the formulas
+    the test above checks) never exceed the memory model's sum of held bytes plus the largest
+    call's written segment and gathered buffer, and reach it when every block has the same spec."""
+    from litevar.kernels.kvcache import held_bytes, written_bytes
+    B, H, c = 1, 2, 16
+    caches = [PlannedKVCache(PN, s) for s in specs]
+    layout, g, seen = ScaleLayout(PN), torch.Generator().manual_seed(SEED), []
+
+    def spy(q_, k_, v_, ctx):
+        spec = specs[ctx.layer]
+        seen.append(sum(x.nbytes() for x in caches) + gather_bytes(PN, spec, B, H, c, 4, at_scale=ctx.scale))
+        return DenseAttention()(q_, k_, v_, ctx)
+    for k in range(len(PN)):
+        for layer, cache in enumerate(caches):
+            q, kk, v = _scale_inputs(layout, k, 2 * B, H, c, g)
+            cache.attend(spy, q, kk, v, AttnCall(layer, k, layout, 0.25, B))
+    peak = max(seen)
+    bound = sum(held_bytes(PN, s, B, H, c, 4) for s in specs) + max(
+        written_bytes(PN, s, B, H, c, 4) + gather_bytes(PN, s, B, H, c, 4) for s in specs)
+    assert peak <= bound
+    if len(set(specs)) == 1:
+        assert peak == bound

@@ -57,9 +57,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(windows are planned from a trained model's coverage; a --random-init profile has none)")
     p.add_argument("--fresh", action="store_true", help="measure the selected stages again even when they are "
                    "cached (e.g. after the machine changed)")
-    p.add_argument("--refit", action="store_true", help="refit the cost model on the cached cost stage's "
-                   "measurements (after a change to profiler/costmodel.py) instead of measuring again; a "
-                   "cache from before the decode-alone sweep gets it measured first (about a minute on a CPU)")
+    p.add_argument("--refit", action="store_true", help="refit the cost model on the cost stage's measurements "
+                   "(after a change to profiler/costmodel.py) instead of measuring again: those the --out "
+                   "profile holds, in place, when it holds them all (seconds, no model loaded); otherwise the "
+                   "cached cost stage's, a cache from before the decode-alone sweep getting it measured first "
+                   "(about a minute on a CPU)")
 
 
 def _stage_list(args, random_init: bool) -> tuple[list[str], set[str]]:
@@ -210,7 +212,7 @@ def _refit(hit, arch: dict, device, vae, model) -> dict:
     """The cached cost stage's meta with its cost model refitted on its own measurements (and on
     the decodes alone, measured first when the cache predates them: a minute on a CPU)."""
     from litevar.models.core.family import arch_from
-    from litevar.profiler.cost import decode_sides, fit_cost_model, measure_decodes
+    from litevar.profiler.cost import decode_sides, measure_decodes, refit_cost_model
     arch = arch_from(arch)
     old = hit.meta["cost_model"]
     if "cost_decode" not in hit.tables:
@@ -219,16 +221,48 @@ def _refit(hit, arch: dict, device, vae, model) -> dict:
         sides = decode_sides(fitted, arch.downsample)
         print(f"profile: the cached cost stage predates the decodes alone: measuring them at {sides} px")
         hit.tables["cost_decode"] = measure_decodes(vae, model, sides, device, old["dtype"])
-    cm, validation = fit_cost_model(hit.tables, arch, device, old["dtype"], vae)
-    cm.timing_s = old.get("timing_s")  # the measurements' time, not the refit's
-    cm.kernels = old.get("kernels", {})
-    cm.host = old.get("host", {})
+    cm, validation = refit_cost_model(hit.tables, arch, old)
     print(f"profile: cost model refitted on the cached measurements (e2e rmse {old['e2e']['rmse_rel']:.1%} "
           f"-> {cm.e2e.rmse_rel:.1%})")
     return {"cost_model": cm.to_dict(), "validation": validation}
 
 
+def _refit_file(out: Path, argv) -> None:
+    """`--refit` of a profile file that holds its cost stage's tables (decodes alone included):
+    its cost model and validation fitted again from them, in place, with no model loaded and no
+    stage run; the rest of the profile is kept, and meta.refit says when and at which revision."""
+    from litevar.commands.results import command_line, git_revision
+    from litevar.profiler.cost import refit_cost_model
+    from litevar.profiler.profile import Profile
+    prof = Profile.load(out)
+    old = prof.meta["cost_model"]
+    cm, validation = refit_cost_model(prof.tables, prof.arch, old)
+    prof.meta.update(cost_model=cm.to_dict(), validation=validation, refit={
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command_line(argv or [], "litevar"), "git_revision": git_revision()[0]})
+    prof.save(out)
+    mem = cm.memory
+    print(f"profile: {out}: cost model refitted on its own tables (memory rmse {old['memory']['rmse_rel']:.1%} -> "
+          f"{mem.rmse_rel:.1%}; e2e rmse {old['e2e']['rmse_rel']:.1%} -> {cm.e2e.rmse_rel:.1%})")
+    for v in validation:
+        print(v)
+
+
+def _refits_from_file(args) -> bool:
+    """Whether `--refit` can work from the --out profile alone (it holds every cost table)."""
+    out = Path(args.out)
+    if not (args.refit and out.is_file()):
+        return False
+    from litevar.profiler.profile import Profile
+    prof = Profile.load(out)
+    return prof.meta.get("cost_model") is not None and {"cost_linear", "cost_attn", "cost_e2e",
+                                                          "cost_decode"} <= set(prof.tables)
+
+
 def run(args) -> int:
+    if _refits_from_file(args):
+        _refit_file(Path(args.out), getattr(args, "_argv", None))
+        return 0
     from litevar.commands.common import load_model
     from litevar.models.core.device import environment, fingerprint
     from litevar.models.core.distributed import barrier, world

@@ -110,6 +110,16 @@ class Device:
         where the device allows (a run too long to repeat)."""
         return self.peak_memory_mb(fn), None
 
+    def phases_peaks_mb(self, fns: list[Callable]) -> tuple[list[float], float | None]:
+        """([allocator peak growth of each phase], process peak growth over them all) of one run of
+        the phases in order (a run too long to repeat): each phase's peak is counted from what
+        the allocator held when it began."""
+        out: list[float] = []
+        process = self.process_peak_mb(lambda: out.extend(self.peak_memory_mb(f) for f in fns))
+        if len(out) < len(fns):  # no process figure here: fns did not run
+            out = [self.peak_memory_mb(f) for f in fns]
+        return out, process
+
     def available_bytes(self) -> int:
         """Memory free for new tensors."""
         raise NotImplementedError
@@ -325,6 +335,19 @@ class CUDADevice(Device):
         torch.cuda.synchronize(self.torch)
         return ((torch.cuda.max_memory_allocated(self.torch) - alloc0) / MB,
                 (torch.cuda.max_memory_reserved(self.torch) - res0) / MB)
+
+    def phases_peaks_mb(self, fns: list[Callable]) -> tuple[list[float], float | None]:
+        """Each phase's allocated peak growth and the reserved peak growth over them all."""
+        torch.cuda.synchronize(self.torch)
+        reserved0, out, reserved = torch.cuda.memory_reserved(self.torch), [], 0
+        for fn in fns:
+            before = torch.cuda.memory_allocated(self.torch)
+            torch.cuda.reset_peak_memory_stats(self.torch)
+            fn()
+            torch.cuda.synchronize(self.torch)
+            out.append((torch.cuda.max_memory_allocated(self.torch) - before) / MB)
+            reserved = max(reserved, torch.cuda.max_memory_reserved(self.torch) - reserved0)
+        return out, reserved / MB
 
     def process_peak_mb(self, fn: Callable) -> float | None:
         """The caching allocator's reserved peak growth (what the process holds on the GPU; the CUDA
