@@ -4,9 +4,9 @@ measured and the prediction the plan carried when it ran.
 
 For a change to profiler/costmodel.py: it says, from committed measurements and without running a
 generation, whether the change moves the model toward what the allocator saw. The plan measured
-is the plan file on disk when it is the one the run recorded (its sha256, or for files from before
-that was recorded, its predicted peak), else the one committed with the result file (git); a run
-whose plan neither is is listed as not checkable. The profile of plan NAME-cpu-... is
+is the plan file on disk when it has the decisions the run recorded (Plan.decisions_sha256, or for
+files from before that was recorded, the predicted peak), else the one committed with the result
+file (git); a run whose plan neither is is listed as not checkable. The profile of plan NAME-cpu-... is
 profiles/NAME-cpu.json.
 
     python benchmarks/memory_check.py --json docs/results/memory-check.json
@@ -27,10 +27,11 @@ def profile_of(plan_name: str) -> Path:
 
 
 def measured(data: dict, text: str) -> bool:
-    """Whether a plan file's text is the plan the run recorded."""
-    import hashlib
-    if data.get("plan_sha256"):
-        return hashlib.sha256(text.encode()).hexdigest() == data["plan_sha256"]
+    """Whether a plan file's text has the decisions the run measured (their sha256; for files from
+    before it was recorded, the predicted peak the run carried)."""
+    from litevar.planner.plan import Plan
+    if data.get("decisions_sha256"):
+        return Plan.from_dict(json.loads(text)).decisions_sha256() == data["decisions_sha256"]
     return abs(json.loads(text)["predicted"]["memory_mb"] / data["predicted_mib"] - 1) <= MEASURED_SAME_PLAN_RTOL
 
 

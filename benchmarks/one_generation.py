@@ -8,8 +8,9 @@ with the bytes of the model and its VAE, what the plan's memory budget governs),
 says which phase set the peak and checks each phase's prediction; in the same run, the process's
 peak (CPU: the resident-set growth, VmHWM; it includes the allocator's overhead, pages freed but
 not returned, and the tracker's own records). The time is that of the same tracked run, so it
-includes the tracker's small overhead. The file records the plan file's sha256, so that a page
-can tell a measurement from a plan re-made since.
+includes the tracker's small overhead. The file records the sha256 of the plan's decisions
+(Plan.decisions_sha256), so that a page can tell a measurement from a plan re-made since with
+other decisions.
 
     python benchmarks/one_generation.py --random-init --depth 30 --plan plans/d30-cpu-2048-20gib.json \\
         --json docs/results/d30-cpu-2048-20gib-one.json
@@ -37,7 +38,6 @@ def phase_predictions(breakdown: dict | None) -> dict:
 
 
 def main(argv=None) -> int:
-    from litevar.models.core.atomic import file_sha256
     from litevar.models.core.device import device_of
     from litevar.models.core.family import family_of_model
     from litevar.models.core.inference import autocast
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - t0
     pred = plan.predicted
     peak = resident + max(tf, dec)
-    data = {"plan": args.plan, "plan_name": plan.name, "plan_sha256": file_sha256(args.plan), "dtype": args.dtype,
+    data = {"plan": args.plan, "plan_name": plan.name, "decisions_sha256": plan.decisions_sha256(), "dtype": args.dtype,
             "threads": torch.get_num_threads(), "resolution": plan.resolution, "batch": plan.batch,
             "seconds": seconds, "resident_mib": resident, "peak_mib": peak,
             "peak_transformer_mib": resident + tf, "peak_decode_mib": resident + dec,

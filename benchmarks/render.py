@@ -290,15 +290,15 @@ def first_knob(plans: list[dict], base: dict) -> str:
 
 
 def plan_since(g: dict) -> bool:
-    """Whether the plan file a one-generation result names was re-made after the run (another
-    sha256; for files from before it was recorded, another predicted peak): the row then
-    measured decisions that are no longer shipped."""
-    import hashlib
+    """Whether the plan file a one-generation result names was re-made after the run with other
+    decisions (another Plan.decisions_sha256; for files from before it was recorded, another
+    predicted peak): the row then measured decisions that are no longer shipped."""
     path = ROOT / g["plan"]
     if not path.exists():
         return True
-    if g.get("plan_sha256"):
-        return hashlib.sha256(path.read_bytes()).hexdigest() != g["plan_sha256"]
+    if g.get("decisions_sha256"):
+        from litevar.planner.plan import Plan
+        return Plan.load(path).decisions_sha256() != g["decisions_sha256"]
     return abs(json.loads(path.read_text())["predicted"]["memory_mb"] / g["predicted_mib"] - 1) > 1e-6
 
 

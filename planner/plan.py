@@ -8,6 +8,7 @@ weights_sha256).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -243,6 +244,15 @@ class Plan:
                             f"{REPLAN} (or load the model it was made for)")
 
     # -- (de)serialisation --------------------------------------------------------------------
+    RUN_KEYS = ("model", "resolution", "patch_nums", "batch", "formats", "qk_int8", "windows", "cfg_shared", "kv",
+                "kv_layout", "dtype")
+
+    def decisions_sha256(self) -> str:
+        """sha256 of what a run of the plan executes (the model, schedule, batch, runtime dtype and
+        every decision), not of how it was priced: a plan re-made with the same decisions keeps it."""
+        d = self.to_dict()
+        return hashlib.sha256(json.dumps({k: d[k] for k in self.RUN_KEYS}, sort_keys=True).encode()).hexdigest()
+
     def to_dict(self) -> dict:
         return {"format": FORMAT, "version": self.version, "name": self.name,
                 "model": self.model, "resolution": self.resolution,

@@ -12,13 +12,20 @@ more to CFG sharing; a block's KV-cache precision likewise), but the magnitudes 
 model's. Attention windows and KV-scale eviction are not transferred: both are priced from a
 trained model's measured attention, per head and scale. Plans made this way record the source
 profile (`solver.losses_from`); a real checkpoint should be profiled itself.
+
+A cost-only profile may record its loss source (`litevar profile --losses-from`: meta.losses_source,
+the path relative to the profile file and its sha256), so that `litevar plan --profile P` borrows
+from it without being told; --losses-from still overrides it.
 """
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import pandas as pd
 
+from litevar.models.core.atomic import file_sha256
 from litevar.models.core.errors import UserError
 from litevar.models.core.family import family_of
 from litevar.planner.build import profile_sha256
@@ -82,3 +89,25 @@ def transfer_losses(target, source, source_path=None):
     if source.meta.get("runtime_loss"):  # whole-model dtypes' losses, borrowed as they are
         meta["runtime_loss"] = dict(source.meta["runtime_loss"])
     return type(target)(meta=meta, tables=tables)
+
+
+def losses_source_entry(profile_path, source_path) -> dict:
+    """meta.losses_source of a cost-only profile at `profile_path` borrowing from `source_path`."""
+    rel = os.path.relpath(Path(source_path).resolve(), Path(profile_path).resolve().parent)
+    return {"profile": rel, "profile_sha256": file_sha256(source_path), "rule": RULE}
+
+
+def recorded_source(profile, profile_path) -> Path | None:
+    """The loss source a cost-only profile records (resolved against the profile file's folder), or
+    None; a missing file is refused with the fix, one changed since it was recorded is warned of."""
+    entry = profile.meta.get("losses_source")
+    if not entry:
+        return None
+    path = Path(profile_path).resolve().parent / entry["profile"]
+    if not path.is_file():
+        raise UserError(f"{profile_path} borrows its losses from {entry['profile']} (next to it), which is not "
+                        "there: pass --losses-from PROFILE of a trained model")
+    if file_sha256(path) != entry.get("profile_sha256"):
+        log.warning("%s changed since %s recorded it as its loss source (the plan records the sha256 it used)",
+                    path, profile_path)
+    return path

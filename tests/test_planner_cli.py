@@ -190,3 +190,42 @@ def test_cost_only_profile_plans_with_borrowed_losses(tmp_path, capsys):
     rc, _, err = run_cli(capsys, "plan", "--profile", src, "--losses-from", src, "--resolution", 256,
                          "--min-speedup", 1.05, "--out", tmp_path / "y.json")
     assert_one_line_error(rc, err, "measured its own losses", "drop --losses-from")
+
+
+def test_recorded_loss_source_plans_without_losses_from(tmp_path, capsys):
+    """A cost-only profile that records its loss source (`litevar profile --refit --losses-from`)
+    plans without --losses-from, exactly as with it; a missing source, or one given to a profile
+    that measured its own losses, gets one line."""
+    import shutil
+    prof, src = tmp_path / "d16-cpu.json", tmp_path / "default-cpu.json"
+    shutil.copy("profiles/d16-cpu.json", prof)
+    shutil.copy("profiles/default-cpu.json", src)
+    rc, stdout, err = run_cli(capsys, "profile", "--out", prof, "--refit", "--losses-from", src)
+    assert rc == 0, err
+    from litevar.profiler.profile import Profile
+    assert Profile.load(prof).meta["losses_source"]["profile"] == "default-cpu.json"
+    budget = ("--resolution", 256, "--min-speedup", 1.1)
+    assert run_cli(capsys, "plan", "--profile", prof, *budget, "--out", tmp_path / "a.json")[0] == 0
+    rc, _, err = run_cli(capsys, "plan", "--profile", prof, "--losses-from", src, *budget, "--out", tmp_path / "b.json")
+    assert rc == 0, err
+    a, b = Plan.load(tmp_path / "a.json"), Plan.load(tmp_path / "b.json")
+    assert a.decisions_sha256() == b.decisions_sha256() and a.predicted.loss == b.predicted.loss
+    assert a.solver["losses_from"]["profile_sha256"] == b.solver["losses_from"]["profile_sha256"]
+    src.unlink()
+    rc, _, err = run_cli(capsys, "plan", "--profile", prof, *budget, "--out", tmp_path / "c.json")
+    assert_one_line_error(rc, err, "default-cpu.json", "--losses-from")
+    shutil.copy("profiles/default-cpu.json", src)
+    rc, _, err = run_cli(capsys, "profile", "--out", src, "--refit", "--losses-from", src)
+    assert_one_line_error(rc, err, "measures its own losses", "drop --losses-from")
+
+
+def test_decisions_hash_ignores_pricing_and_sees_decisions():
+    plan = Plan.load("plans/default-cpu-256-x15.json")
+    d = plan.to_dict()
+    repriced = Plan.from_dict({**d, "name": "other", "profile_sha256": "0" * 64, "solver": {},
+                               "predicted": {**d["predicted"], "latency_ms": 1.0}})
+    assert repriced.decisions_sha256() == plan.decisions_sha256()
+    layer = next(iter(d["formats"]))
+    other = "W8A8" if d["formats"][layer] != "W8A8" else "fp"
+    changed = Plan.from_dict({**d, "formats": {**d["formats"], layer: other}})
+    assert changed.decisions_sha256() != plan.decisions_sha256()

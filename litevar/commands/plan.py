@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from litevar.commands.args import COUNT, GAP, POSITIVE, RESOLUTION, SHARE, Number, guard_value
@@ -37,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "both; 0 to plan on the bare predictions (a --sweep is of the bare predictions)")
     p.add_argument("--losses-from", help="for a profile with no measured losses (a --random-init one, cost only): "
                    "the profile of a trained model whose per-layer losses are borrowed by layer role and relative "
-                   "depth (planner/transfer.py), e.g. profiles/default-cpu.json")
+                   "depth (planner/transfer.py), e.g. profiles/default-cpu.json; overrides the source the profile "
+                   "records (litevar profile --losses-from)")
     p.add_argument("--config", help="price another named configuration of the profile's model family from its "
                    "cost model, e.g. 8b from an Infinity-2B profile: shapes the profile never timed are "
                    "extrapolated (the plan records it); losses must then come from --losses-from")
@@ -77,13 +79,17 @@ def _guard(text: str | float, profile, target=None) -> dict:
 def load_profile(args):
     """The --profile, with the losses of --losses-from when given; a profile with no losses and
     no --losses-from is refused with the fix."""
-    from litevar.planner.transfer import transfer_losses
+    from litevar.planner.transfer import recorded_source, transfer_losses
     from litevar.profiler.profile import Profile
     profile = Profile.load(args.profile)
     if getattr(args, "config", None):
         profile = with_config(profile, args.config, args.profile)
     if args.losses_from:
         return transfer_losses(profile, Profile.load(args.losses_from), args.losses_from)
+    source = None if "sensitivity" in profile.tables else recorded_source(profile, args.profile)
+    if source is not None:
+        print(f"losses: borrowed from {source} (the profile's recorded source; --losses-from overrides it)")
+        return transfer_losses(profile, Profile.load(source), os.path.relpath(source))
     if "sensitivity" not in profile.tables:
         raise UserError(f"{args.profile} has no measured losses (a --random-init profile measures cost only); "
                         "add --losses-from PROFILE of a trained model, e.g. profiles/default-cpu.json, to borrow "

@@ -57,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(windows are planned from a trained model's coverage; a --random-init profile has none)")
     p.add_argument("--fresh", action="store_true", help="measure the selected stages again even when they are "
                    "cached (e.g. after the machine changed)")
+    p.add_argument("--losses-from", help="for a cost-only (--random-init) profile: record the profile of a "
+                   "trained model to borrow per-layer losses from, so that `litevar plan` needs no --losses-from "
+                   "(planner/transfer.py), e.g. profiles/default-cpu.json; with --refit, recorded in place")
     p.add_argument("--refit", action="store_true", help="refit the cost model on the cost stage's measurements "
                    "(after a change to profiler/costmodel.py) instead of measuring again: those the --out "
                    "profile holds, in place, when it holds them all (seconds, no model loaded); otherwise the "
@@ -227,7 +230,19 @@ def _refit(hit, arch: dict, device, vae, model) -> dict:
     return {"cost_model": cm.to_dict(), "validation": validation}
 
 
-def _refit_file(out: Path, argv) -> None:
+def _losses_source(prof, out: Path, losses_from: str) -> dict:
+    """meta.losses_source for --losses-from, once the borrowing is known to work (a cost-only
+    profile, a source of a family it borrows from)."""
+    from litevar.planner.transfer import losses_source_entry, transfer_losses
+    from litevar.profiler.profile import Profile
+    if "sensitivity" in prof.tables:
+        raise UserError("--losses-from: this profile measures its own losses; drop --losses-from")
+    transfer_losses(prof, Profile.load(losses_from), losses_from)
+    print(f"profile: {out} borrows its losses from {losses_from} (recorded; `litevar plan --losses-from` overrides)")
+    return losses_source_entry(out, losses_from)
+
+
+def _refit_file(out: Path, argv, losses_from: str | None = None) -> None:
     """`--refit` of a profile file that holds its cost stage's tables (decodes alone included):
     its cost model and validation fitted again from them, in place, with no model loaded and no
     stage run; the rest of the profile is kept, and meta.refit says when and at which revision."""
@@ -240,6 +255,8 @@ def _refit_file(out: Path, argv) -> None:
     prof.meta.update(cost_model=cm.to_dict(), validation=validation, refit={
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command_line(argv or [], "litevar"), "git_revision": git_revision()[0]})
+    if losses_from:
+        prof.meta["losses_source"] = _losses_source(prof, out, losses_from)
     prof.save(out)
     mem = cm.memory
     print(f"profile: {out}: cost model refitted on its own tables (memory rmse {old['memory']['rmse_rel']:.1%} -> "
@@ -261,7 +278,7 @@ def _refits_from_file(args) -> bool:
 
 def run(args) -> int:
     if _refits_from_file(args):
-        _refit_file(Path(args.out), getattr(args, "_argv", None))
+        _refit_file(Path(args.out), getattr(args, "_argv", None), args.losses_from)
         return 0
     from litevar.commands.common import load_model
     from litevar.models.core.device import environment, fingerprint
@@ -353,6 +370,8 @@ def run(args) -> int:
     if w.distributed:
         meta["distributed"] = {"world_size": w.size, "cost_ranks": list(group.ranks) if group else [0]}
     prof = Profile(meta=meta, tables=tables)
+    if args.losses_from:
+        prof.meta["losses_source"] = _losses_source(prof, out, args.losses_from)
     if writer:
         prof.save(own_out)
     barrier()
