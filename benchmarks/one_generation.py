@@ -65,7 +65,8 @@ def main(argv=None) -> int:
         with autocast(device.torch, args.dtype):
             family.decode(vae, latent.pop())
     t0 = time.perf_counter()
-    (tf, dec), process = device.phases_peaks_mb([lambda: latent.append(transformer()), decode])
+    with torch.no_grad():  # as a generation runs: no autograd records
+        (tf, dec), process = device.phases_peaks_mb([lambda: latent.append(transformer()), decode])
     seconds = time.perf_counter() - t0
     pred = plan.predicted
     peak = resident + max(tf, dec)
