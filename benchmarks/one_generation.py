@@ -8,7 +8,10 @@ with the bytes of the model and its VAE, what the plan's memory budget governs),
 says which phase set the peak and checks each phase's prediction; in the same run, the process's
 peak (CPU: the resident-set growth, VmHWM; it includes the allocator's overhead, pages freed but
 not returned, and the tracker's own records). The time is that of the same tracked run, so it
-includes the tracker's small overhead. The file records the sha256 of the plan's decisions
+includes the tracker's small overhead. A plan with a text-encoder decision (Infinity) runs a third
+phase first: a random-init text encoder of the model's (bf16, as the official pipeline keeps it)
+encodes stand-in prompts, which the generation then uses, and stays alive through the generation
+when the plan keeps it resident. The file records the sha256 of the plan's decisions
 (Plan.decisions_sha256), so that a page can tell a measurement from a plan re-made since with
 other decisions.
 
@@ -32,9 +35,9 @@ def phase_predictions(breakdown: dict | None) -> dict:
     """The plan's predicted peak of each phase (MiB): the transformer's parts and the decode's."""
     if not breakdown:
         return {}
-    return {"predicted_transformer_mib": sum(breakdown.get(k, 0.0) for k in ("weights", "kv_cache", "activations",
-                                                                              "other")),
-            "predicted_decode_mib": breakdown.get("decode_phase")}
+    return {"predicted_transformer_mib": sum(v for k, v in breakdown.items() if not k.endswith("_phase")),
+            "predicted_decode_mib": breakdown.get("decode_phase"),
+            "predicted_encode_mib": breakdown.get("encode_phase")}
 
 
 def main(argv=None) -> int:
@@ -58,22 +61,37 @@ def main(argv=None) -> int:
     model = apply_plan(vae, model, plan)
     family = family_of_model(model)
     device = device_of(family.device_of(model))
-    transformer, latent = family.transformer_phase(model, plan.batch, args.dtype), []
-    resident = module_bytes(model, vae) / MiB
+    te = plan.text_encoder if family.text_encoder_params(family.arch_of(model)) else None
+    resident, latent, held = module_bytes(model, vae) / MiB, [], {}
+
+    def encode():  # a random-init text encoder built, stand-in prompts encoded; kept only if resident
+        from litevar.models.infinity.t5 import encode_prompts
+        enc = family.random_text_encoder(model)
+        held["conds"] = encode_prompts(enc, *family.stand_in_prompts(model, plan.batch))
+        held["encoder_mib"] = module_bytes(enc) / MiB if te["mode"] == "resident" else 0.0
+        held["encoder"] = enc if te["mode"] == "resident" else None
+
+    def transformer():
+        extra = {"conds": held["conds"]} if te else {}
+        latent.append(family.transformer_phase(model, plan.batch, args.dtype, **extra)())
 
     def decode():
         with autocast(device.torch, args.dtype):
             family.decode(vae, latent.pop())
     t0 = time.perf_counter()
     with torch.no_grad():  # as a generation runs: no autograd records
-        (tf, dec), process = device.phases_peaks_mb([lambda: latent.append(transformer()), decode])
+        peaks, process = device.phases_peaks_mb(([encode] if te else []) + [transformer, decode])
     seconds = time.perf_counter() - t0
+    enc_peak = peaks.pop(0) if te else None
+    kept = held.get("encoder_mib", 0.0)  # held through the later phases, allocated before them
+    tf, dec = peaks[0] + kept, peaks[1] + kept
     pred = plan.predicted
-    peak = resident + max(tf, dec)
+    peak = resident + max(tf, dec, enc_peak or 0.0)
     data = {"plan": args.plan, "plan_name": plan.name, "decisions_sha256": plan.decisions_sha256(), "dtype": args.dtype,
             "threads": torch.get_num_threads(), "resolution": plan.resolution, "batch": plan.batch,
             "seconds": seconds, "resident_mib": resident, "peak_mib": peak,
             "peak_transformer_mib": resident + tf, "peak_decode_mib": resident + dec,
+            **({"text_encoder": te, "peak_encode_mib": resident + enc_peak} if te else {}),
             "process_peak_mib": None if process is None else resident + process, "predicted_mib": pred.memory_mb,
             "memory_err": pred.memory_mb / peak - 1 if pred.memory_mb else None,
             "predicted_s": None if pred.latency_ms is None else pred.latency_ms / 1e3,
@@ -84,7 +102,8 @@ def main(argv=None) -> int:
     print(f"{plan.name}: {seconds:.0f} s (predicted {data['predicted_s'] or float('nan'):.0f} s); allocator peak "
           f"{peak / 1024:.2f} GiB, predicted {pred.memory_mb / 1024:.2f} GiB ({100 * data['memory_err']:+.1f}%); "
           f"process peak {data['process_peak_mib'] / 1024 if process is not None else float('nan'):.2f} GiB; "
-          f"phases: transformer {(resident + tf) / 1024:.2f} GiB, decode {(resident + dec) / 1024:.2f} GiB")
+          f"phases: transformer {(resident + tf) / 1024:.2f} GiB, decode {(resident + dec) / 1024:.2f} GiB"
+          + (f", encode {(resident + enc_peak) / 1024:.2f} GiB (text encoder {te['mode']})" if te else ""))
     print(f"wrote {args.json}")
     return 0
 

@@ -305,13 +305,16 @@ def plan_since(g: dict) -> bool:
 def peak_set_by(g: dict) -> str:
     """The phase that set the measured peak (runs that measured both), else the predicted one."""
     b = g.get("predicted_breakdown_mib") or {}
-    predicted = "decode" if b.get("decode_phase", 0) > sum(b.get(k, 0) for k in ("weights", "kv_cache",
-                                                                                  "activations", "other")) else (
-        "transformer")
+    phases = {"transformer": sum(v for k, v in b.items() if not k.endswith("_phase")),
+              "decode": b.get("decode_phase", 0), "encode": b.get("encode_phase", 0)}
+    predicted = max(phases, key=phases.get)
     if g.get("peak_transformer_mib") is None:
         return f"{predicted} (predicted)"
-    measured = "decode" if g["peak_decode_mib"] > g["peak_transformer_mib"] else "transformer"
-    return f"{measured} ({gib(g['peak_transformer_mib'])} / {gib(g['peak_decode_mib'])})"
+    seen = {"transformer": g["peak_transformer_mib"], "decode": g["peak_decode_mib"],
+            "encode": g.get("peak_encode_mib") or 0.0}
+    measured = max(seen, key=seen.get)
+    enc = f" / encode {gib(g['peak_encode_mib'])}" if g.get("peak_encode_mib") else ""
+    return f"{measured} ({gib(g['peak_transformer_mib'])} / {gib(g['peak_decode_mib'])}{enc})"
 
 
 @renderer("one-generations")

@@ -121,8 +121,40 @@ def build_problem(profile, resolution: int, batch: int = 1, formats: list[str] |
     if kv_option is not None:
         problem.kv, problem.meta["kv_unpriced"] = required_kv(profile, cm, arch, pns, batch, alpha, problem.kv,
                                                               kv_option, dtype)
+    enc_mb = cm.text_encoder_mb(arch)
+    if enc_mb:  # the family's text encoder: a lever (text_encoder_problem), resident until one is chosen
+        parts = dense.memory_parts_mb
+        problem.meta["text_encoder"] = {"mb": enc_mb, "model_other_mb": parts["other_params_mb"] + parts["vae_mb"]}
+        problem = text_encoder_problem(problem, "resident", 1, cm)
     problem.check_finite()
     return problem
+
+
+def text_encoder_problem(problem: Problem, mode: str, images_per_prompt: int, cm: C.CostModel) -> Problem:
+    """The problem with the text encoder `mode` (costmodel.TEXT_ENCODER_MODES) set: resident, its MB
+    in both phases' rows; freed, its reload every `images_per_prompt` images in the latency. Either
+    way the encoding phase (the model's weights, the other parameters and the VAE, with the
+    encoder) is a row of the same form as the decode's, so the larger constant of the two is kept."""
+    import dataclasses
+    te = problem.meta.get("text_encoder")
+    if te is None:
+        raise UserError(f"--text-encoder {mode}: the {problem.meta['arch'].family} family has no text encoder; drop "
+                        "--text-encoder")
+    base = te.get("base", {"memory": problem.base_memory_mb, "decode": problem.decode_base_mb,
+                           "latency": problem.base_latency_ms})
+    enc, resident = te["mb"], mode == "resident"
+    try:  # ms per image of reloading a freed encoder (None: the profile did not measure the load rate)
+        reload_ms = cm.reload_ms(problem.meta["arch"]) / images_per_prompt
+    except UserError:
+        if not resident:
+            raise
+        reload_ms = None
+    added = 0.0 if resident else reload_ms
+    decode = None if base["decode"] is None else max(base["decode"] + enc * resident, te["model_other_mb"] + enc)
+    meta = {**problem.meta, "text_encoder": {**te, "base": base, "mode": mode, "images_per_prompt": images_per_prompt,
+                                             "reload_ms": reload_ms}}
+    return dataclasses.replace(problem, base_memory_mb=base["memory"] + enc * resident, decode_base_mb=decode,
+                               base_latency_ms=base["latency"] + added, meta=meta)
 
 
 def runtime_dtype(profile, dtype: str | None) -> str:
@@ -385,7 +417,9 @@ def selection_kv_specs(problem: Problem, sel: Selection) -> dict:
 
 def decisions_of(problem: Problem, sel: Selection, kept: dict) -> C.Decisions:
     """The cost model's view of a selection."""
-    return C.Decisions(sel.formats, kept, sel.cfg_shared, sel.qk_int8, selection_kv_specs(problem, sel))
+    te = problem.meta.get("text_encoder") or {}
+    return C.Decisions(sel.formats, kept, sel.cfg_shared, sel.qk_int8, selection_kv_specs(problem, sel),
+                       te.get("mode"), te.get("images_per_prompt", 1))
 
 
 def to_plan(problem: Problem, solution, profile, profile_path, budgets, name: str = ""):
@@ -416,20 +450,30 @@ def to_plan(problem: Problem, solution, profile, profile_path, budgets, name: st
                 budgets=budgets.to_dict(), solver=_jsonable(solution.solver), predicted=predicted.to_dict(),
                 qk_int8=sorted(sel.qk_int8), windows=window_config(problem, sel, WindowConfig),
                 cfg_shared=sorted(sel.cfg_shared), kv=kv,
-                kv_layout={"heads": arch.num_heads, "head_dim": arch.head_dim}, dtype=dtype)
+                kv_layout={"heads": arch.num_heads, "head_dim": arch.head_dim}, dtype=dtype,
+                text_encoder=plan_text_encoder(problem))
+
+
+def plan_text_encoder(problem: Problem) -> dict | None:
+    te = problem.meta.get("text_encoder")
+    return None if te is None else {"mode": te["mode"], "images_per_prompt": te["images_per_prompt"]}
 
 
 MEMORY_PARTS = {"weights": ("weights_mb",), "kv_cache": ("kv_mb",),
                 "activations": ("activations_mb", "workspace_mb", "linear_workspace_mb"),
-                "other": ("other_params_mb", "vae_mb", "fixed_mb")}
+                "other": ("other_params_mb", "vae_mb", "fixed_mb"), "text_encoder": ("text_encoder_mb",)}
 
 
 def memory_breakdown(pred: C.Prediction) -> dict[str, float]:
-    """MB of the transformer phase's peak by part (MEMORY_PARTS) of a prediction, and
-    `decode_phase`: the decode phase's whole peak (0 when not modelled)."""
+    """MB of the transformer phase's peak by part (MEMORY_PARTS) of a prediction, `decode_phase`:
+    the decode phase's whole peak (0 when not modelled), and for a family with a text encoder
+    `encode_phase`: the encoding phase's (the model and its encoder)."""
     mem = pred.memory_parts_mb
-    out = {part: float(sum(mem.get(k, 0.0) for k in keys)) for part, keys in MEMORY_PARTS.items()}
+    out = {part: float(sum(mem.get(k, 0.0) for k in keys)) for part, keys in MEMORY_PARTS.items()
+           if part != "text_encoder" or "text_encoder_mb" in mem}
     out["decode_phase"] = float(pred.decode_mb)
+    if pred.encode_mb:
+        out["encode_phase"] = float(pred.encode_mb)
     return out
 
 
@@ -449,8 +493,10 @@ def plan_kept(plan) -> dict[tuple[int, int], float]:
 
 def plan_decisions(plan) -> C.Decisions:
     """The cost model's view of a plan."""
+    te = plan.text_encoder or {}
     return C.Decisions(plan.formats, plan_kept(plan), plan.cfg_shared, plan.qk_int8,
-                       {layer: plan.kv_spec(layer) for layer in range(plan.arch["depth"])})
+                       {layer: plan.kv_spec(layer) for layer in range(plan.arch["depth"])}, te.get("mode"),
+                       te.get("images_per_prompt", 1))
 
 
 def plan_prediction(plan, profile) -> C.Prediction:

@@ -7,6 +7,8 @@ and the alternative it beat (plain data in, a DataFrame out; the CLI prints it).
     window   per (layer, head) with a window: pairs kept, ms saved (the call's saving shared by
              the heads in proportion to the pairs they remove), loss; alternative: every part
              one candidate narrower (what the budget did not need)
+    text_encoder  a family's text encoder: resident, or freed after encoding (saves its GiB through
+             the generation, costs its reload per prompt)
     kv       per block with KV-cache options: its format and kept scales, the GiB its cache holds
              at the last scale (kernels.kvcache.held_bytes) before (plain, both CFG halves) and
              after; alternative: the option saving the most memory beyond it at the least extra
@@ -17,7 +19,7 @@ from __future__ import annotations
 import pandas as pd
 
 from litevar.models.core.family import family_of
-from litevar.planner.problem import FULL, Problem, Selection, evaluate, kv_choice, slot_kept
+from litevar.planner.problem import FULL, Problem, Selection, kv_choice, slot_kept
 
 COLUMNS = ["layer", "head", "decision", "chosen", "saves_ms", "saves_gib", "loss", "alternative",
            "alt_saves_ms", "alt_loss"]
@@ -25,15 +27,22 @@ GiB = 1024  # MiB per GiB
 
 
 def explain(problem: Problem, sel: Selection) -> pd.DataFrame:
-    rows = _format_rows(problem, sel) + _layer_rows(problem, sel) + _window_rows(problem, sel) + _kv_rows(problem, sel)
+    rows = (_format_rows(problem, sel) + _layer_rows(problem, sel) + _window_rows(problem, sel) + _kv_rows(problem, sel)
+            + _text_encoder_rows(problem))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def summary(problem: Problem, sel: Selection) -> dict:
-    m = evaluate(problem, sel)
-    return {"latency_ms": m.latency_ms, "dense_latency_ms": problem.dense_latency_ms,
-            "speedup": problem.dense_latency_ms / m.latency_ms, "memory_mb": m.memory_mb,
-            "dense_memory_mb": problem.dense_memory_mb, "loss": m.loss, "attn_kept": m.attn_kept}
+def _text_encoder_rows(problem: Problem) -> list:
+    """The text encoder's mode: freed saves its MB through the generation (the encoding phase holds
+    it either way) and costs its reload per prompt; resident the reverse."""
+    te = problem.meta.get("text_encoder") or {}
+    if "mode" not in te:
+        return []
+    freed, gib, ms = te["mode"] == "freed", te["mb"] / GiB, te.get("reload_ms")
+    ms = float("nan") if ms is None else ms  # a load rate the profile did not measure
+    if freed:
+        return [("text_encoder", "", "text_encoder", "freed", -ms, gib, 0.0, "resident", ms, 0.0)]
+    return [("text_encoder", "", "text_encoder", "resident", 0.0, 0.0, 0.0, "freed", -ms, 0.0)]
 
 
 def _format_rows(problem: Problem, sel: Selection) -> list:

@@ -96,6 +96,8 @@ class Plan:
     kv: dict = field(default_factory=dict)  # block -> {"format": "KV8", "keep": {"sinks": s, "recent": m}}
     kv_layout: dict = field(default_factory=dict)  # {"heads", "head_dim"} of the cache the kv decisions are for
     dtype: str | None = None  # the runtime dtype it was priced for (None: the profile's)
+    # a family with a text encoder: {"mode": "resident" | "freed", "images_per_prompt": n}; None: not counted
+    text_encoder: dict | None = None
     version: int = VERSION
 
     def __post_init__(self):
@@ -119,6 +121,7 @@ class Plan:
         self.version = VERSION  # older files read as version 3 with no KV decisions / dtype
         if self.dtype not in (None, "fp32", "bf16", "fp16"):
             raise UserError(f"plan dtype {self.dtype!r}: use fp32, bf16, fp16 or null; {REPLAN}")
+        self.text_encoder = _text_encoder_entry(self.text_encoder)
         self.validate()
 
     def __eq__(self, other) -> bool:
@@ -245,13 +248,15 @@ class Plan:
 
     # -- (de)serialisation --------------------------------------------------------------------
     RUN_KEYS = ("model", "resolution", "patch_nums", "batch", "formats", "qk_int8", "windows", "cfg_shared", "kv",
-                "kv_layout", "dtype")
+                "kv_layout", "dtype", "text_encoder")
 
     def decisions_sha256(self) -> str:
         """sha256 of what a run of the plan executes (the model, schedule, batch, runtime dtype and
-        every decision), not of how it was priced: a plan re-made with the same decisions keeps it."""
+        every decision; a text-encoder decision when there is one), not of how it was priced: a
+        plan re-made with the same decisions keeps it."""
         d = self.to_dict()
-        return hashlib.sha256(json.dumps({k: d[k] for k in self.RUN_KEYS}, sort_keys=True).encode()).hexdigest()
+        run = {k: d.get(k) for k in self.RUN_KEYS if k != "text_encoder" or d.get(k) is not None}
+        return hashlib.sha256(json.dumps(run, sort_keys=True).encode()).hexdigest()
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "version": self.version, "name": self.name,
@@ -262,7 +267,8 @@ class Plan:
                 "qk_int8": self.qk_int8,
                 "windows": None if self.windows is None else self.windows.to_dict(),
                 "cfg_shared": self.cfg_shared, "kv": {str(k): v for k, v in sorted(self.kv.items())},
-                "kv_layout": self.kv_layout, "dtype": self.dtype}
+                "kv_layout": self.kv_layout, "dtype": self.dtype,
+                **({"text_encoder": self.text_encoder} if self.text_encoder is not None else {})}
 
     @classmethod
     def from_dict(cls, d) -> Plan:
@@ -368,6 +374,18 @@ def _kv_entries(kv) -> dict[int, dict]:
             raise UserError(f"plan kv[{layer}] keep {keep!r:.80}: {err}; {REPLAN}") from None
         out[layer] = {"format": fmt, "keep": dict(keep)} if keep else {"format": fmt}
     return out
+
+
+def _text_encoder_entry(te) -> dict | None:
+    if te is None:
+        return None
+    from litevar.profiler.costmodel import TEXT_ENCODER_MODES
+    ok = isinstance(te, dict) and te.get("mode") in TEXT_ENCODER_MODES and isinstance(
+        te.get("images_per_prompt", 1), int) and te.get("images_per_prompt", 1) >= 1
+    if not ok:
+        raise UserError(f"plan text_encoder {te!r}: give {{\"mode\": one of {list(TEXT_ENCODER_MODES)}, "
+                        f"\"images_per_prompt\": n >= 1}}; {REPLAN}")
+    return {"mode": te["mode"], "images_per_prompt": int(te.get("images_per_prompt", 1))}
 
 
 def _windows_from_dict(d) -> WindowConfig:

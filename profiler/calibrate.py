@@ -85,6 +85,30 @@ def copy_bandwidth_gbs(dev, mib: int) -> float:
     return 2 * src.numel() * 4 / (ms * 1e6)
 
 
+def load_gbs(dev, mib: int = 256, repeats: int = 3) -> float:
+    """GB/s of loading a `mib` MiB safetensors file into tensors on the device, median of
+    `repeats` after one warm-up: what reloading a freed model's weights (a text encoder between
+    prompts) costs per byte. The file was just written, so it is read from the page cache: a
+    cold read from disk is slower."""
+    import statistics
+    import tempfile
+    import time
+
+    from safetensors.torch import load_file, save_file
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/w.safetensors"
+        save_file({"w": torch.zeros(mib * 2 ** 18)}, path)
+        times = []
+        for i in range(repeats + 1):
+            t0 = time.perf_counter()
+            w = load_file(path, device=str(dev.torch))["w"]
+            dev.synchronize()
+            if i:
+                times.append(time.perf_counter() - t0)
+            del w
+    return mib * 2 ** 20 / statistics.median(times) / 1e9
+
+
 def dispatch_ms(dev) -> float:
     """ms per call of a tiny op: what the host spends dispatching one."""
     x = torch.zeros(1, device=dev.torch)

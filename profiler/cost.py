@@ -548,11 +548,13 @@ def refit_cost_model(tables: dict, arch: Arch, old: dict) -> tuple[cmod.CostMode
 
 def host_figures(dev) -> dict:
     """The host's dispatch per operator and copy bandwidth (profiler.calibrate), for pricing the
-    profile's overhead on another device."""
+    profile's overhead on another device, and its load rate of a weights file (reloading a freed
+    text encoder)."""
     from litevar.models.core.device import device_of
-    from litevar.profiler.calibrate import copy_bandwidth_gbs, dispatch_ms
+    from litevar.profiler.calibrate import copy_bandwidth_gbs, dispatch_ms, load_gbs
     d = device_of(dev)
-    return {"dispatch_ms": dispatch_ms(d), "bandwidth_gbs": copy_bandwidth_gbs(d, 1024 if d.accelerator else 256)}
+    return {"dispatch_ms": dispatch_ms(d), "bandwidth_gbs": copy_bandwidth_gbs(d, 1024 if d.accelerator else 256),
+            "load_gbs": load_gbs(d)}
 
 
 def run_cost_stage(vae, model, arch: Arch, device, resolutions=None, batches=(1, 2), progress: bool = True,

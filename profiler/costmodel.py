@@ -68,6 +68,9 @@ ATTN_FEATURES = ("const", "W*kept/1e9", "W/1e9", "BHD(q+kv)/1e6")
 E2E_FEATURES = ("kernels", "const", "S*(depth+1)", "B*L*(C*depth+V)/1e6", "B*n_last/1e3")
 ALPHA_BOUNDS = (0.5, 2.0)  # in-model vs isolated kernel time (caches, dispatch)
 MEM_FEATURES = ("const", "activations_mb", "linear_workspace_mb")
+# the text-encoder lever: the encoder is stored in bf16, as the official Infinity pipeline keeps it
+TEXT_ENCODER_BYTES = 2
+TEXT_ENCODER_MODES = ("resident", "freed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,10 +89,17 @@ class Decisions:
     cfg_shared: frozenset[int] = frozenset()
     qk_int8: frozenset[int] = frozenset()
     kv_specs: Mapping[int, object] = field(default_factory=dict)
+    # a family with a text encoder: kept "resident" through the generation or "freed" after encoding
+    # (reloaded for each new prompt, every `images_per_prompt` images); None: not counted
+    text_encoder: str | None = None
+    images_per_prompt: int = 1
 
     def __post_init__(self):
         object.__setattr__(self, "cfg_shared", frozenset(self.cfg_shared))
         object.__setattr__(self, "qk_int8", frozenset(self.qk_int8))
+        if self.text_encoder not in (None, *TEXT_ENCODER_MODES) or self.images_per_prompt < 1:
+            raise ValueError(f"text_encoder {self.text_encoder!r} / images_per_prompt {self.images_per_prompt}: "
+                             f"give one of {TEXT_ENCODER_MODES} (or None) and a positive count")
 
     def with_cfg_halves(self) -> dict:
         """kv_specs with an fp keep-all spec for each CFG-shared block it leaves out (the runtime
@@ -314,6 +324,7 @@ class Prediction:
     memory_parts_mb: dict[str, float]  # the transformer phase's peak by part
     transformer_mb: float
     decode_mb: float
+    encode_mb: float = 0.0  # the text-encoding phase (the model and its text encoder); 0: none counted
 
 
 @dataclass
@@ -547,6 +558,21 @@ class CostModel:
             return 0.0
         return resident + decode_alloc_mb(dec, image_pixels(arch, patch_nums, batch) / 1e6)
 
+    def text_encoder_mb(self, arch: Arch) -> float:
+        """MB of the family's text encoder as stored (TEXT_ENCODER_BYTES per parameter); 0: none."""
+        return family_of(arch).text_encoder_params(arch) * TEXT_ENCODER_BYTES / MB
+
+    def reload_ms(self, arch: Arch) -> float:
+        """ms to load the text encoder's weights again (a freed encoder, for a new prompt), at the
+        profile's measured load rate (host.load_gbs: from the page cache; a cold disk is slower)."""
+        gbs = (self.host or {}).get("load_gbs")
+        if not gbs:
+            from litevar.models.core.errors import UserError
+            raise UserError("the profile did not measure this machine's load rate (host.load_gbs), which prices "
+                            "freeing the text encoder; run `litevar profile --out PROFILE --refit` on the profiled "
+                            "machine, or plan with --text-encoder resident")
+        return self.text_encoder_mb(arch) * MB / (gbs * 1e9) * 1e3
+
     # -- the prediction ------------------------------------------------------------------
     def overhead_ms(self, arch: Arch, patch_nums, batch: int, dtype: str | None = None) -> float:
         """What a generation spends outside its linears and attention (the e2e fit's overhead)."""
@@ -574,16 +600,27 @@ class CostModel:
         ws, kv_call = m2 * mem.pop("linear_workspace_mb"), mem.pop("kv_written_mb") + self.memory.gather_coef * mem.pop(
             "kv_gather_mb")
         mem.update(fixed_mb=m0, activations_mb=m1 * act_mb, workspace_mb=max(ws, kv_call))
+        resident = mem["weights_mb"] + mem["other_params_mb"] + mem["vae_mb"]
+        decode = self.decode_mb(arch, pns, batch, resident)
+        encode = 0.0
+        enc_mb = self.text_encoder_mb(arch) if dec.text_encoder else 0.0
+        if enc_mb:  # encoding: the model loaded and its encoder; kept through the generation if resident
+            encode = resident + enc_mb
+            if dec.text_encoder == "resident":
+                mem["text_encoder_mb"] = enc_mb
+                decode = decode + enc_mb if decode else 0.0
+            else:
+                overhead += self.reload_ms(arch) / dec.images_per_prompt
+                latency += self.reload_ms(arch) / dec.images_per_prompt
         transformer = float(sum(mem.values()))
-        decode = self.decode_mb(arch, pns, batch, mem["weights_mb"] + mem["other_params_mb"] + mem["vae_mb"])
         alpha = float(e[0])
         per_layer = {n: v * (alpha if n.endswith(".qk") else self.alpha_of(self.kernel_of(dec.formats.get(n, "fp")),
                                                                              dtype))
                      for n, v in k["per_layer"].items()}
-        return Prediction(latency_ms=float(latency), memory_mb=max(transformer, decode),
+        return Prediction(latency_ms=float(latency), memory_mb=max(transformer, decode, encode),
                           linear_ms=sum(v for n, v in per_layer.items() if not n.endswith(".qk")),
                           attn_ms=alpha * k["attn_ms"], overhead_ms=overhead, alpha=alpha, per_layer_ms=per_layer,
-                          memory_parts_mb=mem, transformer_mb=transformer, decode_mb=decode)
+                          memory_parts_mb=mem, transformer_mb=transformer, decode_mb=decode, encode_mb=encode)
 
     def validate(self, arch: Arch | dict, rows) -> list[dict]:
         """Predicted vs measured latency and memory of e2e rows (dicts or a DataFrame with

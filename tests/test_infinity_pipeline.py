@@ -104,3 +104,43 @@ def test_cost_only_infinity_borrows_the_var_losses(toy_family, tmp_path, capsys)
     rc, out, err = run_cli(capsys, "plan", "--profile", "profiles/d16-cpu.json", "--resolution", 256,
                            "--losses-from", prof, "--max-memory-gib", 4, "--out", tmp_path / "x.json")
     assert_one_line_error(rc, err, "--losses-from")
+
+
+def test_generate_from_text_prompts_through_a_t5_directory(toy_family, tmp_path, capsys):
+    """`litevar generate --prompt ... --text-encoder DIR`: the prompts tokenized and encoded by the
+    directory's T5 (here a toy one, SentencePiece vocabulary trained on the spot) and generated;
+    the same prompt twice gives the same image, another prompt other conditions; a missing directory, or
+    a width the model does not read, gets one line."""
+    spm = pytest.importorskip("sentencepiece")
+    from safetensors.torch import save_file
+
+    from litevar.models.infinity.t5 import T5Config, T5Encoder
+    from tests.test_t5 import _hf_config
+    cfg = T5Config(vocab=24, d_model=TOY.text_channels, d_kv=8, num_heads=2, d_ff=16, num_layers=1, buckets=8,
+                   max_distance=16)
+    enc = T5Encoder(cfg).init_weights(torch.Generator().manual_seed(0))
+    save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(_hf_config(cfg)))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"a {w} cat on a {v} mat" for w in ("red", "blue", "green") for v in ("big", "soft")))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "spiece"), vocab_size=24,
+                                   pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+    common = ("generate", "--family", "infinity", "--random-init", "--depth", 2, "--resolution", 8,
+              "--text-encoder", tmp_path)
+    outs = []
+    for i, prompt in enumerate(("a red cat", "a red cat", "a soft blue mat")):
+        rc, out, err = run_cli(capsys, *common, "--prompt", prompt, "--out", tmp_path / f"{i}.png")
+        assert rc == 0, err
+        assert f"prompts ['{prompt}']" in out
+        outs.append((tmp_path / f"{i}.png").read_bytes())
+    assert outs[0] == outs[1], "same prompt, same seed: another image"
+    from litevar.models.infinity.build import build
+    _, model = build(cfg=TOY, hw=square_hw((1, 2, 4)), seed=3)
+    family = fam.FAMILIES["infinity"]
+    (a, _), (b, _) = (family.encode_text(model, tmp_path, [t], 1) for t in ("a red cat", "a blue mat"))
+    assert a.lens != b.lens or not torch.equal(a.emb_BTC, b.emb_BTC)  # the prompt reaches the conditions
+    rc, _, err = run_cli(capsys, *common[:-1], tmp_path / "nowhere", "--prompt", "a cat", "--out", tmp_path / "x.png")
+    assert_one_line_error(rc, err, "no config.json")
+    (tmp_path / "config.json").write_text(json.dumps(_hf_config(T5Config(**{**cfg.__dict__, "d_model": 16}))))
+    rc, _, err = run_cli(capsys, *common, "--prompt", "a cat", "--out", tmp_path / "x.png")
+    assert rc == 2 and "Traceback" not in err

@@ -229,3 +229,67 @@ def test_decisions_hash_ignores_pricing_and_sees_decisions():
     other = "W8A8" if d["formats"][layer] != "W8A8" else "fp"
     changed = Plan.from_dict({**d, "formats": {**d["formats"], layer: other}})
     assert changed.decisions_sha256() != plan.decisions_sha256()
+
+
+def _infinity_profile(tmp_path, load_gbs=2.0):
+    """The shipped Infinity-2B cost profile, its loss source beside it, the load rate as given."""
+    import shutil
+
+    from litevar.profiler.profile import Profile
+    prof = Profile.load("profiles/infinity-2b-cpu.json")
+    prof.meta["cost_model"].setdefault("host", {})["load_gbs"] = load_gbs
+    path = tmp_path / "inf.json"
+    prof.save(path)
+    shutil.copy("profiles/default-cpu.json", tmp_path / "default-cpu.json")
+    return path
+
+
+def test_text_encoder_lever(tmp_path, capsys):
+    """Infinity-2B at 1024 px: in 8 GiB the planner frees the T5 encoder (its 2.28 GiB in bf16 do not
+    fit beside the generation), paying its reload per prompt at the measured load rate; with room
+    it keeps it resident. The plan's figures are the cost model's (encoding phase included), a
+    reload amortised over --images-per-prompt, and VAR gets one line for the flag."""
+    from litevar.planner.build import plan_prediction
+    from litevar.profiler.costmodel import TEXT_ENCODER_BYTES
+    from litevar.profiler.profile import Profile
+    path = _infinity_profile(tmp_path)
+    common = ("plan", "--profile", path, "--losses-from", tmp_path / "default-cpu.json", "--resolution", 1024)
+    enc_mib = 1_223_527_424 * TEXT_ENCODER_BYTES / 2 ** 20
+    reload_ms = 1_223_527_424 * TEXT_ENCODER_BYTES / 2.0e9 * 1e3
+    plans = {}
+    for name, extra in (("tight", ("--max-memory-gib", 8)), ("roomy", ("--max-memory-gib", 24)),
+                        ("tight4", ("--max-memory-gib", 8, "--images-per-prompt", 4)),
+                        ("forced", ("--max-memory-gib", 24, "--text-encoder", "freed"))):
+        rc, out, err = run_cli(capsys, *common, *extra, "--out", tmp_path / f"{name}.json")
+        assert rc == 0, err
+        plans[name] = Plan.load(tmp_path / f"{name}.json")
+    profile = Profile.load(path)
+    assert plans["tight"].text_encoder == {"mode": "freed", "images_per_prompt": 1}
+    assert plans["roomy"].text_encoder["mode"] == "resident"
+    for p in plans.values():
+        pred = plan_prediction(p, profile)
+        assert pred.memory_mb == pytest.approx(p.predicted.memory_mb, rel=1e-9)
+        assert pred.latency_ms == pytest.approx(p.predicted.latency_ms, rel=1e-9)
+        b = p.predicted.memory_breakdown_mb
+        assert b["encode_phase"] == pytest.approx(b["weights"] + b["other"] - _fixed(profile) + enc_mib, rel=1e-9)
+        assert ("text_encoder" in b) == (p.text_encoder["mode"] == "resident")
+    assert plans["tight"].predicted.memory_mb <= 8 * 1024
+    # the same decisions, resident vs freed: the reload is the only latency difference
+    same = Plan.from_dict({**plans["forced"].to_dict(), "text_encoder": {"mode": "resident", "images_per_prompt": 1}})
+    d = plan_prediction(plans["forced"], profile).latency_ms - plan_prediction(same, profile).latency_ms
+    assert d == pytest.approx(reload_ms, rel=1e-9)
+    four = Plan.from_dict({**plans["forced"].to_dict(), "text_encoder": {"mode": "freed", "images_per_prompt": 4}})
+    assert plan_prediction(plans["forced"], profile).latency_ms - plan_prediction(four, profile).latency_ms == \
+        pytest.approx(reload_ms * 3 / 4, rel=1e-9)
+    rc, _, err = run_cli(capsys, "plan", "--profile", "profiles/default-cpu.json", "--resolution", 256,
+                         "--min-speedup", 1.1, "--text-encoder", "freed", "--out", tmp_path / "v.json")
+    assert_one_line_error(rc, err, "no text encoder")
+    rc, stdout, err = run_cli(capsys, "explain", tmp_path / "tight.json", "--profile", path, "--losses-from",
+                              tmp_path / "default-cpu.json")
+    assert rc == 0, err
+    assert "text_encoder" in stdout and "freed" in stdout
+
+
+def _fixed(profile) -> float:
+    """The memory model's fixed term m0 (MiB), part of 'other' in a breakdown but not of the encoding phase."""
+    return profile.cost_model.memory.coef[0]

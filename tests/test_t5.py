@@ -92,7 +92,7 @@ def test_loads_a_model_directory_strictly(tmp_path):
     assert set(encoder_keys(full)) == set(sd)
     (tmp_path / "config.json").write_text(json.dumps(_hf_config(TOY)))
     save_file({k: v.contiguous() for k, v in full.items()}, tmp_path / "model.safetensors")
-    again = load_t5_encoder(tmp_path)
+    again = load_t5_encoder(tmp_path, dtype=torch.float32)
     ids = torch.randint(2, TOY.vocab, (1, 9), generator=torch.Generator().manual_seed(SEED))
     mask = torch.ones_like(ids, dtype=torch.bool)
     assert torch.equal(again(ids, mask), enc(ids, mask))

@@ -11,6 +11,8 @@ from litevar.models.core.errors import UserError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("plan", help="plan file written by `litevar plan`")
     p.add_argument("--profile", help="the profile the plan was made from (needed for savings and losses)")
+    p.add_argument("--losses-from", help="a cost-only profile's loss source, as `litevar plan --losses-from` "
+                   "(default: the one the profile records)")
     p.add_argument("--device", help="the --device the plan was priced for (a catalogue GPU or a calibration file); "
                    "needed for a plan priced at the spec or calibrated tier")
 
@@ -37,18 +39,22 @@ def run(args) -> int:
               f"{sorted(plan.windows.widths) if plan.windows else []}; KV caches planned in blocks {sorted(plan.kv)}")
         print("pass --profile PROFILE for what each choice saves, costs and beat")
         return 0
-    from litevar.planner.build import build_problem, profile_sha256, selection_of
+    from litevar.planner.build import build_problem, profile_sha256, selection_of, text_encoder_problem
     from litevar.planner.explain import explain, format_table
-    from litevar.profiler.profile import Profile
     if plan.profile_sha256 and profile_sha256(args.profile) != plan.profile_sha256:
         print(f"note: {args.profile} is not the profile this plan was made from (sha256 differs); "
               "numbers below are from the given profile")
-    profile = priced_like(Profile.load(args.profile), plan, args.device)
+    from litevar.commands.plan import load_profile
+    profile = priced_like(load_profile(argparse.Namespace(profile=args.profile, losses_from=args.losses_from)),
+                          plan, args.device)
     family = plan.windows.family.value if plan.windows else None
     sel = selection_of(plan)
     uniform = set(sel.kv.values())  # a recipe's KV option, which the profile may not offer by itself
     problem = build_problem(profile, plan.resolution, plan.batch, None, family, coverage_targets=None,
                             kv_option=next(iter(uniform)) if len(uniform) == 1 else None, dtype=plan.dtype)
+    if plan.text_encoder and "text_encoder" in problem.meta:
+        problem = text_encoder_problem(problem, plan.text_encoder["mode"], plan.text_encoder["images_per_prompt"],
+                                       profile.cost_model)
     bad = [k for k in sel.widths if k + (sel.widths[k],) not in problem.window_index]
     if bad:
         raise UserError(f"plan window {bad[0]} is not a width the profile measured; explain it with the "

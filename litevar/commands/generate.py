@@ -12,6 +12,7 @@ import time
 
 from litevar.commands.args import COUNT, FRACTION, NONNEG, NONNEG_INT, SEED
 from litevar.commands.common import add_model_arguments, load_model
+from litevar.models.core.errors import UserError
 from litevar.models.core.family import family_of_model
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--more-smooth", action="store_true", help="gumbel-softmax smoothing (official option)")
     p.add_argument("--out", default="samples.png", help="output PNG (default samples.png)")
     p.add_argument("--plan", help="compression plan JSON (`litevar plan`) to apply to the model")
+    p.add_argument("--prompt", action="append", help="a text prompt (repeatable; a family with a text encoder: "
+                   "Infinity), encoded by --text-encoder; --per-class images each")
+    p.add_argument("--text-encoder", help="with --prompt: a local T5 v1.1 / Flan-T5 model directory (config.json, "
+                   "weights, spiece.model); kept through the generation or freed after encoding as the plan says "
+                   "(resident without a plan)")
 
 
 def run(args) -> int:
@@ -43,13 +49,24 @@ def run(args) -> int:
         apply_plan(vae, var, plan)
     t1 = time.perf_counter()
     family = family_of_model(var)
-    conds = family.conditions_from_text(var, args.classes, args.per_class)
+    encoder = None
+    if args.prompt:
+        if args.classes:
+            raise UserError("give --prompt or --classes, not both")
+        conds, encoder = family.encode_text(var, args.text_encoder, args.prompt, args.per_class)
+        if ((plan.text_encoder if plan else None) or {}).get("mode") == "freed":
+            encoder = None  # freed after encoding, as the plan was priced
+        what = f"prompts {args.prompt}"
+    else:
+        conds = family.conditions_from_text(var, args.classes, args.per_class)
+        what = f"classes {sorted(set(conds))}" if isinstance(conds, (list, tuple)) else "conditions"
     sampling = {"cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "more_smooth": args.more_smooth}
     dtype = run_dtype(args, plan)
     img = family.images(vae, var, conds, args.seed, sampling, dtype)
+    del encoder  # resident through the generation
     t2 = time.perf_counter()
     save_grid(img, args.out, nrow=min(len(conds), 8))
-    print(f"wrote {args.out}: {len(conds)} samples of classes {sorted(set(conds))}, "
+    print(f"wrote {args.out}: {len(conds)} samples of {what}, "
           f"{img.shape[-1]}x{img.shape[-2]} px (load {t1 - t0:.1f} s, generate {t2 - t1:.1f} s on {args.device}, "
           f"{dtype})")
     return 0

@@ -36,6 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "solved for budget / (1 + guard). 'auto' (default): the profile's worst measured under-prediction "
                    "(latency relative to dense, peak memory; see `litevar profile`); a fraction such as 0.05 for "
                    "both; 0 to plan on the bare predictions (a --sweep is of the bare predictions)")
+    p.add_argument("--text-encoder", default="auto", choices=("auto", "resident", "freed"),
+                   help="a family with a text encoder (Infinity's T5): keep it resident through the generation, or "
+                   "free it after encoding and reload it for each new prompt. auto (default): plan both, keep the "
+                   "least-loss plan within the budgets (resident on a tie)")
+    p.add_argument("--images-per-prompt", type=Number(int, 1), default=1,
+                   help="images made per prompt before it changes: a freed text encoder's reload is paid once per "
+                   "prompt (default 1: every image a new prompt)")
     p.add_argument("--losses-from", help="for a profile with no measured losses (a --random-init one, cost only): "
                    "the profile of a trained model whose per-layer losses are borrowed by layer role and relative "
                    "depth (planner/transfer.py), e.g. profiles/default-cpu.json; overrides the source the profile "
@@ -180,21 +187,21 @@ def planned_dtypes(profile, choice: str) -> list[str]:
 def solve_dtypes(profile, args, formats, solver_budgets, settings, guard):
     """(problem, solution): the least-loss plan within the budgets over the runtime dtypes of
     --dtype (the faster on equal loss); the solver record says what each dtype gave."""
-    from litevar.planner.build import build_problem
     from litevar.planner.solve import solve
     tried, best, errors = {}, None, []
     for dtype in planned_dtypes(profile, args.dtype):
-        problem = build_problem(profile, args.resolution, args.batch, formats, args.family, dtype=dtype)
-        try:
-            sol = solve(problem, solver_budgets, settings)
-        except UserError as e:
-            errors.append(f"at {dtype}: {e}")
-            tried[dtype] = None
-            continue
-        m = sol.metrics
-        tried[dtype] = {"loss": m.loss, "latency_ms": m.latency_ms, "memory_mb": m.memory_mb}
-        if best is None or (m.loss, m.latency_ms) < (best[1].metrics.loss, best[1].metrics.latency_ms):
-            best = (problem, sol)
+        for what, problem in planned_problems(profile, args, formats, dtype):
+            try:
+                problem = problem()
+                sol = solve(problem, solver_budgets, settings)
+            except UserError as e:
+                errors.append(f"at {what}: {e}")
+                tried[what] = None
+                continue
+            m = sol.metrics
+            tried[what] = {"loss": m.loss, "latency_ms": m.latency_ms, "memory_mb": m.memory_mb}
+            if best is None or (m.loss, m.latency_ms) < (best[1].metrics.loss, best[1].metrics.latency_ms):
+                best = (problem, sol)
     if best is None:
         hint = "" if not guard["latency"] and not guard["memory"] else (
             f" (the solver's budgets were tightened by the guard: {pct(guard['latency'])} latency, "
@@ -202,6 +209,22 @@ def solve_dtypes(profile, args, formats, solver_budgets, settings, guard):
         raise UserError("; ".join(errors) + hint)
     best[1].solver["dtypes"] = tried
     return best
+
+
+def planned_problems(profile, args, formats, dtype: str):
+    """[(label, () -> problem)] at runtime dtype `dtype`: one, or for a family with a text encoder
+    one per mode of --text-encoder (a mode the profile cannot price is refused when solved)."""
+    from litevar.planner.build import build_problem, text_encoder_problem
+    problem = build_problem(profile, args.resolution, args.batch, formats, args.family, dtype=dtype)
+    modes = getattr(args, "text_encoder", "auto")
+    if "text_encoder" not in problem.meta:
+        if modes != "auto":
+            raise UserError(f"--text-encoder {modes}: the {profile.family.name} family has no text encoder; drop it")
+        return [(dtype, lambda: problem)]
+    ipp = getattr(args, "images_per_prompt", 1)
+    return [(f"{dtype}, text encoder {mode}",
+             lambda mode=mode: text_encoder_problem(problem, mode, ipp, profile.cost_model))
+            for mode in (("resident", "freed") if modes == "auto" else (modes,))]
 
 
 def gib(mb) -> str:

@@ -252,6 +252,7 @@ def _refit_file(out: Path, argv, losses_from: str | None = None) -> None:
     prof = Profile.load(out)
     old = prof.meta["cost_model"]
     cm, validation = refit_cost_model(prof.tables, prof.arch, old)
+    _measure_missing_host(cm, prof.meta.get("device") or {})
     prof.meta.update(cost_model=cm.to_dict(), validation=validation, refit={
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command_line(argv or [], "litevar"), "git_revision": git_revision()[0]})
@@ -263,6 +264,22 @@ def _refit_file(out: Path, argv, losses_from: str | None = None) -> None:
           f"{mem.rmse_rel:.1%}; e2e rmse {old['e2e']['rmse_rel']:.1%} -> {cm.e2e.rmse_rel:.1%})")
     for v in validation:
         print(v)
+
+
+def _measure_missing_host(cm, profiled: dict) -> None:
+    """A host figure the profile predates (the load rate) measured here, when this is the machine
+    it was profiled on (CPU name, family, model and cores alike); otherwise left out, and said."""
+    from litevar.models.core.device import device_of, fingerprint
+    from litevar.profiler.calibrate import load_gbs
+    if "load_gbs" in (cm.host or {}) or not cm.host:
+        return
+    here = fingerprint(cm.device)
+    keys = ("type", "name", "cpu_family", "cpu_model", "cores")
+    if any(here.get(k) != profiled.get(k) for k in keys):
+        print("profile: the load rate (host.load_gbs) is not measured: this is not the profiled machine")
+        return
+    cm.host = {**cm.host, "load_gbs": load_gbs(device_of(cm.device))}
+    print(f"profile: measured the load rate the profile predates: {cm.host['load_gbs']:.2f} GB/s")
 
 
 def _refits_from_file(args) -> bool:

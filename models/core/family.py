@@ -168,6 +168,16 @@ class ModelFamily:
         """Values (float32) of the activations alive at the last scale: the memory model's feature."""
         raise NotImplementedError
 
+    def encode_text(self, model, encoder_dir: str | None, prompts: list[str], per: int):
+        """(conditions, the text encoder) of text prompts, each `per` times, encoded by the encoder in
+        `encoder_dir` (a family with a text encoder)."""
+        raise UserError(f"the {self.name} family takes no text prompts: drop --prompt")
+
+    def text_encoder_params(self, arch: Arch) -> int:
+        """Parameters of the text encoder a generation needs beside the model (0: none). A plan may
+        keep it resident or free it after encoding (the text-encoder lever)."""
+        return 0
+
     def schedule_for(self, resolution: int) -> tuple[int, ...]:
         if resolution not in self.schedules:
             raise UserError(f"{self.name}: no token schedule for {resolution} px; choose one of "

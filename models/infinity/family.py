@@ -135,6 +135,12 @@ class InfinityFamily(ModelFamily):
         return n * (4 * arch.embed_dim + arch.hidden + arch.head_out) + ctx
 
     # -- a live model ----------------------------------------------------------------------
+    def text_encoder_params(self, arch: InfinityArch) -> int:
+        """The T5 encoder of the model's text width (Flan-T5-XL for the official 2B and 8B)."""
+        from litevar.models.infinity.t5 import T5_CONFIGS
+        cfg = next((c for c in T5_CONFIGS.values() if c.d_model == arch.text_channels), None)
+        return 0 if cfg is None else cfg.param_count()
+
     def arch_of(self, model) -> InfinityArch:
         c = model.cfg
         return InfinityArch(family=self.name, depth=c.depth, embed_dim=c.embed_dim, num_heads=c.num_heads,
@@ -224,9 +230,46 @@ class InfinityFamily(ModelFamily):
             raise UserError("this Infinity has no VAE attached (build it with litevar.models.infinity.build)")
         return lambda: vae.decode(self._generate(model, conds, 0, {}, dtype_name)[0])
 
-    def transformer_phase(self, model, batch: int, dtype_name: str):
-        conds = self.conditions(model, batch)
+    def transformer_phase(self, model, batch: int, dtype_name: str, conds=None):
+        """A generation of `conds` (default: stand-in prompt embeddings) stopped before the decode."""
+        conds = self.conditions(model, batch) if conds is None else conds
         return lambda: self._generate(model, conds, 0, {}, dtype_name)[0]
+
+    def encode_text(self, model, encoder_dir: str | None, prompts: list[str], per: int):
+        """Prompts through the T5 encoder of a local directory (bf16, as the official pipeline), at
+        most text_maxlen tokens each; the TextCond repeats each prompt `per` times."""
+        from litevar.models.infinity.model import TextCond
+        from litevar.models.infinity.t5 import Tokenizer, encode_prompts, load_t5_encoder
+        if not encoder_dir:
+            raise UserError("--prompt needs --text-encoder DIR: a local T5 v1.1 / Flan-T5 model directory "
+                            "(google/flan-t5-xl for the official Infinity); or pass --classes EMBEDDINGS.pt")
+        encoder = load_t5_encoder(encoder_dir, self.device_of(model))
+        if encoder.cfg.d_model != model.cfg.text_channels:
+            raise UserError(f"--text-encoder {encoder_dir}: its states are {encoder.cfg.d_model} wide; this model "
+                            f"reads {model.cfg.text_channels}")
+        ids, mask = Tokenizer(encoder_dir)(list(prompts), model.cfg.text_maxlen)
+        cond = encode_prompts(encoder, ids, mask)
+        idx = [i for i in range(len(cond)) for _ in range(per)]
+        return TextCond(cond.emb_BTC[idx].float(), [cond.lens[i] for i in idx]), encoder
+
+    def random_text_encoder(self, model, seed: int = 0):
+        """A random-init T5 encoder of the model's text width, stored in bf16 as the official pipeline
+        keeps it (what a plan's text-encoder decision is measured with when no checkpoint is at hand)."""
+        from litevar.models.infinity.t5 import T5_CONFIGS, T5Encoder
+        cfg = next(c for c in T5_CONFIGS.values() if c.d_model == model.cfg.text_channels)
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            with torch.device(self.device_of(model)):
+                return T5Encoder(cfg).init_weights(torch.Generator().manual_seed(seed)).eval()
+        finally:
+            torch.set_default_dtype(old)
+
+    def stand_in_prompts(self, model, batch: int, seed: int = 0):
+        """(ids, mask) of `batch` stand-in prompts of CONTEXT_LEN token ids each."""
+        g = torch.Generator().manual_seed(seed)
+        n = context_len(model.cfg)
+        return torch.randint(2, 32000, (batch, n), generator=g), torch.ones(batch, n, dtype=torch.bool)
 
     def decode(self, vae, latent):
         return vae.decode(latent)

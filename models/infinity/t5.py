@@ -224,9 +224,10 @@ def _read_dir(path: Path) -> dict:
     return sd
 
 
-def load_t5_encoder(path: str | Path, device="cpu") -> T5Encoder:
+def load_t5_encoder(path: str | Path, device="cpu", dtype: torch.dtype = torch.bfloat16) -> T5Encoder:
     """The encoder of a local T5 model directory, every encoder key and shape checked (one line on
-    a mismatch); float32 weights on `device`."""
+    a mismatch), its weights in `dtype` (bf16 by default, as the official Infinity pipeline keeps
+    it) on `device`."""
     from litevar.models.core.checkpoint import strict_load
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -237,7 +238,7 @@ def load_t5_encoder(path: str | Path, device="cpu") -> T5Encoder:
         raise UserError(f"{path / 'config.json'} is not JSON ({e.msg}); point at a T5 model directory") from None
     with torch.device("meta"):
         enc = T5Encoder(cfg)
-    sd = {k: v.float() for k, v in encoder_keys(_read_dir(path)).items()}
+    sd = {k: v.to(dtype) for k, v in encoder_keys(_read_dir(path)).items()}
     strict_load(enc, sd, f"T5 encoder {path}", {"d_model": cfg.d_model, "layers": cfg.num_layers})
     return enc.to(device).eval()
 
