@@ -33,7 +33,7 @@ step plans_default python benchmarks/make_plans.py --set default
 step plans_official python benchmarks/make_plans.py --set official
 step vs_b1 python benchmarks/planner_vs_recipes.py --profile profiles/default-cpu.json --plans-dir plans \
   --prefix default-cpu-256 --repeats 15 --quality 80 --json $R/planner-vs-recipes-cpu.json
-step bench_default litevar bench $(for p in x05 x10 x15 x25 mem75 mem50 kv8 kv4-keep-s1r1; do
+step bench_default litevar bench $(for p in x05 x10 x15 x20 x25 mem75 mem50 kv8 kv4-keep-s1r1; do
   echo --plan plans/default-cpu-256-$p.json; done) --baseline bf16 --baseline bf16+compile --repeats 21 \
   --quality 80 --json $R/bench-default-cpu.json
 for p in dense kv8 w4a16-kv4-keep-s1r1 memhalf; do

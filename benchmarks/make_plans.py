@@ -4,7 +4,7 @@
                                                       # and vs-* ones: benchmarks/planner_vs_recipes.py)
     python benchmarks/make_plans.py --set official    # plans/d{16,30}-cpu-*.json
 
-default (profiles/default-cpu.json, 256 px): x05 / x10 / x15 / x25 (`--min-speedup` 1.05 ...
+default (profiles/default-cpu.json, 256 px): x05 / x10 / x15 / x20 / x25 (`--min-speedup` 1.05 ...
 1.25), mem75 and mem50 (`--max-memory-gib` 75% / 50% of the dense model's predicted peak), and
 the KV-cache recipes kv8 (INT8 cache in every block) and kv4-keep-s1r1 (INT4, each block keeping
 the first scale and the latest).
@@ -62,7 +62,7 @@ def halfway_gib(profile: str, resolution: int, losses_from: str | None = None) -
 def default_plans(out: Path) -> None:
     prof, r = "profiles/default-cpu.json", 256
     name = f"{out}/default-cpu-{r}"
-    for x in ("05", "10", "15", "25"):
+    for x in ("05", "10", "15", "20", "25"):
         cli("plan", "--profile", prof, "--resolution", r, "--min-speedup", f"1.{x}", "--out", f"{name}-x{x}.json")
     dense = dense_gib(prof, r)
     for pct in (75, 50):

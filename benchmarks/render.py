@@ -186,8 +186,18 @@ def default_plans() -> str:
                      f"{pct(e['prediction_error']['latency_drift_corrected'])} | {gib(p['memory_mb'], 4)} / "
                      f"{gib(m['peak_mb'], 4)} | {gib(m['process_peak_mb'], 3)} | {p['loss']:.4g} / "
                      f"{num(m['loss'], '.4g')} |")
-    lines += ["", budgets_kept(b), "", source(d, "bench-default-cpu")]
+    ladder = [e for e in b["plans"] if plan_budgets(e).get("min_speedup")]
+    knobs = [first_knob(ladder, base) for base in b["baselines"]]
+    lines += ["", budgets_kept(b), "",
+              *(f"- The speedup ladder (`--min-speedup`) against the first knob: {k}." for k in knobs),
+              "", source(d, "bench-default-cpu")]
     return "\n".join(lines)
+
+
+def plan_budgets(e: dict) -> dict:
+    """The budgets a benched plan was solved under (its plan file)."""
+    path = ROOT / e["plan"]
+    return json.loads(path.read_text()).get("budgets", {}) if path.exists() else {}
 
 
 def budgets_kept(b: dict) -> str:
@@ -481,6 +491,7 @@ def default_eval() -> str:
 
 @renderer("readme-results")
 def readme_results() -> str:
+    stale: list[str] = []
     lines = ["| model, resolution | what | dense | plan, predicted | plan, measured |", "|---|---|---|---|---|"]
     b = result("bench-default-cpu", "bench")["data"]
     x = plan_row(b, "default-cpu-256-x25")
@@ -499,12 +510,19 @@ def readme_results() -> str:
             continue
         g = result(name, "one-generation")["data"]
         model = {"infinity": "Infinity-2B"}.get(name.split("-")[0], name.split("-")[0])
+        if plan_since(g):
+            what += " ‡"
+            stale.append(g["plan_name"])
         lines.append(f"| {model}, {g['resolution']} px | {what}, one generation | {gib(g['dense_predicted_mib'], 1)} "
                      f"GiB predicted | {gib(g['predicted_mib'])} GiB | **{gib(g['peak_mib'])} GiB** "
                      f"({pct(g['memory_err'])}), {g['seconds'] / 60:.0f} min |")
     lines += ["", "Memory: the allocator's peak, which plans predict and budgets govern (the process's peak is "
                   "beside it in docs/benchmarks.md); the error in brackets is predicted / measured - 1, so a "
                   "positive one is a prediction on the safe side."]
+    if stale:
+        lines += ["", f"‡ Measured on the plan's previous decisions: {', '.join(stale)} was re-made since and not "
+                      "run again (docs/benchmarks.md, section 4, prices the measured decisions with the current "
+                      "model)."]
     return "\n".join(lines)
 
 
