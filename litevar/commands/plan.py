@@ -95,7 +95,8 @@ def load_profile(args):
         return transfer_losses(profile, Profile.load(args.losses_from), args.losses_from)
     source = None if "sensitivity" in profile.tables else recorded_source(profile, args.profile)
     if source is not None:
-        print(f"losses: borrowed from {source} (the profile's recorded source; --losses-from overrides it)")
+        print(f"losses: borrowed from {os.path.relpath(source)} (the profile's recorded source; --losses-from "
+              "overrides it)")
         return transfer_losses(profile, Profile.load(source), os.path.relpath(source))
     if "sensitivity" not in profile.tables:
         raise UserError(f"{args.profile} has no measured losses (a --random-init profile measures cost only); "
@@ -165,6 +166,11 @@ def run(args) -> int:
           f"{gib(pr.memory_mb)} GiB (dense {gib(pr.dense_memory_mb)}), loss {pr.loss:.4g}, "
           f"attention kept {pr.attn_kept:.1%}, CFG-shared layers {len(plan.cfg_shared)}, QK8 layers "
           f"{len(plan.qk_int8)}; runtime dtype {plan.dtype}; priced for {plan.device.get('name')} ({pr.tier} tier)")
+    if plan.text_encoder:
+        b = pr.memory_breakdown_mb or {}
+        print(f"text encoder: {plan.text_encoder['mode']} (encoding phase {gib(b.get('encode_phase'))} GiB; "
+              + ("its bytes held through the generation)" if plan.text_encoder["mode"] == "resident" else
+                 f"reloaded for each new prompt, every {plan.text_encoder['images_per_prompt']} image(s))"))
     print(f"memory: {pr.memory_covers}")
     print(f"guard: budgets tightened by {pct(guard['latency'])} (latency) and {pct(guard['memory'])} (memory) "
           f"({guard['source']})")
