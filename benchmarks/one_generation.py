@@ -65,9 +65,8 @@ def main(argv=None) -> int:
     resident, latent, held = module_bytes(model, vae) / MiB, [], {}
 
     def encode():  # a random-init text encoder built, stand-in prompts encoded; kept only if resident
-        from litevar.models.infinity.t5 import encode_prompts
         enc = family.random_text_encoder(model)
-        held["conds"] = encode_prompts(enc, *family.stand_in_prompts(model, plan.batch))
+        held["conds"] = family.encode_ids(enc, *family.stand_in_prompts(model, plan.batch))
         held["encoder_mib"] = module_bytes(enc) / MiB if te["mode"] == "resident" else 0.0
         held["encoder"] = enc if te["mode"] == "resident" else None
 

@@ -265,6 +265,11 @@ class InfinityFamily(ModelFamily):
         finally:
             torch.set_default_dtype(old)
 
+    def encode_ids(self, encoder, ids_BT, mask_BT):
+        """The conditions of token ids through `encoder` (models.infinity.t5.encode_prompts)."""
+        from litevar.models.infinity.t5 import encode_prompts
+        return encode_prompts(encoder, ids_BT, mask_BT)
+
     def stand_in_prompts(self, model, batch: int, seed: int = 0):
         """(ids, mask) of `batch` stand-in prompts of CONTEXT_LEN token ids each."""
         g = torch.Generator().manual_seed(seed)
