@@ -303,13 +303,9 @@ def plan_since(g: dict) -> bool:
     """Whether the plan file a one-generation result names was re-made after the run with other
     decisions (another Plan.decisions_sha256; for files from before it was recorded, another
     predicted peak): the row then measured decisions that are no longer shipped."""
+    from memory_check import measured
     path = ROOT / g["plan"]
-    if not path.exists():
-        return True
-    if g.get("decisions_sha256"):
-        from litevar.planner.plan import Plan
-        return Plan.load(path).decisions_sha256() != g["decisions_sha256"]
-    return abs(json.loads(path.read_text())["predicted"]["memory_mb"] / g["predicted_mib"] - 1) > 1e-6
+    return not path.exists() or not measured(g, path.read_text())
 
 
 def peak_set_by(g: dict) -> str:

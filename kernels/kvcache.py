@@ -86,6 +86,13 @@ class KVSpec:
         object.__setattr__(self, "fmt", get_kv_format(self.fmt))
 
     @property
+    def preallocated(self) -> bool:
+        """A float cache that keeps every scale: one buffer for every token of the schedule, handed
+        out as views and held until the generation ends (the model's own KVCache, or a CFG-shared
+        layer's half cache)."""
+        return not self.fmt.quantized and self.keep.keeps_all
+
+    @property
     def plain(self) -> bool:
         """Nothing planned: the model's own KVCache does."""
         return not self.fmt.quantized and self.keep.keeps_all and not self.cfg_shared
@@ -116,7 +123,7 @@ class PlannedKVCache:
         self.layout, self.spec = ScaleLayout(tuple(patch_nums)), spec
         self.segments: dict[int, Segment] = {}
         # float, every scale kept (a CFG-shared layer's half cache): preallocated, handed out as views
-        self.arena = KVCache(self.layout.L) if not spec.fmt.quantized and spec.keep.keeps_all else None
+        self.arena = KVCache(self.layout.L) if spec.preallocated else None
 
     def attend(self, backend, q_BHlc, k_BHlc, v_BHlc, ctx: AttnCall) -> torch.Tensor:
         if self.arena is not None:
@@ -217,7 +224,7 @@ def cache_bytes(patch_nums, spec: KVSpec, batch: int, heads: int, head_dim: int,
                 at_scale: int | None = None) -> int:
     """Bytes one layer's cache holds while the queries of `at_scale` (default: the last) attend."""
     k = len(patch_nums) - 1 if at_scale is None else at_scale
-    if not spec.fmt.quantized and spec.keep.keeps_all:  # KVCache: preallocated for every token of the schedule
+    if spec.preallocated:  # every token of the schedule
         return segment_bytes(spec_rows(spec, batch), heads, sum(p * p for p in patch_nums), head_dim, spec.fmt,
                              fp_bytes)
     return sum(segment_bytes(spec_rows(spec, batch), heads, patch_nums[j] ** 2, head_dim, spec.fmt, fp_bytes)
@@ -231,7 +238,7 @@ def held_bytes(patch_nums, spec: KVSpec, batch: int, heads: int, head_dim: int, 
     written by the layer's own last call, and every segment is freed after that call (no later
     scale reads it), so layers before the attending one hold nothing then and later ones have
     not written it yet (`written_bytes`)."""
-    if not spec.fmt.quantized and spec.keep.keeps_all:
+    if spec.preallocated:
         return cache_bytes(patch_nums, spec, batch, heads, head_dim, fp_bytes)
     last = len(patch_nums) - 1
     return sum(segment_bytes(spec_rows(spec, batch), heads, patch_nums[j] ** 2, head_dim, spec.fmt, fp_bytes)
@@ -245,7 +252,7 @@ def written_bytes(patch_nums, spec: KVSpec, batch: int, heads: int, head_dim: in
     The caches' bytes at the transformer phase's peak are at most the sum of every layer's held
     bytes plus one layer's written bytes and gathered buffer: exactly that when the layer with the
     largest of these comes first, as when every layer has the same spec."""
-    if not spec.fmt.quantized and spec.keep.keeps_all:
+    if spec.preallocated:
         return 0
     last = len(patch_nums) - 1
     return segment_bytes(spec_rows(spec, batch), heads, patch_nums[last] ** 2, head_dim, spec.fmt, fp_bytes)
@@ -257,7 +264,7 @@ def gather_bytes(patch_nums, spec: KVSpec, batch: int, heads: int, head_dim: int
     keeps every scale, a preallocated one handing out views, and for a single float segment)."""
     k = len(patch_nums) - 1 if at_scale is None else at_scale
     parts = spec.keep.parts(k)
-    if not spec.fmt.quantized and (spec.keep.keeps_all or len(parts) == 1):  # views of the float cache
+    if spec.preallocated or (not spec.fmt.quantized and len(parts) == 1):  # views of the float cache
         return 0
     tokens = sum(patch_nums[j] ** 2 for j in parts)
     return segment_bytes(spec_rows(spec, batch), heads, tokens, head_dim, KV_FP, act_bytes)

@@ -472,7 +472,7 @@ class CostModel:
         """ms of attention call `si` of a block with KV-cache decisions `spec`, from `plain_ms` (the
         call over every key of a plain cache): over its kept scales only (kv_len scaled by the keys
         kept), plus what the backend reading such a cache costs beyond the plain one at that shape."""
-        if spec.plain or (not spec.fmt.quantized and spec.keep.keeps_all):  # a preallocated cache: no gather
+        if spec.plain or spec.preallocated:  # no gather
             return plain_ms
         H, D = arch.num_heads, arch.head_dim
         q = patch_nums[si] ** 2

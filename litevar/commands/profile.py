@@ -242,14 +242,12 @@ def _losses_source(prof, out: Path, losses_from: str) -> dict:
     return losses_source_entry(out, losses_from)
 
 
-def _refit_file(out: Path, argv, losses_from: str | None = None) -> None:
+def _refit_file(prof, out: Path, argv, losses_from: str | None = None) -> None:
     """`--refit` of a profile file that holds its cost stage's tables (decodes alone included):
     its cost model and validation fitted again from them, in place, with no model loaded and no
     stage run; the rest of the profile is kept, and meta.refit says when and at which revision."""
     from litevar.commands.results import command_line, git_revision
     from litevar.profiler.cost import refit_cost_model
-    from litevar.profiler.profile import Profile
-    prof = Profile.load(out)
     old = prof.meta["cost_model"]
     cm, validation = refit_cost_model(prof.tables, prof.arch, old)
     _measure_missing_host(cm, prof.meta.get("device") or {})
@@ -282,20 +280,22 @@ def _measure_missing_host(cm, profiled: dict) -> None:
     print(f"profile: measured the load rate the profile predates: {cm.host['load_gbs']:.2f} GB/s")
 
 
-def _refits_from_file(args) -> bool:
-    """Whether `--refit` can work from the --out profile alone (it holds every cost table)."""
+def _refits_from_file(args):
+    """The --out profile when `--refit` can work from it alone (it holds every cost table), else None."""
     out = Path(args.out)
     if not (args.refit and out.is_file()):
-        return False
+        return None
     from litevar.profiler.profile import Profile
     prof = Profile.load(out)
-    return prof.meta.get("cost_model") is not None and {"cost_linear", "cost_attn", "cost_e2e",
-                                                          "cost_decode"} <= set(prof.tables)
+    whole = prof.meta.get("cost_model") is not None and {"cost_linear", "cost_attn", "cost_e2e",
+                                                           "cost_decode"} <= set(prof.tables)
+    return prof if whole else None
 
 
 def run(args) -> int:
-    if _refits_from_file(args):
-        _refit_file(Path(args.out), getattr(args, "_argv", None), args.losses_from)
+    prof = _refits_from_file(args)
+    if prof is not None:
+        _refit_file(prof, Path(args.out), getattr(args, "_argv", None), args.losses_from)
         return 0
     from litevar.commands.common import load_model
     from litevar.models.core.device import environment, fingerprint

@@ -27,6 +27,12 @@ def context_len(cfg) -> int:
     return min(CONTEXT_LEN, cfg.text_maxlen)
 
 
+def _t5_config(text_channels: int):
+    """The known T5 encoder (models.infinity.t5.T5_CONFIGS) of that width, or None."""
+    from litevar.models.infinity.t5 import T5_CONFIGS
+    return next((c for c in T5_CONFIGS.values() if c.d_model == text_channels), None)
+
+
 def pixels_per_token(model) -> int:
     """Image pixels per token side: the attached VAE's downsampling (x2 for patchified tokens); 16 for the
     official models when no VAE is attached."""
@@ -137,8 +143,7 @@ class InfinityFamily(ModelFamily):
     # -- a live model ----------------------------------------------------------------------
     def text_encoder_params(self, arch: InfinityArch) -> int:
         """The T5 encoder of the model's text width (Flan-T5-XL for the official 2B and 8B)."""
-        from litevar.models.infinity.t5 import T5_CONFIGS
-        cfg = next((c for c in T5_CONFIGS.values() if c.d_model == arch.text_channels), None)
+        cfg = _t5_config(arch.text_channels)
         return 0 if cfg is None else cfg.param_count()
 
     def arch_of(self, model) -> InfinityArch:
@@ -255,8 +260,10 @@ class InfinityFamily(ModelFamily):
     def random_text_encoder(self, model, seed: int = 0):
         """A random-init T5 encoder of the model's text width, stored in bf16 as the official pipeline
         keeps it (what a plan's text-encoder decision is measured with when no checkpoint is at hand)."""
-        from litevar.models.infinity.t5 import T5_CONFIGS, T5Encoder
-        cfg = next(c for c in T5_CONFIGS.values() if c.d_model == model.cfg.text_channels)
+        from litevar.models.infinity.t5 import T5Encoder
+        cfg = _t5_config(model.cfg.text_channels)
+        if cfg is None:
+            raise UserError(f"no known T5 encoder gives {model.cfg.text_channels}-wide states (Flan-T5-XL: 2048)")
         old = torch.get_default_dtype()
         torch.set_default_dtype(torch.bfloat16)
         try:
