@@ -29,6 +29,7 @@ lists them; tests/test_gpu_evidence.py runs the dry run and checks that every on
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -91,7 +92,7 @@ class Run:
         self.docs = self.out / "docs" / "gpu" / self.gpu
         for d in (self.docs, self.out / "profiles", self.out / "plans"):
             d.mkdir(parents=True, exist_ok=True)
-        self.total = DRY_TOTAL_S if self.dry else TOTAL_S
+        self.total = args.total_s or (DRY_TOTAL_S if self.dry else TOTAL_S)
 
     def _gpu_name(self) -> str:
         import torch
@@ -138,7 +139,7 @@ class Run:
         """Each benched plan's dense and plans priced for this GPU from the CPU profiles, per tier."""
         from litevar.planner.build import plan_prediction
         from litevar.planner.plan import Plan
-        from litevar.profiler.devices import catalogue, from_calibration, from_spec, median_rel_err, priced, spec_for
+        from litevar.profiler.devices import catalogue, from_calibration, from_spec, priced, spec_for
         from litevar.profiler.profile import Profile
         fp = json.loads((self.docs / "fingerprint.json").read_text())["device"]
         spec = spec_for(fp)
@@ -149,18 +150,29 @@ class Run:
         for tier, target in targets.items():
             rows = []
             for model in ("d16", "default"):
+                if not (self.docs / f"bench-{model}-256.json").is_file():
+                    continue  # its bench was skipped or failed (summary.json says which)
                 bench = json.loads((self.docs / f"bench-{model}-256.json").read_text())["data"]
                 prof = priced(Profile.load(CPU_PROFILES[model]), target)
                 for e in bench["plans"]:
                     plan = Plan.load(e["plan"])
                     plan.dtype = e["measured"].get("dtype") or plan.dtype
-                    rows.append({"model": model, "plan": Path(e["plan"]).name,
-                                 "measured_ms": e["measured"]["latency_ms"],
-                                 "predicted_ms": plan_prediction(plan, prof).latency_ms})
-            out["tiers"][tier] = {"rows": rows, "median_err": median_rel_err([r["predicted_ms"] for r in rows],
-                                                                              [r["measured_ms"] for r in rows])}
+                    rows.append(_tier_row(model, Path(e["plan"]).name, e["measured"], plan_prediction(plan, prof),
+                                          target))
+                dense = dataclasses.replace(Plan.load(bench["plans"][0]["plan"]), formats={}, windows=None,
+                                            cfg_shared=[], qk_int8=[], kv={}, text_encoder=None,
+                                            dtype=bench["dense"].get("dtype"))  # its schedule and batch
+                rows.append(_tier_row(model, "dense", bench["dense"], plan_prediction(dense, prof), target))
+            if not rows:
+                raise RuntimeError("no bench ran: nothing to price")
+            out["tiers"][tier] = {
+                "rows": rows, "context_mib": target.context_mib, "reserve_frac": target.reserve_frac,
+                "median_err": _median_err_of(rows, "predicted_ms", "measured_ms"),
+                "memory_median_err": _median_err_of(rows, "predicted_mb", "measured_mb"),
+                "process_median_err": _median_err_of(rows, "predicted_process_mb", "measured_process_mb")}
         self._write("tiers.json", out)
-        return {t: round(v["median_err"], 4) for t, v in out["tiers"].items()}
+        return {t: {k: None if v[k] is None else round(v[k], 4) for k in
+                    ("median_err", "memory_median_err", "process_median_err")} for t, v in out["tiers"].items()}
 
     def gpu_tests(self, budget):
         junit = self.docs / "gpu_tests.xml"
@@ -280,6 +292,21 @@ class Run:
         write_json(self.docs / name, data, default=str)
 
 
+def _tier_row(model: str, name: str, measured: dict, pred, target) -> dict:
+    """One benched model priced at a tier: latency, the allocator's peak, and what the process holds
+    (the tier's reserve and context on top: the device's fixed costs, checked here)."""
+    return {"model": model, "plan": name, "measured_ms": measured["latency_ms"], "predicted_ms": pred.latency_ms,
+            "measured_mb": measured["peak_mb"], "predicted_mb": pred.memory_mb,
+            "measured_process_mb": measured.get("process_peak_mb"),
+            "predicted_process_mb": target.process_mib(pred.memory_mb)}
+
+
+def _median_err_of(rows: list[dict], pred: str, meas: str) -> float | None:
+    from litevar.profiler.devices import median_rel_err
+    pairs = [(r[pred], r[meas]) for r in rows if r[pred] is not None and r[meas]]
+    return median_rel_err(*zip(*pairs)) if pairs else None
+
+
 def _junit_counts(path: Path) -> dict:
     if not path.is_file():
         return {}
@@ -323,6 +350,15 @@ def summary_markdown(s: dict) -> str:
                       "|---|---:|---:|---:|---:|"]
             lines += [f"| {p['plan']} | {p['speedup']:.2f}x | {p['latency_ms']:.1f} | {p['memory_mb']:.0f} | "
                       f"{p['loss']:.4g} |" for p in plans]
+    t = s["steps"].get("tiers", {})
+    if t.get("status") == "ok":
+        lines += ["", "Each benched model priced from the CPU profiles for this GPU, per tier (median relative "
+                  "error against the bench; tiers.json has every row):", "",
+                  "| tier | latency | allocator peak | process (reserve and context included) |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {tier} | " + " | ".join("-" if e.get(k) is None else f"{e[k]:.1%}" for k in
+                                              ("median_err", "memory_median_err", "process_median_err")) + " |"
+                  for tier, e in t.items() if isinstance(e, dict)]
     for name in ("d16_bench", "default_model"):
         b = s["steps"].get(name, {})
         b = b.get("bench", b)
@@ -338,6 +374,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry-run", action="store_true", help="the same steps at toy sizes on the CPU")
     ap.add_argument("--out-root", default=str(ROOT), help="where docs/, profiles/ and plans/ go (default: the repo)")
+    ap.add_argument("--total-s", type=float, default=None,
+                    help=f"seconds for the whole run (default {TOTAL_S}; {DRY_TOTAL_S} dry); steps that no longer "
+                         "fit are skipped")
     return Run(ap.parse_args(argv)).run()
 
 

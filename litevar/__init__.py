@@ -13,6 +13,22 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
+
+def _source_tree_parts() -> None:
+    """Run from a source tree that was never installed (the GPU machine runs from a copy of the
+    tree): the parts installed as litevar.models, litevar.kernels, ... are top-level folders of
+    the tree, so they are added to this package's search path. Installed copies are untouched."""
+    from pathlib import Path
+    here = Path(__file__).resolve().parent
+    root = here.parent
+    if (here / "models").is_dir() or not (root / "pyproject.toml").is_file() or not (root / "models").is_dir():
+        return
+    if 'name = "litevar"' in (root / "pyproject.toml").read_text() and str(root) not in __path__:
+        __path__.append(str(root))
+
+
+_source_tree_parts()
+
 _LAZY = {
     "AttnCall": "litevar.models.core.attention", "DenseAttention": "litevar.models.core.attention",
     "KVCache": "litevar.models.core.attention", "ScaleLayout": "litevar.models.core.attention",

@@ -41,25 +41,42 @@ def _time(dev, fn, budget) -> float:
     return dev.time_ms(fn, warmup=1, repeats=3 if budget > 0 else 1, min_batch_ms=2.0)
 
 
-def gemm_points(dev, dtype: str, shapes, rows, formats, deadline: float) -> list[dict]:
-    """ms of one linear call per (format, K, N, M), through linear_in_format as the runtime runs it."""
-    from litevar.kernels.qlinear import linear_in_format
+def gemm_points(dev, dtype: str, shapes, rows, formats, deadline: float,
+                failed: dict | None = None) -> list[dict]:
+    """ms of one linear call per (format, K, N, M), through linear_in_format as the runtime runs it.
+    A format whose kernel fails on this device (a compile or launch error) is left out, its error
+    kept in `failed` (format -> message): the calibration says so instead of ending."""
     out = []
     for fmt in formats:
-        for K, N in shapes:
-            lin = nn.Linear(K, N, device=dev.torch).requires_grad_(False)
-            try:
-                layer = linear_in_format(lin, fmt)
-            except Exception as e:  # noqa: BLE001 - a width the format cannot take (group size)
-                log.debug("calibrate: %s at K=%d skipped (%s)", fmt, K, e)
-                continue
-            for M in rows:
-                if time.monotonic() > deadline:
-                    return out
-                x = torch.randn(M, K, device=dev.torch)
-                with autocast(dev.torch, dtype), torch.no_grad():
-                    ms = _time(dev, lambda x=x, layer=layer: layer(x), deadline - time.monotonic())
-                out.append({"format": fmt, "K": K, "N": N, "M": M, "ms": ms})
+        try:
+            out += _format_points(dev, dtype, fmt, shapes, rows, deadline)
+        except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:
+            log.warning("calibrate: the %s kernel fails here at %s (%s); %s is left out", fmt, dtype, e, fmt)
+            if failed is not None:
+                failed[fmt] = " ".join(str(e).split())[:300]
+            out = [p for p in out if p["format"] != fmt]
+        if time.monotonic() > deadline:
+            break
+    return out
+
+
+def _format_points(dev, dtype: str, fmt: str, shapes, rows, deadline: float) -> list[dict]:
+    from litevar.kernels.qlinear import linear_in_format
+    out = []
+    for K, N in shapes:
+        lin = nn.Linear(K, N, device=dev.torch).requires_grad_(False)
+        try:
+            layer = linear_in_format(lin, fmt)
+        except Exception as e:  # noqa: BLE001 - a width the format cannot take (group size)
+            log.debug("calibrate: %s at K=%d skipped (%s)", fmt, K, e)
+            continue
+        for M in rows:
+            if time.monotonic() > deadline:
+                return out
+            x = torch.randn(M, K, device=dev.torch)
+            with autocast(dev.torch, dtype), torch.no_grad():
+                ms = _time(dev, lambda x=x, layer=layer: layer(x), deadline - time.monotonic())
+            out.append({"format": fmt, "K": K, "N": N, "M": M, "ms": ms})
     return out
 
 
@@ -178,7 +195,8 @@ def _calibrate_dtype(dev, spec, family, arch, dtype: str, bw: float, budget_s: f
     rows = (64, 512, 4096) if dev.accelerator else (16, 256, 2048)
     formats = ["fp"] + [f for f in FORMATS if f != "fp" and capability(f, dev.torch).native
                         and not (FORMATS[f].casts and C.DTYPE_BYTES.get(dtype) == 2)]
-    points = gemm_points(dev, dtype, layer_shapes(family, arch), rows, formats, t0 + 0.85 * budget_s)
+    failed = {}
+    points = gemm_points(dev, dtype, layer_shapes(family, arch), rows, formats, t0 + 0.85 * budget_s, failed)
     act = C.DTYPE_BYTES[dtype]
     gemm, errs = {}, []
     for fmt in formats:
@@ -203,7 +221,7 @@ def _calibrate_dtype(dev, spec, family, arch, dtype: str, bw: float, budget_s: f
                                  [p["B"] * p["H"] * p["D"] * (2 * p["q_len"] + 2 * p["kv_len"]) * act for p in apts],
                                  [p["ms"] for p in apts], bw)
     runtime = {"gemm": gemm, "attention": {"tflops": a_tp.tflops, "overhead_ms": a_tp.overhead_ms,
-                                           "rmse_rel": a_rms, "n": len(apts)}}
+                                           "rmse_rel": a_rms, "n": len(apts)}, "failed": failed}
     return runtime, errs, {"gemm": points, "attention": apts}
 
 

@@ -50,6 +50,8 @@ def run(args) -> int:
         a = rt["attention"]
         print(f"  {dtype:5s} {'attn':6s} {a['tflops']:8.3f} TFLOP/s sustained, "
               f"{1e3 * a['overhead_ms']:.1f} us per call")
+        for fmt, why in rt.get("failed", {}).items():
+            print(f"  {dtype:5s} {fmt:6s} left out: its kernel fails on this device ({why})")
     return 0
 
 

@@ -327,14 +327,21 @@ class CUDADevice(Device):
         return (torch.cuda.max_memory_allocated(self.torch) - before) / MB
 
     def peaks_mb(self, fn: Callable) -> tuple[float, float | None]:
-        """Allocated and reserved peaks of one run (both from the caching allocator's statistics)."""
+        """(allocated peak growth, process peak growth) of one run. The process figure is what a
+        process holding only this run's tensors would hold on the device beyond them: the caching
+        allocator's reserved peak less what was allocated before (the allocator's cache emptied
+        first), plus the CUDA context (device memory in use beyond the allocator's reserve, read
+        before the run; on a GPU other processes also use, theirs counts in it)."""
         torch.cuda.synchronize(self.torch)
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(self.torch)
         alloc0, res0 = torch.cuda.memory_allocated(self.torch), torch.cuda.memory_reserved(self.torch)
+        context = total - free - res0
         torch.cuda.reset_peak_memory_stats(self.torch)
         fn()
         torch.cuda.synchronize(self.torch)
         return ((torch.cuda.max_memory_allocated(self.torch) - alloc0) / MB,
-                (torch.cuda.max_memory_reserved(self.torch) - res0) / MB)
+                (torch.cuda.max_memory_reserved(self.torch) - alloc0 + context) / MB)
 
     def phases_peaks_mb(self, fns: list[Callable]) -> tuple[list[float], float | None]:
         """Each phase's allocated peak growth and the reserved peak growth over them all."""
