@@ -171,6 +171,9 @@ def int_mm(a_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
     N = w_NK.shape[0]
     if not int_mm_exact(a_MK.device.type):
         return int_mm_float(a_MK, w_NK)
+    # cuBLASLt's int8 GEMM takes one layout only (row-major A, B given as a transposed row-major
+    # [N, K]): a strided activation (a transposed view) is refused with CUBLAS_STATUS_NOT_SUPPORTED
+    a_MK, w_NK = a_MK.contiguous(), w_NK.contiguous()
     if device_of(a_MK).int_mm_shape_ok(M, K, N):
         return torch._int_mm(a_MK, w_NK.t())
     pad_M, pad_K, pad_N = max(17 - M, 0), -K % 8, -N % 8  # the shapes cuBLASLt takes
