@@ -216,8 +216,12 @@ class Run:
                 flags = flags or ["--max-memory-gib", str(self._memory_half_way(prof, px))]
                 if self.dry and name == "x12":  # toy models reach no speedup: any feasible budget will do
                     flags = ["--min-speedup", "0.5", "--guard", "0"]
-                self.litevar("plan", "--profile", prof, "--losses-from", LOSSES_FROM, "--resolution", px, *flags,
-                             "--out", path, timeout=max(5.0, budget / 6), log=f"{model}_plans")
+                try:
+                    self.litevar("plan", "--profile", prof, "--losses-from", LOSSES_FROM, "--resolution", px,
+                                 *flags, "--out", path, timeout=max(30.0, budget / 6), log=f"{model}_plans")
+                except RuntimeError as e:  # no plan meets the budget on this device: a finding, kept
+                    out.append({"plan": path.name, "failed": " ".join(str(e).split())[:300]})
+                    continue
                 p = json.loads(path.read_text())["predicted"]
                 out.append({"plan": path.name, "speedup": p["speedup"], "latency_ms": p["latency_ms"],
                             "memory_mb": p["memory_mb"], "loss": p["loss"]})
@@ -242,7 +246,10 @@ class Run:
 
     def bench(self, model: str, model_flags: list, budget) -> dict:
         out = self.docs / f"bench-{model}-256.json"
-        plans = [f for name in BUDGETS for f in ("--plan", self.out / "plans" / f"{model}-{self.gpu}-256-{name}.json")]
+        paths = [self.out / "plans" / f"{model}-{self.gpu}-256-{name}.json" for name in BUDGETS]
+        plans = [f for path in paths if path.is_file() for f in ("--plan", path)]
+        if not plans:
+            raise RuntimeError(f"no 256-px {model} plan was made: nothing to bench")
         self.litevar("bench", *model_flags, *plans, "--repeats", 1 if self.dry else 7, "--device", self.device,
                      "--json", out, timeout=budget, log=f"{model}_bench")
         r = json.loads(out.read_text())["data"]  # a result file (litevar.commands.results)
@@ -263,9 +270,17 @@ class Run:
         return {"profile": str(prof.relative_to(self.out)), "plans": plans, "bench": self.bench("default", [], rest)}
 
     # -- driver --------------------------------------------------------------------------------
-    def run(self) -> int:
+    def run(self, only: set[str] | None = None) -> int:
+        """Every step in order; with `only`, those steps, the others' results kept from the last run's
+        summary.json (a second try of the steps that failed, inside one loan)."""
+        if only:
+            last = self.docs / "summary.json"
+            self.results = json.loads(last.read_text())["steps"] if last.is_file() else {}
         for step in STEPS:
             budget = step.dry_s if self.dry else step.budget_s
+            if only and step.name not in only:
+                self.results.setdefault(step.name, {"status": "skipped", "why": "not run (--only)"})
+                continue
             if self.left() < 0.5 * budget:
                 self.results[step.name] = {"status": "skipped", "why": f"{self.left():.0f} s left of the run"}
             else:
@@ -349,7 +364,8 @@ def summary_markdown(s: dict) -> str:
             lines += ["", f"Plans ({model}):", "", "| plan | predicted speedup | ms | MB | loss |",
                       "|---|---:|---:|---:|---:|"]
             lines += [f"| {p['plan']} | {p['speedup']:.2f}x | {p['latency_ms']:.1f} | {p['memory_mb']:.0f} | "
-                      f"{p['loss']:.4g} |" for p in plans]
+                      f"{p['loss']:.4g} |" if "failed" not in p else f"| {p['plan']} | no plan: {p['failed']} | | | |"
+                      for p in plans]
     t = s["steps"].get("tiers", {})
     if t.get("status") == "ok":
         lines += ["", "Each benched model priced from the CPU profiles for this GPU, per tier (median relative "
@@ -377,7 +393,13 @@ def main(argv=None) -> int:
     ap.add_argument("--total-s", type=float, default=None,
                     help=f"seconds for the whole run (default {TOTAL_S}; {DRY_TOTAL_S} dry); steps that no longer "
                          "fit are skipped")
-    return Run(ap.parse_args(argv)).run()
+    ap.add_argument("--only", default=None, help="comma-separated steps to run, the others' results kept from the "
+                    f"last summary.json ({', '.join(st.name for st in STEPS)})")
+    args = ap.parse_args(argv)
+    only = set(args.only.split(",")) if args.only else None
+    if only and only - {st.name for st in STEPS}:
+        ap.error(f"--only: unknown steps {sorted(only - {st.name for st in STEPS})}")
+    return Run(args).run(only)
 
 
 if __name__ == "__main__":
