@@ -88,7 +88,7 @@ class Run:
         self.device = "cpu" if self.dry else "cuda"
         self.python = os.environ.get("PYTHON", sys.executable)
         self.t0, self.results = time.perf_counter(), {}
-        self.gpu = "dry-run-cpu" if self.dry else slug(self._gpu_name())
+        self.gpu = "dry-run-cpu" if self.dry else (args.gpu or slug(self._gpu_name()))
         self.docs = self.out / "docs" / "gpu" / self.gpu
         for d in (self.docs, self.out / "profiles", self.out / "plans"):
             d.mkdir(parents=True, exist_ok=True)
@@ -155,11 +155,12 @@ class Run:
                 bench = json.loads((self.docs / f"bench-{model}-256.json").read_text())["data"]
                 prof = priced(Profile.load(CPU_PROFILES[model]), target)
                 for e in bench["plans"]:
-                    plan = Plan.load(e["plan"])
+                    plan = Plan.load(self._plan_path(e["plan"]))
                     plan.dtype = e["measured"].get("dtype") or plan.dtype
                     rows.append(_tier_row(model, Path(e["plan"]).name, e["measured"], plan_prediction(plan, prof),
                                           target))
-                dense = dataclasses.replace(Plan.load(bench["plans"][0]["plan"]), formats={}, windows=None,
+                dense = dataclasses.replace(Plan.load(self._plan_path(bench["plans"][0]["plan"])), formats={},
+                                            windows=None,
                                             cfg_shared=[], qk_int8=[], kv={}, text_encoder=None,
                                             dtype=bench["dense"].get("dtype"))  # its schedule and batch
                 rows.append(_tier_row(model, "dense", bench["dense"], plan_prediction(dense, prof), target))
@@ -173,6 +174,12 @@ class Run:
         self._write("tiers.json", out)
         return {t: {k: None if v[k] is None else round(v[k], 4) for k in
                     ("median_err", "memory_median_err", "process_median_err")} for t, v in out["tiers"].items()}
+
+    def _plan_path(self, recorded: str) -> Path:
+        """A benched plan's file: where the bench read it, else under this run's plans/ (the bench
+        ran on the GPU machine's copy of the tree)."""
+        path = Path(recorded)
+        return path if path.is_file() else self.out / "plans" / path.name
 
     def gpu_tests(self, budget):
         junit = self.docs / "gpu_tests.xml"
@@ -395,10 +402,14 @@ def main(argv=None) -> int:
                          "fit are skipped")
     ap.add_argument("--only", default=None, help="comma-separated steps to run, the others' results kept from the "
                     f"last summary.json ({', '.join(st.name for st in STEPS)})")
+    ap.add_argument("--gpu", help="the folder of a GPU's earlier run (docs/gpu/NAME), to re-run --only tiers from its "
+                    "files on a machine without that GPU")
     args = ap.parse_args(argv)
     only = set(args.only.split(",")) if args.only else None
     if only and only - {st.name for st in STEPS}:
         ap.error(f"--only: unknown steps {sorted(only - {st.name for st in STEPS})}")
+    if args.gpu and only != {"tiers"}:
+        ap.error("--gpu re-runs the tiers step from files: give it with --only tiers (the other steps need the GPU)")
     return Run(args).run(only)
 
 

@@ -68,6 +68,31 @@ def make_plans(args) -> list[dict]:
         _cli("plan", *common, *held, "--guard", 0, "--out", bare)
         rows.append({"recipe": spec, "recipe_plan": str(rec), "plan": str(vs), "plan_noguard": str(bare),
                      "budgets": budgets})
+    return rows + knob_pairs(args)
+
+
+def knob_pairs(args) -> list[dict]:
+    """The first knob a user tries, as a speedup budget: for each whole-model dtype among the
+    baselines, the planner asked for that dtype's predicted speedup (`--min-speedup`), guarded and
+    not. The bench then says whether the plan is as fast as the knob measured, at no more loss. A
+    guarded budget no plan meets is kept as such (the guard asks for more than the knob itself)."""
+    from litevar.planner.plan import Plan
+    out, rows = Path(args.plans_dir), []
+    common = ("--profile", args.profile, "--resolution", args.resolution, "--batch", args.batch)
+    for dtype in dict.fromkeys(b.partition("+")[0] for b in args.baselines.split(",") if b):
+        rec = out / f"{args.prefix}-knob-{dtype}.json"
+        _cli("plan", *common, "--recipe", "fp", "--dtype", dtype, "--out", rec)
+        speedup = round(Plan.load(rec).predicted.speedup, 4)
+        row = {"recipe": f"whole model in {dtype}", "kind": "knob", "recipe_plan": str(rec),
+               "budgets": {"min_speedup": speedup}}
+        for key, guard, name in (("plan", args.guard, "x-knob"), ("plan_noguard", 0, "x-knob-noguard")):
+            path = out / f"{args.prefix}-{name}-{dtype}.json"
+            rc = litevar_main([str(a) for a in ("plan", *common, "--min-speedup", speedup, "--guard", guard,
+                                                "--out", path)])
+            row[key] = str(path) if rc == 0 else None
+            if rc:
+                row[f"{key}_why"] = "no plan meets the budget (litevar plan exit 2)"
+        rows.append(row)
     return rows
 
 
@@ -81,7 +106,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     started = provenance("cpu", argv)
     rows = make_plans(args)
-    plans = [p for r in rows for p in (r["recipe_plan"], r["plan"], r["plan_noguard"])]
+    plans = list(dict.fromkeys(p for r in rows for p in (r["recipe_plan"], r.get("plan"), r.get("plan_noguard"))
+                               if p))
     with tempfile.TemporaryDirectory() as tmp:
         bench = Path(tmp) / "bench.json"
         _cli("bench", *(a for p in plans for a in ("--plan", p)),

@@ -161,6 +161,14 @@ def int_mm_float(a_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
     return acc
 
 
+def _row_major(t_RC: torch.Tensor) -> torch.Tensor:
+    """t with strides (C, 1). cuBLASLt's int8 GEMM takes one layout (row-major A, B as a transposed
+    row-major [N, K]) and refuses a strided activation (CUBLAS_STATUS_NOT_SUPPORTED); oneDNN's
+    misreads a one-row view whose row stride is not its width, which .contiguous() leaves as is
+    (a one-row tensor counts as contiguous whatever that stride)."""
+    return t_RC if t_RC.stride() == (t_RC.shape[1], 1) else t_RC.clone(memory_format=torch.contiguous_format)
+
+
 def int_mm(a_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
     """int8 [M, K] x int8 [N, K]^T -> int32 [M, N], exact.
 
@@ -171,9 +179,7 @@ def int_mm(a_MK: torch.Tensor, w_NK: torch.Tensor) -> torch.Tensor:
     N = w_NK.shape[0]
     if not int_mm_exact(a_MK.device.type):
         return int_mm_float(a_MK, w_NK)
-    # cuBLASLt's int8 GEMM takes one layout only (row-major A, B given as a transposed row-major
-    # [N, K]): a strided activation (a transposed view) is refused with CUBLAS_STATUS_NOT_SUPPORTED
-    a_MK, w_NK = a_MK.contiguous(), w_NK.contiguous()
+    a_MK, w_NK = _row_major(a_MK), _row_major(w_NK)
     if device_of(a_MK).int_mm_shape_ok(M, K, N):
         return torch._int_mm(a_MK, w_NK.t())
     pad_M, pad_K, pad_N = max(17 - M, 0), -K % 8, -N % 8  # the shapes cuBLASLt takes

@@ -133,9 +133,12 @@ def dispatch_ms(dev) -> float:
     return dev.time_ms(lambda: x.add_(1.0), warmup=10, repeats=5, min_batch_ms=5.0)
 
 
-def fit_throughput(flops, nbytes, ms, bandwidth_gbs: float) -> tuple[Throughput, float]:
+def fit_throughput(flops, nbytes, ms, bandwidth_gbs: float, peak_tflops: float | None = None
+                   ) -> tuple[Throughput, float]:
     """(fitted Throughput, rms relative error) of t = o + max(F / P, B / BW) by least squares on the
-    relative residuals, over log P and log o."""
+    relative residuals, over log P and log o. P is bounded by `peak_tflops` (the catalogue's peak of
+    the math, where known): calls whose time is all overhead (small GEMMs on a GPU) leave P free,
+    and an unbounded fit then reports a throughput no hardware has."""
     from scipy.optimize import least_squares
     F, B, t = (np.asarray(a, float) for a in (flops, nbytes, ms))
     mem = B / (bandwidth_gbs * 1e6)
@@ -143,8 +146,10 @@ def fit_throughput(flops, nbytes, ms, bandwidth_gbs: float) -> tuple[Throughput,
     def resid(p):
         o, P = np.exp(p)
         return (o + np.maximum(F / (P * 1e9), mem)) / t - 1
+    hi = np.log(peak_tflops) if peak_tflops else np.inf
     p0 = np.log([max(float(t.min()) / 2, 1e-4), max(float(np.median(F / (t * 1e9))), 1e-3)])
-    r = least_squares(resid, p0)
+    p0[1] = min(p0[1], hi - 1e-6)
+    r = least_squares(resid, p0, bounds=([-np.inf, -np.inf], [np.inf, hi]))
     o, P = np.exp(r.x)
     return Throughput(float(P), float(o)), float(np.sqrt(np.mean(resid(r.x) ** 2)))
 
@@ -190,13 +195,26 @@ def _calibrate_dtype(dev, spec, family, arch, dtype: str, bw: float, budget_s: f
     runtime dtype, within `budget_s`: GEMMs get 85% of it, attention the rest."""
     from litevar.kernels.formats import FORMATS, capability
     from litevar.profiler import costmodel as C
-    from litevar.profiler.devices import linear_bytes
     t0 = time.monotonic()
     rows = (64, 512, 4096) if dev.accelerator else (16, 256, 2048)
     formats = ["fp"] + [f for f in FORMATS if f != "fp" and capability(f, dev.torch).native
                         and not (FORMATS[f].casts and C.DTYPE_BYTES.get(dtype) == 2)]
     failed = {}
     points = gemm_points(dev, dtype, layer_shapes(family, arch), rows, formats, t0 + 0.85 * budget_s, failed)
+    H, D = arch.num_heads, arch.head_dim
+    att_shapes = [(256, 680), (1024, 3000), (4096, 9451)] if dev.accelerator else [(64, 150), (256, 680), (1024, 2500)]
+    apts = attention_points(dev, dtype, H, D, att_shapes, t0 + budget_s)
+    runtime, errs = fit_runtime(spec, dtype, formats, points, apts, bw)
+    runtime["failed"] = failed
+    return runtime, errs, {"gemm": points, "attention": apts}
+
+
+def fit_runtime(spec, dtype: str, formats, points: list[dict], apts: list[dict], bw: float
+                ) -> tuple[dict, list[float]]:
+    """({'gemm': {format: fit}, 'attention': fit}, held-out relative errors) of the timed points at
+    one runtime dtype (every third point of a format held out)."""
+    from litevar.profiler import costmodel as C
+    from litevar.profiler.devices import linear_bytes
     act = C.DTYPE_BYTES[dtype]
     gemm, errs = {}, []
     for fmt in formats:
@@ -207,33 +225,48 @@ def _calibrate_dtype(dev, spec, family, arch, dtype: str, bw: float, budget_s: f
         fit_pts, held = _split(pts)
         tp, rms = fit_throughput([2.0 * p["M"] * p["K"] * p["N"] for p in fit_pts],
                                  [linear_bytes(p["K"], p["N"], p["M"], fmt, act) for p in fit_pts],
-                                 [p["ms"] for p in fit_pts], bw)
+                                 [p["ms"] for p in fit_pts], bw, _peak(spec, fmt, dtype))
         held_err = [tp.ms(2.0 * p["M"] * p["K"] * p["N"], linear_bytes(p["K"], p["N"], p["M"], fmt, act), bw)
                     / p["ms"] - 1 for p in held]
         errs += held_err
+        peak = _peak(spec, fmt, dtype)
         gemm[fmt] = {"tflops": tp.tflops, "overhead_ms": tp.overhead_ms, "rmse_rel": rms, "n": len(fit_pts),
                      "held_out_median_err": float(np.median(np.abs(held_err))) if held_err else None,
-                     "efficiency": _efficiency(spec, fmt, dtype, tp.tflops)}
-    H, D = arch.num_heads, arch.head_dim
-    att_shapes = [(256, 680), (1024, 3000), (4096, 9451)] if dev.accelerator else [(64, 150), (256, 680), (1024, 2500)]
-    apts = attention_points(dev, dtype, H, D, att_shapes, t0 + budget_s)
+                     "efficiency": None if peak is None else tp.tflops / peak}
     a_tp, a_rms = fit_throughput([4.0 * p["B"] * p["H"] * p["D"] * p["q_len"] * p["kv_len"] for p in apts],
                                  [p["B"] * p["H"] * p["D"] * (2 * p["q_len"] + 2 * p["kv_len"]) * act for p in apts],
-                                 [p["ms"] for p in apts], bw)
-    runtime = {"gemm": gemm, "attention": {"tflops": a_tp.tflops, "overhead_ms": a_tp.overhead_ms,
-                                           "rmse_rel": a_rms, "n": len(apts)}, "failed": failed}
-    return runtime, errs, {"gemm": points, "attention": apts}
+                                 [p["ms"] for p in apts], bw, _peak(spec, "fp", dtype))
+    return {"gemm": gemm, "attention": {"tflops": a_tp.tflops, "overhead_ms": a_tp.overhead_ms,
+                                        "rmse_rel": a_rms, "n": len(apts)}}, errs
 
 
-def _efficiency(spec, fmt: str, dtype: str, tflops: float) -> float | None:
-    """Sustained over the catalogue's peak of the format's math (GPUs in the catalogue only)."""
+def _peak(spec, fmt: str, dtype: str) -> float | None:
+    """The catalogue's dense peak (TFLOP/s) of the math a format runs at `dtype` (GPUs in the catalogue only)."""
     if spec is None:
         return None
     from litevar.kernels.formats import capability
     kernel = capability(fmt, "cuda").kernel
     math_fmt = "int8" if kernel in ("w8a8", "w4a8") else ("bf16" if kernel == "bf16" else dtype)
     peak = spec.peaks.get(math_fmt)
-    return None if peak is None else tflops / peak.value
+    return None if peak is None else peak.value
+
+
+def refit(cal: dict) -> dict:
+    """`cal` fitted again from the points it recorded (no device needed): what a change of the fit
+    gives on a calibration already measured. The points, fingerprint and fixed costs are kept."""
+    from litevar.profiler.devices import catalogue
+    spec = catalogue().get(cal.get("spec") or "")
+    out, errs = dict(cal), []
+    out["runtimes"] = {}
+    for dtype, pts in cal["points"].items():
+        formats = list(dict.fromkeys(p["format"] for p in pts["gemm"]))
+        out["runtimes"][dtype], held = fit_runtime(spec, dtype, formats, pts["gemm"], pts["attention"],
+                                                   cal["bandwidth_gbs"])
+        out["runtimes"][dtype]["failed"] = cal["runtimes"].get(dtype, {}).get("failed", {})
+        errs += held
+    out["validation"] = {"latency_err": float(np.median(np.abs(errs))) if errs else None, "held_out": len(errs)}
+    out["refitted"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return out
 
 
 def _memory_gib(dev, fp: dict) -> float | None:

@@ -578,6 +578,18 @@ class CostModel:
         """What a generation spends outside its linears and attention (the e2e fit's overhead)."""
         return float(e2e_features(arch, patch_nums, batch) @ np.array(self.e2e_of(dtype).coef[1:]))
 
+    def activation_coef(self, dtype: str | None = None) -> float:
+        """The memory model's activation factor (m1) at runtime `dtype`: fitted on that dtype's own
+        generations where the profile measured them; else the profile dtype's, scaled up to more
+        bytes per element but never down. Autocast keeps the residual stream, norms and softmax in
+        float32, so a bf16 run holds nearly as much as an fp32 one (the default model on CPU: m1
+        1.33 at bf16 against 1.39 at fp32); halving by the dtype's bytes under-counts."""
+        dtype = dtype or self.dtype
+        fit = self.runtimes.get(dtype) if dtype != self.dtype else None
+        if fit is not None and fit.act_coef is not None:
+            return fit.act_coef
+        return self.memory.coef[1] * max(1.0, DTYPE_BYTES[dtype] / DTYPE_BYTES[self.dtype])
+
     def predict(self, arch: Arch | dict, patch_nums, batch: int, dec: Decisions | None = None,
                 dtype: str | None = None) -> Prediction:
         """Predicted latency_ms and memory_mb of one generation of `batch` images at `patch_nums`."""
@@ -592,11 +604,8 @@ class CostModel:
         latency = sum(self.alpha_of(kern, dtype) * ms for kern, ms in k["by_kernel"].items()) + overhead
         mem = self.counted_memory_mb(arch, pns, batch, dec.formats, self.memory.vae_mb, dtype, kv_specs)
         act_mb = memory_features(arch, pns, batch, DTYPE_BYTES[dtype or self.dtype])["activations_mb"]
-        m0, m1, m2 = self.memory.coef
-        if e_fit.act_coef is not None:  # fitted on that dtype's own generations
-            m1 = e_fit.act_coef
-        else:  # activations at the runtime dtype's bytes
-            m1 *= DTYPE_BYTES[dtype or self.dtype] / DTYPE_BYTES[self.dtype]
+        m0, _, m2 = self.memory.coef
+        m1 = self.activation_coef(dtype)
         ws, kv_call = m2 * mem.pop("linear_workspace_mb"), mem.pop("kv_written_mb") + self.memory.gather_coef * mem.pop(
             "kv_gather_mb")
         mem.update(fixed_mb=m0, activations_mb=m1 * act_mb, workspace_mb=max(ws, kv_call))

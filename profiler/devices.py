@@ -317,6 +317,10 @@ class TargetCostModel(C.CostModel):
     source_dispatch_ms: float = 0.0
     source_tflops: float = 0.0
     host_ops: object = None  # profiler.hostops.HostOps on an accelerator (its host dispatches), else None
+    act_coefs: dict = field(default_factory=dict)  # runtime dtype -> the source profile's activation factor
+
+    def activation_coef(self, dtype: str | None = None) -> float:
+        return self.act_coefs.get(dtype or self.dtype, self.memory.coef[1])
 
     def overhead_ms(self, arch, patch_nums, batch, dtype=None) -> float:
         """On an accelerator: the operators the host dispatches times its cost per operator, plus the
@@ -372,9 +376,8 @@ def priced(profile, target: Target):
     source_tflops = 2.0 / max(fp.coef[1], 1e-12)  # 2 MKN flops per coef[1] ms per MKN/1e9: TFLOP/s
     allowed = target.capabilities.allowed_formats() if target.capabilities else set(target.gemm) | {"fp"}
     fmt_kernel = {f: k for f, k in cm.format_kernel.items() if f in allowed or f == "fp"}
-    scale_act = C.DTYPE_BYTES[target.dtype] / C.DTYPE_BYTES[cm.dtype]
     coef = list(cm.memory.coef)
-    coef[1] *= scale_act  # activations at the target's dtype
+    coef[1] = cm.activation_coef(target.dtype)  # activations at the target's dtype
     dispatch_ratio = target.dispatch_ms / source_dispatch
     throughput_ratio = source_tflops / target.runtime(cm.dtype).gemm["fp"].tflops
     # per token (element-wise ops: bandwidth-bound) at the bandwidth ratio when the profile measured
@@ -398,7 +401,8 @@ def priced(profile, target: Target):
     tcm = TargetCostModel(device=target.type, dtype=target.dtype, arch=cm.arch, format_kernel=fmt_kernel,
                           linear=cm.linear, attn=attn, e2e=e2e, memory=memory, linear_workspace=cm.linear_workspace,
                           features=cm.features, kernels=cm.kernels, timing_s=None, target=target,
-                          source_dispatch_ms=source_dispatch, source_tflops=source_tflops, host_ops=ops)
+                          source_dispatch_ms=source_dispatch, source_tflops=source_tflops, host_ops=ops,
+                          act_coefs={d: cm.activation_coef(d) for d in target.runtimes})
     meta = {k: v for k, v in profile.meta.items() if k not in ("validation",)}
     meta["target"] = {"name": target.name, "tier": target.tier, "dtype": target.dtype,
                       "memory_gib": target.memory_gib, "sources": target.sources,

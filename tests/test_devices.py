@@ -283,3 +283,50 @@ def test_calibration_file_round_trips_into_a_target(tmp_path):
 def test_linear_bytes_counts_weights_in_their_format():
     assert linear_bytes(64, 32, 8, "fp", 2) == 8 * 64 * 2 + 64 * 32 * 2 + 8 * 32 * 2
     assert linear_bytes(64, 32, 8, "W8A8", 2) == 8 * 64 * 2 + C.weight_bytes(64, 32, "W8A8", 2) + 8 * 32 * 2
+
+
+def test_throughput_fit_is_bounded_by_the_peak():
+    """Calls whose time is all overhead (t = 0.05 ms whatever the flops, as small GEMMs on a GPU)
+    leave the throughput free: unbounded it runs past any hardware; bounded by the catalogue's
+    peak it stops there, and the fit's times are the same (overhead-bound either way)."""
+    from litevar.profiler.calibrate import fit_throughput
+    flops = [2e5, 2e6, 2e7, 2e8]
+    ms = [0.05] * 4
+    free, _ = fit_throughput(flops, [1.0] * 4, ms, 1000.0)
+    bound, rms = fit_throughput(flops, [1.0] * 4, ms, 1000.0, peak_tflops=100.0)
+    assert free.tflops > 100.0 >= bound.tflops
+    assert rms < 0.05  # 2e8 flops at 100 TFLOP/s is 0.002 ms: the overhead still explains every point
+
+
+def test_refit_of_a_calibration_reproduces_its_fits(tmp_path, capsys):
+    """`litevar calibrate --refit` fits again from the recorded points: on a CPU calibration (no
+    catalogue peak bounds it) the fits come out as recorded (the same least squares on the same
+    points); a file without points gets one line."""
+    src = json.loads(open("devices/avx2.json").read())
+    out = tmp_path / "refit.json"
+    assert run_cli(capsys, "calibrate", "--refit", "devices/avx2.json", "--out", out)[0] == 0
+    new = json.loads(out.read_text())
+    for dtype, rt in src["runtimes"].items():
+        for fmt, g in rt["gemm"].items():
+            assert new["runtimes"][dtype]["gemm"][fmt]["tflops"] == pytest.approx(g["tflops"], rel=1e-3)
+            assert new["runtimes"][dtype]["gemm"][fmt]["overhead_ms"] == pytest.approx(g["overhead_ms"], rel=1e-3)
+    assert new["points"] == src["points"] and "refitted" in new
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({k: v for k, v in src.items() if k != "points"}))
+    rc, _, err = run_cli(capsys, "calibrate", "--refit", bad, "--out", tmp_path / "x.json")
+    assert_one_line_error(rc, err, "with its points", "litevar calibrate")
+
+
+def test_activation_memory_is_never_scaled_below_what_was_measured():
+    """Autocast keeps the residual stream, norms and softmax in float32, so the activation factor at
+    bf16 is the one measured on bf16 generations where the profile has them, else the fp32 one
+    (never halved by the dtype's bytes); fp32 on a bf16 target doubles what bf16 holds."""
+    prof = Profile.load("profiles/default-cpu.json")
+    cm = prof.cost_model
+    assert cm.activation_coef("bf16") == cm.runtimes["bf16"].act_coef
+    assert cm.activation_coef("fp32") == cm.memory.coef[1]
+    d16 = Profile.load("profiles/d16-cpu.json").cost_model
+    assert "bf16" not in d16.runtimes and d16.activation_coef("bf16") == d16.memory.coef[1]
+    t = priced(prof, from_spec(catalogue()["H100-SXM"]))
+    assert t.cost_model.activation_coef(t.cost_model.dtype) == pytest.approx(cm.activation_coef(t.cost_model.dtype))
+    assert t.cost_model.activation_coef("fp32") == pytest.approx(cm.memory.coef[1])

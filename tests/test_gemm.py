@@ -69,6 +69,8 @@ def test_int_mm_exact(M, N, K):
     a = torch.randint(-128, 128, (M, K), dtype=torch.int8)
     w = torch.randint(-128, 128, (N, K), dtype=torch.int8)
     assert torch.equal(gemm.int_mm(a, w), (a.long() @ w.long().t()).int())
+    a_t = torch.randint(-128, 128, (K, M), dtype=torch.int8).t()  # a strided activation (cuBLASLt refuses it)
+    assert torch.equal(gemm.int_mm(a_t, w), (a_t.long() @ w.long().t()).int())
 
 
 @pytest.mark.parametrize("w_bits", [8, 4])

@@ -29,3 +29,25 @@ def test_dry_run_writes_every_file_of_the_real_run(tmp_path):
 def test_gpu_names_make_folder_names():
     assert gpu_evidence.slug("NVIDIA H200") == "h200"
     assert gpu_evidence.slug("NVIDIA H100 80GB HBM3") == "h100-80gb-hbm3"
+
+
+def test_the_h200_run_is_priced_again_from_its_files(tmp_path):
+    """The tiers step re-runs from a GPU run's files on a machine without that GPU (`--only tiers
+    --gpu h200`): both tiers price every benched model (plans and dense), and each row's measured
+    figures are the bench's."""
+    import shutil
+    docs = tmp_path / "docs" / "gpu" / "h200"
+    shutil.copytree(ROOT / "docs" / "gpu" / "h200", docs)
+    (tmp_path / "plans").mkdir()
+    for p in (ROOT / "plans").glob("*-h200-*.json"):
+        shutil.copy(p, tmp_path / "plans")
+    assert gpu_evidence.main(["--out-root", str(tmp_path), "--only", "tiers", "--gpu", "h200"]) == 0
+    tiers = json.loads((docs / "tiers.json").read_text())["tiers"]
+    assert set(tiers) == {"spec", "calibrated"}
+    bench = json.loads((docs / "bench-d16-256.json").read_text())["data"]
+    for rows in (t["rows"] for t in tiers.values()):
+        assert sorted(r["plan"] for r in rows if r["model"] == "d16") == ["d16-h200-256-memhalf.json", "dense"]
+        dense = next(r for r in rows if r["model"] == "d16" and r["plan"] == "dense")
+        assert (dense["measured_ms"], dense["measured_mb"]) == (bench["dense"]["latency_ms"], bench["dense"]["peak_mb"])
+    with pytest.raises(SystemExit):  # the other steps need the GPU
+        gpu_evidence.main(["--out-root", str(tmp_path), "--gpu", "h200"])

@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "device's own, then fp32 or bf16; T4-class GPUs: fp16)")
     p.add_argument("--budget-s", type=POSITIVE, default=None,
                    help="time budget in seconds (default 120 on a GPU, 240 on a CPU)")
+    p.add_argument("--refit", metavar="FILE", help="fit a calibration again from the points it recorded (no device "
+                   "is timed; any machine): what a change of the fit gives on one already measured")
 
 
 def run(args) -> int:
@@ -25,6 +27,11 @@ def run(args) -> int:
     from litevar.models.core.device import device_of
     from litevar.models.core.family import arch_from, family_of, get_family
     from litevar.profiler import calibrate as cal
+    if args.refit:
+        c = cal.refit(_read_calibration(args.refit))
+        cal.write(c, args.out)
+        _report(args.out, c)
+        return 0
     dev = device_of(resolve_device(args.device))
     if args.profile:
         from litevar.profiler.profile import Profile
@@ -39,7 +46,28 @@ def run(args) -> int:
     c = cal.calibrate(dev.torch, family_of(arch) if args.profile else get_family("var"), arch, dtypes, budget,
                       args.name)
     cal.write(c, args.out)
-    print(f"wrote {args.out}: {c['name']} ({', '.join(c['runtimes'])}), {c['seconds']:.0f} s; bandwidth "
+    _report(args.out, c)
+    return 0
+
+
+def _read_calibration(path: str) -> dict:
+    """A calibration file with its points, or one line naming the fix."""
+    import json
+    from pathlib import Path
+    try:
+        c = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"--refit {path}: no such file; give a calibration written by `litevar calibrate --out`") \
+            from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"--refit {path}: not JSON; give a calibration written by `litevar calibrate --out`") from None
+    if not isinstance(c, dict) or c.get("format") != "litevar-calibration" or not isinstance(c.get("points"), dict):
+        raise UserError(f"--refit {path}: not a litevar calibration with its points; re-run `litevar calibrate`")
+    return c
+
+
+def _report(out, c: dict) -> None:
+    print(f"wrote {out}: {c['name']} ({', '.join(c['runtimes'])}), {c['seconds']:.0f} s; bandwidth "
           f"{c['bandwidth_gbs']:.1f} GB/s, dispatch {1e3 * c['dispatch_ms']:.1f} us per op; held-out median error "
           f"{100 * (c['validation']['latency_err'] or 0):.1f}%")
     for dtype, rt in c["runtimes"].items():
@@ -52,7 +80,6 @@ def run(args) -> int:
               f"{1e3 * a['overhead_ms']:.1f} us per call")
         for fmt, why in rt.get("failed", {}).items():
             print(f"  {dtype:5s} {fmt:6s} left out: its kernel fails on this device ({why})")
-    return 0
 
 
 def _dtypes(text: str | None) -> tuple[str, ...] | None:
