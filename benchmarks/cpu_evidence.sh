@@ -44,7 +44,8 @@ step one_d16_2048 python benchmarks/one_generation.py --random-init --depth 16 -
   --json $R/d16-cpu-2048-8gib-one.json
 step one_d30_1024 python benchmarks/one_generation.py --random-init --depth 30 --plan plans/d30-cpu-1024-memhalf.json \
   --json $R/d30-cpu-1024-memhalf-one.json
-step vs_b8 python benchmarks/planner_vs_recipes.py --profile profiles/default-cpu.json --plans-dir plans \
+step profile_b8 litevar profile --out profiles/default-cpu-b8.json --batches 1,2,8 --fresh
+step vs_b8 python benchmarks/planner_vs_recipes.py --profile profiles/default-cpu-b8.json --plans-dir plans \
   --prefix default-cpu-256-b8 --batch 8 --recipes bf16,w8a8 --repeats 7 --quality 40 \
   --json $R/planner-vs-recipes-cpu-b8.json
 step transfer python benchmarks/transfer_cpu.py --json $R/transfer-cpu.json

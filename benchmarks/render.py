@@ -265,6 +265,12 @@ def vs_recipes(name: str) -> str:
             cells.append(f"| {_cell(p)} | {'yes' if within else '**no**'} | {'yes' if lower else '**no**'} ")
         lines.append("".join(cells) + "|")
         rs = r["speedup"]["measured"]
+        if knob and pair.get("plan_noguard"):
+            nb = plan_row(b, Path(pair["plan_noguard"]).stem)
+            notes.append(f"the {pair['recipe']} row as the cost model saw it: it promised the whole model "
+                         f"{r['speedup']['promised']:.2f}x (measured {rs:.2f}x) and the unguarded plan it preferred "
+                         f"at less predicted loss {nb['speedup']['promised']:.2f}x (measured "
+                         f"{nb['speedup']['measured']:.2f}x, runtime {nb['measured']['dtype']})")
         if rs < 1:
             notes.append(f"the {pair['recipe']} recipe is slower than dense on this CPU ({rs:.2f}x): "
                          "a plan within its budgets may be dense itself, which is no win")
