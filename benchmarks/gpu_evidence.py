@@ -29,7 +29,6 @@ lists them; tests/test_gpu_evidence.py runs the dry run and checks that every on
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import re
@@ -159,11 +158,10 @@ class Run:
                     plan.dtype = e["measured"].get("dtype") or plan.dtype
                     rows.append(_tier_row(model, Path(e["plan"]).name, e["measured"], plan_prediction(plan, prof),
                                           target))
-                dense = dataclasses.replace(Plan.load(self._plan_path(bench["plans"][0]["plan"])), formats={},
-                                            windows=None,
-                                            cfg_shared=[], qk_int8=[], kv={}, text_encoder=None,
-                                            dtype=bench["dense"].get("dtype"))  # its schedule and batch
-                rows.append(_tier_row(model, "dense", bench["dense"], plan_prediction(dense, prof), target))
+                shape = Plan.load(self._plan_path(bench["plans"][0]["plan"]))  # the schedule and batch benched
+                dense = prof.cost_model.predict(prof.arch, shape.patch_nums, shape.batch,
+                                                dtype=bench["dense"].get("dtype"))  # no decisions
+                rows.append(_tier_row(model, "dense", bench["dense"], dense, target))
             if not rows:
                 raise RuntimeError("no bench ran: nothing to price")
             out["tiers"][tier] = {

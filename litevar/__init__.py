@@ -18,6 +18,8 @@ def _source_tree_parts() -> None:
     """Run from a source tree that was never installed (the GPU machine runs from a copy of the
     tree): the parts installed as litevar.models, litevar.kernels, ... are top-level folders of
     the tree, so they are added to this package's search path. Installed copies are untouched."""
+    if __version__ != "0+unknown":  # installed (an editable install maps the parts itself)
+        return
     from pathlib import Path
     here = Path(__file__).resolve().parent
     root = here.parent

@@ -223,13 +223,13 @@ def fit_runtime(spec, dtype: str, formats, points: list[dict], apts: list[dict],
             log.warning("calibrate: too few %s points at %s in the time budget; %s left out", fmt, dtype, fmt)
             continue
         fit_pts, held = _split(pts)
+        peak = _peak(spec, fmt, dtype)
         tp, rms = fit_throughput([2.0 * p["M"] * p["K"] * p["N"] for p in fit_pts],
                                  [linear_bytes(p["K"], p["N"], p["M"], fmt, act) for p in fit_pts],
-                                 [p["ms"] for p in fit_pts], bw, _peak(spec, fmt, dtype))
+                                 [p["ms"] for p in fit_pts], bw, peak)
         held_err = [tp.ms(2.0 * p["M"] * p["K"] * p["N"], linear_bytes(p["K"], p["N"], p["M"], fmt, act), bw)
                     / p["ms"] - 1 for p in held]
         errs += held_err
-        peak = _peak(spec, fmt, dtype)
         gemm[fmt] = {"tflops": tp.tflops, "overhead_ms": tp.overhead_ms, "rmse_rel": rms, "n": len(fit_pts),
                      "held_out_median_err": float(np.median(np.abs(held_err))) if held_err else None,
                      "efficiency": None if peak is None else tp.tflops / peak}

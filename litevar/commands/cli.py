@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.metadata
 import logging
 import sys
 
 from litevar.commands.args import Parser
+from litevar.commands.results import own_version
 from litevar.models.core.errors import UserError
 
 # subcommand -> (module, one-line help). Modules are imported only when their command runs.
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="litevar", description="Hardware-aware compression planner and runtime "
                                      "for visual autoregressive (VAR) image models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-    parser.add_argument("--version", action="version", version=f"litevar {_version()}")
+    parser.add_argument("--version", action="version", version=f"litevar {own_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
@@ -96,10 +96,3 @@ def _quiet_unless_main():
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("litevar")
-    except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
-        return "0+unknown"

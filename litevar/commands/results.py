@@ -47,16 +47,20 @@ def command_line(argv: list[str] | None = None, program: str | None = None) -> s
     return " ".join([program or Path(argv[0]).name, *(shlex.quote(a) for a in argv[1:])])
 
 
-def provenance(device="cpu", argv: list[str] | None = None, program: str | None = None) -> dict:
+def own_version() -> str:
+    """This litevar's installed version; '0+unknown' in a source tree that was never installed."""
     from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("litevar")
+    except PackageNotFoundError:
+        return "0+unknown"
 
+
+def provenance(device="cpu", argv: list[str] | None = None, program: str | None = None) -> dict:
     import torch
 
     from litevar.models.core.device import fingerprint
-    try:
-        own = version("litevar")
-    except PackageNotFoundError:
-        own = "0+unknown"
+    own = own_version()
     rev, dirty = git_revision()
     return {"command": command_line(argv, program), "git_revision": rev, "git_dirty": dirty,
             "machine": fingerprint(device), "date": datetime.datetime.now(datetime.timezone.utc)
