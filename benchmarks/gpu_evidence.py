@@ -366,9 +366,9 @@ def summary_markdown(s: dict) -> str:
     for model in ("d16_profile", "default_model"):
         plans = s["steps"].get(model, {}).get("plans", [])
         if plans:
-            lines += ["", f"Plans ({model}):", "", "| plan | predicted speedup | ms | MB | loss |",
+            lines += ["", f"Plans ({model}):", "", "| plan | predicted speedup | ms | GiB | loss |",
                       "|---|---:|---:|---:|---:|"]
-            lines += [f"| {p['plan']} | {p['speedup']:.2f}x | {p['latency_ms']:.1f} | {p['memory_mb']:.0f} | "
+            lines += [f"| {p['plan']} | {p['speedup']:.2f}x | {p['latency_ms']:.1f} | {p['memory_mb'] / 1024:.2f} | "
                       f"{p['loss']:.4g} |" if "failed" not in p else f"| {p['plan']} | no plan: {p['failed']} | | | |"
                       for p in plans]
     t = s["steps"].get("tiers", {})
