@@ -309,14 +309,15 @@ def format_groups(cm: C.CostModel, arch: Arch, pns, batch, losses, formats, dtyp
         fqn, K, N = s.fqn, s.K, s.N
         dt = "fp32" if s.fp32 else dtype
         m_ws = max(s.rows_at(pns, si, batch, arch.context_len) for si in (max(last - 1, 0), last))
-        fp_ms = cm.alpha_of("dense", dtype) * sum(cm.linear_ms(K, N, M, "fp", dt) for M in calls.get(fqn, []))
+        rows = calls.get(fqn, [])
+        act = sum(M * (K + N) for M in rows) / 1e6  # million activation elements (the in-model gamma's)
+        fp_ms = cm.in_model_ms("dense", sum(cm.linear_ms(K, N, M, "fp", dt) for M in rows), act, dtype)
         opts = [FormatOption("fp", 0.0, fp_ms, C.weight_bytes(K, N, "fp") / C.MB, 0.0, 16)]
         for fmt in formats:
             if (fqn, fmt) not in losses or not C.format_applies(K, fmt):
                 continue
             try:
-                ms = cm.alpha_of(cm.kernel_of(fmt), dtype) * sum(cm.linear_ms(K, N, M, fmt, dt)
-                                                                  for M in calls.get(fqn, []))
+                ms = cm.in_model_ms(cm.kernel_of(fmt), sum(cm.linear_ms(K, N, M, fmt, dt) for M in rows), act, dtype)
             except KeyError as e:
                 skipped.setdefault(fmt, e.args[0] if e.args else str(e))
                 continue

@@ -383,20 +383,23 @@ def e2e_plan(resolutions, batches, own_pns, holdout_resolution, holdout_batch, c
              dtypes=("fp32",)):
     """(patch_nums, batch, config, held_out, dtype) of every timed generation, at each runtime
     dtype of `dtypes` (the first is the profile's); configs in a format whose kernels were not timed
-    (not in `timed`, when given) are left out, as the model cannot price them."""
+    (not in `timed`, when given) are left out, as the model cannot price them. The configurations
+    run at the smallest and the largest batch: a format's in-model cost grows with the rows
+    differently from its isolated calls' (costmodel.fit_e2e's gamma)."""
     def ok(c):
         return timed is None or config_formats(c) <= set(timed)
     fit_configs, validate_configs = configs
     fit_pns = sorted(resolutions, key=len)[-2] if len(resolutions) > 1 else tuple(resolutions[0])
+    ends = sorted({batches[0], batches[-1]})
     plan = []
     for d in dtypes:
         plan += [(tuple(p), b, "dense", False, d) for p in resolutions for b in batches]
-        plan += [(tuple(fit_pns), batches[0], c, False, d) for c in fit_configs if ok(c)]
+        plan += [(tuple(fit_pns), b, c, False, d) for b in ends for c in fit_configs if ok(c)]
         if holdout_resolution is not None:
             plan.append((tuple(holdout_resolution), batches[0], "dense", True, d))
         if holdout_batch is not None:
             plan.append((tuple(own_pns), holdout_batch, "dense", True, d))
-        plan += [(tuple(own_pns), batches[0], c, True, d) for c in validate_configs if ok(c)]
+        plan += [(tuple(own_pns), b, c, True, d) for b in ends for c in validate_configs if ok(c)]
     return plan
 
 

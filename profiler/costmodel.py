@@ -10,6 +10,7 @@ Latency of one generation (CFG doubles the batch: 2B rows through the transforme
     linear  t = a + b * M*K*N + c * K*N + d * M*(K+N)            per (format, dtype), ms
     attn    t = a + b * W*kept + c * W + d * B*H*D*(q+kv)         per backend, W = B*H*D*q*kv
     e2e     sum over kernel families k of alpha_k * (their linears; attention counts as dense)
+            + gamma_k * (their linears' activations: sum of M*(K+N))
             + e0 + e1 * S*(depth+1) + e2 * B*L*(C*depth + V) + e3 * B*n_last
 
 (S scales, L tokens, n_last tokens of the last scale, V the head's outputs per token). The e2e
@@ -17,7 +18,11 @@ overhead (Python dispatch per scale and block; norms, GELU and other element-wis
 and sampling per token; the decode per latent pixel) and the alphas (in-model vs isolated kernel
 timings, within ALPHA_BOUNDS; one for dense kernels, one per quantized kernel family that a
 fitted generation ran, since in-model and isolated speeds differ by kernel) are fitted on the
-end-to-end runs. All fits are non-negative least squares on relative residuals
+end-to-end runs. A quantized family timed in generations at two or more batches also gets gamma_k:
+the in-model time its activations add beyond the isolated calls (cast or quantized on the way in,
+cast back on the way out, from caches an isolated call leaves hot), which grows with the rows;
+on the default model on CPU, per-layer BF16 and W8A8 fitted at batch 1 alone promised 1.30x and
+1.25x at batch 8 and gave 1.18-1.25x and 0.98-1.07x. Without such generations gamma_k is 0. All fits are non-negative least squares on relative residuals
 (scipy.optimize.lsq_linear), so predictions grow with every size and extrapolate to unmeasured
 batches and resolutions.
 
@@ -280,14 +285,19 @@ class E2EFit:
     # another runtime dtype's activation factor (the memory model's m1 at it, fitted on its own
     # generations: autocast keeps some activations in float32); None: m1 scaled by the dtype's bytes
     act_coef: float | None = None
+    # quantized kernel family -> in-model ms per million activation elements (M*(K+N)) of its
+    # linears; only families timed in generations at two or more batches (else 0)
+    gamma: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = {"coef": list(self.coef), "alpha": dict(self.alpha), "rmse_rel": self.rmse_rel, "n": self.n}
+        d |= {"gamma": dict(self.gamma)} if self.gamma else {}
         return d | ({"act_coef": self.act_coef} if self.act_coef is not None else {})
 
     @classmethod
     def from_dict(cls, d: dict) -> E2EFit:
-        return cls(d["coef"], dict(d.get("alpha", {})), d["rmse_rel"], d["n"], d.get("act_coef"))
+        return cls(d["coef"], dict(d.get("alpha", {})), d["rmse_rel"], d["n"], d.get("act_coef"),
+                   dict(d.get("gamma", {})))
 
 
 @dataclass
@@ -420,6 +430,15 @@ class CostModel:
         e = self.e2e_of(dtype)
         return float(e.alpha.get(kernel, e.coef[0]))
 
+    def gamma_of(self, kernel: str, dtype: str | None = None) -> float:
+        """In-model ms per million activation elements of a kernel family's linears (0 unless fitted)."""
+        return float(self.e2e_of(dtype).gamma.get(kernel, 0.0))
+
+    def in_model_ms(self, kernel: str, kernel_ms: float, act_melems: float, dtype: str | None = None) -> float:
+        """In-model ms of linears of one kernel family whose isolated calls take `kernel_ms` and
+        move `act_melems` million activation elements (sum of M*(K+N))."""
+        return self.alpha_of(kernel, dtype) * kernel_ms + self.gamma_of(kernel, dtype) * act_melems
+
     def _linear_entry(self, fmt: str, dtype: str) -> KernelFit | None:
         for key in (f"{fmt}|{dtype}", f"{fmt}|{self.dtype}"):
             if key in self.linear:
@@ -491,12 +510,16 @@ class CostModel:
         dtype = dtype or self.dtype
         per_layer: dict[str, float] = {}
         by_kernel: dict[str, float] = {"dense": 0.0}
+        act_by_layer: dict[str, float] = {}  # million activation elements, M*(K+N)
+        act_by_kernel: dict[str, float] = {}
         for s, M in linear_calls(arch, patch_nums, batch):
             fmt = dec.formats.get(s.fqn, "fp")
             ms = self.linear_ms(s.K, s.N, M, fmt, "fp32" if s.fp32 else dtype)
             per_layer[s.fqn] = per_layer.get(s.fqn, 0.0) + ms
-            kern = self.kernel_of(fmt)
+            kern, act = self.kernel_of(fmt), M * (s.K + s.N) / 1e6
             by_kernel[kern] = by_kernel.get(kern, 0.0) + ms
+            act_by_layer[s.fqn] = act_by_layer.get(s.fqn, 0.0) + act
+            act_by_kernel[kern] = act_by_kernel.get(kern, 0.0) + act
         attn, qk_names = 0.0, family_of(arch).site_names(arch, "qk")
         for layer, si, q, kv in attention_calls(arch, patch_nums):
             k = float(dec.kept.get((layer, si), 1.0))
@@ -509,7 +532,8 @@ class CostModel:
             attn += ms
         by_kernel["dense"] += attn
         return {"linear_ms": sum(v for k, v in per_layer.items() if not k.endswith(".qk")),
-                "attn_ms": attn, "per_layer": per_layer, "by_kernel": by_kernel}
+                "attn_ms": attn, "per_layer": per_layer, "by_kernel": by_kernel,
+                "act_by_layer": act_by_layer, "act_by_kernel": act_by_kernel}
 
     # -- memory --------------------------------------------------------------------------
     def linear_workspace_mb(self, K: int, N: int, M: int, fmt: str) -> float:
@@ -601,7 +625,8 @@ class CostModel:
         e_fit = self.e2e_of(dtype)
         e = np.array(e_fit.coef)
         overhead = self.overhead_ms(arch, pns, batch, dtype)
-        latency = sum(self.alpha_of(kern, dtype) * ms for kern, ms in k["by_kernel"].items()) + overhead
+        latency = sum(self.in_model_ms(kern, ms, k["act_by_kernel"].get(kern, 0.0), dtype)
+                      for kern, ms in k["by_kernel"].items()) + overhead
         mem = self.counted_memory_mb(arch, pns, batch, dec.formats, self.memory.vae_mb, dtype, kv_specs)
         act_mb = memory_features(arch, pns, batch, DTYPE_BYTES[dtype or self.dtype])["activations_mb"]
         m0, _, m2 = self.memory.coef
@@ -623,8 +648,8 @@ class CostModel:
                 latency += self.reload_ms(arch) / dec.images_per_prompt
         transformer = float(sum(mem.values()))
         alpha = float(e[0])
-        per_layer = {n: v * (alpha if n.endswith(".qk") else self.alpha_of(self.kernel_of(dec.formats.get(n, "fp")),
-                                                                             dtype))
+        per_layer = {n: alpha * v if n.endswith(".qk") else
+                     self.in_model_ms(self.kernel_of(dec.formats.get(n, "fp")), v, k["act_by_layer"][n], dtype)
                      for n, v in k["per_layer"].items()}
         return Prediction(latency_ms=float(latency), memory_mb=max(transformer, decode, encode),
                           linear_ms=sum(v for n, v in per_layer.items() if not n.endswith(".qk")),
@@ -755,19 +780,23 @@ def fit(tables: dict, arch: Arch | dict, device: str = "cpu", dtype: str = "fp32
 def fit_e2e(cm: CostModel, arch: Arch, e2e, dtype: str | None = None) -> E2EFit:
     """Per kernel family an alpha (kernel time factor, within ALPHA_BOUNDS) and the overhead
     coefficients. A quantized family gets its own alpha when a generation ran it (its in-model
-    speed differs from the isolated one differently from dense kernels'); coef[0] is the dense
-    alpha."""
+    speed differs from the isolated one differently from dense kernels'), and its gamma when
+    generations ran it at two or more batches; coef[0] is the dense alpha."""
     runs = [(_row_patch_nums(row), int(row["batch"]), row["config"], float(row["ms"])) for _, row in e2e.iterrows()]
-    ks = [cm.kernel_ms(arch, pns, b, config_spec(c, arch), dtype)["by_kernel"] for pns, b, c, _ in runs]
-    quant = sorted({k for by in ks for k, v in by.items() if k != "dense" and v > 0})
-    A = [np.concatenate([[by["dense"]], [by.get(q, 0.0) for q in quant], e2e_features(arch, pns, b)])
-         for by, (pns, b, _, _) in zip(ks, runs)]
+    ks = [cm.kernel_ms(arch, pns, b, config_spec(c, arch), dtype) for pns, b, c, _ in runs]
+    quant = sorted({k for km in ks for k, v in km["by_kernel"].items() if k != "dense" and v > 0})
+    # gamma_k is identifiable only where family k ran at two or more batches
+    batched = [q for q in quant if len({b for km, (_, b, _, _) in zip(ks, runs) if km["by_kernel"].get(q, 0) > 0}) > 1]
+    A = [np.concatenate([[km["by_kernel"]["dense"]], [km["by_kernel"].get(q, 0.0) for q in quant],
+                         [km["act_by_kernel"].get(q, 0.0) for q in batched], e2e_features(arch, pns, b)])
+         for km, (pns, b, _, _) in zip(ks, runs)]
     y = [ms for *_, ms in runs]
-    n_alpha, n = 1 + len(quant), len(E2E_FEATURES) - 1
-    lower = np.r_[np.full(n_alpha, ALPHA_BOUNDS[0]), np.zeros(n)]
-    upper = np.r_[np.full(n_alpha, ALPHA_BOUNDS[1]), np.full(n, np.inf)]
+    n_alpha, n_gamma, n = 1 + len(quant), len(batched), len(E2E_FEATURES) - 1
+    lower = np.r_[np.full(n_alpha, ALPHA_BOUNDS[0]), np.zeros(n_gamma + n)]
+    upper = np.r_[np.full(n_alpha, ALPHA_BOUNDS[1]), np.full(n_gamma + n, np.inf)]
     coef, err = nonneg_fit(np.array(A), np.array(y), lower=lower, upper=upper)
-    return E2EFit([coef[0], *coef[n_alpha:]], dict(zip(["dense", *quant], coef[:n_alpha])), err, len(y))
+    return E2EFit([coef[0], *coef[n_alpha + n_gamma:]], dict(zip(["dense", *quant], coef[:n_alpha])), err, len(y),
+                  gamma=dict(zip(batched, coef[n_alpha:n_alpha + n_gamma])))
 
 
 def fit_memory(cm: CostModel, arch: Arch, e2e, vae_mb: float = 0.0, decodes=None) -> MemoryFit:

@@ -365,6 +365,9 @@ class TargetCostModel(C.CostModel):
     def alpha_of(self, kernel: str, dtype: str | None = None) -> float:
         return 1.0  # the target's kernels are priced as they run in the model
 
+    def gamma_of(self, kernel: str, dtype: str | None = None) -> float:
+        return 0.0  # (the roofline's bytes hold the activations)
+
 
 def priced(profile, target: Target):
     """`profile` with a cost model for `target` (see the module docstring); its validation rows

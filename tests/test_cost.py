@@ -143,7 +143,8 @@ def test_run_cost_stage_tiny(tiny, tmp_path):
     assert (tables["cost_linear"]["ms"] > 0).all() and (tables["cost_attn"]["ms"] > 0).all()
     held = [v for v in validation if v["held_out"]]
     assert {(v["batch"], v["config"]) for v in held} == {(1, "dense"), (4, "dense"), (1, "W8A8:fc1,fc2,proj"),
-                                                         (1, "KV4:s1r1")}
+                                                         (1, "KV4:s1r1"), (2, "W8A8:fc1,fc2,proj"), (2, "KV4:s1r1")}
+    assert set(cm.e2e.gamma) == {"w8a8"}  # its fitted config ran at batches 1 and 2
     assert any(v["resolution"] > PNS[-1] * vae.downsample for v in held)  # an unmeasured resolution
     # memory: weights, buffers and KV caches are counted exactly; what is fitted (a constant, the
     # activation factor, the workspace share) is a small part of this toy model's ~3 MB peak, and the
