@@ -22,9 +22,9 @@ end-to-end runs. A quantized family timed in generations at two or more batches 
 the in-model time its activations add beyond the isolated calls (cast or quantized on the way in,
 cast back on the way out, from caches an isolated call leaves hot), which grows with the rows;
 on the default model on CPU, per-layer BF16 and W8A8 fitted at batch 1 alone promised 1.30x and
-1.25x at batch 8 and gave 1.18-1.25x and 0.98-1.07x. Without such generations gamma_k is 0. All fits are non-negative least squares on relative residuals
-(scipy.optimize.lsq_linear), so predictions grow with every size and extrapolate to unmeasured
-batches and resolutions.
+1.25x at batch 8 and gave 1.18-1.25x and 0.98-1.07x. Without such generations gamma_k is 0.
+All fits are non-negative least squares on relative residuals (scipy.optimize.lsq_linear), so
+predictions grow with every size and extrapolate to unmeasured batches and resolutions.
 
 Peak memory (MB = 2**20 bytes), the larger of two phases:
 
