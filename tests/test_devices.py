@@ -111,6 +111,9 @@ def test_host_ops_follow_scales_and_blocks():
     family = get_family("var")
     vae, model = family.load(ModelFlags(family="var", random_init=True, depth=3, patch_nums=(1, 2, 3, 4)),
                              torch.device("cpu"))
+    # frozen like a loaded checkpoint (a parameter that requires grad has its bf16 copy held by
+    # autocast's weight cache through a whole generation: more memory than the model prices)
+    assert not any(p.requires_grad for m in (vae, model) for p in m.parameters())
     measured = count_ops(family.transformer_phase(model, 1, "fp32"))
     predicted = ops.count(4, 3) - ops.decode
     # the fit has 3 parameters on 4 counts; sampling adds a few operators per scale that do not
