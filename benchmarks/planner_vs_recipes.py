@@ -20,6 +20,7 @@ so in words: a plan that matches it is not a win.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -61,7 +62,7 @@ def make_plans(args) -> list[dict]:
         common = ("--profile", args.profile, "--resolution", args.resolution, "--batch", args.batch)
         _cli("plan", *common, "--recipe", spec, "--out", rec)
         pred = Plan.load(rec).predicted
-        budgets = {"max_latency_ms": round(pred.latency_ms, 4), "max_memory_gib": round(pred.memory_mb / 1024, 7)}
+        budgets = {"max_latency_ms": ceil_to(pred.latency_ms, 4), "max_memory_gib": ceil_to(pred.memory_mb / 1024, 7)}
         held = ("--max-latency-ms", budgets["max_latency_ms"], "--max-memory-gib", budgets["max_memory_gib"])
         _cli("plan", *common, *held, "--guard", args.guard, "--out", vs)
         bare = out / f"{args.prefix}-vs-{slug(spec)}-noguard.json"  # on the recipe's footing: no guard either
@@ -82,7 +83,7 @@ def knob_pairs(args) -> list[dict]:
     for dtype in dict.fromkeys(b.partition("+")[0] for b in args.baselines.split(",") if b):
         rec = out / f"{args.prefix}-knob-{dtype}.json"
         _cli("plan", *common, "--recipe", "fp", "--dtype", dtype, "--out", rec)
-        speedup = round(Plan.load(rec).predicted.speedup, 4)
+        speedup = floor_to(Plan.load(rec).predicted.speedup, 4)
         row = {"recipe": f"whole model in {dtype}", "kind": "knob", "recipe_plan": str(rec),
                "budgets": {"min_speedup": speedup}}
         for key, guard, name in (("plan", args.guard, "x-knob"), ("plan_noguard", 0, "x-knob-noguard")):
@@ -92,6 +93,17 @@ def knob_pairs(args) -> list[dict]:
             row[key] = str(path) if rc == 0 else None  # None: no plan meets the budget
         rows.append(row)
     return rows
+
+
+def ceil_to(x: float, digits: int) -> float:
+    """`x` rounded up at `digits` decimals: a recipe's own figures as a budget it meets (rounding to
+    nearest could put the recipe a hair outside its own budget, and the planner would pay to leave it)."""
+    return math.ceil(x * 10 ** digits) / 10 ** digits
+
+
+def floor_to(x: float, digits: int) -> float:
+    """`x` rounded down at `digits` decimals (a minimum the knob itself meets)."""
+    return math.floor(x * 10 ** digits) / 10 ** digits
 
 
 def _cli(*argv) -> None:
