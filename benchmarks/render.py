@@ -259,18 +259,25 @@ def vs_recipes(name: str) -> str:
             p = plan_row(b, Path(pair[key]).stem)
             into.append(p)
             rm, pm = r["measured"], p["measured"]
-            within = (p["speedup"]["measured"] >= r["speedup"]["measured"]
-                      and (knob or pm["peak_mb"] <= rm["peak_mb"]))
+            same = knob and runtime_only(pair[key]) == runtime_only(pair["recipe_plan"])  # the knob itself
+            within = same or (p["speedup"]["measured"] >= r["speedup"]["measured"]
+                              and (knob or pm["peak_mb"] <= rm["peak_mb"]))
             lower = (pm["loss"] or 0) < (rm["loss"] or 0)
-            cells.append(f"| {_cell(p)} | {'yes' if within else '**no**'} | {'yes' if lower else '**no**'} ")
+            cells.append(f"| {_cell(p)} | {'the same' if same else 'yes' if within else '**no**'} | "
+                         f"{'the same' if same else 'yes' if lower else '**no**'} ")
         lines.append("".join(cells) + "|")
         rs = r["speedup"]["measured"]
         if knob and pair.get("plan_noguard"):
             nb = plan_row(b, Path(pair["plan_noguard"]).stem)
-            notes.append(f"the {pair['recipe']} row as the cost model saw it: it promised the whole model "
-                         f"{r['speedup']['promised']:.2f}x (measured {rs:.2f}x) and the unguarded plan it preferred "
-                         f"at less predicted loss {nb['speedup']['promised']:.2f}x (measured "
-                         f"{nb['speedup']['measured']:.2f}x, runtime {nb['measured']['dtype']})")
+            seen = (f"the {pair['recipe']} row as the cost model saw it: it promised the whole model "
+                    f"{r['speedup']['promised']:.2f}x (measured {rs:.2f}x)")
+            if runtime_only(pair["plan_noguard"]) == runtime_only(pair["recipe_plan"]):
+                notes.append(seen + ", and no per-layer decision at that speed had less predicted loss: the "
+                             "unguarded plan is the whole model itself")
+            else:
+                notes.append(seen + f" and the unguarded plan it preferred at less predicted loss "
+                             f"{nb['speedup']['promised']:.2f}x (measured {nb['speedup']['measured']:.2f}x, runtime "
+                             f"{nb['measured']['dtype']})")
         if rs < 1:
             notes.append(f"the {pair['recipe']} recipe is slower than dense on this CPU ({rs:.2f}x): "
                          "a plan within its budgets may be dense itself, which is no win")
@@ -298,18 +305,37 @@ def _cell(e: dict) -> str:
     return f"{m['dtype']}, {e['speedup']['measured']:.2f}x, {gib(m['peak_mb'], 4)}, {num(m['loss'], '.4f')}"
 
 
+def runtime_only(plan: str) -> str | None:
+    """The runtime dtype of a plan file that decides nothing else (every linear fp, no window, CFG
+    sharing, QK8 or KV-cache decision): the whole model in that dtype. None otherwise."""
+    p = json.loads((ROOT / plan).read_text())
+    if (any(f != "fp" for f in p.get("formats", {}).values()) or p.get("qk_int8") or p.get("cfg_shared")
+            or p.get("kv") or (p.get("windows") or {}).get("widths")):
+        return None
+    return p.get("dtype") or "fp32"
+
+
+def is_baseline(e: dict, base: dict) -> bool:
+    """Whether a benched plan runs exactly what a whole-model baseline runs (its dtype, no compile)."""
+    return not base.get("compile") and runtime_only(e["plan"]) == base["dtype"]
+
+
 def first_knob(plans: list[dict], base: dict) -> str:
-    """Is the least-loss planner plan at least as fast as a whole-model baseline at no more loss (measured)?"""
+    """Is the least-loss planner plan at least as fast as a whole-model baseline at no more loss (measured)?
+    A plan that is the baseline itself (the same computation) counts as as fast: the two figures then
+    differ by the machine's noise only, which is said."""
     bs, bl = base["speedup"]["measured"], base["measured"]["loss"] or 0.0
-    fast = [e for e in plans if e["speedup"]["measured"] >= bs]
+    fast = [e for e in plans if e["speedup"]["measured"] >= bs or is_baseline(e, base)]
     head = (f"the whole model in {base['name']} runs at {bs:.2f}x (loss {num(base['measured']['loss'], '.4f')}); ")
     if not fast:
         return head + "no planner plan here is as fast: **missed**"
     best = min(fast, key=lambda e: e["measured"]["loss"] or 0.0)
     met = (best["measured"]["loss"] or 0.0) <= bl
     verdict = "met" if met else "**missed** (more loss)"
+    same = (f" (it is the whole model in {base['dtype']} itself: no per-layer decision pays here; the two runs of "
+            f"the same computation differ by noise)" if is_baseline(best, base) else "")
     return head + (f"the least-loss planner plan at least as fast is {best['plan_name']} at "
-                   f"{best['speedup']['measured']:.2f}x, loss {num(best['measured']['loss'], '.4f')}: {verdict}")
+                   f"{best['speedup']['measured']:.2f}x, loss {num(best['measured']['loss'], '.4f')}: {verdict}{same}")
 
 
 def plan_since(g: dict) -> bool:
@@ -508,7 +534,31 @@ def gpu_evidence() -> str:
                          f"{gib(r['predicted_mb'])} / {gib(r['measured_mb'])} | "
                          f"{gib(r['predicted_process_mb'])} / {gib(r['measured_process_mb'])} |")
     lines += ["", gpu_source(gpu)]
+    if (RESULTS / "autocast-cache-cpu.json").exists():
+        rows = tiers.get("calibrated", {}).get("rows", [])
+        d16 = next((r for r in rows if r["model"] == "d16" and r["plan"] == "dense"), None)
+        lines += ["", autocast_cache(None if d16 is None else d16["measured_mb"] - d16["predicted_mb"])]
     return "\n".join(lines)
+
+
+def autocast_cache(miss_mib: float | None) -> str:
+    """Why d16's allocator peak was under-predicted on the GPU: autocast's weight cache, measured."""
+    d = result("autocast-cache-cpu", "autocast-cache")
+    c = d["data"]
+    by = {r["parameters"]: r for r in c["rows"]}
+    return "\n".join([
+        f"**Why d16's allocator peak was under-predicted above.** The benched d16 was built at random init with "
+        f"trainable parameters, and autocast keeps the {c['dtype']} copy of a float32 parameter that requires grad "
+        f"for the whole generation: half the bytes of every fp32 linear weight on top of the weights. The same "
+        f"d{c['depth']} at {c['resolution']} px, {c['dtype']} autocast, on this CPU (fp32 linear weights "
+        f"{gib(c['linear_weights_fp32_mib'])} GiB):", "",
+        "| parameters | transformer phase GiB | decode phase GiB |", "|---|---:|---:|",
+        *(f"| {k} | {gib(by[k]['transformer_mib'])} | {gib(by[k]['decode_mib'])} |" for k in ("frozen", "trainable")),
+        "", f"The cache is {gib(c['cache_mib'])} GiB ({c['cache_mib'] / c['linear_weights_fp32_mib']:.2f} of the fp32 "
+        f"linear weights); the H200's miss on d16 dense was {gib(miss_mib)} GiB. Models are frozen at load now, "
+        "random-init ones too (loaded checkpoints always were); the d16 rows above (its H200 profile, plans and "
+        "bench) were measured with the trainable model and have not been measured again on a GPU.", "",
+        source(d, "autocast-cache-cpu")])
 
 
 def _best_reached(why: str) -> str:
