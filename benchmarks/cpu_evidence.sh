@@ -49,6 +49,7 @@ step vs_b8 python benchmarks/planner_vs_recipes.py --profile profiles/default-cp
   --prefix default-cpu-256-b8 --batch 8 --recipes bf16,w8a8 --repeats 7 --quality 40 \
   --json $R/planner-vs-recipes-cpu-b8.json
 step transfer python benchmarks/transfer_cpu.py --json $R/transfer-cpu.json
+step autocast_cache python benchmarks/autocast_cache.py --depth 16 --json $R/autocast-cache-cpu.json
 step gpu_fit python benchmarks/gpu_fit.py --json $R/gpu-fit.json
 step kernels litevar bench-kernels --device cpu --json $R/bench-kernels-cpu.json
 step distributed python benchmarks/distributed_profile.py --nproc 2 --json $R/distributed-profile-cpu.json
