@@ -310,7 +310,7 @@ def format_groups(cm: C.CostModel, arch: Arch, pns, batch, losses, formats, dtyp
         dt = "fp32" if s.fp32 else dtype
         m_ws = max(s.rows_at(pns, si, batch, arch.context_len) for si in (max(last - 1, 0), last))
         rows = calls.get(fqn, [])
-        act = sum(M * (K + N) for M in rows) / 1e6  # million activation elements (the in-model gamma's)
+        act = C.activation_melems(K, N, rows)
         fp_ms = cm.in_model_ms("dense", sum(cm.linear_ms(K, N, M, "fp", dt) for M in rows), act, dtype)
         opts = [FormatOption("fp", 0.0, fp_ms, C.weight_bytes(K, N, "fp") / C.MB, 0.0, 16)]
         for fmt in formats:

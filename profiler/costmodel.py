@@ -179,6 +179,12 @@ def attn_features(B, H, D, q_len, kv_len, kept) -> np.ndarray:
     return np.stack([np.ones_like(W), W * kept / 1e9, W / 1e9, B * H * D * (q + kv) / 1e6], -1)
 
 
+def activation_melems(K: int, N: int, Ms) -> float:
+    """Million activation elements a linear's calls of `Ms` rows read and write (sum of M*(K+N)):
+    what a kernel family's in-model gamma is per (CostModel.in_model_ms)."""
+    return sum(M * (K + N) for M in Ms) / 1e6
+
+
 def e2e_features(arch: Arch, patch_nums, batch: int) -> np.ndarray:
     """Overhead features (E2E_FEATURES without 'kernels') of one generation."""
     S, L, n_last = len(patch_nums), sum(p * p for p in patch_nums), patch_nums[-1] ** 2
@@ -516,7 +522,7 @@ class CostModel:
             fmt = dec.formats.get(s.fqn, "fp")
             ms = self.linear_ms(s.K, s.N, M, fmt, "fp32" if s.fp32 else dtype)
             per_layer[s.fqn] = per_layer.get(s.fqn, 0.0) + ms
-            kern, act = self.kernel_of(fmt), M * (s.K + s.N) / 1e6
+            kern, act = self.kernel_of(fmt), activation_melems(s.K, s.N, (M,))
             by_kernel[kern] = by_kernel.get(kern, 0.0) + ms
             act_by_layer[s.fqn] = act_by_layer.get(s.fqn, 0.0) + act
             act_by_kernel[kern] = act_by_kernel.get(kern, 0.0) + act
@@ -622,8 +628,6 @@ class CostModel:
         kv_specs = dec.with_cfg_halves()
         k = self.kernel_ms(arch, pns, batch, Decisions(dec.formats, dec.kept, dec.cfg_shared, dec.qk_int8, kv_specs),
                            dtype)
-        e_fit = self.e2e_of(dtype)
-        e = np.array(e_fit.coef)
         overhead = self.overhead_ms(arch, pns, batch, dtype)
         latency = sum(self.in_model_ms(kern, ms, k["act_by_kernel"].get(kern, 0.0), dtype)
                       for kern, ms in k["by_kernel"].items()) + overhead
@@ -647,7 +651,7 @@ class CostModel:
                 overhead += self.reload_ms(arch) / dec.images_per_prompt
                 latency += self.reload_ms(arch) / dec.images_per_prompt
         transformer = float(sum(mem.values()))
-        alpha = float(e[0])
+        alpha = self.alpha_of("dense", dtype)
         per_layer = {n: alpha * v if n.endswith(".qk") else
                      self.in_model_ms(self.kernel_of(dec.formats.get(n, "fp")), v, k["act_by_layer"][n], dtype)
                      for n, v in k["per_layer"].items()}
