@@ -252,6 +252,8 @@ def vs_recipes(name: str) -> str:
         budget = (f"{pair['budgets']['min_speedup']:.2f}x (its predicted speedup)" if knob else
                   f"{pair['budgets']['max_latency_ms']:.1f} ms, {pair['budgets']['max_memory_gib']:.4f}")
         cells = [f"| {pair['recipe']} | {budget} | {_cell(r)} "]
+        knob_dtype = runtime_only(pair["recipe_plan"]) if knob else None
+        same_as_knob = {}  # plan key -> whether that plan is the whole model at the knob's dtype itself
         for key, into in (("plan", guarded), ("plan_noguard", bare)):
             if not pair.get(key):
                 cells.append(f"| {'no plan meets it' if key in pair else '-'} | | ")
@@ -259,7 +261,7 @@ def vs_recipes(name: str) -> str:
             p = plan_row(b, Path(pair[key]).stem)
             into.append(p)
             rm, pm = r["measured"], p["measured"]
-            same = knob and runtime_only(pair[key]) == runtime_only(pair["recipe_plan"])  # the knob itself
+            same = same_as_knob[key] = knob and runtime_only(pair[key]) == knob_dtype
             within = same or (p["speedup"]["measured"] >= r["speedup"]["measured"]
                               and (knob or pm["peak_mb"] <= rm["peak_mb"]))
             lower = (pm["loss"] or 0) < (rm["loss"] or 0)
@@ -271,7 +273,7 @@ def vs_recipes(name: str) -> str:
             nb = plan_row(b, Path(pair["plan_noguard"]).stem)
             seen = (f"the {pair['recipe']} row as the cost model saw it: it promised the whole model "
                     f"{r['speedup']['promised']:.2f}x (measured {rs:.2f}x)")
-            if runtime_only(pair["plan_noguard"]) == runtime_only(pair["recipe_plan"]):
+            if same_as_knob["plan_noguard"]:
                 notes.append(seen + ", and no per-layer decision at that speed had less predicted loss: the "
                              "unguarded plan is the whole model itself")
             else:
