@@ -75,25 +75,32 @@ def test_logits_match_formulas(tmp_path, shared_aln, attn_l2_norm):
 
 
 def test_greedy_sampling_matches_formulas(tmp_path):
-    depth, B, cfg = 2, 2, 3.0
+    """Greedy (top-1) sampling picks, at every position, the argmax of the formulas' CFG-guided
+    logits given the tokens before it (teacher-forced with our tokens: one pass, block-causal).
+    The two paths sum in different orders; in float32 a guided logit differs between them by a few
+    2^-24 roundings per term, amplified at most (1 + 2t) by guidance, so a position may pick
+    another token only where the formulas' top two lie within TIE of each other (1e-4 relative,
+    over 10x that rounding); a wrong sampler misses by the logits' spread, O(1)."""
+    depth, B, cfg, TIE = 2, 2, 3.0, 1e-4
     var_path, vae_path = make_small(tmp_path, depth)
     sd, vsd = torch.load(var_path), torch.load(vae_path)
     vae, var = load_vae_var(var_path, vae_path)
     labels = torch.randint(0, 10, (B,))
     img, tokens = var.autoregressive_infer_cfg(B, labels, g_seed=0, cfg=cfg, top_k=1, return_tokens=True)
-    # reference: recompute every prefix densely (no KV cache), CFG-combine, argmax
-    both = torch.cat([labels, torch.full_like(labels, 10)])
-    ref_tokens, SN = [], len(PATCH_NUMS)
-    full_sd = {**sd, **vsd}
-    for si, _pn in enumerate(PATCH_NUMS):
-        padded = ref_tokens + [torch.zeros(B, p * p, dtype=torch.long) for p in PATCH_NUMS[si:]]
-        x = ref.var_input(full_sd, padded, PATCH_NUMS).repeat(2, 1, 1)
-        logits = ref.var_logits(sd, both, x, PATCH_NUMS, depth)
+    both, SN = torch.cat([labels, torch.full_like(labels, 10)]), len(PATCH_NUMS)
+    x = ref.var_input({**sd, **vsd}, tokens, PATCH_NUMS).repeat(2, 1, 1)
+    logits = ref.var_logits(sd, both, x, PATCH_NUMS, depth)
+    ties = 0
+    for si, ours in enumerate(tokens):
         b, e = sum(p * p for p in PATCH_NUMS[:si]), sum(p * p for p in PATCH_NUMS[:si + 1])
         t = cfg * si / (SN - 1)
-        ref_tokens.append(((1 + t) * logits[:B, b:e] - t * logits[B:, b:e]).argmax(-1))
-    for ours, theirs in zip(tokens, ref_tokens):
-        assert torch.equal(ours, theirs)
+        cond, uncond = logits[:B, b:e], logits[B:, b:e]
+        guided = (1 + t) * cond - t * uncond
+        tie = TIE * (1 + 2 * t) * torch.maximum(cond.abs().amax(-1), uncond.abs().amax(-1))
+        gap = guided.amax(-1) - guided.gather(-1, ours[..., None])[..., 0]  # 0 where ours is the argmax
+        assert (gap <= tie).all(), (si, gap.max().item(), tie.max().item())
+        ties += int((ours != guided.argmax(-1)).sum())
+    assert ties <= 2, f"{ties} of {sum(t.numel() for t in tokens)} tokens differ from the argmax within rounding"
     # the image is the decoder applied to f_hat rebuilt from the tokens. The two paths build f_hat in
     # different orders; in float32 that alone moves the decoded image by up to ~1e-5 relative (the
     # decoder amplifies the rounding), so both run in float64 (the same tokens forced), where the
@@ -102,7 +109,7 @@ def test_greedy_sampling_matches_formulas(tmp_path):
     var64 = copy.deepcopy(var).double()
     vae64 = var64.vae_proxy[0].double()
     img64 = var64.autoregressive_infer_cfg(B, labels, g_seed=0, cfg=cfg, top_k=1, prefix_tokens=tokens)
-    expect = vae64.idxBl_to_img(ref_tokens, same_shape=True, last_one=True).add(1).mul(0.5)
+    expect = vae64.idxBl_to_img(tokens, same_shape=True, last_one=True).add(1).mul(0.5)
     assert rel_err(img64, expect) <= 1e-5
 
 
