@@ -19,6 +19,7 @@ import torch
 
 from litevar.commands.results import provenance, write_result
 from litevar.models.core.family import ModelFlags, get_family
+from litevar.models.core.host_memory import retain_freed_memory
 from litevar.profiler.cost import MB, module_bytes, phase_peaks_mb
 
 
@@ -51,6 +52,7 @@ def measure(args) -> dict:
 
 
 def main(argv=None) -> int:
+    retain_freed_memory()  # as the `litevar` command runs
     args = parse_args(argv)
     started = provenance(args.device)
     data = measure(args)

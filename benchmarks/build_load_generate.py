@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 import litevar
+from litevar.models.core.host_memory import retain_freed_memory
 from litevar.models.var.schedules import schedule_for
 
 
@@ -24,6 +25,7 @@ def peak_rss_gb() -> float:
 
 
 def main() -> None:
+    retain_freed_memory()  # as the `litevar` command runs
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--depth", type=int, default=30)
     p.add_argument("--resolution", type=int, default=256)

@@ -27,6 +27,7 @@ import torch
 
 from litevar.commands.common import add_model_arguments, load_model
 from litevar.commands.results import provenance, write_result
+from litevar.models.core.host_memory import retain_freed_memory
 
 MiB = 2 ** 20
 
@@ -47,6 +48,7 @@ def main(argv=None) -> int:
     from litevar.planner.plan import Plan
     from litevar.profiler.cost import module_bytes
     from litevar.runtime import apply_plan
+    retain_freed_memory()  # as the `litevar` command runs
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_arguments(p)
     p.add_argument("--plan", required=True)

@@ -3,7 +3,8 @@
 The public API. The model keeps the official VAR names (`build_vae_var`, `VAR.forward`,
 `VAR.autoregressive_infer_cfg`, `VQVAE.img_to_idxBl`, `VQVAE.idxBl_to_img`); the runtime adds
 `apply_plan` / `planned_copy`, the plan file `Plan` and `autocast` (a plan's runtime dtype);
-`load_default` loads the small model shipped in the package. Every name is imported on first
+`load_default` loads the small model shipped in the package; `retain_freed_memory` sets the host
+allocator as the `litevar` command does (CPU timings depend on it). Every name is imported on first
 use: `import litevar.kernels` (or any part installed under this package) runs nothing else.
 """
 from importlib.metadata import PackageNotFoundError, version
@@ -41,7 +42,7 @@ _LAZY = {
     "SCHEDULES": "litevar.models.var.schedules", "VAR": "litevar.models.var.var", "VARConfig": "litevar.models.var.var",
     "VQVAE": "litevar.models.var.vqvae", "load_default": "litevar.models.default",
     "apply_plan": "litevar.runtime", "planned_copy": "litevar.runtime", "Plan": "litevar.planner.plan",
-    "autocast": "litevar.models.core.inference",
+    "autocast": "litevar.models.core.inference", "retain_freed_memory": "litevar.models.core.host_memory",
 }
 
 __all__ = sorted(_LAZY)

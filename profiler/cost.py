@@ -266,10 +266,11 @@ def measure_e2e(vae, model, patch_nums, batch: int, device, repeats: int = 3, dt
 
 def default_resolutions(patch_nums) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
     """(schedules to fit on, held-out larger schedule) for a model's own schedule: three
-    shorter prefixes and the schedule itself; held out, one more scale of ~1.25x."""
+    shorter prefixes and the schedule itself; held out, one more scale of ~1.25x (at least one
+    patch larger: a schedule grows strictly)."""
     pns = tuple(patch_nums)
     fit = [p for p in (pns[:-3], pns[:-2], pns[:-1]) if len(p) >= 2] + [pns]
-    return fit, pns + (round(pns[-1] * 1.25),)
+    return fit, pns + (max(pns[-1] + 1, round(pns[-1] * 1.25)),)
 
 
 # ---------------------------------------------------------------------------------------------

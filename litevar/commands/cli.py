@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from litevar.models.core import distributed
+    from litevar.models.core.host_memory import retain_freed_memory
+    retain_freed_memory()  # before any model is built: every timing of this process under one policy
     try:
         if distributed.launched():
             if args.command not in DISTRIBUTED:

@@ -24,6 +24,7 @@ from litevar.commands.args import COUNT, COUNTS, NONNEG, SEED
 from litevar.kernels.formats import FORMATS
 from litevar.models.core.errors import UserError
 from litevar.models.core.family import family_of, family_of_model
+from litevar.models.core.host_memory import allocator_policy
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +334,7 @@ def run(args) -> int:
     for stage in stages:
         batches = ",".join(map(str, args.batches))
         skey = key if stage != "cost" else _key(model, args.resolutions, batches, device.type,
-                                                 *_cost_options(cost_settings))
+                                                 *_cost_options(cost_settings), allocator_policy())
         if stage in ("sensitivity", "cost"):  # a new format (BF16, KV8) makes the old tables incomplete
             extra = [Q.kv_quant_formats(), "runtime_loss:fp32,bf16,fp16"] if stage == "sensitivity" else [
                 "runtime_dtypes"]

@@ -31,6 +31,7 @@ from typing import ClassVar
 import torch
 
 from litevar.models.core.errors import UserError
+from litevar.models.core.host_memory import allocator_policy
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,8 @@ class CPUDevice(Device):
 
     def fingerprint(self) -> dict:
         """CPU model name, family and model numbers (a VM's model name often hides the generation),
-        cores, ISA flags, memory, and the ISA caps in force (ISA_CAPS' variables)."""
+        cores, ISA flags, memory, the host allocator's policy (host_memory) and the ISA caps in
+        force (ISA_CAPS' variables)."""
         info = _cpu_info()
         flags = set(info.get("flags", "").split())
         usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -230,7 +232,7 @@ class CPUDevice(Device):
                 "cores": os.cpu_count(), "usable_cores": usable, "torch_threads": torch.get_num_threads(),
                 "machine": platform.machine(), "flags": {f: f in flags for f in CPU_FLAGS},
                 "memory_mb": _meminfo_mb(), "cpu_family": info.get("cpu family"), "cpu_model": info.get("model"),
-                **({"isa_caps": caps} if caps else {})}
+                "host_allocator": allocator_policy(), **({"isa_caps": caps} if caps else {})}
 
 
 def _cpu_info() -> dict[str, str]:
