@@ -28,6 +28,7 @@ step() {
   "$@" > "$LOG_DIR/$name.log" 2>&1 || { echo "$name failed: see $LOG_DIR/$name.log" >&2; exit 1; }
 }
 R=docs/results
+step host_allocator python benchmarks/host_allocator.py --rounds 7 --json $R/host-allocator-cpu.json
 step profile litevar profile --out profiles/default-cpu.json --fresh
 step plans_default python benchmarks/make_plans.py --set default
 step plans_official python benchmarks/make_plans.py --set official

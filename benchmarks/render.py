@@ -50,22 +50,30 @@ def result(name: str, kind: str | None = None) -> dict:
     return d
 
 
-def machine(prov: dict) -> str:
+MALLOC = {"retain": "malloc keeping freed memory", "default": "glibc's malloc policy"}
+
+
+def machine(prov: dict, policy: bool = True) -> str:
+    """The machine in words; on a CPU with the host allocator's policy its timings ran under (a
+    file from before the policy was recorded ran under glibc's own)."""
     m = prov["machine"]
     if m.get("type") == "cpu":
         f = m.get("flags", {})
         isa = ", ".join(k for k in ("avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8") if f.get(k)) or "avx2"
+        alloc = m.get("host_allocator") or {"policy": "default"}
+        malloc = f", {MALLOC.get(alloc['policy'], 'malloc tunables ' + str(alloc.get('glibc_tunables')))}" * policy
         return (f"{m.get('name')} (family {m.get('cpu_family')} model {m.get('cpu_model')}, {m.get('usable_cores')} "
-                f"cores, {isa})")
+                f"cores, {isa}{malloc})")
     return str(m.get("name"))
 
 
-def source(d: dict, name: str) -> str:
-    """The line under a table: the command, the file, the machine, the date, the revision."""
+def source(d: dict, name: str, policy: bool = True) -> str:
+    """The line under a table: the command, the file, the machine (with the malloc policy unless
+    the file compares policies), the date, the revision."""
     p = d["provenance"]
     rev = (p.get("git_revision") or "unknown")[:9] + (" + uncommitted changes" if p.get("git_dirty") else "")
     note = f" {p['note']}" if p.get("note") else ""
-    return (f"<sub>`{p['command']}` → [docs/results/{name}.json](results/{name}.json) · {machine(p)} · "
+    return (f"<sub>`{p['command']}` → [docs/results/{name}.json](results/{name}.json) · {machine(p, policy)} · "
             f"{p['date'][:10]} · revision {rev}.{note}</sub>")
 
 
@@ -116,8 +124,7 @@ def profile_losses() -> str:
         ", ".join(f"{d} {v:.4g}" for d, v in runtime.items()) or "not measured") + "."]
     dev = meta.get("device", {})
     lines += ["", f"<sub>`{meta.get('command', 'litevar profile --out profiles/default-cpu.json')}` → "
-                  f"profiles/default-cpu.json · {dev.get('name')} (family {dev.get('cpu_family')} model "
-                  f"{dev.get('cpu_model')}) · {str(meta.get('created', ''))[:10]}</sub>"]
+                  f"profiles/default-cpu.json · {machine({'machine': dev})} · {str(meta.get('created'))[:10]}</sub>"]
     return "\n".join(lines)
 
 
@@ -586,6 +593,24 @@ def kernels() -> str:
         lines.append(f"| {r['layer']} | {r['depth']} | {shape} | {r['kernel']} ({r['format']}) | {r['impl']} | "
                      f"{r['ms_layer']:.2f} | {r['speedup_layer']:.2f}x | {num(r.get('sqnr_db'), '.1f')} |")
     lines += ["", source(d, "bench-kernels-cpu")]
+    return "\n".join(lines)
+
+
+@renderer("host-allocator")
+def host_allocator() -> str:
+    from host_allocator import table
+    d = result("host-allocator-cpu", "host-allocator")
+    k = d["data"]
+    rows = {(r["batch"], r["config"]): r for r in k["rows"]}
+    big = max(k["batches"])
+    fp, w8 = rows[big, "fp32"], rows[big, "w8a8"]
+    lines = [f"{k['rounds']} rounds, 256 px; ms and minor page faults per generation are medians, the ratios "
+             "paired (the same round).", "", table(k), "",
+             f"- At batch {big}, glibc's policy faulted {fp['default']['faults']:,.0f} pages per fp32 generation "
+             f"and {w8['default']['faults']:,.0f} per W8A8 one; with freed memory kept, "
+             f"{fp['retain']['faults']:,.0f} and {w8['retain']['faults']:,.0f}. fp32 ran {fp['ratio']:.2f}x and "
+             f"W8A8 {w8['ratio']:.2f}x as fast, so W8A8 over fp32 went from {w8['default']['speedup_vs_fp32']:.2f}x "
+             f"to {w8['retain']['speedup_vs_fp32']:.2f}x.", "", source(d, "host-allocator-cpu", policy=False)]
     return "\n".join(lines)
 
 
