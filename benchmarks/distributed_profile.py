@@ -49,6 +49,8 @@ def main(argv=None) -> int:
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--json", required=True)
     args = p.parse_args(argv)
+    from litevar.models.core.host_memory import retain_freed_memory
+    retain_freed_memory()  # as `litevar` runs: the provenance records the policy its timings run under
     started = provenance("cpu", argv)
     with tempfile.TemporaryDirectory() as d:
         one, many = Path(d) / "one.json", Path(d) / "many.json"

@@ -30,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 from litevar.commands.results import provenance, read_result, write_result
+from litevar.models.core.host_memory import retain_freed_memory
 from litevar.profiler.devices import median_rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,6 +146,7 @@ def run_device(args, name: str, env: dict, profile) -> dict:
 def main(argv=None) -> int:
     from litevar.profiler.profile import Profile
     args = parse_args(argv)
+    retain_freed_memory()  # as the `litevar` children run: the provenance records their policy
     started = provenance("cpu", argv)
     profile = Profile.load(args.profile)
     devices = []
