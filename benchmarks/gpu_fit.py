@@ -86,8 +86,6 @@ def main(argv=None) -> int:
     from litevar.planner.plan import Plan
     from litevar.profiler.devices import catalogue, from_spec
     args = parse_args(argv)
-    from litevar.models.core.host_memory import retain_freed_memory
-    retain_freed_memory()  # as `litevar` runs: the provenance records the policy its timings run under
     started = provenance("cpu", argv)
     keys = args.devices.split(",") if args.devices else list(catalogue())
     out, rows = Path(args.out), []

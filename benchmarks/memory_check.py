@@ -78,8 +78,6 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", required=True)
     args = p.parse_args(argv)
-    from litevar.models.core.host_memory import retain_freed_memory
-    retain_freed_memory()  # as `litevar` runs: the provenance records the policy its timings run under
     started = provenance("cpu", argv)
     profiles: dict = {}
     rows = [check(r, profiles) for r in sorted((ROOT / "docs" / "results").glob("*-one.json"))]

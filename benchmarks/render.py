@@ -60,10 +60,11 @@ def machine(prov: dict, policy: bool = True) -> str:
     if m.get("type") == "cpu":
         f = m.get("flags", {})
         isa = ", ".join(k for k in ("avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8") if f.get(k)) or "avx2"
-        alloc = m.get("host_allocator") or {"policy": "default"}
-        malloc = f", {MALLOC.get(alloc['policy'], 'malloc tunables ' + str(alloc.get('glibc_tunables')))}" * policy
+        if policy:
+            alloc = m.get("host_allocator") or {"policy": "default"}
+            isa += ", " + MALLOC.get(alloc["policy"], f"malloc tunables {alloc.get('glibc_tunables')}")
         return (f"{m.get('name')} (family {m.get('cpu_family')} model {m.get('cpu_model')}, {m.get('usable_cores')} "
-                f"cores, {isa}{malloc})")
+                f"cores, {isa})")
     return str(m.get("name"))
 
 

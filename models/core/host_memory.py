@@ -40,10 +40,14 @@ def allocator_policy() -> dict:
     """The policy in force in this process: {"policy": "default"} (the C library's own, or not
     glibc), {"policy": "retain", "mmap_threshold_mib": .., "trim_threshold_mib": ..}, or
     {"policy": "tunables", "glibc_tunables": ..} where the user set glibc's malloc tunables."""
-    tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if _state["policy"] == "default" and "glibc.malloc." in tunables:
-        return {"policy": "tunables", "glibc_tunables": tunables}
+    if _state["policy"] == "default" and _malloc_tunables():
+        return {"policy": "tunables", "glibc_tunables": os.environ["GLIBC_TUNABLES"]}
     return dict(_state)
+
+
+def _malloc_tunables() -> bool:
+    """Whether the user set glibc's malloc tunables (GLIBC_TUNABLES), which this leaves alone."""
+    return "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
 
 
 def retain_freed_memory() -> dict:
@@ -55,7 +59,7 @@ def retain_freed_memory() -> dict:
     if os.environ.get(ENV, "").lower() == "default":
         log.info("host allocator: glibc's policy kept (%s=default)", ENV)
         return allocator_policy()
-    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+    if _malloc_tunables():
         log.info("host allocator: GLIBC_TUNABLES sets malloc; left as it is")
         return allocator_policy()
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
