@@ -11,6 +11,10 @@ throughput per format. For each such device, in a child process under its settin
    tightest budget a plan can be promised there);
 3. one `litevar bench` run times the dense model, the shipped plans and that budget plan there.
 
+A third, `host`, is this machine as it is: a real other CPU where the profile was measured on
+another one (the shipped profile is an AMD Zen 5's; run on an AVX2-only AMD Zen 3 it tests the
+transfer on hardware the profile never saw). Its calibration is named by the CPU's family and model.
+
 Then every plan is priced for the device from the profile (measured at full ISA and both cores)
 and the calibration (profiler.devices.priced), and set against its measured latency: the median
 absolute error, and Spearman's rank correlation over the plans and dense. Beside it, the error of
@@ -34,7 +38,7 @@ from litevar.models.core.host_memory import retain_freed_memory
 from litevar.profiler.devices import median_rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
-DEVICES = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"}, "1-thread": {"OMP_NUM_THREADS": "1"}}
+DEVICES = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"}, "1-thread": {"OMP_NUM_THREADS": "1"}, "host": {}}
 PLANS = ("x05", "x10", "x15", "x25", "mem75", "mem50", "kv8", "recipe-bf16", "recipe-w8a8", "recipe-paper")
 
 
@@ -95,10 +99,19 @@ def spearman(a, b) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+def _file_name(name: str) -> str:
+    """The calibration's file name: the device's, or for `host` the CPU's family and model."""
+    if name != "host":
+        return name
+    from litevar.models.core.device import fingerprint
+    fp = fingerprint("cpu")
+    return f"cpu-family{fp['cpu_family']}-model{fp['cpu_model']}"
+
+
 def run_device(args, name: str, env: dict, profile) -> dict:
     from litevar.planner.plan import Plan
     from litevar.profiler.devices import load_target, priced
-    cal = Path(args.calibration_dir) / f"{name}.json"
+    cal = Path(args.calibration_dir) / f"{_file_name(name)}.json"
     cal.parent.mkdir(parents=True, exist_ok=True)
     litevar(env, "calibrate", "--device", "cpu", "--profile", args.profile, "--name", f"this CPU, {name}",
             "--budget-s", args.budget_s, "--out", cal)
@@ -138,6 +151,7 @@ def run_device(args, name: str, env: dict, profile) -> dict:
     asis = [r["asis_ms"] for r in priced_rows]
     return {"name": name, "env": env, "calibration": str(cal), "calibration_s": calib["seconds"],
             "calibration_held_out_err": calib["validation"]["latency_err"], "rows": rows,
+            "runtimes_left_out": calib.get("runtimes_left_out", {}),
             "median_err": median_rel_err(pri, meas), "spearman": spearman(pri, meas),
             "asis_median_err": median_rel_err(asis, meas), "asis_spearman": spearman(asis, meas),
             "budget_plan": bp}

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from litevar.models.core.device import device_of
+from litevar.models.core.errors import UserError
 from litevar.models.core.inference import DTYPES, autocast
 from litevar.profiler.devices import Throughput, spec_for
 
@@ -81,10 +82,12 @@ def _format_points(dev, dtype: str, fmt: str, shapes, rows, deadline: float) -> 
 
 
 def attention_points(dev, dtype: str, heads: int, head_dim: int, shapes, deadline: float) -> list[dict]:
+    """ms of dense attention at each (q_len, kv_len) of `shapes`, smallest first: the first two (what
+    a fit needs) whatever the time, the rest within `deadline`."""
     from torch.nn import functional as F
     out = []
     for q_len, kv_len in shapes:
-        if time.monotonic() > deadline:
+        if len(out) >= 2 and time.monotonic() > deadline:
             break
         q = torch.randn(2, heads, q_len, head_dim, device=dev.torch, dtype=DTYPES[dtype])
         k, v = (torch.randn(2, heads, kv_len, head_dim, device=dev.torch, dtype=DTYPES[dtype]) for _ in "kv")
@@ -170,16 +173,25 @@ def calibrate(device, family, arch, dtypes: tuple[str, ...] | None = None, budge
     spec = spec_for(fp) if dev.accelerator else None
     bw = copy_bandwidth_gbs(dev, 1024 if dev.accelerator else 256)
     disp = dispatch_ms(dev)
-    runtimes, errs, points = {}, [], {}
+    runtimes, errs, points, left_out = {}, [], {}, {}
     from litevar.profiler.cost import progress_bar
     for i, dtype in enumerate(progress_bar(dtypes, "calibrate", progress, len(dtypes))):  # each a share of the rest
         share = (t0 + budget_s - time.monotonic()) / (len(dtypes) - i)
-        runtimes[dtype], held, points[dtype] = _calibrate_dtype(dev, spec, family, arch, dtype, bw, share)
+        runtime, held, points[dtype] = _calibrate_dtype(dev, spec, family, arch, dtype, bw, share)
+        if "fp" not in runtime["gemm"]:  # an emulated dtype (bf16 on an AVX2-only CPU): plans never run in it
+            left_out[dtype] = (f"its dense GEMMs too slow here to time 3 in its {share:.0f} s share of the budget "
+                               "(raise --budget-s to price it anyway)")
+            log.warning("calibrate: runtime dtype %s left out: %s", dtype, left_out[dtype])
+            continue
+        runtimes[dtype] = runtime
         errs += held
+    if not runtimes:
+        raise UserError(f"calibrate: no runtime dtype could be timed in --budget-s {budget_s:g}; raise it")
     from litevar.kernels.gemm import int8_gemm_path
     out = {"format": FORMAT, "version": VERSION, "name": name or fp.get("name"), "device": fp,
-           "spec": None if spec is None else spec.key, "dtype": dtypes[0],
+           "spec": None if spec is None else spec.key, "dtype": next(iter(runtimes)),
            "memory_gib": _memory_gib(dev, fp), "bandwidth_gbs": bw, "dispatch_ms": disp, "runtimes": runtimes,
+           "runtimes_left_out": left_out,
            "validation": {"latency_err": float(np.median(np.abs(errs))) if errs else None, "held_out": len(errs)},
            "kernels": {"int8_gemm": int8_gemm_path(dev.type)}, "points": points,
            "shapes_of": {"family": family.name, "arch": arch.to_dict()},
@@ -259,6 +271,8 @@ def refit(cal: dict) -> dict:
     out, errs = dict(cal), []
     out["runtimes"] = {}
     for dtype, pts in cal["points"].items():
+        if dtype not in cal["runtimes"]:  # left out when measured (runtimes_left_out)
+            continue
         formats = list(dict.fromkeys(p["format"] for p in pts["gemm"]))
         out["runtimes"][dtype], held = fit_runtime(spec, dtype, formats, pts["gemm"], pts["attention"],
                                                    cal["bandwidth_gbs"])

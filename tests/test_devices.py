@@ -272,7 +272,11 @@ def test_calibration_file_round_trips_into_a_target(tmp_path):
     path = tmp_path / "here.json"
     cal.write(c, path)
     t = load_target(str(path))
-    assert t.tier == "calibrated" and t.type == "cpu" and set(t.runtimes) == {"fp32", "bf16"}
+    # bf16 where it was timed in its share (an AVX2-only CPU emulates it, ~60x slower than fp32:
+    # then it is left out, said why, and never planned)
+    assert t.tier == "calibrated" and t.type == "cpu" and "fp32" in t.runtimes
+    assert set(t.runtimes) | set(c["runtimes_left_out"]) == {"fp32", "bf16"}
+    assert all("budget" in why for why in c["runtimes_left_out"].values())
     for rt in t.runtimes.values():
         assert rt.gemm["fp"].tflops > 0 and rt.attention.tflops > 0
     assert t.guard["latency"] >= TIER_GUARD["calibrated"]["latency"]

@@ -29,10 +29,19 @@ def torchrun(*args, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedP
 
 
 def alone(*args, timeout: int = 300) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                       timeout=timeout)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
+    return finished(started(*args), timeout)
+
+
+def started(*args) -> subprocess.Popen:
+    """One process, started: it runs beside a torchrun (most of either is start-up)."""
+    return subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finished(proc: subprocess.Popen, timeout: int = 300) -> subprocess.CompletedProcess:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def test_single_process_shards_nothing():
@@ -67,8 +76,9 @@ def test_sharded_quality_functions_equal_one_process(tmp_path):
 def test_eval_under_torchrun_gives_the_same_figures(tmp_path):
     """Samples sharded by batch index (seed + i as alone): the same images, so the same metrics."""
     args = ["eval", "--num-images", "8", "--batch", "2", "--seed", "3"]  # torchrun would take --n as its own
-    alone("-m", "litevar", *args, "--json", tmp_path / "one.json")
+    one = started("-m", "litevar", *args, "--json", tmp_path / "one.json")
     r = torchrun("-m", "litevar", *args, "--json", tmp_path / "two.json")
+    finished(one)
     one, two = (json.loads((tmp_path / f).read_text())["data"] for f in ("one.json", "two.json"))
     assert two["world_size"] == 2 and one["world_size"] == 1
     for k in ("images_sha256", "class_accuracy", "frechet_feature", "confusion"):
@@ -82,7 +92,7 @@ def test_profile_under_torchrun_writes_one_profile_equal_to_one_process(tmp_path
     dies mid-stage fails the run at once (torchrun stops the other rank and names the dead one: no
     hang), and the run started again takes the stage finished before from its cache."""
     args = ["profile", "--stages", "coverage,cfg", "--calib", "4", "--calib-loss", "2"]
-    alone("-m", "litevar", *args, "--out", tmp_path / "one.json")
+    one = started("-m", "litevar", *args, "--out", tmp_path / "one.json")
     child = ROOT / "tests" / "dist_cli.py"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", str(child), *args,
            "--out", str(tmp_path / "two.json")]
@@ -92,6 +102,7 @@ def test_profile_under_torchrun_writes_one_profile_equal_to_one_process(tmp_path
     assert not (tmp_path / "two.json").exists() and (tmp_path / "two.json.stages" / "coverage.json").is_file()
     again = torchrun(child, *args, "--out", tmp_path / "two.json")
     assert "profile: stage coverage (cached)" in again.stdout and "profile: stage cfg\n" in again.stdout
+    finished(one)
     from litevar.profiler.profile import Profile
     a, b = Profile.load(tmp_path / "one.json"), Profile.load(tmp_path / "two.json")
     assert set(a.tables) == set(b.tables) == {"coverage", "sinks", "window_fit", "evict_fit", "cfg", "cfg_share"}

@@ -45,11 +45,19 @@ print(json.dumps({"faults": faults, "grew": grew, "policy": fingerprint("cpu")["
 """
 
 
+def _start(mode: str, what: str = "faults", **env) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", CHILD, mode, what], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+
+
+def _result(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-2000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def _child(mode: str, what: str = "faults", **env) -> dict:
-    r = subprocess.run([sys.executable, "-c", CHILD, mode, what], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "OMP_NUM_THREADS": "1", **env})
-    assert r.returncode == 0, r.stderr[-2000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return _result(_start(mode, what, **env))
 
 
 @pytest.mark.skipif(not GLIBC, reason="the policy is glibc's mallopt")
@@ -60,7 +68,7 @@ def test_retained_memory_is_reused_without_page_faults():
     the freed activations go back every layer and fault in again: written on a machine where such
     a generation faulted 80,000 to 120,000 pages while the resident set did not grow. The
     fingerprint says which policy ran."""
-    kept, default = _child("retain"), _child("default")
+    kept, default = map(_result, [_start("retain"), _start("default")])  # side by side, one thread each
     assert kept["policy"] == {"policy": "retain", "mmap_threshold_mib": 32, "trim_threshold_mib": 1024}
     assert default["policy"] == {"policy": "default"}
     if default["faults"] <= max(default["grew"], 0):

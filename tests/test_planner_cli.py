@@ -293,3 +293,15 @@ def test_text_encoder_lever(tmp_path, capsys):
 def _fixed(profile) -> float:
     """The memory model's fixed term m0 (MiB), part of 'other' in a breakdown but not of the encoding phase."""
     return profile.cost_model.memory.coef[0]
+
+
+def test_plan_notes_when_the_profile_measured_another_cpu():
+    """Planned from a profile of another CPU (family or model differs), `litevar plan` says so and how
+    to plan for this one; the same CPU, or a GPU plan, gets no note."""
+    from litevar.commands.plan import _another_cpu
+    from litevar.models.core.device import fingerprint
+    here = fingerprint("cpu")
+    assert _another_cpu(here) is None
+    other = {**here, "cpu_family": "not " + str(here["cpu_family"])}
+    assert "cpu_family" in _another_cpu(other)
+    assert _another_cpu({"type": "cuda", "name": "NVIDIA H100"}) is None

@@ -104,15 +104,22 @@ def test_profile_command_caches_stages(tmp_path, capsys):
     assert main(["profile", "--out", str(out), "--stages", "bogus"]) == 2
 
 
-def test_cost_stage_cache_key_names_non_default_settings(tmp_path, capsys):
+def test_cost_stage_cache_key_names_non_default_settings(tmp_path, capsys, monkeypatch):
     """dtype, e2e repeats and MDWA timing change the cost stage's cache key only when they differ
-    from the defaults (caches written before the options existed keep matching)."""
+    from the defaults (caches written before the options existed keep matching). Where bf16 is
+    emulated (slower than fp32: an AVX2-only CPU), the default leaves the bf16 runtime out."""
     import argparse
 
     from litevar.commands.profile import _cost_options, _cost_settings, add_arguments
+    from litevar.models.core.device import device_of
     p = argparse.ArgumentParser()
     add_arguments(p)
+    monkeypatch.setattr(device_of("cpu"), "_bf16_speedup", 1.7)
     assert _cost_options(_cost_settings(p.parse_args(["--out", "x.json"]))) == []
+    monkeypatch.setattr(device_of("cpu"), "_bf16_speedup", 0.012)
+    assert _cost_options(_cost_settings(p.parse_args(["--out", "x.json"]))) == [{"runtime_dtypes": ()}]
+    asked = p.parse_args(["--out", "x.json", "--runtime-dtypes", "bf16"])
+    assert _cost_settings(asked).extra_dtypes() == ("bf16",)  # asked for: priced anyway
     args = p.parse_args(["--out", "x.json", "--dtype", "bf16", "--e2e-repeats", "2", "--no-mdwa-timing"])
     assert _cost_options(_cost_settings(args)) == [{"dtype": "bf16", "e2e_repeats": 2, "mdwa": False}]
     rc, _, err = run_cli(capsys, "profile", "--random-init", "--depth", "1", "--resolution", "256",

@@ -3,8 +3,8 @@
 The first bash block (set up and run; test) is what CI runs. The Python blocks are executed as
 they are. Every `$ litevar ...` line of the workflow's text blocks is run through the CLI with
 its output files moved to a temporary folder and its long knobs shortened (--repeats 1,
---quality 4; the profile at its cost stage only): the flags and files it names must exist and
-be accepted.
+--quality 4; the profile at its cost stage only; a bench runs its first plan and baseline, the
+others loaded and parsed only): the flags and files it names must exist and be accepted.
 """
 from __future__ import annotations
 
@@ -64,7 +64,30 @@ def _toy(argv: list[str], tmp: Path) -> list[str]:
         out.append(a)
     if out[1] == "profile":
         out += ["--stages", "cost"]
+    if out[1] == "bench":
+        out = _first_of_each(out, ("--plan", "--baseline"))
     return out[1:]
+
+
+def _first_of_each(argv: list[str], flags) -> list[str]:
+    """argv with only the first value of each of `flags`; the others are checked to be accepted
+    (a plan file that loads, a baseline that parses) without being run."""
+    from litevar.commands.bench import parse_baseline
+    from litevar.planner.plan import Plan
+    out, kept, i = [], set(), 0
+    while i < len(argv):
+        if argv[i] in flags and i + 1 < len(argv):
+            flag, value = argv[i], argv[i + 1]
+            if flag in kept:
+                Plan.load(value) if flag == "--plan" else parse_baseline(value)
+            else:
+                kept.add(flag)
+                out += [flag, value]
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """The training command is seeded and reproducible (tiny smoke run, twice, bit-identical)."""
 import argparse
+import json
 
 import pytest
 import torch
@@ -22,6 +23,8 @@ def run_train(out, work, stages="vae,var"):
 def test_same_seed_same_weights(tmp_path):
     for i in (1, 2):
         run_train(tmp_path / f"out{i}", tmp_path / f"work{i}")
+    card = json.loads((tmp_path / "out1" / "train.json").read_text())
+    assert card["recipe"]["autocast"] in ("bf16", "fp32") and card["autocast_chosen"]  # auto, resolved here
     for name in ("vae.safetensors", "var.safetensors"):
         a, b = load_file(tmp_path / "out1" / name), load_file(tmp_path / "out2" / name)
         assert a.keys() == b.keys()
@@ -50,6 +53,28 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
 
+
+
+def test_auto_takes_bf16_only_where_it_measured_faster(monkeypatch):
+    from litevar.models.core.device import device_of
+    cpu = device_of("cpu")
+    monkeypatch.setattr(cpu, "_bf16_speedup", None)
+    rng = torch.get_rng_state()
+    assert cpu.bf16_gemm_speedup() > 0 and cpu.bf16_gemm_speedup() is cpu.bf16_gemm_speedup()  # measured once
+    assert torch.equal(torch.get_rng_state(), rng)  # a seeded run is the same whether it measures or not
+    for speedup, dtype in ((1.8, "bf16"), (0.02, "fp32")):
+        monkeypatch.setattr(cpu, "_bf16_speedup", speedup)
+        assert train.resolve_autocast("auto", "cpu")[0] == dtype
+        assert train.resolve_autocast("bf16", "cpu")[0] == "bf16"  # asked for: not measured
+    with pytest.raises(UserError, match="autocast 'fp16'"):
+        train.TrainConfig(autocast="fp16")
+
+
+def test_a_checkpoint_resumes_only_in_its_own_dtype(tmp_path):
+    cfg = train.scaled(train.TrainConfig(autocast="fp32"), 0.003)
+    torch.save({"step": 1, "autocast": "bf16"}, tmp_path / "vae.pt")
+    with pytest.raises(UserError, match="trained in bf16.*--autocast bf16"):
+        train.train_vae(cfg, tmp_path, torch.device("cpu"), ckpt_every=1, progress=False)
 
 
 def _tiny_var_cfg():
@@ -191,7 +216,9 @@ def test_shipped_weights_come_from_the_default_recipe():
 
     from litevar.models.core.atomic import file_sha256
     card = json.loads((train.ASSETS / "train.json").read_text())
-    assert card["recipe"] == json.loads(json.dumps(asdict(train.TrainConfig())))
+    recipe, default = dict(card["recipe"]), json.loads(json.dumps(asdict(train.TrainConfig())))
+    assert recipe.pop("autocast") in ("bf16", "fp32") and default.pop("autocast") == "auto"  # what auto chose
+    assert recipe == default
     # and it describes these weights: a weight file replaced without its card fails here
     for name, sha in card["files_sha256"].items():
         assert file_sha256(train.ASSETS / name) == sha, name

@@ -172,12 +172,24 @@ def run(args) -> int:
               + ("its bytes held through the generation)" if plan.text_encoder["mode"] == "resident" else
                  f"reloaded for each new prompt, every {plan.text_encoder['images_per_prompt']} image(s))"))
     print(f"memory: {pr.memory_covers}")
+    if target is None and (other := _another_cpu(plan.device)):
+        print(f"note: priced for the CPU the profile was measured on; this one differs ({other}). To plan for this "
+              "one: `litevar calibrate --device cpu --profile PROFILE --out devices/here.json`, then --device "
+              "devices/here.json")
     print(f"guard: budgets tightened by {pct(guard['latency'])} (latency) and {pct(guard['memory'])} (memory) "
           f"({guard['source']})")
     print(f"solver {s['name']}: {s['status']}, gap {pct(s['gap'])} (vs a bound on every window configuration: "
           f"{pct(s.get('gap_full'))}), CBC {s['seconds']:.2f} s, {s['variables']} variables, "
           f"{s['constraints']} constraints; windows: {s['windows']}")
     return 0
+
+
+def _another_cpu(plan_device: dict) -> str | None:
+    """How this machine's CPU differs from a CPU plan's (None: the same CPU, or not a CPU plan)."""
+    from litevar.models.core.device import device_mismatch, fingerprint
+    if plan_device.get("type") != "cpu":
+        return None
+    return device_mismatch(plan_device, fingerprint("cpu"))
 
 
 def planned_dtypes(profile, choice: str) -> list[str]:

@@ -55,6 +55,7 @@ class Device:
     triton_native: ClassVar[bool] = False  # Triton kernels compile and run here (not the interpreter)
     triton_interpreted: ClassVar[bool] = False  # Triton kernels run on its tensors under TRITON_INTERPRET=1
     accelerator: ClassVar[bool] = False  # a device of its own per process (a GPU), fast enough for the full sets
+    _bf16_speedup: float | None = None  # bf16_gemm_speedup, once measured
 
     def __init__(self, dev: torch.device):
         self.torch = dev
@@ -132,6 +133,19 @@ class Device:
     def int_mm_shape_ok(self, M: int, K: int, N: int) -> bool:
         """Whether torch._int_mm takes an M x K @ K x N product here as it is."""
         return True
+
+    def bf16_gemm_speedup(self) -> float:
+        """fp32 time / bf16 time of one GEMM (256 x 512 @ 512 x 512) at the current thread count,
+        measured once per process: above 1 where bf16 has matrix units (AVX512-BF16, AMX, tensor
+        cores), far below 1 where it is emulated (an AVX2-only CPU converts every element)."""
+        if self._bf16_speedup is None:
+            ms, gen = {}, torch.Generator(self.torch).manual_seed(0)  # the global RNG is left as it was
+            for dtype in (torch.float32, torch.bfloat16):
+                a, b = (torch.randn(256, 512, device=self.torch, generator=gen).to(dtype),
+                        torch.randn(512, 512, device=self.torch, generator=gen).to(dtype))
+                ms[dtype] = self.time_ms(functools.partial(torch.matmul, a, b), warmup=2, repeats=5)
+            self._bf16_speedup = ms[torch.float32] / ms[torch.bfloat16]
+        return self._bf16_speedup
 
 
 DEVICE_TYPES: dict[str, type[Device]] = {}

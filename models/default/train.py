@@ -3,6 +3,11 @@
 Seeded and resumable: every stage checkpoints to --work-dir every --ckpt-every steps and an
 interrupted run continues where it stopped. With the same seed and the same number of CPU
 threads the weights are bit-identical (CPU kernels are deterministic for a fixed thread count).
+
+The VQVAE and VAR train under bf16 autocast where bf16 is fast, in fp32 where it is not
+(`autocast="auto"`: a bf16 GEMM measured against fp32 on the device, Device.bf16_gemm_speedup). An
+AVX2-only CPU emulates bf16 (about 60x slower than fp32 on AMD Zen 3); AVX512-BF16 and AMX run it
+faster than fp32. The dtype is part of the recipe: a checkpoint records it and resumes in it.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from litevar.models.core.errors import UserError
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).parent / "assets"
+AUTOCASTS = ("auto", "bf16", "fp32")
 
 
 @dataclass
@@ -80,8 +86,11 @@ class TrainConfig:
     vae: VAEConfig = field(default_factory=VAEConfig)
     var: GPTConfig = field(default_factory=GPTConfig)
     classifier_steps: int = 800
+    autocast: str = "auto"  # VQVAE and VAR compute dtype: bf16, fp32, or auto (bf16 where it is the faster)
 
     def __post_init__(self):
+        if self.autocast not in AUTOCASTS:
+            raise UserError(f"autocast {self.autocast!r}: use one of {', '.join(AUTOCASTS)}")
         if (self.var.prefix_batch or self.var.coarse_steps) and self.var.prefix_side not in self.patch_nums:
             raise UserError(f"var.prefix_side {self.var.prefix_side} is not a side of patch_nums {self.patch_nums}; "
                             "pick one of them")
@@ -92,8 +101,25 @@ class TrainConfig:
 
 # -- shared helpers -----------------------------------------------------------------------------
 
-def _autocast(device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+def resolve_autocast(requested: str, device) -> tuple[str, str]:
+    """('bf16' or 'fp32', why in words) for `requested` (AUTOCASTS) on `device`: auto takes bf16
+    where a bf16 GEMM measured faster than fp32 there."""
+    if requested != "auto":
+        return requested, "as asked"
+    from litevar.models.core.device import device_of
+    speedup = device_of(device).bf16_gemm_speedup()
+    return ("bf16" if speedup > 1.0 else "fp32"), f"a bf16 GEMM ran at {speedup:.2g}x fp32's speed here"
+
+
+def _autocast(device: torch.device, dtype: str):
+    """The training compute context: bf16 autocast, or nothing (fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+
+def _stage_autocast(cfg: TrainConfig, device, stage: str) -> str:
+    dtype, why = resolve_autocast(cfg.autocast, device)
+    log.info("%s: training in %s (%s)", stage, dtype, why)
+    return dtype
 
 
 def _cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
@@ -107,11 +133,16 @@ def _save_atomic(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def _resume(path: Path, model, opt, gen: torch.Generator) -> int:
-    """Restore model, optimizer and both RNG streams; return the step to continue from."""
+def _resume(path: Path, model, opt, gen: torch.Generator, autocast: str) -> int:
+    """Restore model, optimizer and both RNG streams; return the step to continue from. A checkpoint
+    trained in another compute dtype is refused (the recipe would change half-way)."""
     if not path.exists():
         return 0
     state = torch.load(path, map_location="cpu", weights_only=False)
+    was = state.get("autocast", "bf16")  # checkpoints from before the choice trained in bf16
+    if was != autocast:
+        raise UserError(f"{path} was trained in {was}, this run would train in {autocast}: pass --autocast {was} "
+                        "to resume it, or another --work-dir to start again")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     torch.set_rng_state(state["rng"])
@@ -125,9 +156,9 @@ def checkpoint_step(path: Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=False)["step"]) if path.exists() else 0
 
 
-def _checkpoint(path: Path, model, opt, gen: torch.Generator, step: int) -> None:
+def _checkpoint(path: Path, model, opt, gen: torch.Generator, step: int, autocast: str) -> None:
     _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state(),
-                  "data_rng": gen.get_state(), "step": step}, path)
+                  "data_rng": gen.get_state(), "step": step, "autocast": autocast}, path)
 
 
 def dataset_images(cfg: TrainConfig, n: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,7 +206,8 @@ def train_vae(cfg: TrainConfig, work: Path, device: torch.device, ckpt_every: in
     x_all, _ = dataset_images(cfg, cfg.n_images // 2)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae.lr, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
     path, gen = work / "vae.pt", torch.Generator().manual_seed(cfg.seed + 1)
-    start = _resume(path, vae, opt, gen)
+    dtype = _stage_autocast(cfg, device, "vqvae")
+    start = _resume(path, vae, opt, gen, dtype)
     if start == 0:  # a codebook seeded from data, not the tiny uniform init
         _restart_dead_codes(vae, x_all[_batch_indices(gen, len(x_all), 256)].to(device), gen)
     bar = tqdm(range(start, cfg.vae.steps), desc="vqvae", disable=not progress, initial=start, total=cfg.vae.steps)
@@ -183,7 +215,7 @@ def train_vae(cfg: TrainConfig, work: Path, device: torch.device, ckpt_every: in
         x = x_all[_batch_indices(gen, len(x_all), cfg.vae.batch)].to(device)
         for g in opt.param_groups:
             g["lr"] = _cosine_lr(step, cfg.vae.steps, cfg.vae.lr, 100)
-        with _autocast(device):
+        with _autocast(device, dtype):
             rec, vq_loss = vae(x)
         rec_loss = F.mse_loss(rec.float(), x) + 0.2 * F.l1_loss(rec.float(), x)
         loss = rec_loss + vq_loss.float()
@@ -195,8 +227,8 @@ def train_vae(cfg: TrainConfig, work: Path, device: torch.device, ckpt_every: in
             dead = _restart_dead_codes(vae, x_all[_batch_indices(gen, len(x_all), 256)].to(device), gen)
             bar.set_postfix(rec=f"{rec_loss.item():.4f}", dead=dead)
         if (step + 1) % ckpt_every == 0:
-            _checkpoint(path, vae, opt, gen, step + 1)
-    _checkpoint(path, vae, opt, gen, cfg.vae.steps)
+            _checkpoint(path, vae, opt, gen, step + 1, dtype)
+    _checkpoint(path, vae, opt, gen, cfg.vae.steps, dtype)
     return vae.eval().requires_grad_(False)
 
 
@@ -258,12 +290,12 @@ def token_loss_weights(patch_nums, scheme: str) -> torch.Tensor:
     return w / w.mean()
 
 
-def _weighted_ce(var, vae, tokens_NL, labels_N, patch_nums, weight_L, device) -> torch.Tensor:
+def _weighted_ce(var, vae, tokens_NL, labels_N, patch_nums, weight_L, device, dtype) -> torch.Tensor:
     """Sum over samples and tokens of the weighted cross-entropy of the first len(patch_nums)
     scales (teacher-forced; all scales when patch_nums is the model's schedule)."""
     gt = _split_scales(tokens_NL[:, :sum(pn * pn for pn in patch_nums)], patch_nums)
     x_in = vae.quantize.idxBl_to_var_input([g.to(device) for g in gt])
-    with _autocast(device):
+    with _autocast(device, dtype):
         logits = var(labels_N.to(device), x_in, n_scales=len(patch_nums))
     ce_BL = F.cross_entropy(logits.float().transpose(1, 2), torch.cat(gt, 1).to(device), reduction="none")
     return (ce_BL * weight_L[:ce_BL.shape[1]]).sum()
@@ -279,7 +311,8 @@ def train_var(cfg: TrainConfig, vae, tokens_NL, labels_N, work: Path, device, ck
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.var.lr, betas=(0.9, 0.95),
                             fused=True)
     path, gen = work / "var.pt", torch.Generator().manual_seed(cfg.seed + 3)
-    start = _resume(path, var, opt, gen)
+    dtype = _stage_autocast(cfg, device, "var")
+    start = _resume(path, var, opt, gen, dtype)
     weight_L = token_loss_weights(cfg.patch_nums, cfg.var.scale_loss).to(device)
     n_prefix = cfg.patch_nums.index(cfg.var.prefix_side) + 1 if cfg.var.prefix_side in cfg.patch_nums else 0
     main, total = cfg.var.steps, cfg.var.steps + cfg.var.coarse_steps
@@ -293,12 +326,12 @@ def train_var(cfg: TrainConfig, vae, tokens_NL, labels_N, work: Path, device, ck
         loss = 0.0
         if not coarse:
             idx = _batch_indices(gen, len(tokens_NL), cfg.var.batch)
-            loss = _weighted_ce(var, vae, tokens_NL[idx], labels_N[idx], cfg.patch_nums, weight_L, device)
+            loss = _weighted_ce(var, vae, tokens_NL[idx], labels_N[idx], cfg.patch_nums, weight_L, device, dtype)
         extra = cfg.var.coarse_batch if coarse else cfg.var.prefix_batch
         if extra:  # more samples for the coarse scales, where the layout (the class) is decided
             idx = _batch_indices(gen, len(tokens_NL), extra)
             loss = loss + _weighted_ce(var, vae, tokens_NL[idx], labels_N[idx], cfg.patch_nums[:n_prefix],
-                                       weight_L, device)
+                                       weight_L, device, dtype)
         loss = loss / (cfg.var.batch * len(weight_L))  # every token weighs the same in both phases
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -307,8 +340,8 @@ def train_var(cfg: TrainConfig, vae, tokens_NL, labels_N, work: Path, device, ck
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", phase="coarse" if coarse else "all")
         if (step + 1) % ckpt_every == 0 or step + 1 == main:
-            _checkpoint(path, var, opt, gen, step + 1)
-    _checkpoint(path, var, opt, gen, total)
+            _checkpoint(path, var, opt, gen, step + 1, dtype)
+    _checkpoint(path, var, opt, gen, total, dtype)
     return var.eval().requires_grad_(False)
 
 
