@@ -418,29 +418,46 @@ def memory_check() -> str:
     return "\n".join(lines)
 
 
+TRANSFER = ("transfer-cpu", "transfer-cpu-zen3")  # devices made on the profile's machine; a real other CPU
+
+
 @renderer("transfer")
 def transfer() -> str:
-    d = result("transfer-cpu", "transfer")
-    t = d["data"]
-    lines = [f"Source profile: {t['profile']} (measured at full ISA, {t['source_threads']} threads).", "",
-             "| device | calibration s | plans | median error, calibrated | Spearman | median error, profile as is "
-             "| budget plan: predicted / measured |", "|---|---:|---:|---:|---:|---:|---|"]
+    files = {name: result(name, "transfer") for name in TRANSFER}
+    profiles = {(d["data"]["profile"], d["data"]["source_threads"]) for d in files.values()}
+    lines = [f"Source profile: {p} (measured at full ISA, {n} threads)." for p, n in sorted(profiles)]
+    lines += ["", "| device | calibration s | plans | median error, calibrated | Spearman | median error, profile "
+              "as is | budget plan: predicted / measured |", "|---|---:|---:|---:|---:|---:|---|"]
     notes = []
-    for dev in t["devices"]:
-        bp = dev.get("budget_plan") or {}
-        priced = [r for r in dev["rows"] if r.get("priced_ms") is not None]
-        skipped = [r["plan"] for r in dev["rows"] if r.get("priced_ms") is None]
-        if bp:
-            notes.append(f"{dev['name']}: budget {bp['budget_ms']:.1f} ms, "
-                         f"{bp.get('budget_rule', '90% of dense priced for the device')}")
-        if skipped:
-            notes.append(f"{dev['name']}: not priced (a format the device is not offered): {', '.join(skipped)}")
-        lines.append(f"| {dev['name']} | {dev['calibration_s']:.0f} | {len(priced)} | "
-                     f"{100 * dev['median_err']:.1f}% | {dev['spearman']:.2f} | {100 * dev['asis_median_err']:.1f}% | "
-                     f"{num(bp.get('predicted_ms'))} / {num(bp.get('measured_ms'))} ms "
-                     f"({'met' if bp.get('met') else '**missed**'}) |")
-    lines += ["", *(f"- {n}." for n in notes), "", source(d, "transfer-cpu")]
+    for d in files.values():
+        for dev in d["data"]["devices"]:
+            lines.append(_transfer_row(dev, d["provenance"]))
+            notes += _transfer_notes(dev)
+    lines += ["", *(f"- {n}." for n in notes), ""]
+    lines += [f"- {name}: " + source(d, name) for name, d in files.items()]
     return "\n".join(lines)
+
+
+def _transfer_row(dev: dict, prov: dict) -> str:
+    bp = dev.get("budget_plan") or {}
+    priced = [r for r in dev["rows"] if r.get("priced_ms") is not None]
+    name = dev["name"] if dev["name"] != "host" else f"{machine(prov, policy=False)}, as it is"
+    return (f"| {name} | {dev['calibration_s']:.0f} | {len(priced)} | {100 * dev['median_err']:.1f}% | "
+            f"{dev['spearman']:.2f} | {100 * dev['asis_median_err']:.1f}% | {num(bp.get('predicted_ms'))} / "
+            f"{num(bp.get('measured_ms'))} ms ({'met' if bp.get('met') else '**missed**'}) |")
+
+
+def _transfer_notes(dev: dict) -> list[str]:
+    bp, notes = dev.get("budget_plan") or {}, []
+    if bp:
+        notes.append(f"{dev['name']}: budget {bp['budget_ms']:.1f} ms, "
+                     f"{bp.get('budget_rule', '90% of dense priced for the device')}")
+    skipped = [f"{r['plan']} ({r.get('not_priced', 'not offered')})" for r in dev["rows"] if r.get("priced_ms") is None]
+    if skipped:
+        notes.append(f"{dev['name']}: not priced, the device is not offered what they run: {'; '.join(skipped)}")
+    for dtype, why in (dev.get("runtimes_left_out") or {}).items():
+        notes.append(f"{dev['name']}: the {dtype} runtime is left out of its calibration: {why}")
+    return notes
 
 
 @renderer("gpu-fit")
