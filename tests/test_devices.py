@@ -337,3 +337,17 @@ def test_activation_memory_is_never_scaled_below_what_was_measured():
     t = priced(prof, from_spec(catalogue()["H100-SXM"]))
     assert t.cost_model.activation_coef(t.cost_model.dtype) == pytest.approx(cm.activation_coef(t.cost_model.dtype))
     assert t.cost_model.activation_coef("fp32") == pytest.approx(cm.memory.coef[1])
+
+
+def test_calibration_report_names_every_left_out_kernel_and_dtype(capsys):
+    """`litevar calibrate` prints a format whose kernel failed under its dtype, and a runtime dtype
+    left out of the calibration, each on its own line."""
+    from litevar.commands.calibrate import _report
+    fit = {"tflops": 1.0, "overhead_ms": 0.01}
+    rt = {"gemm": {"fp": {**fit, "efficiency": None}}, "attention": fit, "failed": {"W4A8": "no kernel"}}
+    _report("here.json", {"name": "cpu", "runtimes": {"fp32": rt}, "seconds": 1.0, "bandwidth_gbs": 1.0,
+                          "dispatch_ms": 0.001, "validation": {"latency_err": 0.1},
+                          "runtimes_left_out": {"bf16": "too slow in its share"}})
+    out = capsys.readouterr().out
+    assert "fp32  W4A8   left out: its kernel fails on this device (no kernel)" in out
+    assert "bf16  left out: too slow in its share" in out

@@ -78,8 +78,10 @@ def _first_of_each(argv: list[str], flags) -> list[str]:
     while i < len(argv):
         if argv[i] in flags and i + 1 < len(argv):
             flag, value = argv[i], argv[i + 1]
-            if flag in kept:
-                Plan.load(value) if flag == "--plan" else parse_baseline(value)
+            if flag in kept and flag == "--plan":
+                Plan.load(value)
+            elif flag in kept:
+                parse_baseline(value)
             else:
                 kept.add(flag)
                 out += [flag, value]

@@ -78,10 +78,10 @@ def _report(out, c: dict) -> None:
         a = rt["attention"]
         print(f"  {dtype:5s} {'attn':6s} {a['tflops']:8.3f} TFLOP/s sustained, "
               f"{1e3 * a['overhead_ms']:.1f} us per call")
-    for dtype, why in c.get("runtimes_left_out", {}).items():
-        print(f"  {dtype:5s} left out: {why}; plans for this device never run in {dtype}")
         for fmt, why in rt.get("failed", {}).items():
             print(f"  {dtype:5s} {fmt:6s} left out: its kernel fails on this device ({why})")
+    for dtype, why in c.get("runtimes_left_out", {}).items():
+        print(f"  {dtype:5s} left out: {why}; plans for this device never run in {dtype}")
 
 
 def _dtypes(text: str | None) -> tuple[str, ...] | None:

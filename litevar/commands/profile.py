@@ -125,7 +125,7 @@ def _cost_settings(args):
             d.strip() for d in args.runtime_dtypes.split(",") if d.strip() and d.strip() != "none")
         if extra and set(extra) - {"fp32", "bf16", "fp16"}:
             raise UserError(f"--runtime-dtypes {args.runtime_dtypes}: give dtypes from fp32, bf16, fp16, or none")
-        if extra is None and dtype == "fp32" and _bf16_emulated(args.device):
+        if extra is None and dtype == "fp32" and not _cpu_or_gpu(args.device).bf16_faster():
             extra = ()  # the default bf16 would take hours to time here, and no plan would run in it
         return CostSettings(dtype=dtype, e2e_repeats=args.e2e_repeats, mdwa=not args.no_mdwa_timing,
                             runtime_dtypes=extra)
@@ -133,13 +133,11 @@ def _cost_settings(args):
         raise UserError(f"--e2e-repeats {args.e2e_repeats}: {e}") from None
 
 
-def _bf16_emulated(device) -> float | None:
-    """The speed of a bf16 GEMM against fp32 on `device` where it is below fp32's (bf16 emulated:
-    an AVX2-only CPU), else None."""
+def _cpu_or_gpu(device):
+    """The Device of --device."""
     from litevar.commands.common import resolve_device
     from litevar.models.core.device import device_of
-    speed = device_of(resolve_device(device)).bf16_gemm_speedup()
-    return speed if speed < 1.0 else None
+    return device_of(resolve_device(device))
 
 
 def _cost_options(settings) -> list[dict]:
@@ -324,9 +322,9 @@ def run(args) -> int:
     family = family_of_model(var)
     device = family.device_of(var)
     stages, forced = _stage_list(args, args.random_init)
-    if "cost" in stages and args.runtime_dtypes is None and cost_settings.dtype == "fp32" and \
-            (speed := _bf16_emulated(args.device)):
-        print(f"profile: the bf16 runtime is not priced: a bf16 GEMM ran at {speed:.2g}x fp32's speed here (emulated); "
+    if "cost" in stages and args.runtime_dtypes is None and cost_settings.runtime_dtypes == ():  # bf16 emulated
+        print(f"profile: the bf16 runtime is not priced: a bf16 GEMM ran at "
+              f"{_cpu_or_gpu(args.device).bf16_gemm_speedup():.2g}x fp32's speed here (emulated); "
               "--runtime-dtypes bf16 prices it anyway")
     arch = family.arch_of(var).to_dict()
     sha = None if args.random_init else family.weights_sha256(var)

@@ -147,6 +147,11 @@ class Device:
             self._bf16_speedup = ms[torch.float32] / ms[torch.bfloat16]
         return self._bf16_speedup
 
+    def bf16_faster(self) -> bool:
+        """Whether bf16 computes faster than fp32 here (bf16_gemm_speedup above 1): where it does not,
+        bf16 is emulated and nothing should be run or timed in it by default."""
+        return self.bf16_gemm_speedup() > 1.0
+
 
 DEVICE_TYPES: dict[str, type[Device]] = {}
 

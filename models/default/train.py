@@ -107,8 +107,9 @@ def resolve_autocast(requested: str, device) -> tuple[str, str]:
     if requested != "auto":
         return requested, "as asked"
     from litevar.models.core.device import device_of
-    speedup = device_of(device).bf16_gemm_speedup()
-    return ("bf16" if speedup > 1.0 else "fp32"), f"a bf16 GEMM ran at {speedup:.2g}x fp32's speed here"
+    dev = device_of(device)
+    why = f"a bf16 GEMM ran at {dev.bf16_gemm_speedup():.2g}x fp32's speed here"
+    return ("bf16" if dev.bf16_faster() else "fp32"), why
 
 
 def _autocast(device: torch.device, dtype: str):
