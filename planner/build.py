@@ -7,6 +7,7 @@ width reaching it (a handful per part); parts flagged as attention sinks stay FU
 """
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
@@ -304,6 +305,7 @@ def format_groups(cm: C.CostModel, arch: Arch, pns, batch, losses, formats, dtyp
         calls.setdefault(s.fqn, []).append(M)
     last = len(pns) - 1
     ws_scale = cm.workspace_scale()
+    linear_ms = functools.cache(cm.linear_ms)  # every block repeats the same shapes
     groups, skipped = [], {}  # skipped: format -> why the cost model cannot price it
     for s in family_of(arch).linears(arch):
         fqn, K, N = s.fqn, s.K, s.N
@@ -311,13 +313,13 @@ def format_groups(cm: C.CostModel, arch: Arch, pns, batch, losses, formats, dtyp
         m_ws = max(s.rows_at(pns, si, batch, arch.context_len) for si in (max(last - 1, 0), last))
         rows = calls.get(fqn, [])
         act = C.activation_melems(K, N, rows)
-        fp_ms = cm.in_model_ms("dense", sum(cm.linear_ms(K, N, M, "fp", dt) for M in rows), act, dtype)
+        fp_ms = cm.in_model_ms("dense", sum(linear_ms(K, N, M, "fp", dt) for M in rows), act, dtype)
         opts = [FormatOption("fp", 0.0, fp_ms, C.weight_bytes(K, N, "fp") / C.MB, 0.0, 16)]
         for fmt in formats:
             if (fqn, fmt) not in losses or not C.format_applies(K, fmt):
                 continue
             try:
-                ms = cm.in_model_ms(cm.kernel_of(fmt), sum(cm.linear_ms(K, N, M, fmt, dt) for M in rows), act, dtype)
+                ms = cm.in_model_ms(cm.kernel_of(fmt), sum(linear_ms(K, N, M, fmt, dt) for M in rows), act, dtype)
             except KeyError as e:
                 skipped.setdefault(fmt, e.args[0] if e.args else str(e))
                 continue
@@ -336,10 +338,11 @@ def attention_slots(cm: C.CostModel, arch: Arch, pns, batch, alpha, dtype: str |
     """Kernel costs of every attention call, per (QK8, CFG-shared) mode; MDWA at KEPT_GRID."""
     H, D = arch.num_heads, arch.head_dim
     has_mdwa = "mdwa" in cm.attn
+    attn_ms = functools.cache(cm.attn_ms)  # every block repeats the same calls
     slots = {}
     for layer, si, q, kv in C.attention_calls(arch, pns):
         def ms(backend, kept, shared, q=q, kv=kv):
-            return alpha * cm.attn_ms(batch if shared else 2 * batch, H, D, q, kv, kept, backend, dtype)
+            return alpha * attn_ms(batch if shared else 2 * batch, H, D, q, kv, kept, backend, dtype)
         dense = tuple(tuple(ms("dense" + sfx, 1.0, c) for c in (0, 1)) for sfx in ("", "_qk8"))
         mdwa = tuple(tuple(tuple(ms("mdwa" + sfx, k, c) if has_mdwa else np.inf for k in KEPT_GRID)
                            for c in (0, 1)) for sfx in ("", "_qk8"))

@@ -53,6 +53,7 @@ plain one (`dense`) at the same shape.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -518,9 +519,10 @@ class CostModel:
         by_kernel: dict[str, float] = {"dense": 0.0}
         act_by_layer: dict[str, float] = {}  # million activation elements, M*(K+N)
         act_by_kernel: dict[str, float] = {}
+        linear_ms, attn_ms = functools.cache(self.linear_ms), functools.cache(self.attn_ms)  # blocks repeat shapes
         for s, M in linear_calls(arch, patch_nums, batch):
             fmt = dec.formats.get(s.fqn, "fp")
-            ms = self.linear_ms(s.K, s.N, M, fmt, "fp32" if s.fp32 else dtype)
+            ms = linear_ms(s.K, s.N, M, fmt, "fp32" if s.fp32 else dtype)
             per_layer[s.fqn] = per_layer.get(s.fqn, 0.0) + ms
             kern, act = self.kernel_of(fmt), activation_melems(s.K, s.N, (M,))
             by_kernel[kern] = by_kernel.get(kern, 0.0) + ms
@@ -531,7 +533,7 @@ class CostModel:
             k = float(dec.kept.get((layer, si), 1.0))
             backend = ("mdwa" if k < 1.0 else "dense") + ("_qk8" if layer in dec.qk_int8 else "")
             rows = batch if layer in dec.cfg_shared else 2 * batch
-            ms = self.attn_ms(rows, arch.num_heads, arch.head_dim, q, kv, k, backend, dtype)
+            ms = attn_ms(rows, arch.num_heads, arch.head_dim, q, kv, k, backend, dtype)
             if layer in dec.kv_specs:
                 ms = self.kv_call_ms(arch, patch_nums, si, rows, dec.kv_specs[layer], ms, dtype)
             per_layer[qk_names[layer]] = per_layer.get(qk_names[layer], 0.0) + ms

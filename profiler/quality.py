@@ -25,7 +25,7 @@ from litevar.kernels.formats import FORMATS
 from litevar.kernels.kvquant import KV_FORMATS
 from litevar.kernels.qlinear import linear_in_format
 from litevar.kernels.select import KernelChoice
-from litevar.kernels.windows import FULL, WindowConfig, WindowFamily, max_width, min_width_for_ratio, window_mass
+from litevar.kernels.windows import FULL, WindowConfig, WindowFamily, max_width, window_mass
 from litevar.models.core.attention import DenseAttention, set_attention_backend
 from litevar.models.core.distributed import merge_in_order, world
 from litevar.models.core.errors import UserError
@@ -350,6 +350,9 @@ def coverage_tables(rec: _Recorder, model) -> tuple[pd.DataFrame, pd.DataFrame]:
     return cov, sinks
 
 
+_FULL_LAST = 1 << 30  # FULL's place when widths are ordered narrowest first
+
+
 def ratio_windows(cov: pd.DataFrame, model, r0: float, family: WindowFamily = WindowFamily.BAND,
                   sinks: pd.DataFrame | None = None) -> WindowConfig:
     """The MDWA configuration of threshold r0: per (layer, head, scale, part) the narrowest
@@ -360,16 +363,13 @@ def ratio_windows(cov: pd.DataFrame, model, r0: float, family: WindowFamily = Wi
     sub = cov[cov.family == family.value]
     sink_set = set() if sinks is None else {
         tuple(r) for r in sinks[sinks.sink][["layer", "head", "scale", "part"]].values}
-    widths = {}
-    for layer, g in sub.groupby("layer"):
-        w = torch.full((H, S, S), FULL, dtype=torch.int32)
-        for (h, k, j), gg in g.groupby(["head", "scale", "part"]):
-            if (layer, h, k, j) in sink_set:
-                continue
-            gg = gg.sort_values("width", key=lambda c: c.where(c != FULL, 1 << 30))
-            R = torch.tensor(gg.coverage.values)[None, None]
-            w[h, k, j] = int(min_width_for_ratio(R, gg.width.tolist(), r0)[0, 0])
-        widths[int(layer)] = w
+    ok = sub[sub.coverage >= r0 - 1e-12]  # the widths that keep enough of each part's mass
+    order = ok.width.where(ok.width != FULL, _FULL_LAST)  # FULL is the widest
+    narrowest = order.groupby([ok[c] for c in ("layer", "head", "scale", "part")]).min()
+    widths = {int(layer): torch.full((H, S, S), FULL, dtype=torch.int32) for layer in sorted(sub.layer.unique())}
+    for (layer, h, k, j), width in narrowest.items():
+        if width != _FULL_LAST and (layer, h, k, j) not in sink_set:
+            widths[int(layer)][h, k, j] = int(width)
     return WindowConfig(schedule, family, widths)
 
 

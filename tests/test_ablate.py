@@ -10,8 +10,8 @@ PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "default-cpu.json"
 
 def test_ablate_table3_writes_markdown_and_json(tmp_path, capsys):
     md, js = tmp_path / "ablation.md", tmp_path / "ablation.json"
-    rc, out, err = run_cli(capsys, "ablate", "--profile", PROFILE, "--tables", "3", "--n", 4, "--calib", 2,
-                           "--batch", 4, "--out", md, "--json", js)
+    rc, out, err = run_cli(capsys, "ablate", "--profile", PROFILE, "--tables", "3", "--n", 2, "--calib", 1,
+                           "--batch", 2, "--out", md, "--json", js)
     assert rc == 0, err
     r = json.loads(js.read_text())
     assert r["format"] == "litevar-result" and r["provenance"]["command"].startswith("litevar ablate")

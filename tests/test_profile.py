@@ -64,6 +64,18 @@ def test_coverage_curves_are_monotone_and_full_is_one(model_and_calib):
     assert Q.cfg_similarity(rec).similarity.between(-1, 1).all()
     wf, fit = Q.window_fit(vae, var, calib, cov, sinks, ratios=(0.99, 0.8), progress=False)
     assert wf.lost_mass.iloc[0] < wf.lost_mass.iloc[1] and fit["coef"] >= 0
+    sinks = sinks.assign(sink=torch.rand(len(sinks), generator=torch.Generator().manual_seed(7)).numpy() < 0.2)
+    for r0 in (0.5, 0.9):  # each part's window, row by row: the narrowest width covering r0 (FULL the widest)
+        want = {}
+        for r in cov[(cov.family == "band") & (cov.coverage >= r0 - 1e-12)].itertuples():
+            key, w = (r.layer, r.head, r.scale, r.part), (1 << 30 if r.width == -1 else r.width)
+            want[key] = min(want.get(key, w), w)
+        for r in sinks[sinks.sink].itertuples():
+            want.pop((r.layer, r.head, r.scale, r.part), None)  # sinks stay whole
+        got = Q.ratio_windows(cov, var, r0, sinks=sinks).widths
+        assert sorted(got) == sorted(cov.layer.unique())
+        assert {(l, h, k, j): int(w[h, k, j]) for l, w in got.items() for h, k, j in (w != -1).nonzero().tolist()} == \
+            {k: w for k, w in want.items() if w != 1 << 30}
 
 
 def test_kv_cache_losses_grow_with_fewer_bits(model_and_calib):
@@ -88,12 +100,15 @@ def test_eviction_loss_grows_with_the_evicted_mass(model_and_calib):
     assert fit["coef"] > 0
 
 
-def test_profile_command_caches_stages(tmp_path, capsys):
+def test_profile_command_caches_stages(tmp_path, capsys, monkeypatch):
+    from litevar.models.core.device import device_of
+    monkeypatch.setattr(device_of("cpu"), "_bf16_speedup", None)
     out = tmp_path / "p.json"
     args = ["profile", "--out", str(out), "--calib", "2", "--calib-loss", "2", "--stages", "cfg"]
     assert main(args) == 0
     first = capsys.readouterr().out
     assert "stage cfg" in first and "(cached)" not in first
+    assert device_of("cpu")._bf16_speedup is None  # no cost stage: bf16 was not timed
     assert main(["profile", "--out", str(out), "--calib", "2", "--calib-loss", "2", "--stages", "coverage"]) == 0
     second = capsys.readouterr().out
     assert "stage cfg (cached)" in second

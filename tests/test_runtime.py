@@ -273,9 +273,11 @@ def test_bench_refuses_plans_of_different_batches(reference, tmp_path, capsys):
 def test_eval_with_plan_reports_fidelity_to_dense(reference, tmp_path, capsys):
     path = plan_for(reference[3], formats=W8A8_LAYERS).save(tmp_path / "plan.json")
     out = tmp_path / "eval.json"
-    assert main(["eval", "--plan", str(path), "--n", "4", "--batch", "4", "--json", str(out)]) == 0
-    assert "fidelity vs dense" in capsys.readouterr().out
+    assert main(["eval", "--plan", str(path), "--n", "4", "--batch", "4", "--no-ceiling", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "fidelity vs dense" in printed and "reconstruction ceiling" not in printed
     r = json.loads(out.read_text())["data"]
+    assert "reconstruction" not in r
     f = r["fidelity_vs_dense"]
     assert r["plan"] == str(path) and len(f["token_agreement_per_scale"]) == len(SCHEDULES[256])
     assert 0 <= f["cfg_kl_sum"] < 0.05  # W8A8 on four layers barely moves the distribution
@@ -324,14 +326,31 @@ def test_planned_copy_costs_only_its_swapped_layers(reference):
 
 def test_eval_by_scale_reports_where_the_class_shows(tmp_path, capsys):
     out = tmp_path / "eval.json"
-    assert main(["eval", "--n", "4", "--batch", "4", "--by-scale", "4", "--json", str(out)]) == 0
+    assert main(["eval", "--n", "2", "--batch", "2", "--by-scale", "2", "--no-ceiling", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "where the class shows (4 held-out real images" in printed and "per class: disc" in printed
+    assert "where the class shows (2 held-out real images" in printed and "per class: disc" in printed
     r = json.loads(out.read_text())["data"]
     c, S = r["class_by_scale"], len(SCHEDULES[256])
-    assert c["n"] == 4 and len(c["decoded"]) == S and len(c["forced"]) == S
+    assert c["n"] == 2 and len(c["decoded"]) == S and len(c["forced"]) == S
     assert c["decoded"][-1] == 1.0  # every real test image decodes to its class (ceiling: 100% on 500)
-    assert sum(map(sum, r["confusion"])) == 4 and len(r["per_class_accuracy"]) == 10
+    assert sum(map(sum, r["confusion"])) == 2 and len(r["per_class_accuracy"]) == 10
+
+
+def test_reconstruction_ceiling_is_the_vqvae_on_real_images(capsys):
+    """eval's ceiling (on 500 real images there; 64 here): the real test images encoded to tokens and
+    decoded back, scored like generated ones, and printed."""
+    from litevar.commands.eval import print_report
+    from litevar.models.default.evaluation import Scorer
+    vae, _ = load_default("cpu")
+    scorer = Scorer(64)
+    c = scorer.reconstruction(vae)
+    assert c["n"] == 64 and 0.5 <= c["class_accuracy"] <= 1  # chance is 0.1
+    assert c["psnr_db"] > 20  # each image's own flat mean colour scores 13.4 dB on these images, noise 6.7
+    print_report({"n": 2, "cfg": 4.0, "top_k": 900, "top_p": 0.95, "seed": 0, "dtype": "fp32", "plan": None,
+                  "world_size": 1, "seconds": 1.0, **scorer(torch.rand(2, 3, 64, 64), [0, 1]), "reconstruction": c,
+                  "inception": {"skipped": "not asked for"}})
+    assert f"VQVAE reconstruction ceiling (64 real images encoded and decoded): PSNR {c['psnr_db']:.1f} dB" in \
+        capsys.readouterr().out
 
 
 def test_device_mismatch_sees_a_cpu_generation_behind_one_model_name():

@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--by-scale", type=NONNEG_INT, default=0, metavar="N",
                    help="also: where the class shows, scale by scale, on N held-out real images (their first k "
                    "scales decoded; generation with their real tokens forced at the first k scales); 0 = off")
+    p.add_argument("--no-ceiling", action="store_true",
+                   help="leave out the VQVAE's reconstruction ceiling (500 real images encoded and decoded: a "
+                   "figure of the VAE alone, the same for every plan and seed)")
     p.add_argument("--json", help="write every figure here")
 
 
@@ -69,7 +72,7 @@ def run(args) -> int:
     report = {"n": args.n, "cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
               "dtype": args.dtype, "plan": args.plan, "world_size": w.size,
               **({"images_sha256": images_sha256(imgs)} if w.main else {}),
-              **(quality(imgs, labels, vae=vae, scorer=scorer) if w.main else {})}
+              **(quality(imgs, labels, vae=None if args.no_ceiling else vae, scorer=scorer) if w.main else {})}
     if args.by_scale:
         report["class_by_scale"] = class_by_scale(var, vae, scorer, args.by_scale, args.seed, args.cfg, args.top_k,
                                                   args.top_p, args.batch, args.dtype)

@@ -115,8 +115,10 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _cost_settings(args):
-    """litevar.profiler.cost.CostSettings of the command line."""
+def _cost_settings(args, probe: bool = True):
+    """litevar.profiler.cost.CostSettings of the command line; probe=False checks the flags only and
+    leaves the runtime dtypes' default undecided (deciding it times bf16 here: about a second where
+    bf16 is emulated)."""
     from litevar.commands.common import default_dtype
     from litevar.profiler.cost import CostSettings
     try:
@@ -125,7 +127,7 @@ def _cost_settings(args):
             d.strip() for d in args.runtime_dtypes.split(",") if d.strip() and d.strip() != "none")
         if extra and set(extra) - {"fp32", "bf16", "fp16"}:
             raise UserError(f"--runtime-dtypes {args.runtime_dtypes}: give dtypes from fp32, bf16, fp16, or none")
-        if extra is None and dtype == "fp32" and not _cpu_or_gpu(args.device).bf16_faster():
+        if probe and extra is None and dtype == "fp32" and not _cpu_or_gpu(args.device).bf16_faster():
             extra = ()  # the default bf16 would take hours to time here, and no plan would run in it
         return CostSettings(dtype=dtype, e2e_repeats=args.e2e_repeats, mdwa=not args.no_mdwa_timing,
                             runtime_dtypes=extra)
@@ -158,7 +160,7 @@ def _quality_stages(stage: str, vae, var, args, calib_fn) -> tuple[dict, dict]:
     if stage == "sensitivity":
         sens = Q.sensitivity(vae, var, calib_loss)
         joint, rho = Q.joint_check(vae, var, calib_loss, sens, seed=args.seed)
-        base = _cost_settings(args).dtype  # the losses' own dtype; every other one a plan may run at
+        base = _cost_settings(args, probe=False).dtype  # the losses' own dtype; every other one a plan may run at
         runtime = {d: Q.loss_of(vae, var, calib_loss, d)[0] for d in ("fp32", "bf16", "fp16") if d != base}
         tables, meta = {"sensitivity": sens, "joint": joint}, {"joint_spearman": rho, "runtime_loss": runtime}
     elif stage == "coverage":
@@ -317,15 +319,11 @@ def run(args) -> int:
     if args.calib < 1 or not 1 <= args.calib_loss <= args.calib:
         raise UserError(f"--calib {args.calib} / --calib-loss {args.calib_loss}: need 1 <= calib-loss <= calib")
     out = Path(args.out)
-    cost_settings = _cost_settings(args)
+    _cost_settings(args, probe=False)  # bad flags fail before the model loads
     vae, var = load_model(args)
     family = family_of_model(var)
     device = family.device_of(var)
     stages, forced = _stage_list(args, args.random_init)
-    if "cost" in stages and args.runtime_dtypes is None and cost_settings.runtime_dtypes == ():  # bf16 emulated
-        print(f"profile: the bf16 runtime is not priced: a bf16 GEMM ran at "
-              f"{_cpu_or_gpu(args.device).bf16_gemm_speedup():.2g}x fp32's speed here (emulated); "
-              "--runtime-dtypes bf16 prices it anyway")
     arch = family.arch_of(var).to_dict()
     sha = None if args.random_init else family.weights_sha256(var)
     model = {"name": "random-init" if args.random_init else (Path(args.ckpt).stem if args.ckpt else "default"),
@@ -345,6 +343,11 @@ def run(args) -> int:
     group, own_out, writer = cost_groups(out, device) if "cost" in stages else (None, out, w.main)
     tables, meta = {}, {"stages": {}}
     for stage in stages:
+        where = own_out if stage == "cost" else out  # another GPU model's cost stage: its own file
+        if forced and stage not in forced and not _cache_path(where, stage).is_file():
+            continue  # not asked for and not cached: leave it out
+        if stage == "cost":
+            cost_settings = _cost_settings(args)
         batches = ",".join(map(str, args.batches))
         skey = key if stage != "cost" else _key(model, args.resolutions, batches, device.type,
                                                  *_cost_options(cost_settings), allocator_policy())
@@ -355,7 +358,6 @@ def run(args) -> int:
         if stage == "coverage":  # so does a new measurement (the eviction fit)
             skey = _key(skey, Q.EVICT_FIT_RULES)
         fresh = args.fresh and (not forced or stage in forced)
-        where = own_out if stage == "cost" else out  # another GPU model's cost stage: its own file
         hit = None if fresh else _cached(where, stage, skey, arch)
         if hit is None and forced and stage not in forced:
             continue  # not asked for and not cached: leave it out
@@ -363,6 +365,10 @@ def run(args) -> int:
         if measured:
             print(f"profile: stage {stage}")
             if stage == "cost":
+                if args.runtime_dtypes is None and cost_settings.runtime_dtypes == ():  # bf16 emulated
+                    print(f"profile: the bf16 runtime is not priced: a bf16 GEMM ran at "
+                          f"{_cpu_or_gpu(args.device).bf16_gemm_speedup():.2g}x fp32's speed here (emulated); "
+                          "--runtime-dtypes bf16 prices it anyway")
                 if group is not None or w.main:  # on CPU the other ranks wait
                     t_s, m_s = _cost_stage(vae, var, arch, args, dataclasses.replace(cost_settings, group=group),
                                            device)
