@@ -38,7 +38,7 @@ from litevar.kernels.formats import CAST_DTYPES, FORMATS, capability
 from litevar.kernels.qlinear import linear_in_format, swap_linears
 from litevar.kernels.windows import WindowConfig, kept_fraction
 from litevar.models.core.attention import AttnCall, DenseAttention, ScaleLayout
-from litevar.models.core.device import device_of
+from litevar.models.core.device import device_of, settled_heap
 from litevar.models.core.family import Arch, family_of, family_of_model
 from litevar.models.core.inference import DTYPES, autocast
 from litevar.profiler import costmodel as cmod
@@ -582,25 +582,26 @@ def run_cost_stage(vae, model, arch: Arch, device, resolutions=None, batches=(1,
     resolutions = [tuple(p) for p in (resolutions or fit_res)]
     holdout_resolution = holdout_resolution or larger
     holdout_batch = holdout_batch or 2 * batches[-1]
-    t0 = time.perf_counter()
-    tables = {"cost_linear": measure_linears(arch, resolutions, batches, dev, settings, progress),
-              "cost_attn": measure_attentions(arch, resolutions, batches, dev, settings, progress)}
-    if settings.group is not None and not settings.group.world().main:
-        return tables, None, []  # a helper of its group's leader: the generations run on the leader alone
-    t1 = time.perf_counter()
-    plan = e2e_plan(resolutions, batches, own, holdout_resolution, holdout_batch, configs,
-                    timed_formats(dev, settings), (settings.dtype, *settings.extra_dtypes()))
-    tables["cost_e2e"] = measure_generations(vae, model, arch, plan, dev, settings, progress)
-    tables["cost_decode"] = measure_decodes(vae, model, decode_sides(resolutions, arch.downsample), dev,
-                                            settings.dtype, progress)
-    t2 = time.perf_counter()
-    cm, validation = fit_cost_model(tables, arch, dev, settings.dtype, vae)
-    for msg in slower_than_dense(validation):
-        log.warning(msg)
-    cm.timing_s = {"kernels": t1 - t0, "e2e": t2 - t1}
-    cm.kernels = kernel_paths(dev, settings)
-    cm.host = host_figures(dev)
-    log.info("cost stage: kernels %.0f s, generations %.0f s; held-out errors %s", t1 - t0, t2 - t1,
-             [(v["resolution"], v["batch"], v["config"], round(v["latency_err"], 3), round(v["memory_err"], 3))
-              for v in validation if v["held_out"]])
-    return tables, cm, validation
+    with settled_heap():  # each measurement's collection scans only what the stage made
+        t0 = time.perf_counter()
+        tables = {"cost_linear": measure_linears(arch, resolutions, batches, dev, settings, progress),
+                  "cost_attn": measure_attentions(arch, resolutions, batches, dev, settings, progress)}
+        if settings.group is not None and not settings.group.world().main:
+            return tables, None, []  # a helper of its group's leader: the generations run on the leader alone
+        t1 = time.perf_counter()
+        plan = e2e_plan(resolutions, batches, own, holdout_resolution, holdout_batch, configs,
+                        timed_formats(dev, settings), (settings.dtype, *settings.extra_dtypes()))
+        tables["cost_e2e"] = measure_generations(vae, model, arch, plan, dev, settings, progress)
+        tables["cost_decode"] = measure_decodes(vae, model, decode_sides(resolutions, arch.downsample), dev,
+                                                settings.dtype, progress)
+        t2 = time.perf_counter()
+        cm, validation = fit_cost_model(tables, arch, dev, settings.dtype, vae)
+        for msg in slower_than_dense(validation):
+            log.warning(msg)
+        cm.timing_s = {"kernels": t1 - t0, "e2e": t2 - t1}
+        cm.kernels = kernel_paths(dev, settings)
+        cm.host = host_figures(dev)
+        log.info("cost stage: kernels %.0f s, generations %.0f s; held-out errors %s", t1 - t0, t2 - t1,
+                 [(v["resolution"], v["batch"], v["config"], round(v["latency_err"], 3), round(v["memory_err"], 3))
+                  for v in validation if v["held_out"]])
+        return tables, cm, validation

@@ -7,6 +7,7 @@ times dense attention only (CostSettings.mdwa=False)."""
 from __future__ import annotations
 
 import collections
+import os
 
 import pytest
 import torch
@@ -82,6 +83,28 @@ def test_allocated_peak_is_exact():
         del c
 
     assert device_of("cpu").peak_memory_mb(fn) == pytest.approx(2.0, abs=1e-3)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="the resident-set peak is Linux's")
+def test_process_peak_in_a_settled_heap_counts_what_the_block_made():
+    """Inside settled_heap (the cost stage) the collector skips the objects alive before it, and
+    process_peak_mb still reads a block's pages: 64 MiB written by fn is a peak growth of about
+    64 MiB (less pages the process frees meanwhile; the heap adds little), under 96 (the
+    high-water mark of the 128 MiB that only its collection frees, had clear_refs not reset it,
+    would add 64 more). The freeze ends with the block."""
+    import gc
+
+    from litevar.models.core.device import settled_heap
+    cpu = device_of("cpu")
+    with settled_heap():
+        assert gc.get_freeze_count() > 0
+        big = torch.ones(2 ** 25)  # 128 MiB: the session's high-water mark, above what fn reaches
+        cycle = [big]
+        cycle.append(cycle)  # garbage only the collector frees
+        del big, cycle
+        grew = cpu.process_peak_mb(lambda: torch.ones(2 ** 24).sum())  # 64 MiB written
+    assert gc.get_freeze_count() == 0
+    assert 60 <= grew < 96
 
 
 def test_measure_e2e(tiny):
