@@ -17,7 +17,7 @@ import gpu_evidence  # noqa: E402
 def test_dry_run_writes_every_file_of_the_real_run(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable}
     r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_evidence.sh"), "--dry-run", "--out-root", str(tmp_path)],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
     summary = json.loads((tmp_path / "docs" / "gpu" / "dry-run-cpu" / "summary.json").read_text())
     assert r.returncode == 0, {k: v.get("why") for k, v in summary["steps"].items()}
     missing = [f for f in gpu_evidence.manifest("dry-run-cpu") if not (tmp_path / f).is_file()]
