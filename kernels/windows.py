@@ -299,14 +299,6 @@ def coverage_curves(P_BHlL: torch.Tensor, layout: ScaleLayout, scale: int, width
     return curves
 
 
-def min_width_for_ratio(R_HpW: torch.Tensor, widths: Iterable[int], r0: float) -> torch.Tensor:
-    """int32 [H, parts]: the smallest of `widths` (sorted, FULL last) whose R_w >= r0."""
-    widths = torch.tensor(list(widths), dtype=torch.int32)
-    ok = R_HpW >= r0 - 1e-12
-    first = torch.where(ok.any(-1), ok.int().argmax(-1), len(widths) - 1)
-    return torch.where(ok.any(-1), widths[first], torch.tensor(FULL, dtype=torch.int32))
-
-
 # ---------------------------------------------------------------------------------------------
 # Config
 

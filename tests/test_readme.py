@@ -96,10 +96,11 @@ def _first_of_each(argv: list[str], flags) -> list[str]:
 def _here(baseline: str) -> str:
     """The baseline at fp32 where this CPU emulates bf16 (an AVX2-only CPU: 2.9 s a generation of
     the default model, against 0.19 s at fp32); the same code path at another dtype."""
+    from litevar.commands.bench import parse_baseline
     from litevar.models.core.device import device_of
-    dtype, _, rest = baseline.partition("+")
+    dtype, compiled = parse_baseline(baseline)
     if dtype == "bf16" and not device_of("cpu").bf16_faster():
-        return "+".join(["fp32", *([rest] if rest else [])])
+        return "fp32+compile" if compiled else "fp32"
     return baseline
 
 

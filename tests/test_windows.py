@@ -22,7 +22,6 @@ from litevar.kernels.windows import (
     kept_pairs,
     mask_mod_fn,
     max_width,
-    min_width_for_ratio,
     paper_parts_full,
     window_mass,
 )
@@ -171,11 +170,6 @@ def test_coverage_curves_equal_brute_force_sums():
             torch.testing.assert_close(curves[fam], inside / total[..., None], rtol=1e-10, atol=1e-12)
             assert (curves[fam][..., -1] == 1).all()
             assert (curves[fam].diff(dim=-1)[..., :-1] >= -1e-12).all()  # grows with the width
-
-
-def test_min_width_for_ratio():
-    R = torch.tensor([[[0.5, 0.9, 0.96, 1.0], [0.97, 0.98, 0.99, 1.0], [0.1, 0.2, 0.3, 1.0]]])
-    assert min_width_for_ratio(R, [0, 1, 2, FULL], 0.95).tolist() == [[2, 0, FULL]]
 
 
 def test_paper_parts_full():

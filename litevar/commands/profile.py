@@ -345,7 +345,7 @@ def run(args) -> int:
     for stage in stages:
         where = own_out if stage == "cost" else out  # another GPU model's cost stage: its own file
         if forced and stage not in forced and not _cache_path(where, stage).is_file():
-            continue  # not asked for and not cached: leave it out
+            continue  # not asked for, and no cache to look up: left out before its key is made
         if stage == "cost":
             cost_settings = _cost_settings(args)
         batches = ",".join(map(str, args.batches))
