@@ -17,7 +17,8 @@ transfer on hardware the profile never saw). Its calibration is named by the CPU
 
 Then every plan is priced for the device from the profile (measured at full ISA and both cores)
 and the calibration (profiler.devices.priced), and set against its measured latency: the median
-absolute error, and Spearman's rank correlation over the plans and dense. Beside it, the error of
+absolute error, and Spearman's rank correlation over the plans (and dense, unless the calibration
+timed its generation to set the in-model factor: then dense is the calibration's own point). Beside it, the error of
 not re-pricing at all (the profile's own predictions: what a user of the shipped plans on that
 device is told). A CPU has no spec tier: it is never taken from a table.
 
@@ -129,8 +130,11 @@ def run_device(args, name: str, env: dict, profile) -> dict:
                 "--json", bench)
         data = read_result(bench, "bench")["data"]
         plans = {e["plan"]: Plan.load(e["plan"]) for e in data["plans"]}
+        in_model = dev_prof.meta["target"]["in_model"]
+        # dense at batch 1 is the generation the calibration timed to set its in-model factor: its
+        # own point, not a test of the transfer
         rows = [{"plan": "dense", "measured_ms": data["dense"]["latency_ms"], "priced_ms": dense_ms(dev_prof),
-                 "asis_ms": dense_ms(profile)}]
+                 "asis_ms": dense_ms(profile), "fit_point": "fp32" in in_model}]
         for e in data["plans"]:
             if e["plan"] == str(budget_plan):
                 continue
@@ -145,13 +149,15 @@ def run_device(args, name: str, env: dict, profile) -> dict:
         bp = {"budget_ms": budget, "budget_rule": budget_rule, "predicted_ms": b["predicted"]["latency_ms"],
               "measured_ms": b["measured"]["latency_ms"], "guard": plans[str(budget_plan)].solver["guard"],
               "dtype": plans[str(budget_plan)].dtype, "met": b["measured"]["latency_ms"] <= budget}
-    priced_rows = [r for r in rows if r["priced_ms"] is not None]  # the statistics: plans the device is offered
+    # the statistics: plans the device is offered, less the calibration's own point
+    priced_rows = [r for r in rows if r["priced_ms"] is not None and not r.get("fit_point")]
     meas = [r["measured_ms"] for r in priced_rows]
     pri = [r["priced_ms"] for r in priced_rows]
     asis = [r["asis_ms"] for r in priced_rows]
     return {"name": name, "env": env, "calibration": str(cal), "calibration_s": calib["seconds"],
             "calibration_held_out_err": calib["validation"]["latency_err"], "rows": rows,
-            "runtimes_left_out": calib.get("runtimes_left_out", {}),
+            "runtimes_left_out": calib.get("runtimes_left_out", {}), "in_model": in_model,
+            "in_model_note": dev_prof.meta["target"]["in_model_note"],
             "median_err": median_rel_err(pri, meas), "spearman": spearman(pri, meas),
             "asis_median_err": median_rel_err(asis, meas), "asis_spearman": spearman(asis, meas),
             "budget_plan": bp}

@@ -2,8 +2,8 @@
 
 It times, through the kernels the runtime runs: the linears of every format that runs natively
 here (and fp) at the model family's layer shapes and a few row counts; dense attention at a few
-shapes; a memory copy (bandwidth); a tiny op (the host's dispatch per op). Each kernel family is
-fitted as
+shapes, and on a cache of each KV-cache format at the model's own scales; a memory copy
+(bandwidth); a tiny op (the host's dispatch per op). Each kernel family is fitted as
 
     t = overhead + max(flops / throughput, bytes / bandwidth)
 
@@ -11,6 +11,12 @@ fitted as
 on two thirds of the shapes; the rest are held out and their median error is the calibration's
 own check, and the guard a plan priced from it takes. A minute or two on a CPU, well under two
 on a GPU; `--budget-s` caps it.
+
+Isolated calls miss what a model adds around them (caches shared with the other operators; on a
+CPU that emulates a dtype, the conversions around every operator). So, given a profile, the last
+fifth of the budget times one dense generation of its model at each runtime dtype
+(generation_point), and a plan priced from the calibration scales its kernels by the factor that
+makes that generation come out as measured (profiler.devices.in_model_factors).
 """
 from __future__ import annotations
 
@@ -163,10 +169,13 @@ def _split(points: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def calibrate(device, family, arch, dtypes: tuple[str, ...] | None = None, budget_s: float = 120.0,
-              name: str | None = None, progress: bool = True) -> dict:
+              name: str | None = None, progress: bool = True, profile=None) -> dict:
     """The calibration of `device` for the layer shapes of `family` at `arch`, at each runtime dtype
-    of `dtypes` (default: the device's own first, then fp32 or bf16; see the module docstring)."""
+    of `dtypes` (default: the device's own first, then fp32 or bf16; see the module docstring).
+    With `profile` (of a model of `arch`), the last fifth of the budget times its dense
+    generations (generation_point)."""
     t0 = time.monotonic()
+    kernel_budget = budget_s * (GENERATION_START if profile is not None else 1.0)
     dev = device_of(device)
     dtypes = tuple(dtypes or dict.fromkeys((dev.default_dtype, "bf16" if dev.default_dtype == "fp32" else "fp32")))
     fp = dev.fingerprint()
@@ -176,7 +185,7 @@ def calibrate(device, family, arch, dtypes: tuple[str, ...] | None = None, budge
     runtimes, errs, points, left_out = {}, [], {}, {}
     from litevar.profiler.cost import progress_bar
     for i, dtype in enumerate(progress_bar(dtypes, "calibrate", progress, len(dtypes))):  # each a share of the rest
-        share = (t0 + budget_s - time.monotonic()) / (len(dtypes) - i)
+        share = (t0 + kernel_budget - time.monotonic()) / (len(dtypes) - i)
         runtime, held, points[dtype] = _calibrate_dtype(dev, spec, family, arch, dtype, bw, share)
         if "fp" not in runtime["gemm"]:  # an emulated dtype (bf16 on an AVX2-only CPU): plans never run in it
             left_out[dtype] = (f"its dense GEMMs too slow here to time 3 in its {share:.0f} s share of the budget "
@@ -195,16 +204,57 @@ def calibrate(device, family, arch, dtypes: tuple[str, ...] | None = None, budge
            "validation": {"latency_err": float(np.median(np.abs(errs))) if errs else None, "held_out": len(errs)},
            "kernels": {"int8_gemm": int8_gemm_path(dev.type)}, "points": points,
            "shapes_of": {"family": family.name, "arch": arch.to_dict()},
-           "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "seconds": round(time.monotonic() - t0, 1)}
+           "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     out.update(_fixed_costs(dev))
+    if profile is not None:
+        out["generation"] = generation_point(dev, family, arch, out, profile, t0 + budget_s)
+    out["seconds"] = round(time.monotonic() - t0, 1)
     return out
+
+
+GENERATION_START = 0.8  # share of the budget the kernels get when a generation is timed after them
+
+
+def generation_point(dev, family, arch, cal: dict, profile, deadline: float) -> dict:
+    """One dense generation of `arch` (batch 1, its own schedule) timed at each runtime dtype of
+    `cal`, on a model of that architecture (family.timing_model): the point that sets the
+    calibrated tier's in-model factor (profiler.devices.in_model_factors). A dtype is skipped
+    where the calibration itself prices a warm-up and one timed run beyond `deadline`.
+    {'arch', 'batch', 'ms': {dtype: ms}, 'skipped': {dtype or 'all': why}}."""
+    from litevar.profiler.devices import from_calibration, priced
+    out = {"arch": arch.to_dict(), "batch": 1, "ms": {}, "skipped": {}}
+    models = family.timing_model(arch, dev.torch)
+    if models is None:
+        out["skipped"]["all"] = f"the {family.name} family builds no model of this architecture to time"
+        return out
+    cm = priced(profile, from_calibration(cal)).cost_model
+    for dtype in cal["runtimes"]:
+        est_ms = cm.predict(arch, arch.patch_nums, 1, dtype=dtype).latency_ms
+        left_ms = 1e3 * (deadline - time.monotonic())
+        if 2 * est_ms > left_ms:
+            out["skipped"][dtype] = (f"a generation priced at {est_ms / 1e3:.1f} s, {max(left_ms, 0) / 1e3:.0f} s of "
+                                     "the budget left (raise --budget-s to time it)")
+            log.warning("calibrate: dense generation at %s not timed: %s", dtype, out["skipped"][dtype])
+            continue
+        out["ms"][dtype] = _generation_ms(dev, family.generation(models[1], 1, dtype), deadline)
+    return out
+
+
+def _generation_ms(dev, run, deadline: float) -> float:
+    """Median ms of up to 3 runs after a warm-up, as many as the time left holds at the warm-up's
+    pace (the price can be far off: an emulated dtype); none left: the warm-up's own time, which a
+    first run's allocations can only lengthen."""
+    import statistics
+    warm = dev.elapsed_ms(run, 1)
+    n = max(0, min(3, int(1e3 * (deadline - time.monotonic()) // max(warm, 1e-6))))
+    return statistics.median(dev.elapsed_ms(run, 1) for _ in range(n)) if n else warm
 
 
 def _calibrate_dtype(dev, spec, family, arch, dtype: str, bw: float, budget_s: float
                      ) -> tuple[dict, list[float], dict]:
     """({'gemm': {format: fit}, 'attention': fit}, held-out relative errors, the points) at one
-    runtime dtype, within `budget_s`: GEMMs get 85% of it, attention the rest."""
+    runtime dtype, within `budget_s`: GEMMs get 85% of it, dense attention 10%, attention on
+    each KV-cache format's cache the rest."""
     from litevar.kernels.formats import FORMATS, capability
     from litevar.profiler import costmodel as C
     t0 = time.monotonic()
@@ -215,16 +265,17 @@ def _calibrate_dtype(dev, spec, family, arch, dtype: str, bw: float, budget_s: f
     points = gemm_points(dev, dtype, layer_shapes(family, arch), rows, formats, t0 + 0.85 * budget_s, failed)
     H, D = arch.num_heads, arch.head_dim
     att_shapes = [(256, 680), (1024, 3000), (4096, 9451)] if dev.accelerator else [(64, 150), (256, 680), (1024, 2500)]
-    apts = attention_points(dev, dtype, H, D, att_shapes, t0 + budget_s)
-    runtime, errs = fit_runtime(spec, dtype, formats, points, apts, bw)
+    apts = attention_points(dev, dtype, H, D, att_shapes, t0 + 0.95 * budget_s)
+    kpts = kv_points(dev, dtype, arch, max(q * kv for q, kv in att_shapes), t0 + budget_s)
+    runtime, errs = fit_runtime(spec, dtype, formats, points, apts, bw, kpts)
     runtime["failed"] = failed
-    return runtime, errs, {"gemm": points, "attention": apts}
+    return runtime, errs, {"gemm": points, "attention": apts, "kv": kpts}
 
 
-def fit_runtime(spec, dtype: str, formats, points: list[dict], apts: list[dict], bw: float
-                ) -> tuple[dict, list[float]]:
-    """({'gemm': {format: fit}, 'attention': fit}, held-out relative errors) of the timed points at
-    one runtime dtype (every third point of a format held out)."""
+def fit_runtime(spec, dtype: str, formats, points: list[dict], apts: list[dict], bw: float,
+                kpts: list[dict] = ()) -> tuple[dict, list[float]]:
+    """({'gemm': {format: fit}, 'attention': fit, 'kv': {backend: fit}}, held-out relative errors)
+    of the timed points at one runtime dtype (every third point of a format held out)."""
     from litevar.profiler import costmodel as C
     from litevar.profiler.devices import linear_bytes
     act = C.DTYPE_BYTES[dtype]
@@ -245,11 +296,57 @@ def fit_runtime(spec, dtype: str, formats, points: list[dict], apts: list[dict],
         gemm[fmt] = {"tflops": tp.tflops, "overhead_ms": tp.overhead_ms, "rmse_rel": rms, "n": len(fit_pts),
                      "held_out_median_err": float(np.median(np.abs(held_err))) if held_err else None,
                      "efficiency": None if peak is None else tp.tflops / peak}
-    a_tp, a_rms = fit_throughput([4.0 * p["B"] * p["H"] * p["D"] * p["q_len"] * p["kv_len"] for p in apts],
-                                 [p["B"] * p["H"] * p["D"] * (2 * p["q_len"] + 2 * p["kv_len"]) * act for p in apts],
-                                 [p["ms"] for p in apts], bw, _peak(spec, "fp", dtype))
+    kv = {}
+    for backend in dict.fromkeys(p["backend"] for p in kpts):
+        pts = [p for p in kpts if p["backend"] == backend]
+        if len(pts) >= 2:
+            tp, rms = _fit_attention(pts, act, bw, _peak(spec, "fp", dtype))
+            kv[backend] = {"tflops": tp.tflops, "overhead_ms": tp.overhead_ms, "rmse_rel": rms, "n": len(pts)}
+    a_tp, a_rms = _fit_attention(apts, act, bw, _peak(spec, "fp", dtype))
     return {"gemm": gemm, "attention": {"tflops": a_tp.tflops, "overhead_ms": a_tp.overhead_ms,
-                                        "rmse_rel": a_rms, "n": len(apts)}}, errs
+                                        "rmse_rel": a_rms, "n": len(apts)}, "kv": kv}, errs
+
+
+def _fit_attention(pts: list[dict], act: int, bw: float, peak: float | None) -> tuple[Throughput, float]:
+    """The roofline fit of attention calls (dense flops and bytes of each call's shape)."""
+    return fit_throughput([4.0 * p["B"] * p["H"] * p["D"] * p["q_len"] * p["kv_len"] for p in pts],
+                          [p["B"] * p["H"] * p["D"] * (2 * p["q_len"] + 2 * p["kv_len"]) * act for p in pts],
+                          [p["ms"] for p in pts], bw, peak)
+
+
+def kv_points(dev, dtype: str, arch, max_work: int, deadline: float) -> list[dict]:
+    """ms of one attention call on a planned cache of each KV-cache format's backend
+    (costmodel.kv_backends: writing its segment, assembling the kept keys, attending, as the
+    profile's cost stage times it), at the three largest scales of `arch`'s schedule whose
+    q_len x kv_len is at most `max_work`: the first two of each backend whatever the time, the
+    third within `deadline`. A backend that fails here is left out (priced as dense attention)."""
+    from litevar.profiler import costmodel as C
+    from litevar.profiler.cost import measure_attention
+    pns = tuple(arch.patch_nums or family_schedule(arch))
+    ends = np.cumsum([p * p for p in pns])
+    scales = [s for s in range(len(pns)) if pns[s] ** 2 * ends[s] <= max_work][-3:]
+    out = []
+    for backend in sorted(set(C.kv_backends().values())):
+        for i, s in enumerate(scales):
+            if i >= 2 and time.monotonic() > deadline:
+                break
+            try:
+                ms, _ = measure_attention(pns, s, 2, arch.num_heads, arch.head_dim, backend, dev.torch, dtype,
+                                          warmup=1, repeats=3)
+            except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:
+                log.warning("calibrate: attention on a %s cache fails here at %s (%s); priced as dense", backend,
+                            dtype, e)
+                out = [p for p in out if p["backend"] != backend]
+                break
+            out.append({"backend": backend, "B": 2, "H": arch.num_heads, "D": arch.head_dim,
+                        "q_len": pns[s] ** 2, "kv_len": int(ends[s]), "ms": ms})
+    return out
+
+
+def family_schedule(arch) -> tuple[int, ...]:
+    from litevar.models.core.family import family_of
+    fam = family_of(arch)
+    return fam.schedule_for(min(fam.schedules))
 
 
 def _peak(spec, fmt: str, dtype: str) -> float | None:
@@ -275,7 +372,7 @@ def refit(cal: dict) -> dict:
             continue
         formats = list(dict.fromkeys(p["format"] for p in pts["gemm"]))
         out["runtimes"][dtype], held = fit_runtime(spec, dtype, formats, pts["gemm"], pts["attention"],
-                                                   cal["bandwidth_gbs"])
+                                                   cal["bandwidth_gbs"], pts.get("kv", []))
         out["runtimes"][dtype]["failed"] = cal["runtimes"].get(dtype, {}).get("failed", {})
         errs += held
     out["validation"] = {"latency_err": float(np.median(np.abs(errs))) if errs else None, "held_out": len(errs)}

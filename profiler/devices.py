@@ -175,6 +175,9 @@ class Runtime:
 
     gemm: dict[str, Throughput]  # litevar format -> throughput (fp: a linear at this dtype)
     attention: Throughput
+    # attention backend of a KV-cache format (costmodel.kv_backends) -> its call on such a cache,
+    # timed by the calibration; a backend not here is priced as dense attention
+    kv: dict[str, Throughput] = field(default_factory=dict)
 
 
 @dataclass
@@ -195,6 +198,8 @@ class Target:
     guard: dict = field(default_factory=dict)
     fingerprint: dict = field(default_factory=dict)  # what the plan records of the device
     sources: dict = field(default_factory=dict)
+    # a dense generation timed there (calibrate.generation_point: arch, batch, ms per dtype); None: none
+    generation: dict | None = None
 
     @property
     def gemm(self) -> dict[str, Throughput]:
@@ -254,8 +259,10 @@ def from_calibration(cal: dict) -> Target:
     """A calibrated device (`litevar calibrate`'s file)."""
     spec = catalogue().get(cal.get("spec") or "")
     caps = capabilities(spec) if spec is not None else None
-    runtimes = {dtype: Runtime({name: Throughput(g["tflops"], g["overhead_ms"]) for name, g in rt["gemm"].items()},
-                               Throughput(rt["attention"]["tflops"], rt["attention"]["overhead_ms"]))
+    def fit(f):
+        return Throughput(f["tflops"], f["overhead_ms"])
+    runtimes = {dtype: Runtime({name: fit(g) for name, g in rt["gemm"].items()}, fit(rt["attention"]),
+                               {b: fit(f) for b, f in rt.get("kv", {}).items()})
                 for dtype, rt in cal["runtimes"].items()}
     memory = cal.get("memory_gib")
     fp = cal["device"]
@@ -264,7 +271,7 @@ def from_calibration(cal: dict) -> Target:
     return Target(cal.get("name") or fp.get("name", "calibrated"), "calibrated", fp.get("type", "cpu"), cal["dtype"],
                   memory, cal["bandwidth_gbs"], runtimes, cal["dispatch_ms"],
                   cal.get("context_mib", 0.0), cal.get("reserve_frac", 0.0), caps, guard, fp,
-                  {"calibration": cal.get("created", "")})
+                  {"calibration": cal.get("created", "")}, cal.get("generation"))
 
 
 def load_target(name_or_path: str) -> Target:
@@ -318,6 +325,7 @@ class TargetCostModel(C.CostModel):
     source_tflops: float = 0.0
     host_ops: object = None  # profiler.hostops.HostOps on an accelerator (its host dispatches), else None
     act_coefs: dict = field(default_factory=dict)  # runtime dtype -> the source profile's activation factor
+    in_model: dict = field(default_factory=dict)  # runtime dtype -> the target's in-model factor (in_model_factors)
 
     def activation_coef(self, dtype: str | None = None) -> float:
         return self.act_coefs.get(dtype or self.dtype, self.memory.coef[1])
@@ -360,10 +368,14 @@ class TargetCostModel(C.CostModel):
         k = 1.0 if backend.startswith("dense") else kept
         flops = 4.0 * B * H * D * q_len * kv_len * k
         nbytes = B * H * D * (2 * q_len + 2 * kv_len * max(k, min(1.0, 64.0 / max(q_len, 1)))) * act
-        return t.runtime(dtype).attention.ms(flops, nbytes, t.bandwidth_gbs)
+        rt = t.runtime(dtype)
+        return rt.kv.get(backend, rt.attention).ms(flops, nbytes, t.bandwidth_gbs)
 
     def alpha_of(self, kernel: str, dtype: str | None = None) -> float:
-        return 1.0  # the target's kernels are priced as they run in the model
+        """The target's own in-model factor at `dtype`, for every kernel family (as a profile gives a
+        family it never ran in a generation its dense factor); 1 where the target timed no generation
+        of this model: its kernels priced as the isolated calls ran."""
+        return self.in_model.get(dtype or self.dtype, 1.0)
 
     def gamma_of(self, kernel: str, dtype: str | None = None) -> float:
         return 0.0  # (the roofline's bytes hold the activations)
@@ -406,12 +418,47 @@ def priced(profile, target: Target):
                           features=cm.features, kernels=cm.kernels, timing_s=None, target=target,
                           source_dispatch_ms=source_dispatch, source_tflops=source_tflops, host_ops=ops,
                           act_coefs={d: cm.activation_coef(d) for d in target.runtimes})
+    tcm.in_model, in_model_note = in_model_factors(tcm, profile.arch, target)
     meta = {k: v for k, v in profile.meta.items() if k not in ("validation",)}
     meta["target"] = {"name": target.name, "tier": target.tier, "dtype": target.dtype,
+                      "in_model": tcm.in_model, "in_model_note": in_model_note,
                       "memory_gib": target.memory_gib, "sources": target.sources,
                       "dispatch_ratio": dispatch_ratio, "throughput_ratio": throughput_ratio,
                       "token_ratio": token_ratio, "host_ops": None if ops is None else ops.to_dict()}
     return Profile(meta=meta, tables=profile.tables, priced=tcm)
+
+
+IN_MODEL_FLOOR = 0.25  # the least in-model factor taken from a generation (below: the overhead over-priced)
+
+
+def in_model_factors(tcm: TargetCostModel, arch, target: Target) -> tuple[dict, str]:
+    """({runtime dtype: factor}, what they rest on): per dtype, the factor on the target's kernel
+    prices that makes the dense generation the target timed (calibrate.generation_point) come out
+    as measured, given the overhead priced for it:
+
+        factor = (measured - overhead) / kernels,   both priced at factor 1
+
+    It holds what isolated calls miss in a model: caches shared with the other operators, and on a
+    CPU that emulates a dtype, the conversions around every operator. {} where the target timed no
+    generation of `arch` (a catalogue device, an older calibration, another model's shapes)."""
+    gen = target.generation or {}
+    if not gen.get("ms"):
+        why = (gen.get("skipped") or {}).get("all") or "no dense generation timed"
+        return {}, f"kernels as isolated calls ran ({why})"
+    if gen.get("arch") != arch.to_dict():
+        return {}, ("kernels as isolated calls ran (the calibration timed a generation of another model: re-run "
+                    "`litevar calibrate --profile` with this model's profile)")
+    out = {}
+    for dtype, ms in gen["ms"].items():
+        if dtype not in target.runtimes:
+            continue
+        p = tcm.predict(arch, arch.patch_nums, int(gen.get("batch", 1)), dtype=dtype)
+        kernels = p.latency_ms - p.overhead_ms
+        out[dtype] = max(IN_MODEL_FLOOR, (ms - p.overhead_ms) / kernels) if kernels > 0 else 1.0
+        if (ms - p.overhead_ms) / max(kernels, 1e-9) < IN_MODEL_FLOOR:
+            log.warning("in-model factor at %s floored at %g: the overhead priced (%.1f ms) is most of the timed "
+                        "generation (%.1f ms)", dtype, IN_MODEL_FLOOR, p.overhead_ms, ms)
+    return out, "one dense generation timed on the device (litevar calibrate)"
 
 
 def tier_of(profile) -> str:

@@ -4,9 +4,11 @@ the runtime dtype as a planned decision, and a plan refused on another kind of d
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from litevar.planner.build import plan_prediction
 from litevar.planner.plan import Plan
 from litevar.profiler import costmodel as C
 from litevar.profiler.devices import (
@@ -14,6 +16,7 @@ from litevar.profiler.devices import (
     Throughput,
     capabilities,
     catalogue,
+    from_calibration,
     from_spec,
     linear_bytes,
     load_target,
@@ -224,7 +227,6 @@ def test_auto_dtype_keeps_the_least_loss_plan(tmp_path, capsys, bf16_loss, expec
     assert plan.predicted.loss == pytest.approx(min(losses.values()))
     assert plan.predicted.loss >= (bf16_loss if expect == "bf16" else 0.0)
     # its figures are the cost model's at that dtype
-    from litevar.planner.build import plan_prediction
     pred = plan_prediction(plan, Profile.load(path))
     assert pred.latency_ms == pytest.approx(plan.predicted.latency_ms, rel=1e-9)
 
@@ -267,11 +269,32 @@ def test_calibration_file_round_trips_into_a_target(tmp_path):
     the target it loads as is at the calibrated tier with both runtime dtypes."""
     from litevar.models.core.family import get_family
     from litevar.profiler import calibrate as cal
-    arch = Profile.load("profiles/default-cpu.json").arch
-    c = cal.calibrate("cpu", get_family("var"), arch, ("fp32", "bf16"), budget_s=12.0, progress=False)
+    profile = Profile.load("profiles/default-cpu.json")
+    arch = profile.arch
+    c = cal.calibrate("cpu", get_family("var"), arch, ("fp32", "bf16"), budget_s=15.0, progress=False,
+                      profile=profile)
     path = tmp_path / "here.json"
     cal.write(c, path)
     t = load_target(str(path))
+    # the dense generation it timed (the shipped default model, fp32 at least: 0.2 s on a Zen 3)
+    # sets the in-model factor, so the dense model priced for it comes out as that generation measured
+    gen = c["generation"]
+    assert gen["arch"] == arch.to_dict() and gen["ms"]["fp32"] > 0
+    assert set(gen["ms"]) | set(gen["skipped"]) == set(t.runtimes)
+    cm = priced(profile, t).cost_model
+    for dtype, ms in gen["ms"].items():
+        assert cm.predict(arch, arch.patch_nums, 1, dtype=dtype).latency_ms == pytest.approx(ms, rel=1e-9)
+    # a call on each KV-cache format's cache, timed at the model's own scales, prices that backend
+    # (else priced as dense attention): KV8's dequantisation is not free on any CPU
+    for dtype, rt in t.runtimes.items():
+        assert set(rt.kv) == set(C.kv_backends().values()) and all(k.tflops > 0 for k in rt.kv.values())
+        p = c["points"][dtype]["kv"][-1]
+        dense = cm.attn_ms(p["B"], p["H"], p["D"], p["q_len"], p["kv_len"], 1.0, "dense", dtype)
+        kv = cm.attn_ms(p["B"], p["H"], p["D"], p["q_len"], p["kv_len"], 1.0, p["backend"], dtype)
+        assert kv == pytest.approx(rt.kv[p["backend"]].ms(
+            4.0 * p["B"] * p["H"] * p["D"] * p["q_len"] * p["kv_len"],
+            p["B"] * p["H"] * p["D"] * (2 * p["q_len"] + 2 * p["kv_len"]) * C.DTYPE_BYTES[dtype], t.bandwidth_gbs),
+            rel=1e-9) and kv != dense
     # bf16 where it was timed in its share (an AVX2-only CPU emulates it, ~60x slower than fp32:
     # then it is left out, said why, and never planned)
     assert t.tier == "calibrated" and t.type == "cpu" and "fp32" in t.runtimes
@@ -285,6 +308,39 @@ def test_calibration_file_round_trips_into_a_target(tmp_path):
     path.write_text(json.dumps(bad))
     with pytest.raises(Exception, match="version 2"):
         load_target(str(path))
+
+
+def test_in_model_factor_prices_the_timed_generation_and_only_for_its_model():
+    """The factor on the target's kernel prices: with a dense generation of the profile's model timed
+    (a random time, from twice to five times the kernels' price plus the overhead), the dense model
+    is priced at exactly that, and every plan's kernels take the same factor. Another model's
+    generation, or none, leaves the kernels as the isolated calls ran (factor 1); a generation
+    faster than the overhead priced for it floors the factor."""
+    import random
+
+    from litevar.profiler.devices import IN_MODEL_FLOOR, in_model_factors
+    profile = Profile.load("profiles/default-cpu.json")
+    arch, cal = profile.arch, json.loads(Path("devices/avx2.json").read_text())
+    cal.pop("generation", None)
+    bare = priced(profile, from_calibration(cal)).cost_model
+    p = bare.predict(arch, arch.patch_nums, 1, dtype="fp32")
+    kernels = p.latency_ms - p.overhead_ms
+    factor = random.uniform(2.0, 5.0)
+    cal["generation"] = {"arch": arch.to_dict(), "batch": 1, "ms": {"fp32": p.overhead_ms + factor * kernels},
+                         "skipped": {}}
+    prof = priced(profile, from_calibration(cal))
+    assert prof.meta["target"]["in_model"]["fp32"] == pytest.approx(factor, rel=1e-9)
+    assert prof.cost_model.predict(arch, arch.patch_nums, 1, dtype="fp32").latency_ms == pytest.approx(
+        p.overhead_ms + factor * kernels, rel=1e-9)
+    plan = Plan.load("plans/default-cpu-256-x10.json")
+    a, b = (plan_prediction(plan, pp) for pp in (priced(profile, from_calibration({**cal, "generation": None})), prof))
+    assert b.latency_ms - b.overhead_ms == pytest.approx(factor * (a.latency_ms - a.overhead_ms), rel=1e-9)
+    other = {**cal["generation"], "arch": {**arch.to_dict(), "depth": arch.depth + 1}}
+    factors, note = in_model_factors(bare, arch, from_calibration({**cal, "generation": other}))
+    assert factors == {} and "another model" in note
+    assert priced(profile, from_calibration({**cal, "generation": None})).meta["target"]["in_model"] == {}
+    fast = {**cal["generation"], "ms": {"fp32": 0.5 * p.overhead_ms}}
+    assert in_model_factors(bare, arch, from_calibration({**cal, "generation": fast}))[0] == {"fp32": IN_MODEL_FLOOR}
 
 
 def test_linear_bytes_counts_weights_in_their_format():
@@ -340,14 +396,32 @@ def test_activation_memory_is_never_scaled_below_what_was_measured():
 
 
 def test_calibration_report_names_every_left_out_kernel_and_dtype(capsys):
-    """`litevar calibrate` prints a format whose kernel failed under its dtype, and a runtime dtype
-    left out of the calibration, each on its own line."""
+    """`litevar calibrate` prints a format whose kernel failed under its dtype, a runtime dtype left
+    out of the calibration, and the dense generation it timed or not, each on its own line."""
     from litevar.commands.calibrate import _report
     fit = {"tflops": 1.0, "overhead_ms": 0.01}
     rt = {"gemm": {"fp": {**fit, "efficiency": None}}, "attention": fit, "failed": {"W4A8": "no kernel"}}
     _report("here.json", {"name": "cpu", "runtimes": {"fp32": rt}, "seconds": 1.0, "bandwidth_gbs": 1.0,
                           "dispatch_ms": 0.001, "validation": {"latency_err": 0.1},
-                          "runtimes_left_out": {"bf16": "too slow in its share"}})
+                          "runtimes_left_out": {"bf16": "too slow in its share"},
+                          "generation": {"ms": {"fp32": 12.5}, "skipped": {"fp16": "priced at 9 s"}}})
     out = capsys.readouterr().out
     assert "fp32  W4A8   left out: its kernel fails on this device (no kernel)" in out
     assert "bf16  left out: too slow in its share" in out
+    assert "fp32  dense generation (batch 1) 12.5 ms" in out and "fp16  dense generation not timed: priced" in out
+
+
+def test_timing_model_is_exactly_the_architecture_or_none(monkeypatch):
+    """What `litevar calibrate` times: the shipped default model for its own architecture; for an
+    architecture neither it nor an untrained official one of that depth has (the default's
+    narrow width at another depth), None, found on the meta device without building anything."""
+    from litevar.models.core.family import get_family
+    fam, arch = get_family("var"), Profile.load("profiles/default-cpu.json").arch
+    vae, model = fam.timing_model(arch, "cpu")
+    assert fam.arch_of(model) == arch
+    other = fam.arch_from_dict({**arch.to_dict(), "depth": arch.depth + 1})
+    built, load = [], type(fam).load
+    monkeypatch.setattr(type(fam), "load", lambda self, flags, device: built.append(str(device)) or load(self, flags,
+                                                                                                        device))
+    assert fam.timing_model(other, "cpu") is None
+    assert built == ["meta"]

@@ -12,7 +12,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--out", required=True, help="calibration JSON to write, e.g. devices/h100.json")
     p.add_argument("--name", help="the device's name in plans and reports (default: its fingerprint's)")
-    p.add_argument("--profile", help="take the layer shapes of this profile's model (default: VAR at --depth)")
+    p.add_argument("--profile", help="take the layer shapes of this profile's model (default: VAR at --depth), and "
+                   "time one dense generation of that model, which sets the kernels' in-model factor when a plan "
+                   "prices this profile for the device")
+    p.add_argument("--no-generation", action="store_true", help="with --profile: time the kernels only (plans priced "
+                   "from the calibration then take the kernels as isolated calls ran)")
     p.add_argument("--depth", type=COUNT, default=16, help="VAR depth whose layer shapes to time (default 16)")
     p.add_argument("--dtypes", help="runtime dtypes to calibrate, comma-separated, e.g. fp32,bf16 (default: the "
                    "device's own, then fp32 or bf16; T4-class GPUs: fp16)")
@@ -33,9 +37,11 @@ def run(args) -> int:
         _report(args.out, c)
         return 0
     dev = device_of(resolve_device(args.device))
+    profile = None
     if args.profile:
         from litevar.profiler.profile import Profile
-        arch = Profile.load(args.profile).arch
+        profile = Profile.load(args.profile)
+        arch = profile.arch
     else:
         arch = arch_from({"family": "var", "depth": args.depth, "embed_dim": 64 * args.depth,
                           "num_heads": args.depth, "V": 4096, "Cvae": 32})
@@ -44,7 +50,7 @@ def run(args) -> int:
         raise UserError(f"--budget-s {budget:g}: give at least 20 s (a calibration times a few dozen calls)")
     dtypes = _dtypes(args.dtypes)
     c = cal.calibrate(dev.torch, family_of(arch) if args.profile else get_family("var"), arch, dtypes, budget,
-                      args.name)
+                      args.name, profile=None if args.no_generation else profile)
     cal.write(c, args.out)
     _report(args.out, c)
     return 0
@@ -78,10 +84,18 @@ def _report(out, c: dict) -> None:
         a = rt["attention"]
         print(f"  {dtype:5s} {'attn':6s} {a['tflops']:8.3f} TFLOP/s sustained, "
               f"{1e3 * a['overhead_ms']:.1f} us per call")
+        for backend, k in rt.get("kv", {}).items():
+            print(f"  {dtype:5s} attn on a {backend.removeprefix('dense_')} cache: {k['tflops']:.3f} TFLOP/s "
+                  f"sustained, {1e3 * k['overhead_ms']:.1f} us per call")
         for fmt, why in rt.get("failed", {}).items():
             print(f"  {dtype:5s} {fmt:6s} left out: its kernel fails on this device ({why})")
     for dtype, why in c.get("runtimes_left_out", {}).items():
         print(f"  {dtype:5s} left out: {why}; plans for this device never run in {dtype}")
+    gen = c.get("generation")
+    for dtype, ms in (gen or {}).get("ms", {}).items():
+        print(f"  {dtype:5s} dense generation (batch 1) {ms:.1f} ms: sets the kernels' in-model factor")
+    for dtype, why in (gen or {}).get("skipped", {}).items():
+        print(f"  {dtype:5s} dense generation not timed: {why}")
 
 
 def _dtypes(text: str | None) -> tuple[str, ...] | None:

@@ -176,6 +176,10 @@ def run(args) -> int:
         print(f"note: priced for the CPU the profile was measured on; this one differs ({other}). To plan for this "
               "one: `litevar calibrate --device cpu --profile PROFILE --out devices/here.json`, then --device "
               "devices/here.json")
+    if target is not None and target.tier == "calibrated":
+        im = profile.meta["target"]
+        factors = ", ".join(f"{d} {f:.2f}" for d, f in im["in_model"].items())
+        print(f"in-model factor: {factors or '1 (none)'}: {im['in_model_note']}")
     print(f"guard: budgets tightened by {pct(guard['latency'])} (latency) and {pct(guard['memory'])} (memory) "
           f"({guard['source']})")
     print(f"solver {s['name']}: {s['status']}, gap {pct(s['gap'])} (vs a bound on every window configuration: "

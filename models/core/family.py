@@ -15,7 +15,8 @@ and, on a live model:
     arch_of, schedule_of, device_of, attention_modules, weights_sha256
     conditions / sample / teacher_forced / token_kl   calibration and the family's loss
     generation / transformer_phase / decode / random_latent / model_for_schedule   what the cost
-                            stage times and measures
+                            stage times and measures (timing_model: a model of an architecture, for
+                            `litevar calibrate` to time)
     load(flags)             a model from the command line's model flags
 
 Per-block attention modules carry `backend` (an AttentionBackend), `kv_factory` (None or a
@@ -295,6 +296,24 @@ class ModelFamily:
     def load(self, flags: ModelFlags, device):
         """(vae, model) from the command line's flags."""
         raise NotImplementedError
+
+    def timing_model(self, arch: Arch, device):
+        """(vae, model) of exactly `arch` whose generations take the time any model of it takes (the
+        weights do not change a generation's work), or None: the family's shipped default model where
+        it is that architecture, else an untrained one of its depth and schedule (loaded on the meta
+        device first, so a mismatch costs nothing). `litevar calibrate` times it."""
+        if self.name in DEFAULT_MODELS:
+            vae, model = load_default_model(self.name, device)
+            if self.arch_of(model) == arch:
+                return vae, model
+        flags = ModelFlags(family=self.name, depth=arch.depth, random_init=True,
+                           patch_nums=None if arch.patch_nums is None else tuple(arch.patch_nums))
+        try:
+            if self.arch_of(self.load(flags, torch.device("meta"))[1]) != arch:
+                return None
+        except (UserError, NotImplementedError, RuntimeError, ValueError):
+            return None
+        return self.load(flags, device)
 
 
 FAMILIES: dict[str, ModelFamily] = {}
