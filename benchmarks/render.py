@@ -434,8 +434,24 @@ def transfer() -> str:
             lines.append(_transfer_row(dev, d["provenance"]))
             notes += _transfer_notes(dev)
     lines += ["", *(f"- {n}." for n in notes), ""]
+    for d in files.values():
+        lines += [_transfer_plans(dev) for dev in d["data"]["devices"] if dev["name"] == "host"]
     lines += [f"- {name}: " + source(d, name) for name, d in files.items()]
     return "\n".join(lines)
+
+
+def _transfer_plans(dev: dict) -> str:
+    """Each plan on the real other CPU: measured, priced from its calibration, and as the profile
+    priced it on its own machine."""
+    def err(r, key):
+        return "-" if r.get(key) is None else f"{100 * (r[key] / r['measured_ms'] - 1):+.1f}%"
+    lines = ["| plan (the real other CPU) | measured ms | priced from its calibration | error | profile as is | "
+             "error |", "|---|---:|---:|---:|---:|---:|"]
+    for r in dev["rows"]:
+        own = " (the calibration's own point)" if r.get("fit_point") else ""
+        lines.append(f"| {r['plan'].removeprefix('default-cpu-256-')}{own} | {r['measured_ms']:.1f} | "
+                     f"{num(r.get('priced_ms'))} | {err(r, 'priced_ms')} | {r['asis_ms']:.1f} | {err(r, 'asis_ms')} |")
+    return "\n".join(lines) + "\n"
 
 
 def _transfer_row(dev: dict, prov: dict) -> str:
@@ -457,6 +473,9 @@ def _transfer_notes(dev: dict) -> list[str]:
         notes.append(f"{dev['name']}: not priced, the device is not offered what they run: {'; '.join(skipped)}")
     for dtype, why in (dev.get("runtimes_left_out") or {}).items():
         notes.append(f"{dev['name']}: the {dtype} runtime is left out of its calibration: {why}")
+    factors = ", ".join(f"{d} {f:.2f}" for d, f in (dev.get("in_model") or {}).items())
+    notes.append(f"{dev['name']}: in-model factor {factors or '1 (none)'}: "
+                 f"{dev.get('in_model_note', 'kernels as isolated calls ran (a calibration without a generation)')}")
     return notes
 
 

@@ -372,10 +372,13 @@ class TargetCostModel(C.CostModel):
         return rt.kv.get(backend, rt.attention).ms(flops, nbytes, t.bandwidth_gbs)
 
     def alpha_of(self, kernel: str, dtype: str | None = None) -> float:
-        """The target's own in-model factor at `dtype`, for every kernel family (as a profile gives a
-        family it never ran in a generation its dense factor); 1 where the target timed no generation
-        of this model: its kernels priced as the isolated calls ran."""
-        return self.in_model.get(dtype or self.dtype, 1.0)
+        """The target's in-model factor at `dtype` for the dense family (fp linears and attention),
+        which its timed generation measured; 1 for a quantized family, which no generation ran
+        there, and where the target timed no generation of this model: priced as the isolated calls
+        ran. (Carrying the dense factor over to the quantized families over-priced them by a median
+        of 24% on an AVX2-only Zen 3, docs/benchmarks.md section 5: a slow kernel's own work leaves
+        less for the model around it to add.)"""
+        return self.in_model.get(dtype or self.dtype, 1.0) if kernel == "dense" else 1.0
 
     def gamma_of(self, kernel: str, dtype: str | None = None) -> float:
         return 0.0  # (the roofline's bytes hold the activations)
@@ -432,9 +435,9 @@ IN_MODEL_FLOOR = 0.25  # the least in-model factor taken from a generation (belo
 
 
 def in_model_factors(tcm: TargetCostModel, arch, target: Target) -> tuple[dict, str]:
-    """({runtime dtype: factor}, what they rest on): per dtype, the factor on the target's kernel
-    prices that makes the dense generation the target timed (calibrate.generation_point) come out
-    as measured, given the overhead priced for it:
+    """({runtime dtype: factor}, what they rest on): per dtype, the factor on the target's dense
+    kernel prices (fp linears, attention) that makes the dense generation the target timed
+    (calibrate.generation_point) come out as measured, given the overhead priced for it:
 
         factor = (measured - overhead) / kernels,   both priced at factor 1
 

@@ -313,7 +313,7 @@ def test_calibration_file_round_trips_into_a_target(tmp_path):
 def test_in_model_factor_prices_the_timed_generation_and_only_for_its_model():
     """The factor on the target's kernel prices: with a dense generation of the profile's model timed
     (a random time, from twice to five times the kernels' price plus the overhead), the dense model
-    is priced at exactly that, and every plan's kernels take the same factor. Another model's
+    is priced at exactly that, and every plan's dense kernels take the same factor. Another model's
     generation, or none, leaves the kernels as the isolated calls ran (factor 1); a generation
     faster than the overhead priced for it floors the factor."""
     import random
@@ -332,9 +332,14 @@ def test_in_model_factor_prices_the_timed_generation_and_only_for_its_model():
     assert prof.meta["target"]["in_model"]["fp32"] == pytest.approx(factor, rel=1e-9)
     assert prof.cost_model.predict(arch, arch.patch_nums, 1, dtype="fp32").latency_ms == pytest.approx(
         p.overhead_ms + factor * kernels, rel=1e-9)
+    # a plan with quantized layers: its fp linears and attention take the factor, its quantized
+    # linears (no generation ran them there) do not
     plan = Plan.load("plans/default-cpu-256-x10.json")
     a, b = (plan_prediction(plan, pp) for pp in (priced(profile, from_calibration({**cal, "generation": None})), prof))
-    assert b.latency_ms - b.overhead_ms == pytest.approx(factor * (a.latency_ms - a.overhead_ms), rel=1e-9)
+    quant = sum(v for n, v in a.per_layer_ms.items() if plan.formats.get(n, "fp") != "fp" and not n.endswith(".qk"))
+    assert 0 < quant < a.latency_ms - a.overhead_ms
+    assert b.latency_ms - b.overhead_ms == pytest.approx(factor * (a.latency_ms - a.overhead_ms - quant) + quant,
+                                                         rel=1e-9)
     other = {**cal["generation"], "arch": {**arch.to_dict(), "depth": arch.depth + 1}}
     factors, note = in_model_factors(bare, arch, from_calibration({**cal, "generation": other}))
     assert factors == {} and "another model" in note
