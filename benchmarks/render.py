@@ -621,7 +621,9 @@ def kernels() -> str:
     for r in k.get("attention", []):
         lines.append(f"| {r['resolution']} | {r['heads']} | {r['q_tokens']:,} / {r['kv_tokens']:,} | {r['backend']} | "
                      f"{100 * r['kept']:.0f}% | {r['ms']:.1f} | {r['speedup']:.2f}x | {num(r.get('max_err'), '.1e')} |")
-    lines += ["", "| layer | depth | M x N x K | kernel | impl | ms (layer) | speedup vs bf16 (layer) | SQNR dB |",
+    # the dense reference: bf16, or fp32 where bf16 is emulated
+    ref = next((r["format"] for r in k.get("gemm", []) if r["kernel"] == "dense"), "bf16")
+    lines += ["", f"| layer | depth | M x N x K | kernel | impl | ms (layer) | speedup vs {ref} (layer) | SQNR dB |",
               "|---|---:|---|---|---|---:|---:|---:|"]
     for r in k.get("gemm", []):
         if r.get("status") != "ok":

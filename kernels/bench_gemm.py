@@ -1,6 +1,8 @@
-"""Benchmark of the quantized GEMMs against a bf16 matmul measured in the same run, at VAR's
-linear shapes. `bench_gemm(device, quick)` returns one dict per (shape, kernel); the CLI
-(`litevar bench-kernels`) prints them with `print_table`.
+"""Benchmark of the quantized GEMMs against a dense matmul measured in the same run, at VAR's
+linear shapes: activations in bf16, or in fp32 on a CPU that emulates bf16
+(Device.bf16_faster), where a bf16 reference would time the emulation. `bench_gemm(device,
+quick)` returns one dict per (shape, kernel); the CLI (`litevar bench-kernels`) prints them with
+`print_table`.
 
 Two timings per row: `ms` is the GEMM alone (activations already quantized), `ms_layer` is
 what a QuantLinear runs (dynamic per-token activation quantization + GEMM). Triton is not
@@ -96,7 +98,8 @@ def device_peaks(device: str) -> dict | None:
 
 def _cases(x_MK: torch.Tensor, linear: nn.Linear, triton_ok: bool):
     """(kernel, format, impl, gemm_fn, layer_fn) for every path of one shape; None = skipped."""
-    cases = [("dense", "bf16", "torch", lambda: linear(x_MK), None)]
+    dense = "bf16" if x_MK.dtype == torch.bfloat16 else "fp32"
+    cases = [("dense", dense, "torch", lambda: linear(x_MK), None)]
     for fmt, kernel in (("W8A8", "w8a8"), ("W4A8", "w4a8"), ("W4A16", "w4a16")):
         for impl in ("torch", "triton"):
             if impl == "triton" and not triton_ok:
@@ -128,12 +131,14 @@ def _bench_shape(layer, depth, M, N, K, device, triton_ok, peaks) -> list[dict]:
     linear = nn.Linear(K, N, bias=LAYERS[layer][2], device=device)
     x_MK = torch.randn(M, K, device=device)
     y_float = linear(x_MK)  # fp32 reference for quality (sqnr_db)
-    x_MK, linear = x_MK.bfloat16(), linear.bfloat16()
+    dev = device_of(device)
+    if dev.accelerator or dev.bf16_faster():
+        x_MK, linear = x_MK.bfloat16(), linear.bfloat16()
     rows, outs, dense_ms = [], {}, None
     flops = 2 * M * N * K
     for kernel, fmt, impl, gemm_fn, layer_fn in _cases(x_MK, linear, triton_ok):
         row = dict(kernel=kernel, format=fmt, impl=impl, layer=layer, depth=depth, M=M, N=N, K=K,
-                   native=capability(fmt if fmt != "bf16" else "fp", device).native,
+                   native=capability(fmt if fmt not in ("bf16", "fp32") else "fp", device).native,
                    ms=None, ms_layer=None, tops=None, peak_frac=None, speedup=None,
                    speedup_layer=None, max_err=None, sqnr_db=None, status="ok")
         rows.append(row)
@@ -157,7 +162,8 @@ def _bench_shape(layer, depth, M, N, K, device, triton_ok, peaks) -> list[dict]:
 
 
 def bench_gemm(device: str = "cuda", which: str = "full") -> list[dict]:
-    """Time every GEMM path against a bf16 matmul at VAR linear shapes on `device`."""
+    """Time every GEMM path against a dense matmul (bf16, or fp32 where bf16 is emulated) at VAR
+    linear shapes on `device`."""
     device = torch.device(device).type
     triton_ok = device_of(device).triton_native and triton_available()
     peaks = device_peaks(device)

@@ -2,7 +2,8 @@
 
 It times, through the kernels the runtime runs: the linears of every format that runs natively
 here (and fp) at the model family's layer shapes and a few row counts; dense attention at a few
-shapes, and on a cache of each KV-cache format at the model's own scales; a memory copy
+shapes, and the other attention backends (a cache of each KV-cache format, QK8, windows) at the
+model's own scales; a memory copy
 (bandwidth); a tiny op (the host's dispatch per op). Each kernel family is fitted as
 
     t = overhead + max(flops / throughput, bytes / bandwidth)
@@ -253,8 +254,8 @@ def _generation_ms(dev, run, deadline: float) -> float:
 def _calibrate_dtype(dev, spec, family, arch, dtype: str, bw: float, budget_s: float
                      ) -> tuple[dict, list[float], dict]:
     """({'gemm': {format: fit}, 'attention': fit}, held-out relative errors, the points) at one
-    runtime dtype, within `budget_s`: GEMMs get 85% of it, dense attention 10%, attention on
-    each KV-cache format's cache the rest."""
+    runtime dtype, within `budget_s`: GEMMs get 75% of it, dense attention 10%, the other
+    attention backends (backend_points) the rest."""
     from litevar.kernels.formats import FORMATS, capability
     from litevar.profiler import costmodel as C
     t0 = time.monotonic()
@@ -262,20 +263,20 @@ def _calibrate_dtype(dev, spec, family, arch, dtype: str, bw: float, budget_s: f
     formats = ["fp"] + [f for f in FORMATS if f != "fp" and capability(f, dev.torch).native
                         and not (FORMATS[f].casts and C.DTYPE_BYTES.get(dtype) == 2)]
     failed = {}
-    points = gemm_points(dev, dtype, layer_shapes(family, arch), rows, formats, t0 + 0.85 * budget_s, failed)
+    points = gemm_points(dev, dtype, layer_shapes(family, arch), rows, formats, t0 + 0.75 * budget_s, failed)
     H, D = arch.num_heads, arch.head_dim
     att_shapes = [(256, 680), (1024, 3000), (4096, 9451)] if dev.accelerator else [(64, 150), (256, 680), (1024, 2500)]
-    apts = attention_points(dev, dtype, H, D, att_shapes, t0 + 0.95 * budget_s)
-    kpts = kv_points(dev, dtype, arch, max(q * kv for q, kv in att_shapes), t0 + budget_s)
-    runtime, errs = fit_runtime(spec, dtype, formats, points, apts, bw, kpts)
+    apts = attention_points(dev, dtype, H, D, att_shapes, t0 + 0.85 * budget_s)
+    bpts = backend_points(dev, dtype, arch, max(q * kv for q, kv in att_shapes), t0 + budget_s)
+    runtime, errs = fit_runtime(spec, dtype, formats, points, apts, bw, bpts)
     runtime["failed"] = failed
-    return runtime, errs, {"gemm": points, "attention": apts, "kv": kpts}
+    return runtime, errs, {"gemm": points, "attention": apts, "backends": bpts}
 
 
 def fit_runtime(spec, dtype: str, formats, points: list[dict], apts: list[dict], bw: float,
-                kpts: list[dict] = ()) -> tuple[dict, list[float]]:
-    """({'gemm': {format: fit}, 'attention': fit, 'kv': {backend: fit}}, held-out relative errors)
-    of the timed points at one runtime dtype (every third point of a format held out)."""
+                bpts: list[dict] = ()) -> tuple[dict, list[float]]:
+    """({'gemm': {format: fit}, 'attention': fit, 'backends': {backend: fit}}, held-out relative
+    errors) of the timed points at one runtime dtype (every third point of a format held out)."""
     from litevar.profiler import costmodel as C
     from litevar.profiler.devices import linear_bytes
     act = C.DTYPE_BYTES[dtype]
@@ -296,50 +297,63 @@ def fit_runtime(spec, dtype: str, formats, points: list[dict], apts: list[dict],
         gemm[fmt] = {"tflops": tp.tflops, "overhead_ms": tp.overhead_ms, "rmse_rel": rms, "n": len(fit_pts),
                      "held_out_median_err": float(np.median(np.abs(held_err))) if held_err else None,
                      "efficiency": None if peak is None else tp.tflops / peak}
-    kv = {}
-    for backend in dict.fromkeys(p["backend"] for p in kpts):
-        pts = [p for p in kpts if p["backend"] == backend]
+    backends = {}
+    for backend in dict.fromkeys(p["backend"] for p in bpts):
+        pts = [p for p in bpts if p["backend"] == backend]
         if len(pts) >= 2:
             tp, rms = _fit_attention(pts, act, bw, _peak(spec, "fp", dtype))
-            kv[backend] = {"tflops": tp.tflops, "overhead_ms": tp.overhead_ms, "rmse_rel": rms, "n": len(pts)}
+            backends[backend] = {"tflops": tp.tflops, "overhead_ms": tp.overhead_ms, "rmse_rel": rms, "n": len(pts)}
     a_tp, a_rms = _fit_attention(apts, act, bw, _peak(spec, "fp", dtype))
     return {"gemm": gemm, "attention": {"tflops": a_tp.tflops, "overhead_ms": a_tp.overhead_ms,
-                                        "rmse_rel": a_rms, "n": len(apts)}, "kv": kv}, errs
+                                        "rmse_rel": a_rms, "n": len(apts)}, "backends": backends}, errs
 
 
 def _fit_attention(pts: list[dict], act: int, bw: float, peak: float | None) -> tuple[Throughput, float]:
-    """The roofline fit of attention calls (dense flops and bytes of each call's shape)."""
-    return fit_throughput([4.0 * p["B"] * p["H"] * p["D"] * p["q_len"] * p["kv_len"] for p in pts],
-                          [p["B"] * p["H"] * p["D"] * (2 * p["q_len"] + 2 * p["kv_len"]) * act for p in pts],
-                          [p["ms"] for p in pts], bw, peak)
+    """The roofline fit of attention calls: the flops of the (query, key) pairs each call keeps
+    (profiler.devices.attention_work, as a plan prices them)."""
+    from litevar.profiler.devices import attention_work
+    work = [attention_work(p["B"], p["H"], p["D"], p["q_len"], p["kv_len"], p.get("kept", 1.0), act) for p in pts]
+    return fit_throughput([f for f, _ in work], [b for _, b in work], [p["ms"] for p in pts], bw, peak)
 
 
-def kv_points(dev, dtype: str, arch, max_work: int, deadline: float) -> list[dict]:
-    """ms of one attention call on a planned cache of each KV-cache format's backend
-    (costmodel.kv_backends: writing its segment, assembling the kept keys, attending, as the
-    profile's cost stage times it), at the three largest scales of `arch`'s schedule whose
-    q_len x kv_len is at most `max_work`: the first two of each backend whatever the time, the
-    third within `deadline`. A backend that fails here is left out (priced as dense attention)."""
+# attention backends timed beside dense SDPA (kept target; None: every key): a call on each KV-cache
+# format's cache (costmodel.kv_backends), QK8, and windows (MDWA) with and without QK8
+WINDOW_KEPT = (0.3, 0.7)
+
+
+def backend_jobs() -> list[tuple[str, float | None]]:
     from litevar.profiler import costmodel as C
+    kv = sorted(set(C.kv_backends().values()), key=lambda b: b != "dense_kv8")  # KV8 first: the one plans use most
+    return ([(b, None) for b in kv] + [("dense_qk8", None)]
+            + [(b, k) for b in ("mdwa", "mdwa_qk8") for k in WINDOW_KEPT])
+
+
+def backend_points(dev, dtype: str, arch, max_work: int, deadline: float) -> list[dict]:
+    """ms of one attention call on each backend of backend_jobs, as the profile's cost stage times
+    it (profiler.cost.measure_attention: a KV-cache format's call writes its segment, assembles
+    the kept keys and attends; a windowed one keeps about its target of the keys), at the three
+    largest scales of `arch`'s schedule from the fifth on (where windows apply) whose q_len x kv_len
+    is at most `max_work`; none once `deadline` has passed. A backend that fails here is left out
+    and, as one without two points, priced as dense attention."""
     from litevar.profiler.cost import measure_attention
     pns = tuple(arch.patch_nums or family_schedule(arch))
     ends = np.cumsum([p * p for p in pns])
-    scales = [s for s in range(len(pns)) if pns[s] ** 2 * ends[s] <= max_work][-3:]
+    scales = [s for s in range(5, len(pns)) if pns[s] ** 2 * ends[s] <= max_work][-3:]
     out = []
-    for backend in sorted(set(C.kv_backends().values())):
-        for i, s in enumerate(scales):
-            if i >= 2 and time.monotonic() > deadline:
-                break
+    for backend, target in backend_jobs():
+        for s in scales:
+            if time.monotonic() > deadline:
+                return out
             try:
-                ms, _ = measure_attention(pns, s, 2, arch.num_heads, arch.head_dim, backend, dev.torch, dtype,
-                                          warmup=1, repeats=3)
+                ms, kept = measure_attention(pns, s, 2, arch.num_heads, arch.head_dim, backend, dev.torch, dtype,
+                                             target, warmup=1, repeats=3)
             except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:
-                log.warning("calibrate: attention on a %s cache fails here at %s (%s); priced as dense", backend,
+                log.warning("calibrate: the %s attention backend fails here at %s (%s); priced as dense", backend,
                             dtype, e)
                 out = [p for p in out if p["backend"] != backend]
                 break
             out.append({"backend": backend, "B": 2, "H": arch.num_heads, "D": arch.head_dim,
-                        "q_len": pns[s] ** 2, "kv_len": int(ends[s]), "ms": ms})
+                        "q_len": pns[s] ** 2, "kv_len": int(ends[s]), "kept": kept, "ms": ms})
     return out
 
 
@@ -372,7 +386,7 @@ def refit(cal: dict) -> dict:
             continue
         formats = list(dict.fromkeys(p["format"] for p in pts["gemm"]))
         out["runtimes"][dtype], held = fit_runtime(spec, dtype, formats, pts["gemm"], pts["attention"],
-                                                   cal["bandwidth_gbs"], pts.get("kv", []))
+                                                   cal["bandwidth_gbs"], pts.get("backends", []))
         out["runtimes"][dtype]["failed"] = cal["runtimes"].get(dtype, {}).get("failed", {})
         errs += held
     out["validation"] = {"latency_err": float(np.median(np.abs(errs))) if errs else None, "held_out": len(errs)}

@@ -175,9 +175,9 @@ class Runtime:
 
     gemm: dict[str, Throughput]  # litevar format -> throughput (fp: a linear at this dtype)
     attention: Throughput
-    # attention backend of a KV-cache format (costmodel.kv_backends) -> its call on such a cache,
+    # attention backend (a KV-cache format's, QK8, windows: calibrate.backend_jobs) -> its calls,
     # timed by the calibration; a backend not here is priced as dense attention
-    kv: dict[str, Throughput] = field(default_factory=dict)
+    backends: dict[str, Throughput] = field(default_factory=dict)
 
 
 @dataclass
@@ -262,7 +262,7 @@ def from_calibration(cal: dict) -> Target:
     def fit(f):
         return Throughput(f["tflops"], f["overhead_ms"])
     runtimes = {dtype: Runtime({name: fit(g) for name, g in rt["gemm"].items()}, fit(rt["attention"]),
-                               {b: fit(f) for b, f in rt.get("kv", {}).items()})
+                               {b: fit(f) for b, f in rt.get("backends", {}).items()})
                 for dtype, rt in cal["runtimes"].items()}
     memory = cal.get("memory_gib")
     fp = cal["device"]
@@ -306,6 +306,14 @@ def load_target(name_or_path: str) -> Target:
 
 # ---------------------------------------------------------------------------------------------
 # Pricing a profile for a target
+
+
+def attention_work(B: int, H: int, D: int, q_len: int, kv_len: int, kept: float, act_bytes: int
+                   ) -> tuple[float, float]:
+    """(flops, bytes) of one attention call keeping `kept` of its (query, key) pairs: a windowed
+    call reads at least a 64-query tile's keys."""
+    flops = 4.0 * B * H * D * q_len * kv_len * kept
+    return flops, B * H * D * (2 * q_len + 2 * kv_len * max(kept, min(1.0, 64.0 / max(q_len, 1)))) * act_bytes
 
 
 def linear_bytes(K: int, N: int, M: int, fmt: str, act_bytes: int) -> float:
@@ -365,11 +373,9 @@ class TargetCostModel(C.CostModel):
     def attn_ms(self, B, H, D, q_len, kv_len, kept, backend, dtype=None) -> float:
         t = self.target
         act = C.DTYPE_BYTES[dtype if dtype in t.runtimes else t.dtype]
-        k = 1.0 if backend.startswith("dense") else kept
-        flops = 4.0 * B * H * D * q_len * kv_len * k
-        nbytes = B * H * D * (2 * q_len + 2 * kv_len * max(k, min(1.0, 64.0 / max(q_len, 1)))) * act
+        flops, nbytes = attention_work(B, H, D, q_len, kv_len, 1.0 if backend.startswith("dense") else kept, act)
         rt = t.runtime(dtype)
-        return rt.kv.get(backend, rt.attention).ms(flops, nbytes, t.bandwidth_gbs)
+        return rt.backends.get(backend, rt.attention).ms(flops, nbytes, t.bandwidth_gbs)
 
     def alpha_of(self, kernel: str, dtype: str | None = None) -> float:
         """The target's in-model factor at `dtype` for the dense family (fp linears and attention),

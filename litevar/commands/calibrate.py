@@ -84,9 +84,9 @@ def _report(out, c: dict) -> None:
         a = rt["attention"]
         print(f"  {dtype:5s} {'attn':6s} {a['tflops']:8.3f} TFLOP/s sustained, "
               f"{1e3 * a['overhead_ms']:.1f} us per call")
-        for backend, k in rt.get("kv", {}).items():
-            print(f"  {dtype:5s} attn on a {backend.removeprefix('dense_')} cache: {k['tflops']:.3f} TFLOP/s "
-                  f"sustained, {1e3 * k['overhead_ms']:.1f} us per call")
+        for backend, k in rt.get("backends", {}).items():
+            print(f"  {dtype:5s} attn {backend:10s} {k['tflops']:8.3f} TFLOP/s sustained (on the pairs it keeps), "
+                  f"{1e3 * k['overhead_ms']:.1f} us per call")
         for fmt, why in rt.get("failed", {}).items():
             print(f"  {dtype:5s} {fmt:6s} left out: its kernel fails on this device ({why})")
     for dtype, why in c.get("runtimes_left_out", {}).items():
