@@ -456,7 +456,7 @@ def _transfer_plans(dev: dict) -> str:
 
 def _transfer_row(dev: dict, prov: dict) -> str:
     bp = dev.get("budget_plan") or {}
-    priced = [r for r in dev["rows"] if r.get("priced_ms") is not None]
+    priced = [r for r in dev["rows"] if r.get("priced_ms") is not None and not r.get("fit_point")]
     name = dev["name"] if dev["name"] != "host" else f"{machine(prov, policy=False)}, as it is"
     return (f"| {name} | {dev['calibration_s']:.0f} | {len(priced)} | {100 * dev['median_err']:.1f}% | "
             f"{dev['spearman']:.2f} | {100 * dev['asis_median_err']:.1f}% | {num(bp.get('predicted_ms'))} / "
@@ -473,9 +473,13 @@ def _transfer_notes(dev: dict) -> list[str]:
         notes.append(f"{dev['name']}: not priced, the device is not offered what they run: {'; '.join(skipped)}")
     for dtype, why in (dev.get("runtimes_left_out") or {}).items():
         notes.append(f"{dev['name']}: the {dtype} runtime is left out of its calibration: {why}")
-    factors = ", ".join(f"{d} {f:.2f}" for d, f in (dev.get("in_model") or {}).items())
-    notes.append(f"{dev['name']}: in-model factor {factors or '1 (none)'}: "
-                 f"{dev.get('in_model_note', 'kernels as isolated calls ran (a calibration without a generation)')}")
+    if "in_model" not in dev:
+        notes.append(f"{dev['name']}: calibrated before `litevar calibrate` timed a generation and the attention "
+                     "backends: its kernels priced as isolated calls ran, windows and KV caches as dense attention")
+    else:
+        factors = ", ".join(f"{d} {f:.2f}" for d, f in dev["in_model"].items())
+        notes.append(f"{dev['name']}: in-model factor {factors or '1 (none)'}: {dev['in_model_note']}; dense, the "
+                     "calibration's own point, is left out of the statistics")
     return notes
 
 

@@ -27,5 +27,6 @@ def run(args) -> int:
                 how = "its 2:4-sparse figure halved" if f.from_sparse else "dense"
                 print(f"    {what}: {f.value:g} ({how}): {f.source}")
     print("peaks: dense TFLOP/s (TOPS for int8); W4A8 runs at the int8 rate everywhere (litevar's kernel unpacks "
-          "INT4 to INT8). A CPU is not in the table: describe it with `litevar calibrate --device cpu`.")
+          "INT4 to INT8). A CPU is not in the table: describe it with `litevar calibrate --device cpu --profile "
+          "PROFILE`.")
     return 0
