@@ -57,7 +57,8 @@ def _check_device(plan: Plan, device: torch.device, strict: bool) -> None:
     tier = plan.device.get("tier") or plan.predicted.tier or "profiled"
     msg = (f"plan {plan.name!r} was priced for {plan.device.get('name')} ({tier} tier), this is {here.get('name')} "
            f"({diff}): its latency and memory figures may not hold here")
-    fix = (f"re-plan for this device: `litevar calibrate --device {here.get('type')} --out devices/here.json`, then "
+    fix = (f"re-plan for this device: `litevar calibrate --device {here.get('type')} --profile PROFILE --out "
+           "devices/here.json`, then "
            f"`litevar plan --device devices/here.json ...` (or profile it: `litevar profile`)")
     if strict or plan.device.get("type") != here.get("type"):  # another kind of device: refused
         raise UserError(f"{msg}; {fix}")

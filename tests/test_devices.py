@@ -315,7 +315,7 @@ def test_calibration_file_round_trips_into_a_target(tmp_path):
         load_target(str(path))
 
 
-def test_in_model_factor_prices_the_timed_generation_and_only_for_its_model():
+def test_in_model_factor_prices_the_timed_generation_and_only_for_its_model(tmp_path, capsys):
     """The factor on the target's kernel prices: with a dense generation of the profile's model timed
     (a random time, from twice to five times the kernels' price plus the overhead), the dense model
     is priced at exactly that, and every plan's dense kernels take the same factor. Another model's
@@ -351,6 +351,13 @@ def test_in_model_factor_prices_the_timed_generation_and_only_for_its_model():
     assert priced(profile, from_calibration({**cal, "generation": None})).meta["target"]["in_model"] == {}
     fast = {**cal["generation"], "ms": {"fp32": 0.5 * p.overhead_ms}}
     assert in_model_factors(bare, arch, from_calibration({**cal, "generation": fast}))[0] == {"fp32": IN_MODEL_FLOOR}
+    # `litevar plan --device CALIBRATION` says which factor priced it and records it in the plan
+    path, out = tmp_path / "cal.json", tmp_path / "plan.json"
+    path.write_text(json.dumps(cal))
+    rc, text, _ = run_cli(capsys, "plan", "--profile", "profiles/default-cpu.json", "--resolution", 256, "--device",
+                          path, "--max-latency-ms", 2 * p.latency_ms * factor, "--out", out)
+    assert rc == 0 and f"in-model factor: fp32 {factor:.2f}" in text
+    assert Plan.load(out).device["in_model"]["fp32"] == pytest.approx(factor, rel=1e-9)
 
 
 def test_linear_bytes_counts_weights_in_their_format():

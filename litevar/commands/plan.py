@@ -318,6 +318,8 @@ def finish(plan, profile, target):
         pr.process_memory_mb = pr.memory_mb + overhead
     if target is not None:
         plan.device = target.plan_device()
+        if target.tier == "calibrated":  # what the dense kernels' prices were scaled by (1 where absent)
+            plan.device["in_model"] = dict(profile.meta["target"]["in_model"])
     return plan
 
 
