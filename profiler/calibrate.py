@@ -220,25 +220,44 @@ def generation_point(dev, family, arch, cal: dict, profile, deadline: float) -> 
     """One dense generation of `arch` (batch 1, its own schedule) timed at each runtime dtype of
     `cal`, on a model of that architecture (family.timing_model): the point that sets the
     calibrated tier's in-model factor (profiler.devices.in_model_factors). A dtype is skipped
-    where the calibration itself prices a warm-up and one timed run beyond `deadline`.
-    {'arch', 'batch', 'ms': {dtype: ms}, 'skipped': {dtype or 'all': why}}."""
+    where the calibration itself prices a warm-up and one timed run beyond `deadline`, or the
+    generation's memory beyond what the device has free; the model is built only if a dtype is
+    left. {'arch', 'batch', 'ms': {dtype: ms}, 'skipped': {dtype or 'all': why}}."""
     from litevar.profiler.devices import from_calibration, priced
     out = {"arch": arch.to_dict(), "batch": 1, "ms": {}, "skipped": {}}
+    cm = priced(profile, from_calibration(cal)).cost_model
+    est = {d: cm.predict(arch, arch.patch_nums, 1, dtype=d) for d in cal["runtimes"]}
+    for dtype, p in est.items():
+        if why := _generation_out_of_reach(dev, p, deadline):
+            out["skipped"][dtype] = why
+            log.warning("calibrate: dense generation at %s not timed: %s", dtype, why)
+    if len(out["skipped"]) == len(est):
+        return out
     models = family.timing_model(arch, dev.torch)
     if models is None:
-        out["skipped"]["all"] = f"the {family.name} family builds no model of this architecture to time"
+        out["skipped"] = {"all": f"the {family.name} family builds no model of this architecture to time"}
         return out
-    cm = priced(profile, from_calibration(cal)).cost_model
-    for dtype in cal["runtimes"]:
-        est_ms = cm.predict(arch, arch.patch_nums, 1, dtype=dtype).latency_ms
-        left_ms = 1e3 * (deadline - time.monotonic())
-        if 2 * est_ms > left_ms:
-            out["skipped"][dtype] = (f"a generation priced at {est_ms / 1e3:.1f} s, {max(left_ms, 0) / 1e3:.0f} s of "
-                                     "the budget left (raise --budget-s to time it)")
-            log.warning("calibrate: dense generation at %s not timed: %s", dtype, out["skipped"][dtype])
+    for dtype, p in est.items():
+        if dtype in out["skipped"]:
+            continue
+        if why := _generation_out_of_reach(dev, p, deadline):  # building the model took the time
+            out["skipped"][dtype] = why
             continue
         out["ms"][dtype] = _generation_ms(dev, family.generation(models[1], 1, dtype), deadline)
     return out
+
+
+def _generation_out_of_reach(dev, pred, deadline: float) -> str | None:
+    """Why a generation priced `pred` (before any in-model factor) is not timed, or None."""
+    left_ms = 1e3 * (deadline - time.monotonic())
+    if 2 * pred.latency_ms > left_ms:
+        return (f"a generation priced at {pred.latency_ms / 1e3:.1f} s, {max(left_ms, 0) / 1e3:.0f} s of the budget "
+                "left (raise --budget-s to time it)")
+    free_mib = dev.available_bytes() / 2 ** 20
+    if pred.memory_mb > 0.9 * free_mib:
+        return (f"a generation needs about {pred.memory_mb / 1024:.1f} GiB, {free_mib / 1024:.1f} GiB free here "
+                "(free memory, or pass --no-generation)")
+    return None
 
 
 def _generation_ms(dev, run, deadline: float) -> float:

@@ -428,6 +428,22 @@ def test_calibration_report_names_every_left_out_kernel_and_dtype(capsys):
     assert "fp32  dense generation (batch 1) 12.5 ms" in out and "fp16  dense generation not timed: priced" in out
 
 
+def test_a_generation_out_of_reach_is_not_timed():
+    """calibrate times a generation only where its price (twice: a warm-up and a run) fits the time
+    left and its memory fits what the device has free; each refusal says which and the fix."""
+    import time
+    from types import SimpleNamespace
+
+    from litevar.models.core.device import device_of
+    from litevar.profiler.calibrate import _generation_out_of_reach
+    dev, free_mib = device_of("cpu"), device_of("cpu").available_bytes() / 2 ** 20
+    soon = time.monotonic() + 10.0
+    assert _generation_out_of_reach(dev, SimpleNamespace(latency_ms=100.0, memory_mb=1.0), soon) is None
+    assert "--budget-s" in _generation_out_of_reach(dev, SimpleNamespace(latency_ms=6e3, memory_mb=1.0), soon)
+    why = _generation_out_of_reach(dev, SimpleNamespace(latency_ms=100.0, memory_mb=2 * free_mib), soon)
+    assert "GiB free" in why and "--no-generation" in why
+
+
 def test_timing_model_is_exactly_the_architecture_or_none(monkeypatch):
     """What `litevar calibrate` times: the shipped default model for its own architecture; for an
     architecture neither it nor an untrained official one of that depth has (the default's
