@@ -431,21 +431,29 @@ def transfer() -> str:
     notes = []
     for d in files.values():
         for dev in d["data"]["devices"]:
-            lines.append(_transfer_row(dev, d["provenance"]))
-            notes += _transfer_notes(dev)
+            label = _transfer_label(dev, d["provenance"])
+            lines.append(_transfer_row(dev, label))
+            notes += [f"{label}: {n}" for n in _transfer_notes(dev)]
     lines += ["", *(f"- {n}." for n in notes), ""]
     for d in files.values():
-        lines += [_transfer_plans(dev) for dev in d["data"]["devices"] if dev["name"] == "host"]
+        lines += [_transfer_plans(dev, _transfer_label(dev, d["provenance"])) for dev in d["data"]["devices"]
+                  if "in_model" in dev]
     lines += [f"- {name}: " + source(d, name) for name, d in files.items()]
     return "\n".join(lines)
 
 
-def _transfer_plans(dev: dict) -> str:
-    """Each plan on the real other CPU: measured, priced from its calibration, and as the profile
-    priced it on its own machine."""
+def _transfer_label(dev: dict, prov: dict) -> str:
+    """The device: the CPU the run was on (family and model) and what was made of it."""
+    cpu = machine(prov, policy=False).split(",")[0] + ")"  # "AMD EPYC (family 25 model 1)"
+    return f"{cpu}, {'as it is' if dev['name'] == 'host' else dev['name']}"
+
+
+def _transfer_plans(dev: dict, label: str) -> str:
+    """Each plan on a device calibrated with its generation and attention backends: measured,
+    priced from its calibration, and as the profile priced it on its own machine."""
     def err(r, key):
         return "-" if r.get(key) is None else f"{100 * (r[key] / r['measured_ms'] - 1):+.1f}%"
-    lines = ["| plan (the real other CPU) | measured ms | priced from its calibration | error | profile as is | "
+    lines = [f"| plan ({label}) | measured ms | priced from its calibration | error | profile as is | "
              "error |", "|---|---:|---:|---:|---:|---:|"]
     for r in dev["rows"]:
         own = " (the calibration's own point)" if r.get("fit_point") else ""
@@ -454,11 +462,10 @@ def _transfer_plans(dev: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _transfer_row(dev: dict, prov: dict) -> str:
+def _transfer_row(dev: dict, label: str) -> str:
     bp = dev.get("budget_plan") or {}
     priced = [r for r in dev["rows"] if r.get("priced_ms") is not None and not r.get("fit_point")]
-    name = dev["name"] if dev["name"] != "host" else f"{machine(prov, policy=False)}, as it is"
-    return (f"| {name} | {dev['calibration_s']:.0f} | {len(priced)} | {100 * dev['median_err']:.1f}% | "
+    return (f"| {label} | {dev['calibration_s']:.0f} | {len(priced)} | {100 * dev['median_err']:.1f}% | "
             f"{dev['spearman']:.2f} | {100 * dev['asis_median_err']:.1f}% | {num(bp.get('predicted_ms'))} / "
             f"{num(bp.get('measured_ms'))} ms ({'met' if bp.get('met') else '**missed**'}) |")
 
@@ -466,19 +473,19 @@ def _transfer_row(dev: dict, prov: dict) -> str:
 def _transfer_notes(dev: dict) -> list[str]:
     bp, notes = dev.get("budget_plan") or {}, []
     if bp:
-        notes.append(f"{dev['name']}: budget {bp['budget_ms']:.1f} ms, "
+        notes.append(f"budget {bp['budget_ms']:.1f} ms, "
                      f"{bp.get('budget_rule', '90% of dense priced for the device')}")
     skipped = [f"{r['plan']} ({r.get('not_priced', 'not offered')})" for r in dev["rows"] if r.get("priced_ms") is None]
     if skipped:
-        notes.append(f"{dev['name']}: not priced, the device is not offered what they run: {'; '.join(skipped)}")
+        notes.append(f"not priced, the device is not offered what they run: {'; '.join(skipped)}")
     for dtype, why in (dev.get("runtimes_left_out") or {}).items():
-        notes.append(f"{dev['name']}: the {dtype} runtime is left out of its calibration: {why}")
+        notes.append(f"the {dtype} runtime is left out of its calibration: {why}")
     if "in_model" not in dev:
-        notes.append(f"{dev['name']}: calibrated before `litevar calibrate` timed a generation and the attention "
+        notes.append("calibrated before `litevar calibrate` timed a generation and the attention "
                      "backends: its kernels priced as isolated calls ran, windows and KV caches as dense attention")
     else:
         factors = ", ".join(f"{d} {f:.2f}" for d, f in dev["in_model"].items())
-        notes.append(f"{dev['name']}: in-model factor {factors or '1 (none)'}: {dev['in_model_note']}; dense, the "
+        notes.append(f"in-model factor {factors or '1 (none)'}: {dev['in_model_note']}; dense, the "
                      "calibration's own point, is left out of the statistics")
     return notes
 

@@ -101,12 +101,12 @@ def spearman(a, b) -> float:
 
 
 def _file_name(name: str) -> str:
-    """The calibration's file name: the device's, or for `host` the CPU's family and model."""
-    if name != "host":
-        return name
+    """The calibration's file name: the CPU's family and model, then the device made on it
+    (`host`: none, the CPU as it is)."""
     from litevar.models.core.device import fingerprint
     fp = fingerprint("cpu")
-    return f"cpu-family{fp['cpu_family']}-model{fp['cpu_model']}"
+    cpu = f"cpu-family{fp['cpu_family']}-model{fp['cpu_model']}"
+    return cpu if name == "host" else f"{cpu}-{name}"
 
 
 def run_device(args, name: str, env: dict, profile) -> dict:
