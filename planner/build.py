@@ -276,7 +276,7 @@ def _kv_extra_ms(cm: C.CostModel, arch: Arch, pns, batch, spec, dtype: str | Non
     total = 0.0
     for si in range(len(pns)):
         q, kv = pns[si] ** 2, sum(p * p for p in pns[:si + 1])
-        plain = cm.attn_ms(rows, arch.num_heads, arch.head_dim, q, kv, 1.0, "dense", dtype)
+        plain = cm.call_ms("attn", rows, arch.num_heads, arch.head_dim, q, kv, 1.0, "dense", dtype)
         total += cm.kv_call_ms(arch, pns, si, rows, spec, plain, dtype) - plain
     return total
 
@@ -305,7 +305,7 @@ def format_groups(cm: C.CostModel, arch: Arch, pns, batch, losses, formats, dtyp
         calls.setdefault(s.fqn, []).append(M)
     last = len(pns) - 1
     ws_scale = cm.workspace_scale()
-    linear_ms = functools.cache(cm.linear_ms)  # every block repeats the same shapes
+    linear_ms = functools.partial(cm.call_ms, "linear")
     groups, skipped = [], {}  # skipped: format -> why the cost model cannot price it
     for s in family_of(arch).linears(arch):
         fqn, K, N = s.fqn, s.K, s.N
@@ -338,7 +338,7 @@ def attention_slots(cm: C.CostModel, arch: Arch, pns, batch, alpha, dtype: str |
     """Kernel costs of every attention call, per (QK8, CFG-shared) mode; MDWA at KEPT_GRID."""
     H, D = arch.num_heads, arch.head_dim
     has_mdwa = "mdwa" in cm.attn
-    attn_ms = functools.cache(cm.attn_ms)  # every block repeats the same calls
+    attn_ms = functools.partial(cm.call_ms, "attn")
     slots = {}
     for layer, si, q, kv in C.attention_calls(arch, pns):
         def ms(backend, kept, shared, q=q, kv=kv):

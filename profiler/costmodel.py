@@ -367,6 +367,18 @@ class CostModel:
     # the host as the cost stage measured it: dispatch_ms (one tiny operator) and bandwidth_gbs (a
     # copy), which price the overhead on another device (profiler.devices.priced); {}: not measured
     host: dict = field(default_factory=dict)
+    # (kind, arguments) -> ms of linear_ms / attn_ms, as this cost model prices them (call_ms)
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def call_ms(self, kind: str, *args) -> float:
+        """linear_ms(*args) (kind 'linear') or attn_ms(*args) ('attn'), each distinct call priced once
+        per cost model: every block repeats the same shapes. A subclass's pricing (a target's
+        roofline) is what is kept; kernel fits are never changed after a cost model is made (a
+        re-priced one is a new object)."""
+        key = (kind, *args)
+        if key not in self._memo:
+            self._memo[key] = (self.linear_ms if kind == "linear" else self.attn_ms)(*args)
+        return self._memo[key]
 
     def dtypes(self) -> list[str]:
         """The runtime dtypes this model prices: the profile's and every extra one it measured."""
@@ -504,10 +516,11 @@ class CostModel:
         q = patch_nums[si] ** 2
         kv = sum(p * p for p in patch_nums[:si + 1])
         kv_kept = sum(patch_nums[j] ** 2 for j in spec.keep.parts(si))
-        base = plain_ms * self.attn_ms(rows, H, D, q, kv_kept, 1.0, "dense", dtype) / self.attn_ms(
+        attn_ms = functools.partial(self.call_ms, "attn")
+        base = plain_ms * attn_ms(rows, H, D, q, kv_kept, 1.0, "dense", dtype) / attn_ms(
             rows, H, D, q, kv, 1.0, "dense", dtype)
-        extra = (self.attn_ms(rows, H, D, q, kv_kept, 1.0, spec.fmt.attn_backend, dtype)
-                 - self.attn_ms(rows, H, D, q, kv_kept, 1.0, "dense", dtype))
+        extra = (attn_ms(rows, H, D, q, kv_kept, 1.0, spec.fmt.attn_backend, dtype)
+                 - attn_ms(rows, H, D, q, kv_kept, 1.0, "dense", dtype))
         return base + max(0.0, extra)
 
     def kernel_ms(self, arch: Arch, patch_nums, batch: int, dec: Decisions, dtype: str | None = None) -> dict:
@@ -519,7 +532,7 @@ class CostModel:
         by_kernel: dict[str, float] = {"dense": 0.0}
         act_by_layer: dict[str, float] = {}  # million activation elements, M*(K+N)
         act_by_kernel: dict[str, float] = {}
-        linear_ms, attn_ms = functools.cache(self.linear_ms), functools.cache(self.attn_ms)  # blocks repeat shapes
+        linear_ms, attn_ms = functools.partial(self.call_ms, "linear"), functools.partial(self.call_ms, "attn")
         for s, M in linear_calls(arch, patch_nums, batch):
             fmt = dec.formats.get(s.fqn, "fp")
             ms = linear_ms(s.K, s.N, M, fmt, "fp32" if s.fp32 else dtype)
