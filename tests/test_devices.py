@@ -458,3 +458,20 @@ def test_timing_model_is_exactly_the_architecture_or_none(monkeypatch):
                                                                                                         device))
     assert fam.timing_model(other, "cpu") is None
     assert built == ["meta"]
+
+
+def test_calibrate_times_a_generation_of_the_profiles_model_unless_told_not_to(tmp_path, capsys, monkeypatch):
+    """`litevar calibrate --profile P` hands P to the calibration (which times its model's
+    generation); --no-generation does not; without --profile there is no model to time."""
+    from litevar.profiler import calibrate as cal
+    seen = []
+
+    def fake(device, family, arch, dtypes, budget, name, profile=None):
+        seen.append(profile)
+        raise SystemExit(0)  # stop before anything is timed
+    monkeypatch.setattr(cal, "calibrate", fake)
+    out = tmp_path / "c.json"
+    for flags in (["--profile", "profiles/default-cpu.json"], ["--profile", "profiles/default-cpu.json",
+                                                                "--no-generation"], []):
+        assert run_cli(capsys, "calibrate", *flags, "--out", out)[0] == 0
+    assert seen[0] is not None and seen[0].arch.depth == 4 and seen[1] is None and seen[2] is None
