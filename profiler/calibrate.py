@@ -16,8 +16,10 @@ on a GPU; `--budget-s` caps it.
 Isolated calls miss what a model adds around them (caches shared with the other operators; on a
 CPU that emulates a dtype, the conversions around every operator). So, given a profile, the last
 fifth of the budget times one dense generation of its model at each runtime dtype
-(generation_point), and a plan priced from the calibration scales its kernels by the factor that
-makes that generation come out as measured (profiler.devices.in_model_factors).
+(generation_point), and a plan priced from the calibration scales its dense kernels by the
+factor that makes that generation come out as measured (profiler.devices.in_model_factors). A
+shared machine's speed drifts in spells, so one of the sweep's calls is timed again beside the
+generation, and the generation is scaled by that paired ratio to the sweep's speed.
 """
 from __future__ import annotations
 
@@ -222,9 +224,11 @@ def generation_point(dev, family, arch, cal: dict, profile, deadline: float) -> 
     calibrated tier's in-model factor (profiler.devices.in_model_factors). A dtype is skipped
     where the calibration itself prices a warm-up and one timed run beyond `deadline`, or the
     generation's memory beyond what the device has free; the model is built only if a dtype is
-    left. {'arch', 'batch', 'ms': {dtype: ms}, 'skipped': {dtype or 'all': why}}."""
+    left. Each generation is scaled to the kernel sweep's speed (_probe). {'arch', 'batch', 'ms':
+    {dtype: ms at the sweep's speed}, 'raw_ms': {dtype: ms as timed}, 'speed_ratio': {dtype: the
+    machine's speed then over the sweep's}, 'skipped': {dtype or 'all': why}}."""
     from litevar.profiler.devices import from_calibration, priced
-    out = {"arch": arch.to_dict(), "batch": 1, "ms": {}, "skipped": {}}
+    out = {"arch": arch.to_dict(), "batch": 1, "ms": {}, "raw_ms": {}, "speed_ratio": {}, "skipped": {}}
     cm = priced(profile, from_calibration(cal)).cost_model
     est = {d: cm.predict(arch, arch.patch_nums, 1, dtype=d) for d in cal["runtimes"]}
     for dtype, p in est.items():
@@ -243,8 +247,33 @@ def generation_point(dev, family, arch, cal: dict, profile, deadline: float) -> 
         if why := _generation_out_of_reach(dev, p, deadline):  # building the model took the time
             out["skipped"][dtype] = why
             continue
-        out["ms"][dtype] = _generation_ms(dev, family.generation(models[1], 1, dtype), deadline)
+        probe = _probe(dev, dtype, cal["points"][dtype]["gemm"])
+        before = probe()
+        raw = _generation_ms(dev, family.generation(models[1], 1, dtype), deadline)
+        ratio = (before + probe()) / 2  # the machine's speed now over the sweep's, at one of its calls
+        out["ms"][dtype], out["raw_ms"][dtype], out["speed_ratio"][dtype] = raw / ratio, raw, ratio
+        if abs(ratio - 1) > 0.05:
+            log.warning("calibrate: this machine ran %.0f%% %s while the %s generation was timed than during the "
+                        "kernel sweep; the generation is scaled to the sweep's speed", 100 * abs(ratio - 1),
+                        "slower" if ratio > 1 else "faster", dtype)
     return out
+
+
+def _probe(dev, dtype: str, points: list[dict]):
+    """() -> the ms of one fp linear call of the kernel sweep (the one of median work) timed again,
+    over the ms the sweep measured for it: how much slower (above 1) the machine runs now. A
+    shared VM's speed drifts in spells; the generation is expressed at the sweep's speed, so the
+    in-model factor compares the two at one speed."""
+    from litevar.kernels.qlinear import linear_in_format
+    fp = sorted((p for p in points if p["format"] == "fp"), key=lambda p: p["M"] * p["K"] * p["N"])
+    p = fp[len(fp) // 2]
+    layer = linear_in_format(nn.Linear(p["K"], p["N"], device=dev.torch).requires_grad_(False), "fp")
+    x = torch.randn(p["M"], p["K"], device=dev.torch)
+
+    def call():
+        with autocast(dev.torch, dtype), torch.no_grad():
+            layer(x)
+    return lambda: _time(dev, call, 1) / p["ms"]
 
 
 def _generation_out_of_reach(dev, pred, deadline: float) -> str | None:

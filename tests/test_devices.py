@@ -280,6 +280,8 @@ def test_calibration_file_round_trips_into_a_target(tmp_path):
     # sets the in-model factor, so the dense model priced for it comes out as that generation measured
     gen = c["generation"]
     assert gen["arch"] == arch.to_dict() and gen["ms"]["fp32"] > 0
+    for dtype, ms in gen["ms"].items():  # as timed, scaled to the kernel sweep's speed
+        assert gen["speed_ratio"][dtype] > 0 and ms * gen["speed_ratio"][dtype] == pytest.approx(gen["raw_ms"][dtype])
     assert set(gen["ms"]) | set(gen["skipped"]) == set(t.runtimes)
     cm = priced(profile, t).cost_model
     for dtype, ms in gen["ms"].items():
@@ -425,7 +427,8 @@ def test_calibration_report_names_every_left_out_kernel_and_dtype(capsys):
     out = capsys.readouterr().out
     assert "fp32  W4A8   left out: its kernel fails on this device (no kernel)" in out
     assert "bf16  left out: too slow in its share" in out
-    assert "fp32  dense generation (batch 1) 12.5 ms" in out and "fp16  dense generation not timed: priced" in out
+    assert "fp32  dense generation (batch 1) 12.5 ms at the kernel sweep's speed (timed 12.5 ms)" in out
+    assert "fp16  dense generation not timed: priced" in out
 
 
 def test_a_generation_out_of_reach_is_not_timed():
