@@ -381,9 +381,9 @@ class TargetCostModel(C.CostModel):
         """The target's in-model factor at `dtype` for the dense family (fp linears and attention),
         which its timed generation measured; 1 for a quantized family, which no generation ran
         there, and where the target timed no generation of this model: priced as the isolated calls
-        ran. (Carrying the dense factor over to the quantized families over-priced them by a median
-        of 24% on an AVX2-only Zen 3, docs/benchmarks.md section 5: a slow kernel's own work leaves
-        less for the model around it to add.)"""
+        ran. (Carried over to the quantized families, the dense factor over-priced them by a median
+        of 24% in a transfer run on an AVX2-only Zen 3: a slow kernel's own work leaves less for the
+        model around it to add.)"""
         return self.in_model.get(dtype or self.dtype, 1.0) if kernel == "dense" else 1.0
 
     def gamma_of(self, kernel: str, dtype: str | None = None) -> float:
