@@ -18,9 +18,9 @@ transfer on hardware the profile never saw). Its calibration is named by the CPU
 Then every plan is priced for the device from the profile (measured at full ISA and both cores)
 and the calibration (profiler.devices.priced), and set against its measured latency: the median
 absolute error, and Spearman's rank correlation over the plans (and dense, unless the calibration
-timed its generation to set the in-model factor: then dense is the calibration's own point). Beside it, the error of
-not re-pricing at all (the profile's own predictions: what a user of the shipped plans on that
-device is told). A CPU has no spec tier: it is never taken from a table.
+timed its generation to set the in-model factor: then dense is the calibration's own point).
+Beside it, the error of not re-pricing at all (the profile's own predictions: what a user of the
+shipped plans on that device is told). A CPU has no spec tier: it is never taken from a table.
 
     python benchmarks/transfer_cpu.py --profile profiles/default-cpu.json --json docs/results/transfer-cpu.json
 """

@@ -3,8 +3,8 @@
 It times, through the kernels the runtime runs: the linears of every format that runs natively
 here (and fp) at the model family's layer shapes and a few row counts; dense attention at a few
 shapes, and the other attention backends (a cache of each KV-cache format, QK8, windows) at the
-model's own scales; a memory copy
-(bandwidth); a tiny op (the host's dispatch per op). Each kernel family is fitted as
+model's own scales; a memory copy (bandwidth); a tiny op (the host's dispatch per op). Each kernel
+family is fitted as
 
     t = overhead + max(flops / throughput, bytes / bandwidth)
 
@@ -83,11 +83,17 @@ def _format_points(dev, dtype: str, fmt: str, shapes, rows, deadline: float) -> 
         for M in rows:
             if time.monotonic() > deadline:
                 return out
-            x = torch.randn(M, K, device=dev.torch)
-            with autocast(dev.torch, dtype), torch.no_grad():
-                ms = _time(dev, lambda x=x, layer=layer: layer(x), deadline - time.monotonic())
+            ms = _linear_ms(dev, dtype, layer, K, M, deadline - time.monotonic())
             out.append({"format": fmt, "K": K, "N": N, "M": M, "ms": ms})
     return out
+
+
+def _linear_ms(dev, dtype: str, layer, K: int, M: int, budget: float) -> float:
+    """ms of one call of `layer` on M random rows of K features at runtime `dtype`: how the sweep
+    times every linear (and _probe times one of them again)."""
+    x = torch.randn(M, K, device=dev.torch)
+    with autocast(dev.torch, dtype), torch.no_grad():
+        return _time(dev, lambda: layer(x), budget)
 
 
 def attention_points(dev, dtype: str, heads: int, head_dim: int, shapes, deadline: float) -> list[dict]:
@@ -268,12 +274,7 @@ def _probe(dev, dtype: str, points: list[dict]):
     fp = sorted((p for p in points if p["format"] == "fp"), key=lambda p: p["M"] * p["K"] * p["N"])
     p = fp[len(fp) // 2]
     layer = linear_in_format(nn.Linear(p["K"], p["N"], device=dev.torch).requires_grad_(False), "fp")
-    x = torch.randn(p["M"], p["K"], device=dev.torch)
-
-    def call():
-        with autocast(dev.torch, dtype), torch.no_grad():
-            layer(x)
-    return lambda: _time(dev, call, 1) / p["ms"]
+    return lambda: _linear_ms(dev, dtype, layer, p["K"], p["M"], 1) / p["ms"]
 
 
 def _generation_out_of_reach(dev, pred, deadline: float) -> str | None:

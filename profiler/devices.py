@@ -463,10 +463,11 @@ def in_model_factors(tcm: TargetCostModel, arch, target: Target) -> tuple[dict, 
             continue
         p = tcm.predict(arch, arch.patch_nums, int(gen.get("batch", 1)), dtype=dtype)
         kernels = p.latency_ms - p.overhead_ms
-        out[dtype] = max(IN_MODEL_FLOOR, (ms - p.overhead_ms) / kernels) if kernels > 0 else 1.0
-        if (ms - p.overhead_ms) / max(kernels, 1e-9) < IN_MODEL_FLOOR:
+        factor = (ms - p.overhead_ms) / kernels if kernels > 0 else 1.0
+        if factor < IN_MODEL_FLOOR:
             log.warning("in-model factor at %s floored at %g: the overhead priced (%.1f ms) is most of the timed "
                         "generation (%.1f ms)", dtype, IN_MODEL_FLOOR, p.overhead_ms, ms)
+        out[dtype] = max(IN_MODEL_FLOOR, factor)
     return out, "one dense generation timed on the device (litevar calibrate)"
 
 
