@@ -57,12 +57,13 @@ def model_profile(path: str, extra: list[str]):
 
 
 def dense(profile, target, resolution: int) -> tuple[float, float]:
-    """(ms, process MiB) of the dense model at the target's dtype."""
+    """(ms, process MiB) of the dense model at the target's dtype, its text encoder (if any) resident."""
     from litevar.models.core.family import family_of
+    from litevar.profiler.costmodel import as_shipped
     from litevar.profiler.devices import priced
     p = priced(profile, target)
     pns = family_of(p.arch).schedule_for(resolution)
-    pred = p.cost_model.predict(p.arch, pns, 1)
+    pred = p.cost_model.predict(p.arch, pns, 1, as_shipped(p.arch))  # as every plan counts it: an encoder resident
     return pred.latency_ms, target.process_mib(pred.memory_mb)
 
 

@@ -81,7 +81,8 @@ def build_problem(profile, resolution: int, batch: int = 1, formats: list[str] |
     """The planning problem of `profile` (profiler.profile.Profile) at `resolution` and `batch`, at
     runtime dtype `dtype` (whole-model autocast; default the profile's: its kernels, in-model
     factors and activations at that dtype, and its measured loss as a base every plan pays).
-    The speedup reference stays the dense model at the profile's own dtype.
+    The reference (speedup, dense memory) is the dense model as it ships (costmodel.as_shipped: a
+    text encoder resident) at the profile's own dtype.
     kv_option: a (KV format, (sinks, recent)) every block must offer even where the profile cannot
     price its loss (a recipe's; meta.kv_unpriced says what was left out of its loss)."""
     if batch < 1:
@@ -92,7 +93,7 @@ def build_problem(profile, resolution: int, batch: int = 1, formats: list[str] |
     cm, arch = profile.cost_model, profile.arch
     dtype = runtime_dtype(profile, dtype)
     pns = family_of(arch).schedule_for(resolution)
-    reference = cm.predict(arch, pns, batch)
+    reference = cm.predict(arch, pns, batch, C.as_shipped(arch))
     dense = cm.predict(arch, pns, batch, dtype=dtype)
     alpha = dense.alpha
     sens = profile.table("sensitivity")

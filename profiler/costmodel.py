@@ -117,6 +117,17 @@ class Decisions:
         return out
 
 
+def text_encoder_mb(arch: Arch) -> float:
+    """MB of the family's text encoder as stored (TEXT_ENCODER_BYTES per parameter); 0: none."""
+    return family_of(arch).text_encoder_params(arch) * TEXT_ENCODER_BYTES / MB
+
+
+def as_shipped(arch: Arch) -> Decisions:
+    """The decisions of the dense model as it ships: no lever pulled, and a family's text encoder
+    resident (the default of every plan that does not free it). The planner's reference."""
+    return Decisions(text_encoder="resident" if text_encoder_mb(arch) else None)
+
+
 def linear_calls(arch: Arch, patch_nums, batch: int) -> list[tuple[LinearSpec, int]]:
     """(linear, M) of every linear call of one generation."""
     specs = family_of(arch).linears(arch)
@@ -604,8 +615,7 @@ class CostModel:
         return resident + decode_alloc_mb(dec, image_pixels(arch, patch_nums, batch) / 1e6)
 
     def text_encoder_mb(self, arch: Arch) -> float:
-        """MB of the family's text encoder as stored (TEXT_ENCODER_BYTES per parameter); 0: none."""
-        return family_of(arch).text_encoder_params(arch) * TEXT_ENCODER_BYTES / MB
+        return text_encoder_mb(arch)
 
     def reload_ms(self, arch: Arch) -> float:
         """ms to load the text encoder's weights again (a freed encoder, for a new prompt), at the

@@ -2,6 +2,7 @@
 is one line naming the reachable minima, a sweep writes a CSV and a PNG."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -274,6 +275,19 @@ def test_text_encoder_lever(tmp_path, capsys):
         assert b["encode_phase"] == pytest.approx(b["weights"] + b["other"] - _fixed(profile) + enc_mib, rel=1e-9)
         assert ("text_encoder" in b) == (p.text_encoder["mode"] == "resident")
     assert plans["tight"].predicted.memory_mb <= 8 * 1024
+    # dense, the reference, is the model as it ships: its encoder resident, as the plans count theirs
+    dense = profile.cost_model.predict(profile.arch, plans["tight"].patch_nums, 1)
+    assert plans["roomy"].predicted.dense_memory_mb == pytest.approx(dense.memory_mb + enc_mib, rel=1e-9)
+    # `litevar bench` loads no encoder: what it compares against is the same decisions without one
+    from litevar.commands.bench import without_text_encoder
+    from litevar.planner.build import plan_decisions
+    for p in plans.values():
+        bare = dataclasses.replace(plan_decisions(p), text_encoder=None)
+        want = profile.cost_model.predict(profile.arch, p.patch_nums, p.batch, bare, p.dtype)
+        got = without_text_encoder(p, enc_mib)
+        assert got.memory_mb == pytest.approx(want.memory_mb, rel=1e-9)
+        assert got.dense_memory_mb == pytest.approx(dense.memory_mb, rel=1e-9)
+        assert (got.latency_ms is None) == (p.text_encoder["mode"] == "freed")
     # the same decisions, resident vs freed: the reload is the only latency difference
     same = Plan.from_dict({**plans["forced"].to_dict(), "text_encoder": {"mode": "resident", "images_per_prompt": 1}})
     d = plan_prediction(plans["forced"], profile).latency_ms - plan_prediction(same, profile).latency_ms
