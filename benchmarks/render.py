@@ -509,8 +509,9 @@ def gpu_fit() -> str:
                   "no GPU measured them).", "", source(d, "gpu-fit")]
     if extra:
         lines += ["", "Infinity rows: priced from the Infinity-2B cost-only profile (8B's wider shapes extrapolated "
-                      "from it: `litevar plan --config 8b`), losses borrowed from the VAR default model; the text "
-                      "encoder is outside every figure.", "", source(extra[0], "gpu-fit-infinity")]
+                      "from it: `litevar plan --config 8b`), losses borrowed from the VAR default model. Dense holds its "
+                      "T5 text encoder resident, as Infinity ships; a plan keeps it too unless it frees it after "
+                      "encoding (`litevar plan --text-encoder`), paying its reload for each prompt.", "", source(extra[0], "gpu-fit-infinity")]
     return "\n".join(lines)
 
 
