@@ -357,6 +357,14 @@ def plan_since(g: dict) -> bool:
     return not path.exists() or not measured(g, path.read_text())
 
 
+def dense_mib(g: dict) -> float:
+    """The dense reference (MiB) of the plan a one-generation result names, as the shipped plan
+    states it (dense does not depend on the plan's decisions); the run's record if the plan is gone."""
+    from litevar.planner.plan import Plan
+    path = ROOT / g["plan"]
+    return Plan.load(path).predicted.dense_memory_mb if path.exists() else g["dense_predicted_mib"]
+
+
 def peak_set_by(g: dict) -> str:
     """The phase that set the measured peak (runs that measured both), else the predicted one."""
     b = g.get("predicted_breakdown_mib") or {}
@@ -509,9 +517,10 @@ def gpu_fit() -> str:
                   "no GPU measured them).", "", source(d, "gpu-fit")]
     if extra:
         lines += ["", "Infinity rows: priced from the Infinity-2B cost-only profile (8B's wider shapes extrapolated "
-                      "from it: `litevar plan --config 8b`), losses borrowed from the VAR default model. Dense holds its "
-                      "T5 text encoder resident, as Infinity ships; a plan keeps it too unless it frees it after "
-                      "encoding (`litevar plan --text-encoder`), paying its reload for each prompt.", "", source(extra[0], "gpu-fit-infinity")]
+                      "from it: `litevar plan --config 8b`), losses borrowed from the VAR default model. Dense holds "
+                      "its T5 text encoder resident, as Infinity ships; a plan keeps it too unless it frees it "
+                      "after encoding (`litevar plan --text-encoder`), paying its reload for each prompt.", "",
+                  source(extra[0], "gpu-fit-infinity")]
     return "\n".join(lines)
 
 
@@ -743,12 +752,13 @@ def readme_results() -> str:
         if plan_since(g):
             what += " ‡"
             stale.append(g["plan_name"])
-        lines.append(f"| {model}, {g['resolution']} px | {what}, one generation | {gib(g['dense_predicted_mib'], 1)} "
+        lines.append(f"| {model}, {g['resolution']} px | {what}, one generation | {gib(dense_mib(g), 1)} "
                      f"GiB predicted | {gib(g['predicted_mib'])} GiB | **{gib(g['peak_mib'])} GiB** "
                      f"({pct(g['memory_err'])}), {g['seconds'] / 60:.0f} min |")
     lines += ["", "Memory: the allocator's peak, which plans predict and budgets govern (the process's peak is "
                   "beside it in docs/benchmarks.md); the error in brackets is predicted / measured - 1, so a "
-                  "positive one is a prediction on the safe side."]
+                  "positive one is a prediction on the safe side. Dense: the shipped plan's reference, the dense "
+                  "model as it ships (Infinity's text encoder resident) priced by the plan's profile."]
     if stale:
         lines += ["", f"‡ Measured on the plan's previous decisions: {', '.join(stale)} was re-made since and not "
                       "run again (docs/benchmarks.md, section 4, prices the measured decisions with the current "

@@ -377,20 +377,31 @@ def backend_jobs() -> list[tuple[str, float | None]]:
             + [(b, k) for b in ("mdwa", "mdwa_qk8") for k in WINDOW_KEPT])
 
 
+def backend_scales(pns, max_work: int, windowed: bool) -> list[int]:
+    """The scales of schedule `pns` a backend is timed at, among those whose q_len x kv_len is at
+    most `max_work`: windows at the three largest from the fifth on (where they apply); a backend
+    every scale's call runs (a KV cache's, QK8) at four spread from the first to the largest. A
+    cache's fixed cost grows with the scales it holds, so a fit through the largest calls alone
+    puts their fixed cost into the small ones, which a generation makes as many of."""
+    ends = np.cumsum([p * p for p in pns])
+    fits = [s for s in range(len(pns)) if pns[s] ** 2 * ends[s] <= max_work]
+    if windowed:
+        return [s for s in fits if s >= 5][-3:]
+    return sorted({fits[round(i)] for i in np.linspace(0, len(fits) - 1, min(4, len(fits)))})
+
+
 def backend_points(dev, dtype: str, arch, max_work: int, deadline: float) -> list[dict]:
     """ms of one attention call on each backend of backend_jobs, as the profile's cost stage times
     it (profiler.cost.measure_attention: a KV-cache format's call writes its segment, assembles
-    the kept keys and attends; a windowed one keeps about its target of the keys), at the three
-    largest scales of `arch`'s schedule from the fifth on (where windows apply) whose q_len x kv_len
-    is at most `max_work`; none once `deadline` has passed. A backend that fails here is left out
-    and, as one without two points, priced as dense attention."""
+    the kept keys and attends; a windowed one keeps about its target of the keys), at the scales of
+    `arch`'s schedule that backend_scales picks; none once `deadline` has passed. A backend that
+    fails here is left out and, as one without two points, priced as dense attention."""
     from litevar.profiler.cost import measure_attention
     pns = tuple(arch.patch_nums or family_schedule(arch))
     ends = np.cumsum([p * p for p in pns])
-    scales = [s for s in range(5, len(pns)) if pns[s] ** 2 * ends[s] <= max_work][-3:]
     out = []
     for backend, target in backend_jobs():
-        for s in scales:
+        for s in backend_scales(pns, max_work, target is not None):
             if time.monotonic() > deadline:
                 return out
             try:

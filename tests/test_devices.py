@@ -478,3 +478,25 @@ def test_calibrate_times_a_generation_of_the_profiles_model_unless_told_not_to(t
                                                                 "--no-generation"], []):
         assert run_cli(capsys, "calibrate", *flags, "--out", out)[0] == 0
     assert seen[0] is not None and seen[0].arch.depth == 4 and seen[1] is None and seen[2] is None
+
+
+def test_backend_scales_span_the_calls_each_backend_makes():
+    """Windows are timed where they apply (the three largest scales from the fifth on); a backend
+    that every scale's call runs (a KV cache's, QK8) from the first scale to the largest that fits
+    the work cap, so its fit sees the small calls' fixed cost as well as the large calls' work."""
+    import random
+
+    import numpy as np
+
+    from litevar.profiler.calibrate import backend_scales
+    rng = random.Random()
+    for _ in range(20):
+        pns = tuple(sorted(rng.sample(range(1, 70), rng.randint(6, 13))))
+        ends = np.cumsum([p * p for p in pns])
+        work = [pns[s] ** 2 * ends[s] for s in range(len(pns))]
+        cap = rng.choice(work[5:])
+        fits = [s for s in range(len(pns)) if work[s] <= cap]
+        spread, windowed = backend_scales(pns, cap, False), backend_scales(pns, cap, True)
+        assert spread[0] == fits[0] == 0 and spread[-1] == fits[-1] and len(spread) == min(4, len(fits))
+        assert spread == sorted(set(spread)) and set(spread) <= set(fits)
+        assert windowed == [s for s in fits if s >= 5][-3:]
