@@ -151,25 +151,30 @@ def dispatch_ms(dev) -> float:
     return dev.time_ms(lambda: x.add_(1.0), warmup=10, repeats=5, min_batch_ms=5.0)
 
 
-def fit_throughput(flops, nbytes, ms, bandwidth_gbs: float, peak_tflops: float | None = None
-                   ) -> tuple[Throughput, float]:
+def fit_throughput(flops, nbytes, ms, bandwidth_gbs: float, peak_tflops: float | None = None,
+                   segments=None) -> tuple[Throughput, float]:
     """(fitted Throughput, rms relative error) of t = o + max(F / P, B / BW) by least squares on the
     relative residuals, over log P and log o. P is bounded by `peak_tflops` (the catalogue's peak of
     the math, where known): calls whose time is all overhead (small GEMMs on a GPU) leave P free,
-    and an unbounded fit then reports a throughput no hardware has."""
+    and an unbounded fit then reports a throughput no hardware has. With `segments` (a KV-cache
+    call's scales, each assembled on its own), a third term s x segments, s >= 0, is fitted too."""
     from scipy.optimize import least_squares
     F, B, t = (np.asarray(a, float) for a in (flops, nbytes, ms))
     mem = B / (bandwidth_gbs * 1e6)
+    n = np.zeros_like(t) if segments is None else np.asarray(segments, float)
 
     def resid(p):
-        o, P = np.exp(p)
-        return (o + np.maximum(F / (P * 1e9), mem)) / t - 1
+        o, P = np.exp(p[:2])
+        return (o + p[2] * n + np.maximum(F / (P * 1e9), mem)) / t - 1
     hi = np.log(peak_tflops) if peak_tflops else np.inf
-    p0 = np.log([max(float(t.min()) / 2, 1e-4), max(float(np.median(F / (t * 1e9))), 1e-3)])
+    p0 = [*np.log([max(float(t.min()) / 2, 1e-4), max(float(np.median(F / (t * 1e9))), 1e-3)]), 0.0]
     p0[1] = min(p0[1], hi - 1e-6)
-    r = least_squares(resid, p0, bounds=([-np.inf, -np.inf], [np.inf, hi]))
-    o, P = np.exp(r.x)
-    return Throughput(float(P), float(o)), float(np.sqrt(np.mean(resid(r.x) ** 2)))
+    free = segments is not None
+    r = least_squares(resid if free else (lambda p: resid([*p, 0.0])), p0 if free else p0[:2],
+                      bounds=([-np.inf, -np.inf, 0.0][:2 + free], [np.inf, hi, np.inf][:2 + free]))
+    x = [*r.x, 0.0][:3]
+    o, P = np.exp(x[:2])
+    return Throughput(float(P), float(o), float(x[2])), float(np.sqrt(np.mean(resid(x) ** 2)))
 
 
 def _split(points: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -350,19 +355,24 @@ def fit_runtime(spec, dtype: str, formats, points: list[dict], apts: list[dict],
     for backend in dict.fromkeys(p["backend"] for p in bpts):
         pts = [p for p in bpts if p["backend"] == backend]
         if len(pts) >= 2:
-            tp, rms = _fit_attention(pts, act, bw, _peak(spec, "fp", dtype))
-            backends[backend] = {"tflops": tp.tflops, "overhead_ms": tp.overhead_ms, "rmse_rel": rms, "n": len(pts)}
+            tp, rms = _fit_attention(pts, act, bw, _peak(spec, "fp", dtype), by_segment=len(pts) >= 3 and all(
+                "segments" in p for p in pts))
+            backends[backend] = {"tflops": tp.tflops, "overhead_ms": tp.overhead_ms,
+                                 "per_segment_ms": tp.per_segment_ms, "rmse_rel": rms, "n": len(pts)}
     a_tp, a_rms = _fit_attention(apts, act, bw, _peak(spec, "fp", dtype))
     return {"gemm": gemm, "attention": {"tflops": a_tp.tflops, "overhead_ms": a_tp.overhead_ms,
                                         "rmse_rel": a_rms, "n": len(apts)}, "backends": backends}, errs
 
 
-def _fit_attention(pts: list[dict], act: int, bw: float, peak: float | None) -> tuple[Throughput, float]:
+def _fit_attention(pts: list[dict], act: int, bw: float, peak: float | None, by_segment: bool = False
+                   ) -> tuple[Throughput, float]:
     """The roofline fit of attention calls: the flops of the (query, key) pairs each call keeps
-    (profiler.devices.attention_work, as a plan prices them)."""
+    (profiler.devices.attention_work, as a plan prices them); `by_segment`: with a cost per scale
+    a KV-cache call assembles (the points' `segments`)."""
     from litevar.profiler.devices import attention_work
     work = [attention_work(p["B"], p["H"], p["D"], p["q_len"], p["kv_len"], p.get("kept", 1.0), act) for p in pts]
-    return fit_throughput([f for f, _ in work], [b for _, b in work], [p["ms"] for p in pts], bw, peak)
+    return fit_throughput([f for f, _ in work], [b for _, b in work], [p["ms"] for p in pts], bw, peak,
+                          [p["segments"] for p in pts] if by_segment else None)
 
 
 # attention backends timed beside dense SDPA (kept target; None: every key): a call on each KV-cache
@@ -380,14 +390,15 @@ def backend_jobs() -> list[tuple[str, float | None]]:
 def backend_scales(pns, max_work: int, windowed: bool) -> list[int]:
     """The scales of schedule `pns` a backend is timed at, among those whose q_len x kv_len is at
     most `max_work`: windows at the three largest from the fifth on (where they apply); a backend
-    every scale's call runs (a KV cache's, QK8) at four spread from the first to the largest. A
-    cache's fixed cost grows with the scales it holds, so a fit through the largest calls alone
-    puts their fixed cost into the small ones, which a generation makes as many of."""
+    every scale's call runs (a KV cache's, QK8) at five spread from the first to the largest. A
+    cache's fixed cost grows with the scales it assembles (its fit has a term per scale), so a fit
+    through the largest calls alone puts their fixed cost into the small ones, which a generation
+    makes as many of."""
     ends = np.cumsum([p * p for p in pns])
     fits = [s for s in range(len(pns)) if pns[s] ** 2 * ends[s] <= max_work]
     if windowed:
         return [s for s in fits if s >= 5][-3:]
-    return sorted({fits[round(i)] for i in np.linspace(0, len(fits) - 1, min(4, len(fits)))})
+    return sorted({fits[round(i)] for i in np.linspace(0, len(fits) - 1, min(5, len(fits)))})
 
 
 def backend_points(dev, dtype: str, arch, max_work: int, deadline: float) -> list[dict]:
@@ -396,10 +407,11 @@ def backend_points(dev, dtype: str, arch, max_work: int, deadline: float) -> lis
     the kept keys and attends; a windowed one keeps about its target of the keys), at the scales of
     `arch`'s schedule that backend_scales picks; none once `deadline` has passed. A backend that
     fails here is left out and, as one without two points, priced as dense attention."""
+    from litevar.profiler import costmodel as C
     from litevar.profiler.cost import measure_attention
     pns = tuple(arch.patch_nums or family_schedule(arch))
     ends = np.cumsum([p * p for p in pns])
-    out = []
+    out, kv = [], set(C.kv_backends().values())
     for backend, target in backend_jobs():
         for s in backend_scales(pns, max_work, target is not None):
             if time.monotonic() > deadline:
@@ -413,7 +425,8 @@ def backend_points(dev, dtype: str, arch, max_work: int, deadline: float) -> lis
                 out = [p for p in out if p["backend"] != backend]
                 break
             out.append({"backend": backend, "B": 2, "H": arch.num_heads, "D": arch.head_dim,
-                        "q_len": pns[s] ** 2, "kv_len": int(ends[s]), "kept": kept, "ms": ms})
+                        "q_len": pns[s] ** 2, "kv_len": int(ends[s]), "kept": kept, "ms": ms,
+                        **({"segments": s + 1} if backend in kv else {})})  # a cache keeping every scale
     return out
 
 

@@ -501,10 +501,12 @@ class CostModel:
         return max(ms, fp_ms) if self.is_emulated(fmt) else ms
 
     def attn_ms(self, B: int, H: int, D: int, q_len: int, kv_len: int, kept: float, backend: str,
-                dtype: str | None = None) -> float:
+                dtype: str | None = None, segments: int = 1) -> float:
         """Predicted ms of one attention call (B rows incl. CFG doubling) on `backend` ('dense',
         'mdwa', or either with '_qk8') at runtime dtype `dtype`; an untimed '_qk8' backend falls back
-        to its base, a backend untimed at `dtype` to its timing at the profile's dtype."""
+        to its base, a backend untimed at `dtype` to its timing at the profile's dtype. `segments`
+        (the scales a KV-cache call assembles) is unused here: the cost stage timed every call shape
+        of the schedule, so its fit holds their count; a target's fit uses it."""
         if dtype is not None and dtype != self.dtype:
             for name in (f"{backend}@{dtype}", f"{backend.removesuffix('_qk8')}@{dtype}"):
                 if name in self.attn:
@@ -526,11 +528,12 @@ class CostModel:
         H, D = arch.num_heads, arch.head_dim
         q = patch_nums[si] ** 2
         kv = sum(p * p for p in patch_nums[:si + 1])
-        kv_kept = sum(patch_nums[j] ** 2 for j in spec.keep.parts(si))
+        parts = spec.keep.parts(si)
+        kv_kept = sum(patch_nums[j] ** 2 for j in parts)
         attn_ms = functools.partial(self.call_ms, "attn")
         base = plain_ms * attn_ms(rows, H, D, q, kv_kept, 1.0, "dense", dtype) / attn_ms(
             rows, H, D, q, kv, 1.0, "dense", dtype)
-        extra = (attn_ms(rows, H, D, q, kv_kept, 1.0, spec.fmt.attn_backend, dtype)
+        extra = (attn_ms(rows, H, D, q, kv_kept, 1.0, spec.fmt.attn_backend, dtype, len(parts))
                  - attn_ms(rows, H, D, q, kv_kept, 1.0, "dense", dtype))
         return base + max(0.0, extra)
 

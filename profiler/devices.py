@@ -160,13 +160,17 @@ def capabilities(spec: DeviceSpec) -> Capabilities:
 
 @dataclass
 class Throughput:
-    """A kernel family's fitted cost: t = overhead + max(flops / tflops, bytes / bandwidth)."""
+    """A kernel family's fitted cost: t = overhead + per_segment x segments + max(flops / tflops,
+    bytes / bandwidth). Segments: the scales a KV-cache call assembles, each its own write, read and
+    dequantization (1 for any other call; 0 ms per segment where not fitted)."""
 
     tflops: float  # sustained (peak x efficiency)
     overhead_ms: float  # per call
+    per_segment_ms: float = 0.0
 
-    def ms(self, flops: float, nbytes: float, bandwidth_gbs: float) -> float:
-        return self.overhead_ms + max(flops / (self.tflops * 1e9), nbytes / (bandwidth_gbs * 1e6))
+    def ms(self, flops: float, nbytes: float, bandwidth_gbs: float, segments: int = 1) -> float:
+        return (self.overhead_ms + self.per_segment_ms * segments
+                + max(flops / (self.tflops * 1e9), nbytes / (bandwidth_gbs * 1e6)))
 
 
 @dataclass
@@ -260,7 +264,7 @@ def from_calibration(cal: dict) -> Target:
     spec = catalogue().get(cal.get("spec") or "")
     caps = capabilities(spec) if spec is not None else None
     def fit(f):
-        return Throughput(f["tflops"], f["overhead_ms"])
+        return Throughput(f["tflops"], f["overhead_ms"], f.get("per_segment_ms", 0.0))
     runtimes = {dtype: Runtime({name: fit(g) for name, g in rt["gemm"].items()}, fit(rt["attention"]),
                                {b: fit(f) for b, f in rt.get("backends", {}).items()})
                 for dtype, rt in cal["runtimes"].items()}
@@ -370,12 +374,13 @@ class TargetCostModel(C.CostModel):
             ms = max(ms, fp.ms(2.0 * M * K * N, linear_bytes(K, N, M, "fp", act), t.bandwidth_gbs))
         return ms
 
-    def attn_ms(self, B, H, D, q_len, kv_len, kept, backend, dtype=None) -> float:
+    def attn_ms(self, B, H, D, q_len, kv_len, kept, backend, dtype=None, segments: int = 1) -> float:
         t = self.target
         act = C.DTYPE_BYTES[dtype if dtype in t.runtimes else t.dtype]
         flops, nbytes = attention_work(B, H, D, q_len, kv_len, 1.0 if backend.startswith("dense") else kept, act)
         rt = t.runtime(dtype)
-        return rt.backends.get(backend, rt.attention).ms(flops, nbytes, t.bandwidth_gbs)
+        fit = rt.backends.get(backend, rt.attention)
+        return fit.ms(flops, nbytes, t.bandwidth_gbs, segments if fit is not rt.attention else 1)
 
     def alpha_of(self, kernel: str, dtype: str | None = None) -> float:
         """The target's in-model factor at `dtype` for the dense family (fp linears and attention),

@@ -14,6 +14,7 @@ from litevar.profiler import costmodel as C
 from litevar.profiler.devices import (
     TIER_GUARD,
     Throughput,
+    attention_work,
     capabilities,
     catalogue,
     from_calibration,
@@ -380,6 +381,45 @@ def test_throughput_fit_is_bounded_by_the_peak():
     assert rms < 0.05  # 2e8 flops at 100 TFLOP/s is 0.002 ms: the overhead still explains every point
 
 
+def test_a_caches_cost_per_scale_is_fitted_and_priced_per_scale_it_assembles():
+    """A KV-cache call writes, reads and dequantizes each scale it holds on its own. Timed at the
+    scales of a schedule (noise-free times from a random overhead, throughput and cost per scale),
+    the fit recovers all three; the roofline alone cannot (its rms is the miss). Priced, a cache
+    keeping two scales pays two scales' cost, one keeping ten pays ten (costmodel.kv_call_ms)."""
+    import numpy as np
+
+    from litevar.kernels.kvcache import KeepRule, KVSpec
+    from litevar.profiler.calibrate import fit_throughput
+    rng = np.random.default_rng()
+    o, P, s, bw = rng.uniform(0.05, 0.5), rng.uniform(0.05, 0.5), rng.uniform(0.02, 0.3), 20.0
+    pns = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+    ends = np.cumsum([p * p for p in pns])
+    work = [attention_work(2, 4, 64, p * p, int(e), 1.0, 4) for p, e in zip(pns, ends)]
+    segs = np.arange(1, len(pns) + 1)
+    ms = [o + s * n + max(f / (P * 1e9), b / (bw * 1e6)) for (f, b), n in zip(work, segs)]
+    fit, rms = fit_throughput([f for f, _ in work], [b for _, b in work], ms, bw, None, segs)
+    # noise-free points of the fitted form: recovered to the solver's tolerance
+    assert (fit.overhead_ms, fit.tflops, fit.per_segment_ms) == pytest.approx((o, P, s), rel=1e-4)
+    assert rms < 1e-6
+    assert fit_throughput([f for f, _ in work], [b for _, b in work], ms, bw)[1] > 1e-3
+    # priced for a target whose KV8 calls have that fit
+    profile = Profile.load("profiles/default-cpu.json")
+    t = load_target("devices/avx2.json")
+    rt = t.runtime(t.dtype)
+    rt.backends["dense_kv8"] = fit
+    cm = priced(profile, t).cost_model
+    arch, si = profile.arch, len(pns) - 1
+    q, kv = pns[si] ** 2, int(ends[si])
+    for keep, n in ((KeepRule(0, None), len(pns)), (KeepRule(1, 1), 2)):
+        spec = KVSpec("KV8", keep)
+        kv_kept = sum(pns[j] ** 2 for j in spec.keep.parts(si))
+        plain = cm.attn_ms(2, arch.num_heads, arch.head_dim, q, kv, 1.0, "dense")
+        dense_kept = cm.attn_ms(2, arch.num_heads, arch.head_dim, q, kv_kept, 1.0, "dense")
+        one = cm.attn_ms(2, arch.num_heads, arch.head_dim, q, kv_kept, 1.0, "dense_kv8", segments=1)
+        got = cm.kv_call_ms(arch, pns, si, 2, spec, plain)
+        assert got == pytest.approx(dense_kept + max(0.0, one + s * (n - 1) - dense_kept), rel=1e-9)
+
+
 def test_refit_of_a_calibration_reproduces_its_fits(tmp_path, capsys):
     """`litevar calibrate --refit` fits again from the recorded points: on a CPU calibration (no
     catalogue peak bounds it) the fits come out as recorded (the same least squares on the same
@@ -497,6 +537,6 @@ def test_backend_scales_span_the_calls_each_backend_makes():
         cap = rng.choice(work[5:])
         fits = [s for s in range(len(pns)) if work[s] <= cap]
         spread, windowed = backend_scales(pns, cap, False), backend_scales(pns, cap, True)
-        assert spread[0] == fits[0] == 0 and spread[-1] == fits[-1] and len(spread) == min(4, len(fits))
+        assert spread[0] == fits[0] == 0 and spread[-1] == fits[-1] and len(spread) == min(5, len(fits))
         assert spread == sorted(set(spread)) and set(spread) <= set(fits)
         assert windowed == [s for s in fits if s >= 5][-3:]
