@@ -209,7 +209,7 @@ def test_generate_refuses_plan_for_another_resolution(reference, tmp_path, capsy
 
 
 BENCH_KEYS = {"version", "batch", "resolution", "repeats", "warmup", "kernel", "dtype", "quality", "dense",
-              "baselines", "plans"}
+              "baselines", "plans", "text_encoder_mb"}
 E2E_KEYS = {"latency_ms", "latency_ms_runs", "peak_mb", "process_peak_mb", "model_mb", "dtype", "loss", "top1"}
 
 
@@ -226,6 +226,7 @@ def test_bench_writes_every_figure(reference, tmp_path, capsys):
     assert whole["kind"] == "bench" and whole["provenance"]["command"].startswith("litevar bench")
     r = whole["data"]
     assert set(r) == BENCH_KEYS and r["version"] == 3 and r["quality"] is None and r["baselines"] == []
+    assert r["text_encoder_mb"] is None  # VAR has none: every prediction is compared as the plan states it
     (e,) = r["plans"]
     for m in (r["dense"], e["measured"]):
         assert set(m) == E2E_KEYS and m["loss"] is None
