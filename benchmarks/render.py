@@ -436,16 +436,11 @@ def transfer() -> str:
     lines = [f"Source profile: {p} (measured at full ISA, {n} threads)." for p, n in sorted(profiles)]
     lines += ["", "| device | calibration s | plans | median error, calibrated | Spearman | median error, profile "
               "as is | budget plan: predicted / measured |", "|---|---:|---:|---:|---:|---:|---|"]
-    notes = []
-    for d in files.values():
-        for dev in d["data"]["devices"]:
-            label = _transfer_label(dev, d["provenance"])
-            lines.append(_transfer_row(dev, label))
-            notes += [f"{label}: {n}" for n in _transfer_notes(dev)]
+    devices = [(dev, _transfer_label(dev, d["provenance"])) for d in files.values() for dev in d["data"]["devices"]]
+    lines += [_transfer_row(dev, label) for dev, label in devices]
+    notes = [f"{label}: {n}" for dev, label in devices for n in _transfer_notes(dev)]
     lines += ["", *(f"- {n}." for n in notes), ""]
-    for d in files.values():
-        lines += [_transfer_plans(dev, _transfer_label(dev, d["provenance"])) for dev in d["data"]["devices"]
-                  if "in_model" in dev]
+    lines += [_transfer_plans(dev, label) for dev, label in devices if "in_model" in dev]
     lines += [f"- {name}: " + source(d, name) for name, d in files.items()]
     return "\n".join(lines)
 

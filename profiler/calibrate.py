@@ -169,9 +169,9 @@ def fit_throughput(flops, nbytes, ms, bandwidth_gbs: float, peak_tflops: float |
     hi = np.log(peak_tflops) if peak_tflops else np.inf
     p0 = [*np.log([max(float(t.min()) / 2, 1e-4), max(float(np.median(F / (t * 1e9))), 1e-3)]), 0.0]
     p0[1] = min(p0[1], hi - 1e-6)
-    free = segments is not None
-    r = least_squares(resid if free else (lambda p: resid([*p, 0.0])), p0 if free else p0[:2],
-                      bounds=([-np.inf, -np.inf, 0.0][:2 + free], [np.inf, hi, np.inf][:2 + free]))
+    k = 2 if segments is None else 3  # without segments, s stays 0
+    r = least_squares(lambda p: resid([*p, 0.0][:3]), p0[:k],
+                      bounds=([-np.inf, -np.inf, 0.0][:k], [np.inf, hi, np.inf][:k]))
     x = [*r.x, 0.0][:3]
     o, P = np.exp(x[:2])
     return Throughput(float(P), float(o), float(x[2])), float(np.sqrt(np.mean(resid(x) ** 2)))

@@ -379,8 +379,7 @@ class TargetCostModel(C.CostModel):
         act = C.DTYPE_BYTES[dtype if dtype in t.runtimes else t.dtype]
         flops, nbytes = attention_work(B, H, D, q_len, kv_len, 1.0 if backend.startswith("dense") else kept, act)
         rt = t.runtime(dtype)
-        fit = rt.backends.get(backend, rt.attention)
-        return fit.ms(flops, nbytes, t.bandwidth_gbs, segments if fit is not rt.attention else 1)
+        return rt.backends.get(backend, rt.attention).ms(flops, nbytes, t.bandwidth_gbs, segments)
 
     def alpha_of(self, kernel: str, dtype: str | None = None) -> float:
         """The target's in-model factor at `dtype` for the dense family (fp linears and attention),
