@@ -24,6 +24,7 @@ import argparse
 import time
 
 import torch
+from tqdm import tqdm
 
 from litevar.commands.common import add_model_arguments, load_model
 from litevar.commands.results import provenance, write_result
@@ -34,9 +35,10 @@ MiB = 2 ** 20
 
 def phase_predictions(breakdown: dict | None) -> dict:
     """The plan's predicted peak of each phase (MiB): the transformer's parts and the decode's."""
+    from litevar.planner.plan import phase_peaks_mb
     if not breakdown:
         return {}
-    return {"predicted_transformer_mib": sum(v for k, v in breakdown.items() if not k.endswith("_phase")),
+    return {"predicted_transformer_mib": phase_peaks_mb(breakdown)["transformer"],
             "predicted_decode_mib": breakdown.get("decode_phase"),
             "predicted_encode_mib": breakdown.get("encode_phase")}
 
@@ -74,7 +76,9 @@ def main(argv=None) -> int:
 
     def transformer():
         extra = {"conds": held["conds"]} if te else {}
-        latent.append(family.transformer_phase(model, plan.batch, args.dtype, **extra)())
+        with tqdm(total=len(plan.patch_nums), desc=f"{plan.name}: scales", unit="scale") as bar:
+            run = family.transformer_phase(model, plan.batch, args.dtype, callback=lambda si: bar.update(1), **extra)
+            latent.append(run())
 
     def decode():
         with autocast(device.torch, args.dtype):

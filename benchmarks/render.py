@@ -367,9 +367,8 @@ def dense_mib(g: dict) -> float:
 
 def peak_set_by(g: dict) -> str:
     """The phase that set the measured peak (runs that measured both), else the predicted one."""
-    b = g.get("predicted_breakdown_mib") or {}
-    phases = {"transformer": sum(v for k, v in b.items() if not k.endswith("_phase")),
-              "decode": b.get("decode_phase", 0), "encode": b.get("encode_phase", 0)}
+    from litevar.planner.plan import phase_peaks_mb
+    phases = phase_peaks_mb(g.get("predicted_breakdown_mib")) or {"transformer": 0.0}
     predicted = max(phases, key=phases.get)
     if g.get("peak_transformer_mib") is None:
         return f"{predicted} (predicted)"
@@ -726,8 +725,10 @@ def default_eval() -> str:
 @renderer("readme-results")
 def readme_results() -> str:
     stale: list[str] = []
+    bench = result("bench-default-cpu", "bench")
+    home, elsewhere = machine(bench["provenance"], policy=False), set()
     lines = ["| model, resolution | what | dense | plan, predicted | plan, measured |", "|---|---|---|---|---|"]
-    b = result("bench-default-cpu", "bench")["data"]
+    b = bench["data"]
     x = plan_row(b, "default-cpu-256-x25")
     lines.append(f"| default, 256 px | `--min-speedup 1.25` | {b['dense']['latency_ms']:.1f} ms | "
                  f"{x['speedup']['promised']:.2f}x, loss {x['predicted']['loss']:.2g} | "
@@ -742,14 +743,23 @@ def readme_results() -> str:
                        ("infinity-2b-cpu-1024-8gib-one", "`--max-memory-gib 8`, random init")):
         if not (RESULTS / f"{name}.json").exists():
             continue
-        g = result(name, "one-generation")["data"]
+        d = result(name, "one-generation")
+        g, ran_on = d["data"], machine(d["provenance"], policy=False)
         model = {"infinity": "Infinity-2B"}.get(name.split("-")[0], name.split("-")[0])
         if plan_since(g):
             what += " ‡"
             stale.append(g["plan_name"])
+        if ran_on != home:
+            elsewhere.add(ran_on)
+        where = "" if ran_on == home else " §"
         lines.append(f"| {model}, {g['resolution']} px | {what}, one generation | {gib(dense_mib(g), 1)} "
                      f"GiB predicted | {gib(g['predicted_mib'])} GiB | **{gib(g['peak_mib'])} GiB** "
-                     f"({pct(g['memory_err'])}), {g['seconds'] / 60:.0f} min |")
+                     f"({pct(g['memory_err'])}), {g['seconds'] / 60:.0f} min{where} |")
+    head = f"Measured on {home}"
+    if elsewhere:
+        head += f", and § on {' and '.join(sorted(elsewhere))}"
+    lines = [head + "; each row's command, machine, date and revision are in [docs/benchmarks.md](docs/benchmarks.md), "
+             "rendered from the result files under `docs/results/`.", ""] + lines
     lines += ["", "Memory: the allocator's peak, which plans predict and budgets govern (the process's peak is "
                   "beside it in docs/benchmarks.md); the error in brackets is predicted / measured - 1, so a "
                   "positive one is a prediction on the safe side. Dense: the shipped plan's reference, the dense "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from litevar.kernels.formats import FORMATS, get_format
 from litevar.kernels.windows import WindowConfig
-from litevar.models.core.atomic import write_text
+from litevar.models.core.atomic import read_json, write_text
 from litevar.models.core.errors import UserError
 from litevar.models.core.family import Arch, arch_from, family_of
 
@@ -69,6 +69,19 @@ class Predicted:
 
     def to_dict(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def phase_peaks_mb(self) -> dict[str, float]:
+        """MB of each phase's predicted peak, from the memory breakdown: `transformer` (its parts
+        summed), `decode` and `encode` (0 where a phase is not modelled); {} without a breakdown."""
+        return phase_peaks_mb(self.memory_breakdown_mb)
+
+
+def phase_peaks_mb(breakdown: dict | None) -> dict[str, float]:
+    """The phases' peaks of a memory breakdown (Predicted.memory_breakdown_mb, or a result file's copy)."""
+    if not breakdown:
+        return {}
+    return {"transformer": float(sum(v for k, v in breakdown.items() if not k.endswith("_phase"))),
+            "decode": float(breakdown.get("decode_phase", 0.0)), "encode": float(breakdown.get("encode_phase", 0.0))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,15 +316,7 @@ class Plan:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Plan:
         path = Path(path)
-        if not path.is_file():
-            raise UserError(f"plan file {path} not found; pass the JSON written by `litevar plan --out`")
-        try:
-            d = json.loads(path.read_text())
-        except UnicodeDecodeError:
-            raise UserError(f"plan file {path} is not text; pass the JSON written by `litevar plan`") from None
-        except json.JSONDecodeError as e:
-            raise UserError(f"plan file {path} is not valid JSON (line {e.lineno}, column {e.colno}: "
-                            f"{e.msg}): the file is truncated or corrupt; {REPLAN}") from None
+        d = read_json(path, "plan file", "pass the JSON written by `litevar plan --out`")
         try:
             return cls.from_dict(d)
         except UserError as e:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from litevar.models.core.atomic import read_json
 from litevar.models.core.errors import UserError
 from litevar.profiler import costmodel as C
 
@@ -282,14 +283,8 @@ def load_target(name_or_path: str) -> Target:
     """--device NAME (a catalogue key) or FILE (a calibration), one line naming the fix otherwise."""
     path = Path(name_or_path)
     if path.suffix == ".json" or path.is_file():
-        if not path.is_file():
-            raise UserError(f"--device {name_or_path}: no such calibration file; make one with `litevar calibrate "
-                            f"--out {name_or_path}`, or name a catalogue device (`litevar devices`)")
-        try:
-            cal = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise UserError(f"--device {name_or_path}: not a calibration file (not JSON); re-run `litevar calibrate`") \
-                from None
+        cal = read_json(path, "--device calibration", f"make one with `litevar calibrate --out {name_or_path}`, or "
+                        "name a catalogue device (`litevar devices`)")
         if not isinstance(cal, dict) or cal.get("format") != "litevar-calibration":
             raise UserError(f"--device {name_or_path}: not a litevar calibration (format litevar-calibration); "
                             "re-run `litevar calibrate`")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from litevar.models.core.atomic import write_text
+from litevar.models.core.atomic import read_json, write_text
 from litevar.models.core.errors import UserError
 from litevar.models.core.family import Arch, ModelFamily, arch_from, family_of
 from litevar.profiler.costmodel import CostModel
@@ -98,13 +98,5 @@ class Profile:
     @classmethod
     def load(cls, path: str | os.PathLike, arch: dict | None = None) -> Profile:
         path = Path(path)
-        if not path.is_file():
-            raise UserError(f"no profile at {path}; make one with `litevar profile --out {path}`")
-        try:
-            d = json.loads(path.read_text())
-        except UnicodeDecodeError:
-            raise UserError(f"{path} is not text; pass a profile written by `litevar profile`") from None
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}): the file is truncated "
-                            "or corrupt; re-run `litevar profile`") from None
+        d = read_json(path, "profile", f"pass a profile written by `litevar profile --out {path}`")
         return cls.from_dict(d, where=str(path), arch=arch)

@@ -76,8 +76,8 @@ class ToyFamily(VARFamily):
     def generation(self, model, batch, dtype_name):
         return super().generation(model.core, batch, dtype_name)
 
-    def transformer_phase(self, model, batch, dtype_name):
-        return super().transformer_phase(model.core, batch, dtype_name)
+    def transformer_phase(self, model, batch, dtype_name, callback=None):
+        return super().transformer_phase(model.core, batch, dtype_name, callback)
 
     def model_for_schedule(self, vae, model, schedule):
         vae_s, var_s = super().model_for_schedule(vae, model.core, schedule)

@@ -144,3 +144,20 @@ def test_generate_from_text_prompts_through_a_t5_directory(toy_family, tmp_path,
     (tmp_path / "config.json").write_text(json.dumps(_hf_config(T5Config(**{**cfg.__dict__, "d_model": 16}))))
     rc, _, err = run_cli(capsys, *common, "--prompt", "a cat", "--out", tmp_path / "x.png")
     assert rc == 2 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["var", "infinity"])
+def test_transformer_phase_reports_each_scale_and_samples_the_same(name, toy_family):
+    """The progress callback sees every scale once, in order, and does not change what is sampled
+    (same seed, same latent: equal to the last bit)."""
+    from litevar.models.core.family import ModelFlags, get_family
+    family = get_family(name)
+    flags = ModelFlags(family=name, random_init=True, depth=2, patch_nums=(1, 2, 3) if name == "var" else None)
+    vae, model = family.load(flags, torch.device("cpu"))
+    seen: list[int] = []
+    with torch.no_grad():
+        plain = family.transformer_phase(model, 1, "fp32")()
+        watched = family.transformer_phase(model, 1, "fp32", callback=seen.append)()
+    n_scales = len(model.patch_nums) if name == "var" else len(model.hw)
+    assert seen == list(range(n_scales))
+    assert torch.equal(plain, watched)

@@ -177,6 +177,31 @@ def test_truncated_and_missing_files(tmp_path):
     assert_one_line(str(e.value), "nope.json", "not found")
 
 
+def _json_readers():
+    from litevar.commands.results import read_result
+    from litevar.profiler.devices import load_target
+    from litevar.profiler.profile import Profile
+    return {"plan": Plan.load, "profile": Profile.load, "calibration": lambda p: load_target(str(p)),
+            "result": read_result}
+
+
+@pytest.mark.parametrize("reader", ["plan", "profile", "calibration", "result"])
+@pytest.mark.parametrize("content,needle", [(None, "not found"),
+                                            (b"\xff\xfe\x00\x81 bytes", "not a readable text file"),
+                                            (b'{"format": "litevar-', "not valid JSON (line 1")])
+def test_every_json_file_reader_names_the_file_and_the_fix(tmp_path, reader, content, needle):
+    """Plans, profiles, calibrations and result files go through one reader (atomic.read_json): a
+    missing, binary or truncated file is one line naming the file, what is wrong and the command
+    that writes a good one."""
+    path = tmp_path / "file.json"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(UserError) as e:
+        _json_readers()[reader](path)
+    assert_one_line(str(e.value), str(path), needle)
+    assert "litevar" in str(e.value) or "re-run" in str(e.value), str(e.value)
+
+
 def test_constructing_a_bad_plan_fails_early():
     with pytest.raises(UserError, match="W3A3"):
         make_plan(formats={"head": "W3A3"})

@@ -174,12 +174,12 @@ def without_text_encoder(plan, encoder_mb: float):
     pred = plan.predicted
     if not encoder_mb:
         return pred
-    parts = dict(pred.memory_breakdown_mb or {})
-    te, decode = parts.pop("text_encoder", 0.0), parts.pop("decode_phase", 0.0)
-    parts.pop("encode_phase", None)
+    phases = pred.phase_peaks_mb()
+    te = (pred.memory_breakdown_mb or {}).get("text_encoder", 0.0)
     freed = (plan.text_encoder or {}).get("mode") == "freed"
     return dataclasses.replace(
-        pred, memory_mb=max(sum(parts.values()), decode - te if decode else 0.0) if parts else None,
+        pred, memory_mb=max(phases["transformer"] - te, phases["decode"] - te if phases["decode"] else 0.0)
+        if phases else None,
         dense_memory_mb=None if pred.dense_memory_mb is None else pred.dense_memory_mb - encoder_mb,
         latency_ms=None if freed else pred.latency_ms, speedup=None if freed else pred.speedup,
         process_memory_mb=None)

@@ -58,15 +58,8 @@ def run(args) -> int:
 
 def _read_calibration(path: str) -> dict:
     """A calibration file with its points, or one line naming the fix."""
-    import json
-    from pathlib import Path
-    try:
-        c = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"--refit {path}: no such file; give a calibration written by `litevar calibrate --out`") \
-            from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"--refit {path}: not JSON; give a calibration written by `litevar calibrate --out`") from None
+    from litevar.models.core.atomic import read_json
+    c = read_json(path, "--refit", "give a calibration written by `litevar calibrate --out`")
     if not isinstance(c, dict) or c.get("format") != "litevar-calibration" or not isinstance(c.get("points"), dict):
         raise UserError(f"--refit {path}: not a litevar calibration with its points; re-run `litevar calibrate`")
     return c

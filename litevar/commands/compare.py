@@ -15,7 +15,6 @@ import argparse
 import base64
 import html
 import io
-import json
 import logging
 import math
 from collections import Counter
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from litevar.models.core.atomic import atomic_path, write_json, write_text
+from litevar.models.core.atomic import atomic_path, read_json, write_json, write_text
 from litevar.models.core.errors import UserError
 
 if TYPE_CHECKING:
@@ -74,19 +73,10 @@ def load_plans(paths: list[str]) -> list[Entry]:
     return [Entry(str(p), Plan.load(p), profile_sha256(p)) for p in paths]
 
 
-def _read_json(path: str, what: str, fix: str):
-    if not Path(path).is_file():
-        raise UserError(f"{what} {path} not found; {fix}")
-    try:
-        return json.loads(Path(path).read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError, OSError) as e:
-        raise UserError(f"{what} {path} is not valid JSON ({type(e).__name__}); {fix}") from None
-
-
 def load_bench(path: str) -> list[dict]:
     """The "plans" entries of a bench file: a result file of kind bench (version 3 data), or the
     litevar-bench format version 2 written before result files."""
-    d = _read_json(path, "--bench", "pass the JSON written by `litevar bench --json`")
+    d = read_json(path, "--bench", "pass the JSON written by `litevar bench --json`")
     if isinstance(d, dict) and d.get("format") == "litevar-result":
         if d.get("kind") != "bench" or not isinstance(d.get("data"), dict):
             raise UserError(f"--bench {path}: a result file of kind {d.get('kind')!r}, not a bench; "

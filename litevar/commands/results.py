@@ -12,13 +12,12 @@ and tests/test_results.py fails when a page and its files disagree.
 from __future__ import annotations
 
 import datetime
-import json
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-from litevar.models.core.atomic import write_json
+from litevar.models.core.atomic import read_json, write_json
 from litevar.models.core.errors import UserError
 
 FORMAT, VERSION = "litevar-result", 1
@@ -87,11 +86,7 @@ def write_command_result(args, kind: str, data: dict, device="cpu", **dumps_kw) 
 def read_result(path, kind: str | None = None) -> dict:
     """A result file, checked (one line naming the file and the fix otherwise)."""
     path = Path(path)
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not a readable result file ({type(e).__name__}); re-run the command that "
-                        "writes it") from None
+    d = read_json(path, "result file", "re-run the command that writes it")
     if not isinstance(d, dict) or d.get("format") != FORMAT or d.get("version") != VERSION:
         raise UserError(f"{path}: not a litevar result file version {VERSION}; re-run the command that writes it")
     if kind is not None and d.get("kind") != kind:

@@ -1,6 +1,7 @@
-"""Files written atomically: a temp file in the target's folder, then os.replace, so that a crash
-or a bad input never leaves a half-written file (the temp file is removed on any error); and the
-sha256 of a file's bytes, which links a plan to its profile and a model card to its weights."""
+"""Files written atomically (a temp file in the target's folder, then os.replace, so that a crash
+or a bad input never leaves a half-written file; the temp file is removed on any error); JSON files
+read with a one-line error naming the file and the fix; and the sha256 of a file's bytes, which
+links a plan to its profile and a model card to its weights."""
 from __future__ import annotations
 
 import contextlib
@@ -35,6 +36,22 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, data, **dumps_kw) -> Path:
     return write_text(path, json.dumps(data, indent=1, **dumps_kw) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str, fix: str):
+    """The JSON data of a file, or a UserError in one line, `{what} {path} <what is wrong>; {fix}`:
+    missing, unreadable, not text, or not JSON (with the line and column of the first error)."""
+    from litevar.models.core.errors import UserError
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} not found; {fix}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{what} {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}): the file "
+                        f"is truncated or corrupt; {fix}") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise UserError(f"{what} {path} is not a readable text file ({type(e).__name__}); {fix}") from None
 
 
 def file_sha256(path: str | os.PathLike) -> str:

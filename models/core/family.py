@@ -270,8 +270,9 @@ class ModelFamily:
         """One timed unit of work: () -> images of `batch` default conditions."""
         raise NotImplementedError
 
-    def transformer_phase(self, model, batch: int, dtype_name: str):
-        """A generation stopped before the decode: () -> its latent."""
+    def transformer_phase(self, model, batch: int, dtype_name: str, callback=None):
+        """A generation stopped before the decode: () -> its latent. `callback(scale_index)`, if
+        given, is called as each scale is sampled (a progress bar)."""
         raise NotImplementedError
 
     def decode(self, vae, latent):

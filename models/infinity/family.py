@@ -235,10 +235,11 @@ class InfinityFamily(ModelFamily):
             raise UserError("this Infinity has no VAE attached (build it with litevar.models.infinity.build)")
         return lambda: vae.decode(self._generate(model, conds, 0, {}, dtype_name)[0])
 
-    def transformer_phase(self, model, batch: int, dtype_name: str, conds=None):
+    def transformer_phase(self, model, batch: int, dtype_name: str, callback=None, conds=None):
         """A generation of `conds` (default: stand-in prompt embeddings) stopped before the decode."""
         conds = self.conditions(model, batch) if conds is None else conds
-        return lambda: self._generate(model, conds, 0, {}, dtype_name)[0]
+        each_scale = None if callback is None else (lambda si, _: callback(si))
+        return lambda: self._generate(model, conds, 0, {}, dtype_name, callback=each_scale)[0]
 
     def encode_text(self, model, encoder_dir: str | None, prompts: list[str], per: int):
         """Prompts through the T5 encoder of a local directory (bf16, as the official pipeline), at

@@ -163,13 +163,15 @@ class VARFamily(ModelFamily):
         labels = [i % var.num_classes for i in range(batch)]
         return lambda: generate(var, labels, seed=0, dtype_name=dtype_name, progress=False, **SAMPLING)
 
-    def transformer_phase(self, var, batch: int, dtype_name: str):
+    def transformer_phase(self, var, batch: int, dtype_name: str, callback=None):
         dev = var.lvl_1L.device
         labels = torch.tensor([i % var.num_classes for i in range(batch)], device=dev)
+        each_scale = None if callback is None else (lambda si, _: callback(si))
 
         def run():
             with autocast(dev, dtype_name):
-                return var.autoregressive_infer_cfg(batch, labels, g_seed=0, decode=False, **SAMPLING)
+                return var.autoregressive_infer_cfg(batch, labels, g_seed=0, decode=False, callback=each_scale,
+                                                    **SAMPLING)
         return run
 
     def decode(self, vae, latent):

@@ -26,18 +26,3 @@ def schedule_for(resolution: int) -> tuple[int, ...]:
         raise UserError(f"no token schedule for {resolution} px; choose one of {sorted(SCHEDULES)} "
                         f"or pass patch_nums explicitly")
     return SCHEDULES[resolution]
-
-
-def parse_patch_nums(text: str) -> tuple[int, ...]:
-    """'1,2,3,4' -> (1, 2, 3, 4), with a one-line error for anything else."""
-    try:
-        pns = tuple(int(t) for t in text.replace(" ", "").split(",") if t)
-    except ValueError:
-        raise UserError(f"invalid patch_nums {text!r}: give comma-separated integers, "
-                        "e.g. 1,2,3,4,5,6,8,10,13,16") from None
-    from litevar.models.var.var import validate_patch_nums
-    try:
-        validate_patch_nums(pns)
-    except ValueError as e:
-        raise UserError(f"invalid patch_nums {text!r}: {e}") from None
-    return pns
