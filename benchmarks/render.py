@@ -53,6 +53,19 @@ def result(name: str, kind: str | None = None) -> dict:
 MALLOC = {"retain": "malloc keeping freed memory", "default": "glibc's malloc policy"}
 
 
+def amd_core(family, model) -> str | None:
+    """The AMD core generation of a CPU family / model (as /proc/cpuinfo gives them), where known."""
+    try:
+        family, model = int(family), int(model)
+    except (TypeError, ValueError):
+        return None
+    if family == 26:
+        return "Zen 5"
+    if family == 25:
+        return "Zen 4" if 0x10 <= model <= 0x1F or 0x60 <= model <= 0xAF else "Zen 3"
+    return None
+
+
 def machine(prov: dict, policy: bool = True) -> str:
     """The machine in words; on a CPU with the host allocator's policy its timings ran under (a
     file from before the policy was recorded ran under glibc's own)."""
@@ -63,8 +76,9 @@ def machine(prov: dict, policy: bool = True) -> str:
         if policy:
             alloc = m.get("host_allocator") or {"policy": "default"}
             isa += ", " + MALLOC.get(alloc["policy"], f"malloc tunables {alloc.get('glibc_tunables')}")
-        return (f"{m.get('name')} (family {m.get('cpu_family')} model {m.get('cpu_model')}, {m.get('usable_cores')} "
-                f"cores, {isa})")
+        core = amd_core(m.get("cpu_family"), m.get("cpu_model")) if "AMD" in str(m.get("name")) else None
+        return (f"{m.get('name')} (family {m.get('cpu_family')} model {m.get('cpu_model')}"
+                f"{f', {core}' if core else ''}, {m.get('usable_cores')} cores, {isa})")
     return str(m.get("name"))
 
 
@@ -446,7 +460,9 @@ def transfer() -> str:
 
 def _transfer_label(dev: dict, prov: dict) -> str:
     """The device: the CPU the run was on (family and model) and what was made of it."""
-    cpu = machine(prov, policy=False).split(",")[0] + ")"  # "AMD EPYC (family 25 model 1)"
+    m = prov["machine"]
+    core = amd_core(m.get("cpu_family"), m.get("cpu_model"))
+    cpu = f"{m.get('name')} (family {m.get('cpu_family')} model {m.get('cpu_model')}{f', {core}' if core else ''})"
     return f"{cpu}, {'as it is' if dev['name'] == 'host' else dev['name']}"
 
 

@@ -53,3 +53,12 @@ def test_one_memory_unit(page):
     """GiB (2**30 bytes) everywhere: no figure in MB or GB on the page."""
     bad = re.findall(r"\d[\d,.]*\s?(?:MB|GB|MiB)\b", _prose(page.read_text()))
     assert not bad, f"{page.name}: memory figures not in GiB: {bad[:5]}"
+
+
+@pytest.mark.parametrize("family,model,core", [("26", "2", "Zen 5"), ("25", "1", "Zen 3"), ("25", "17", "Zen 4"),
+                                               ("25", "97", "Zen 4"), ("25", "33", "Zen 3"), ("23", "49", None),
+                                               ("6", "143", None), (None, None, None)])
+def test_amd_core_generation_from_family_and_model(family, model, core):
+    """The pages name a CPU's core from /proc/cpuinfo's decimal family and model (17 = 0x11 Genoa,
+    97 = 0x61 Raphael, 33 = 0x21 Vermeer); anything it does not know is left unnamed."""
+    assert render.amd_core(family, model) == core
