@@ -66,6 +66,13 @@ def amd_core(family, model) -> str | None:
     return None
 
 
+def cpu_label(m: dict) -> str:
+    """A CPU by name, family and model (and an AMD one's core), e.g. 'AMD EPYC (family 25 model 1, Zen 3'
+    without the closing bracket, which the caller adds after what it appends."""
+    core = amd_core(m.get("cpu_family"), m.get("cpu_model")) if "AMD" in str(m.get("name")) else None
+    return f"{m.get('name')} (family {m.get('cpu_family')} model {m.get('cpu_model')}{f', {core}' if core else ''}"
+
+
 def machine(prov: dict, policy: bool = True) -> str:
     """The machine in words; on a CPU with the host allocator's policy its timings ran under (a
     file from before the policy was recorded ran under glibc's own)."""
@@ -76,9 +83,7 @@ def machine(prov: dict, policy: bool = True) -> str:
         if policy:
             alloc = m.get("host_allocator") or {"policy": "default"}
             isa += ", " + MALLOC.get(alloc["policy"], f"malloc tunables {alloc.get('glibc_tunables')}")
-        core = amd_core(m.get("cpu_family"), m.get("cpu_model")) if "AMD" in str(m.get("name")) else None
-        return (f"{m.get('name')} (family {m.get('cpu_family')} model {m.get('cpu_model')}"
-                f"{f', {core}' if core else ''}, {m.get('usable_cores')} cores, {isa})")
+        return f"{cpu_label(m)}, {m.get('usable_cores')} cores, {isa})"
     return str(m.get("name"))
 
 
@@ -393,16 +398,34 @@ def peak_set_by(g: dict) -> str:
     return f"{measured} ({gib(g['peak_transformer_mib'])} / {gib(g['peak_decode_mib'])}{enc})"
 
 
+def priced_elsewhere(d: dict) -> str | None:
+    """The CPU a one-generation run's plan was priced for, where the run was on another one (its
+    time then tests no prediction), else None."""
+    from litevar.planner.plan import Plan
+    path, ran = ROOT / d["data"]["plan"], d["provenance"]["machine"]
+    if not path.exists() or ran.get("type") != "cpu":
+        return None
+    dev = Plan.load(path).device
+    if (str(dev.get("cpu_family")), str(dev.get("cpu_model"))) == (str(ran.get("cpu_family")),
+                                                                   str(ran.get("cpu_model"))):
+        return None
+    return cpu_label(dev) + ")"
+
+
 @renderer("one-generations")
 def one_generations() -> str:
     files = {p.stem: result(p.stem, "one-generation") for p in sorted(RESULTS.glob("*-one.json"))}
     lines = ["| plan | batch, px | dtype | budget GiB | peak set by (transformer / decode GiB, measured) | KV cache "
              "GiB | allocator peak GiB predicted / measured | error | process peak GiB | time s predicted / "
              "measured |", "|---|---|---|---:|---|---:|---|---:|---:|---|"]
-    stale = []
-    for g in (d["data"] for d in files.values()):
+    stale, elsewhere = [], []
+    for d in files.values():
+        g = d["data"]
         b = g.get("predicted_breakdown_mib") or {}
-        mark = ""
+        mark, other = "", priced_elsewhere(d)
+        if other:
+            elsewhere.append(f"{g['plan_name']} ran on {machine(d['provenance'], policy=False)}, its plan priced "
+                             f"for {other}")
         if plan_since(g):
             mark = " ‡"
             stale.append(g["plan_name"])
@@ -410,8 +433,12 @@ def one_generations() -> str:
                      f"{num(g.get('budget_gib'), 'g')} | {peak_set_by(g)} | {gib(b.get('kv_cache'))} | "
                      f"{gib(g['predicted_mib'])} / **{gib(g['peak_mib'])}** | "
                      f"{pct(g['memory_err'])} | {gib(g.get('process_peak_mib'))} | "
-                     f"{num(g.get('predicted_s'), '.0f')} / {g['seconds']:.0f} |")
+                     f"{num(g.get('predicted_s'), '.0f')} / {g['seconds']:.0f}{' §' if other else ''} |")
     lines.append("")
+    if elsewhere:
+        lines += [f"§ Run on another CPU than its plan was priced for: {'; '.join(elsewhere)}. Such a run's "
+                  "time tests no prediction (the plan priced the other CPU's kernels); its memory does, as the plan "
+                  "predicts tensor bytes, which do not depend on the CPU.", ""]
     if stale:
         lines += [f"‡ Not re-measured since its plan was re-made: {', '.join(stale)}. The row is the run of the "
                   "plan's previous decisions and the prediction it carried then (the memory-model check below "
@@ -460,9 +487,7 @@ def transfer() -> str:
 
 def _transfer_label(dev: dict, prov: dict) -> str:
     """The device: the CPU the run was on (family and model) and what was made of it."""
-    m = prov["machine"]
-    core = amd_core(m.get("cpu_family"), m.get("cpu_model"))
-    cpu = f"{m.get('name')} (family {m.get('cpu_family')} model {m.get('cpu_model')}{f', {core}' if core else ''})"
+    cpu = cpu_label(prov["machine"]) + ")"
     return f"{cpu}, {'as it is' if dev['name'] == 'host' else dev['name']}"
 
 
@@ -505,6 +530,9 @@ def _transfer_notes(dev: dict) -> list[str]:
         factors = ", ".join(f"{d} {f:.2f}" for d, f in dev["in_model"].items())
         notes.append(f"in-model factor {factors or '1 (none)'}: {dev['in_model_note']}; dense, the "
                      "calibration's own point, is left out of the statistics")
+        for dtype, by_kernel in (dev.get("in_model_kernels") or {}).items():
+            notes.append(f"quantized kernels' in-model factors at {dtype}, one generation with each format: "
+                         + ", ".join(f"{k} {f:.2f}" for k, f in by_kernel.items()))
     return notes
 
 
