@@ -530,9 +530,6 @@ def _transfer_notes(dev: dict) -> list[str]:
         factors = ", ".join(f"{d} {f:.2f}" for d, f in dev["in_model"].items())
         notes.append(f"in-model factor {factors or '1 (none)'}: {dev['in_model_note']}; dense, the "
                      "calibration's own point, is left out of the statistics")
-        for dtype, by_kernel in (dev.get("in_model_kernels") or {}).items():
-            notes.append(f"quantized kernels' in-model factors at {dtype}, one generation with each format: "
-                         + ", ".join(f"{k} {f:.2f}" for k, f in by_kernel.items()))
     return notes
 
 

@@ -157,7 +157,6 @@ def run_device(args, name: str, env: dict, profile) -> dict:
     return {"name": name, "env": env, "calibration": str(cal), "calibration_s": calib["seconds"],
             "calibration_held_out_err": calib["validation"]["latency_err"], "rows": rows,
             "runtimes_left_out": calib.get("runtimes_left_out", {}), "in_model": in_model,
-            "in_model_kernels": dev_prof.meta["target"].get("in_model_kernels", {}),
             "in_model_note": dev_prof.meta["target"]["in_model_note"],
             "median_err": median_rel_err(pri, meas), "spearman": spearman(pri, meas),
             "asis_median_err": median_rel_err(asis, meas), "asis_spearman": spearman(asis, meas),

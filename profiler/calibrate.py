@@ -267,52 +267,6 @@ def generation_point(dev, family, arch, cal: dict, profile, deadline: float) -> 
             log.warning("calibrate: this machine ran %.0f%% %s while the %s generation was timed than during the "
                         "kernel sweep; the generation is scaled to the sweep's speed", 100 * abs(ratio - 1),
                         "slower" if ratio > 1 else "faster", dtype)
-    base = cal["dtype"]
-    if base in out["ms"]:
-        out["formats"] = format_generations(dev, family, arch, models[1], cal, cm, deadline)
-    return out
-
-
-def format_configs(family, arch, formats) -> dict[str, str]:
-    """{format: e2e config}: for each quantized format of `formats`, the first of the family's fitted
-    configurations (ModelFamily.fit_configs) that puts some of its linears in that format and
-    nothing else in another (e.g. VAR's 'W8A8:fc1,fc2')."""
-    from litevar.profiler.costmodel import config_spec
-    out = {}
-    for fmt in formats:
-        for config in family.fit_configs:
-            dec = config_spec(config, arch)
-            if fmt != "fp" and not dec.kv_specs and set(dec.formats.values()) == {fmt}:
-                out[fmt] = config
-                break
-    return out
-
-
-def format_generations(dev, family, arch, model, cal: dict, cm, deadline: float) -> dict:
-    """{format: {'config', 'dtype', 'ms', 'raw_ms', 'speed_ratio'} or {'config', 'skipped'}}: one
-    generation at the calibration's first runtime dtype with some linears in each quantized format
-    that runs natively here (format_configs), timed as the dense ones: what sets each quantized
-    kernel family's own in-model factor (profiler.devices.in_model_factors). Isolated calls of a
-    quantized linear miss what the model adds around it (the activation's quantization, the
-    output's conversion), differently from dense kernels."""
-    from litevar.profiler.cost import configured
-    from litevar.profiler.costmodel import config_spec
-    base, out = cal["dtype"], {}
-    gemm = cal["runtimes"][base]["gemm"]
-    native = [f for f in gemm if f != "fp"]  # a calibration fits the formats that run natively here
-    probe = _probe(dev, base, cal["points"][base]["gemm"])
-    for fmt, config in format_configs(family, arch, native).items():
-        dec = config_spec(config, arch)
-        if why := _generation_out_of_reach(dev, cm.predict(arch, arch.patch_nums, 1, dec, dtype=base), deadline):
-            out[fmt] = {"config": config, "skipped": why}
-            log.warning("calibrate: generation with %s not timed: %s", config, why)
-            continue
-        variant = configured(model, dec, dev.torch)
-        before = probe()
-        raw = _generation_ms(dev, family.generation(variant, 1, base), deadline)
-        ratio = (before + probe()) / 2
-        out[fmt] = {"config": config, "dtype": base, "ms": raw / ratio, "raw_ms": raw, "speed_ratio": ratio}
-        del variant
     return out
 
 

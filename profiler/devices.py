@@ -333,8 +333,6 @@ class TargetCostModel(C.CostModel):
     host_ops: object = None  # profiler.hostops.HostOps on an accelerator (its host dispatches), else None
     act_coefs: dict = field(default_factory=dict)  # runtime dtype -> the source profile's activation factor
     in_model: dict = field(default_factory=dict)  # runtime dtype -> the target's in-model factor (in_model_factors)
-    # runtime dtype -> {quantized kernel family -> its in-model factor}, where a generation ran it there
-    in_model_kernels: dict = field(default_factory=dict)
 
     def activation_coef(self, dtype: str | None = None) -> float:
         return self.act_coefs.get(dtype or self.dtype, self.memory.coef[1])
@@ -379,16 +377,13 @@ class TargetCostModel(C.CostModel):
         return rt.backends.get(backend, rt.attention).ms(flops, nbytes, t.bandwidth_gbs, segments)
 
     def alpha_of(self, kernel: str, dtype: str | None = None) -> float:
-        """The target's in-model factor at `dtype`: for the dense family (fp linears and attention),
-        what its timed dense generation measured; for a quantized family, what a generation with
-        that format measured there, else 1 (priced as its isolated calls ran); 1 where the target
-        timed no generation of this model. (The dense factor carried over to the quantized families
-        over-priced them by a median of 24% in a transfer run on an AVX2-only Zen 3: a slow kernel's
-        own work leaves less for the model around it to add.)"""
-        dtype = dtype or self.dtype
-        if kernel == "dense":
-            return self.in_model.get(dtype, 1.0)
-        return self.in_model_kernels.get(dtype, {}).get(kernel, 1.0)
+        """The target's in-model factor at `dtype` for the dense family (fp linears and attention),
+        which its timed generation measured; 1 for a quantized family, which no generation ran
+        there, and where the target timed no generation of this model: priced as the isolated calls
+        ran. (Carried over to the quantized families, the dense factor over-priced them by a median
+        of 24% in a transfer run on an AVX2-only Zen 3: a slow kernel's own work leaves less for the
+        model around it to add.)"""
+        return self.in_model.get(dtype or self.dtype, 1.0) if kernel == "dense" else 1.0
 
     def gamma_of(self, kernel: str, dtype: str | None = None) -> float:
         return 0.0  # (the roofline's bytes hold the activations)
@@ -432,11 +427,9 @@ def priced(profile, target: Target):
                           source_dispatch_ms=source_dispatch, source_tflops=source_tflops, host_ops=ops,
                           act_coefs={d: cm.activation_coef(d) for d in target.runtimes})
     tcm.in_model, in_model_note = in_model_factors(tcm, profile.arch, target)
-    tcm.in_model_kernels = format_in_model_factors(tcm, profile.arch, target)
     meta = {k: v for k, v in profile.meta.items() if k not in ("validation",)}
     meta["target"] = {"name": target.name, "tier": target.tier, "dtype": target.dtype,
-                      "in_model": tcm.in_model, "in_model_kernels": tcm.in_model_kernels,
-                      "in_model_note": in_model_note,
+                      "in_model": tcm.in_model, "in_model_note": in_model_note,
                       "memory_gib": target.memory_gib, "sources": target.sources,
                       "dispatch_ratio": dispatch_ratio, "throughput_ratio": throughput_ratio,
                       "token_ratio": token_ratio, "host_ops": None if ops is None else ops.to_dict()}
@@ -475,41 +468,6 @@ def in_model_factors(tcm: TargetCostModel, arch, target: Target) -> tuple[dict, 
                         "generation (%.1f ms)", dtype, IN_MODEL_FLOOR, p.overhead_ms, ms)
         out[dtype] = max(IN_MODEL_FLOOR, factor)
     return out, "one dense generation timed on the device (litevar calibrate)"
-
-
-def format_in_model_factors(tcm: TargetCostModel, arch, target: Target) -> dict[str, dict[str, float]]:
-    """{runtime dtype: {quantized kernel family: factor}}: per generation the target timed with some
-    linears in one quantized format (calibrate.format_generations), the factor on that family's
-    kernel prices that makes it come out as measured, given the dense factor (in_model_factors,
-    which must be set on `tcm`) on its other kernels and the overhead:
-
-        factor = (measured - overhead - dense factor x dense kernels) / quantized kernels
-
-    within ALPHA_BOUNDS, as a profiled model's fitted in-model factors are (a family whose kernels
-    are a small share of the generation is poorly determined by it). {} without such generations."""
-    from litevar.profiler.costmodel import ALPHA_BOUNDS, config_spec
-    gen = target.generation or {}
-    if not gen.get("ms") or gen.get("arch") != arch.to_dict():
-        return {}
-    out: dict[str, dict[str, float]] = {}
-    batch = int(gen.get("batch", 1))
-    for fmt, g in (gen.get("formats") or {}).items():
-        dtype = g.get("dtype")
-        if "ms" not in g or dtype not in tcm.in_model:
-            continue
-        k = tcm.kernel_ms(arch, arch.patch_nums, batch, config_spec(g["config"], arch), dtype)
-        kern = tcm.kernel_of(fmt)
-        quant = k["by_kernel"].get(kern, 0.0)
-        if quant <= 0:
-            continue
-        rest = tcm.overhead_ms(arch, arch.patch_nums, batch, dtype) + tcm.in_model[dtype] * k["by_kernel"]["dense"]
-        factor = (g["ms"] - rest) / quant
-        lo, hi = ALPHA_BOUNDS
-        if not lo <= factor <= hi:
-            log.warning("in-model factor of %s at %s is %.2f from its generation (%.1f ms, its kernels priced %.1f "
-                        "ms): bounded to [%g, %g]", kern, dtype, factor, g["ms"], quant, lo, hi)
-        out.setdefault(dtype, {})[kern] = float(min(hi, max(lo, factor)))
-    return out
 
 
 def tier_of(profile) -> str:

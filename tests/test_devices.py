@@ -287,17 +287,6 @@ def test_calibration_file_round_trips_into_a_target(tmp_path):
     cm = priced(profile, t).cost_model
     for dtype, ms in gen["ms"].items():
         assert cm.predict(arch, arch.patch_nums, 1, dtype=dtype).latency_ms == pytest.approx(ms, rel=1e-9)
-    # each quantized format's generation, where the budget left time for it, sets its kernels' factor
-    from litevar.profiler.costmodel import ALPHA_BOUNDS, config_spec
-    for fmt, g in gen.get("formats", {}).items():
-        if "ms" not in g:
-            assert "budget" in g["skipped"] or "GiB" in g["skipped"]
-            continue
-        assert g["ms"] * g["speed_ratio"] == pytest.approx(g["raw_ms"])
-        factor = cm.in_model_kernels[g["dtype"]][cm.kernel_of(fmt)]
-        if ALPHA_BOUNDS[0] < factor < ALPHA_BOUNDS[1]:
-            assert cm.predict(arch, arch.patch_nums, 1, config_spec(g["config"], arch), dtype=g["dtype"]
-                              ).latency_ms == pytest.approx(g["ms"], rel=1e-9)
     # each other attention backend (a KV-cache format's call, QK8, windows), timed at the model's own
     # scales, prices that backend's calls (else priced as dense attention): KV8's dequantisation and
     # a window's masking are not free on any CPU
@@ -372,46 +361,6 @@ def test_in_model_factor_prices_the_timed_generation_and_only_for_its_model(tmp_
                           path, "--max-latency-ms", 2 * p.latency_ms * factor, "--out", out)
     assert rc == 0 and f"in-model factor: fp32 {factor:.2f}" in text
     assert Plan.load(out).device["in_model"]["fp32"] == pytest.approx(factor, rel=1e-9)
-
-
-def test_a_generation_with_a_quantized_format_sets_that_kernels_factor():
-    """Each quantized format a calibration timed in a generation (its family's first fitted config
-    in that format alone: VAR's 'W8A8:fc1,fc2') gets its own in-model factor: with random factors
-    behind the timed generations, each is recovered, and each generation priced for the target
-    comes out as measured. A format timed in no generation keeps factor 1; a factor out of
-    ALPHA_BOUNDS is bounded."""
-    import random
-
-    from litevar.models.core.family import get_family
-    from litevar.profiler.calibrate import format_configs
-    from litevar.profiler.costmodel import ALPHA_BOUNDS, config_spec
-    profile = Profile.load("profiles/default-cpu.json")
-    arch, pns, cal = profile.arch, profile.arch.patch_nums, json.loads(Path("devices/avx2.json").read_text())
-    cal.pop("generation", None)
-    bare = priced(profile, from_calibration(cal)).cost_model
-    configs = format_configs(get_family("var"), arch, [f for f in cal["runtimes"]["fp32"]["gemm"] if f != "fp"])
-    assert configs == {f: f"{f}:fc1,fc2" for f in ("BF16", "W8A8", "W4A8", "W4A16")}
-    p = bare.predict(arch, pns, 1, dtype="fp32")
-    dense = random.uniform(1.1, 2.0)
-    want = {f: random.uniform(ALPHA_BOUNDS[0] + 0.05, ALPHA_BOUNDS[1] - 0.05) for f in configs}
-    gen = {"arch": arch.to_dict(), "batch": 1, "ms": {"fp32": p.overhead_ms + dense * (p.latency_ms - p.overhead_ms)},
-           "skipped": {}, "formats": {}}
-    for f, config in configs.items():
-        k = bare.kernel_ms(arch, pns, 1, config_spec(config, arch), "fp32")
-        gen["formats"][f] = {"config": config, "dtype": "fp32", "ms": p.overhead_ms + dense * k["by_kernel"]["dense"]
-                             + want[f] * k["by_kernel"][bare.kernel_of(f)]}
-    timed = dict(gen["formats"])
-    gen["formats"].pop("W4A16")  # not timed: as its isolated calls ran
-    cm = priced(profile, from_calibration({**cal, "generation": gen})).cost_model
-    assert cm.in_model["fp32"] == pytest.approx(dense, rel=1e-9)
-    for f, g in gen["formats"].items():
-        assert cm.in_model_kernels["fp32"][cm.kernel_of(f)] == pytest.approx(want[f], rel=1e-9)
-        assert cm.predict(arch, pns, 1, config_spec(g["config"], arch), dtype="fp32").latency_ms == pytest.approx(
-            g["ms"], rel=1e-9)
-    assert cm.alpha_of("w4a16", "fp32") == 1.0 and "w4a16" not in cm.in_model_kernels["fp32"]
-    slow = {**timed["W8A8"], "ms": 10 * timed["W8A8"]["ms"]}
-    cm = priced(profile, from_calibration({**cal, "generation": {**gen, "formats": {"W8A8": slow}}})).cost_model
-    assert cm.in_model_kernels == {"fp32": {"w8a8": ALPHA_BOUNDS[1]}}
 
 
 def test_linear_bytes_counts_weights_in_their_format():

@@ -13,8 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="calibration JSON to write, e.g. devices/h100.json")
     p.add_argument("--name", help="the device's name in plans and reports (default: its fingerprint's)")
     p.add_argument("--profile", help="take the layer shapes of this profile's model (default: VAR at --depth), and "
-                   "time generations of that model (dense per runtime dtype, and one per quantized format), which "
-                   "set the kernels' in-model factors when a plan prices this profile for the device")
+                   "time one dense generation of that model, which sets the kernels' in-model factor when a plan "
+                   "prices this profile for the device")
     p.add_argument("--no-generation", action="store_true", help="with --profile: time the kernels only (plans priced "
                    "from the calibration then take the kernels as isolated calls ran)")
     p.add_argument("--depth", type=COUNT, default=16, help="VAR depth whose layer shapes to time (default 16)")
@@ -91,13 +91,6 @@ def _report(out, c: dict) -> None:
               "sets the dense kernels' in-model factor")
     for dtype, why in (gen or {}).get("skipped", {}).items():
         print(f"  {dtype:5s} dense generation not timed: {why}")
-    for fmt, g in ((gen or {}).get("formats") or {}).items():
-        if "ms" in g:
-            print(f"  {g['dtype']:5s} {fmt:6s} generation ({g['config']}) {g['ms']:.1f} ms at the kernel sweep's speed "
-                  f"(timed {g['raw_ms']:.1f} ms): sets its kernels' in-model factor")
-        else:
-            print(f"  {fmt:6s} generation ({g['config']}) not timed: {g['skipped']}; its kernels priced as isolated "
-                  "calls ran")
 
 
 def _dtypes(text: str | None) -> tuple[str, ...] | None:

@@ -180,10 +180,6 @@ def run(args) -> int:
         im = profile.meta["target"]
         factors = ", ".join(f"{d} {f:.2f}" for d, f in im["in_model"].items())
         print(f"in-model factor: {factors or '1 (none)'}: {im['in_model_note']}")
-        for d, by_kernel in (im.get("in_model_kernels") or {}).items():
-            print(f"in-model factor of quantized kernels at {d}: "
-                  f"{', '.join(f'{k} {f:.2f}' for k, f in by_kernel.items())} (one generation with each format; "
-                  "any other quantized kernel as its isolated calls ran)")
     print(f"guard: budgets tightened by {pct(guard['latency'])} (latency) and {pct(guard['memory'])} (memory) "
           f"({guard['source']})")
     print(f"solver {s['name']}: {s['status']}, gap {pct(s['gap'])} (vs a bound on every window configuration: "
@@ -324,7 +320,6 @@ def finish(plan, profile, target):
         plan.device = target.plan_device()
         if target.tier == "calibrated":  # what the dense kernels' prices were scaled by (1 where absent)
             plan.device["in_model"] = dict(profile.meta["target"]["in_model"])
-            plan.device["in_model_kernels"] = dict(profile.meta["target"].get("in_model_kernels") or {})
     return plan
 
 
