@@ -518,6 +518,10 @@ def _transfer_notes(dev: dict) -> list[str]:
     if bp:
         notes.append(f"budget {bp['budget_ms']:.1f} ms, "
                      f"{bp.get('budget_rule', '90% of dense priced for the device')}")
+    if "loss" in bp:
+        notes.append(f"the budget plan's predicted loss is {bp['loss']:.3g} nats: {bp['quantized']} linears "
+                     f"quantized, CFG shared in {bp['cfg_shared']} blocks, {bp['kv']} KV caches compressed, "
+                     f"QK8 in {bp['qk8']} blocks, {100 * bp['attn_kept']:.0f}% of attention kept")
     skipped = [f"{r['plan']} ({r.get('not_priced', 'not offered')})" for r in dev["rows"] if r.get("priced_ms") is None]
     if skipped:
         notes.append(f"not priced, the device is not offered what they run: {'; '.join(skipped)}")

@@ -109,6 +109,14 @@ def _file_name(name: str) -> str:
     return cpu if name == "host" else f"{cpu}-{name}"
 
 
+def plan_levers(plan) -> dict:
+    """What a plan spends its loss on: its predicted loss and how many of each lever it pulls."""
+    kept = plan.predicted.attn_kept
+    return {"loss": plan.predicted.loss, "quantized": sum(f != "fp" for f in plan.formats.values()),
+            "cfg_shared": len(plan.cfg_shared), "kv": len(plan.kv),
+            "qk8": len(plan.qk_int8), "attn_kept": 1.0 if kept is None else kept}
+
+
 def run_device(args, name: str, env: dict, profile) -> dict:
     from litevar.planner.plan import Plan
     from litevar.profiler.devices import load_target, priced
@@ -148,7 +156,8 @@ def run_device(args, name: str, env: dict, profile) -> dict:
         b = next(e for e in data["plans"] if e["plan"] == str(budget_plan))
         bp = {"budget_ms": budget, "budget_rule": budget_rule, "predicted_ms": b["predicted"]["latency_ms"],
               "measured_ms": b["measured"]["latency_ms"], "guard": plans[str(budget_plan)].solver["guard"],
-              "dtype": plans[str(budget_plan)].dtype, "met": b["measured"]["latency_ms"] <= budget}
+              "dtype": plans[str(budget_plan)].dtype, "met": b["measured"]["latency_ms"] <= budget,
+              **plan_levers(plans[str(budget_plan)])}
     # the statistics: plans the device is offered, less the calibration's own point
     priced_rows = [r for r in rows if r["priced_ms"] is not None and not r.get("fit_point")]
     meas = [r["measured_ms"] for r in priced_rows]
