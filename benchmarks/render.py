@@ -466,7 +466,8 @@ def memory_check() -> str:
     return "\n".join(lines)
 
 
-TRANSFER = ("transfer-cpu", "transfer-cpu-zen3")  # devices made on the profile's machine; a real other CPU
+# devices made on the profile's machine; a real other CPU, measured twice
+TRANSFER = ("transfer-cpu", "transfer-cpu-zen3", "transfer-cpu-zen3-run2")
 
 
 @renderer("transfer")
@@ -476,7 +477,12 @@ def transfer() -> str:
     lines = [f"Source profile: {p} (measured at full ISA, {n} threads)." for p, n in sorted(profiles)]
     lines += ["", "| device | calibration s | plans | median error, calibrated | Spearman | median error, profile "
               "as is | budget plan: predicted / measured |", "|---|---:|---:|---:|---:|---:|---|"]
-    devices = [(dev, _transfer_label(dev, d["provenance"])) for d in files.values() for dev in d["data"]["devices"]]
+    runs: dict[str, int] = {}  # CPU -> files so far: a repeat run on the same CPU is labelled with its number
+    devices = []
+    for d in files.values():
+        cpu = cpu_label(d["provenance"]["machine"])
+        runs[cpu] = runs.get(cpu, 0) + 1
+        devices += [(dev, _transfer_label(dev, d["provenance"], runs[cpu])) for dev in d["data"]["devices"]]
     lines += [_transfer_row(dev, label) for dev, label in devices]
     notes = [f"{label}: {n}" for dev, label in devices for n in _transfer_notes(dev)]
     lines += ["", *(f"- {n}." for n in notes), ""]
@@ -485,10 +491,11 @@ def transfer() -> str:
     return "\n".join(lines)
 
 
-def _transfer_label(dev: dict, prov: dict) -> str:
-    """The device: the CPU the run was on (family and model) and what was made of it."""
+def _transfer_label(dev: dict, prov: dict, run: int = 1) -> str:
+    """The device: the CPU the run was on (family and model), what was made of it, and which run of
+    the transfer on that CPU (from the second on)."""
     cpu = cpu_label(prov["machine"]) + ")"
-    return f"{cpu}, {'as it is' if dev['name'] == 'host' else dev['name']}"
+    return f"{cpu}, {'as it is' if dev['name'] == 'host' else dev['name']}{f', run {run}' if run > 1 else ''}"
 
 
 def _transfer_plans(dev: dict, label: str) -> str:
