@@ -801,9 +801,9 @@ def readme_results() -> str:
         if plan_since(g):
             what += " ‡"
             stale.append(g["plan_name"])
-        if ran_on != home:
-            elsewhere.add(ran_on)
         where = "" if ran_on == home else " §"
+        if where:
+            elsewhere.add(ran_on)
         lines.append(f"| {model}, {g['resolution']} px | {what}, one generation | {gib(dense_mib(g), 1)} "
                      f"GiB predicted | {gib(g['predicted_mib'])} GiB | **{gib(g['peak_mib'])} GiB** "
                      f"({pct(g['memory_err'])}), {g['seconds'] / 60:.0f} min{where} |")

@@ -123,7 +123,7 @@ def build_problem(profile, resolution: int, batch: int = 1, formats: list[str] |
     if kv_option is not None:
         problem.kv, problem.meta["kv_unpriced"] = required_kv(profile, cm, arch, pns, batch, alpha, problem.kv,
                                                               kv_option, dtype)
-    enc_mb = cm.text_encoder_mb(arch)
+    enc_mb = C.text_encoder_mb(arch)
     if enc_mb:  # the family's text encoder: a lever (text_encoder_problem), resident until one is chosen
         parts = dense.memory_parts_mb
         problem.meta["text_encoder"] = {"mb": enc_mb, "model_other_mb": parts["other_params_mb"] + parts["vae_mb"]}

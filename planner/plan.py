@@ -70,14 +70,11 @@ class Predicted:
     def to_dict(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
-    def phase_peaks_mb(self) -> dict[str, float]:
-        """MB of each phase's predicted peak, from the memory breakdown: `transformer` (its parts
-        summed), `decode` and `encode` (0 where a phase is not modelled); {} without a breakdown."""
-        return phase_peaks_mb(self.memory_breakdown_mb)
-
 
 def phase_peaks_mb(breakdown: dict | None) -> dict[str, float]:
-    """The phases' peaks of a memory breakdown (Predicted.memory_breakdown_mb, or a result file's copy)."""
+    """MB of each phase's predicted peak from a memory breakdown (Predicted.memory_breakdown_mb, or a
+    result file's copy): `transformer` (its parts summed), `decode` and `encode` (0 where a phase is
+    not modelled); {} without a breakdown."""
     if not breakdown:
         return {}
     return {"transformer": float(sum(v for k, v in breakdown.items() if not k.endswith("_phase"))),

@@ -617,9 +617,6 @@ class CostModel:
             return 0.0
         return resident + decode_alloc_mb(dec, image_pixels(arch, patch_nums, batch) / 1e6)
 
-    def text_encoder_mb(self, arch: Arch) -> float:
-        return text_encoder_mb(arch)
-
     def reload_ms(self, arch: Arch) -> float:
         """ms to load the text encoder's weights again (a freed encoder, for a new prompt), at the
         profile's measured load rate (host.load_gbs: from the page cache; a cold disk is slower)."""
@@ -629,7 +626,7 @@ class CostModel:
             raise UserError("the profile did not measure this machine's load rate (host.load_gbs), which prices "
                             "freeing the text encoder; run `litevar profile --out PROFILE --refit` on the profiled "
                             "machine, or plan with --text-encoder resident")
-        return self.text_encoder_mb(arch) * MB / (gbs * 1e9) * 1e3
+        return text_encoder_mb(arch) * MB / (gbs * 1e9) * 1e3
 
     # -- the prediction ------------------------------------------------------------------
     def overhead_ms(self, arch: Arch, patch_nums, batch: int, dtype: str | None = None) -> float:
@@ -669,7 +666,7 @@ class CostModel:
         resident = mem["weights_mb"] + mem["other_params_mb"] + mem["vae_mb"]
         decode = self.decode_mb(arch, pns, batch, resident)
         encode = 0.0
-        enc_mb = self.text_encoder_mb(arch) if dec.text_encoder else 0.0
+        enc_mb = text_encoder_mb(arch) if dec.text_encoder else 0.0
         if enc_mb:  # encoding: the model loaded and its encoder; kept through the generation if resident
             encode = resident + enc_mb
             if dec.text_encoder == "resident":

@@ -174,7 +174,8 @@ def without_text_encoder(plan, encoder_mb: float):
     pred = plan.predicted
     if not encoder_mb:
         return pred
-    phases = pred.phase_peaks_mb()
+    from litevar.planner.plan import phase_peaks_mb
+    phases = phase_peaks_mb(pred.memory_breakdown_mb)
     te = (pred.memory_breakdown_mb or {}).get("text_encoder", 0.0)
     freed = (plan.text_encoder or {}).get("mode") == "freed"
     return dataclasses.replace(
