@@ -85,6 +85,23 @@ def test_allocated_peak_is_exact():
     assert device_of("cpu").peak_memory_mb(fn) == pytest.approx(2.0, abs=1e-3)
 
 
+def test_allocated_peak_forgets_what_earlier_measurements_left():
+    """torch's tracked running total outlives a profiler: a tensor allocated under one measurement
+    and freed outside any stays counted in it. The peak is growth from where a measurement began,
+    so neither such a tensor nor one an earlier phase keeps counts in a later peak (as on CUDA,
+    where each phase counts from what the allocator held when it began). 1 MiB tensors; the
+    bound is the few bytes of a scalar aten may allocate beside them."""
+    cpu, kept = device_of("cpu"), {}
+    assert cpu.peak_memory_mb(lambda: kept.setdefault("x", torch.empty(2 ** 18))) == pytest.approx(1.0, abs=1e-3)
+    del kept["x"]  # freed with no profiler on: stays in torch's running total
+    assert cpu.peak_memory_mb(lambda: torch.empty(2 ** 18)) == pytest.approx(1.0, abs=1e-3)
+    assert cpu.peak_memory_mb(lambda: None) == 0.0
+    peaks, _ = cpu.phases_peaks_mb([lambda: kept.setdefault("y", torch.empty(2 ** 18)),
+                                    lambda: torch.empty(2 ** 19)])
+    assert peaks == pytest.approx([1.0, 2.0], abs=1e-3)
+    assert cpu.peak_memory_mb(lambda: kept.pop("y")) == 0.0  # a block that only frees grows nothing
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="the resident-set peak is Linux's")
 def test_process_peak_in_a_settled_heap_counts_what_the_block_made():
     """Inside settled_heap (the cost stage) the collector skips the objects alive before it, and

@@ -191,9 +191,12 @@ class CPUDevice(Device):
     triton_interpreted = True
 
     def peak_memory_mb(self, fn: Callable) -> float:
-        """The CPU allocator's peak: torch.profiler's allocation events carry the allocator's running
-        total since profiling started (tensors, compiled-kernel buffers and aten scratch alike);
-        deterministic and additive, the allocator's own overhead not included."""
+        """The CPU allocator's peak growth while fn() runs: torch.profiler's allocation events carry
+        the running total of the bytes allocated while memory profiling was on (tensors,
+        compiled-kernel buffers and aten scratch alike; the allocator's own overhead not included).
+        That total lives as long as the process: a tensor allocated under an earlier profiler and
+        freed outside one stays in it. Hence the growth over the total the first event found;
+        deterministic and additive."""
         from torch._C._profiler import _EventType
         from torch.profiler import ProfilerActivity, profile
         prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
@@ -204,13 +207,17 @@ class CPUDevice(Device):
         finally:
             with _silent_fd2():
                 prof.stop()
-        peak, todo = 0, list(prof.profiler.kineto_results.experimental_event_tree())
+        events, todo = [], list(prof.profiler.kineto_results.experimental_event_tree())
         while todo:
             node = todo.pop()
             if node.tag == _EventType.Allocation:
-                peak = max(peak, node.extra_fields.total_allocated)
+                events.append((node.start_time_ns, node.extra_fields.total_allocated, node.extra_fields.alloc_size))
             todo += node.children
-        return peak / MB
+        if not events:
+            return 0.0
+        _, total, size = min(events)
+        before = total - size  # the running total before the first event (a free's size is negative)
+        return max(0, max(t for _, t, _ in events) - before) / MB
 
     def process_peak_mb(self, fn: Callable) -> float | None:
         """Growth of the process's peak resident set (VmHWM after clear_refs; Linux): allocator
