@@ -161,3 +161,64 @@ def test_transformer_phase_reports_each_scale_and_samples_the_same(name, toy_fam
     n_scales = len(model.patch_nums) if name == "var" else len(model.hw)
     assert seen == list(range(n_scales))
     assert torch.equal(plain, watched)
+
+
+class ToyInfinityWithT5(ToyInfinity):
+    """The toy with a text encoder of its width (a one-layer T5 with the real vocabulary, ~2 MiB in
+    bf16), so that plans carry a text-encoder decision."""
+    t5 = None
+
+    def _t5(self):
+        from litevar.models.infinity.t5 import T5Config
+        return T5Config(d_model=TOY.text_channels, d_kv=8, num_heads=2, d_ff=16, num_layers=1, buckets=8,
+                        max_distance=16)
+
+    def text_encoder_params(self, arch) -> int:
+        return self._t5().param_count()
+
+    def random_text_encoder(self, model, seed: int = 0):
+        from litevar.models.infinity.t5 import T5Encoder
+        enc = T5Encoder(self._t5()).init_weights(torch.Generator().manual_seed(seed))
+        return enc.to(torch.bfloat16).eval()
+
+
+@pytest.mark.slow
+def test_one_generation_counts_a_resident_encoder_once(tmp_path, capsys):
+    """benchmarks/one_generation.py on plans that differ only in keeping the text encoder: the
+    encoding phase peaks alike, and the generation phases of the resident plan measure the
+    encoder's bytes more than the freed plan's, no more (the allocator peak of a phase is its
+    growth from where it began, plus what earlier phases keep), which is what the two plans
+    predict apart. Same seeds and shapes, so the allocations match to the byte; the bound is a
+    thousandth of a MiB."""
+    from benchmarks import one_generation
+    from litevar.profiler.costmodel import TEXT_ENCODER_BYTES
+    real = fam.FAMILIES.get("infinity") or fam.get_family("infinity")
+    fam.FAMILIES["infinity"] = family = ToyInfinityWithT5()
+    try:
+        prof = tmp_path / "inf-cost.json"
+        rc, out, err = run_cli(capsys, "profile", "--family", "infinity", "--out", prof, "--stages", "cost",
+                               "--batches", 1, "--e2e-repeats", 1, "--no-mdwa-timing", "--resolutions", "1,2;1,2,4",
+                               "--runtime-dtypes", "none")
+        assert rc == 0, err
+        runs, plans = {}, {}
+        for mode in ("resident", "freed"):
+            plans[mode] = tmp_path / f"{mode}.json"
+            rc, out, err = run_cli(capsys, "plan", "--profile", prof, "--resolution", 8, "--guard", 0,
+                                   "--losses-from", "profiles/default-cpu.json", "--max-memory-gib", 64,
+                                   "--text-encoder", mode, "--out", plans[mode])
+            assert rc == 0, err
+            assert one_generation.main(["--family", "infinity", "--plan", str(plans[mode]),
+                                        "--json", str(tmp_path / f"{mode}-one.json")]) == 0
+            runs[mode] = json.loads((tmp_path / f"{mode}-one.json").read_text())["data"]
+    finally:
+        fam.FAMILIES["infinity"] = real
+    res, freed = runs["resident"], runs["freed"]
+    assert res["text_encoder"]["mode"] == "resident" and freed["text_encoder"]["mode"] == "freed"
+    enc_mib = family.text_encoder_params(None) * TEXT_ENCODER_BYTES / 2 ** 20
+    assert enc_mib > 1
+    assert res["peak_encode_mib"] == pytest.approx(freed["peak_encode_mib"], abs=1e-3)
+    for phase in ("transformer", "decode"):
+        measured = res[f"peak_{phase}_mib"] - freed[f"peak_{phase}_mib"]
+        predicted = res[f"predicted_{phase}_mib"] - freed[f"predicted_{phase}_mib"]
+        assert measured == pytest.approx(enc_mib, abs=1e-3), phase
+        assert predicted == pytest.approx(enc_mib, abs=1e-3), phase
