@@ -18,12 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from litevar.models.core.device import ISA_CAPS
+
 ROOT = Path(__file__).resolve().parents[1]
-CAPS = {  # name -> the environment of a CPU with no more than that ISA
-    "AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
-    "AVX512_CORE": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "MKL_ENABLE_INSTRUCTIONS": "AVX512",
-                    "ATEN_CPU_CAPABILITY": "avx512"},
-}
 NUMERICS = ["tests/test_probes.py", "tests/test_runtime.py", "tests/test_kvcache.py", "tests/test_quant.py",
             "tests/test_gemm.py"]
 LEFT_OUT = "not interpreter and not eval_by_scale"
@@ -42,7 +39,7 @@ def capped_env(cap: str, cache_root: Path) -> dict:
     """The environment of a child under `cap`, with its own inductor cache: inductor keys compiled
     kernels without the ISA, so a kernel compiled under one cap and loaded under another computes
     garbage."""
-    env = {**os.environ, **CAPS[cap], "TORCHINDUCTOR_CACHE_DIR": str(cache_root / f"inductor-{cap}"),
+    env = {**os.environ, **ISA_CAPS[cap], "TORCHINDUCTOR_CACHE_DIR": str(cache_root / f"inductor-{cap}"),
            "OMP_NUM_THREADS": "1"}
     env.pop("TRITON_INTERPRET", None)
     return env
