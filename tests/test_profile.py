@@ -119,6 +119,25 @@ def test_profile_command_caches_stages(tmp_path, capsys, monkeypatch):
     assert main(["profile", "--out", str(out), "--stages", "bogus"]) == 2
 
 
+def test_cost_stage_cache_key_names_how_a_peak_is_counted(monkeypatch):
+    """A cost stage cached while the device counted memory peaks another way (the CPU's once carried
+    tensors of earlier measurements into later ones) holds other memory rows: its key differs, so
+    the stage is measured again; a device type that never changed its count adds nothing."""
+    import argparse
+
+    from litevar.commands.profile import _cost_key, _cost_settings, add_arguments
+    from litevar.models.core.device import CPUDevice
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    settings = _cost_settings(p.parse_args(["--out", "x.json"]))
+    key = _cost_key({"name": "default"}, None, "1,2", "cpu", settings)
+    assert CPUDevice.peak_method
+    monkeypatch.setattr(CPUDevice, "peak_method", "")
+    assert _cost_key({"name": "default"}, None, "1,2", "cpu", settings) != key
+    monkeypatch.setattr(CPUDevice, "peak_method", "another count")
+    assert _cost_key({"name": "default"}, None, "1,2", "cpu", settings) not in (key, "")
+
+
 def test_cost_stage_cache_key_names_non_default_settings(tmp_path, capsys, monkeypatch):
     """dtype, e2e repeats and MDWA timing change the cost stage's cache key only when they differ
     from the defaults (caches written before the options existed keep matching). Where bf16 is

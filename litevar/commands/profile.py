@@ -22,6 +22,7 @@ import torch
 
 from litevar.commands.args import COUNT, COUNTS, NONNEG, SEED
 from litevar.kernels.formats import FORMATS
+from litevar.models.core.device import device_of
 from litevar.models.core.errors import UserError
 from litevar.models.core.family import family_of, family_of_model
 from litevar.models.core.host_memory import allocator_policy
@@ -138,7 +139,6 @@ def _cost_settings(args, probe: bool = True):
 def _cpu_or_gpu(device):
     """The Device of --device."""
     from litevar.commands.common import resolve_device
-    from litevar.models.core.device import device_of
     return device_of(resolve_device(device))
 
 
@@ -151,6 +151,15 @@ def _cost_options(settings) -> list[dict]:
     diff = {k: getattr(settings, k) for k in ("dtype", "e2e_repeats", "mdwa", "runtime_dtypes")
             if getattr(settings, k) != getattr(default, k)}
     return [diff] if diff else []
+
+
+def _cost_key(model: dict, resolutions, batches: str, device, settings) -> str:
+    """The cost stage's cache key before its formats: the model, the schedules and batches timed,
+    the device type, the settings off their defaults, the host allocator's policy and how the
+    device counts a memory peak (a cache measured another way is measured again)."""
+    method = device_of(device).peak_method
+    return _key(model, resolutions, batches, torch.device(device).type, *_cost_options(settings), allocator_policy(),
+                *([method] if method else []))
 
 
 def _quality_stages(stage: str, vae, var, args, calib_fn) -> tuple[dict, dict]:
@@ -185,7 +194,7 @@ def cost_groups(out: Path, device: torch.device):
     shape on one of them) and whose first rank runs the generations, fits and writes the cost
     tables: rank 0's group into `out`, every other GPU model's into OUT.<gpu>.json, with the same
     quality tables (one run profiles several GPU types)."""
-    from litevar.models.core.device import device_of, fingerprint
+    from litevar.models.core.device import fingerprint
     from litevar.models.core.distributed import split, world
     w = world()
     if not device_of(device).accelerator or not w.distributed:  # processes sharing one device: rank 0 alone
@@ -279,7 +288,7 @@ def _refit_file(prof, out: Path, argv, losses_from: str | None = None) -> None:
 def _measure_missing_host(cm, profiled: dict) -> None:
     """A host figure the profile predates (the load rate) measured here, when this is the machine
     it was profiled on (CPU name, family, model and cores alike); otherwise left out, and said."""
-    from litevar.models.core.device import device_of, fingerprint
+    from litevar.models.core.device import fingerprint
     from litevar.profiler.calibrate import load_gbs
     if "load_gbs" in (cm.host or {}) or not cm.host:
         return
@@ -349,8 +358,7 @@ def run(args) -> int:
         if stage == "cost":
             cost_settings = _cost_settings(args)
         batches = ",".join(map(str, args.batches))
-        skey = key if stage != "cost" else _key(model, args.resolutions, batches, device.type,
-                                                 *_cost_options(cost_settings), allocator_policy())
+        skey = key if stage != "cost" else _cost_key(model, args.resolutions, batches, device, cost_settings)
         if stage in ("sensitivity", "cost"):  # a new format (BF16, KV8) makes the old tables incomplete
             extra = [Q.kv_quant_formats(), "runtime_loss:fp32,bf16,fp16"] if stage == "sensitivity" else [
                 "runtime_dtypes"]

@@ -56,6 +56,9 @@ class Device:
     triton_interpreted: ClassVar[bool] = False  # Triton kernels run on its tensors under TRITON_INTERPRET=1
     accelerator: ClassVar[bool] = False  # a device of its own per process (a GPU), fast enough for the full sets
     _bf16_speedup: float | None = None  # bf16_gemm_speedup, once measured
+    # how peak_memory_mb counts, named where it changed what a profile's memory rows hold: part of
+    # the cost stage's cache key, so a cache measured another way is measured again
+    peak_method: ClassVar[str] = ""
 
     def __init__(self, dev: torch.device):
         self.torch = dev
@@ -189,6 +192,7 @@ def device_of(device: Device | torch.device | str | torch.Tensor) -> Device:
 class CPUDevice(Device):
     type = "cpu"
     triton_interpreted = True
+    peak_method = "growth from the first tracked event"
 
     def peak_memory_mb(self, fn: Callable) -> float:
         """The CPU allocator's peak growth while fn() runs: torch.profiler's allocation events carry
