@@ -62,3 +62,23 @@ def test_amd_core_generation_from_family_and_model(family, model, core):
     """The pages name a CPU's core from /proc/cpuinfo's decimal family and model (17 = 0x11 Genoa,
     97 = 0x61 Raphael, 33 = 0x21 Vermeer); anything it does not know is left unnamed."""
     assert render.amd_core(family, model) == core
+
+
+def test_memory_check_is_what_the_current_memory_model_makes_of_the_measured_runs():
+    """docs/results/memory-check.json prices every measured generation's plan again with the memory
+    model and profiles as they are: a change to either that moves a prediction leaves the file
+    (and the pages rendered from it) stale until `python benchmarks/memory_check.py` is run again.
+    Same inputs, same arithmetic: the bound is float64 summation order."""
+    import memory_check
+    rows = json.loads((ROOT / "docs/results/memory-check.json").read_text())["data"]["rows"]
+    committed = {r["result"]: r for r in rows}
+    runs = sorted((ROOT / "docs" / "results").glob("*-one.json"))
+    assert {p.name for p in runs} == set(committed), "a one-generation result is missing from memory-check.json"
+    profiles: dict = {}
+    for path in runs:
+        now, then = memory_check.check(path, profiles), committed[path.name]
+        assert now["checked"] == then["checked"], path.name
+        if now["checked"]:
+            for k in ("predicted_now_mib", "predicted_transformer_mib", "predicted_decode_mib"):
+                assert now[k] == pytest.approx(then[k], rel=1e-9), (path.name, k)
+            assert now["phase"] == then["phase"], path.name
