@@ -82,3 +82,35 @@ def test_memory_check_is_what_the_current_memory_model_makes_of_the_measured_run
             for k in ("predicted_now_mib", "predicted_transformer_mib", "predicted_decode_mib"):
                 assert now[k] == pytest.approx(then[k], rel=1e-9), (path.name, k)
             assert now["phase"] == then["phase"], path.name
+
+
+TRANSFERS = sorted((ROOT / "docs" / "results").glob("transfer-cpu*.json"))
+
+
+@pytest.mark.parametrize("path", TRANSFERS, ids=[p.stem for p in TRANSFERS])
+def test_transfer_prices_are_what_the_committed_files_give(path):
+    """Each transfer row's price is the committed profile priced for the committed calibration, of
+    the plan on disk: a change to the pricing, a calibration or a plan re-made since the run fails
+    here, so the measured column never sits beside a price of other decisions. The statistics
+    follow from the rows. Same inputs, same arithmetic: the bound is float64 summation order."""
+    import transfer_cpu
+
+    from litevar.planner.plan import Plan
+    from litevar.profiler.devices import load_target, median_rel_err, priced
+    from litevar.profiler.profile import Profile
+    data = json.loads(path.read_text())["data"]
+    profile = Profile.load(ROOT / data["profile"])
+    for dev in data["devices"]:
+        dev_prof = priced(profile, load_target(str(ROOT / dev["calibration"])))
+        for row in dev["rows"]:
+            if row["plan"] == "dense":
+                now = transfer_cpu.dense_ms(dev_prof)
+            elif row["priced_ms"] is None:
+                continue
+            else:
+                now = transfer_cpu.priced_ms(dev_prof, Plan.load(ROOT / "plans" / f"{row['plan']}.json"))
+            assert now == pytest.approx(row["priced_ms"], rel=1e-9), (dev["name"], row["plan"])
+        rows = [r for r in dev["rows"] if r["priced_ms"] is not None and not r.get("fit_point")]
+        pri, meas = [r["priced_ms"] for r in rows], [r["measured_ms"] for r in rows]
+        assert median_rel_err(pri, meas) == pytest.approx(dev["median_err"], rel=1e-9), dev["name"]
+        assert transfer_cpu.spearman(pri, meas) == pytest.approx(dev["spearman"], rel=1e-9), dev["name"]
