@@ -114,3 +114,36 @@ def test_transfer_prices_are_what_the_committed_files_give(path):
         pri, meas = [r["priced_ms"] for r in rows], [r["measured_ms"] for r in rows]
         assert median_rel_err(pri, meas) == pytest.approx(dev["median_err"], rel=1e-9), dev["name"]
         assert transfer_cpu.spearman(pri, meas) == pytest.approx(dev["spearman"], rel=1e-9), dev["name"]
+
+
+GPU_FITS = sorted((ROOT / "docs" / "results").glob("gpu-fit*.json"))
+
+
+@pytest.mark.parametrize("path", GPU_FITS, ids=[p.stem for p in GPU_FITS])
+def test_gpu_fit_rows_are_what_the_committed_profiles_and_plans_give(path):
+    """Each row of a GPU-on-paper table is its profile priced for the catalogue GPU: the dense
+    figures as the script computes them now, and the plan file on disk priced again (latency and
+    process memory) to the row's figures. A change to the catalogue, the pricing or a profile, or
+    a plan re-made since, fails here. Same inputs, same arithmetic: float64 summation order."""
+    import shlex
+
+    import gpu_fit
+
+    from litevar.planner.build import plan_prediction
+    from litevar.planner.plan import Plan
+    from litevar.profiler.devices import catalogue, from_spec, priced
+    data = json.loads(path.read_text())
+    args = gpu_fit.parse_args(shlex.split(data["provenance"]["command"])[2:])
+    profiles = {label: gpu_fit.model_profile(str(ROOT / p), extra) for label, p, extra in gpu_fit.models(args)}
+    for row in data["data"]["rows"]:
+        target, profile = from_spec(catalogue()[row["catalogue"]]), profiles[row["model"]]
+        where = (row["model"], row["resolution"], row["catalogue"])
+        assert gpu_fit.dense(profile, target, row["resolution"]) == pytest.approx(
+            (row["dense_ms"], row["dense_mb"]), rel=1e-9), where
+        if row["plan"]:
+            plan = Plan.load(ROOT / row["plan"]["path"])
+            assert (plan.predicted.latency_ms, plan.predicted.process_memory_mb) == pytest.approx(
+                (row["plan"]["latency_ms"], row["plan"]["memory_mb"]), rel=1e-9), where
+            pred = plan_prediction(plan, priced(profile, target))
+            assert (pred.latency_ms, target.process_mib(pred.memory_mb)) == pytest.approx(
+                (row["plan"]["latency_ms"], row["plan"]["memory_mb"]), rel=1e-9), where
