@@ -544,6 +544,24 @@ def _transfer_notes(dev: dict) -> list[str]:
     return notes
 
 
+@renderer("probe-check")
+def probe_check() -> str:
+    d = result("probe-check", "probe-check")
+    rows = d["data"]["rows"]
+    lines = ["| transfer run | device | drift the probe found (fp32) | plans' median error, with / without "
+             "the probe | dense, with / without |", "|---|---|---:|---:|---:|"]
+    for r in rows:
+        ratio = r["speed_ratio"].get("fp32")
+        lines.append(f"| {r['transfer']} | {r['device']} | {pct(ratio - 1) if ratio else '-'} | "
+                     f"{pct(r['median_err_probe']).lstrip('+')} / {pct(r['median_err_raw']).lstrip('+')} | "
+                     f"{pct(r['dense_err_probe'])} / {pct(r['dense_err_raw'])} |")
+    helped = sum(r["median_err_probe"] < r["median_err_raw"] for r in rows)
+    lines += ["", f"The probe lowered the plans' median error in {helped} of {len(rows)} calibrations. Drift: how "
+              "much slower (+) the machine ran during the generation than during the kernel sweep; dense: "
+              "price / measured - 1, the calibration's own point.", "", source(d, "probe-check", policy=False)]
+    return "\n".join(lines)
+
+
 @renderer("gpu-fit")
 def gpu_fit() -> str:
     d = result("gpu-fit", "gpu-fit")

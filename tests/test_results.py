@@ -147,3 +147,28 @@ def test_gpu_fit_rows_are_what_the_committed_profiles_and_plans_give(path):
             pred = plan_prediction(plan, priced(profile, target))
             assert (pred.latency_ms, target.process_mib(pred.memory_mb)) == pytest.approx(
                 (row["plan"]["latency_ms"], row["plan"]["memory_mb"]), rel=1e-9), where
+
+
+def test_probe_check_is_what_the_committed_transfer_runs_give():
+    """docs/results/probe-check.json prices the committed transfer runs again from their
+    calibrations, with and without the drift probe: a change to the pricing, a calibration, a plan
+    or a new transfer run leaves it stale until `python benchmarks/probe_check.py` is run again.
+    The 'without' side must differ from the committed one wherever the probe found drift (else it
+    tests nothing). Same inputs, same arithmetic: float64 summation order."""
+    import probe_check
+
+    from litevar.profiler.profile import Profile
+    committed = json.loads((ROOT / "docs/results/probe-check.json").read_text())["data"]["rows"]
+    now = []
+    for path in TRANSFERS:
+        data = json.loads(path.read_text())["data"]
+        profile = Profile.load(ROOT / data["profile"])
+        now += [r for r in (probe_check.check(path.stem, dev, profile) for dev in data["devices"]) if r]
+    key = {(r["transfer"], r["device"]): r for r in committed}
+    assert {(r["transfer"], r["device"]) for r in now} == set(key)
+    for r in now:
+        then = key[(r["transfer"], r["device"])]
+        for k in ("median_err_probe", "median_err_raw", "dense_err_probe", "dense_err_raw"):
+            assert r[k] == pytest.approx(then[k], rel=1e-9, abs=1e-12), (r["transfer"], r["device"], k)
+        if abs(r["speed_ratio"]["fp32"] - 1) > 1e-3:
+            assert r["dense_err_raw"] != pytest.approx(r["dense_err_probe"], rel=1e-6)
