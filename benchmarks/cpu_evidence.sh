@@ -71,5 +71,8 @@ if [ "$INFINITY" = 1 ]; then
   step one_inf_1024 python benchmarks/one_generation.py --family infinity --random-init --depth 32 \
     --plan plans/infinity-2b-cpu-1024-8gib.json --json $R/infinity-2b-cpu-1024-8gib-one.json
 fi
+# from the files above, no model run: the memory model and the drift probe against what was measured
+step memory_check python benchmarks/memory_check.py --json $R/memory-check.json
+step probe_check python benchmarks/probe_check.py --json $R/probe-check.json
 step render python benchmarks/render.py
 echo "$(date -u +%H:%M:%S) done"
