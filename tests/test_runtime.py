@@ -145,6 +145,23 @@ def test_mat_qkv_can_be_quantized(reference):
     assert sqnr >= 25 and kl <= 2e-2, (sqnr, kl)
 
 
+@pytest.mark.parametrize("fmt", ["BF16", "W8A8", "W4A16"])
+def test_a_swapped_mat_qkv_keeps_the_runtime_dtype(reference, fmt):
+    """Under bf16 autocast a swapped mat_qkv gives queries, keys and values in bf16, as the dense
+    projection does, so the KV cache (allocated in the keys' dtype) holds bf16: its bias (q_bias, v_bias, float32
+    parameters) is added in the module's output dtype, not the input's, which would promote the
+    cache and attention of every block to float32 (twice the cache the memory model counts). In
+    float32 nothing changes dtype. Dtypes are exact."""
+    vae, dense = load_default()
+    _, swapped = planned(plan_for(reference[3], formats={f"blocks.{i}.attn.mat_qkv": fmt for i in range(4)}))
+    x_BlC = torch.randn(2, 5, dense.C)
+    for dtype in (torch.bfloat16, torch.float32):
+        with torch.no_grad(), torch.autocast("cpu", dtype, enabled=dtype != torch.float32):
+            want = [t.dtype for t in dense.blocks[0].attn.qkv(x_BlC)]
+            got = [t.dtype for t in swapped.blocks[0].attn.qkv(x_BlC)]
+        assert got == want and want[2] == dtype, (dtype, got, want)
+
+
 @pytest.mark.parametrize("kw,needles", [
     (dict(resolution=512), ["schedule differs", "plan 512 px", "model 256 px"]),
     (dict(arch={**ARCH, "depth": 8, "num_heads": 8}), ["architecture differs", "depth: plan 8, model 4",

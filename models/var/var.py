@@ -71,10 +71,13 @@ class FFN(nn.Module):
 
 def linear_with_bias(layer: nn.Module, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """layer(x) + bias for a bias-free official projection: the bias add fused into the GEMM for an
-    nn.Linear, added after a swapped-in (e.g. quantized) module."""
+    nn.Linear, added after a swapped-in (e.g. quantized) module in the dtype that module returns
+    (under autocast the runtime dtype, as nn.Linear gives: a float32 bias would promote the
+    projection, and the KV cache and attention after it, to float32)."""
     if isinstance(layer, nn.Linear):
         return F.linear(x, layer.weight, bias)
-    return layer(x) + bias.to(x.dtype)
+    y = layer(x)
+    return y + bias.to(y.dtype)
 
 
 def init_linears_embeddings(module: nn.Module, std: float, generator: torch.Generator | None = None) -> None:
