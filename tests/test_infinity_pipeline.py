@@ -222,3 +222,20 @@ def test_one_generation_counts_a_resident_encoder_once(tmp_path, capsys):
         predicted = res[f"predicted_{phase}_mib"] - freed[f"predicted_{phase}_mib"]
         assert measured == pytest.approx(enc_mib, abs=1e-3), phase
         assert predicted == pytest.approx(enc_mib, abs=1e-3), phase
+
+
+@pytest.mark.parametrize("fmt", ["BF16", "W8A8"])
+def test_a_swapped_context_projection_keeps_the_runtime_dtype(fmt):
+    """Infinity's cross-attention K/V projection (mat_kv, with a float32 V bias added after it) gives
+    the text keys and values in the runtime dtype when swapped, as dense does: under bf16 the
+    cached context stays bf16. Dtypes are exact."""
+    from litevar.kernels.qlinear import linear_in_format
+    from litevar.models.infinity.build import build
+    _, model = build(cfg=TOY, hw=square_hw((1, 2, 4)), seed=3)
+    ca = model.blocks[0].ca
+    ctx_BTD = torch.randn(2, 5, ca.mat_kv.in_features)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        want = [t.dtype for t in ca.context_kv(ctx_BTD)]
+        ca.mat_kv = linear_in_format(ca.mat_kv, fmt)
+        got = [t.dtype for t in ca.context_kv(ctx_BTD)]
+    assert got == want == [torch.bfloat16] * 2
