@@ -29,19 +29,11 @@ def without_probe(cal: dict) -> dict:
 
 
 def prices(profile, cal: dict, rows: list[dict]) -> dict[str, float]:
-    """plan -> ms on the profile priced for the calibration (dense: the model at batch 1, fp32)."""
+    """plan -> ms on the profile priced for the calibration (transfer_cpu.row_prices)."""
     import transfer_cpu
 
-    from litevar.planner.plan import Plan
     from litevar.profiler.devices import from_calibration, priced
-    dev_prof = priced(profile, from_calibration(cal))
-    out = {}
-    for r in rows:
-        if r["plan"] == "dense":
-            out["dense"] = transfer_cpu.dense_ms(dev_prof)
-        elif r.get("priced_ms") is not None:
-            out[r["plan"]] = transfer_cpu.priced_ms(dev_prof, Plan.load(ROOT / "plans" / f"{r['plan']}.json"))
-    return out
+    return transfer_cpu.row_prices(priced(profile, from_calibration(cal)), rows)
 
 
 def check(name: str, dev: dict, profile) -> dict | None:
@@ -64,20 +56,26 @@ def check(name: str, dev: dict, profile) -> dict | None:
     return out
 
 
-def main(argv=None) -> int:
-    from litevar.commands.results import provenance, write_result
+def check_all() -> list[dict]:
+    """check() of every device of every committed transfer run, the runs in the order they ran."""
     from litevar.profiler.profile import Profile
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", required=True)
-    args = p.parse_args(argv)
-    started = provenance("cpu", argv)
     rows, profiles = [], {}
     runs = {path.stem: json.loads(path.read_text()) for path in (ROOT / "docs" / "results").glob("transfer-cpu*.json")}
-    for name, run in sorted(runs.items(), key=lambda kv: kv[1]["provenance"]["date"]):  # in the order they ran
+    for name, run in sorted(runs.items(), key=lambda kv: kv[1]["provenance"]["date"]):
         data = run["data"]
         if data["profile"] not in profiles:
             profiles[data["profile"]] = Profile.load(ROOT / data["profile"])
         rows += filter(None, (check(name, dev, profiles[data["profile"]]) for dev in data["devices"]))
+    return rows
+
+
+def main(argv=None) -> int:
+    from litevar.commands.results import provenance, write_result
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", required=True)
+    args = p.parse_args(argv)
+    started = provenance("cpu", argv)
+    rows = check_all()
     print(f"{'transfer':24s} {'device':9s} {'speed':>6s} {'plans, with':>12s} {'without':>8s} "
           f"{'dense, with':>12s} {'without':>8s}")
     for r in rows:

@@ -77,6 +77,15 @@ def dense_ms(prof) -> float:
     return prof.cost_model.predict(arch, arch.patch_nums, 1, dtype="fp32").latency_ms
 
 
+def row_prices(dev_prof, rows: list[dict]) -> dict[str, float]:
+    """plan -> ms of a transfer run's rows on `dev_prof` (a profile priced for the device): dense at
+    batch 1 in fp32, each priced plan as plans/ holds it now; rows left unpriced left out."""
+    from litevar.planner.plan import Plan
+    return {r["plan"]: dense_ms(dev_prof) if r["plan"] == "dense" else
+            priced_ms(dev_prof, Plan.load(ROOT / "plans" / f"{r['plan']}.json"))
+            for r in rows if r["plan"] == "dense" or r.get("priced_ms") is not None}
+
+
 def latency_budget(prof, target) -> tuple[float, str]:
     """(ms, how it was chosen) on `prof`, the profile priced for `target`: 90% of dense, or, where
     no plan reaches that with the guard the calibrated tier implies, 2% above the least latency

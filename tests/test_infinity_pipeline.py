@@ -166,7 +166,6 @@ def test_transformer_phase_reports_each_scale_and_samples_the_same(name, toy_fam
 class ToyInfinityWithT5(ToyInfinity):
     """The toy with a text encoder of its width (a one-layer T5 with the real vocabulary, ~2 MiB in
     bf16), so that plans carry a text-encoder decision."""
-    t5 = None
 
     def _t5(self):
         from litevar.models.infinity.t5 import T5Config

@@ -95,21 +95,16 @@ def test_transfer_prices_are_what_the_committed_files_give(path):
     follow from the rows. Same inputs, same arithmetic: the bound is float64 summation order."""
     import transfer_cpu
 
-    from litevar.planner.plan import Plan
     from litevar.profiler.devices import load_target, median_rel_err, priced
     from litevar.profiler.profile import Profile
     data = json.loads(path.read_text())["data"]
     profile = Profile.load(ROOT / data["profile"])
     for dev in data["devices"]:
-        dev_prof = priced(profile, load_target(str(ROOT / dev["calibration"])))
-        for row in dev["rows"]:
-            if row["plan"] == "dense":
-                now = transfer_cpu.dense_ms(dev_prof)
-            elif row["priced_ms"] is None:
-                continue
-            else:
-                now = transfer_cpu.priced_ms(dev_prof, Plan.load(ROOT / "plans" / f"{row['plan']}.json"))
-            assert now == pytest.approx(row["priced_ms"], rel=1e-9), (dev["name"], row["plan"])
+        now = transfer_cpu.row_prices(priced(profile, load_target(str(ROOT / dev["calibration"]))), dev["rows"])
+        priced_rows = [r for r in dev["rows"] if r["priced_ms"] is not None]
+        assert set(now) == {r["plan"] for r in priced_rows}, dev["name"]
+        for row in priced_rows:
+            assert now[row["plan"]] == pytest.approx(row["priced_ms"], rel=1e-9), (dev["name"], row["plan"])
         rows = [r for r in dev["rows"] if r["priced_ms"] is not None and not r.get("fit_point")]
         pri, meas = [r["priced_ms"] for r in rows], [r["measured_ms"] for r in rows]
         assert median_rel_err(pri, meas) == pytest.approx(dev["median_err"], rel=1e-9), dev["name"]
@@ -156,18 +151,10 @@ def test_probe_check_is_what_the_committed_transfer_runs_give():
     The 'without' side must differ from the committed one wherever the probe found drift (else it
     tests nothing). Same inputs, same arithmetic: float64 summation order."""
     import probe_check
-
-    from litevar.profiler.profile import Profile
     committed = json.loads((ROOT / "docs/results/probe-check.json").read_text())["data"]["rows"]
-    now = []
-    for path in TRANSFERS:
-        data = json.loads(path.read_text())["data"]
-        profile = Profile.load(ROOT / data["profile"])
-        now += [r for r in (probe_check.check(path.stem, dev, profile) for dev in data["devices"]) if r]
-    key = {(r["transfer"], r["device"]): r for r in committed}
-    assert {(r["transfer"], r["device"]) for r in now} == set(key)
-    for r in now:
-        then = key[(r["transfer"], r["device"])]
+    now = probe_check.check_all()
+    assert [(r["transfer"], r["device"]) for r in now] == [(r["transfer"], r["device"]) for r in committed]
+    for r, then in zip(now, committed):
         for k in ("median_err_probe", "median_err_raw", "dense_err_probe", "dense_err_raw"):
             assert r[k] == pytest.approx(then[k], rel=1e-9, abs=1e-12), (r["transfer"], r["device"], k)
         if abs(r["speed_ratio"]["fp32"] - 1) > 1e-3:
