@@ -34,6 +34,38 @@ def test_every_int8_gemm_is_exact():
     assert torch.equal(gemm.int_mm_float(a, w).long(), a.long() @ w.long().t())
 
 
+def test_the_int_mm_path_hands_its_kernel_only_shapes_it_takes(monkeypatch):
+    """The branch of int_mm that machines with an exact torch._int_mm take (VNNI, AMX, GPUs),
+    run on any CPU: the probe is set to 'exact' and torch._int_mm is replaced by an exact int64
+    product that refuses what the real kernels refuse (cuBLASLt: M <= 16, K or N not multiples of
+    8, an activation that is not row-major, a weight that is not a transposed row-major [N, K]).
+    With the GPU's shape rule int_mm pads and slices; the products must stay exact."""
+    from litevar.models.core.device import CPUDevice, CUDADevice
+    calls = []
+
+    def strict_int_mm(a_MK, b_KN):
+        M, K = a_MK.shape
+        N = b_KN.shape[1]
+        assert a_MK.dtype == b_KN.dtype == torch.int8
+        assert M > 16 and K % 8 == 0 and N % 8 == 0, (M, K, N)
+        assert a_MK.stride() == (K, 1) and b_KN.stride() == (1, K), (a_MK.stride(), b_KN.stride())
+        calls.append((M, K, N))
+        return (a_MK.long() @ b_KN.long()).int()
+
+    monkeypatch.setattr(gemm, "int_mm_exact", lambda device_type="cpu": True)
+    monkeypatch.setattr(torch, "_int_mm", strict_int_mm)
+    monkeypatch.setattr(CPUDevice, "int_mm_shape_ok", CUDADevice.int_mm_shape_ok)
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, ())))
+    for M, K, N in ((1, 64, 8), (5, 40, 70), (16, 20, 12), (17, 512, 64), (33, 100, 24)):
+        a, w = _int8(M, K, generator=g), _int8(N, K, generator=g)
+        a[0], w[0] = 127, -128
+        # row-major, transposed and strided activations
+        a_views = (a, _int8(K, M, generator=g).t(), _int8(M, 2 * K, generator=g)[:, :K])
+        for a_v in a_views:
+            assert torch.equal(gemm.int_mm(a_v, w).long(), a_v.long() @ w.long().t()), (M, K, N, a_v.stride())
+    assert len(calls) == 15  # every product went through the kernel, none fell back
+
+
 def test_w8a8_layer_equals_its_dequantized_math():
     lin = torch.nn.Linear(512, 64)
     q = QuantLinear.from_float(lin, "W8A8")
